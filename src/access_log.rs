@@ -1,0 +1,94 @@
+//! One log line per finished request: route, method, path, status, upstream, duration,
+//! bytes, and how it ended.
+//!
+//! The line is written when the response body is dropped, so a stream is logged when
+//! it really ends (completed, failed, or abandoned by the client), not when its
+//! headers went out.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use tokio::time::Instant;
+
+/// How the response body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// Dropped before its end: the client went away.
+    ClientGone,
+    Completed,
+    Failed(String),
+}
+
+/// Collects a request's facts; writes them in one line when dropped.
+#[derive(Debug)]
+pub struct RequestLog {
+    start: Instant,
+    method: Method,
+    path: String,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    status: StatusCode,
+    bytes: u64,
+    end: End,
+}
+
+impl RequestLog {
+    pub fn new(start: Instant, method: Method, path: &str) -> RequestLog {
+        RequestLog {
+            start,
+            method,
+            path: path.to_owned(),
+            route: None,
+            upstream: None,
+            status: StatusCode::OK,
+            bytes: 0,
+            end: End::ClientGone,
+        }
+    }
+
+    pub fn set_route(&mut self, route: &Arc<str>, upstream: &Arc<str>) {
+        self.route = Some(route.clone());
+        self.upstream = Some(upstream.clone());
+    }
+
+    pub fn set_status(&mut self, status: StatusCode) {
+        self.status = status;
+    }
+
+    pub fn add_bytes(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+
+    pub fn finished(&mut self) {
+        self.end = End::Completed;
+    }
+
+    pub fn failed(&mut self, reason: String) {
+        self.end = End::Failed(reason);
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let route = self.route.as_deref().unwrap_or("-");
+        let upstream = self.upstream.as_deref().unwrap_or("-");
+        let (end, error) = match &self.end {
+            End::Completed => ("completed", None),
+            End::ClientGone => ("client_gone", None),
+            End::Failed(reason) => ("failed", Some(reason.as_str())),
+        };
+        tracing::info!(
+            route,
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            upstream,
+            duration_ms = format_args!("{duration_ms:.1}"),
+            bytes = self.bytes,
+            end,
+            error,
+            "request finished"
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The validated configuration: what `gateway.yaml` means once every check has passed.
+//!
+//! Loading is two stages, as in Vector: [`raw`] mirrors the file for serde, and
+//! [`validate`] turns it into the runtime types below while collecting *every* problem
+//! (`gateway.yaml:LINE:COL: message`), so an operator fixes a file in one pass. Nothing
+//! here binds a socket or starts a task: `sse-gateway check` runs exactly this code.
+
+mod env;
+mod locate;
+pub mod raw;
+mod units;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+
+pub use env::EnvError;
+pub use locate::Position;
+pub use raw::{BodyMode, LogFormat};
+pub use units::{ByteSize, HumanDuration};
+
+/// Defaults for keys an operator may leave out, in one place so the README can cite them.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Public listener.
+    pub const LISTEN: &str = "0.0.0.0:8080";
+    /// Metrics and health: loopback only unless the operator says otherwise.
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    /// Time to establish a TCP (and TLS) connection to an upstream.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Time from sending a request until the upstream's response headers arrive.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The demo upstream's pause between tokens.
+    pub const DEMO_TOKEN_INTERVAL: Duration = Duration::from_millis(80);
+    /// `log.level` when neither the file nor `RUST_LOG` sets one.
+    pub const LOG_LEVEL: &str = "info";
+}
+
+/// A complete, valid configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The file it came from, for messages.
+    pub source: String,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub log: LogConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// In file order; the router orders them by specificity.
+    pub routes: Vec<RouteConfig>,
+    /// Key paths whose values came from `${VAR}` substitution, to redact when shown.
+    pub from_environment: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub target: UpstreamTarget,
+    pub connect_timeout: Duration,
+    pub header_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamTarget {
+    /// `http://` or `https://` with an authority, and a base path (`""` or `/base`
+    /// without a trailing slash) that upstream request paths are appended to.
+    Url { uri: Uri, base_path: String },
+    /// The built-in flawed assistant upstream.
+    Demo { token_interval: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Also the `route` label of every metric: validated to be short and plain.
+    pub name: String,
+    pub path: PathMatch,
+    /// `None` accepts every method.
+    pub methods: Option<Vec<Method>>,
+    pub upstream: String,
+    pub request: RequestPlan,
+}
+
+/// How a route matches the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Segment-aware: `/api/stream` matches `/api/stream` and `/api/stream/x`, never
+    /// `/api/streaming`. Stored without a trailing slash (except `/` itself).
+    Prefix(String),
+    /// The whole path, exactly.
+    Exact(String),
+}
+
+impl PathMatch {
+    /// The literal path text of the match.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathMatch::Prefix(path) | PathMatch::Exact(path) => path,
+        }
+    }
+}
+
+/// How a matched request is turned into the upstream request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestPlan {
+    /// Replaces the matched part of the path; the rest is kept.
+    pub path_prefix: Option<String>,
+    pub method: Option<Method>,
+    pub body: BodyMode,
+    /// Set (replacing any value from the client), in file order.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    pub remove_headers: Vec<HeaderName>,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where in the file, when known.
+    pub position: Option<Position>,
+    /// The key path (`routes[1].upstream`), empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a config file; Display prints one `FILE:LINE:COL: message`
+/// line each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.source)?;
+            if let Some(Position { line, column }) = error.position {
+                write!(f, ":{line}:{column}")?;
+            }
+            if !error.path.is_empty() {
+                write!(f, ": {}", error.path)?;
+            }
+            write!(f, ": {}", error.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl GatewayConfig {
+    /// Reads and validates a config file, with `${VAR}` taken from the process
+    /// environment.
+    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigErrors {
+            source: source.clone(),
+            errors: vec![ConfigError {
+                position: None,
+                path: String::new(),
+                message: format!("cannot read the config file: {error}"),
+            }],
+        })?;
+        Self::parse(&text, &source, &|name| std::env::var(name).ok())
+    }
+
+    /// Validates config text; `source` names it in messages and `env` answers `${VAR}`.
+    pub fn parse(
+        text: &str,
+        source: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<GatewayConfig, ConfigErrors> {
+        validate::validate(text, source, env)
+    }
+
+    /// The route with this name.
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|route| route.name == name)
+    }
+}

@@ -1,0 +1,220 @@
+//! Where each key and value of a YAML document starts, by key path.
+//!
+//! serde reports *what* is wrong and the key path (`routes[1].upstream`), but errors
+//! found after deserialization (an unknown upstream, a duplicate route) and errors from
+//! one section deserialized on its own have no line. This index maps the same key paths
+//! back to `line:column`, so every message can point into the file.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// A 1-based line and column in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Positions of every key and value in a document, by key path in the form serde uses:
+/// `routes[1].request.method`.
+#[derive(Debug, Default)]
+pub struct Locations {
+    keys: HashMap<String, Position>,
+    values: HashMap<String, Position>,
+}
+
+impl Locations {
+    /// Indexes `text`; a document the YAML parser rejects gives an empty index (the
+    /// syntax error itself is reported by the loader).
+    pub fn index(text: &str) -> Locations {
+        let mut builder = Builder::default();
+        let mut parser = Parser::new_from_str(text);
+        if parser.load(&mut builder, false).is_err() {
+            return Locations::default();
+        }
+        builder.locations
+    }
+
+    /// Where the value at `path` starts; for a missing value, the nearest enclosing one.
+    pub fn value(&self, path: &str) -> Option<Position> {
+        let mut path = path;
+        loop {
+            if let Some(position) = self.values.get(path) {
+                return Some(*position);
+            }
+            path = parent(path)?;
+        }
+    }
+
+    /// Where the key that ends `path` is written (`routes[0].match` -> the `match` word).
+    pub fn key(&self, path: &str) -> Option<Position> {
+        self.keys.get(path).copied()
+    }
+}
+
+/// `routes[1].request` -> `routes[1]` -> `routes` -> `` -> None.
+fn parent(path: &str) -> Option<&str> {
+    if path.is_empty() {
+        return None;
+    }
+    let cut = path.rfind(['.', '[']).unwrap_or(0);
+    Some(&path[..cut])
+}
+
+enum Container {
+    Mapping {
+        path: String,
+        key: Option<String>,
+        seen_key: bool,
+    },
+    Sequence { path: String, next: usize },
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Container>,
+    locations: Locations,
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+impl Builder {
+    /// Path of the node that starts now, or `None` when the node is a mapping key.
+    fn path_of_next_node(&mut self, event: &Event, position: Position) -> Option<String> {
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Container::Sequence { path, next }) => {
+                let node = format!("{path}[{next}]");
+                *next += 1;
+                Some(node)
+            }
+            Some(Container::Mapping {
+                path,
+                key,
+                seen_key,
+            }) => match key.take() {
+                Some(key) => Some(join(path, &key)),
+                None => {
+                    let name = match event {
+                        Event::Scalar(name, ..) => name.clone(),
+                        _ => "?".to_owned(),
+                    };
+                    let key_path = join(path, &name);
+                    self.locations.keys.insert(key_path, position);
+                    // The parser marks a block mapping where its first value starts;
+                    // an operator reads the mapping as starting at its first key.
+                    if !*seen_key {
+                        *seen_key = true;
+                        self.locations.values.insert(path.clone(), position);
+                    }
+                    *key = Some(name);
+                    None
+                }
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        let position = Position {
+            line: mark.line(),
+            column: mark.col() + 1,
+        };
+        match event {
+            Event::Scalar(..) | Event::Alias(_) => {
+                if let Some(path) = self.path_of_next_node(&event, position) {
+                    self.locations.values.insert(path, position);
+                }
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                // A container used as a mapping key is not something gateway.yaml
+                // has; it is indexed under `?` so the walk stays in step.
+                let path = match self.path_of_next_node(&event, position) {
+                    Some(path) => path,
+                    None => match self.stack.last_mut() {
+                        Some(Container::Mapping { path, key, .. }) => {
+                            *key = None;
+                            join(path, "?")
+                        }
+                        _ => String::new(),
+                    },
+                };
+                self.locations.values.insert(path.clone(), position);
+                self.stack.push(match event {
+                    Event::MappingStart(..) => Container::Mapping {
+                        path,
+                        key: None,
+                        seen_key: false,
+                    },
+                    _ => Container::Sequence { path, next: 0 },
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "\
+listen: 0.0.0.0:8080
+upstreams:
+  demo:
+    demo: {}
+routes:
+  - name: chat
+    match: { path_prefix: /api/stream, methods: [GET, POST] }
+    upstream: demo
+  - name: other
+    upstream: nowhere
+";
+
+    fn at(line: usize, column: usize) -> Option<Position> {
+        Some(Position { line, column })
+    }
+
+    #[test]
+    fn values_by_key_path() {
+        let locations = Locations::index(DOC);
+        assert_eq!(locations.value("listen"), at(1, 9));
+        assert_eq!(locations.value("upstreams.demo.demo"), at(4, 11));
+        assert_eq!(locations.value("routes[0].name"), at(6, 11));
+        assert_eq!(locations.value("routes[0].match.path_prefix"), at(7, 27));
+        assert_eq!(locations.value("routes[0].match.methods[1]"), at(7, 55));
+        assert_eq!(locations.value("routes[1].upstream"), at(10, 15));
+    }
+
+    #[test]
+    fn keys_by_key_path() {
+        let locations = Locations::index(DOC);
+        assert_eq!(locations.key("routes[1].upstream"), at(10, 5));
+        assert_eq!(locations.key("routes[0].match"), at(7, 5));
+    }
+
+    #[test]
+    fn missing_paths_fall_back_to_the_enclosing_node() {
+        let locations = Locations::index(DOC);
+        assert_eq!(locations.value("routes[1].request.method"), at(9, 5));
+        assert_eq!(locations.value("nothing.here"), at(1, 1));
+    }
+
+    #[test]
+    fn broken_yaml_gives_an_empty_index() {
+        let locations = Locations::index("routes: [\n");
+        assert_eq!(locations.value("routes"), None);
+    }
+}

@@ -1,0 +1,616 @@
+//! `gateway.yaml` text -> [`GatewayConfig`], collecting every problem on the way.
+//!
+//! The document is parsed once into a YAML value, `${VAR}` is substituted in its string
+//! scalars, and then each section (each upstream, each route) is deserialized on its
+//! own, so one bad route does not hide the errors of the next. Cross-field checks
+//! (unknown upstream, duplicate names, overlapping matches) run on whatever parsed.
+//! Every error carries the key path, and the position that path has in the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use http::{HeaderName, HeaderValue, Method, Uri};
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::env::substitute;
+use super::locate::Locations;
+use super::raw::{self, TOP_LEVEL_KEYS};
+use super::{
+    defaults, ConfigError, ConfigErrors, GatewayConfig, LogConfig, LogFormat, PathMatch,
+    RequestPlan, RouteConfig, UpstreamConfig, UpstreamTarget,
+};
+
+/// Names become metric label values and log fields: keep them short and plain.
+const MAX_NAME_LEN: usize = 64;
+
+/// Headers that describe one connection, not the message; setting them on the
+/// upstream request would be meaningless or harmful.
+pub(crate) const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+struct Validator<'a> {
+    locations: Locations,
+    errors: Vec<ConfigError>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    from_environment: BTreeSet<String>,
+}
+
+pub(super) fn validate(
+    text: &str,
+    source: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<GatewayConfig, ConfigErrors> {
+    let mut validator = Validator {
+        locations: Locations::index(text),
+        errors: Vec::new(),
+        env,
+        from_environment: BTreeSet::new(),
+    };
+    let config = validator.document(text, source);
+    match config {
+        Some(config) if validator.errors.is_empty() => Ok(config),
+        _ => {
+            let mut errors = validator.errors;
+            errors.sort_by_key(|e| e.position.map(|p| (p.line, p.column)));
+            Err(ConfigErrors {
+                source: source.to_owned(),
+                errors,
+            })
+        }
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+impl Validator<'_> {
+    fn error_at_value(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            position: self.locations.value(path),
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn error_at_key(&mut self, path: &str, message: impl Into<String>) {
+        let position = self.locations.key(path).or(self.locations.value(path));
+        self.errors.push(ConfigError {
+            position,
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn document(&mut self, text: &str, source: &str) -> Option<GatewayConfig> {
+        let mut root: Value = match serde_yaml::from_str(text) {
+            Ok(root) => root,
+            Err(error) => {
+                self.syntax_error(&error);
+                return None;
+            }
+        };
+        let Value::Mapping(mapping) = &mut root else {
+            let what = if root.is_null() { "empty" } else { "not a mapping" };
+            self.error_at_value(
+                "",
+                format!("the file is {what}; it needs at least `upstreams` and `routes`"),
+            );
+            return None;
+        };
+        let mut sections: BTreeMap<String, Value> = BTreeMap::new();
+        for (key, mut value) in std::mem::take(mapping) {
+            let Some(name) = key.as_str().filter(|k| TOP_LEVEL_KEYS.contains(k)) else {
+                let shown = serde_yaml::to_string(&key).unwrap_or_default();
+                self.error_at_key(
+                    shown.trim(),
+                    format!(
+                        "unknown key `{}` (expected one of: {})",
+                        shown.trim(),
+                        TOP_LEVEL_KEYS.join(", ")
+                    ),
+                );
+                continue;
+            };
+            self.substitute_env(name.to_owned(), &mut value);
+            sections.insert(name.to_owned(), value);
+        }
+
+        let listen = self.listen_address(
+            "listen",
+            sections.remove("listen"),
+            defaults::LISTEN,
+        );
+        let admin: Option<raw::Admin> = self.section(sections.remove("admin"), "admin");
+        let admin_listen = self.listen_address(
+            "admin.listen",
+            admin.and_then(|a| a.listen).map(Value::String),
+            defaults::ADMIN_LISTEN,
+        );
+        if let (Some(public), Some(admin)) = (listen, admin_listen) {
+            if public == admin && public.port() != 0 {
+                self.error_at_value(
+                    "admin.listen",
+                    format!("admin.listen {admin} is the same as listen: metrics and health must not share the public port"),
+                );
+            }
+        }
+        let log = self.log(sections.remove("log"));
+        let upstreams = self.upstreams(sections.remove("upstreams"));
+        let routes = self.routes(sections.remove("routes"), &upstreams);
+
+        Some(GatewayConfig {
+            source: source.to_owned(),
+            listen: listen?,
+            admin_listen: admin_listen?,
+            log: log?,
+            upstreams,
+            routes,
+            from_environment: std::mem::take(&mut self.from_environment),
+        })
+    }
+
+    fn syntax_error(&mut self, error: &serde_yaml::Error) {
+        let mut message = error.to_string();
+        let position = error.location().map(|location| {
+            let suffix = format!(" at line {} column {}", location.line(), location.column());
+            message = message.replacen(&suffix, "", 1);
+            super::Position {
+                line: location.line(),
+                column: location.column(),
+            }
+        });
+        self.errors.push(ConfigError {
+            position,
+            path: String::new(),
+            message: format!("invalid YAML: {message}"),
+        });
+    }
+
+    /// Replaces `${VAR}` in every string scalar below `value`.
+    fn substitute_env(&mut self, path: String, value: &mut Value) {
+        match value {
+            Value::String(text) => match substitute(text, self.env) {
+                Ok(Some(substituted)) => {
+                    *text = substituted;
+                    self.from_environment.insert(path);
+                }
+                Ok(None) => {}
+                Err(error) => self.error_at_value(&path, error.to_string()),
+            },
+            Value::Sequence(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.substitute_env(format!("{path}[{i}]"), item);
+                }
+            }
+            Value::Mapping(mapping) => {
+                for (key, item) in mapping.iter_mut() {
+                    let key = key.as_str().map(str::to_owned).unwrap_or_default();
+                    self.substitute_env(join(&path, &key), item);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Deserializes one section; on failure records the error at its exact path.
+    fn section<T: DeserializeOwned>(&mut self, value: Option<Value>, path: &str) -> Option<T> {
+        let value = value?;
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(typed) => Some(typed),
+            Err(error) => {
+                let inner = error.path().to_string();
+                let full = match inner.as_str() {
+                    "." => path.to_owned(),
+                    inner if inner.starts_with('[') => format!("{path}{inner}"),
+                    inner => join(path, inner),
+                };
+                let message = error.into_inner().to_string();
+                // serde names the offending key only inside its message; point at it.
+                if let Some(field) = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split('`').next())
+                {
+                    let key_path = join(&full, field);
+                    self.error_at_key(&key_path, message.clone());
+                } else {
+                    self.error_at_value(&full, message);
+                }
+                None
+            }
+        }
+    }
+
+    fn listen_address(
+        &mut self,
+        path: &str,
+        value: Option<Value>,
+        default: &str,
+    ) -> Option<SocketAddr> {
+        let text: String = match value {
+            None => default.to_owned(),
+            Some(value) => self.section(Some(value), path)?,
+        };
+        match text.parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.error_at_value(
+                    path,
+                    format!("invalid address \"{text}\": expected IP:PORT such as 0.0.0.0:8080 or [::]:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn log(&mut self, value: Option<Value>) -> Option<LogConfig> {
+        let log: raw::Log = match value {
+            None => raw::Log {
+                format: None,
+                level: None,
+            },
+            Some(value) => self.section(Some(value), "log")?,
+        };
+        let level = log.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_owned());
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&level) {
+            self.error_at_value(
+                "log.level",
+                format!("invalid log level \"{level}\": {error} (use error, warn, info, debug or trace)"),
+            );
+            return None;
+        }
+        Some(LogConfig {
+            format: log.format.unwrap_or(LogFormat::Pretty),
+            level,
+        })
+    }
+
+    fn name(&mut self, path: &str, kind: &str, name: &str) -> bool {
+        let plain = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !plain {
+            self.error_at_value(
+                path,
+                format!("invalid {kind} name \"{name}\": use 1 to {MAX_NAME_LEN} letters, digits, `_`, `-` or `.` (it becomes a metric label)"),
+            );
+        }
+        plain
+    }
+
+    fn upstreams(&mut self, value: Option<Value>) -> BTreeMap<String, UpstreamConfig> {
+        let mut upstreams = BTreeMap::new();
+        let Some(entries) = self.section::<BTreeMap<String, Value>>(value, "upstreams") else {
+            return upstreams;
+        };
+        for (name, value) in entries {
+            let path = join("upstreams", &name);
+            if !self.name(&path, "upstream", &name) {
+                continue;
+            }
+            let Some(raw) = self.section::<raw::Upstream>(Some(value), &path) else {
+                continue;
+            };
+            let target = match (raw.url, raw.demo) {
+                (Some(url), None) => self.upstream_url(&join(&path, "url"), &url),
+                (None, Some(demo)) => Some(UpstreamTarget::Demo {
+                    token_interval: demo
+                        .token_interval
+                        .map_or(defaults::DEMO_TOKEN_INTERVAL, |d| d.0),
+                }),
+                (Some(_), Some(_)) => {
+                    self.error_at_value(&path, "give either `url` or `demo`, not both");
+                    None
+                }
+                (None, None) => {
+                    self.error_at_value(
+                        &path,
+                        "missing `url` (such as http://127.0.0.1:8000), or `demo: {}` for the built-in demo",
+                    );
+                    None
+                }
+            };
+            if let Some(target) = target {
+                upstreams.insert(
+                    name.clone(),
+                    UpstreamConfig {
+                        name,
+                        target,
+                        connect_timeout: raw
+                            .connect_timeout
+                            .map_or(defaults::CONNECT_TIMEOUT, |d| d.0),
+                        header_timeout: raw.header_timeout.map_or(defaults::HEADER_TIMEOUT, |d| d.0),
+                    },
+                );
+            }
+        }
+        if upstreams.is_empty() && self.errors.is_empty() {
+            self.error_at_value("upstreams", "no upstreams: define at least one");
+        }
+        upstreams
+    }
+
+    fn upstream_url(&mut self, path: &str, url: &str) -> Option<UpstreamTarget> {
+        let bad = |why: &str| format!("invalid upstream url \"{url}\": {why}");
+        let uri: Uri = match url.parse() {
+            Ok(uri) => uri,
+            Err(error) => {
+                self.error_at_value(path, bad(&error.to_string()));
+                return None;
+            }
+        };
+        let problem = match (uri.scheme_str(), uri.authority()) {
+            (Some("http" | "https"), Some(authority)) if !authority.as_str().contains('@') => {
+                if uri.query().is_some() {
+                    Some("a query string is not allowed")
+                } else {
+                    None
+                }
+            }
+            (Some("http" | "https"), Some(_)) => Some("credentials in the url are not allowed; set a header instead"),
+            (Some(_), _) => Some("the scheme must be http or https"),
+            (None, _) => Some("expected an absolute url such as http://127.0.0.1:8000"),
+        };
+        if let Some(problem) = problem {
+            self.error_at_value(path, bad(problem));
+            return None;
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Some(UpstreamTarget::Url { uri, base_path })
+    }
+
+    fn routes(
+        &mut self,
+        value: Option<Value>,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Vec<RouteConfig> {
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        let Some(items) = self.section::<Vec<Value>>(value, "routes") else {
+            self.error_at_value("", "missing `routes`: define at least one route");
+            return routes;
+        };
+        if items.is_empty() {
+            self.error_at_value("routes", "no routes: define at least one");
+        }
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, value) in items.into_iter().enumerate() {
+            let path = format!("routes[{index}]");
+            let Some(raw) = self.section::<raw::Route>(Some(value), &path) else {
+                continue;
+            };
+            let Some(route) = self.route(&path, raw, upstreams) else {
+                continue;
+            };
+            if let Some(first) = names.insert(route.name.clone(), index) {
+                self.error_at_value(
+                    &join(&path, "name"),
+                    format!("duplicate route name \"{}\" (also routes[{first}].name)", route.name),
+                );
+            }
+            if let Some((other, _)) = routes
+                .iter()
+                .enumerate()
+                .find(|(_, other)| other.path == route.path && methods_overlap(&other.methods, &route.methods))
+            {
+                self.error_at_value(
+                    &join(&path, "match"),
+                    format!(
+                        "route \"{}\" matches the same path {} as routes[{other}] with overlapping methods: give one of them another path or disjoint methods",
+                        route.name,
+                        route.path.as_str()
+                    ),
+                );
+            }
+            routes.push(route);
+        }
+        routes
+    }
+
+    fn route(
+        &mut self,
+        path: &str,
+        raw: raw::Route,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Option<RouteConfig> {
+        let mut ok = self.name(&join(path, "name"), "route", &raw.name);
+
+        let match_path = join(path, "match");
+        let path_match = match (raw.matcher.path_prefix, raw.matcher.path) {
+            (Some(prefix), None) => self
+                .route_path(&join(&match_path, "path_prefix"), &prefix)
+                .map(|p| PathMatch::Prefix(trim_trailing_slash(p))),
+            (None, Some(exact)) => self
+                .route_path(&join(&match_path, "path"), &exact)
+                .map(PathMatch::Exact),
+            _ => {
+                self.error_at_value(
+                    &match_path,
+                    "give exactly one of `path_prefix` or `path`",
+                );
+                None
+            }
+        };
+
+        let methods = match raw.matcher.methods {
+            None => None,
+            Some(names) => {
+                let mut methods = Vec::with_capacity(names.len());
+                for (i, name) in names.iter().enumerate() {
+                    match self.method(&format!("{match_path}.methods[{i}]"), name) {
+                        Some(method) => methods.push(method),
+                        None => ok = false,
+                    }
+                }
+                Some(methods)
+            }
+        };
+
+        if !upstreams.contains_key(&raw.upstream) {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            self.error_at_value(
+                &join(path, "upstream"),
+                format!(
+                    "unknown upstream \"{}\" (defined: {})",
+                    raw.upstream,
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            );
+            ok = false;
+        }
+
+        let request = self.request_plan(&join(path, "request"), raw.request);
+        if !ok {
+            return None;
+        }
+        Some(RouteConfig {
+            name: raw.name,
+            path: path_match?,
+            methods,
+            upstream: raw.upstream,
+            request: request?,
+        })
+    }
+
+    /// A route or rewrite path: absolute, and free of anything that normalises to
+    /// another path (so what is matched is what is meant).
+    fn route_path(&mut self, path: &str, value: &str) -> Option<String> {
+        let problem = if !value.starts_with('/') {
+            Some("it must start with /")
+        } else if value.contains(['?', '#', '%', '\\']) {
+            Some("it must be a plain path without ?, #, % or \\")
+        } else if value.contains("//")
+            || value.split('/').any(|segment| segment == "." || segment == "..")
+        {
+            Some("it must not contain //, /./ or /../")
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                self.error_at_value(path, format!("invalid path \"{value}\": {problem}"));
+                None
+            }
+            None => Some(value.to_owned()),
+        }
+    }
+
+    fn method(&mut self, path: &str, name: &str) -> Option<Method> {
+        let upper = name.to_ascii_uppercase();
+        match Method::from_str(&upper) {
+            Ok(method) if !upper.is_empty() => Some(method),
+            _ => {
+                self.error_at_value(
+                    path,
+                    format!("invalid HTTP method \"{name}\" (such as GET or POST)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn request_plan(&mut self, path: &str, raw: raw::Request) -> Option<RequestPlan> {
+        let mut ok = true;
+        let path_prefix = match raw.path_prefix {
+            None => None,
+            Some(prefix) => {
+                let checked = self.route_path(&join(path, "path_prefix"), &prefix);
+                ok &= checked.is_some();
+                checked.map(trim_trailing_slash)
+            }
+        };
+        let method = match raw.method {
+            None => None,
+            Some(name) => {
+                let checked = self.method(&join(path, "method"), &name);
+                ok &= checked.is_some();
+                checked
+            }
+        };
+
+        let headers_path = join(path, "headers");
+        let mut set_headers = Vec::with_capacity(raw.headers.set.len());
+        for (name, value) in raw.headers.set {
+            let value_path = format!("{headers_path}.set.{name}");
+            match self.header_name(&value_path, &name) {
+                Some(header) => match HeaderValue::from_str(&value) {
+                    Ok(mut header_value) => {
+                        if self.from_environment.contains(&value_path) {
+                            header_value.set_sensitive(true);
+                        }
+                        set_headers.push((header, header_value));
+                    }
+                    Err(_) => {
+                        self.error_at_value(
+                            &value_path,
+                            format!("invalid value for header {name}: visible ASCII only, no line breaks"),
+                        );
+                        ok = false;
+                    }
+                },
+                None => ok = false,
+            }
+        }
+        let mut remove_headers = Vec::with_capacity(raw.headers.remove.len());
+        for (i, name) in raw.headers.remove.iter().enumerate() {
+            match self.header_name(&format!("{headers_path}.remove[{i}]"), name) {
+                Some(header) => remove_headers.push(header),
+                None => ok = false,
+            }
+        }
+        ok.then(|| RequestPlan {
+            path_prefix,
+            method,
+            body: raw.body.unwrap_or_default(),
+            set_headers,
+            remove_headers,
+        })
+    }
+
+    fn header_name(&mut self, path: &str, name: &str) -> Option<HeaderName> {
+        match HeaderName::from_str(name) {
+            Ok(header) if HOP_BY_HOP.contains(&header.as_str()) || header == http::header::HOST => {
+                self.error_at_key(
+                    path,
+                    format!("header {name} is managed by the gateway per connection and cannot be configured"),
+                );
+                None
+            }
+            Ok(header) => Some(header),
+            Err(_) => {
+                self.error_at_key(path, format!("invalid header name \"{name}\""));
+                None
+            }
+        }
+    }
+}
+
+fn trim_trailing_slash(path: String) -> String {
+    match path.trim_end_matches('/') {
+        "" => "/".to_owned(),
+        trimmed => trimmed.to_owned(),
+    }
+}
+
+fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+        _ => true,
+    }
+}

@@ -1,0 +1,23 @@
+//! sse-gateway: a reverse-proxy sidecar for assistant / LLM services that stream
+//! Server-Sent Events.
+//!
+//! # Layout
+//! - [`cli`]: the `sse-gateway` command line: run, check; exit codes.
+//! - [`config`]: `gateway.yaml` -> a validated [`config::GatewayConfig`], every problem
+//!   reported with its file position.
+//! - [`gateway`]: the composition root; binds the listener and serves.
+//! - [`router`]: which route owns a request path and method.
+//! - [`proxy`]: the service: route, translate the request, forward, stream back.
+//! - [`upstream`]: pooled clients with timeouts; the built-in demo upstream.
+//! - [`body`]: the streaming response body handed to hyper.
+//! - [`reply`]: the one JSON error shape of everything the gateway says itself.
+//! - [`access_log`]: one log line per finished request.
+pub mod access_log;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod proxy;
+pub mod reply;
+pub mod router;
+pub mod upstream;

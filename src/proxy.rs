@@ -1,0 +1,159 @@
+//! The proxy service: route -> translate the request -> forward -> stream the response.
+//!
+//! Built once per config. Per request it resolves the route (no lock, no config
+//! lookup on the streaming path) and hands the upstream body to [`ResponseBody`];
+//! requests the gateway answers itself (404, 405, 400, 502, 504) get the one JSON
+//! error shape of [`crate::reply`].
+
+pub mod request;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderName, Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::access_log::RequestLog;
+use crate::body::ResponseBody;
+use crate::config::{GatewayConfig, RouteConfig};
+use crate::reply::{self, ErrorType};
+use crate::router::{RouteMatch, RouteTable};
+use crate::upstream::Upstream;
+
+use self::request::{strip_hop_by_hop, translate, Origin};
+
+static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+/// A route, compiled for serving.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub config: RouteConfig,
+    pub upstream: Arc<Upstream>,
+    upstream_name: Arc<str>,
+}
+
+/// Everything needed to serve requests under one config.
+#[derive(Debug)]
+pub struct Proxy {
+    routes: RouteTable<Route>,
+}
+
+impl Proxy {
+    /// Compiles `config`'s routes; `upstreams` holds a ready client per upstream name.
+    pub fn new(
+        config: &GatewayConfig,
+        upstreams: &std::collections::BTreeMap<String, Arc<Upstream>>,
+    ) -> Proxy {
+        let routes = config.routes.iter().filter_map(|route| {
+            // Validation guarantees the upstream exists; a missing one is skipped
+            // rather than panicking in a running gateway.
+            let upstream = upstreams.get(&route.upstream)?.clone();
+            let compiled = Route {
+                name: Arc::from(route.name.as_str()),
+                upstream_name: Arc::from(upstream.name()),
+                config: route.clone(),
+                upstream,
+            };
+            Some((route.path.clone(), route.methods.clone(), compiled))
+        });
+        Proxy {
+            routes: RouteTable::new(routes),
+        }
+    }
+
+    /// Serves one request from `peer`.
+    pub async fn serve(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
+
+        let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
+            RouteMatch::Found { route, matched_len } => (route, matched_len),
+            RouteMatch::NotFound => {
+                let message = format!("no route for {}", request.uri().path());
+                return made(reply::error_response(ErrorType::NotFound, &message, None), log);
+            }
+            RouteMatch::UnsafePath => {
+                let message = "the path contains dot segments or encoded separators";
+                return made(reply::error_response(ErrorType::BadRequest, message, None), log);
+            }
+            RouteMatch::MethodNotAllowed { allow } => {
+                return made(reply::method_not_allowed(request.method(), &allow, None), log);
+            }
+        };
+        log.set_route(&route.name, &route.upstream_name);
+
+        let origin = Origin {
+            peer,
+            matched_len,
+            plan: &route.config.request,
+            upstream: &route.upstream,
+        };
+        let upstream_request = match translate(request, origin) {
+            Ok(upstream_request) => upstream_request,
+            Err(error) => {
+                let reply = reply::error_response(ErrorType::BadRequest, &error.to_string(), Some(&route.name));
+                return made(reply, log);
+            }
+        };
+
+        let response = match route.upstream.send(upstream_request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(route = %route.name, kind = error.kind(), %error, "upstream request failed");
+                let reply = reply::error_response(error.error_type(), &error.to_string(), Some(&route.name));
+                return made(reply, log);
+            }
+        };
+
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if is_event_stream(parts.headers.get(CONTENT_TYPE)) {
+            // Tell every cache and buffering proxy between here and the browser to
+            // pass events through as they come.
+            parts
+                .headers
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+            parts
+                .headers
+                .insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+        }
+        log.set_status(parts.status);
+        Response::from_parts(parts, ResponseBody::upstream(body, log))
+    }
+}
+
+/// `text/event-stream`, case-insensitive, parameters allowed.
+pub fn is_event_stream(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+fn made(response: Response<Bytes>, mut log: RequestLog) -> Response<ResponseBody> {
+    log.set_status(response.status());
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, ResponseBody::made(body, log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_stream_content_types() {
+        let yes = ["text/event-stream", "Text/Event-Stream", "text/event-stream; charset=utf-8"];
+        for value in yes {
+            assert!(is_event_stream(Some(&HeaderValue::from_static(value))), "{value}");
+        }
+        let no = ["text/plain", "application/json", "text/event-streams"];
+        for value in no {
+            assert!(!is_event_stream(Some(&HeaderValue::from_static(value))), "{value}");
+        }
+        assert!(!is_event_stream(None));
+    }
+}

@@ -1,0 +1,209 @@
+//! Request translation: the client's request, made into the upstream's.
+//!
+//! Path prefix rewrite, method override, `query_as_json`, configured header changes,
+//! hop-by-hop removal and the `X-Forwarded-*` headers. Everything here is decided by
+//! the route's [`RequestPlan`], resolved once per request.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, CONNECTION, CONTENT_LENGTH,
+    CONTENT_TYPE, HOST,
+};
+use http::{Request, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::config::{BodyMode, RequestPlan};
+use crate::upstream::{Upstream, UpstreamBody};
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1, plus
+/// the non-standard ones proxies meet in practice).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The request's facts that translation needs beyond the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub peer: SocketAddr,
+    /// Length of the path prefix the route matched (replaced by `path_prefix`).
+    pub matched_len: usize,
+    pub plan: &'a RequestPlan,
+    pub upstream: &'a Upstream,
+}
+
+/// Why a request could not be translated; the client gets a 400.
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("the request cannot be turned into an upstream request: {0}")]
+    Uri(#[from] http::Error),
+}
+
+/// Builds the upstream request from the client's.
+pub fn translate(
+    request: Request<Incoming>,
+    origin: Origin<'_>,
+) -> Result<Request<UpstreamBody>, TranslateError> {
+    let (mut parts, body) = request.into_parts();
+    let plan = origin.plan;
+
+    let path = parts.uri.path();
+    let path = match &plan.path_prefix {
+        None => path.to_owned(),
+        Some(prefix) => {
+            let rest = &path[origin.matched_len.min(path.len())..];
+            if prefix == "/" && rest.starts_with('/') {
+                rest.to_owned()
+            } else {
+                format!("{prefix}{rest}")
+            }
+        }
+    };
+
+    let query = parts.uri.query();
+    let (query, body) = match plan.body {
+        BodyMode::Passthrough => (query, Either::Left(body)),
+        BodyMode::QueryAsJson => {
+            // The query became the body; the client's own body, if any, is replaced.
+            let json = query_as_json(query.unwrap_or(""));
+            parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
+            (None, Either::Right(Full::new(json)))
+        }
+    };
+    let uri = origin.upstream.uri(&path, query)?;
+
+    // The authority the client asked for, before Host is replaced by the upstream's.
+    let client_host = parts
+        .headers
+        .get(HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    headers.remove(HOST);
+    for name in &plan.remove_headers {
+        headers.remove(name);
+    }
+    append_forwarded_for(headers, origin.peer);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = client_host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    // Stream bytes are parsed and rewritten on the way back: ask for them unencoded.
+    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    for (name, value) in &plan.set_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+
+    parts.uri = uri;
+    if let Some(method) = &plan.method {
+        parts.method = method.clone();
+    }
+    // The upstream connection's protocol is the pool's choice (ALPN), not the
+    // client's: an h2c client must not force h2 on an HTTP/1.1 upstream.
+    parts.version = Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// `q=hi&n=1` -> `{"q":"hi","n":"1"}`; a repeated key becomes an array of its values
+/// in order, so nothing the client sent is lost.
+pub fn query_as_json(query: &str) -> Bytes {
+    use serde_json::{Map, Value};
+    let mut object = Map::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let value = Value::String(value.into_owned());
+        match object.get_mut(key.as_ref()) {
+            None => {
+                object.insert(key.into_owned(), value);
+            }
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => {
+                let first = first.take();
+                object.insert(key.into_owned(), Value::Array(vec![first, value]));
+            }
+        }
+    }
+    Bytes::from(Value::Object(object).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_becomes_a_json_object_of_strings() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&query_as_json("q=hi%20there&conversation=7&e=")).unwrap();
+        assert_eq!(json, serde_json::json!({"q": "hi there", "conversation": "7", "e": ""}));
+    }
+
+    #[test]
+    fn repeated_keys_keep_every_value() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&query_as_json("t=a&t=b&t=c&x=1")).unwrap();
+        assert_eq!(json, serde_json::json!({"t": ["a", "b", "c"], "x": "1"}));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_json_not_passed_to_headers() {
+        let body = query_as_json("q=a%0D%0AX-Injected:%201");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["q"], "a\r\nX-Injected: 1");
+        assert!(!body.contains(&b'\r'));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_named_ones_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["authorization"]);
+    }
+}

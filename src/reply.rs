@@ -1,0 +1,132 @@
+//! What the gateway says itself, in the one error shape every client gets.
+//!
+//! `{"error":{"type":"...","message":"...","route":"..."}}` is the shape OpenAI-style
+//! SDKs raise on, used alike for a 404, a 504 before headers, and (later) an `event:
+//! error` inside a stream. Responses made here carry `x-sse-gateway-error: <type>`, so an
+//! operator can tell the gateway's own answers from the upstream's.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Response, StatusCode};
+
+/// Marks responses the gateway made itself; the value is the error type.
+pub const ERROR_HEADER: &str = "x-sse-gateway-error";
+
+/// The `type` of an error the gateway reports; also a fixed, bounded label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+    /// The upstream could not be reached (refused, DNS, TLS).
+    UpstreamUnavailable,
+    /// The upstream did not connect or answer in time.
+    UpstreamTimeout,
+    /// The upstream broke the exchange (reset, malformed response).
+    UpstreamError,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::NotFound => "not_found",
+            ErrorType::MethodNotAllowed => "method_not_allowed",
+            ErrorType::BadRequest => "bad_request",
+            ErrorType::UpstreamUnavailable => "upstream_unavailable",
+            ErrorType::UpstreamTimeout => "upstream_timeout",
+            ErrorType::UpstreamError => "upstream_error",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorType::NotFound => StatusCode::NOT_FOUND,
+            ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorType::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorType::UpstreamUnavailable | ErrorType::UpstreamError => StatusCode::BAD_GATEWAY,
+            ErrorType::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorObject<'a>,
+}
+
+/// Field order is the documented order: `type`, `message`, `route`.
+#[derive(serde::Serialize)]
+struct ErrorObject<'a> {
+    #[serde(rename = "type")]
+    error_type: &'a str,
+    message: &'a str,
+    route: Option<&'a str>,
+}
+
+/// The JSON error object; `route` is `null` when no route was matched.
+pub fn error_json(error_type: &str, message: &str, route: Option<&str>) -> Bytes {
+    let envelope = ErrorEnvelope {
+        error: ErrorObject {
+            error_type,
+            message,
+            route,
+        },
+    };
+    // Serializing borrowed strings into a Vec cannot fail.
+    Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
+}
+
+/// A complete error response in the one shape.
+pub fn error_response(
+    error_type: ErrorType,
+    message: &str,
+    route: Option<&str>,
+) -> Response<Bytes> {
+    let mut response = Response::new(error_json(error_type.as_str(), message, route));
+    *response.status_mut() = error_type.status();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(error_type.as_str()));
+    response
+}
+
+/// 405 with the `Allow` header listing what the path takes.
+pub fn method_not_allowed(method: &Method, allow: &[Method], route: Option<&str>) -> Response<Bytes> {
+    let allowed = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+    let message = format!("method {method} is not allowed here; allowed: {allowed}");
+    let mut response = error_response(ErrorType::MethodNotAllowed, &message, route);
+    if let Ok(value) = HeaderValue::from_str(&allowed) {
+        response.headers_mut().insert(ALLOW, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_one_error_shape() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&error_json("upstream_timeout", "no \"answer\"", Some("chat")))
+                .unwrap();
+        assert_eq!(json["error"]["type"], "upstream_timeout");
+        assert_eq!(json["error"]["message"], "no \"answer\"");
+        assert_eq!(json["error"]["route"], "chat");
+        let none: serde_json::Value =
+            serde_json::from_slice(&error_json("not_found", "x", None)).unwrap();
+        assert!(none["error"]["route"].is_null());
+        assert_eq!(
+            &error_json("not_found", "x", None)[..],
+            br#"{"error":{"type":"not_found","message":"x","route":null}}"#
+        );
+    }
+
+    #[test]
+    fn allow_lists_methods() {
+        let response = method_not_allowed(&Method::PUT, &[Method::GET, Method::POST], Some("chat"));
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[ALLOW], "GET, POST");
+        assert_eq!(response.headers()[ERROR_HEADER], "method_not_allowed");
+    }
+}

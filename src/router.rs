@@ -1,0 +1,202 @@
+//! The route table: which route owns a request path, and whether it takes the method.
+//!
+//! Built once per config and shared read-only, so matching a request takes no lock.
+//! Matching is on the path exactly as received: a path that would only reach a route
+//! after normalisation (`..`, `%2e%2e`, `%2f`) is refused before matching, because the
+//! upstream might normalise it into something the route was never meant to expose.
+
+use http::Method;
+
+use crate::config::PathMatch;
+
+/// One entry of the table.
+#[derive(Debug)]
+struct Entry<R> {
+    path: PathMatch,
+    methods: Option<Vec<Method>>,
+    route: R,
+}
+
+/// Routes ordered by specificity: exact paths first, then longer prefixes first.
+#[derive(Debug)]
+pub struct RouteTable<R> {
+    entries: Vec<Entry<R>>,
+}
+
+/// What the table says about a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteMatch<'a, R> {
+    /// The route, and the length of the path it matched (the part a rewrite replaces).
+    Found { route: &'a R, matched_len: usize },
+    /// The path is owned by one or more routes, none of which takes this method.
+    MethodNotAllowed { allow: Vec<Method> },
+    NotFound,
+    /// The path has dot segments or encoded separators; see the module docs.
+    UnsafePath,
+}
+
+impl<R> RouteTable<R> {
+    /// Builds the table; `routes` are `(path, methods, route)` in config order, which
+    /// breaks ties between routes of equal specificity.
+    pub fn new(routes: impl IntoIterator<Item = (PathMatch, Option<Vec<Method>>, R)>) -> Self {
+        let mut entries: Vec<Entry<R>> = routes
+            .into_iter()
+            .map(|(path, methods, route)| Entry {
+                path,
+                methods,
+                route,
+            })
+            .collect();
+        // Stable sort: equal keys keep config order.
+        entries.sort_by_key(|entry| match &entry.path {
+            PathMatch::Exact(path) => (0, usize::MAX - path.len()),
+            PathMatch::Prefix(path) => (1, usize::MAX - path.len()),
+        });
+        RouteTable { entries }
+    }
+
+    /// Finds the route for `path` (without the query) and `method`.
+    ///
+    /// The most specific matching path owns the request: when none of the routes on
+    /// that path takes the method the answer is 405, not a fall-through to a shorter
+    /// prefix, so adding a method-limited route never silently reroutes requests.
+    pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_, R> {
+        if !is_safe_path(path) {
+            return RouteMatch::UnsafePath;
+        }
+        let Some(owner) = self.entries.iter().find(|e| matches(&e.path, path)) else {
+            return RouteMatch::NotFound;
+        };
+        let mut allow: Vec<Method> = Vec::new();
+        for entry in self.entries.iter().filter(|e| e.path == owner.path) {
+            match &entry.methods {
+                None => {
+                    return RouteMatch::Found {
+                        route: &entry.route,
+                        matched_len: entry.path.as_str().len(),
+                    }
+                }
+                Some(methods) if methods.contains(method) => {
+                    return RouteMatch::Found {
+                        route: &entry.route,
+                        matched_len: entry.path.as_str().len(),
+                    }
+                }
+                Some(methods) => {
+                    for m in methods {
+                        if !allow.contains(m) {
+                            allow.push(m.clone());
+                        }
+                    }
+                }
+            }
+        }
+        RouteMatch::MethodNotAllowed { allow }
+    }
+}
+
+fn matches(pattern: &PathMatch, path: &str) -> bool {
+    match pattern {
+        PathMatch::Exact(exact) => path == exact,
+        PathMatch::Prefix(prefix) if prefix == "/" => path.starts_with('/'),
+        PathMatch::Prefix(prefix) => match path.strip_prefix(prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        },
+    }
+}
+
+/// False for paths whose meaning changes under normalisation: dot segments (plain or
+/// percent-encoded), encoded `/` or `\`, and backslashes.
+pub fn is_safe_path(path: &str) -> bool {
+    if !path.starts_with('/') || path.contains('\\') {
+        return false;
+    }
+    path.split('/').all(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return false;
+        }
+        let decoded_dots = lower.replace("%2e", ".");
+        decoded_dots != "." && decoded_dots != ".."
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable<&'static str> {
+        RouteTable::new([
+            (PathMatch::Prefix("/".into()), None, "root"),
+            (PathMatch::Prefix("/api".into()), None, "api"),
+            (
+                PathMatch::Prefix("/api/stream".into()),
+                Some(vec![Method::GET, Method::POST]),
+                "stream",
+            ),
+            (
+                PathMatch::Prefix("/api/stream".into()),
+                Some(vec![Method::DELETE]),
+                "cancel",
+            ),
+            (PathMatch::Exact("/api/stream/health".into()), None, "health"),
+        ])
+    }
+
+    fn found(m: RouteMatch<'_, &'static str>) -> Option<(&'static str, usize)> {
+        match m {
+            RouteMatch::Found { route, matched_len } => Some((*route, matched_len)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins_segment_aware() {
+        let t = table();
+        assert_eq!(found(t.find(&Method::GET, "/api/stream")), Some(("stream", 11)));
+        assert_eq!(found(t.find(&Method::GET, "/api/stream/x/y")), Some(("stream", 11)));
+        assert_eq!(found(t.find(&Method::GET, "/api/streaming")), Some(("api", 4)));
+        assert_eq!(found(t.find(&Method::GET, "/apis")), Some(("root", 1)));
+        assert_eq!(found(t.find(&Method::GET, "/api/stream/health")), Some(("health", 18)));
+    }
+
+    #[test]
+    fn routes_on_one_path_split_by_method() {
+        let t = table();
+        assert_eq!(found(t.find(&Method::DELETE, "/api/stream/1")), Some(("cancel", 11)));
+        assert_eq!(
+            t.find(&Method::PUT, "/api/stream"),
+            RouteMatch::MethodNotAllowed {
+                allow: vec![Method::GET, Method::POST, Method::DELETE]
+            }
+        );
+    }
+
+    #[test]
+    fn no_route_is_not_found() {
+        let t = RouteTable::new([(PathMatch::Prefix("/api".into()), None, "api")]);
+        assert_eq!(t.find(&Method::GET, "/other"), RouteMatch::NotFound);
+        assert_eq!(t.find(&Method::GET, "//api"), RouteMatch::NotFound);
+    }
+
+    #[test]
+    fn normalising_tricks_are_refused() {
+        let t = table();
+        for path in [
+            "/api/stream/../../admin",
+            "/api/stream/%2e%2e/x",
+            "/api/stream/%2E./x",
+            "/api/stream/.%2e",
+            "/api/stream/./x",
+            "/api/stream%2f..%2fadmin",
+            "/api/stream/%2F",
+            "/api\\stream",
+            "/api/stream/%5c..",
+            "*",
+        ] {
+            assert_eq!(t.find(&Method::GET, path), RouteMatch::UnsafePath, "{path}");
+        }
+        assert!(is_safe_path("/api/stream/v1.2/x..y/.hidden"));
+    }
+}

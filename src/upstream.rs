@@ -1,0 +1,196 @@
+//! Upstreams: a pooled HTTP/1.1 + HTTP/2 (ALPN) client per upstream, with connect and
+//! response-header timeouts, and failures sorted into what a client should be told.
+//!
+//! One client per upstream, because the connect timeout is a property of the connector;
+//! the pool inside it reuses keep-alive connections across requests.
+
+pub mod demo;
+
+use std::error::Error as StdError;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{UpstreamConfig, UpstreamTarget};
+use crate::reply::ErrorType;
+
+/// The body of an upstream request: the client's, streamed, or one the gateway made
+/// (`query_as_json`).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// How long an idle pooled connection is kept; below the common 60 s of upstream
+/// servers and load balancers, so the gateway closes first and never reuses a
+/// connection the other side is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// A configured upstream, ready to send requests.
+#[derive(Debug)]
+pub struct Upstream {
+    name: String,
+    /// `scheme://authority`
+    origin: String,
+    base_path: String,
+    connect_timeout: Duration,
+    header_timeout: Duration,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+}
+
+/// Why an upstream request failed before its response headers arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to upstream {upstream}: {reason}")]
+    Connect { upstream: String, reason: String },
+    #[error("upstream {upstream} did not accept a connection within {after:?}")]
+    ConnectTimeout { upstream: String, after: Duration },
+    #[error("upstream {upstream} sent no response headers within {after:?}")]
+    HeaderTimeout { upstream: String, after: Duration },
+    #[error("upstream {upstream} failed: {reason}")]
+    Failed { upstream: String, reason: String },
+}
+
+impl UpstreamError {
+    /// What the client is told.
+    pub fn error_type(&self) -> ErrorType {
+        match self {
+            UpstreamError::Connect { .. } => ErrorType::UpstreamUnavailable,
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::HeaderTimeout { .. } => {
+                ErrorType::UpstreamTimeout
+            }
+            UpstreamError::Failed { .. } => ErrorType::UpstreamError,
+        }
+    }
+
+    /// A fixed label value for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamError::HeaderTimeout { .. } => "header_timeout",
+            UpstreamError::Failed { .. } => "failed",
+        }
+    }
+
+    pub fn is_timeout(&self) -> bool {
+        self.error_type() == ErrorType::UpstreamTimeout
+    }
+}
+
+impl Upstream {
+    /// Builds the client for `config`; a demo upstream is reached at `demo_origin`
+    /// (`http://127.0.0.1:PORT` of the running demo server).
+    pub fn new(config: &UpstreamConfig, demo_origin: Option<&str>) -> Upstream {
+        let (origin, base_path) = match &config.target {
+            UpstreamTarget::Url { uri, base_path } => {
+                let scheme = uri.scheme_str().unwrap_or("http");
+                let authority = uri.authority().map_or("", |a| a.as_str());
+                (format!("{scheme}://{authority}"), base_path.clone())
+            }
+            UpstreamTarget::Demo { .. } => (
+                demo_origin.unwrap_or("http://127.0.0.1:9").to_owned(),
+                String::new(),
+            ),
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Upstream {
+            name: config.name.clone(),
+            origin,
+            base_path,
+            connect_timeout: config.connect_timeout,
+            header_timeout: config.header_timeout,
+            client,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The absolute URI for an upstream path (which starts with `/`) and query.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let mut uri = String::with_capacity(
+            self.origin.len() + self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        uri.push_str(&self.origin);
+        uri.push_str(&self.base_path);
+        uri.push_str(path);
+        if let Some(query) = query {
+            uri.push('?');
+            uri.push_str(query);
+        }
+        Ok(Uri::try_from(uri)?)
+    }
+
+    /// Sends a request and waits for the response headers, within `header_timeout`.
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.header_timeout, self.client.request(request)).await {
+            Err(_) => Err(UpstreamError::HeaderTimeout {
+                upstream: self.name.clone(),
+                after: self.header_timeout,
+            }),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.classify(&error)),
+        }
+    }
+
+    fn classify(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {
+        let upstream = self.name.clone();
+        let io_kind = causes(error)
+            .find_map(|cause| cause.downcast_ref::<io::Error>())
+            .map(io::Error::kind);
+        if error.is_connect() {
+            if io_kind == Some(io::ErrorKind::TimedOut) {
+                // HttpConnector reports its own connect timeout as TimedOut.
+                return UpstreamError::ConnectTimeout {
+                    upstream,
+                    after: self.connect_timeout,
+                };
+            }
+            return UpstreamError::Connect {
+                upstream,
+                reason: deepest_cause(error),
+            };
+        }
+        UpstreamError::Failed {
+            upstream,
+            reason: deepest_cause(error),
+        }
+    }
+}
+
+/// The error and its chain of sources.
+fn causes<'a>(error: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |&e| e.source())
+}
+
+/// The most specific message in an error chain ("connection refused" rather than
+/// "client error (Connect)").
+fn deepest_cause(error: &(dyn StdError + 'static)) -> String {
+    causes(error)
+        .last()
+        .map_or_else(|| error.to_string(), |cause| cause.to_string())
+}

@@ -1,0 +1,182 @@
+//! The built-in demo upstream: an assistant that streams its answer token by token,
+//! with the flaws real upstreams have, so the shipped `gateway.yaml` runs on its own.
+//!
+//! It listens on an ephemeral loopback port and is proxied like any other upstream, so
+//! a demo stream exercises the same code path as production traffic. The flaws are the
+//! ones this product exists for: `data:\n{"value":"..."}` (a stray newline after
+//! `data:` that makes a spec client drop the token), a `: ping` comment, and the
+//! terminator written as `data:\n[DONE]`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::time::{sleep, Sleep};
+
+/// Request bodies larger than this are not read for the question.
+const MAX_QUESTION_BODY: usize = 16 * 1024;
+
+/// A running demo server; dropping it does not stop it (it lives as long as the
+/// runtime, like the gateway's listeners).
+#[derive(Debug, Clone)]
+pub struct DemoServer {
+    addr: SocketAddr,
+}
+
+impl DemoServer {
+    /// Binds `127.0.0.1:0` and serves the demo stream on every path and method.
+    pub async fn start(token_interval: Duration) -> std::io::Result<DemoServer> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| answer(request, token_interval));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(DemoServer { addr })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    token_interval: Duration,
+) -> Result<Response<DemoStream>, Infallible> {
+    let query_question = request.uri().query().and_then(question_from_query);
+    let body = http_body_util::Limited::new(request.into_body(), MAX_QUESTION_BODY)
+        .collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+    let question = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|json| json.get("q").and_then(|q| q.as_str()).map(str::to_owned))
+        .or(query_question)
+        .unwrap_or_else(|| "nothing yet".to_owned());
+    let response = Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(DemoStream::new(&question, token_interval))
+        .unwrap_or_default();
+    Ok(response)
+}
+
+fn question_from_query(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "q")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The answer's events, in wire form, flaws included.
+fn script(question: &str) -> Vec<Bytes> {
+    let question: String = question.chars().take(200).collect();
+    let answer = format!(
+        "Hello! You asked: \"{question}\". This answer streams token by token through \
+         sse-gateway, which repairs what the upstream gets wrong, ends the stream on \
+         its terminator, and counts every stream for Prometheus."
+    );
+    let mut events = vec![Bytes::from_static(b": ping\n\n")];
+    for (i, word) in answer.split_inclusive(' ').enumerate() {
+        let data = serde_json::json!({ "value": word }).to_string();
+        // Every third token carries the stray newline after `data:`.
+        let event = if i % 3 == 1 {
+            format!("data:\n{data}\n\n")
+        } else {
+            format!("data: {data}\n\n")
+        };
+        events.push(Bytes::from(event));
+        if i == 12 {
+            events.push(Bytes::from_static(b": ping\n\n"));
+        }
+    }
+    events.push(Bytes::from_static(b"data:\n[DONE]\n\n"));
+    events
+}
+
+/// The demo response body: one event per `token_interval`, no task per stream.
+#[derive(Debug)]
+pub struct DemoStream {
+    events: std::vec::IntoIter<Bytes>,
+    pause: Pin<Box<Sleep>>,
+    interval: Duration,
+}
+
+impl Default for DemoStream {
+    fn default() -> Self {
+        DemoStream::new("", Duration::ZERO)
+    }
+}
+
+impl DemoStream {
+    fn new(question: &str, interval: Duration) -> DemoStream {
+        DemoStream {
+            events: script(question).into_iter(),
+            // The first event (a ping) goes out at once, like a real upstream's
+            // early keep-alive.
+            pause: Box::pin(sleep(Duration::ZERO)),
+            interval,
+        }
+    }
+}
+
+impl Body for DemoStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.pause.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let next = self.events.next();
+        if next.is_some() {
+            let deadline = tokio::time::Instant::now() + self.interval;
+            self.pause.as_mut().reset(deadline);
+        }
+        Poll::Ready(next.map(|event| Ok(Frame::data(event))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_has_the_flaws_it_advertises() {
+        let events = script("why?");
+        let all: Vec<u8> = events.iter().flat_map(|e| e.iter().copied()).collect();
+        let text = String::from_utf8(all).unwrap();
+        assert!(text.starts_with(": ping\n\n"));
+        assert!(text.contains("data:\n{\"value\":"));
+        assert!(text.contains("data: {\"value\":\"Hello! \"}\n\n"));
+        assert!(text.contains("\\\"why?\\\""));
+        assert!(text.ends_with("data:\n[DONE]\n\n"));
+    }
+}
