@@ -1,0 +1,280 @@
+//! Proxying through a real gateway to a scripted upstream on real sockets: request
+//! translation, header handling, streaming without buffering, disconnects, upstream
+//! failures, keep-alive reuse and h2c.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+const TRANSLATING_ROUTE: &str = "    request:
+      path_prefix: /v1/assistant/stream
+      method: POST
+      body: query_as_json
+      headers:
+        set:
+          accept: text/event-stream
+          x-api-key: \"${ASSISTANT_API_KEY}\"
+          x-tenant: \"${TENANT:-public}\"
+        remove: [cookie]
+";
+
+#[tokio::test]
+async fn eventsource_get_becomes_the_upstream_post() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(&upstream.url(), TRANSLATING_ROUTE);
+    let gateway = start_gateway_with_env(&yaml, &[("ASSISTANT_API_KEY", "sk-test-123")]).await;
+
+    let request = Request::get("/api/stream/sub?q=hi&conversation=7")
+        .header("host", "chat.example")
+        .header("accept", "text/event-stream")
+        .header("authorization", "Bearer user-token")
+        .header("cookie", "session=secret")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(b"data: ok\n\n").await;
+        exchange.end_chunks().await;
+        exchange.request
+    });
+
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, "/v1/assistant/stream/sub");
+    let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(body, serde_json::json!({"q": "hi", "conversation": "7"}));
+    assert_eq!(seen.header("content-type"), Some("application/json"));
+    assert_eq!(seen.header("content-length"), Some(seen.body.len().to_string().as_str()));
+    assert_eq!(seen.header("accept"), Some("text/event-stream"));
+    assert_eq!(seen.header("authorization"), Some("Bearer user-token"));
+    assert_eq!(seen.header("x-api-key"), Some("sk-test-123"));
+    assert_eq!(seen.header("x-tenant"), Some("public"));
+    assert_eq!(seen.header("cookie"), None);
+    assert_eq!(seen.header("accept-encoding"), Some("identity"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("chat.example"));
+    assert_eq!(seen.header("host"), Some(upstream.addr.to_string().as_str()));
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "data: ok\n\n");
+}
+
+#[tokio::test]
+async fn request_body_streams_through_untranslated() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let payload = r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let request = Request::post("/api/stream?keep=1")
+        .header("host", "gw")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(payload)))
+        .unwrap();
+    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = upstream.accept().await;
+        exchange.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        exchange.request
+    });
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, "/api/stream?keep=1");
+    assert_eq!(seen.body, payload.as_bytes());
+    assert_eq!(body_text(response).await, "ok");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let request = Request::get("/api/stream")
+        .header("host", "gw")
+        .header("connection", "keep-alive, x-client-hop")
+        .header("x-client-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9v")
+        .header("x-end-to-end", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = upstream.accept().await;
+        exchange
+            .start_sse("connection: x-upstream-hop\r\nx-upstream-hop: 1\r\nkeep-alive: timeout=9\r\nproxy-authenticate: Basic\r\nx-request-id: abc\r\n")
+            .await;
+        exchange.end_chunks().await;
+        exchange.request
+    });
+    for name in ["connection", "x-client-hop", "keep-alive", "te", "proxy-authorization"] {
+        assert!(!seen.has_header(name), "upstream saw {name}");
+    }
+    assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+
+    let headers = response.headers();
+    for name in ["x-upstream-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(!headers.contains_key(name), "client saw {name}");
+    }
+    assert_eq!(headers["x-request-id"], "abc");
+    assert_eq!(headers["cache-control"], "no-cache, no-transform");
+    assert_eq!(headers["x-accel-buffering"], "no");
+}
+
+#[tokio::test]
+async fn each_event_is_forwarded_before_the_next_is_sent() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let (response, mut exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+    });
+    let mut body = response.into_body();
+    // The upstream sends event N+1 only after the client has received event N through
+    // the gateway: any buffering would stall this loop.
+    for i in 0..5 {
+        let event = format!("data: {{\"token\":{i}}}\n\n");
+        exchange.send_chunk(event.as_bytes()).await;
+        let received = next_data(&mut body).await.expect("the event arrives");
+        assert_eq!(received, event.as_bytes());
+    }
+    exchange.end_chunks().await;
+    assert_eq!(next_data(&mut body).await, None);
+}
+
+#[tokio::test]
+async fn client_leaving_a_silent_stream_closes_the_upstream_connection() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(b"data: first\n\n").await;
+    read_until(&mut client, b"data: first\n\n").await;
+
+    // The upstream now says nothing; the client goes away.
+    drop(client);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream connection is closed once the client has gone"
+    );
+}
+
+#[tokio::test]
+async fn refused_upstream_is_502_json() {
+    // A port that was just free: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let gateway = start_gateway(&one_route_config(&format!("http://127.0.0.1:{port}"), "")).await;
+    let response = get(gateway.addr, "/api/stream").await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()["x-sse-gateway-error"], "upstream_unavailable");
+    let json = body_json(response).await;
+    assert_eq!(json["error"]["type"], "upstream_unavailable");
+    assert_eq!(json["error"]["route"], "chat");
+    assert!(json["error"]["message"].as_str().unwrap().contains("refused"), "{json}");
+}
+
+#[tokio::test]
+async fn upstream_without_headers_in_time_is_504_json() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(&upstream.url(), "").replace("header_timeout: 2s", "header_timeout: 300ms");
+    let gateway = start_gateway(&yaml).await;
+    let (response, _exchange) = tokio::join!(get(gateway.addr, "/api/stream"), upstream.accept());
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let json = body_json(response).await;
+    assert_eq!(json["error"]["type"], "upstream_timeout");
+    assert_eq!(json["error"]["route"], "chat");
+    assert!(json["error"]["message"].as_str().unwrap().contains("300ms"), "{json}");
+}
+
+#[tokio::test]
+async fn upstream_reset_before_headers_is_502_json() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.write(b"HTTP/1.1 2").await;
+        drop(exchange);
+    });
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(body_json(response).await["error"]["type"], "upstream_error");
+}
+
+#[tokio::test]
+async fn non_event_stream_responses_pass_through_byte_identical() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream/file"), async {
+        let mut exchange = upstream.accept().await;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+            payload.len()
+        );
+        exchange.write(head.as_bytes()).await;
+        exchange.write(&payload).await;
+    });
+    assert_eq!(response.headers()["content-length"], payload.len().to_string());
+    assert!(!response.headers().contains_key("x-accel-buffering"));
+    let received = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(received, payload);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let (first, mut exchange) = tokio::join!(get(gateway.addr, "/api/stream/1"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none").await;
+        exchange
+    });
+    assert_eq!(body_text(first).await, "one");
+    let (second, seen) = tokio::join!(get(gateway.addr, "/api/stream/2"), async {
+        let seen = exchange.next_request().await;
+        exchange.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo").await;
+        seen
+    });
+    assert_eq!(seen.target, "/api/stream/2");
+    assert_eq!(body_text(second).await, "two");
+    assert!(!upstream.connection_within(Duration::from_millis(200)).await);
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_requests_are_proxied() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(gateway.url("/api/stream?h2=1"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (response, seen) = tokio::join!(sender.send_request(request), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(b"data: over h2\n\n").await;
+        exchange.end_chunks().await;
+        exchange.request
+    });
+    let response = response.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(seen.version, "HTTP/1.1");
+    assert_eq!(seen.target, "/api/stream?h2=1");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "data: over h2\n\n");
+}

@@ -1,0 +1,338 @@
+//! Test harness: a real gateway on `127.0.0.1:0`, a scripted upstream speaking
+//! HTTP/1.1 by hand on a real socket (so a test decides every byte and sees every
+//! close), and a streaming client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use sse_gateway::config::GatewayConfig;
+use sse_gateway::gateway::{self, Running};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Generous bound for anything that should happen "at once": liveness, not speed.
+pub const LIVENESS: Duration = Duration::from_secs(5);
+
+/// A gateway running in this test's runtime.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    running: Running,
+}
+
+impl TestGateway {
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn shutdown(self) {
+        self.running.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// Starts a gateway on `yaml` (its `listen` is replaced by `127.0.0.1:0`), with
+/// `${VAR}` answered from `env` only.
+pub async fn start_gateway_with_env(yaml: &str, env: &[(&str, &str)]) -> TestGateway {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = GatewayConfig::parse(yaml, "test.yaml", &|name| env.get(name).cloned())
+        .unwrap_or_else(|errors| panic!("test config is invalid:\n{errors}"));
+    start_config(config).await
+}
+
+pub async fn start_gateway(yaml: &str) -> TestGateway {
+    start_gateway_with_env(yaml, &[]).await
+}
+
+pub async fn start_config(mut config: GatewayConfig) -> TestGateway {
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let running = gateway::start(config).await.expect("gateway starts");
+    TestGateway {
+        addr: running.local_addr(),
+        running,
+    }
+}
+
+/// A config with one route `chat` on `/api/stream` to `upstream_url`, plus `extra`
+/// route YAML (indented as a list item) appended.
+pub fn one_route_config(upstream_url: &str, route_extra: &str) -> String {
+    format!(
+        "upstreams:\n  assistant:\n    url: {upstream_url}\n    header_timeout: 2s\n\
+         routes:\n  - name: chat\n    match: {{ path_prefix: /api/stream }}\n    upstream: assistant\n{route_extra}"
+    )
+}
+
+// === the scripted upstream ===
+
+/// An upstream the test scripts byte by byte.
+pub struct ScriptedUpstream {
+    listener: TcpListener,
+    pub addr: SocketAddr,
+}
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub target: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// The value of the first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}
+
+/// One accepted upstream connection and the request read from it.
+pub struct Exchange {
+    pub request: RecordedRequest,
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl ScriptedUpstream {
+    pub async fn bind() -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        ScriptedUpstream { listener, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Accepts the next connection and reads its first request (within [`LIVENESS`]).
+    pub async fn accept(&self) -> Exchange {
+        let (stream, _) = tokio::time::timeout(LIVENESS, self.listener.accept())
+            .await
+            .expect("the gateway connects to the upstream in time")
+            .unwrap();
+        let mut exchange = Exchange {
+            request: RecordedRequest {
+                method: String::new(),
+                target: String::new(),
+                version: String::new(),
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
+            stream,
+            buffer: Vec::new(),
+        };
+        exchange.request = exchange.read_request().await.expect("a request arrives");
+        exchange
+    }
+
+    /// True if a new connection arrives within `wait`.
+    pub async fn connection_within(&self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.listener.accept()).await.is_ok()
+    }
+}
+
+impl Exchange {
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(LIVENESS, self.stream.read(&mut chunk))
+            .await
+            .map_err(|_| std::io::Error::other("timed out reading"))??;
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    async fn read_line(&mut self) -> std::io::Result<String> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
+                self.buffer.drain(..end + 2);
+                return Ok(line);
+            }
+            if !self.fill().await? {
+                return Err(std::io::Error::other("eof in a line"));
+            }
+        }
+    }
+
+    async fn read_exact_body(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        while self.buffer.len() < n {
+            if !self.fill().await? {
+                return Err(std::io::Error::other("eof in a body"));
+            }
+        }
+        Ok(self.buffer.drain(..n).collect())
+    }
+
+    /// Reads one request (head and body, Content-Length or chunked).
+    pub async fn read_request(&mut self) -> std::io::Result<RecordedRequest> {
+        let request_line = self.read_line().await?;
+        let mut parts = request_line.splitn(3, ' ');
+        let method = parts.next().unwrap_or_default().to_owned();
+        let target = parts.next().unwrap_or_default().to_owned();
+        let version = parts.next().unwrap_or_default().to_owned();
+        let mut headers = Vec::new();
+        loop {
+            let line = self.read_line().await?;
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line has a colon");
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        let mut request = RecordedRequest {
+            method,
+            target,
+            version,
+            headers,
+            body: Vec::new(),
+        };
+        if let Some(length) = request.header("content-length") {
+            let length: usize = length.parse().unwrap();
+            request.body = self.read_exact_body(length).await?;
+        } else if request
+            .header("transfer-encoding")
+            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let size = usize::from_str_radix(self.read_line().await?.trim(), 16).unwrap();
+                let chunk = self.read_exact_body(size + 2).await?;
+                if size == 0 {
+                    break;
+                }
+                request.body.extend_from_slice(&chunk[..size]);
+            }
+        }
+        Ok(request)
+    }
+
+    /// Reads the next request on the same (kept-alive) connection.
+    pub async fn next_request(&mut self) -> RecordedRequest {
+        let request = self.read_request().await.expect("a second request on this connection");
+        self.request = request.clone();
+        request
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// A 200 `text/event-stream` head with chunked encoding, plus `extra_headers`
+    /// (each `Name: value\r\n`).
+    pub async fn start_sse(&mut self, extra_headers: &str) {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n{extra_headers}\r\n"
+        );
+        self.write(head.as_bytes()).await;
+    }
+
+    /// One chunk of a chunked body.
+    pub async fn send_chunk(&mut self, data: &[u8]) {
+        let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
+        frame.extend_from_slice(data);
+        frame.extend_from_slice(b"\r\n");
+        self.write(&frame).await;
+    }
+
+    /// The last chunk of a chunked body.
+    pub async fn end_chunks(&mut self) {
+        self.write(b"0\r\n\r\n").await;
+    }
+
+    /// True if the gateway closes this connection within `wait` (reads until EOF).
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let mut sink = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut sink)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+// === clients ===
+
+/// Sends one request over a new HTTP/1.1 connection; the body streams.
+pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Response<Incoming> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    tokio::time::timeout(LIVENESS, sender.send_request(request))
+        .await
+        .expect("response headers in time")
+        .unwrap()
+}
+
+pub async fn get(addr: SocketAddr, path_and_query: &str) -> Response<Incoming> {
+    let request = Request::get(path_and_query)
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(addr, request).await
+}
+
+/// The next data frame (skipping trailers), or `None` at the end of the body.
+pub async fn next_data(body: &mut Incoming) -> Option<Bytes> {
+    loop {
+        let frame = tokio::time::timeout(LIVENESS, body.frame())
+            .await
+            .expect("a frame arrives in time")?
+            .expect("the body does not fail");
+        if let Ok(data) = frame.into_data() {
+            return Some(data);
+        }
+    }
+}
+
+/// The whole body as text (within [`LIVENESS`]).
+pub async fn body_text(response: Response<Incoming>) -> String {
+    let bytes = tokio::time::timeout(LIVENESS, response.into_body().collect())
+        .await
+        .expect("the body ends in time")
+        .unwrap()
+        .to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// The body parsed as the gateway's JSON error shape.
+pub async fn body_json(response: Response<Incoming>) -> serde_json::Value {
+    serde_json::from_str(&body_text(response).await).expect("a JSON body")
+}
+
+/// Reads from a raw stream until `needle` has been seen (within [`LIVENESS`]).
+pub async fn read_until<S: AsyncRead + Unpin>(stream: &mut S, needle: &[u8]) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        let n = tokio::time::timeout(LIVENESS, stream.read(&mut chunk))
+            .await
+            .expect("bytes arrive in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before {:?}", String::from_utf8_lossy(needle));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    seen
+}
