@@ -106,7 +106,9 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream { body } => body.size_hint(),
-            Kind::Made { body } => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Made { body } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -25,10 +25,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// POST requests assistant APIs expect.
 #[derive(Debug, Parser)]
 #[command(name = "sse-gateway", version, about, long_about)]
-#[command(after_help = "Exit codes: 0 ok, 1 invalid config, 2 bad command line, 3 runtime failure.")]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 invalid config, 2 bad command line, 3 runtime failure."
+)]
 pub struct Cli {
     /// The config file.
-    #[arg(long, short, global = true, value_name = "FILE", default_value = "gateway.yaml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_name = "FILE",
+        default_value = "gateway.yaml"
+    )]
     pub config: PathBuf,
 
     #[command(subcommand)]
@@ -61,7 +69,11 @@ fn load(path: &std::path::Path) -> Result<GatewayConfig, ExitCode> {
     GatewayConfig::load(path).map_err(|errors| {
         eprintln!("{errors}");
         let n = errors.errors.len();
-        eprintln!("{n} problem{} in {}", if n == 1 { "" } else { "s" }, errors.source);
+        eprintln!(
+            "{n} problem{} in {}",
+            if n == 1 { "" } else { "s" },
+            errors.source
+        );
         ExitCode::from(EXIT_INVALID_CONFIG)
     })
 }
@@ -87,7 +99,10 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the runtime: {error}");
@@ -138,7 +153,9 @@ async fn shutdown_signal() {
 /// `RUST_LOG`, when set, wins over `log.level`.
 fn init_logging(log: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),

@@ -1,7 +1,7 @@
 //! The validated configuration: what `gateway.yaml` means once every check has passed.
 //!
 //! Loading is two stages, as in Vector: [`raw`] mirrors the file for serde, and
-//! [`validate`] turns it into the runtime types below while collecting *every* problem
+//! `validate` turns it into the runtime types below while collecting *every* problem
 //! (`gateway.yaml:LINE:COL: message`), so an operator fixes a file in one pass. Nothing
 //! here binds a socket or starts a task: `sse-gateway check` runs exactly this code.
 

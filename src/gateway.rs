@@ -97,13 +97,23 @@ async fn build_proxy(config: &GatewayConfig) -> Result<Proxy, StartError> {
         UpstreamTarget::Url { .. } => None,
     });
     let demo_origin = match demo_interval {
-        Some(interval) => Some(DemoServer::start(interval).await.map_err(StartError::Demo)?.origin()),
+        Some(interval) => Some(
+            DemoServer::start(interval)
+                .await
+                .map_err(StartError::Demo)?
+                .origin(),
+        ),
         None => None,
     };
     let upstreams: BTreeMap<String, Arc<Upstream>> = config
         .upstreams
         .iter()
-        .map(|(name, upstream)| (name.clone(), Arc::new(Upstream::new(upstream, demo_origin.as_deref()))))
+        .map(|(name, upstream)| {
+            (
+                name.clone(),
+                Arc::new(Upstream::new(upstream, demo_origin.as_deref())),
+            )
+        })
         .collect();
     Ok(Proxy::new(config, &upstreams))
 }
@@ -138,8 +148,14 @@ async fn accept_loop(
         }
     };
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "connections still open after the grace period; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the grace period; closing them"
+        );
     }
 }
 
@@ -158,7 +174,9 @@ fn serve_connection(
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.serve(request, peer).await) }
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
         if let Err(error) = connection.await {

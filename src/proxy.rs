@@ -66,7 +66,11 @@ impl Proxy {
     }
 
     /// Serves one request from `peer`.
-    pub async fn serve(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    pub async fn serve(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         let start = Instant::now();
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
 
@@ -74,14 +78,23 @@ impl Proxy {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
             RouteMatch::NotFound => {
                 let message = format!("no route for {}", request.uri().path());
-                return made(reply::error_response(ErrorType::NotFound, &message, None), log);
+                return made(
+                    reply::error_response(ErrorType::NotFound, &message, None),
+                    log,
+                );
             }
             RouteMatch::UnsafePath => {
                 let message = "the path contains dot segments or encoded separators";
-                return made(reply::error_response(ErrorType::BadRequest, message, None), log);
+                return made(
+                    reply::error_response(ErrorType::BadRequest, message, None),
+                    log,
+                );
             }
             RouteMatch::MethodNotAllowed { allow } => {
-                return made(reply::method_not_allowed(request.method(), &allow, None), log);
+                return made(
+                    reply::method_not_allowed(request.method(), &allow, None),
+                    log,
+                );
             }
         };
         log.set_route(&route.name, &route.upstream_name);
@@ -95,7 +108,11 @@ impl Proxy {
         let upstream_request = match translate(request, origin) {
             Ok(upstream_request) => upstream_request,
             Err(error) => {
-                let reply = reply::error_response(ErrorType::BadRequest, &error.to_string(), Some(&route.name));
+                let reply = reply::error_response(
+                    ErrorType::BadRequest,
+                    &error.to_string(),
+                    Some(&route.name),
+                );
                 return made(reply, log);
             }
         };
@@ -104,7 +121,11 @@ impl Proxy {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(route = %route.name, kind = error.kind(), %error, "upstream request failed");
-                let reply = reply::error_response(error.error_type(), &error.to_string(), Some(&route.name));
+                let reply = reply::error_response(
+                    error.error_type(),
+                    &error.to_string(),
+                    Some(&route.name),
+                );
                 return made(reply, log);
             }
         };
@@ -114,9 +135,10 @@ impl Proxy {
         if is_event_stream(parts.headers.get(CONTENT_TYPE)) {
             // Tell every cache and buffering proxy between here and the browser to
             // pass events through as they come.
-            parts
-                .headers
-                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+            parts.headers.insert(
+                CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, no-transform"),
+            );
             parts
                 .headers
                 .insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
@@ -146,13 +168,23 @@ mod tests {
 
     #[test]
     fn event_stream_content_types() {
-        let yes = ["text/event-stream", "Text/Event-Stream", "text/event-stream; charset=utf-8"];
+        let yes = [
+            "text/event-stream",
+            "Text/Event-Stream",
+            "text/event-stream; charset=utf-8",
+        ];
         for value in yes {
-            assert!(is_event_stream(Some(&HeaderValue::from_static(value))), "{value}");
+            assert!(
+                is_event_stream(Some(&HeaderValue::from_static(value))),
+                "{value}"
+            );
         }
         let no = ["text/plain", "application/json", "text/event-streams"];
         for value in no {
-            assert!(!is_event_stream(Some(&HeaderValue::from_static(value))), "{value}");
+            assert!(
+                !is_event_stream(Some(&HeaderValue::from_static(value))),
+                "{value}"
+            );
         }
         assert!(!is_event_stream(None));
     }

@@ -91,8 +91,16 @@ pub fn error_response(
 }
 
 /// 405 with the `Allow` header listing what the path takes.
-pub fn method_not_allowed(method: &Method, allow: &[Method], route: Option<&str>) -> Response<Bytes> {
-    let allowed = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+pub fn method_not_allowed(
+    method: &Method,
+    allow: &[Method],
+    route: Option<&str>,
+) -> Response<Bytes> {
+    let allowed = allow
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
     let message = format!("method {method} is not allowed here; allowed: {allowed}");
     let mut response = error_response(ErrorType::MethodNotAllowed, &message, route);
     if let Ok(value) = HeaderValue::from_str(&allowed) {
@@ -107,9 +115,12 @@ mod tests {
 
     #[test]
     fn the_one_error_shape() {
-        let json: serde_json::Value =
-            serde_json::from_slice(&error_json("upstream_timeout", "no \"answer\"", Some("chat")))
-                .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&error_json(
+            "upstream_timeout",
+            "no \"answer\"",
+            Some("chat"),
+        ))
+        .unwrap();
         assert_eq!(json["error"]["type"], "upstream_timeout");
         assert_eq!(json["error"]["message"], "no \"answer\"");
         assert_eq!(json["error"]["route"], "chat");

@@ -27,9 +27,14 @@ pub struct RouteTable<R> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteMatch<'a, R> {
     /// The route, and the length of the path it matched (the part a rewrite replaces).
-    Found { route: &'a R, matched_len: usize },
+    Found {
+        route: &'a R,
+        matched_len: usize,
+    },
     /// The path is owned by one or more routes, none of which takes this method.
-    MethodNotAllowed { allow: Vec<Method> },
+    MethodNotAllowed {
+        allow: Vec<Method>,
+    },
     NotFound,
     /// The path has dot segments or encoded separators; see the module docs.
     UnsafePath,
@@ -140,7 +145,11 @@ mod tests {
                 Some(vec![Method::DELETE]),
                 "cancel",
             ),
-            (PathMatch::Exact("/api/stream/health".into()), None, "health"),
+            (
+                PathMatch::Exact("/api/stream/health".into()),
+                None,
+                "health",
+            ),
         ])
     }
 
@@ -154,17 +163,32 @@ mod tests {
     #[test]
     fn longest_prefix_wins_segment_aware() {
         let t = table();
-        assert_eq!(found(t.find(&Method::GET, "/api/stream")), Some(("stream", 11)));
-        assert_eq!(found(t.find(&Method::GET, "/api/stream/x/y")), Some(("stream", 11)));
-        assert_eq!(found(t.find(&Method::GET, "/api/streaming")), Some(("api", 4)));
+        assert_eq!(
+            found(t.find(&Method::GET, "/api/stream")),
+            Some(("stream", 11))
+        );
+        assert_eq!(
+            found(t.find(&Method::GET, "/api/stream/x/y")),
+            Some(("stream", 11))
+        );
+        assert_eq!(
+            found(t.find(&Method::GET, "/api/streaming")),
+            Some(("api", 4))
+        );
         assert_eq!(found(t.find(&Method::GET, "/apis")), Some(("root", 1)));
-        assert_eq!(found(t.find(&Method::GET, "/api/stream/health")), Some(("health", 18)));
+        assert_eq!(
+            found(t.find(&Method::GET, "/api/stream/health")),
+            Some(("health", 18))
+        );
     }
 
     #[test]
     fn routes_on_one_path_split_by_method() {
         let t = table();
-        assert_eq!(found(t.find(&Method::DELETE, "/api/stream/1")), Some(("cancel", 11)));
+        assert_eq!(
+            found(t.find(&Method::DELETE, "/api/stream/1")),
+            Some(("cancel", 11))
+        );
         assert_eq!(
             t.find(&Method::PUT, "/api/stream"),
             RouteMatch::MethodNotAllowed {

@@ -130,7 +130,10 @@ impl Upstream {
     /// The absolute URI for an upstream path (which starts with `/`) and query.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut uri = String::with_capacity(
-            self.origin.len() + self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+            self.origin.len()
+                + self.base_path.len()
+                + path.len()
+                + query.map_or(0, |q| q.len() + 1),
         );
         uri.push_str(&self.origin);
         uri.push_str(&self.base_path);
@@ -183,7 +186,9 @@ impl Upstream {
 }
 
 /// The error and its chain of sources.
-fn causes<'a>(error: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+fn causes<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(error), |&e| e.source())
 }
 

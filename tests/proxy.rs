@@ -53,17 +53,26 @@ async fn eventsource_get_becomes_the_upstream_post() {
     let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
     assert_eq!(body, serde_json::json!({"q": "hi", "conversation": "7"}));
     assert_eq!(seen.header("content-type"), Some("application/json"));
-    assert_eq!(seen.header("content-length"), Some(seen.body.len().to_string().as_str()));
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string().as_str())
+    );
     assert_eq!(seen.header("accept"), Some("text/event-stream"));
     assert_eq!(seen.header("authorization"), Some("Bearer user-token"));
     assert_eq!(seen.header("x-api-key"), Some("sk-test-123"));
     assert_eq!(seen.header("x-tenant"), Some("public"));
     assert_eq!(seen.header("cookie"), None);
     assert_eq!(seen.header("accept-encoding"), Some("identity"));
-    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-host"), Some("chat.example"));
-    assert_eq!(seen.header("host"), Some(upstream.addr.to_string().as_str()));
+    assert_eq!(
+        seen.header("host"),
+        Some(upstream.addr.to_string().as_str())
+    );
 
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body_text(response).await, "data: ok\n\n");
@@ -81,7 +90,9 @@ async fn request_body_streams_through_untranslated() {
         .unwrap();
     let (response, seen) = tokio::join!(send(gateway.addr, request), async {
         let mut exchange = upstream.accept().await;
-        exchange.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
         exchange.request
     });
     assert_eq!(seen.method, "POST");
@@ -112,7 +123,13 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
         exchange.end_chunks().await;
         exchange.request
     });
-    for name in ["connection", "x-client-hop", "keep-alive", "te", "proxy-authorization"] {
+    for name in [
+        "connection",
+        "x-client-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+    ] {
         assert!(!seen.has_header(name), "upstream saw {name}");
     }
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
@@ -173,28 +190,46 @@ async fn client_leaving_a_silent_stream_closes_the_upstream_connection() {
 #[tokio::test]
 async fn refused_upstream_is_502_json() {
     // A port that was just free: nothing listens there.
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let gateway = start_gateway(&one_route_config(&format!("http://127.0.0.1:{port}"), "")).await;
     let response = get(gateway.addr, "/api/stream").await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-    assert_eq!(response.headers()["x-sse-gateway-error"], "upstream_unavailable");
+    assert_eq!(
+        response.headers()["x-sse-gateway-error"],
+        "upstream_unavailable"
+    );
     let json = body_json(response).await;
     assert_eq!(json["error"]["type"], "upstream_unavailable");
     assert_eq!(json["error"]["route"], "chat");
-    assert!(json["error"]["message"].as_str().unwrap().contains("refused"), "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{json}"
+    );
 }
 
 #[tokio::test]
 async fn upstream_without_headers_in_time_is_504_json() {
     let upstream = ScriptedUpstream::bind().await;
-    let yaml = one_route_config(&upstream.url(), "").replace("header_timeout: 2s", "header_timeout: 300ms");
+    let yaml = one_route_config(&upstream.url(), "")
+        .replace("header_timeout: 2s", "header_timeout: 300ms");
     let gateway = start_gateway(&yaml).await;
     let (response, _exchange) = tokio::join!(get(gateway.addr, "/api/stream"), upstream.accept());
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     let json = body_json(response).await;
     assert_eq!(json["error"]["type"], "upstream_timeout");
     assert_eq!(json["error"]["route"], "chat");
-    assert!(json["error"]["message"].as_str().unwrap().contains("300ms"), "{json}");
+    assert!(
+        json["error"]["message"].as_str().unwrap().contains("300ms"),
+        "{json}"
+    );
 }
 
 #[tokio::test]
@@ -224,7 +259,10 @@ async fn non_event_stream_responses_pass_through_byte_identical() {
         exchange.write(head.as_bytes()).await;
         exchange.write(&payload).await;
     });
-    assert_eq!(response.headers()["content-length"], payload.len().to_string());
+    assert_eq!(
+        response.headers()["content-length"],
+        payload.len().to_string()
+    );
     assert!(!response.headers().contains_key("x-accel-buffering"));
     let received = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(received, payload);
@@ -236,13 +274,17 @@ async fn upstream_connections_are_reused() {
     let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
     let (first, mut exchange) = tokio::join!(get(gateway.addr, "/api/stream/1"), async {
         let mut exchange = upstream.accept().await;
-        exchange.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none").await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none")
+            .await;
         exchange
     });
     assert_eq!(body_text(first).await, "one");
     let (second, seen) = tokio::join!(get(gateway.addr, "/api/stream/2"), async {
         let seen = exchange.next_request().await;
-        exchange.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo").await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo")
+            .await;
         seen
     });
     assert_eq!(seen.target, "/api/stream/2");

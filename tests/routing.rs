@@ -116,7 +116,9 @@ async fn dot_segments_and_encoded_slashes_never_reach_a_route() {
         assert!(reply.contains(r#""type":"bad_request""#), "{path}: {reply}");
     }
     assert!(
-        !upstream.connection_within(std::time::Duration::from_millis(200)).await,
+        !upstream
+            .connection_within(std::time::Duration::from_millis(200))
+            .await,
         "no tricky path reached the upstream"
     );
 }

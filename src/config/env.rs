@@ -8,7 +8,9 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
     /// `${NAME}` with no such variable and no default.
-    #[error("environment variable {0} is not set (set it, or give a default with ${{{0}:-value}})")]
+    #[error(
+        "environment variable {0} is not set (set it, or give a default with ${{{0}:-value}})"
+    )]
     Missing(String),
     /// `${` without its closing brace.
     #[error("unterminated ${{ in \"{0}\" (write $${{ for a literal ${{)")]
@@ -110,7 +112,10 @@ mod tests {
     #[test]
     fn errors_name_the_problem() {
         assert_eq!(sub("${NOPE}"), Err(EnvError::Missing("NOPE".into())));
-        assert!(sub("${NOPE}").unwrap_err().to_string().contains("NOPE is not set"));
+        assert!(sub("${NOPE}")
+            .unwrap_err()
+            .to_string()
+            .contains("NOPE is not set"));
         assert_eq!(sub("${KEY"), Err(EnvError::Unterminated("${KEY".into())));
         assert_eq!(sub("${}"), Err(EnvError::BadName(String::new())));
         assert_eq!(sub("${A-B}"), Err(EnvError::BadName("A-B".into())));

@@ -69,7 +69,10 @@ enum Container {
         key: Option<String>,
         seen_key: bool,
     },
-    Sequence { path: String, next: usize },
+    Sequence {
+        path: String,
+        next: usize,
+    },
 }
 
 #[derive(Default)]

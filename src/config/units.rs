@@ -23,7 +23,8 @@ pub struct HumanDuration(pub Duration);
 pub struct ByteSize(pub u64);
 
 const DURATION_HINT: &str = "expected an integer and a unit (ms, s, m, h, d), such as 250ms or 30s";
-const SIZE_HINT: &str = "expected an integer and a unit (B, KiB, MiB, GiB, KB, MB, GB), such as 64KiB or 1MiB";
+const SIZE_HINT: &str =
+    "expected an integer and a unit (B, KiB, MiB, GiB, KB, MB, GB), such as 64KiB or 1MiB";
 
 /// Splits `30s` into (`30`, `s`); `None` when there is no leading run of digits.
 fn split_number(text: &str) -> Option<(u64, &str)> {
@@ -82,7 +83,12 @@ impl fmt::Display for HumanDuration {
     /// The shortest exact form, so messages and `/config` show what an operator would write.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let millis = self.0.as_millis();
-        for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, per) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if millis >= per && millis % per == 0 {
                 return write!(f, "{}{unit}", millis / per);
             }
@@ -166,7 +172,18 @@ mod tests {
 
     #[test]
     fn durations_rejected_with_the_value_quoted() {
-        for text in ["", "30", "1.5s", "30 s", " 30s", "-1s", "5 minutes", "s", "10sec", "1S"] {
+        for text in [
+            "",
+            "30",
+            "1.5s",
+            "30 s",
+            " 30s",
+            "-1s",
+            "5 minutes",
+            "s",
+            "10sec",
+            "1S",
+        ] {
             let err = HumanDuration::parse(text).unwrap_err();
             assert!(err.contains(&format!("\"{text}\"")), "{err}");
             assert!(err.contains("such as 250ms or 30s"), "{err}");
@@ -210,6 +227,8 @@ mod tests {
             let err = ByteSize::parse(text).unwrap_err();
             assert!(err.contains("such as 64KiB"), "{err}");
         }
-        assert!(ByteSize::parse("99999999999999GiB").unwrap_err().contains("too large"));
+        assert!(ByteSize::parse("99999999999999GiB")
+            .unwrap_err()
+            .contains("too large"));
     }
 }

@@ -21,23 +21,10 @@ use super::{
     defaults, ConfigError, ConfigErrors, GatewayConfig, LogConfig, LogFormat, PathMatch,
     RequestPlan, RouteConfig, UpstreamConfig, UpstreamTarget,
 };
+use crate::proxy::request::is_hop_by_hop;
 
 /// Names become metric label values and log fields: keep them short and plain.
 const MAX_NAME_LEN: usize = 64;
-
-/// Headers that describe one connection, not the message; setting them on the
-/// upstream request would be meaningless or harmful.
-pub(crate) const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 struct Validator<'a> {
     locations: Locations,
@@ -106,7 +93,11 @@ impl Validator<'_> {
             }
         };
         let Value::Mapping(mapping) = &mut root else {
-            let what = if root.is_null() { "empty" } else { "not a mapping" };
+            let what = if root.is_null() {
+                "empty"
+            } else {
+                "not a mapping"
+            };
             self.error_at_value(
                 "",
                 format!("the file is {what}; it needs at least `upstreams` and `routes`"),
@@ -131,11 +122,7 @@ impl Validator<'_> {
             sections.insert(name.to_owned(), value);
         }
 
-        let listen = self.listen_address(
-            "listen",
-            sections.remove("listen"),
-            defaults::LISTEN,
-        );
+        let listen = self.listen_address("listen", sections.remove("listen"), defaults::LISTEN);
         let admin: Option<raw::Admin> = self.section(sections.remove("admin"), "admin");
         let admin_listen = self.listen_address(
             "admin.listen",
@@ -151,8 +138,19 @@ impl Validator<'_> {
             }
         }
         let log = self.log(sections.remove("log"));
-        let upstreams = self.upstreams(sections.remove("upstreams"));
-        let routes = self.routes(sections.remove("routes"), &upstreams);
+        let upstreams_value = sections.remove("upstreams");
+        // Routes naming an upstream that is declared but broken get no second error.
+        let declared: BTreeSet<String> = upstreams_value
+            .as_ref()
+            .and_then(Value::as_mapping)
+            .map(|m| {
+                m.keys()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let upstreams = self.upstreams(upstreams_value);
+        let routes = self.routes(sections.remove("routes"), &upstreams, &declared);
 
         Some(GatewayConfig {
             source: source.to_owned(),
@@ -226,7 +224,12 @@ impl Validator<'_> {
                     .strip_prefix("unknown field `")
                     .and_then(|rest| rest.split('`').next())
                 {
-                    let key_path = join(&full, field);
+                    // The path may or may not already end in the unknown key.
+                    let key_path = if full.ends_with(&format!(".{field}")) || full == field {
+                        full
+                    } else {
+                        join(&full, field)
+                    };
                     self.error_at_key(&key_path, message.clone());
                 } else {
                     self.error_at_value(&full, message);
@@ -336,7 +339,9 @@ impl Validator<'_> {
                         connect_timeout: raw
                             .connect_timeout
                             .map_or(defaults::CONNECT_TIMEOUT, |d| d.0),
-                        header_timeout: raw.header_timeout.map_or(defaults::HEADER_TIMEOUT, |d| d.0),
+                        header_timeout: raw
+                            .header_timeout
+                            .map_or(defaults::HEADER_TIMEOUT, |d| d.0),
                     },
                 );
             }
@@ -364,7 +369,9 @@ impl Validator<'_> {
                     None
                 }
             }
-            (Some("http" | "https"), Some(_)) => Some("credentials in the url are not allowed; set a header instead"),
+            (Some("http" | "https"), Some(_)) => {
+                Some("credentials in the url are not allowed; set a header instead")
+            }
             (Some(_), _) => Some("the scheme must be http or https"),
             (None, _) => Some("expected an absolute url such as http://127.0.0.1:8000"),
         };
@@ -380,6 +387,7 @@ impl Validator<'_> {
         &mut self,
         value: Option<Value>,
         upstreams: &BTreeMap<String, UpstreamConfig>,
+        declared: &BTreeSet<String>,
     ) -> Vec<RouteConfig> {
         let mut routes: Vec<RouteConfig> = Vec::new();
         let Some(items) = self.section::<Vec<Value>>(value, "routes") else {
@@ -395,20 +403,21 @@ impl Validator<'_> {
             let Some(raw) = self.section::<raw::Route>(Some(value), &path) else {
                 continue;
             };
-            let Some(route) = self.route(&path, raw, upstreams) else {
+            let Some(route) = self.route(&path, raw, upstreams, declared) else {
                 continue;
             };
             if let Some(first) = names.insert(route.name.clone(), index) {
                 self.error_at_value(
                     &join(&path, "name"),
-                    format!("duplicate route name \"{}\" (also routes[{first}].name)", route.name),
+                    format!(
+                        "duplicate route name \"{}\" (also routes[{first}].name)",
+                        route.name
+                    ),
                 );
             }
-            if let Some((other, _)) = routes
-                .iter()
-                .enumerate()
-                .find(|(_, other)| other.path == route.path && methods_overlap(&other.methods, &route.methods))
-            {
+            if let Some((other, _)) = routes.iter().enumerate().find(|(_, other)| {
+                other.path == route.path && methods_overlap(&other.methods, &route.methods)
+            }) {
                 self.error_at_value(
                     &join(&path, "match"),
                     format!(
@@ -428,6 +437,7 @@ impl Validator<'_> {
         path: &str,
         raw: raw::Route,
         upstreams: &BTreeMap<String, UpstreamConfig>,
+        declared: &BTreeSet<String>,
     ) -> Option<RouteConfig> {
         let mut ok = self.name(&join(path, "name"), "route", &raw.name);
 
@@ -440,10 +450,7 @@ impl Validator<'_> {
                 .route_path(&join(&match_path, "path"), &exact)
                 .map(PathMatch::Exact),
             _ => {
-                self.error_at_value(
-                    &match_path,
-                    "give exactly one of `path_prefix` or `path`",
-                );
+                self.error_at_value(&match_path, "give exactly one of `path_prefix` or `path`");
                 None
             }
         };
@@ -462,16 +469,22 @@ impl Validator<'_> {
             }
         };
 
-        if !upstreams.contains_key(&raw.upstream) {
-            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        if !declared.contains(&raw.upstream) {
+            let known: Vec<&str> = declared.iter().map(String::as_str).collect();
             self.error_at_value(
                 &join(path, "upstream"),
                 format!(
                     "unknown upstream \"{}\" (defined: {})",
                     raw.upstream,
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             );
+            ok = false;
+        } else if !upstreams.contains_key(&raw.upstream) {
             ok = false;
         }
 
@@ -496,7 +509,9 @@ impl Validator<'_> {
         } else if value.contains(['?', '#', '%', '\\']) {
             Some("it must be a plain path without ?, #, % or \\")
         } else if value.contains("//")
-            || value.split('/').any(|segment| segment == "." || segment == "..")
+            || value
+                .split('/')
+                .any(|segment| segment == "." || segment == "..")
         {
             Some("it must not contain //, /./ or /../")
         } else {
@@ -585,7 +600,7 @@ impl Validator<'_> {
 
     fn header_name(&mut self, path: &str, name: &str) -> Option<HeaderName> {
         match HeaderName::from_str(name) {
-            Ok(header) if HOP_BY_HOP.contains(&header.as_str()) || header == http::header::HOST => {
+            Ok(header) if is_hop_by_hop(&header) || header == http::header::HOST => {
                 self.error_at_key(
                     path,
                     format!("header {name} is managed by the gateway per connection and cannot be configured"),

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, CONNECTION, CONTENT_LENGTH,
-    CONTENT_TYPE, HOST,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
+    HOST,
 };
 use http::{Request, Version};
 use http_body_util::{Either, Full};
@@ -35,6 +35,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// True for the fixed hop-by-hop headers (configuring them is refused).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -94,19 +99,24 @@ pub fn translate(
         BodyMode::QueryAsJson => {
             // The query became the body; the client's own body, if any, is replaced.
             let json = query_as_json(query.unwrap_or(""));
-            parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
+            parts
+                .headers
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
             (None, Either::Right(Full::new(json)))
         }
     };
     let uri = origin.upstream.uri(&path, query)?;
 
     // The authority the client asked for, before Host is replaced by the upstream's.
-    let client_host = parts
-        .headers
-        .get(HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
 
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -175,7 +185,10 @@ mod tests {
     fn query_becomes_a_json_object_of_strings() {
         let json: serde_json::Value =
             serde_json::from_slice(&query_as_json("q=hi%20there&conversation=7&e=")).unwrap();
-        assert_eq!(json, serde_json::json!({"q": "hi there", "conversation": "7", "e": ""}));
+        assert_eq!(
+            json,
+            serde_json::json!({"q": "hi there", "conversation": "7", "e": ""})
+        );
     }
 
     #[test]
@@ -196,7 +209,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_connection_named_ones_go() {
         let mut headers = HeaderMap::new();
-        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        headers.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-secret-hop", HeaderValue::from_static("1"));
         headers.insert("te", HeaderValue::from_static("trailers"));

@@ -145,7 +145,9 @@ impl ScriptedUpstream {
 
     /// True if a new connection arrives within `wait`.
     pub async fn connection_within(&self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.listener.accept()).await.is_ok()
+        tokio::time::timeout(wait, self.listener.accept())
+            .await
+            .is_ok()
     }
 }
 
@@ -225,7 +227,10 @@ impl Exchange {
 
     /// Reads the next request on the same (kept-alive) connection.
     pub async fn next_request(&mut self) -> RecordedRequest {
-        let request = self.read_request().await.expect("a second request on this connection");
+        let request = self
+            .read_request()
+            .await
+            .expect("a second request on this connection");
         self.request = request.clone();
         request
     }
@@ -331,7 +336,11 @@ pub async fn read_until<S: AsyncRead + Unpin>(stream: &mut S, needle: &[u8]) -> 
             .await
             .expect("bytes arrive in time")
             .unwrap();
-        assert!(n > 0, "connection closed before {:?}", String::from_utf8_lossy(needle));
+        assert!(
+            n > 0,
+            "connection closed before {:?}",
+            String::from_utf8_lossy(needle)
+        );
         seen.extend_from_slice(&chunk[..n]);
     }
     seen

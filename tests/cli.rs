@@ -1,0 +1,239 @@
+//! The `sse-gateway` binary as an operator runs it: `check` on the shipped config and
+//! on broken ones (exit code and the exact `FILE:LINE:COL: message` lines), `--help`,
+//! `--version`, and `run` on the shipped config serving the demo stream.
+//!
+//! These drive a child process from plain threads, with no runtime to block, so the
+//! std clock and sleep are the right tools here.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn gateway_bin() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sse-gateway"));
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    command.env_remove("RUST_LOG");
+    command
+}
+
+fn check(config: &str) -> (i32, String, String) {
+    let output = gateway_bin()
+        .args(["check", "--config", config])
+        .env_remove("SSE_GATEWAY_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn shipped_config_passes_check() {
+    let (code, stdout, stderr) = check("gateway.yaml");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("gateway.yaml: ok"), "{stdout}");
+}
+
+/// Each broken config, and every line `check` must print for it.
+const BROKEN: &[(&str, &[&str])] = &[
+    (
+        "unknown_key.yaml",
+        &["unknown_key.yaml:6:5: routes[0].macth: unknown field `macth`, expected one of `name`, `match`, `upstream`, `request`"],
+    ),
+    (
+        "duplicate_route.yaml",
+        &["duplicate_route.yaml:7:11: routes[1].name: duplicate route name \"chat\" (also routes[0].name)"],
+    ),
+    (
+        "unknown_upstream.yaml",
+        &["unknown_upstream.yaml:6:15: routes[0].upstream: unknown upstream \"assistant\" (defined: demo)"],
+    ),
+    (
+        "bad_url.yaml",
+        &["bad_url.yaml:3:10: upstreams.assistant.url: invalid upstream url \"ftp://127.0.0.1:8000\": the scheme must be http or https"],
+    ),
+    (
+        "bad_duration.yaml",
+        &["bad_duration.yaml:4:21: upstreams.assistant.header_timeout: invalid duration \"5 minutes\": expected an integer and a unit (ms, s, m, h, d), such as 250ms or 30s"],
+    ),
+    (
+        "missing_env.yaml",
+        &["missing_env.yaml:10:22: routes[0].request.headers.set.x-api-key: environment variable SSE_GATEWAY_TEST_UNSET_KEY is not set"],
+    ),
+    (
+        "overlapping_prefix.yaml",
+        &["overlapping_prefix.yaml:8:14: routes[1].match: route \"chat-v2\" matches the same path /api/stream as routes[0] with overlapping methods"],
+    ),
+    (
+        "bad_yaml.yaml",
+        &["bad_yaml.yaml:3:1: invalid YAML: did not find expected ',' or '}'"],
+    ),
+    (
+        "bad_listen.yaml",
+        &["bad_listen.yaml:1:9: listen: invalid address \"localhost\": expected IP:PORT"],
+    ),
+    (
+        "unknown_top_level.yaml",
+        &[
+            "unknown_top_level.yaml:1:1: missing `routes`: define at least one route",
+            "unknown_top_level.yaml:3:1: route: unknown key `route` (expected one of: listen, admin, log, upstreams, routes)",
+        ],
+    ),
+    (
+        "bad_method_and_path.yaml",
+        &[
+            "bad_method_and_path.yaml:5:27: routes[0].match.path_prefix: invalid path \"api/stream\": it must start with /",
+            "bad_method_and_path.yaml:5:54: routes[0].match.methods[1]: invalid HTTP method \"FETCH ME\"",
+            "bad_method_and_path.yaml:8:15: routes[0].request.method: invalid HTTP method \"P OST\"",
+        ],
+    ),
+    (
+        "many_problems.yaml",
+        &[
+            "many_problems.yaml:1:9: listen: invalid address \"0.0.0.0:99999\"",
+            "many_problems.yaml:5:22: upstreams.assistant.connect_timeout: invalid duration \"1.5s\"",
+            "many_problems.yaml:7:10: upstreams.backup.url: invalid upstream url \"not a url\"",
+            "many_problems.yaml:11:15: routes[0].upstream: unknown upstream \"nowhere\" (defined: assistant, backup)",
+            "many_problems.yaml:12:11: routes[1].name: invalid route name \"bad name!\"",
+            "many_problems.yaml:21:11: routes[2].request.headers.set.connection: header connection is managed by the gateway",
+        ],
+    ),
+    (
+        "empty.yaml",
+        &["empty.yaml: the file is empty; it needs at least `upstreams` and `routes`"],
+    ),
+];
+
+#[test]
+fn broken_configs_fail_check_with_every_problem_located() {
+    assert!(BROKEN.len() >= 8);
+    for (file, expected) in BROKEN {
+        let path = format!("tests/fixtures/configs/{file}");
+        let (code, stdout, stderr) = check(&path);
+        assert_eq!(code, 1, "{file} must fail check:\n{stderr}");
+        assert!(stdout.is_empty(), "{file}: {stdout}");
+        let problems: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&path)).collect();
+        assert_eq!(
+            problems.len(),
+            expected.len(),
+            "{file}: expected {} problem lines and a summary, got:\n{stderr}",
+            expected.len()
+        );
+        for (line, want) in problems.iter().zip(expected.iter()) {
+            let want = format!("tests/fixtures/configs/{want}");
+            assert!(
+                line.starts_with(&want),
+                "{file}:\n  got  {line}\n  want {want}"
+            );
+        }
+        let summary = format!("{} problem", expected.len());
+        assert!(
+            stderr.lines().last().unwrap().starts_with(&summary),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_config_is_exit_1_with_the_reason() {
+    let (code, _, stderr) = check("no/such/gateway.yaml");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no/such/gateway.yaml: cannot read the config file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_and_version_are_readable() {
+    let help = gateway_bin().arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    for needle in ["--config <FILE>", "check", "run", "Exit codes"] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+    let version = gateway_bin().arg("--version").output().unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    assert_eq!(
+        version.trim(),
+        format!("sse-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+    let bad = gateway_bin().arg("--no-such-flag").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// `run` on a copy of the shipped config (on a free port): the demo stream arrives
+/// with the question answered, one log line is written for it, and SIGTERM ends the
+/// process with exit code 0.
+#[test]
+fn run_serves_the_demo_stream_from_the_shipped_config() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml"))
+            .unwrap();
+    let config = shipped
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:9090", "127.0.0.1:0");
+    let dir = std::env::temp_dir().join(format!("sse-gateway-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, config).unwrap();
+
+    let mut child = gateway_bin()
+        .args(["--config", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(error) => panic!("gateway did not listen: {error}"),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /api/stream?q=ping HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let terminated = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let logged: Vec<String> = stderr.lines().map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
+
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    assert!(reply.contains("content-type: text/event-stream"), "{reply}");
+    assert!(reply.contains(r#"{"value":"Hello! "}"#), "{reply}");
+    assert!(
+        reply.contains(r#"\"ping\""#),
+        "the demo answers the question: {reply}"
+    );
+    assert!(reply.contains("[DONE]"), "{reply}");
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("request finished") && l.contains("chat")),
+        "one log line per finished request:\n{}",
+        logged.join("\n")
+    );
+}
