@@ -21,7 +21,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 
 pub use env::EnvError;
 pub use locate::Position;
-pub use raw::{BodyMode, LogFormat};
+pub use raw::{BodyMode, LogFormat, OnUpstreamEof, Scope};
 pub use units::{ByteSize, HumanDuration};
 
 /// Defaults for keys an operator may leave out, in one place so the README can cite them.
@@ -40,6 +40,16 @@ pub mod defaults {
     pub const DEMO_TOKEN_INTERVAL: Duration = Duration::from_millis(80);
     /// `log.level` when neither the file nor `RUST_LOG` sets one.
     pub const LOG_LEVEL: &str = "info";
+    /// Largest event the framer holds before ending the stream with `oversize`.
+    pub const MAX_EVENT_SIZE: u64 = 1 << 20;
+    /// No data from the upstream for this long: the stream counts as stuck.
+    pub const STUCK_AFTER: Duration = Duration::from_secs(30);
+    /// No data from the upstream for this long: the stream is ended.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Nothing sent downstream for this long: a `: keep-alive` comment is sent.
+    pub const HEARTBEAT: Duration = Duration::from_secs(15);
+    /// Hard cap on a stream's life.
+    pub const MAX_DURATION: Duration = Duration::from_secs(30 * 60);
 }
 
 /// A complete, valid configuration.
@@ -90,6 +100,60 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     pub upstream: String,
     pub request: RequestPlan,
+    /// How `text/event-stream` responses are handled; `None` passes them through
+    /// untouched, like any other response.
+    pub stream: Option<StreamConfig>,
+}
+
+/// A route's `stream` section: the rewrite pipeline and the supervision clocks.
+/// A clock set to `0` is off.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub rules: Vec<RuleConfig>,
+    pub terminator: Option<TerminatorConfig>,
+    pub max_event_size: usize,
+    pub stuck_after: Duration,
+    pub idle_timeout: Duration,
+    pub heartbeat: Duration,
+    pub max_duration: Duration,
+}
+
+/// One rewrite rule, its regex compiled.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// The `rule` metric label: given, or `KIND#INDEX`.
+    pub name: String,
+    pub action: RuleAction,
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleAction {
+    RepairOrphanLines,
+    Replace {
+        pattern: regex::bytes::Regex,
+        with: String,
+        scope: Scope,
+    },
+    Drop {
+        pattern: regex::bytes::Regex,
+        scope: Scope,
+    },
+}
+
+/// What ends a stream.
+#[derive(Debug, Clone)]
+pub struct TerminatorConfig {
+    pub matcher: TerminatorMatcher,
+    pub forward: bool,
+    pub on_upstream_eof: OnUpstreamEof,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminatorMatcher {
+    /// An event whose data equals this.
+    Data(String),
+    /// An event whose type equals this.
+    Event(String),
 }
 
 /// How a route matches the request path.

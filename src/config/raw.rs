@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::units::HumanDuration;
+use super::units::{ByteSize, HumanDuration};
 
 /// The sections of the top-level mapping; each is deserialized on its own so that one
 /// bad section does not hide the errors of the others.
@@ -61,6 +61,7 @@ pub struct Route {
     pub upstream: String,
     #[serde(default)]
     pub request: Request,
+    pub stream: Option<Stream>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,4 +101,79 @@ pub struct Headers {
     pub set: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
+}
+
+/// How `text/event-stream` responses on a route are handled.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stream {
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    pub terminator: Option<Terminator>,
+    pub max_event_size: Option<ByteSize>,
+    pub stuck_after: Option<HumanDuration>,
+    pub idle_timeout: Option<HumanDuration>,
+    pub heartbeat: Option<HumanDuration>,
+    pub max_duration: Option<HumanDuration>,
+}
+
+/// One rule: exactly one of `repair`, `replace`, `drop`. `name` may sit beside the
+/// kind or (for `replace` and `drop`) inside it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub repair: Option<Repair>,
+    pub replace: Option<Replace>,
+    pub drop: Option<Drop>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Repair {
+    OrphanLines,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replace {
+    pub pattern: String,
+    pub with: String,
+    pub scope: Option<Scope>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drop {
+    pub pattern: String,
+    pub scope: Option<Scope>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The event's raw text, LF line ends, without the final blank line.
+    Event,
+    /// The event's data payload (data lines joined by LF).
+    Data,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Terminator {
+    pub data: Option<String>,
+    pub event: Option<String>,
+    pub forward: Option<bool>,
+    pub on_upstream_eof: Option<OnUpstreamEof>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUpstreamEof {
+    /// Send the terminator when the upstream ends without one.
+    Synthesize,
+    /// End the response as the upstream did.
+    None,
 }
