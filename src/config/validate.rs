@@ -289,7 +289,8 @@ impl Validator<'_> {
     }
 
     fn name(&mut self, path: &str, kind: &str, name: &str) -> bool {
-        if !is_plain_name(name, b"_-.") {
+        let plain = is_plain_name(name, b"_-.");
+        if !plain {
             self.error_at_value(
                 path,
                 format!("invalid {kind} name \"{name}\": use 1 to {MAX_NAME_LEN} letters, digits, `_`, `-` or `.` (it becomes a metric label)"),
