@@ -8,6 +8,7 @@
 mod env;
 mod locate;
 pub mod raw;
+mod show;
 mod units;
 mod validate;
 
@@ -22,6 +23,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 pub use env::EnvError;
 pub use locate::Position;
 pub use raw::{BodyMode, LogFormat, OnUpstreamEof, Scope};
+pub use show::REDACTED;
 pub use units::{ByteSize, HumanDuration};
 
 /// Defaults for keys an operator may leave out, in one place so the README can cite them.

@@ -1,12 +1,13 @@
 //! The composition root: from a validated config to a listening gateway.
 //!
 //! Starts the demo upstream when a config uses it, builds one client per upstream and
-//! the route table, binds the public listener and serves HTTP/1.1 and h2c (prior
-//! knowledge) on it. The only file that knows every other module.
+//! the route table, binds the public listener (HTTP/1.1 and h2c prior knowledge) and
+//! the admin listener. The only file that knows every other module.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +16,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, AdminState};
 use crate::config::{GatewayConfig, UpstreamTarget};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::upstream::demo::DemoServer;
 use crate::upstream::Upstream;
@@ -39,6 +42,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr} (admin): {source}")]
+    BindAdmin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the demo upstream: {0}")]
     Demo(std::io::Error),
 }
@@ -47,6 +55,8 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Running {
     local_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    admin: Arc<AdminState>,
     stop: Option<oneshot::Sender<Duration>>,
     task: JoinHandle<()>,
 }
@@ -57,8 +67,19 @@ impl Running {
         self.local_addr
     }
 
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.admin.metrics
+    }
+
     /// Stops accepting, lets open connections finish for up to `grace`, then returns.
     pub async fn shutdown(mut self, grace: Duration) {
+        self.admin.ready.store(false, Ordering::Release);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(grace);
         }
@@ -68,29 +89,40 @@ impl Running {
 
 /// Starts serving `config`.
 pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
-    let proxy = Arc::new(build_proxy(&config).await?);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    tracing::info!(listen = %local_addr, routes = config.routes.len(), "gateway listening");
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Arc::new(build_proxy(&config, &metrics).await?);
+    let bind = |addr: SocketAddr, admin: bool| async move {
+        let listener = TcpListener::bind(addr).await;
+        let listener = listener.and_then(|l| Ok((l.local_addr()?, l)));
+        listener.map_err(|source| match admin {
+            false => StartError::Bind { addr, source },
+            true => StartError::BindAdmin { addr, source },
+        })
+    };
+    let (local_addr, listener) = bind(config.listen, false).await?;
+    let (admin_addr, admin_listener) = bind(config.admin_listen, true).await?;
+    tracing::info!(listen = %local_addr, admin = %admin_addr, routes = config.routes.len(), "gateway listening");
+
+    let (_config_tx, config_rx) = watch::channel(Arc::new(config));
+    let admin = Arc::new(AdminState {
+        metrics,
+        config: config_rx,
+        ready: true.into(),
+    });
+    admin::serve(admin_listener, admin.clone());
 
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(accept_loop(listener, proxy, stop_rx));
     Ok(Running {
         local_addr,
+        admin_addr,
+        admin,
         stop: Some(stop_tx),
         task,
     })
 }
 
-async fn build_proxy(config: &GatewayConfig) -> Result<Proxy, StartError> {
+async fn build_proxy(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Result<Proxy, StartError> {
     // One demo server serves every demo upstream; the first one's pace is used.
     let demo_interval = config.upstreams.values().find_map(|u| match u.target {
         UpstreamTarget::Demo { token_interval } => Some(token_interval),
@@ -115,7 +147,7 @@ async fn build_proxy(config: &GatewayConfig) -> Result<Proxy, StartError> {
             )
         })
         .collect();
-    Ok(Proxy::new(config, &upstreams))
+    Ok(Proxy::new(config, &upstreams, metrics))
 }
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {

@@ -2,6 +2,7 @@
 //! Server-Sent Events.
 //!
 //! # Layout
+//! - [`admin`]: the admin listener: /metrics, /healthz, /readyz, /config.
 //! - [`cli`]: the `sse-gateway` command line: run, check; exit codes.
 //! - [`config`]: `gateway.yaml` -> a validated [`config::GatewayConfig`], every problem
 //!   reported with its file position.
@@ -12,12 +13,17 @@
 //! - [`body`]: the streaming response body handed to hyper.
 //! - [`reply`]: the one JSON error shape of everything the gateway says itself.
 //! - [`access_log`]: one log line per finished request.
+//! - [`metrics`]: Prometheus families, and per-route handles resolved once.
+//! - [`supervise`]: the event-stream body: pipeline, clocks, one outcome per stream.
 pub mod access_log;
+pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod metrics;
 pub mod proxy;
 pub mod reply;
 pub mod router;
+pub mod supervise;
 pub mod upstream;

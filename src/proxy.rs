@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::access_log::RequestLog;
 use crate::body::ResponseBody;
 use crate::config::{GatewayConfig, RouteConfig};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
 use crate::upstream::Upstream;
@@ -34,12 +35,14 @@ pub struct Route {
     pub config: RouteConfig,
     pub upstream: Arc<Upstream>,
     upstream_name: Arc<str>,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Everything needed to serve requests under one config.
 #[derive(Debug)]
 pub struct Proxy {
     routes: RouteTable<Route>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
@@ -47,12 +50,19 @@ impl Proxy {
     pub fn new(
         config: &GatewayConfig,
         upstreams: &std::collections::BTreeMap<String, Arc<Upstream>>,
+        metrics: &Arc<Metrics>,
     ) -> Proxy {
         let routes = config.routes.iter().filter_map(|route| {
             // Validation guarantees the upstream exists; a missing one is skipped
             // rather than panicking in a running gateway.
             let upstream = upstreams.get(&route.upstream)?.clone();
+            let rule_names: Vec<&str> = route
+                .stream
+                .iter()
+                .flat_map(|stream| stream.rules.iter().map(|rule| rule.name.as_str()))
+                .collect();
             let compiled = Route {
+                metrics: Arc::new(metrics.route(&route.name, &rule_names)),
                 name: Arc::from(route.name.as_str()),
                 upstream_name: Arc::from(upstream.name()),
                 config: route.clone(),
@@ -62,6 +72,7 @@ impl Proxy {
         });
         Proxy {
             routes: RouteTable::new(routes),
+            metrics: metrics.clone(),
         }
     }
 
@@ -71,6 +82,18 @@ impl Proxy {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
+        let method = request.method().clone();
+        let (response, route) = self.route_and_forward(request, peer).await;
+        self.metrics
+            .count_request(route.as_deref(), &method, response.status());
+        response
+    }
+
+    async fn route_and_forward(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> (Response<ResponseBody>, Option<Arc<str>>) {
         let start = Instant::now();
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
 
@@ -78,26 +101,21 @@ impl Proxy {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
             RouteMatch::NotFound => {
                 let message = format!("no route for {}", request.uri().path());
-                return made(
-                    reply::error_response(ErrorType::NotFound, &message, None),
-                    log,
-                );
+                let reply = reply::error_response(ErrorType::NotFound, &message, None);
+                return (made(reply, log), None);
             }
             RouteMatch::UnsafePath => {
                 let message = "the path contains dot segments or encoded separators";
-                return made(
-                    reply::error_response(ErrorType::BadRequest, message, None),
-                    log,
-                );
+                let reply = reply::error_response(ErrorType::BadRequest, message, None);
+                return (made(reply, log), None);
             }
             RouteMatch::MethodNotAllowed { allow } => {
-                return made(
-                    reply::method_not_allowed(request.method(), &allow, None),
-                    log,
-                );
+                let reply = reply::method_not_allowed(request.method(), &allow, None);
+                return (made(reply, log), None);
             }
         };
         log.set_route(&route.name, &route.upstream_name);
+        let route_name = Some(route.name.clone());
 
         let origin = Origin {
             peer,
@@ -113,7 +131,7 @@ impl Proxy {
                     &error.to_string(),
                     Some(&route.name),
                 );
-                return made(reply, log);
+                return (made(reply, log), route_name);
             }
         };
 
@@ -121,12 +139,13 @@ impl Proxy {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(route = %route.name, kind = error.kind(), %error, "upstream request failed");
+                route.metrics.count_upstream_error(error.kind());
                 let reply = reply::error_response(
                     error.error_type(),
                     &error.to_string(),
                     Some(&route.name),
                 );
-                return made(reply, log);
+                return (made(reply, log), route_name);
             }
         };
 
@@ -144,7 +163,10 @@ impl Proxy {
                 .insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
         }
         log.set_status(parts.status);
-        Response::from_parts(parts, ResponseBody::upstream(body, log))
+        (
+            Response::from_parts(parts, ResponseBody::upstream(body, log)),
+            route_name,
+        )
     }
 }
 

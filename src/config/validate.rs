@@ -518,7 +518,10 @@ impl Validator<'_> {
                     if let Some(first) = names.insert(rule.name.clone(), index) {
                         self.error_at_value(
                             &rule_path,
-                            format!("duplicate rule name \"{}\" (also rules[{first}])", rule.name),
+                            format!(
+                                "duplicate rule name \"{}\" (also rules[{first}])",
+                                rule.name
+                            ),
                         );
                         ok = false;
                     }
@@ -546,7 +549,9 @@ impl Validator<'_> {
                 matcher.map(|matcher| TerminatorConfig {
                     matcher,
                     forward: terminator.forward.unwrap_or(true),
-                    on_upstream_eof: terminator.on_upstream_eof.unwrap_or(OnUpstreamEof::Synthesize),
+                    on_upstream_eof: terminator
+                        .on_upstream_eof
+                        .unwrap_or(OnUpstreamEof::Synthesize),
                 })
             }
         };
@@ -753,7 +758,9 @@ impl Validator<'_> {
 fn is_plain_name(name: &str, extra: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
 }
 
 fn trim_trailing_slash(path: String) -> String {

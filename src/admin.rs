@@ -1,0 +1,111 @@
+//! The admin listener, apart from the public one so that none of this is reachable by
+//! clients of the proxied API:
+//!
+//! - `GET /metrics`: Prometheus text format.
+//! - `GET /healthz`: 200 while the process serves (liveness).
+//! - `GET /readyz`: 200 when a config is loaded and the gateway is not draining, else
+//!   503 (readiness: take the pod out of the Service before it stops).
+//! - `GET /config`: the effective config as JSON, secrets redacted.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
+use crate::reply::{self, ErrorType};
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub config: watch::Receiver<Arc<GatewayConfig>>,
+    /// False before the first config is serving and once draining has begun.
+    pub ready: AtomicBool,
+}
+
+/// Serves the admin endpoints on `listener` until the runtime stops.
+pub fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(answer(&state, &request)) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// Binds the admin address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+fn answer(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let reply = reply::method_not_allowed(request.method(), &[Method::GET, Method::HEAD], None);
+        return reply.map(Full::new);
+    }
+    match request.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.encode(),
+        ),
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "text/plain", "ready\n".to_owned())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".to_owned(),
+                )
+            }
+        }
+        "/config" => {
+            let config = state.config.borrow().clone();
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&config.redacted_json()).unwrap_or_default(),
+            )
+        }
+        path => {
+            let message =
+                format!("no admin endpoint {path}; try /metrics, /healthz, /readyz or /config");
+            reply::error_response(ErrorType::NotFound, &message, None).map(Full::new)
+        }
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

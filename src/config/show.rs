@@ -1,0 +1,139 @@
+//! The effective config as JSON for the admin `/config` endpoint, with secrets
+//! redacted: every value of `request.headers.set`, and any value that came from a
+//! `${VAR}`.
+
+use serde_json::{json, Map, Value};
+
+use super::{
+    GatewayConfig, HumanDuration, PathMatch, RuleAction, StreamConfig, TerminatorMatcher,
+    UpstreamTarget,
+};
+
+/// What a redacted value reads as.
+pub const REDACTED: &str = "<redacted>";
+
+fn duration(d: std::time::Duration) -> String {
+    HumanDuration(d).to_string()
+}
+
+impl GatewayConfig {
+    /// The config as an operator would write it, defaults filled in, secrets redacted.
+    pub fn redacted_json(&self) -> Value {
+        let secret = |path: &str, value: &str| -> Value {
+            if self.from_environment.contains(path) {
+                Value::from(REDACTED)
+            } else {
+                Value::from(value)
+            }
+        };
+        let upstreams: Map<String, Value> = self
+            .upstreams
+            .iter()
+            .map(|(name, upstream)| {
+                let mut entry = match &upstream.target {
+                    UpstreamTarget::Url { uri, .. } => {
+                        json!({ "url": secret(&format!("upstreams.{name}.url"), &uri.to_string()) })
+                    }
+                    UpstreamTarget::Demo { token_interval } => {
+                        json!({ "demo": { "token_interval": duration(*token_interval) } })
+                    }
+                };
+                entry["connect_timeout"] = duration(upstream.connect_timeout).into();
+                entry["header_timeout"] = duration(upstream.header_timeout).into();
+                (name.clone(), entry)
+            })
+            .collect();
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|route| {
+                let matcher = match &route.path {
+                    PathMatch::Prefix(prefix) => json!({ "path_prefix": prefix }),
+                    PathMatch::Exact(path) => json!({ "path": path }),
+                };
+                let mut matcher = matcher;
+                if let Some(methods) = &route.methods {
+                    matcher["methods"] = methods
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .into();
+                }
+                let set: Map<String, Value> = route
+                    .request
+                    .set_headers
+                    .iter()
+                    .map(|(name, _)| (name.to_string(), Value::from(REDACTED)))
+                    .collect();
+                let remove: Vec<&str> = route
+                    .request
+                    .remove_headers
+                    .iter()
+                    .map(|h| h.as_str())
+                    .collect();
+                let mut entry = json!({
+                    "name": route.name,
+                    "match": matcher,
+                    "upstream": route.upstream,
+                    "request": {
+                        "path_prefix": route.request.path_prefix,
+                        "method": route.request.method.as_ref().map(|m| m.as_str()),
+                        "body": route.request.body,
+                        "headers": { "set": set, "remove": remove },
+                    },
+                });
+                if let Some(stream) = &route.stream {
+                    entry["stream"] = stream_json(stream);
+                }
+                entry
+            })
+            .collect();
+        json!({
+            "listen": self.listen.to_string(),
+            "admin": { "listen": self.admin_listen.to_string() },
+            "log": { "format": self.log.format, "level": self.log.level },
+            "upstreams": upstreams,
+            "routes": routes,
+        })
+    }
+}
+
+fn stream_json(stream: &StreamConfig) -> Value {
+    let rules: Vec<Value> = stream
+        .rules
+        .iter()
+        .map(|rule| match &rule.action {
+            RuleAction::RepairOrphanLines => json!({ "name": rule.name, "repair": "orphan_lines" }),
+            RuleAction::Replace {
+                pattern,
+                with,
+                scope,
+            } => json!({
+                "name": rule.name,
+                "replace": { "pattern": pattern.as_str(), "with": with, "scope": scope },
+            }),
+            RuleAction::Drop { pattern, scope } => json!({
+                "name": rule.name,
+                "drop": { "pattern": pattern.as_str(), "scope": scope },
+            }),
+        })
+        .collect();
+    let terminator = stream.terminator.as_ref().map(|t| {
+        let mut value = match &t.matcher {
+            TerminatorMatcher::Data(data) => json!({ "data": data }),
+            TerminatorMatcher::Event(event) => json!({ "event": event }),
+        };
+        value["forward"] = t.forward.into();
+        value["on_upstream_eof"] = serde_json::to_value(t.on_upstream_eof).unwrap_or_default();
+        value
+    });
+    json!({
+        "rules": rules,
+        "terminator": terminator,
+        "max_event_size": stream.max_event_size,
+        "stuck_after": duration(stream.stuck_after),
+        "idle_timeout": duration(stream.idle_timeout),
+        "heartbeat": duration(stream.heartbeat),
+        "max_duration": duration(stream.max_duration),
+    })
+}

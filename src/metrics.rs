@@ -1,0 +1,277 @@
+//! Prometheus metrics: every family of DESIGN.md's table, on an explicit registry.
+//!
+//! Families are registered once ([`Metrics::new`]); labelled handles are resolved once
+//! per route and config ([`Metrics::route`]) and shared by that route's streams, so the
+//! per-event cost is an atomic add, with no label lookup and no lock. Label values are
+//! bounded: route and rule names (validated config), fixed enums, never request data.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::supervise::Outcome;
+
+const NAMESPACE: &str = "sse_gateway";
+
+/// Stream lives run from a rejected request (tens of ms) to an hour-long session.
+const DURATION_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Time to first event: a cached answer (ms) to a model that thinks for a minute.
+const FIRST_EVENT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The `route` label of requests no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// All metric families of the gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    streams_active: IntGaugeVec,
+    streams_stuck: IntGaugeVec,
+    stuck_total: IntCounterVec,
+    stream_duration: HistogramVec,
+    first_event: HistogramVec,
+    events: IntCounterVec,
+    bytes: IntCounterVec,
+    rule_hits: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    config_reloads: IntCounterVec,
+}
+
+/// One route's handles, resolved once and shared by all of its streams.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    pub streams_active: IntGauge,
+    pub streams_stuck: IntGauge,
+    pub stuck_total: IntCounter,
+    /// Indexed by [`Outcome::index`].
+    stream_duration: Vec<Histogram>,
+    pub first_event: Histogram,
+    pub events: IntCounter,
+    pub bytes_upstream: IntCounter,
+    pub bytes_downstream: IntCounter,
+    /// Indexed like the route's rules.
+    pub rule_hits: Vec<IntCounter>,
+    upstream_errors: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(NAMESPACE)
+        .buckets(buckets.to_vec())
+}
+
+/// Registering fixed, distinct families on a fresh registry cannot fail; a failure
+/// here is a bug caught by every test that builds a gateway.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric families are distinct");
+    collector
+}
+
+impl Metrics {
+    /// A new registry with every family, `build_info` and the `process_*` collector.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(opts(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntGaugeVec::new(opts(name, help), labels).expect("valid metric"),
+            )
+        };
+        let metrics = Metrics {
+            http_requests: counter(
+                "http_requests_total",
+                "Requests answered, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            streams_active: gauge("streams_active", "Event streams open now.", &["route"]),
+            streams_stuck: gauge(
+                "streams_stuck",
+                "Open streams with no upstream data for the route's stuck_after.",
+                &["route"],
+            ),
+            stuck_total: counter("stuck_total", "Streams that became stuck.", &["route"]),
+            stream_duration: register(
+                &registry,
+                HistogramVec::new(
+                    histogram(
+                        "stream_duration_seconds",
+                        "Event stream lifetimes, by how they ended.",
+                        DURATION_BUCKETS,
+                    ),
+                    &["route", "outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            first_event: register(
+                &registry,
+                HistogramVec::new(
+                    histogram(
+                        "stream_first_event_seconds",
+                        "Time from request start to the first event sent downstream.",
+                        FIRST_EVENT_BUCKETS,
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            events: counter(
+                "stream_events_total",
+                "Events forwarded downstream.",
+                &["route"],
+            ),
+            bytes: counter(
+                "stream_bytes_total",
+                "Event stream bytes, received from the upstream and sent downstream.",
+                &["route", "direction"],
+            ),
+            rule_hits: counter(
+                "rule_hits_total",
+                "Events a rewrite rule changed or dropped.",
+                &["route", "rule"],
+            ),
+            upstream_errors: counter(
+                "upstream_errors_total",
+                "Upstream failures, before or during a response.",
+                &["route", "kind"],
+            ),
+            config_reloads: counter(
+                "config_reloads_total",
+                "Config loads after startup, by result.",
+                &["result"],
+            ),
+            registry,
+        };
+        let build_info = register(
+            &metrics.registry,
+            IntGaugeVec::new(
+                opts(
+                    "build_info",
+                    "Always 1; the version label says which build.",
+                ),
+                &["version"],
+            )
+            .expect("valid metric"),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        metrics
+            .registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics are distinct");
+        // Both results exist from the start, so `increase()` sees the first failure.
+        for result in ["success", "failure"] {
+            metrics.config_reloads.with_label_values(&[result]);
+        }
+        metrics
+    }
+
+    /// Resolves a route's handles; `rules` are its rule names in order.
+    pub fn route(&self, route: &str, rules: &[&str]) -> RouteMetrics {
+        let one = |vec: &IntCounterVec| vec.with_label_values(&[route]);
+        RouteMetrics {
+            route: Arc::from(route),
+            streams_active: self.streams_active.with_label_values(&[route]),
+            streams_stuck: self.streams_stuck.with_label_values(&[route]),
+            stuck_total: one(&self.stuck_total),
+            stream_duration: Outcome::ALL
+                .iter()
+                .map(|outcome| {
+                    self.stream_duration
+                        .with_label_values(&[route, outcome.as_str()])
+                })
+                .collect(),
+            first_event: self.first_event.with_label_values(&[route]),
+            events: one(&self.events),
+            bytes_upstream: self.bytes.with_label_values(&[route, "upstream"]),
+            bytes_downstream: self.bytes.with_label_values(&[route, "downstream"]),
+            rule_hits: rules
+                .iter()
+                .map(|rule| self.rule_hits.with_label_values(&[route, rule]))
+                .collect(),
+            upstream_errors: self.upstream_errors.clone(),
+        }
+    }
+
+    /// Counts an answered request. Unknown methods share one label value, so clients
+    /// cannot grow the series count.
+    pub fn count_request(&self, route: Option<&str>, method: &Method, status: StatusCode) {
+        let method = match *method {
+            Method::GET
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::HEAD
+            | Method::OPTIONS
+            | Method::PATCH => method.as_str(),
+            _ => "OTHER",
+        };
+        self.http_requests
+            .with_label_values(&[route.unwrap_or(UNMATCHED_ROUTE), method, status.as_str()])
+            .inc();
+    }
+
+    /// Counts a config reload attempt.
+    pub fn count_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// The registry, in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl RouteMetrics {
+    pub fn route(&self) -> &Arc<str> {
+        &self.route
+    }
+
+    /// The duration histogram for one outcome.
+    pub fn stream_duration(&self, outcome: Outcome) -> &Histogram {
+        &self.stream_duration[outcome.index()]
+    }
+
+    /// Counts an upstream failure of a fixed `kind`. Rare, so resolved when it happens.
+    pub fn count_upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .with_label_values(&[&self.route, kind])
+            .inc();
+    }
+}
