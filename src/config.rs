@@ -87,8 +87,13 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone)]
 pub enum UpstreamTarget {
     /// `http://` or `https://` with an authority, and a base path (`""` or `/base`
-    /// without a trailing slash) that upstream request paths are appended to.
-    Url { uri: Uri, base_path: String },
+    /// without a trailing slash) that upstream request paths are appended to;
+    /// `ca_file` adds trusted CA certificates (PEM) for `https://`.
+    Url {
+        uri: Uri,
+        base_path: String,
+        ca_file: Option<std::path::PathBuf>,
+    },
     /// The built-in flawed assistant upstream.
     Demo { token_interval: Duration },
 }

@@ -49,6 +49,8 @@ pub enum StartError {
     },
     #[error("cannot start the demo upstream: {0}")]
     Demo(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::upstream::TlsError),
 }
 
 /// A running gateway. Dropping it stops accepting connections.
@@ -137,16 +139,11 @@ async fn build_proxy(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Result<P
         ),
         None => None,
     };
-    let upstreams: BTreeMap<String, Arc<Upstream>> = config
-        .upstreams
-        .iter()
-        .map(|(name, upstream)| {
-            (
-                name.clone(),
-                Arc::new(Upstream::new(upstream, demo_origin.as_deref())),
-            )
-        })
-        .collect();
+    let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+    for (name, upstream) in &config.upstreams {
+        let upstream = Upstream::new(upstream, demo_origin.as_deref())?;
+        upstreams.insert(name.clone(), Arc::new(upstream));
+    }
     Ok(Proxy::new(config, &upstreams, metrics))
 }
 

@@ -8,6 +8,7 @@ pub mod demo;
 
 use std::error::Error as StdError;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 
 use crate::config::{UpstreamConfig, UpstreamTarget};
 use crate::reply::ErrorType;
@@ -86,16 +89,25 @@ impl UpstreamError {
 impl Upstream {
     /// Builds the client for `config`; a demo upstream is reached at `demo_origin`
     /// (`http://127.0.0.1:PORT` of the running demo server).
-    pub fn new(config: &UpstreamConfig, demo_origin: Option<&str>) -> Upstream {
-        let (origin, base_path) = match &config.target {
-            UpstreamTarget::Url { uri, base_path } => {
+    pub fn new(config: &UpstreamConfig, demo_origin: Option<&str>) -> Result<Upstream, TlsError> {
+        let (origin, base_path, ca_file) = match &config.target {
+            UpstreamTarget::Url {
+                uri,
+                base_path,
+                ca_file,
+            } => {
                 let scheme = uri.scheme_str().unwrap_or("http");
                 let authority = uri.authority().map_or("", |a| a.as_str());
-                (format!("{scheme}://{authority}"), base_path.clone())
+                (
+                    format!("{scheme}://{authority}"),
+                    base_path.clone(),
+                    ca_file.as_deref(),
+                )
             }
             UpstreamTarget::Demo { .. } => (
                 demo_origin.unwrap_or("http://127.0.0.1:9").to_owned(),
                 String::new(),
+                None,
             ),
         };
         let mut http = HttpConnector::new();
@@ -103,7 +115,7 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls_config(&config.name, ca_file)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -113,14 +125,14 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);
-        Upstream {
+        Ok(Upstream {
             name: config.name.clone(),
             origin,
             base_path,
             connect_timeout: config.connect_timeout,
             header_timeout: config.header_timeout,
             client,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -183,6 +195,43 @@ impl Upstream {
             reason: deepest_cause(error),
         }
     }
+}
+
+/// Why an upstream's TLS settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("upstream {upstream}: cannot read CA file {file}: {reason}")]
+    CaFile {
+        upstream: String,
+        file: PathBuf,
+        reason: String,
+    },
+}
+
+/// The public web PKI roots, plus the CA certificates of `ca_file` if given.
+fn tls_config(upstream: &str, ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(file) = ca_file {
+        let fail = |reason: String| TlsError::CaFile {
+            upstream: upstream.to_owned(),
+            file: file.to_owned(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(file).map_err(|e| fail(e.to_string()))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| fail(e.to_string()))?;
+            roots.add(cert).map_err(|e| fail(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(fail("no PEM certificate in it".to_owned()));
+        }
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The error and its chain of sources.

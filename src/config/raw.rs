@@ -42,6 +42,16 @@ pub struct Upstream {
     pub demo: Option<Demo>,
     pub connect_timeout: Option<HumanDuration>,
     pub header_timeout: Option<HumanDuration>,
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings of an `https://` upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file of extra CA certificates to trust (a private CA), on top of the
+    /// built-in public roots.
+    pub ca_file: Option<String>,
 }
 
 /// The built-in demo upstream's settings.

@@ -31,8 +31,12 @@ impl GatewayConfig {
             .iter()
             .map(|(name, upstream)| {
                 let mut entry = match &upstream.target {
-                    UpstreamTarget::Url { uri, .. } => {
-                        json!({ "url": secret(&format!("upstreams.{name}.url"), &uri.to_string()) })
+                    UpstreamTarget::Url { uri, ca_file, .. } => {
+                        let mut entry = json!({ "url": secret(&format!("upstreams.{name}.url"), &uri.to_string()) });
+                        if let Some(file) = ca_file {
+                            entry["tls"] = json!({ "ca_file": file.display().to_string() });
+                        }
+                        entry
                     }
                     UpstreamTarget::Demo { token_interval } => {
                         json!({ "demo": { "token_interval": duration(*token_interval) } })

@@ -313,7 +313,10 @@ impl Validator<'_> {
                 continue;
             };
             let target = match (raw.url, raw.demo) {
-                (Some(url), None) => self.upstream_url(&join(&path, "url"), &url),
+                (Some(url), None) => {
+                    let ca_file = raw.tls.and_then(|tls| tls.ca_file);
+                    self.upstream_url(&path, &url, ca_file)
+                }
                 (None, Some(demo)) => Some(UpstreamTarget::Demo {
                     token_interval: demo
                         .token_interval
@@ -353,7 +356,13 @@ impl Validator<'_> {
         upstreams
     }
 
-    fn upstream_url(&mut self, path: &str, url: &str) -> Option<UpstreamTarget> {
+    fn upstream_url(
+        &mut self,
+        upstream_path: &str,
+        url: &str,
+        ca_file: Option<String>,
+    ) -> Option<UpstreamTarget> {
+        let path = &join(upstream_path, "url");
         let bad = |why: &str| format!("invalid upstream url \"{url}\": {why}");
         let uri: Uri = match url.parse() {
             Ok(uri) => uri,
@@ -380,8 +389,28 @@ impl Validator<'_> {
             self.error_at_value(path, bad(problem));
             return None;
         }
+        let ca_path = join(upstream_path, "tls.ca_file");
+        let ca_file = match ca_file {
+            None => None,
+            Some(_) if uri.scheme_str() != Some("https") => {
+                self.error_at_value(&ca_path, "tls applies to https:// urls only");
+                return None;
+            }
+            Some(file) if !std::path::Path::new(&file).is_file() => {
+                self.error_at_value(
+                    &ca_path,
+                    format!("CA file \"{file}\" is not a readable file"),
+                );
+                return None;
+            }
+            Some(file) => Some(std::path::PathBuf::from(file)),
+        };
         let base_path = uri.path().trim_end_matches('/').to_owned();
-        Some(UpstreamTarget::Url { uri, base_path })
+        Some(UpstreamTarget::Url {
+            uri,
+            base_path,
+            ca_file,
+        })
     }
 
     fn routes(
