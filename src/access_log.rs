@@ -19,6 +19,15 @@ enum End {
     Failed(String),
 }
 
+/// What a supervised event stream adds to its request's line.
+#[derive(Debug, Clone)]
+pub struct StreamSummary {
+    pub outcome: &'static str,
+    pub events: u64,
+    pub rules_hit: u64,
+    pub stuck_ms: u64,
+}
+
 /// Collects a request's facts; writes them in one line when dropped.
 #[derive(Debug)]
 pub struct RequestLog {
@@ -30,6 +39,7 @@ pub struct RequestLog {
     status: StatusCode,
     bytes: u64,
     end: End,
+    stream: Option<StreamSummary>,
 }
 
 impl RequestLog {
@@ -43,6 +53,7 @@ impl RequestLog {
             status: StatusCode::OK,
             bytes: 0,
             end: End::ClientGone,
+            stream: None,
         }
     }
 
@@ -57,6 +68,15 @@ impl RequestLog {
 
     pub fn add_bytes(&mut self, n: usize) {
         self.bytes += n as u64;
+    }
+
+    /// Marks the request as an event stream that ended as `summary` says.
+    pub fn set_stream(&mut self, summary: StreamSummary) {
+        self.end = match summary.outcome {
+            "client_closed" => End::ClientGone,
+            _ => End::Completed,
+        };
+        self.stream = Some(summary);
     }
 
     pub fn finished(&mut self) {
@@ -78,6 +98,23 @@ impl Drop for RequestLog {
             End::ClientGone => ("client_gone", None),
             End::Failed(reason) => ("failed", Some(reason.as_str())),
         };
+        if let Some(stream) = &self.stream {
+            tracing::info!(
+                route,
+                method = %self.method,
+                path = %self.path,
+                status = self.status.as_u16(),
+                upstream,
+                duration_ms = format_args!("{duration_ms:.1}"),
+                bytes = self.bytes,
+                outcome = stream.outcome,
+                events = stream.events,
+                rules_hit = stream.rules_hit,
+                stuck_ms = stream.stuck_ms,
+                "stream finished"
+            );
+            return;
+        }
         tracing::info!(
             route,
             method = %self.method,

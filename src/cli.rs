@@ -5,6 +5,7 @@
 //! `FILE:LINE:COL: message`); 2 the command line is wrong; 3 the gateway could not
 //! start or failed while running (a listen address in use, say).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -155,6 +156,7 @@ fn init_logging(log: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -24,6 +24,8 @@ pub mod gateway;
 pub mod metrics;
 pub mod proxy;
 pub mod reply;
+pub mod rewrite;
 pub mod router;
+pub mod sse;
 pub mod supervise;
 pub mod upstream;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -22,6 +22,7 @@ use crate::config::{GatewayConfig, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
+use crate::supervise::{StreamPlan, SupervisedBody};
 use crate::upstream::Upstream;
 
 use self::request::{strip_hop_by_hop, translate, Origin};
@@ -36,6 +37,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     upstream_name: Arc<str>,
     pub metrics: Arc<RouteMetrics>,
+    /// Set when the route has a `stream` section.
+    pub stream: Option<Arc<StreamPlan>>,
 }
 
 /// Everything needed to serve requests under one config.
@@ -61,9 +64,14 @@ impl Proxy {
                 .iter()
                 .flat_map(|stream| stream.rules.iter().map(|rule| rule.name.as_str()))
                 .collect();
+            let route_metrics = Arc::new(metrics.route(&route.name, &rule_names));
+            let name: Arc<str> = Arc::from(route.name.as_str());
             let compiled = Route {
-                metrics: Arc::new(metrics.route(&route.name, &rule_names)),
-                name: Arc::from(route.name.as_str()),
+                stream: route.stream.as_ref().map(|stream| {
+                    Arc::new(StreamPlan::new(name.clone(), stream, route_metrics.clone()))
+                }),
+                metrics: route_metrics,
+                name,
                 upstream_name: Arc::from(upstream.name()),
                 config: route.clone(),
                 upstream,
@@ -151,7 +159,8 @@ impl Proxy {
 
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if is_event_stream(parts.headers.get(CONTENT_TYPE)) {
+        let event_stream = is_event_stream(parts.headers.get(CONTENT_TYPE));
+        if event_stream {
             // Tell every cache and buffering proxy between here and the browser to
             // pass events through as they come.
             parts.headers.insert(
@@ -163,10 +172,19 @@ impl Proxy {
                 .insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
         }
         log.set_status(parts.status);
-        (
-            Response::from_parts(parts, ResponseBody::upstream(body, log)),
-            route_name,
-        )
+        let body = match &route.stream {
+            Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
+                // Events may be rewritten, dropped or added: the length is the body's own.
+                parts.headers.remove(CONTENT_LENGTH);
+                ResponseBody::supervised(SupervisedBody::new(body, plan.clone(), start, log))
+            }
+            Some(_) if event_stream => {
+                tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");
+                ResponseBody::upstream(body, log)
+            }
+            _ => ResponseBody::upstream(body, log),
+        };
+        (Response::from_parts(parts, body), route_name)
     }
 }
 
@@ -176,6 +194,11 @@ pub fn is_event_stream(content_type: Option<&HeaderValue>) -> bool {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// No `Content-Encoding`, or `identity`: the bytes are the events themselves.
+fn is_identity(encoding: Option<&HeaderValue>) -> bool {
+    encoding.is_none_or(|value| value.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 fn made(response: Response<Bytes>, mut log: RequestLog) -> Response<ResponseBody> {

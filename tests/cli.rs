@@ -228,12 +228,16 @@ fn run_serves_the_demo_stream_from_the_shipped_config() {
         reply.contains(r#"\"ping\""#),
         "the demo answers the question: {reply}"
     );
-    assert!(reply.contains("[DONE]"), "{reply}");
+    // The shipped stream section repairs the demo's flaws: no token is lost to a
+    // stray newline after `data:`, pings are dropped, the terminator ends it all.
+    assert!(!reply.contains("data:\n"), "{reply}");
+    assert!(!reply.contains(": ping"), "{reply}");
+    assert!(reply.contains("data:[DONE]\n\n\r\n0\r\n\r\n"), "{reply}");
     assert!(
-        logged
-            .iter()
-            .any(|l| l.contains("request finished") && l.contains("chat")),
-        "one log line per finished request:\n{}",
+        logged.iter().any(|l| l.contains("stream finished")
+            && l.contains("route=\"chat\"")
+            && l.contains("outcome=\"terminator\"")),
+        "one log line per finished stream, without colour codes when not a terminal:\n{}",
         logged.join("\n")
     );
 }

@@ -1,0 +1,157 @@
+//! Rewrite pipeline: a route's ordered rules and terminator, applied to one framed event at a time.
+//!
+//! Rules work on the event's text in one working form (lines joined by LF, no CR, no empty line,
+//! no final blank line), so a rule never has to care what line ends the upstream used. An event
+//! that no rule changed and that arrived LF-only leaves as the exact bytes received (zero copy);
+//! anything else is written back with LF line ends. Lines are kept as received (comments and
+//! unknown fields included) except those a rule rewrote; lines the gateway writes are
+//! `field: value`.
+
+mod prefilter;
+mod rule;
+mod session;
+mod terminator;
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+use crate::sse::{Event, RawEvent};
+
+pub use rule::{Rule, Scope};
+pub use session::{Session, Step};
+pub use terminator::{Terminator, TerminatorMatch};
+
+use rule::Outcome;
+
+/// What to do with one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// What to send downstream: `None` when dropped (or the terminator with `forward: false`).
+    pub output: Option<Bytes>,
+    /// This event is the terminator: the caller ends the downstream response after sending
+    /// `output`.
+    pub is_terminator: bool,
+}
+
+/// A route's compiled rules and terminator.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    rules: Vec<Rule>,
+    terminator: Option<Terminator>,
+}
+
+impl Pipeline {
+    /// A pipeline running `rules` in order, then checking `terminator`.
+    pub fn new(rules: Vec<Rule>, terminator: Option<Terminator>) -> Pipeline {
+        Pipeline { rules, terminator }
+    }
+
+    /// The rules, in the order they run; `on_hit` indexes refer to this slice.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The terminator, if the route has one.
+    pub fn terminator(&self) -> Option<&Terminator> {
+        self.terminator.as_ref()
+    }
+
+    /// Runs all rules in order, then the terminator check.
+    ///
+    /// `on_hit(i)` is called once for each rule index `i` that changed or dropped the event (a
+    /// dropped event stops the pipeline). A rewrite that leaves no line drops the event. An event
+    /// no rule changed costs no allocation, except joining a multi-line payload for a
+    /// `scope: data` rule or a data terminator.
+    pub fn apply(&self, event: RawEvent, on_hit: &mut impl FnMut(usize)) -> Verdict {
+        let lf_only = event.is_lf_only();
+        let (rewritten, is_terminator) = {
+            let raw = event.as_bytes();
+            let mut text = if lf_only {
+                Cow::Borrowed(lf_text(raw))
+            } else {
+                Cow::Owned(normalize(raw))
+            };
+            for (index, rule) in self.rules.iter().enumerate() {
+                match rule.apply(&text) {
+                    Outcome::Keep => {}
+                    Outcome::Changed(new) => {
+                        on_hit(index);
+                        text = Cow::Owned(new);
+                    }
+                    Outcome::Drop => {
+                        on_hit(index);
+                        return Verdict::nothing(false);
+                    }
+                }
+            }
+            if text.is_empty() {
+                return Verdict::nothing(false);
+            }
+            let is_terminator = self
+                .terminator
+                .as_ref()
+                .is_some_and(|terminator| terminator.matches(&Event::new(&text)));
+            // Owned text means a rule changed the event or its line ends were not LF.
+            let rewritten = match text {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(text) => Some(encode(text)),
+            };
+            (rewritten, is_terminator)
+        };
+        if is_terminator && !self.terminator.as_ref().is_some_and(|t| t.forward) {
+            return Verdict::nothing(true);
+        }
+        Verdict {
+            output: Some(rewritten.unwrap_or_else(|| event.into_bytes())),
+            is_terminator,
+        }
+    }
+
+    /// Bytes to send when the upstream ended without a terminator and synthesis is on; `None`
+    /// otherwise, and when the terminator is not forwarded (clients never see it then).
+    pub fn synthesized_terminator(&self) -> Option<Bytes> {
+        self.terminator
+            .as_ref()
+            .filter(|t| t.synthesize_on_eof && t.forward)
+            .map(Terminator::encode)
+    }
+}
+
+impl Verdict {
+    fn nothing(is_terminator: bool) -> Verdict {
+        Verdict {
+            output: None,
+            is_terminator,
+        }
+    }
+}
+
+/// The working text of an LF-only event: its bytes without the blank line's LF and the last
+/// line's LF.
+fn lf_text(raw: &[u8]) -> &[u8] {
+    raw.strip_suffix(b"\n\n")
+        .or_else(|| raw.strip_suffix(b"\n"))
+        .unwrap_or(raw)
+}
+
+/// The working form of any event text: its lines (split at LF, CR or CRLF, empty ones removed)
+/// joined by LF.
+fn normalize(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let lines = text
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter(|line| !line.is_empty());
+    for line in lines {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.pop();
+    out
+}
+
+/// Encodes working text as an event: LF after the last line, then the blank line.
+fn encode(mut text: Vec<u8>) -> Bytes {
+    text.extend_from_slice(b"\n\n");
+    Bytes::from(text)
+}

@@ -1,0 +1,416 @@
+//! Rules: compiled rewrite steps (repair orphan lines, replace, drop) and how each changes an event.
+//!
+//! A rule sees an event's text in the pipeline's working form: lines joined by LF, no CR, no empty
+//! line, no final blank line. It answers keep, changed (new text in that same form) or drop, and
+//! allocates only when it changes something.
+
+use std::borrow::Cow;
+
+use memchr::memchr;
+use regex::bytes::Regex;
+
+use crate::rewrite::normalize;
+use crate::rewrite::prefilter::Prefilter;
+use crate::sse::event::DATA;
+use crate::sse::writer::{push_data_lines, push_field};
+use crate::sse::{Event, Field, Line};
+
+/// What a `replace` or `drop` pattern is matched against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// The event's text: its lines with LF line ends, without the final blank line (and without
+    /// an LF after the last line, so `$` matches at its end).
+    #[default]
+    Event,
+    /// The event's data payload: its `data` values joined by LF. Events without data never match.
+    Data,
+}
+
+/// One compiled rewrite rule with its name (the metric label).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    name: String,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    RepairOrphanLines,
+    Replace { matcher: Matcher, with: Vec<u8> },
+    Drop { matcher: Matcher },
+}
+
+/// A pattern, where it looks, and the cheap check that can rule it out.
+#[derive(Clone, Debug)]
+struct Matcher {
+    pattern: Regex,
+    scope: Scope,
+    prefilter: Option<Prefilter>,
+}
+
+/// What a rule did to one event.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Unchanged; the pipeline keeps the text it had.
+    Keep,
+    /// New text, in the working form, different from the old.
+    Changed(Vec<u8>),
+    /// Do not forward the event.
+    Drop,
+}
+
+impl Rule {
+    /// `repair: orphan_lines`: turns lines a client would ignore, found after a `data` line, into
+    /// data.
+    ///
+    /// An orphan is a line that is not a comment and whose field name is not `data`, `event`, `id`
+    /// or `retry`. When the nearest `data` line before it has an empty value, the orphan becomes
+    /// that value (`data:` + `{"v":1}` gives `data:{"v":1}`, the `data` line keeping its own
+    /// prefix); otherwise the orphan becomes one more `data: ` line in its place. Lines before
+    /// the first `data` line are left alone.
+    pub fn repair_orphan_lines(name: String) -> Rule {
+        Rule {
+            name,
+            kind: Kind::RepairOrphanLines,
+        }
+    }
+
+    /// `replace`: regex replace-all over the `scope` (`$1`, `$name` expand as in the `regex`
+    /// crate).
+    ///
+    /// `pattern` must carry its flags inline (`(?i)`, `(?x)`): a rule reads `pattern.as_str()` to
+    /// find literals every match must contain, and a regex built with
+    /// `RegexBuilder::case_insensitive` or `ignore_whitespace` would make that check wrong.
+    ///
+    /// With [`Scope::Event`] the result is the event's new text; line ends it contains (LF, CR or
+    /// CRLF) separate lines and empty lines are removed, so the result stays one event. With
+    /// [`Scope::Data`] the result is the new payload, written back as `data: ` lines where the
+    /// first `data` line was; other lines stay. Counts as a change only if the bytes differ.
+    pub fn replace(name: String, pattern: Regex, with: Vec<u8>, scope: Scope) -> Rule {
+        Rule {
+            name,
+            kind: Kind::Replace {
+                matcher: Matcher::new(pattern, scope),
+                with,
+            },
+        }
+    }
+
+    /// `drop`: the event is not forwarded when `pattern` matches its `scope`.
+    ///
+    /// `pattern` must carry its flags inline, as for [`Rule::replace`].
+    pub fn drop(name: String, pattern: Regex, scope: Scope) -> Rule {
+        Rule {
+            name,
+            kind: Kind::Drop {
+                matcher: Matcher::new(pattern, scope),
+            },
+        }
+    }
+
+    /// The rule's name, used as the `rule` metric label.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The rule's kind as written in the config: `repair`, `replace` or `drop` (for default names
+    /// like `KIND#INDEX`).
+    pub fn kind_label(&self) -> &'static str {
+        match self.kind {
+            Kind::RepairOrphanLines => "repair",
+            Kind::Replace { .. } => "replace",
+            Kind::Drop { .. } => "drop",
+        }
+    }
+
+    /// Applies the rule to `text`, an event in the working form.
+    pub(crate) fn apply(&self, text: &[u8]) -> Outcome {
+        match &self.kind {
+            Kind::RepairOrphanLines => repair_orphan_lines(text),
+            Kind::Replace { matcher, with } => {
+                let Some(subject) = matcher.subject(text) else {
+                    return Outcome::Keep;
+                };
+                let Cow::Owned(replaced) = matcher.pattern.replace_all(&subject, with.as_slice())
+                else {
+                    return Outcome::Keep;
+                };
+                match matcher.scope {
+                    Scope::Event => changed_if_differs(text, normalize(&replaced)),
+                    Scope::Data if replaced == *subject => Outcome::Keep,
+                    Scope::Data => changed_if_differs(text, with_data(text, &replaced)),
+                }
+            }
+            Kind::Drop { matcher } => match matcher.subject(text) {
+                Some(subject) if matcher.pattern.is_match(&subject) => Outcome::Drop,
+                _ => Outcome::Keep,
+            },
+        }
+    }
+}
+
+impl Matcher {
+    fn new(pattern: Regex, scope: Scope) -> Matcher {
+        let prefilter = Prefilter::new(&pattern);
+        Matcher {
+            pattern,
+            scope,
+            prefilter,
+        }
+    }
+
+    /// What the pattern must be run on; `None` when it provably cannot match (no data for
+    /// `scope: data`, or the prefilter's literals are absent).
+    fn subject<'t>(&self, text: &'t [u8]) -> Option<Cow<'t, [u8]>> {
+        let may_match = |haystack: &[u8]| {
+            self.prefilter
+                .as_ref()
+                .is_none_or(|prefilter| prefilter.may_match(haystack))
+        };
+        match self.scope {
+            Scope::Event => may_match(text).then_some(Cow::Borrowed(text)),
+            Scope::Data => {
+                // A literal without LF lies inside one data value, so inside the text: checking
+                // the text first spares parsing the data of most events.
+                if self.prefilter.as_ref().is_some_and(|p| !p.spans_lines()) && !may_match(text) {
+                    return None;
+                }
+                Event::new(text).data().filter(|data| may_match(data))
+            }
+        }
+    }
+}
+
+fn changed_if_differs(old: &[u8], new: Vec<u8>) -> Outcome {
+    if new == old {
+        Outcome::Keep
+    } else {
+        Outcome::Changed(new)
+    }
+}
+
+/// The lines of a text in the working form (split with `memchr`, not byte by byte).
+fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || loop {
+        let current = rest?;
+        let (line, next) = match memchr(b'\n', current) {
+            Some(at) => (current.get(..at)?, current.get(at + 1..)),
+            None => (current, None),
+        };
+        rest = next;
+        if !line.is_empty() {
+            return Some(line);
+        }
+    })
+}
+
+/// How the repair rule sees one line.
+enum Role {
+    /// A `data` line; `empty` when its value is empty.
+    Data { empty: bool },
+    /// A line a client would ignore that is not a comment.
+    Orphan,
+    /// A comment or a known field other than `data`.
+    Other,
+}
+
+fn role(line: &[u8]) -> Role {
+    match Line::parse(line) {
+        Line::Field(Field { name, value }) if name == DATA => Role::Data {
+            empty: value.is_empty(),
+        },
+        Line::Field(field) if !field.is_known() => Role::Orphan,
+        _ => Role::Other,
+    }
+}
+
+fn repair_orphan_lines(text: &[u8]) -> Outcome {
+    // Cheap check first, so an event without orphans costs no allocation.
+    let mut seen_data = false;
+    let needs_repair = lines(text).any(|line| match role(line) {
+        Role::Data { .. } => {
+            seen_data = true;
+            false
+        }
+        Role::Orphan => seen_data,
+        Role::Other => false,
+    });
+    if !needs_repair {
+        return Outcome::Keep;
+    }
+
+    let mut repaired: Vec<Cow<'_, [u8]>> = Vec::new();
+    // Index in `repaired` of the nearest data line, and whether its value is still empty.
+    let mut last_data: Option<(usize, bool)> = None;
+    for line in lines(text) {
+        match (role(line), last_data) {
+            (Role::Data { empty }, _) => {
+                last_data = Some((repaired.len(), empty));
+                repaired.push(Cow::Borrowed(line));
+            }
+            (Role::Orphan, Some((at, true))) => {
+                if let Some(data_line) = repaired.get_mut(at) {
+                    *data_line = Cow::Owned(fill_data_line(data_line, line));
+                }
+                last_data = Some((at, false));
+            }
+            (Role::Orphan, Some((_, false))) => {
+                let mut data_line = Vec::with_capacity(line.len() + 6);
+                push_field(&mut data_line, DATA, line);
+                data_line.pop();
+                last_data = Some((repaired.len(), false));
+                repaired.push(Cow::Owned(data_line));
+            }
+            _ => repaired.push(Cow::Borrowed(line)),
+        }
+    }
+    Outcome::Changed(repaired.join(&b'\n'))
+}
+
+/// Gives an empty-valued data line (`data`, `data:` or `data: `) the orphan as its value, keeping
+/// the line's own prefix.
+fn fill_data_line(data_line: &[u8], orphan: &[u8]) -> Vec<u8> {
+    let mut filled = Vec::with_capacity(data_line.len() + orphan.len() + 2);
+    filled.extend_from_slice(data_line);
+    if memchr(b':', data_line).is_none() {
+        filled.push(b':');
+    }
+    // The parser removes one space after the colon; an orphan's own leading space must survive.
+    if filled.ends_with(b":") && orphan.starts_with(b" ") {
+        filled.push(b' ');
+    }
+    filled.extend_from_slice(orphan);
+    filled
+}
+
+/// `text` with its data lines replaced by `data` written as data lines at the first one's place.
+fn with_data(text: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + data.len());
+    let mut written = false;
+    for line in lines(text) {
+        if matches!(role(line), Role::Data { .. }) {
+            if !written {
+                push_data_lines(&mut out, data);
+                written = true;
+            }
+        } else {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+    }
+    out.pop();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regex(pattern: &str) -> Regex {
+        Regex::new(pattern).expect("test pattern compiles")
+    }
+
+    fn repair(text: &str) -> Outcome {
+        Rule::repair_orphan_lines("repair".into()).apply(text.as_bytes())
+    }
+
+    fn changed(text: &str) -> Outcome {
+        Outcome::Changed(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn repair_fills_empty_data_line() {
+        assert_eq!(
+            repair("data:\n{\"value\":\"Hel\"}"),
+            changed("data:{\"value\":\"Hel\"}")
+        );
+        assert_eq!(repair("data\n[DONE]"), changed("data:[DONE]"));
+        assert_eq!(repair("data: \n x"), changed("data:  x"));
+        assert_eq!(repair("data:\n x"), changed("data:  x"));
+    }
+
+    #[test]
+    fn repair_appends_after_non_empty_data_line() {
+        assert_eq!(
+            repair("data: a\nb\nc"),
+            changed("data: a\ndata: b\ndata: c")
+        );
+        assert_eq!(repair("data:\nb\nc"), changed("data:b\ndata: c"));
+    }
+
+    #[test]
+    fn repair_fills_nearest_data_line_across_known_fields() {
+        assert_eq!(repair("data:\nid: 7\n{}"), changed("data:{}\nid: 7"));
+    }
+
+    #[test]
+    fn repair_leaves_lines_before_data_and_known_lines_alone() {
+        assert_eq!(repair("junk\ndata: a"), Outcome::Keep);
+        assert_eq!(
+            repair("data: a\n: comment\nid: 1\nevent: x\nretry: 5"),
+            Outcome::Keep
+        );
+        assert_eq!(repair("junk\ndata:\nmore"), changed("junk\ndata:more"));
+    }
+
+    #[test]
+    fn replace_event_scope_sees_lf_text() {
+        let rule = Rule::replace(
+            "r".into(),
+            regex(r"(?m)^data:\r?\n"),
+            b"data:".to_vec(),
+            Scope::Event,
+        );
+        assert_eq!(rule.apply(b"data:\n[DONE]"), changed("data:[DONE]"));
+        assert_eq!(rule.apply(b"data: x"), Outcome::Keep);
+    }
+
+    #[test]
+    fn replace_expands_groups_and_keeps_one_event() {
+        let rule = Rule::replace(
+            "r".into(),
+            regex("a(b)"),
+            b"$1\n\n$1".to_vec(),
+            Scope::Event,
+        );
+        assert_eq!(rule.apply(b"x: ab"), changed("x: b\nb"));
+    }
+
+    #[test]
+    fn replace_identity_is_not_a_change() {
+        let rule = Rule::replace("r".into(), regex("a"), b"a".to_vec(), Scope::Event);
+        assert_eq!(rule.apply(b"data: a"), Outcome::Keep);
+    }
+
+    #[test]
+    fn replace_data_scope_rewrites_data_lines_only() {
+        let rule = Rule::replace(
+            "r".into(),
+            regex(r#""text":"#),
+            br#""value":"#.to_vec(),
+            Scope::Data,
+        );
+        assert_eq!(
+            rule.apply(b"event: m\ndata: {\"text\":1}\nid: 2\ndata: {\"text\":2}"),
+            changed("event: m\ndata: {\"value\":1}\ndata: {\"value\":2}\nid: 2")
+        );
+        assert_eq!(rule.apply(b": \"text\":"), Outcome::Keep);
+    }
+
+    #[test]
+    fn drop_by_event_and_data_scope() {
+        let pings = Rule::drop("upstream-pings".into(), regex("^:"), Scope::Event);
+        assert_eq!(pings.apply(b": ping"), Outcome::Drop);
+        assert_eq!(pings.apply(b"data: :"), Outcome::Keep);
+        let data = Rule::drop("d".into(), regex("^secret$"), Scope::Data);
+        assert_eq!(data.apply(b"data: secret"), Outcome::Drop);
+        assert_eq!(data.apply(b"x: secret"), Outcome::Keep);
+    }
+
+    #[test]
+    fn names_and_kinds() {
+        let rule = Rule::drop("upstream-pings".into(), regex("^:"), Scope::Event);
+        assert_eq!((rule.name(), rule.kind_label()), ("upstream-pings", "drop"));
+    }
+}
