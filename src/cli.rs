@@ -1,12 +1,13 @@
-//! The `sse-gateway` command line: `run` (the default) and `check`, and their exit
-//! codes.
+//! The `sse-gateway` command line: `run` (the default), `check` and `rewrite`, and
+//! their exit codes.
 //!
 //! Exit codes: 0 success; 1 the config is invalid (every problem printed as
-//! `FILE:LINE:COL: message`); 2 the command line is wrong; 3 the gateway could not
-//! start or failed while running (a listen address in use, say).
+//! `FILE:LINE:COL: message`), or `rewrite` got an unknown route or unreadable input;
+//! 2 the command line is wrong; 3 the gateway could not start or failed while running
+//! (a listen address in use, say).
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{GatewayConfig, LogConfig, LogFormat};
 use crate::gateway;
+use crate::supervise::offline;
 
 /// How long open connections get to finish after SIGTERM or Ctrl-C.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -50,6 +52,16 @@ pub enum Command {
     Run,
     /// Validate the config file and exit: 0 when valid, 1 with every problem listed.
     Check,
+    /// Run one route's stream pipeline over a captured stream (a file, or stdin):
+    /// the repaired stream goes to stdout, rule hits and the outcome to stderr.
+    Rewrite {
+        /// The route whose `stream` section to apply.
+        #[arg(long, value_name = "NAME")]
+        route: String,
+        /// The captured upstream stream; `-` or nothing reads stdin.
+        #[arg(value_name = "CAPTURE")]
+        capture: Option<PathBuf>,
+    },
 }
 
 /// Exit code for an invalid config.
@@ -63,6 +75,7 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::Run => run(&cli.config),
+        Command::Rewrite { route, capture } => rewrite(&cli.config, &route, capture.as_deref()),
     }
 }
 
@@ -92,6 +105,56 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+fn rewrite(config: &Path, route: &str, capture: Option<&Path>) -> ExitCode {
+    let config = match load(config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let fail = |message: String| {
+        eprintln!("sse-gateway rewrite: {message}");
+        ExitCode::from(EXIT_INVALID_CONFIG)
+    };
+    let Some(route_config) = config.route(route) else {
+        let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        return fail(format!(
+            "unknown route \"{route}\" (routes: {})",
+            names.join(", ")
+        ));
+    };
+    let Some(stream) = &route_config.stream else {
+        return fail(format!(
+            "route \"{route}\" has no `stream` section: its streams pass through untouched"
+        ));
+    };
+    let input = match capture {
+        None => read_stdin(),
+        Some(path) if path == Path::new("-") => read_stdin(),
+        Some(path) => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
+    };
+    let input = match input {
+        Ok(input) => input,
+        Err(message) => return fail(message),
+    };
+    let report = offline::rewrite(route, stream, input.into(), &mut std::io::stdout().lock());
+    match report {
+        Ok(report) => {
+            eprint!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(format!("cannot write the output: {error}")),
+    }
+}
+
+fn read_stdin() -> Result<Vec<u8>, String> {
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| format!("cannot read stdin: {e}"))?;
+    Ok(input)
 }
 
 fn run(path: &std::path::Path) -> ExitCode {

@@ -19,6 +19,7 @@
 //! is re-armed (the lazy timer of pingora, with linkerd's re-check on wake-up), so no
 //! timer is touched per event.
 
+pub mod offline;
 mod outcome;
 
 use std::collections::VecDeque;
@@ -236,15 +237,8 @@ impl SupervisedBody {
         self.upstream = None;
         self.ending = true;
         self.record.outcome.get_or_insert(outcome);
-        if let Some((error_type, message)) = error {
-            let json = error_json(error_type, &message, Some(&self.plan.route));
-            self.queue.push_back(writer::event(Some(b"error"), &json));
-        }
-        if outcome != Outcome::Terminator {
-            if let Some(terminator) = self.session.synthesized_terminator() {
-                self.queue.push_back(terminator);
-            }
-        }
+        let closing = closing_frames(&self.session, &self.plan.route, outcome, error);
+        self.queue.extend(closing.into_iter().flatten());
     }
 
     /// Handles one event from the session; returns the bytes to send now, if any.
@@ -397,6 +391,31 @@ impl Body for SupervisedBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
+}
+
+/// The frames that close a stream ended by `outcome`: the error event in the one
+/// error shape (when there is an error), then the synthesized terminator, unless the
+/// terminator itself ended the stream.
+pub fn closing_frames(
+    session: &Session,
+    route: &str,
+    outcome: Outcome,
+    error: Option<(&str, String)>,
+) -> [Option<Bytes>; 2] {
+    let error = error.map(|(error_type, message)| {
+        let json = error_json(error_type, &message, Some(route));
+        writer::event(Some(b"error"), &json)
+    });
+    let terminator = match outcome {
+        Outcome::Terminator => None,
+        _ => session.synthesized_terminator(),
+    };
+    [error, terminator]
+}
+
+/// The message of the error event for an oversize event.
+pub fn oversize_message(limit: usize) -> String {
+    format!("an upstream event exceeded max_event_size ({limit} bytes)")
 }
 
 /// A fixed label for a failure of the upstream body.

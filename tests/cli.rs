@@ -241,3 +241,77 @@ fn run_serves_the_demo_stream_from_the_shipped_config() {
         logged.join("\n")
     );
 }
+
+fn rewrite(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = gateway_bin()
+        .arg("rewrite")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn rewrite_repairs_an_incident_capture_with_the_shipped_rules() {
+    let (code, stdout, stderr) = rewrite(
+        &[
+            "--config",
+            "gateway.yaml",
+            "--route",
+            "chat",
+            "tests/fixtures/incident.sse",
+        ],
+        b"",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout,
+        "data:{\"value\":\"Hel\"}\n\ndata: {\"value\":\"lo\"}\n\ndata:{\"value\":\", world\"}\n\ndata:[DONE]\n\n"
+    );
+    assert!(stderr.contains("6 events in"), "{stderr}");
+    assert!(stderr.contains("outcome: terminator"), "{stderr}");
+    assert!(stderr.contains("rule repair#0        3 hits"), "{stderr}");
+    assert!(stderr.contains("rule upstream-pings  2 hits"), "{stderr}");
+}
+
+#[test]
+fn rewrite_reads_stdin_and_completes_a_cut_capture() {
+    let (code, stdout, stderr) = rewrite(
+        &["--route", "chat", "-"],
+        b"data: {\"value\":\"cut\"}\n\ndata: {\"value\":\"of",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    // The unterminated tail is completed, and the terminator synthesized.
+    assert_eq!(
+        stdout,
+        "data: {\"value\":\"cut\"}\n\ndata: {\"value\":\"of\n\ndata: [DONE]\n\n"
+    );
+    assert!(stderr.contains("outcome: upstream_eof"), "{stderr}");
+}
+
+#[test]
+fn rewrite_refuses_unknown_routes_and_unreadable_captures() {
+    let (code, stdout, stderr) = rewrite(&["--route", "nope", "tests/fixtures/incident.sse"], b"");
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("unknown route \"nope\" (routes: chat)"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = rewrite(&["--route", "chat", "tests/fixtures/missing.sse"], b"");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("cannot read tests/fixtures/missing.sse"),
+        "{stderr}"
+    );
+}
