@@ -23,6 +23,7 @@ pub const LIVENESS: Duration = Duration::from_secs(5);
 /// A gateway running in this test's runtime.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     running: Running,
 }
 
@@ -30,6 +31,30 @@ impl TestGateway {
     /// `http://127.0.0.1:PORT`
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `/metrics` from the admin listener, over HTTP, parsed.
+    pub async fn metrics(&self) -> Metrics {
+        let response = get(self.admin_addr, "/metrics").await;
+        assert_eq!(response.status(), http::StatusCode::OK);
+        Metrics::parse(&body_text(response).await)
+    }
+
+    /// Polls `/metrics` until `check` holds (within [`LIVENESS`]); returns the last read.
+    pub async fn metrics_until(&self, what: &str, check: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = tokio::time::Instant::now() + LIVENESS;
+        loop {
+            let metrics = self.metrics().await;
+            if check(&metrics) {
+                return metrics;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "metrics never showed {what}:\n{}",
+                metrics.text
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn shutdown(self) {
@@ -59,6 +84,7 @@ pub async fn start_config(mut config: GatewayConfig) -> TestGateway {
     let running = gateway::start(config).await.expect("gateway starts");
     TestGateway {
         addr: running.local_addr(),
+        admin_addr: running.admin_addr(),
         running,
     }
 }
@@ -70,6 +96,73 @@ pub fn one_route_config(upstream_url: &str, route_extra: &str) -> String {
         "upstreams:\n  assistant:\n    url: {upstream_url}\n    header_timeout: 2s\n\
          routes:\n  - name: chat\n    match: {{ path_prefix: /api/stream }}\n    upstream: assistant\n{route_extra}"
     )
+}
+
+// === metrics ===
+
+/// A parsed Prometheus text exposition.
+pub struct Metrics {
+    pub text: String,
+    samples: Vec<(String, Vec<(String, String)>, f64)>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let value: f64 = value.parse().expect("sample value");
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_owned(), Vec::new()),
+                Some((name, rest)) => {
+                    let labels = rest
+                        .trim_end_matches('}')
+                        .split("\",")
+                        .filter(|pair| !pair.is_empty())
+                        .map(|pair| {
+                            let (key, value) = pair.split_once('=').expect("label pair");
+                            (key.to_owned(), value.trim_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name.to_owned(), labels)
+                }
+            };
+            samples.push((name, labels, value));
+        }
+        Metrics {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// The value of the series `name` with exactly `labels` (any order); 0 when absent.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && l.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map_or(0.0, |(_, _, value)| *value)
+    }
+
+    /// `stream_duration_seconds_count` for a route and outcome.
+    pub fn outcome_count(&self, route: &str, outcome: &str) -> f64 {
+        self.get(
+            "sse_gateway_stream_duration_seconds_count",
+            &[("route", route), ("outcome", outcome)],
+        )
+    }
+
+    pub fn route_value(&self, name: &str, route: &str) -> f64 {
+        self.get(name, &[("route", route)])
+    }
 }
 
 // === the scripted upstream ===
@@ -257,6 +350,15 @@ impl Exchange {
         self.write(&frame).await;
     }
 
+    /// One chunk, reporting instead of panicking when the gateway has gone away.
+    pub async fn try_send_chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let mut frame = format!("{:x}\r\n", data.len()).into_bytes();
+        frame.extend_from_slice(data);
+        frame.extend_from_slice(b"\r\n");
+        self.stream.write_all(&frame).await?;
+        self.stream.flush().await
+    }
+
     /// The last chunk of a chunked body.
     pub async fn end_chunks(&mut self) {
         self.write(b"0\r\n\r\n").await;
@@ -325,6 +427,63 @@ pub async fn body_text(response: Response<Incoming>) -> String {
 /// The body parsed as the gateway's JSON error shape.
 pub async fn body_json(response: Response<Incoming>) -> serde_json::Value {
     serde_json::from_str(&body_text(response).await).expect("a JSON body")
+}
+
+/// One event as a spec-conformant client (an `EventSource`) dispatches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEvent {
+    pub event: String,
+    pub data: String,
+}
+
+/// Parses a stream as the WHATWG event-stream interpretation does: fields, one
+/// optional space after the colon, data lines joined by LF, events without data not
+/// dispatched, and an unterminated final event discarded.
+pub fn client_events(stream: &str) -> Vec<ClientEvent> {
+    let mut events = Vec::new();
+    let (mut event, mut data, mut has_data) = (String::new(), String::new(), false);
+    let normalized = stream.replace("\r\n", "\n").replace('\r', "\n");
+    let complete = match normalized.rfind("\n\n") {
+        Some(end) => &normalized[..end + 2],
+        None => "",
+    };
+    for line in complete.split('\n') {
+        if line.is_empty() {
+            if has_data {
+                events.push(ClientEvent {
+                    event: if event.is_empty() {
+                        "message".into()
+                    } else {
+                        event.clone()
+                    },
+                    data: data.clone(),
+                });
+            }
+            event.clear();
+            data.clear();
+            has_data = false;
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => event = value.to_owned(),
+            "data" => {
+                if has_data {
+                    data.push('\n');
+                }
+                data.push_str(value);
+                has_data = true;
+            }
+            _ => {}
+        }
+    }
+    events
 }
 
 /// Reads from a raw stream until `needle` has been seen (within [`LIVENESS`]).
