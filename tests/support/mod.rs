@@ -100,10 +100,13 @@ pub fn one_route_config(upstream_url: &str, route_extra: &str) -> String {
 
 // === metrics ===
 
+/// One sample: metric name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// A parsed Prometheus text exposition.
 pub struct Metrics {
     pub text: String,
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<Sample>,
 }
 
 impl Metrics {
