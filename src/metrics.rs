@@ -27,6 +27,17 @@ const FIRST_EVENT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Every `kind` of `upstream_errors_total`: before headers (connect, connect_timeout,
+/// header_timeout, failed) and mid-stream (reset, body).
+pub const UPSTREAM_ERROR_KINDS: [&str; 6] = [
+    "connect",
+    "connect_timeout",
+    "header_timeout",
+    "failed",
+    "reset",
+    "body",
+];
+
 /// The `route` label of requests no route matched.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
@@ -62,7 +73,8 @@ pub struct RouteMetrics {
     pub bytes_downstream: IntCounter,
     /// Indexed like the route's rules.
     pub rule_hits: Vec<IntCounter>,
-    upstream_errors: IntCounterVec,
+    /// Indexed like [`UPSTREAM_ERROR_KINDS`].
+    upstream_errors: Vec<IntCounter>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -219,7 +231,11 @@ impl Metrics {
                 .iter()
                 .map(|rule| self.rule_hits.with_label_values(&[route, rule]))
                 .collect(),
-            upstream_errors: self.upstream_errors.clone(),
+            // Every series exists from the start, so `increase()` sees the first error.
+            upstream_errors: UPSTREAM_ERROR_KINDS
+                .iter()
+                .map(|kind| self.upstream_errors.with_label_values(&[route, kind]))
+                .collect(),
         }
     }
 
@@ -268,10 +284,11 @@ impl RouteMetrics {
         &self.stream_duration[outcome.index()]
     }
 
-    /// Counts an upstream failure of a fixed `kind`. Rare, so resolved when it happens.
+    /// Counts an upstream failure of one of [`UPSTREAM_ERROR_KINDS`].
     pub fn count_upstream_error(&self, kind: &'static str) {
-        self.upstream_errors
-            .with_label_values(&[&self.route, kind])
-            .inc();
+        match UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
+            Some(index) => self.upstream_errors[index].inc(),
+            None => debug_assert!(false, "unknown upstream error kind {kind}"),
+        }
     }
 }
