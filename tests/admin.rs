@@ -9,25 +9,25 @@ use support::*;
 const SECRET: &str = "sk-live-very-secret";
 
 fn config() -> String {
-    format!(
+    String::from(
         "upstreams:
   assistant:
-    url: \"${{UPSTREAM_URL}}\"
+    url: \"${UPSTREAM_URL}\"
 routes:
   - name: chat
-    match: {{ path_prefix: /api/stream }}
+    match: { path_prefix: /api/stream }
     upstream: assistant
     request:
       headers:
         set:
-          x-api-key: \"${{API_KEY}}\"
+          x-api-key: \"${API_KEY}\"
           x-static: literal-but-still-a-header-value
     stream:
-      terminator: {{ data: \"[DONE]\" }}
+      terminator: { data: \"[DONE]\" }
   - name: everything-else
-    match: {{ path_prefix: / }}
+    match: { path_prefix: / }
     upstream: assistant
-"
+",
     )
 }
 

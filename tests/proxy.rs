@@ -213,6 +213,22 @@ async fn refused_upstream_is_502_json() {
             .contains("refused"),
         "{json}"
     );
+    let metrics = gateway.metrics().await;
+    let errors = |kind| {
+        metrics.get(
+            "sse_gateway_upstream_errors_total",
+            &[("route", "chat"), ("kind", kind)],
+        )
+    };
+    assert_eq!(errors("connect"), 1.0);
+    assert_eq!(errors("header_timeout"), 0.0);
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_http_requests_total",
+            &[("route", "chat"), ("method", "GET"), ("status", "502")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -229,6 +245,14 @@ async fn upstream_without_headers_in_time_is_504_json() {
     assert!(
         json["error"]["message"].as_str().unwrap().contains("300ms"),
         "{json}"
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_upstream_errors_total",
+            &[("route", "chat"), ("kind", "header_timeout")]
+        ),
+        1.0
     );
 }
 

@@ -81,6 +81,16 @@ async fn unknown_path_is_404_json() {
         assert!(json["error"]["message"].as_str().unwrap().contains(path));
         assert!(json["error"]["route"].is_null());
     }
+    // Unmatched requests share one route label: paths never become label values.
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_http_requests_total",
+            &[("route", "unmatched"), ("method", "GET"), ("status", "404")]
+        ),
+        4.0
+    );
+    assert!(!metrics.text.contains("/nope"));
 }
 
 #[tokio::test]
