@@ -113,11 +113,12 @@ pub fn pipeline(config: &StreamConfig) -> Pipeline {
 /// Errors a supervised body never returns: every failure becomes an error event.
 pub type Never = std::convert::Infallible;
 
-/// The streaming response body of one supervised event stream.
+/// The streaming response body of one supervised event stream, over the upstream's
+/// body `B` (hyper's `Incoming` in the gateway; an in-memory body in unit tests).
 #[derive(Debug)]
-pub struct SupervisedBody {
+pub struct SupervisedBody<B = Incoming> {
     /// `None` once the stream has ended: dropping it closes the upstream connection.
-    upstream: Option<Incoming>,
+    upstream: Option<B>,
     session: Session,
     plan: Arc<StreamPlan>,
     /// Frames decided but not yet handed to hyper (an error event, a terminator).
@@ -131,14 +132,13 @@ pub struct SupervisedBody {
     record: Record,
 }
 
-impl SupervisedBody {
+impl<B> SupervisedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     /// Supervises `upstream`; `started` is when the request arrived.
-    pub fn new(
-        upstream: Incoming,
-        plan: Arc<StreamPlan>,
-        started: Instant,
-        log: RequestLog,
-    ) -> Self {
+    pub fn new(upstream: B, plan: Arc<StreamPlan>, started: Instant, log: RequestLog) -> Self {
         plan.metrics.streams_active.inc();
         let now = Instant::now();
         let session = Session::new(plan.pipeline.clone(), plan.config.max_event_size);
@@ -297,7 +297,11 @@ impl SupervisedBody {
     }
 }
 
-impl Body for SupervisedBody {
+impl<B> Body for SupervisedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = Never;
 
@@ -351,7 +355,8 @@ impl Body for SupervisedBody {
                     continue;
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    let kind = mid_stream_kind(&error);
+                    let error = error.into();
+                    let kind = mid_stream_kind(&*error);
                     this.plan.metrics.count_upstream_error(kind);
                     tracing::warn!(route = %this.plan.route, kind, %error, "upstream failed mid-stream");
                     let message = format!("upstream failed mid-stream: {error}");
@@ -419,8 +424,8 @@ pub fn oversize_message(limit: usize) -> String {
 }
 
 /// A fixed label for a failure of the upstream body.
-fn mid_stream_kind(error: &hyper::Error) -> &'static str {
-    let reset = std::iter::successors(Some(error as &(dyn StdError + 'static)), |&e| e.source())
+fn mid_stream_kind(error: &(dyn StdError + 'static)) -> &'static str {
+    let reset = std::iter::successors(Some(error), |&e| e.source())
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
     if reset {
@@ -477,3 +482,6 @@ impl Drop for Record {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
