@@ -9,17 +9,14 @@
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{GatewayConfig, LogConfig, LogFormat};
 use crate::gateway;
+use crate::reload;
 use crate::supervise::offline;
-
-/// How long open connections get to finish after SIGTERM or Ctrl-C.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// A reverse-proxy sidecar for assistant / LLM services that stream Server-Sent Events.
 ///
@@ -174,6 +171,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let hangup = reload::hangup_signal();
         let running = match gateway::start(config).await {
             Ok(running) => running,
             Err(error) => {
@@ -182,9 +180,18 @@ fn run(path: &std::path::Path) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
+        let watcher = tokio::spawn(reload::watch(
+            path.to_owned(),
+            running.gateway().clone(),
+            hangup,
+        ));
         shutdown_signal().await;
-        tracing::info!(grace = ?SHUTDOWN_GRACE, "shutting down");
-        running.shutdown(SHUTDOWN_GRACE).await;
+        watcher.abort();
+        // The drain time of the config in force, reloads included.
+        let drain = running.gateway().config().drain_timeout;
+        tracing::info!(drain = ?drain, "shutting down");
+        running.shutdown(drain).await;
+        tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }

@@ -52,6 +52,8 @@ pub mod defaults {
     pub const HEARTBEAT: Duration = Duration::from_secs(15);
     /// Hard cap on a stream's life.
     pub const MAX_DURATION: Duration = Duration::from_secs(30 * 60);
+    /// After SIGTERM, how long open streams may run before they are ended.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 /// A complete, valid configuration.
@@ -61,6 +63,8 @@ pub struct GatewayConfig {
     pub source: String,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// After SIGTERM or SIGINT, how long open streams may run before they are ended.
+    pub drain_timeout: Duration,
     pub log: LogConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// In file order; the router orders them by specificity.
@@ -256,6 +260,24 @@ impl GatewayConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<GatewayConfig, ConfigErrors> {
         validate::validate(text, source, env)
+    }
+
+    /// A config with no routes: what serves before the first config is applied.
+    pub fn empty() -> GatewayConfig {
+        let unspecified = SocketAddr::from(([127, 0, 0, 1], 0));
+        GatewayConfig {
+            source: String::new(),
+            listen: unspecified,
+            admin_listen: unspecified,
+            drain_timeout: defaults::DRAIN_TIMEOUT,
+            log: LogConfig {
+                format: LogFormat::Pretty,
+                level: defaults::LOG_LEVEL.to_owned(),
+            },
+            upstreams: BTreeMap::new(),
+            routes: Vec::new(),
+            from_environment: BTreeSet::new(),
+        }
     }
 
     /// The route with this name.

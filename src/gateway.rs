@@ -1,12 +1,17 @@
-//! The composition root: from a validated config to a listening gateway.
+//! The composition root: from a validated config to a listening gateway, and from a
+//! new config to a swapped one.
 //!
 //! Starts the demo upstream when a config uses it, builds one client per upstream and
 //! the route table, binds the public listener (HTTP/1.1 and h2c prior knowledge) and
-//! the admin listener. The only file that knows every other module.
+//! the admin listener. Startup and reload share one path, [`Gateway::apply`]: a config
+//! becomes a [`Generation`] that is swapped in atomically for new requests, while
+//! requests already running keep the generation they started with. The only file that
+//! knows every other module.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,15 +21,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::{GatewayConfig, UpstreamTarget};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::upstream::demo::DemoServer;
-use crate::upstream::Upstream;
+use crate::upstream::{TlsError, Upstream};
 
 /// A client has this long to send its request headers; slow-loris connections are
 /// closed after it.
@@ -34,7 +40,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// accepting again, instead of spinning or exiting.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Why the gateway could not start.
+/// Once the drain time is over and streams were told to end, how long they get to
+/// write their last frames before the gateway stops anyway.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+/// Why the gateway could not start, or a config could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
@@ -50,7 +60,83 @@ pub enum StartError {
     #[error("cannot start the demo upstream: {0}")]
     Demo(std::io::Error),
     #[error(transparent)]
-    Tls(#[from] crate::upstream::TlsError),
+    Tls(#[from] TlsError),
+}
+
+/// One config, compiled for serving.
+#[derive(Debug)]
+pub struct Generation {
+    pub config: Arc<GatewayConfig>,
+    pub proxy: Arc<Proxy>,
+}
+
+/// What outlives a generation: metrics, the demo server, the shutdown signal.
+#[derive(Debug)]
+pub struct Gateway {
+    metrics: Arc<Metrics>,
+    current: watch::Sender<Arc<Generation>>,
+    config: watch::Sender<Arc<GatewayConfig>>,
+    demo: Mutex<Option<DemoServer>>,
+    /// Fired when the drain time has run out: supervised streams end with `shutdown`.
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// Compiles `config` into a generation and swaps it in for new requests.
+    ///
+    /// The first call (startup) and every reload go through here, so a reload is
+    /// exercised by every start.
+    pub async fn apply(&self, config: GatewayConfig) -> Result<(), StartError> {
+        let proxy = Arc::new(self.build_proxy(&config).await?);
+        let config = Arc::new(config);
+        self.config.send_replace(config.clone());
+        self.current
+            .send_replace(Arc::new(Generation { config, proxy }));
+        Ok(())
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<GatewayConfig> {
+        self.config.borrow().clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    async fn build_proxy(&self, config: &GatewayConfig) -> Result<Proxy, StartError> {
+        let demo_interval = config.upstreams.values().find_map(|u| match u.target {
+            UpstreamTarget::Demo { token_interval } => Some(token_interval),
+            UpstreamTarget::Url { .. } => None,
+        });
+        // One demo server for the process: started by the first config that uses it,
+        // kept across reloads (its pace is the first config's).
+        let demo_origin = match demo_interval {
+            None => None,
+            Some(interval) => {
+                let mut demo = self.demo.lock().await;
+                if demo.is_none() {
+                    *demo = Some(
+                        DemoServer::start(interval)
+                            .await
+                            .map_err(StartError::Demo)?,
+                    );
+                }
+                demo.as_ref().map(DemoServer::origin)
+            }
+        };
+        let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+        for (name, upstream) in &config.upstreams {
+            let upstream = Upstream::new(upstream, demo_origin.as_deref())?;
+            upstreams.insert(name.clone(), Arc::new(upstream));
+        }
+        Ok(Proxy::new(
+            config,
+            &upstreams,
+            &self.metrics,
+            self.shutdown.clone(),
+        ))
+    }
 }
 
 /// A running gateway. Dropping it stops accepting connections.
@@ -58,6 +144,7 @@ pub enum StartError {
 pub struct Running {
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
+    gateway: Arc<Gateway>,
     admin: Arc<AdminState>,
     stop: Option<oneshot::Sender<Duration>>,
     task: JoinHandle<()>,
@@ -74,25 +161,24 @@ impl Running {
         self.admin_addr
     }
 
-    /// The gateway's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.admin.metrics
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
     }
 
-    /// Stops accepting, lets open connections finish for up to `grace`, then returns.
-    pub async fn shutdown(mut self, grace: Duration) {
+    /// Drains and stops: `/readyz` turns 503 and no new connection is accepted; open
+    /// requests get `drain` to finish; then supervised streams still open are ended at
+    /// an event boundary with outcome `shutdown`, and the call returns.
+    pub async fn shutdown(mut self, drain: Duration) {
         self.admin.ready.store(false, Ordering::Release);
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(grace);
+            let _ = stop.send(drain);
         }
         let _ = (&mut self.task).await;
     }
 }
 
-/// Starts serving `config`.
+/// Binds the listeners and starts serving `config`.
 pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
-    let metrics = Arc::new(Metrics::new());
-    let proxy = Arc::new(build_proxy(&config, &metrics).await?);
     let bind = |addr: SocketAddr, admin: bool| async move {
         let listener = TcpListener::bind(addr).await;
         let listener = listener.and_then(|l| Ok((l.local_addr()?, l)));
@@ -103,48 +189,47 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     };
     let (local_addr, listener) = bind(config.listen, false).await?;
     let (admin_addr, admin_listener) = bind(config.admin_listen, true).await?;
-    tracing::info!(listen = %local_addr, admin = %admin_addr, routes = config.routes.len(), "gateway listening");
 
-    let (_config_tx, config_rx) = watch::channel(Arc::new(config));
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let empty = Arc::new(GatewayConfig::empty());
+    let placeholder = Arc::new(Generation {
+        proxy: Arc::new(Proxy::new(
+            &empty,
+            &BTreeMap::new(),
+            &metrics,
+            shutdown.clone(),
+        )),
+        config: empty.clone(),
+    });
+    let gateway = Arc::new(Gateway {
+        metrics: metrics.clone(),
+        current: watch::channel(placeholder).0,
+        config: watch::channel(empty).0,
+        demo: Mutex::new(None),
+        shutdown,
+    });
+    let routes = config.routes.len();
+    gateway.apply(config).await?;
+    tracing::info!(listen = %local_addr, admin = %admin_addr, routes, "gateway listening");
+
     let admin = Arc::new(AdminState {
         metrics,
-        config: config_rx,
+        config: gateway.config.subscribe(),
         ready: true.into(),
     });
     admin::serve(admin_listener, admin.clone());
 
     let (stop_tx, stop_rx) = oneshot::channel();
-    let task = tokio::spawn(accept_loop(listener, proxy, stop_rx));
+    let task = tokio::spawn(accept_loop(listener, gateway.clone(), stop_rx));
     Ok(Running {
         local_addr,
         admin_addr,
+        gateway,
         admin,
         stop: Some(stop_tx),
         task,
     })
-}
-
-async fn build_proxy(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Result<Proxy, StartError> {
-    // One demo server serves every demo upstream; the first one's pace is used.
-    let demo_interval = config.upstreams.values().find_map(|u| match u.target {
-        UpstreamTarget::Demo { token_interval } => Some(token_interval),
-        UpstreamTarget::Url { .. } => None,
-    });
-    let demo_origin = match demo_interval {
-        Some(interval) => Some(
-            DemoServer::start(interval)
-                .await
-                .map_err(StartError::Demo)?
-                .origin(),
-        ),
-        None => None,
-    };
-    let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
-    for (name, upstream) in &config.upstreams {
-        let upstream = Upstream::new(upstream, demo_origin.as_deref())?;
-        upstreams.insert(name.clone(), Arc::new(upstream));
-    }
-    Ok(Proxy::new(config, &upstreams, metrics))
 }
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {
@@ -159,32 +244,38 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
 
 async fn accept_loop(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    gateway: Arc<Gateway>,
     mut stop: oneshot::Receiver<Duration>,
 ) {
     let builder = connection_builder();
     let graceful = GracefulShutdown::new();
-    let grace = loop {
+    let current = gateway.current.subscribe();
+    let drain = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(&builder, &graceful, stream, peer, proxy.clone()),
+                Ok((stream, peer)) => serve_connection(&builder, &graceful, stream, peer, current.clone()),
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 }
             },
-            grace = &mut stop => break grace.unwrap_or(Duration::ZERO),
+            drain = &mut stop => break drain.unwrap_or(Duration::ZERO),
         }
     };
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    tracing::info!(drain = ?drain, "draining: no new connections; open streams may finish");
+    // Idle keep-alive connections close now; busy ones after their response.
+    let mut all_closed = pin!(graceful.shutdown());
+    if tokio::time::timeout(drain, &mut all_closed).await.is_ok() {
+        return;
+    }
+    tracing::warn!("drain time over: ending the remaining streams with outcome shutdown");
+    gateway.shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_FLUSH, all_closed)
         .await
         .is_err()
     {
-        tracing::warn!(
-            ?grace,
-            "connections still open after the grace period; closing them"
-        );
+        tracing::warn!("connections still open after the drain; closing them");
     }
 }
 
@@ -193,14 +284,16 @@ fn serve_connection(
     graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
-    proxy: Arc<Proxy>,
+    current: watch::Receiver<Arc<Generation>>,
 ) {
     // Events are small and latency matters more than packet count.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "cannot set TCP_NODELAY");
     }
     let service = service_fn(move |request| {
-        let proxy = proxy.clone();
+        // The generation is taken once per request: a reload never changes the
+        // rules of a request, or a stream, already running.
+        let proxy = current.borrow().proxy.clone();
         async move { Ok::<_, Infallible>(proxy.serve(request, peer).await) }
     });
     let connection = builder

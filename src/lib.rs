@@ -9,6 +9,7 @@
 //! - [`gateway`]: the composition root; binds the listener and serves.
 //! - [`router`]: which route owns a request path and method.
 //! - [`proxy`]: the service: route, translate the request, forward, stream back.
+//! - [`reload`]: SIGHUP and file changes -> validate -> swap; a bad file keeps the old.
 //! - [`upstream`]: pooled clients with timeouts; the built-in demo upstream.
 //! - [`body`]: the streaming response body handed to hyper.
 //! - [`reply`]: the one JSON error shape of everything the gateway says itself.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod reply;
 pub mod rewrite;
 pub mod router;

@@ -54,6 +54,7 @@ impl Proxy {
         config: &GatewayConfig,
         upstreams: &std::collections::BTreeMap<String, Arc<Upstream>>,
         metrics: &Arc<Metrics>,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Proxy {
         let routes = config.routes.iter().filter_map(|route| {
             // Validation guarantees the upstream exists; a missing one is skipped
@@ -68,7 +69,12 @@ impl Proxy {
             let name: Arc<str> = Arc::from(route.name.as_str());
             let compiled = Route {
                 stream: route.stream.as_ref().map(|stream| {
-                    Arc::new(StreamPlan::new(name.clone(), stream, route_metrics.clone()))
+                    Arc::new(StreamPlan::new(
+                        name.clone(),
+                        stream,
+                        route_metrics.clone(),
+                        shutdown.clone(),
+                    ))
                 }),
                 metrics: route_metrics,
                 name,

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::access_log::{RequestLog, StreamSummary};
 use crate::config::{HumanDuration, OnUpstreamEof, RuleAction, StreamConfig, TerminatorMatcher};
@@ -58,15 +59,23 @@ pub struct StreamPlan {
     pipeline: Arc<Pipeline>,
     config: StreamConfig,
     metrics: Arc<RouteMetrics>,
+    /// Fired when the gateway's drain time has run out.
+    shutdown: CancellationToken,
 }
 
 impl StreamPlan {
-    pub fn new(route: Arc<str>, config: &StreamConfig, metrics: Arc<RouteMetrics>) -> StreamPlan {
+    pub fn new(
+        route: Arc<str>,
+        config: &StreamConfig,
+        metrics: Arc<RouteMetrics>,
+        shutdown: CancellationToken,
+    ) -> StreamPlan {
         StreamPlan {
             route,
             pipeline: Arc::new(pipeline(config)),
             config: config.clone(),
             metrics,
+            shutdown,
         }
     }
 
@@ -126,6 +135,8 @@ pub struct SupervisedBody<B = Incoming> {
     /// The outcome is decided; after `queue` drains the body ends.
     ending: bool,
     clock: Pin<Box<Sleep>>,
+    /// Resolves when the gateway's drain time has run out.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     last_data: Instant,
     last_sent: Instant,
     first_event_sent: bool,
@@ -148,6 +159,7 @@ where
             queue: VecDeque::new(),
             ending: false,
             clock: Box::pin(sleep_until(now + PARKED)),
+            shutdown: Box::pin(plan.shutdown.clone().cancelled_owned()),
             last_data: now,
             last_sent: now,
             first_event_sent: false,
@@ -241,6 +253,12 @@ where
         self.queue.extend(closing.into_iter().flatten());
     }
 
+    /// The drain time is over: end between events (a partial event is never sent).
+    fn end_for_shutdown(&mut self) {
+        let message = "the gateway is shutting down; retry on another instance".to_owned();
+        self.end(Outcome::Shutdown, Some(("shutdown", message)));
+    }
+
     /// Handles one event from the session; returns the bytes to send now, if any.
     fn on_event(
         &mut self,
@@ -317,6 +335,10 @@ where
             if this.ending {
                 return Poll::Ready(None);
             }
+            if this.plan.shutdown.is_cancelled() {
+                this.end_for_shutdown();
+                continue;
+            }
             if this.clock.is_elapsed() {
                 if let Some(heartbeat) = this.on_clock(Instant::now()) {
                     return this.send(heartbeat);
@@ -381,6 +403,9 @@ where
                     continue;
                 }
                 Poll::Pending => {}
+            }
+            if this.shutdown.as_mut().poll(cx).is_ready() {
+                continue;
             }
             match this.clock.as_mut().poll(cx) {
                 Poll::Ready(()) => continue,

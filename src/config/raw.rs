@@ -13,7 +13,14 @@ use super::units::{ByteSize, HumanDuration};
 
 /// The sections of the top-level mapping; each is deserialized on its own so that one
 /// bad section does not hide the errors of the others.
-pub const TOP_LEVEL_KEYS: &[&str] = &["listen", "admin", "log", "upstreams", "routes"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin",
+    "drain_timeout",
+    "log",
+    "upstreams",
+    "routes",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -95,6 +95,7 @@ impl GatewayConfig {
         json!({
             "listen": self.listen.to_string(),
             "admin": { "listen": self.admin_listen.to_string() },
+            "drain_timeout": duration(self.drain_timeout),
             "log": { "format": self.log.format, "level": self.log.level },
             "upstreams": upstreams,
             "routes": routes,

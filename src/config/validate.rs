@@ -142,6 +142,12 @@ impl Validator<'_> {
                 );
             }
         }
+        let drain_timeout = match sections.remove("drain_timeout") {
+            None => Some(defaults::DRAIN_TIMEOUT),
+            Some(value) => self
+                .section::<super::HumanDuration>(Some(value), "drain_timeout")
+                .map(|d| d.0),
+        };
         let log = self.log(sections.remove("log"));
         let upstreams_value = sections.remove("upstreams");
         // Routes naming an upstream that is declared but broken get no second error.
@@ -161,6 +167,7 @@ impl Validator<'_> {
             source: source.to_owned(),
             listen: listen?,
             admin_listen: admin_listen?,
+            drain_timeout: drain_timeout?,
             log: log?,
             upstreams,
             routes,

@@ -37,6 +37,7 @@ impl Body for ChannelBody {
 
 struct Harness {
     body: SupervisedBody<ChannelBody>,
+    shutdown: tokio_util::sync::CancellationToken,
     upstream: mpsc::UnboundedSender<Bytes>,
     metrics: Arc<RouteMetrics>,
     start: Instant,
@@ -61,12 +62,19 @@ routes:
     let config = GatewayConfig::parse(&yaml, "test.yaml", &|_| None).unwrap();
     let stream = config.routes[0].stream.clone().unwrap();
     let metrics = Arc::new(Metrics::new().route("chat", &["repair#0", "pings"]));
-    let plan = Arc::new(StreamPlan::new(Arc::from("chat"), &stream, metrics.clone()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let plan = Arc::new(StreamPlan::new(
+        Arc::from("chat"),
+        &stream,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let (upstream, rx) = mpsc::unbounded_channel();
     let start = Instant::now();
     let log = RequestLog::new(start, http::Method::GET, "/s");
     Harness {
         body: SupervisedBody::new(ChannelBody(rx), plan, start, log),
+        shutdown,
         upstream,
         metrics,
         start,
@@ -261,4 +269,23 @@ async fn a_body_dropped_half_way_is_client_closed_exactly_once() {
         .sum();
     assert_eq!(total, 1, "exactly one outcome");
     assert!(h.upstream.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_the_stream_between_events() {
+    let mut h = harness("      heartbeat: 0\n");
+    h.send(b"data: whole\n\ndata: half");
+    assert_eq!(h.next().await.unwrap().0, "data: whole\n\n");
+    let shutdown = h.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        shutdown.cancel();
+    });
+    let (error, at) = h.next().await.unwrap();
+    assert_eq!(at, Duration::from_secs(3));
+    assert!(error.starts_with(b"event: error\ndata: {\"error\":{\"type\":\"shutdown\""));
+    assert_eq!(h.next().await.unwrap().0, "data: [DONE]\n\n");
+    assert_eq!(h.next().await, None, "the half event is never sent");
+    drop(h.body);
+    assert_eq!(outcome_count(&h.metrics, Outcome::Shutdown), 1);
 }

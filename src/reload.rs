@@ -1,0 +1,124 @@
+//! Config reload: on SIGHUP, and when the config file's content changes.
+//!
+//! The file is re-read every [`POLL_INTERVAL`] and compared by content, which also
+//! catches the atomic symlink swap Kubernetes does for a mounted ConfigMap (the path
+//! stays, the file behind it changes) without depending on inotify semantics. A valid
+//! file is applied through the same path as startup; an invalid one keeps the running
+//! config, logs every error with its location, and counts a failure.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::GatewayConfig;
+use crate::gateway::Gateway;
+
+/// How often the config file is compared with the last one read.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watches `path` and `hangup` until the runtime stops.
+pub async fn watch(path: PathBuf, gateway: Arc<Gateway>, mut hangup: Hangup) {
+    let mut last = std::fs::read(&path).ok();
+    let mut ticks = tokio::time::interval(POLL_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let trigger = tokio::select! {
+            _ = ticks.tick() => {
+                let now = std::fs::read(&path).ok();
+                if now == last {
+                    continue;
+                }
+                last = now;
+                "file change"
+            }
+            Some(()) = recv(&mut hangup) => {
+                last = std::fs::read(&path).ok();
+                "SIGHUP"
+            }
+        };
+        reload(&path, &gateway, trigger).await;
+    }
+}
+
+/// Loads, validates and applies the file at `path`; returns whether it was applied.
+pub async fn reload(path: &Path, gateway: &Gateway, trigger: &str) -> bool {
+    let mut config = match GatewayConfig::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for line in errors.to_string().lines() {
+                tracing::error!(
+                    trigger,
+                    error = line,
+                    "config reload failed; the running config stays"
+                );
+            }
+            gateway.metrics().count_reload(false);
+            return false;
+        }
+    };
+    let running = gateway.config();
+    if config.listen != running.listen || config.admin_listen != running.admin_listen {
+        tracing::warn!(
+            trigger,
+            listen = %config.listen,
+            admin = %config.admin_listen,
+            running_listen = %running.listen,
+            running_admin = %running.admin_listen,
+            "listen addresses changed: restart the gateway to apply them; the rest is applied now"
+        );
+        config.listen = running.listen;
+        config.admin_listen = running.admin_listen;
+    }
+    if config.log.format != running.log.format || config.log.level != running.log.level {
+        tracing::warn!(trigger, "log settings changed: they take effect on restart");
+    }
+    let routes = config.routes.len();
+    match gateway.apply(config).await {
+        Ok(()) => {
+            gateway.metrics().count_reload(true);
+            tracing::info!(trigger, routes, "config reloaded");
+            true
+        }
+        Err(error) => {
+            gateway.metrics().count_reload(false);
+            tracing::error!(trigger, %error, "config reload failed; the running config stays");
+            false
+        }
+    }
+}
+
+/// A SIGHUP listener, if the platform has one.
+#[cfg(unix)]
+pub type Hangup = Option<tokio::signal::unix::Signal>;
+/// A SIGHUP listener, if the platform has one.
+#[cfg(not(unix))]
+pub type Hangup = Option<()>;
+
+/// Installs the SIGHUP handler. Call it before the gateway is reachable: SIGHUP's
+/// default action ends the process.
+#[cfg(unix)]
+pub fn hangup_signal() -> Hangup {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reloads follow file changes only");
+            None
+        }
+    }
+}
+
+/// Installs the SIGHUP handler (none on this platform).
+#[cfg(not(unix))]
+pub fn hangup_signal() -> Hangup {
+    None
+}
+
+/// The next SIGHUP; never resolves without a signal handler.
+async fn recv(hangup: &mut Hangup) -> Option<()> {
+    match hangup {
+        #[cfg(unix)]
+        Some(signal) => signal.recv().await,
+        _ => std::future::pending().await,
+    }
+}
