@@ -1,0 +1,305 @@
+//! Operating the real binary as a child process: reload on file change and on SIGHUP
+//! (new streams get the new rules, running streams keep theirs, a broken file keeps
+//! the old config), and draining on SIGTERM.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+use tokio::net::TcpStream;
+
+/// The gateway binary running on a config file in its own directory.
+struct GatewayProcess {
+    child: Child,
+    dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl GatewayProcess {
+    /// Writes `config` (with `LISTEN` and `ADMIN` replaced) and starts the binary on it;
+    /// returns once `/healthz` answers.
+    async fn start(name: &str, config: &str) -> GatewayProcess {
+        let dir =
+            std::env::temp_dir().join(format!("sse-gateway-ops-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let config_path = dir.join("gateway.yaml");
+        let log = dir.join("gateway.log");
+        let text = config
+            .replace("LISTEN", &format!("127.0.0.1:{port}"))
+            .replace("ADMIN", &format!("127.0.0.1:{admin_port}"));
+        std::fs::write(&config_path, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sse-gateway"))
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let process = GatewayProcess {
+            child,
+            dir,
+            config: config_path,
+            log,
+            addr: ([127, 0, 0, 1], port).into(),
+            admin: ([127, 0, 0, 1], admin_port).into(),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(process.admin).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        process
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Replaces the config file the way Kubernetes does: write aside, rename over.
+    fn replace_config(&self, config: &str) {
+        let current = std::fs::read_to_string(&self.config).unwrap();
+        let listen = current
+            .lines()
+            .find(|l| l.starts_with("listen:"))
+            .unwrap()
+            .to_owned();
+        let admin = current
+            .lines()
+            .find(|l| l.starts_with("admin:"))
+            .unwrap()
+            .to_owned();
+        let text = config
+            .replace("listen: LISTEN", &listen)
+            .replace("admin: { listen: ADMIN }", &admin);
+        let aside = self.dir.join("gateway.yaml.new");
+        std::fs::write(&aside, text).unwrap();
+        std::fs::rename(&aside, &self.config).unwrap();
+    }
+
+    async fn metrics(&self) -> Metrics {
+        let response = get(self.admin, "/metrics").await;
+        Metrics::parse(&body_text(response).await)
+    }
+
+    async fn reloads_reach(&self, result: &str, count: f64) {
+        let deadline = tokio::time::Instant::now() + LIVENESS;
+        loop {
+            let metrics = self.metrics().await;
+            let seen = metrics.get("sse_gateway_config_reloads_total", &[("result", result)]);
+            if seen >= count {
+                assert_eq!(seen, count, "reloads with result {result}");
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reload {result} seen; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit (within `within`); its exit code.
+    async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway did not exit in time; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A config whose one rule renames `cat` to `animal` in the data.
+fn config(upstream: &str, animal: &str) -> String {
+    format!(
+        "listen: LISTEN
+admin: {{ listen: ADMIN }}
+drain_timeout: 1s
+upstreams:
+  assistant: {{ url: {upstream} }}
+routes:
+  - name: chat
+    match: {{ path_prefix: /api/stream }}
+    upstream: assistant
+    stream:
+      rules:
+        - replace: {{ scope: data, pattern: cat, with: {animal}, name: rename }}
+      terminator: {{ data: \"[DONE]\" }}
+      heartbeat: 0
+"
+    )
+}
+
+/// Opens a stream, has the upstream send `data: cat`, returns what the client got,
+/// with the stream and the upstream exchange still open.
+async fn open_stream(
+    gateway: std::net::SocketAddr,
+    upstream: &ScriptedUpstream,
+) -> (hyper::body::Incoming, Exchange, bytes::Bytes) {
+    let (response, mut exchange) = tokio::join!(get(gateway, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+    });
+    let mut body = response.into_body();
+    exchange.send_chunk(b"data: cat\n\n").await;
+    let first = next_data(&mut body).await.unwrap();
+    (body, exchange, first)
+}
+
+#[tokio::test]
+async fn reload_applies_new_rules_to_new_streams_and_keeps_the_old_ones_running() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = GatewayProcess::start("reload", &config(&upstream.url(), "dog")).await;
+
+    let (mut old_body, mut old_exchange, first) = open_stream(gateway.addr, &upstream).await;
+    assert_eq!(first, "data: dog\n\n");
+
+    // A file change (rename over the file, as a ConfigMap update does).
+    gateway.replace_config(&config(&upstream.url(), "lion"));
+    gateway.reloads_reach("success", 1.0).await;
+    let (_new_body, _new_exchange, first) = open_stream(gateway.addr, &upstream).await;
+    assert_eq!(first, "data: lion\n\n", "a new stream gets the new rule");
+    old_exchange.send_chunk(b"data: cat\n\n").await;
+    assert_eq!(
+        next_data(&mut old_body).await.unwrap(),
+        "data: dog\n\n",
+        "the stream opened before the reload keeps its rules"
+    );
+
+    // SIGHUP: written in place without a rename, then signalled.
+    let text = config(&upstream.url(), "tiger");
+    let current = std::fs::read_to_string(&gateway.config).unwrap();
+    let listen = current.lines().find(|l| l.starts_with("listen:")).unwrap();
+    let admin = current.lines().find(|l| l.starts_with("admin:")).unwrap();
+    let text = text
+        .replace("listen: LISTEN", listen)
+        .replace("admin: { listen: ADMIN }", admin);
+    std::fs::write(&gateway.config, text).unwrap();
+    gateway.signal("HUP");
+    gateway.reloads_reach("success", 2.0).await;
+    let (_body, _exchange, first) = open_stream(gateway.addr, &upstream).await;
+    assert_eq!(first, "data: tiger\n\n");
+
+    // A broken file: the running config stays, the errors are logged with locations.
+    gateway.replace_config(
+        &config(&upstream.url(), "tiger").replace("pattern: cat", "pattern: '(unclosed'"),
+    );
+    gateway.reloads_reach("failure", 1.0).await;
+    let (_body, _exchange, first) = open_stream(gateway.addr, &upstream).await;
+    assert_eq!(first, "data: tiger\n\n", "the broken file changed nothing");
+    let log = gateway.log_text();
+    let config_path = gateway.config.display().to_string();
+    assert!(
+        log.lines().any(|l| l.contains("config reload failed")
+            && l.contains(&format!("{config_path}:12:"))
+            && l.contains("routes[0].stream.rules[0].replace.pattern: invalid regex")),
+        "the error is logged with its location:\n{log}"
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.get("sse_gateway_config_reloads_total", &[("result", "success")]),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_ends_streams_with_outcome_shutdown_and_exits_0() {
+    let upstream = ScriptedUpstream::bind().await;
+    let mut gateway = GatewayProcess::start("drain", &config(&upstream.url(), "dog")).await;
+    let (mut silent_body, _silent_exchange, _) = open_stream(gateway.addr, &upstream).await;
+    let (mut finishing_body, mut finishing_exchange, _) =
+        open_stream(gateway.addr, &upstream).await;
+    assert_eq!(get(gateway.admin, "/readyz").await.status(), 200);
+
+    gateway.signal("TERM");
+    // Readiness fails first, so Kubernetes stops sending traffic.
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while get(gateway.admin, "/readyz").await.status() != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        TcpStream::connect(gateway.addr).await.is_err(),
+        "no new connection is accepted while draining"
+    );
+
+    // A stream that finishes within the drain time ends normally.
+    finishing_exchange
+        .send_chunk(b"data: cat\n\ndata: [DONE]\n\n")
+        .await;
+    assert_eq!(
+        next_data(&mut finishing_body).await.unwrap(),
+        "data: dog\n\n"
+    );
+    assert_eq!(
+        next_data(&mut finishing_body).await.unwrap(),
+        "data: [DONE]\n\n"
+    );
+    assert_eq!(next_data(&mut finishing_body).await, None);
+
+    // A silent one is ended at the drain time with the shutdown error and the terminator.
+    let error = next_data(&mut silent_body).await.unwrap();
+    let error = String::from_utf8(error.to_vec()).unwrap();
+    let events = client_events(&error);
+    assert_eq!(events[0].event, "error", "{error}");
+    let json: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(json["error"]["type"], "shutdown");
+    assert_eq!(json["error"]["route"], "chat");
+    assert_eq!(
+        next_data(&mut silent_body).await.unwrap(),
+        "data: [DONE]\n\n"
+    );
+    assert_eq!(next_data(&mut silent_body).await, None);
+
+    // drain_timeout is 1s: well within it plus a margin.
+    assert_eq!(gateway.exit_code(Duration::from_secs(10)).await, Some(0));
+    let log = gateway.log_text();
+    assert!(log.contains("outcome=\"shutdown\""), "{log}");
+    assert!(log.contains("outcome=\"terminator\""), "{log}");
+}
