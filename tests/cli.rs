@@ -39,6 +39,13 @@ fn shipped_config_passes_check() {
     assert!(stdout.starts_with("gateway.yaml: ok"), "{stdout}");
 }
 
+#[test]
+fn the_design_example_passes_check() {
+    let (code, stdout, stderr) = check("tests/fixtures/configs/valid/design.yaml");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok (1 routes, 2 upstreams)"), "{stdout}");
+}
+
 /// Each broken config, and every line `check` must print for it.
 const BROKEN: &[(&str, &[&str])] = &[
     (
