@@ -1,11 +1,15 @@
 //! Rewrite pipeline: a route's ordered rules and terminator, applied to one framed event at a time.
 //!
-//! Rules work on the event's text in one working form (lines joined by LF, no CR, no empty line,
-//! no final blank line), so a rule never has to care what line ends the upstream used. An event
-//! that no rule changed and that arrived LF-only leaves as the exact bytes received (zero copy);
-//! anything else is written back with LF line ends. Lines are kept as received (comments and
+//! Rules work on the event's text in one working form (each line followed by LF, no CR, no empty
+//! line, no final blank line), so a rule never has to care what line ends the upstream used. An
+//! event that no rule changed and that arrived LF-only leaves as the exact bytes received (zero
+//! copy); anything else is written back with LF line ends. Lines are kept as received (comments and
 //! unknown fields included) except those a rule rewrote; lines the gateway writes are
 //! `field: value`.
+//!
+//! Cost (`benches/pipeline.rs`, ~200-byte OpenAI-style events, 2-core dev machine): framing and
+//! forwarding alone run at about 3 GiB/s; the DESIGN.md example rules at about 900 MiB/s when
+//! events pass untouched and 250–300 MiB/s when every event is rewritten.
 
 mod prefilter;
 mod rule;
@@ -35,6 +39,27 @@ pub struct Verdict {
 }
 
 /// A route's compiled rules and terminator.
+///
+/// ```
+/// use bytes::Bytes;
+/// use sse_gateway::rewrite::{Pipeline, Rule, Terminator, TerminatorMatch};
+/// use sse_gateway::sse::Framer;
+///
+/// let done = Terminator {
+///     matcher: TerminatorMatch::Data(Bytes::from_static(b"[DONE]")),
+///     forward: true,
+///     synthesize_on_eof: true,
+/// };
+/// let pipeline = Pipeline::new(vec![Rule::repair_orphan_lines("repair".into())], Some(done));
+/// let mut framer = Framer::new(1 << 20);
+/// framer.push(Bytes::from_static(b"data:\n{\"value\":\"Hel\"}\n\ndata:\n[DONE]\n\n"));
+/// let mut hits = 0;
+/// let first = pipeline.apply(framer.next_event().unwrap().unwrap(), &mut |_| hits += 1);
+/// assert_eq!(first.output.as_deref(), Some(&b"data:{\"value\":\"Hel\"}\n\n"[..]));
+/// let last = pipeline.apply(framer.next_event().unwrap().unwrap(), &mut |_| hits += 1);
+/// assert!(last.is_terminator);
+/// assert_eq!(hits, 2);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Pipeline {
     rules: Vec<Rule>,
@@ -60,9 +85,10 @@ impl Pipeline {
     /// Runs all rules in order, then the terminator check.
     ///
     /// `on_hit(i)` is called once for each rule index `i` that changed or dropped the event (a
-    /// dropped event stops the pipeline). A rewrite that leaves no line drops the event. An event
-    /// no rule changed costs no allocation, except joining a multi-line payload for a
-    /// `scope: data` rule or a data terminator.
+    /// dropped event stops the pipeline). A rewrite that leaves no line drops the event. An
+    /// LF-only event that no rule changed costs no allocation, with one exception: a `scope: data`
+    /// rule that cannot rule out a match from the event's text joins a multi-line payload to run
+    /// its regex.
     pub fn apply(&self, event: RawEvent, on_hit: &mut impl FnMut(usize)) -> Verdict {
         let lf_only = event.is_lf_only();
         let (rewritten, is_terminator) = {
@@ -127,16 +153,13 @@ impl Verdict {
     }
 }
 
-/// The working text of an LF-only event: its bytes without the blank line's LF and the last
-/// line's LF.
+/// The working text of an LF-only event: its bytes without the blank line's LF.
 fn lf_text(raw: &[u8]) -> &[u8] {
-    raw.strip_suffix(b"\n\n")
-        .or_else(|| raw.strip_suffix(b"\n"))
-        .unwrap_or(raw)
+    raw.strip_suffix(b"\n").unwrap_or(raw)
 }
 
-/// The working form of any event text: its lines (split at LF, CR or CRLF, empty ones removed)
-/// joined by LF.
+/// The working form of any event text: its lines (split at LF, CR or CRLF, empty ones removed),
+/// each followed by LF.
 fn normalize(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
     let lines = text
@@ -146,12 +169,11 @@ fn normalize(text: &[u8]) -> Vec<u8> {
         out.extend_from_slice(line);
         out.push(b'\n');
     }
-    out.pop();
     out
 }
 
-/// Encodes working text as an event: LF after the last line, then the blank line.
+/// Encodes working text as an event: the blank line after its lines.
 fn encode(mut text: Vec<u8>) -> Bytes {
-    text.extend_from_slice(b"\n\n");
+    text.push(b'\n');
     Bytes::from(text)
 }

@@ -111,6 +111,15 @@ const BROKEN: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad_stream.yaml",
+        &[
+            "bad_stream.yaml:9:31: routes[0].stream.rules[0].replace.pattern: invalid regex \"(unclosed\": unclosed group",
+            "bad_stream.yaml:10:13: routes[0].stream.rules[1]: a rule is exactly one of",
+            "bad_stream.yaml:11:41: routes[0].stream.rules[2].drop.scope: unknown variant `everything`, expected `event` or `data`",
+            "bad_stream.yaml:12:21: routes[0].stream.terminator: give exactly one of `data`",
+        ],
+    ),
+    (
         "empty.yaml",
         &["empty.yaml: the file is empty; it needs at least `upstreams` and `routes`"],
     ),

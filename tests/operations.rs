@@ -235,7 +235,7 @@ async fn reload_applies_new_rules_to_new_streams_and_keeps_the_old_ones_running(
     assert!(
         log.lines().any(|l| l.contains("config reload failed")
             && l.contains(&format!("{config_path}:12:"))
-            && l.contains("routes[0].stream.rules[0].replace.pattern: invalid regex")),
+            && l.contains("routes[0].stream.rules[0].replace.pattern: invalid regex \\\"(unclosed\\\": unclosed group")),
         "the error is logged with its location:\n{log}"
     );
     let metrics = gateway.metrics().await;

@@ -124,8 +124,10 @@ pub struct Headers {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stream {
+    /// Each rule is deserialized on its own (into [`Rule`]), so every bad rule is
+    /// reported, not only the first.
     #[serde(default)]
-    pub rules: Vec<Rule>,
+    pub rules: Vec<serde_yaml::Value>,
     pub terminator: Option<Terminator>,
     pub max_event_size: Option<ByteSize>,
     pub stuck_after: Option<HumanDuration>,

@@ -549,6 +549,10 @@ impl Validator<'_> {
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         for (index, rule) in raw.rules.into_iter().enumerate() {
             let rule_path = format!("{path}.rules[{index}]");
+            let Some(rule) = self.section::<raw::Rule>(Some(rule), &rule_path) else {
+                ok = false;
+                continue;
+            };
             match self.rule(&rule_path, index, rule) {
                 Some(rule) => {
                     if let Some(first) = names.insert(rule.name.clone(), index) {
@@ -667,9 +671,17 @@ impl Validator<'_> {
         {
             Ok(regex) => Some(regex),
             Err(error) => {
-                // The regex crate's message spans lines with a caret under the fault.
-                let message = error.to_string().replace('\n', " ");
-                self.error_at_value(path, format!("invalid regex: {message}"));
+                // The regex crate's message spans lines with a caret under the fault;
+                // its last line says what is wrong.
+                let text = error.to_string();
+                let reason = text
+                    .lines()
+                    .rev()
+                    .find(|line| !line.trim().is_empty())
+                    .map_or(text.as_str(), |line| {
+                        line.trim().trim_start_matches("error: ")
+                    });
+                self.error_at_value(path, format!("invalid regex \"{pattern}\": {reason}"));
                 None
             }
         }

@@ -1,8 +1,9 @@
-//! Rules: compiled rewrite steps (repair orphan lines, replace, drop) and how each changes an event.
+//! Rules: compiled rewrite steps (repair orphan lines, replace, drop) and how each changes
+//! an event.
 //!
-//! A rule sees an event's text in the pipeline's working form: lines joined by LF, no CR, no empty
-//! line, no final blank line. It answers keep, changed (new text in that same form) or drop, and
-//! allocates only when it changes something.
+//! A rule sees an event's text in the pipeline's working form: each line followed by LF, no CR, no
+//! empty line, no final blank line. It answers keep, changed (new text in that same form) or
+//! drop, and allocates only when it changes something.
 
 use std::borrow::Cow;
 
@@ -18,8 +19,8 @@ use crate::sse::{Event, Field, Line};
 /// What a `replace` or `drop` pattern is matched against.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Scope {
-    /// The event's text: its lines with LF line ends, without the final blank line (and without
-    /// an LF after the last line, so `$` matches at its end).
+    /// The event's text: its lines, each followed by LF (the last one too), without the final
+    /// blank line. Use `(?m)` for `^` and `$` to match at every line.
     #[default]
     Event,
     /// The event's data payload: its `data` values joined by LF. Events without data never match.
@@ -256,16 +257,18 @@ fn repair_orphan_lines(text: &[u8]) -> Outcome {
                 last_data = Some((at, false));
             }
             (Role::Orphan, Some((_, false))) => {
-                let mut data_line = Vec::with_capacity(line.len() + 6);
+                let mut data_line = Vec::with_capacity(line.len() + 7);
                 push_field(&mut data_line, DATA, line);
-                data_line.pop();
+                data_line.pop(); // its LF comes with the others below
                 last_data = Some((repaired.len(), false));
                 repaired.push(Cow::Owned(data_line));
             }
             _ => repaired.push(Cow::Borrowed(line)),
         }
     }
-    Outcome::Changed(repaired.join(&b'\n'))
+    let mut text = repaired.join(&b'\n');
+    text.push(b'\n');
+    Outcome::Changed(text)
 }
 
 /// Gives an empty-valued data line (`data`, `data:` or `data: `) the orphan as its value, keeping
@@ -299,7 +302,6 @@ fn with_data(text: &[u8], data: &[u8]) -> Vec<u8> {
             out.push(b'\n');
         }
     }
-    out.pop();
     out
 }
 
@@ -311,12 +313,17 @@ mod tests {
         Regex::new(pattern).expect("test pattern compiles")
     }
 
+    /// Applies `rule` to `text` in the working form (the last line's LF added here).
+    fn run(rule: &Rule, text: &str) -> Outcome {
+        rule.apply(format!("{text}\n").as_bytes())
+    }
+
     fn repair(text: &str) -> Outcome {
-        Rule::repair_orphan_lines("repair".into()).apply(text.as_bytes())
+        run(&Rule::repair_orphan_lines("repair".into()), text)
     }
 
     fn changed(text: &str) -> Outcome {
-        Outcome::Changed(text.as_bytes().to_vec())
+        Outcome::Changed(format!("{text}\n").into_bytes())
     }
 
     #[test]
@@ -362,8 +369,8 @@ mod tests {
             b"data:".to_vec(),
             Scope::Event,
         );
-        assert_eq!(rule.apply(b"data:\n[DONE]"), changed("data:[DONE]"));
-        assert_eq!(rule.apply(b"data: x"), Outcome::Keep);
+        assert_eq!(run(&rule, "data:\n[DONE]"), changed("data:[DONE]"));
+        assert_eq!(run(&rule, "data: x"), Outcome::Keep);
     }
 
     #[test]
@@ -374,13 +381,13 @@ mod tests {
             b"$1\n\n$1".to_vec(),
             Scope::Event,
         );
-        assert_eq!(rule.apply(b"x: ab"), changed("x: b\nb"));
+        assert_eq!(run(&rule, "x: ab"), changed("x: b\nb"));
     }
 
     #[test]
     fn replace_identity_is_not_a_change() {
         let rule = Rule::replace("r".into(), regex("a"), b"a".to_vec(), Scope::Event);
-        assert_eq!(rule.apply(b"data: a"), Outcome::Keep);
+        assert_eq!(run(&rule, "data: a"), Outcome::Keep);
     }
 
     #[test]
@@ -392,20 +399,23 @@ mod tests {
             Scope::Data,
         );
         assert_eq!(
-            rule.apply(b"event: m\ndata: {\"text\":1}\nid: 2\ndata: {\"text\":2}"),
+            run(
+                &rule,
+                "event: m\ndata: {\"text\":1}\nid: 2\ndata: {\"text\":2}"
+            ),
             changed("event: m\ndata: {\"value\":1}\ndata: {\"value\":2}\nid: 2")
         );
-        assert_eq!(rule.apply(b": \"text\":"), Outcome::Keep);
+        assert_eq!(run(&rule, ": \"text\":"), Outcome::Keep);
     }
 
     #[test]
     fn drop_by_event_and_data_scope() {
         let pings = Rule::drop("upstream-pings".into(), regex("^:"), Scope::Event);
-        assert_eq!(pings.apply(b": ping"), Outcome::Drop);
-        assert_eq!(pings.apply(b"data: :"), Outcome::Keep);
+        assert_eq!(run(&pings, ": ping"), Outcome::Drop);
+        assert_eq!(run(&pings, "data: :"), Outcome::Keep);
         let data = Rule::drop("d".into(), regex("^secret$"), Scope::Data);
-        assert_eq!(data.apply(b"data: secret"), Outcome::Drop);
-        assert_eq!(data.apply(b"x: secret"), Outcome::Keep);
+        assert_eq!(run(&data, "data: secret"), Outcome::Drop);
+        assert_eq!(run(&data, "x: secret"), Outcome::Keep);
     }
 
     #[test]

@@ -30,7 +30,7 @@ impl Terminator {
     /// True when `event` (after the rules ran) is this terminator.
     pub fn matches(&self, event: &Event<'_>) -> bool {
         match &self.matcher {
-            TerminatorMatch::Data(want) => event.data().is_some_and(|data| *data == **want),
+            TerminatorMatch::Data(want) => event.data_is(want),
             TerminatorMatch::Event(want) => event.event_type() == Some(&want[..]),
         }
     }

@@ -118,6 +118,30 @@ impl<'a> Event<'a> {
         Some(Cow::Owned(joined))
     }
 
+    /// True when the event has data and its payload (as [`Event::data`] joins it) equals `want`;
+    /// compared line by line, without joining.
+    pub fn data_is(&self, want: &[u8]) -> bool {
+        let mut rest = want;
+        let mut values = self
+            .fields()
+            .filter(|field| field.name == DATA)
+            .map(|field| field.value);
+        let Some(first) = values.next() else {
+            return false;
+        };
+        let Some(after_first) = rest.strip_prefix(first) else {
+            return false;
+        };
+        rest = after_first;
+        for value in values {
+            match rest.strip_prefix(b"\n").and_then(|r| r.strip_prefix(value)) {
+                Some(after) => rest = after,
+                None => return false,
+            }
+        }
+        rest.is_empty()
+    }
+
     /// The value of the last `event` field; `None` when there is none or it is empty (a client
     /// then dispatches the event as `message`).
     pub fn event_type(&self) -> Option<&'a [u8]> {
@@ -131,8 +155,8 @@ impl<'a> Event<'a> {
 
     /// The value of the last `id` field that a client accepts; `None` when there is none.
     pub fn id(&self) -> Option<&'a [u8]> {
-        // "id: If the field value does not contain U+0000 NULL, then set the last event ID buffer to
-        // the field value. Otherwise, ignore the field."
+        // "id: If the field value does not contain U+0000 NULL, then set the last event ID buffer
+        // to the field value. Otherwise, ignore the field."
         self.fields()
             .filter(|field| field.name == ID && memchr(0, field.value).is_none())
             .last()
@@ -310,6 +334,16 @@ mod tests {
             Some(&b"a\nb\n"[..])
         );
         assert_eq!(view(": only a comment\n\n").data(), None);
+    }
+
+    #[test]
+    fn data_is_compares_the_joined_payload() {
+        assert!(view("data: [DONE]\n\n").data_is(b"[DONE]"));
+        assert!(view("data: a\nid: 1\ndata: b\n\n").data_is(b"a\nb"));
+        assert!(view("data\n\n").data_is(b""));
+        assert!(!view("data: a\ndata: b\n\n").data_is(b"a"));
+        assert!(!view("data: a\n\n").data_is(b"a\n"));
+        assert!(!view(": x\n\n").data_is(b""));
     }
 
     #[test]

@@ -70,6 +70,22 @@ enum Bom {
 /// returns `Ok(None)`; at a clean upstream EOF call [`finish`](Framer::finish). Memory held for
 /// an incomplete event never exceeds `max_event_size`; chunks pushed but not yet drained are held
 /// as they are (zero copy), so drain after every push.
+///
+/// ```
+/// use bytes::Bytes;
+/// use sse_gateway::sse::Framer;
+///
+/// let mut framer = Framer::new(1 << 20);
+/// framer.push(Bytes::from_static(b"data: a\r"));
+/// assert_eq!(framer.next_event(), Ok(None));
+/// framer.push(Bytes::from_static(b"\n\r\ndata: b"));
+/// let event = framer.next_event().unwrap().unwrap();
+/// assert_eq!(event.view().data().as_deref(), Some(&b"a"[..]));
+/// assert_eq!(framer.next_event(), Ok(None));
+/// // Clean EOF: the unterminated tail is completed and delivered.
+/// let tail = framer.finish().unwrap();
+/// assert_eq!(tail.as_bytes(), &b"data: b\n\n"[..]);
+/// ```
 #[derive(Debug)]
 pub struct Framer {
     max_event_size: usize,
@@ -101,7 +117,11 @@ impl Framer {
     }
 
     /// Hands the framer the next chunk received from the upstream (any size, any split).
+    /// After an oversize error the chunk is discarded.
     pub fn push(&mut self, mut chunk: Bytes) {
+        if self.failed.is_some() {
+            return;
+        }
         // "One leading U+FEFF BYTE ORDER MARK character must be ignored if any are present."
         // Only the very first bytes of the stream can be one.
         if let Bom::Pending { matched } = self.bom {
@@ -192,7 +212,8 @@ impl Framer {
     /// event is not dispatched": clients drop it, so the gateway completes it instead (a
     /// `data: [DONE]` tail still ends the stream). Call it after `next_event` returned `Ok(None)`;
     /// if complete events are still queued it returns `None` and leaves them to `next_event`, so
-    /// drain and call it again. Returns `None` after an oversize error.
+    /// drain and call it again. Returns `None` after an oversize error. After an upstream error
+    /// do not call it: DESIGN.md drops the partial tail then.
     pub fn finish(&mut self) -> Option<RawEvent> {
         if let Bom::Pending { matched } = self.bom {
             // A stream that ended inside what looked like a BOM: those bytes were content.
@@ -239,6 +260,10 @@ impl Framer {
 }
 
 /// Scans `bytes` for the end of the current event, continuing from `scan`.
+///
+/// "Lines must be separated by either a U+000D CARRIAGE RETURN U+000A LINE FEED (CRLF) character
+/// pair, a single U+000A LINE FEED (LF) character, or a single U+000D CARRIAGE RETURN (CR)
+/// character."
 ///
 /// Returns the index of the byte that completes the event: the first byte of the blank line's
 /// line end. The event is then provably complete, whether that byte is an LF, a lone CR or the CR

@@ -1,4 +1,5 @@
-//! Canonical encoding of events the gateway writes: rewritten events, comments, errors, terminators.
+//! Canonical encoding of events the gateway writes: rewritten events, comments, errors and
+//! terminators.
 //!
 //! Canonical means LF line ends only and `field: value` lines (one space after the colon, none
 //! when the value is empty), ending with a blank line. Real clients mishandle CR-only streams and

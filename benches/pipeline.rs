@@ -1,0 +1,164 @@
+//! Throughput of framer + pipeline on a realistic LLM stream (~200-byte OpenAI-style chunks with
+//! an occasional `: ping`), pushed in 4 KiB reads and in irregular reads of 1..=1500 bytes.
+//!
+//! Run: `cargo bench --bench pipeline` (add `-- --quick` for a short run).
+//!
+//! - `no_rules`: framing and zero-copy forwarding only;
+//! - `design_rules`: the DESIGN.md example route (repair, two replaces, drop pings, `[DONE]`);
+//!   deltas use `"content"`, so only the pings are touched;
+//! - `design_rules_rewrite`: same rules, every delta uses `"text"`, so every event is rewritten;
+//! - `design_rules_repair`: same rules, every event also arrives as `data:\n{...}` and needs
+//!   repair.
+//!
+//! Measured 2026-11-24 on the 2-core dev machine while another build ran (load ~2), 4 KiB /
+//! irregular reads: no_rules 3.07 / 2.73 GiB/s; design_rules 926 / 898 MiB/s;
+//! design_rules_rewrite 311 / 262 MiB/s; design_rules_repair 247 / 247 MiB/s.
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use regex::bytes::Regex;
+use sse_gateway::rewrite::{Pipeline, Rule, Scope, Terminator, TerminatorMatch};
+use sse_gateway::sse::Framer;
+
+/// Size of the generated stream.
+const STREAM_BYTES: usize = 1 << 20;
+/// A ping comment every this many events.
+const PING_EVERY: usize = 50;
+const MAX_EVENT_SIZE: usize = 1 << 20;
+
+#[derive(Clone, Copy)]
+enum Shape {
+    /// `data: {..."content":"tok"...}`
+    Content,
+    /// `data: {..."text":"tok"...}`
+    Text,
+    /// `data:\n{..."text":"tok"...}`
+    BrokenText,
+}
+
+fn stream(shape: Shape) -> Vec<u8> {
+    let tokens = [
+        "Hel", "lo", ",", " wor", "ld", "!", " The", " quick", " brown", " fox",
+    ];
+    let mut out = Vec::with_capacity(STREAM_BYTES + 512);
+    let mut i = 0;
+    while out.len() < STREAM_BYTES {
+        if i % PING_EVERY == PING_EVERY - 1 {
+            out.extend_from_slice(b": ping\n\n");
+        }
+        let (prefix, key) = match shape {
+            Shape::Content => ("data: ", "content"),
+            Shape::Text => ("data: ", "text"),
+            Shape::BrokenText => ("data:\n", "text"),
+        };
+        let event = format!(
+            "{prefix}{{\"id\":\"chatcmpl-8f3kQ2x9Zr7LmNp4\",\"object\":\"chat.completion.chunk\",\
+             \"created\":{},\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\
+             \"delta\":{{\"{key}\":\"{}\"}},\"finish_reason\":null}}]}}\n\n",
+            1_700_000_000 + i,
+            tokens[i % tokens.len()]
+        );
+        out.extend_from_slice(event.as_bytes());
+        i += 1;
+    }
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    out
+}
+
+fn fixed_chunks(stream: &Bytes, size: usize) -> Vec<Bytes> {
+    (0..stream.len())
+        .step_by(size)
+        .map(|start| stream.slice(start..(start + size).min(stream.len())))
+        .collect()
+}
+
+/// Irregular reads of 1..=1500 bytes from a fixed-seed generator (repeatable runs).
+fn irregular_chunks(stream: &Bytes) -> Vec<Bytes> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < stream.len() {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let size = 1 + (state >> 33) as usize % 1500;
+        let end = (start + size).min(stream.len());
+        chunks.push(stream.slice(start..end));
+        start = end;
+    }
+    chunks
+}
+
+fn design_pipeline() -> Pipeline {
+    let regex = |p: &str| Regex::new(p).expect("bench pattern compiles");
+    Pipeline::new(
+        vec![
+            Rule::repair_orphan_lines("repair#0".into()),
+            Rule::replace(
+                "replace#1".into(),
+                regex(r"(?m)^data:\r?\n"),
+                b"data:".to_vec(),
+                Scope::Event,
+            ),
+            Rule::replace(
+                "replace#2".into(),
+                regex(r#""text":"#),
+                br#""value":"#.to_vec(),
+                Scope::Data,
+            ),
+            Rule::drop("upstream-pings".into(), regex("^:"), Scope::Event),
+        ],
+        Some(Terminator {
+            matcher: TerminatorMatch::Data(Bytes::from_static(b"[DONE]")),
+            forward: true,
+            synthesize_on_eof: true,
+        }),
+    )
+}
+
+/// What the proxy does per stream; returns bytes sent so the work cannot be optimised away.
+fn run(pipeline: &Pipeline, chunks: &[Bytes]) -> usize {
+    let mut framer = Framer::new(MAX_EVENT_SIZE);
+    let mut sent = 0;
+    let mut hits = 0usize;
+    for chunk in chunks {
+        framer.push(chunk.clone());
+        while let Ok(Some(event)) = framer.next_event() {
+            let verdict = pipeline.apply(event, &mut |_| hits += 1);
+            sent += verdict.output.map_or(0, |b| b.len());
+            if verdict.is_terminator {
+                return sent + hits;
+            }
+        }
+    }
+    sent + hits
+}
+
+fn bench(c: &mut Criterion) {
+    let cases = [
+        ("no_rules", Shape::Content, Pipeline::new(Vec::new(), None)),
+        ("design_rules", Shape::Content, design_pipeline()),
+        ("design_rules_rewrite", Shape::Text, design_pipeline()),
+        ("design_rules_repair", Shape::BrokenText, design_pipeline()),
+    ];
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(20);
+    group.warm_up_time(std::time::Duration::from_secs(1));
+    group.measurement_time(std::time::Duration::from_secs(3));
+    for (name, shape, pipeline) in &cases {
+        let stream = Bytes::from(stream(*shape));
+        group.throughput(Throughput::Bytes(stream.len() as u64));
+        for (reads, chunks) in [
+            ("4KiB", fixed_chunks(&stream, 4096)),
+            ("irregular", irregular_chunks(&stream)),
+        ] {
+            group.bench_with_input(BenchmarkId::new(*name, reads), &chunks, |b, chunks| {
+                b.iter(|| black_box(run(pipeline, black_box(chunks))))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
