@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""A misbehaving text/event-stream upstream for tests/e2e/prometheus.sh (stdlib only).
+
+Paths (matched by their last segment, so any route prefix in front works):
+  .../done            three data events, then `data: [DONE]`, then the connection stays
+                      open for a while: the gateway must end the stream at the terminator
+  .../silent?seconds=N
+                      two data events, then only `: ping` comments every 200 ms for N
+                      seconds (default 60): the gateway counts it stuck, never idle-free
+  .../idle            one data event, then nothing at all until the gateway gives up
+Anything else is a 404.
+
+Usage: flaky_upstream.py PORT_FILE   binds 127.0.0.1:0 and writes the port to PORT_FILE.
+"""
+
+import os
+import sys
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Never hold a stream open longer than this, whatever a query asks: the script's
+# processes must end even if the gateway misbehaves.
+LONGEST_STREAM_SECONDS = 120
+
+
+class Handler(BaseHTTPRequestHandler):
+    # HTTP/1.0 style: the body ends when the connection closes, no chunked encoding.
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("flaky_upstream: " + (fmt % args) + "\n")
+
+    def do_GET(self):
+        self.serve()
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.serve()
+
+    def serve(self):
+        url = urllib.parse.urlsplit(self.path)
+        kind = url.path.rstrip("/").rsplit("/", 1)[-1]
+        query = urllib.parse.parse_qs(url.query)
+        if kind not in ("done", "silent", "idle"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        try:
+            if kind == "done":
+                for token in ("Hel", "lo", "!"):
+                    self.event('data: {"value":"%s"}' % token)
+                self.event("data: [DONE]")
+                self.hold(10)
+            elif kind == "silent":
+                seconds = float(query.get("seconds", ["60"])[0])
+                self.event('data: {"value":"thinking"}')
+                self.event('data: {"value":"..."}')
+                deadline = time.monotonic() + min(seconds, LONGEST_STREAM_SECONDS)
+                while time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    self.write(b": ping\n\n")
+            else:  # idle
+                self.event('data: {"value":"one"}')
+                self.hold(LONGEST_STREAM_SECONDS)
+        except (BrokenPipeError, ConnectionResetError):
+            # The gateway dropped the upstream request: exactly what it should do
+            # when its client leaves or a stream ends.
+            pass
+
+    def event(self, text):
+        self.write(text.encode() + b"\n\n")
+
+    def write(self, data):
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def hold(self, seconds):
+        """Keep the connection open without writing, noticing when the peer closes."""
+        deadline = time.monotonic() + seconds
+        self.connection.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                if self.connection.recv(1) == b"":
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: flaky_upstream.py PORT_FILE")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(str(server.server_address[1]))
+    # Renamed into place, so a reader never sees a half-written port.
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
