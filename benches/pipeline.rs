@@ -16,8 +16,7 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use regex::bytes::Regex;
-use sse_gateway::rewrite::{Pipeline, Rule, Scope, Terminator, TerminatorMatch};
+use sse_gateway::rewrite::Pipeline;
 use sse_gateway::sse::Framer;
 
 /// Size of the generated stream.
@@ -90,30 +89,7 @@ fn irregular_chunks(stream: &Bytes) -> Vec<Bytes> {
 }
 
 fn design_pipeline() -> Pipeline {
-    let regex = |p: &str| Regex::new(p).expect("bench pattern compiles");
-    Pipeline::new(
-        vec![
-            Rule::repair_orphan_lines("repair#0".into()),
-            Rule::replace(
-                "replace#1".into(),
-                regex(r"(?m)^data:\r?\n"),
-                b"data:".to_vec(),
-                Scope::Event,
-            ),
-            Rule::replace(
-                "replace#2".into(),
-                regex(r#""text":"#),
-                br#""value":"#.to_vec(),
-                Scope::Data,
-            ),
-            Rule::drop("upstream-pings".into(), regex("^:"), Scope::Event),
-        ],
-        Some(Terminator {
-            matcher: TerminatorMatch::Data(Bytes::from_static(b"[DONE]")),
-            forward: true,
-            synthesize_on_eof: true,
-        }),
-    )
+    sse_gateway::supervise::design_example_pipeline()
 }
 
 /// What the proxy does per stream; returns bytes sent so the work cannot be optimised away.

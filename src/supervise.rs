@@ -119,6 +119,20 @@ pub fn pipeline(config: &StreamConfig) -> Pipeline {
     Pipeline::new(rules, terminator)
 }
 
+/// The pipeline of DESIGN.md's example route, compiled from the example config
+/// (`tests/fixtures/configs/valid/design.yaml`) the way the gateway compiles any
+/// route: the one definition the benches, the fuzz target and the tests share.
+pub fn design_example_pipeline() -> Pipeline {
+    const DESIGN_EXAMPLE: &str = include_str!("../tests/fixtures/configs/valid/design.yaml");
+    let config = crate::config::GatewayConfig::parse(DESIGN_EXAMPLE, "design.yaml", &|_| None)
+        .expect("the DESIGN example config is valid (tests/cli.rs checks it)");
+    let stream = config.routes[0]
+        .stream
+        .as_ref()
+        .expect("the DESIGN example route has a stream section");
+    pipeline(stream)
+}
+
 /// Errors a supervised body never returns: every failure becomes an error event.
 pub type Never = std::convert::Infallible;
 

@@ -13,42 +13,16 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use gateway::rewrite::{Pipeline, Rule, Scope, Terminator, TerminatorMatch};
+use gateway::rewrite::Pipeline;
 use gateway::sse::Framer;
 use libfuzzer_sys::fuzz_target;
-use regex::bytes::Regex;
 
 /// Largest chunk the fuzzer cuts; small, so CR/LF pairs and BOMs get split often.
 const MAX_CHUNK: u64 = 17;
 
 fn pipeline() -> &'static Pipeline {
     static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
-    PIPELINE.get_or_init(|| {
-        let regex = |p: &str| Regex::new(p).expect("fixed pattern compiles");
-        Pipeline::new(
-            vec![
-                Rule::repair_orphan_lines("repair#0".into()),
-                Rule::replace(
-                    "replace#1".into(),
-                    regex(r"(?m)^data:\r?\n"),
-                    b"data:".to_vec(),
-                    Scope::Event,
-                ),
-                Rule::replace(
-                    "replace#2".into(),
-                    regex(r#""text":"#),
-                    br#""value":"#.to_vec(),
-                    Scope::Data,
-                ),
-                Rule::drop("upstream-pings".into(), regex("^:"), Scope::Event),
-            ],
-            Some(Terminator {
-                matcher: TerminatorMatch::Data(Bytes::from_static(b"[DONE]")),
-                forward: true,
-                synthesize_on_eof: true,
-            }),
-        )
-    })
+    PIPELINE.get_or_init(gateway::supervise::design_example_pipeline)
 }
 
 /// Everything observable about one run: events framed, output sent, rule hits, how it ended.

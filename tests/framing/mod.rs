@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use regex::bytes::Regex;
-use sse_gateway::rewrite::{Pipeline, Rule, Scope, Terminator, TerminatorMatch};
+use sse_gateway::rewrite::{Pipeline, Terminator, TerminatorMatch};
 use sse_gateway::sse::{FrameError, Framer, RawEvent};
 
 /// Generous limit for tests that are not about size.
@@ -152,29 +152,10 @@ pub fn done_terminator() -> Terminator {
     }
 }
 
-/// The rules of the DESIGN.md example route, in order.
-pub fn design_rules() -> Vec<Rule> {
-    vec![
-        Rule::repair_orphan_lines("repair#0".into()),
-        Rule::replace(
-            "replace#1".into(),
-            regex(r"(?m)^data:\r?\n"),
-            b"data:".to_vec(),
-            Scope::Event,
-        ),
-        Rule::replace(
-            "replace#2".into(),
-            regex(r#""text":"#),
-            br#""value":"#.to_vec(),
-            Scope::Data,
-        ),
-        Rule::drop("upstream-pings".into(), regex("^:"), Scope::Event),
-    ]
-}
-
-/// The DESIGN.md example pipeline: its rules and the `[DONE]` terminator.
+/// The DESIGN.md example pipeline, compiled from the example config exactly as the
+/// gateway compiles a route's `stream` section.
 pub fn design_pipeline() -> Pipeline {
-    Pipeline::new(design_rules(), Some(done_terminator()))
+    sse_gateway::supervise::design_example_pipeline()
 }
 
 /// Reads `tests/fixtures/NAME`.
