@@ -98,23 +98,12 @@ impl Drop for RequestLog {
             End::ClientGone => ("client_gone", None),
             End::Failed(reason) => ("failed", Some(reason.as_str())),
         };
-        if let Some(stream) = &self.stream {
-            tracing::info!(
-                route,
-                method = %self.method,
-                path = %self.path,
-                status = self.status.as_u16(),
-                upstream,
-                duration_ms = format_args!("{duration_ms:.1}"),
-                bytes = self.bytes,
-                outcome = stream.outcome,
-                events = stream.events,
-                rules_hit = stream.rules_hit,
-                stuck_ms = stream.stuck_ms,
-                "stream finished"
-            );
-            return;
-        }
+        // Streams carry their outcome instead of `end`; absent fields are not written.
+        let stream = self.stream.as_ref();
+        let (end, what) = match stream {
+            Some(_) => (None, "stream finished"),
+            None => (Some(end), "request finished"),
+        };
         tracing::info!(
             route,
             method = %self.method,
@@ -125,7 +114,11 @@ impl Drop for RequestLog {
             bytes = self.bytes,
             end,
             error,
-            "request finished"
+            outcome = stream.map(|s| s.outcome),
+            events = stream.map(|s| s.events),
+            rules_hit = stream.map(|s| s.rules_hit),
+            stuck_ms = stream.map(|s| s.stuck_ms),
+            "{what}"
         );
     }
 }
