@@ -43,7 +43,11 @@ enum Kind {
 
 impl ResponseBody {
     /// Streams an upstream response body.
-    pub fn upstream(body: Incoming, log: RequestLog) -> ResponseBody {
+    pub fn upstream(body: Incoming, mut log: RequestLog) -> ResponseBody {
+        // An empty body (204, 304, HEAD) is never polled: it is complete as it is.
+        if body.is_end_stream() {
+            log.finished();
+        }
         ResponseBody {
             kind: Kind::Upstream { body, log },
         }
