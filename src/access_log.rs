@@ -62,6 +62,11 @@ impl RequestLog {
         self.upstream = Some(upstream.clone());
     }
 
+    /// The request path, for log lines about this request before it finishes.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     pub fn set_status(&mut self, status: StatusCode) {
         self.status = status;
     }

@@ -239,7 +239,12 @@ where
             self.record.stuck_since = Some(now);
             self.plan.metrics.streams_stuck.inc();
             self.plan.metrics.stuck_total.inc();
-            tracing::warn!(route = %self.plan.route, stuck_after = %HumanDuration(c.stuck_after), "stream stuck: no data from upstream");
+            tracing::warn!(
+                route = %self.plan.route,
+                path = self.record.log.path(),
+                stuck_after = %HumanDuration(c.stuck_after),
+                "stream stuck: no data from upstream"
+            );
         }
         let heartbeat = due(c.heartbeat, self.last_sent).then(|| Bytes::from_static(HEARTBEAT));
         let deadline = self.next_deadline();
