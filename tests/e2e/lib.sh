@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by the end-to-end scripts in tests/e2e/ (bash; source it, don't run it).
 #
 #   source "$(dirname "$0")/lib.sh"
@@ -42,11 +43,11 @@ e2e_check() {
 # Stops every recorded process (TERM, then KILL after 3 s) and removes the temp dir,
 # unless E2E_KEEP_TMP=1 or something failed (then its path is printed).
 e2e_cleanup() {
-    local pid i
+    local pid
     for pid in "${E2E_PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
-    for i in $(seq 30); do
+    for _ in $(seq 30); do
         local alive=0
         for pid in "${E2E_PIDS[@]}"; do
             kill -0 "$pid" 2>/dev/null && alive=1

@@ -38,7 +38,10 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
         apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 for tool in prometheus promtool python3 curl cargo; do
-    command -v "$tool" >/dev/null || { echo "FAIL $tool is not installed"; exit 1; }
+    if ! command -v "$tool" >/dev/null; then
+        printf 'FAIL %s is not installed\n0 passed, 1 failed\n' "$tool"
+        exit 1
+    fi
 done
 
 e2e_init
@@ -354,8 +357,11 @@ done_took=$((SECONDS - done_started))
 e2e_check "the terminator ends the response although the upstream stays open (${done_took}s)" \
     bash -c "grep -q '^data: \[DONE\]' '$E2E_TMP/done.out' && [ $done_took -le 5 ]"
 
-codes=$(curl -s --max-time 60 -o /dev/null -w '%{http_code}\n' \
-    $(for i in $(seq "$CONNECT_ERRORS"); do printf '%s ' "$GW/closed/x?i=$i"; done) | sort | uniq -c | tr -s ' ')
+closed_urls=()
+for i in $(seq "$CONNECT_ERRORS"); do
+    closed_urls+=(-o /dev/null "$GW/closed/x?i=$i")
+done
+codes=$(curl -s --max-time 60 -w '%{http_code}\n' "${closed_urls[@]}" | sort | uniq -c | tr -s ' ')
 e2e_check "$CONNECT_ERRORS requests to a closed upstream port get 502 (got:$codes)" \
     test "$codes" = " $CONNECT_ERRORS 502"
 
