@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,6 +34,40 @@ pub struct AdminState {
     pub config: watch::Receiver<Arc<GatewayConfig>>,
     /// False before the first config is serving and once draining has begun.
     pub ready: AtomicBool,
+    /// How many times `/metrics` was served, and a wake-up for each time.
+    pub scrapes: AtomicU64,
+    pub scraped: tokio::sync::Notify,
+}
+
+impl AdminState {
+    pub fn new(metrics: Arc<Metrics>, config: watch::Receiver<Arc<GatewayConfig>>) -> AdminState {
+        AdminState {
+            metrics,
+            config,
+            ready: AtomicBool::new(true),
+            scrapes: AtomicU64::new(0),
+            scraped: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// After a drain, the streams it ended are counted but not yet scraped. When
+    /// something scrapes this gateway, wait (up to `limit`) for one more scrape so the
+    /// `shutdown` outcomes reach Prometheus; otherwise return at once.
+    pub async fn final_scrape(&self, limit: std::time::Duration) {
+        let before = self.scrapes.load(Ordering::Acquire);
+        if before == 0 {
+            return;
+        }
+        let next = self.scraped.notified();
+        let mut next = std::pin::pin!(next);
+        // Registered before the count is read again, so no scrape slips between.
+        next.as_mut().enable();
+        if self.scrapes.load(Ordering::Acquire) > before {
+            return;
+        }
+        tracing::info!(?limit, "waiting for a final metrics scrape");
+        let _ = tokio::time::timeout(limit, next).await;
+    }
 }
 
 /// Serves the admin endpoints on `listener` until the runtime stops.
@@ -68,11 +102,16 @@ fn answer(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
         return reply.map(Full::new);
     }
     match request.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.encode(),
-        ),
+        "/metrics" => {
+            let body = state.metrics.encode();
+            state.scrapes.fetch_add(1, Ordering::AcqRel);
+            state.scraped.notify_waiters();
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            )
+        }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {

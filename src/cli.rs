@@ -92,11 +92,15 @@ fn load(path: &std::path::Path) -> Result<GatewayConfig, ExitCode> {
 fn check(path: &std::path::Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
+            let plural = |n: usize, word: &str| match n {
+                1 => format!("1 {word}"),
+                n => format!("{n} {word}s"),
+            };
             println!(
-                "{}: ok ({} routes, {} upstreams)",
+                "{}: ok ({}, {})",
                 config.source,
-                config.routes.len(),
-                config.upstreams.len()
+                plural(config.routes.len(), "route"),
+                plural(config.upstreams.len(), "upstream")
             );
             ExitCode::SUCCESS
         }

@@ -44,6 +44,10 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// write their last frames before the gateway stops anyway.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
+/// After the drain, how long a scraped gateway waits for the scrape that carries the
+/// drain's outcomes (the Kubernetes example's grace period leaves this much room).
+const FINAL_SCRAPE_WAIT: Duration = Duration::from_secs(10);
+
 /// Why the gateway could not start, or a config could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -167,13 +171,16 @@ impl Running {
 
     /// Drains and stops: `/readyz` turns 503 and no new connection is accepted; open
     /// requests get `drain` to finish; then supervised streams still open are ended at
-    /// an event boundary with outcome `shutdown`, and the call returns.
+    /// an event boundary with outcome `shutdown`. If Prometheus scrapes this gateway,
+    /// the admin listener then waits for one more scrape (up to 10 s) so the drain's
+    /// outcomes are not lost, and the call returns.
     pub async fn shutdown(mut self, drain: Duration) {
         self.admin.ready.store(false, Ordering::Release);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(drain);
         }
         let _ = (&mut self.task).await;
+        self.admin.final_scrape(FINAL_SCRAPE_WAIT).await;
     }
 }
 
@@ -213,11 +220,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     gateway.apply(config).await?;
     tracing::info!(listen = %local_addr, admin = %admin_addr, routes, "gateway listening");
 
-    let admin = Arc::new(AdminState {
-        metrics,
-        config: gateway.config.subscribe(),
-        ready: true.into(),
-    });
+    let admin = Arc::new(AdminState::new(metrics, gateway.config.subscribe()));
     admin::serve(admin_listener, admin.clone());
 
     let (stop_tx, stop_rx) = oneshot::channel();

@@ -43,7 +43,7 @@ fn shipped_config_passes_check() {
 fn the_design_example_passes_check() {
     let (code, stdout, stderr) = check("tests/fixtures/configs/valid/design.yaml");
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("ok (1 routes, 2 upstreams)"), "{stdout}");
+    assert!(stdout.contains("ok (1 route, 2 upstreams)"), "{stdout}");
 }
 
 /// Each broken config, and every line `check` must print for it.

@@ -253,6 +253,11 @@ async fn sigterm_drains_then_ends_streams_with_outcome_shutdown_and_exits_0() {
     let (mut finishing_body, mut finishing_exchange, _) =
         open_stream(gateway.addr, &upstream).await;
     assert_eq!(get(gateway.admin, "/readyz").await.status(), 200);
+    // Prometheus scrapes this gateway: after the drain it waits for one more scrape.
+    assert_eq!(
+        gateway.metrics().await.outcome_count("chat", "shutdown"),
+        0.0
+    );
 
     gateway.signal("TERM");
     // Readiness fails first, so Kubernetes stops sending traffic.
@@ -297,7 +302,24 @@ async fn sigterm_drains_then_ends_streams_with_outcome_shutdown_and_exits_0() {
     );
     assert_eq!(next_data(&mut silent_body).await, None);
 
-    // drain_timeout is 1s: well within it plus a margin.
+    // The drain's outcomes reach the final scrape, and then the process exits 0,
+    // well within drain_timeout (1s) plus the final scrape's wait.
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    let metrics = loop {
+        let metrics = gateway.metrics().await;
+        let counted = metrics.outcome_count("chat", "shutdown") > 0.0;
+        if counted || tokio::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        metrics.outcome_count("chat", "shutdown"),
+        1.0,
+        "{}",
+        metrics.text
+    );
+    assert_eq!(metrics.outcome_count("chat", "terminator"), 1.0);
     assert_eq!(gateway.exit_code(Duration::from_secs(10)).await, Some(0));
     let log = gateway.log_text();
     assert!(log.contains("outcome=\"shutdown\""), "{log}");
