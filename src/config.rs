@@ -50,6 +50,8 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     /// Nothing sent downstream for this long: a `: keep-alive` comment is sent.
     pub const HEARTBEAT: Duration = Duration::from_secs(15);
+    /// Largest request body a route forwards; larger ones get 413.
+    pub const MAX_BODY_SIZE: u64 = 10 << 20;
     /// Hard cap on a stream's life.
     pub const MAX_DURATION: Duration = Duration::from_secs(30 * 60);
     /// After SIGTERM, how long open streams may run before they are ended.
@@ -193,6 +195,8 @@ pub struct RequestPlan {
     pub path_prefix: Option<String>,
     pub method: Option<Method>,
     pub body: BodyMode,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_size: u64,
     /// Set (replacing any value from the client), in file order.
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub remove_headers: Vec<HeaderName>,

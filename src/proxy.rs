@@ -141,7 +141,7 @@ impl Proxy {
             Ok(upstream_request) => upstream_request,
             Err(error) => {
                 let reply = reply::error_response(
-                    ErrorType::BadRequest,
+                    error.error_type(),
                     &error.to_string(),
                     Some(&route.name),
                 );
@@ -152,8 +152,12 @@ impl Proxy {
         let response = match route.upstream.send(upstream_request).await {
             Ok(response) => response,
             Err(error) => {
-                tracing::warn!(route = %route.name, kind = error.kind(), %error, "upstream request failed");
-                route.metrics.count_upstream_error(error.kind());
+                if error.is_client_fault() {
+                    tracing::info!(route = %route.name, %error, "request refused");
+                } else {
+                    tracing::warn!(route = %route.name, kind = error.kind(), %error, "upstream request failed");
+                    route.metrics.count_upstream_error(error.kind());
+                }
                 let reply = reply::error_response(
                     error.error_type(),
                     &error.to_string(),

@@ -18,6 +18,8 @@ pub enum ErrorType {
     NotFound,
     MethodNotAllowed,
     BadRequest,
+    /// The request body is larger than the route's `max_body_size`.
+    PayloadTooLarge,
     /// The upstream could not be reached (refused, DNS, TLS).
     UpstreamUnavailable,
     /// The upstream did not connect or answer in time.
@@ -32,6 +34,7 @@ impl ErrorType {
             ErrorType::NotFound => "not_found",
             ErrorType::MethodNotAllowed => "method_not_allowed",
             ErrorType::BadRequest => "bad_request",
+            ErrorType::PayloadTooLarge => "payload_too_large",
             ErrorType::UpstreamUnavailable => "upstream_unavailable",
             ErrorType::UpstreamTimeout => "upstream_timeout",
             ErrorType::UpstreamError => "upstream_error",
@@ -43,6 +46,7 @@ impl ErrorType {
             ErrorType::NotFound => StatusCode::NOT_FOUND,
             ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorType::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorType::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorType::UpstreamUnavailable | ErrorType::UpstreamError => StatusCode::BAD_GATEWAY,
             ErrorType::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -25,9 +25,9 @@ use rustls_pki_types::CertificateDer;
 use crate::config::{UpstreamConfig, UpstreamTarget};
 use crate::reply::ErrorType;
 
-/// The body of an upstream request: the client's, streamed, or one the gateway made
-/// (`query_as_json`).
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+/// The body of an upstream request: the client's, streamed within the route's
+/// `max_body_size`, or one the gateway made (`query_as_json`).
+pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
 
 /// How long an idle pooled connection is kept; below the common 60 s of upstream
 /// servers and load balancers, so the gateway closes first and never reuses a
@@ -57,6 +57,9 @@ pub enum UpstreamError {
     HeaderTimeout { upstream: String, after: Duration },
     #[error("upstream {upstream} failed: {reason}")]
     Failed { upstream: String, reason: String },
+    /// The client's body outgrew the route's `max_body_size` while it was streamed up.
+    #[error("the request body is larger than the route allows")]
+    RequestBodyTooLarge,
 }
 
 impl UpstreamError {
@@ -68,6 +71,7 @@ impl UpstreamError {
                 ErrorType::UpstreamTimeout
             }
             UpstreamError::Failed { .. } => ErrorType::UpstreamError,
+            UpstreamError::RequestBodyTooLarge => ErrorType::PayloadTooLarge,
         }
     }
 
@@ -78,7 +82,13 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
             UpstreamError::HeaderTimeout { .. } => "header_timeout",
             UpstreamError::Failed { .. } => "failed",
+            UpstreamError::RequestBodyTooLarge => "request_body",
         }
+    }
+
+    /// The client caused it, not the upstream: not an upstream error to count.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(self, UpstreamError::RequestBodyTooLarge)
     }
 
     pub fn is_timeout(&self) -> bool {
@@ -173,6 +183,9 @@ impl Upstream {
     }
 
     fn classify(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {
+        if causes(error).any(|cause| cause.is::<LengthLimitError>()) {
+            return UpstreamError::RequestBodyTooLarge;
+        }
         let upstream = self.name.clone();
         let io_kind = causes(error)
             .find_map(|cause| cause.downcast_ref::<io::Error>())

@@ -95,6 +95,7 @@ pub struct Request {
     pub path_prefix: Option<String>,
     pub method: Option<String>,
     pub body: Option<BodyMode>,
+    pub max_body_size: Option<ByteSize>,
     #[serde(default)]
     pub headers: Headers,
 }

@@ -83,6 +83,7 @@ impl GatewayConfig {
                         "path_prefix": route.request.path_prefix,
                         "method": route.request.method.as_ref().map(|m| m.as_str()),
                         "body": route.request.body,
+                        "max_body_size": route.request.max_body_size,
                         "headers": { "set": set, "remove": remove },
                     },
                 });

@@ -779,6 +779,7 @@ impl Validator<'_> {
             path_prefix,
             method,
             body: raw.body.unwrap_or_default(),
+            max_body_size: raw.max_body_size.map_or(defaults::MAX_BODY_SIZE, |s| s.0),
             set_headers,
             remove_headers,
         })

@@ -12,7 +12,7 @@ use http::header::{
     HOST,
 };
 use http::{Request, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::config::{BodyMode, RequestPlan};
@@ -70,6 +70,17 @@ pub struct Origin<'a> {
 pub enum TranslateError {
     #[error("the request cannot be turned into an upstream request: {0}")]
     Uri(#[from] http::Error),
+    #[error("the request body of {length} bytes is larger than this route's {limit} bytes")]
+    BodyTooLarge { length: u64, limit: u64 },
+}
+
+impl TranslateError {
+    pub fn error_type(&self) -> crate::reply::ErrorType {
+        match self {
+            TranslateError::Uri(_) => crate::reply::ErrorType::BadRequest,
+            TranslateError::BodyTooLarge { .. } => crate::reply::ErrorType::PayloadTooLarge,
+        }
+    }
 }
 
 /// Builds the upstream request from the client's.
@@ -79,6 +90,19 @@ pub fn translate(
 ) -> Result<Request<UpstreamBody>, TranslateError> {
     let (mut parts, body) = request.into_parts();
     let plan = origin.plan;
+    // A declared length over the limit is refused before anything is sent upstream;
+    // an undeclared one is cut off by `Limited` as it streams.
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|&length| length > plan.max_body_size) {
+        return Err(TranslateError::BodyTooLarge {
+            length,
+            limit: plan.max_body_size,
+        });
+    }
 
     let path = parts.uri.path();
     let path = match &plan.path_prefix {
@@ -95,7 +119,10 @@ pub fn translate(
 
     let query = parts.uri.query();
     let (query, body) = match plan.body {
-        BodyMode::Passthrough => (query, Either::Left(body)),
+        BodyMode::Passthrough => {
+            let limit = usize::try_from(plan.max_body_size).unwrap_or(usize::MAX);
+            (query, Either::Left(Limited::new(body, limit)))
+        }
         BodyMode::QueryAsJson => {
             // The query became the body; the client's own body, if any, is replaced.
             let json = query_as_json(query.unwrap_or(""));

@@ -367,6 +367,23 @@ impl Exchange {
         self.write(b"0\r\n\r\n").await;
     }
 
+    /// Closes the connection with a TCP reset instead of an orderly close.
+    pub fn reset(self) {
+        // A zero linger makes close() send RST at once; it cannot block.
+        #[allow(deprecated)]
+        self.stream.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(self.stream);
+    }
+
+    /// Writes `bytes`, reporting whether all of them left within `wait`; a gateway
+    /// that stops reading makes this time out once the socket buffers are full.
+    pub async fn write_within(&mut self, bytes: &[u8], wait: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(wait, self.stream.write_all(bytes)).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// True if the gateway closes this connection within `wait` (reads until EOF).
     pub async fn closed_within(&mut self, wait: Duration) -> bool {
         let mut sink = [0u8; 1024];

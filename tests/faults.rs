@@ -1,0 +1,330 @@
+//! Faults and bad input on real sockets: upstreams that reset, send bytes no parser
+//! likes, or answer oddly; clients that read slowly; requests that try to smuggle,
+//! overflow, escape their route or inject headers.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const STREAM_ROUTE: &str = "    request:
+      max_body_size: 1KiB
+    stream:
+      rules:
+        - repair: orphan_lines
+      terminator: { data: \"[DONE]\" }
+      heartbeat: 0
+";
+
+async fn setup() -> (ScriptedUpstream, TestGateway) {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), STREAM_ROUTE)).await;
+    (upstream, gateway)
+}
+
+/// Sends raw bytes on a new connection and reads the whole reply (the request asks
+/// for `connection: close`).
+async fn raw_exchange(gateway: &TestGateway, request: &[u8]) -> String {
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(LIVENESS, client.read_to_end(&mut reply))
+        .await
+        .expect("the gateway answers and closes in time")
+        .ok();
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn an_upstream_reset_mid_event_ends_with_an_error_event() {
+    let (upstream, gateway) = setup().await;
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+            .send_chunk(b"data: {\"value\":\"a\"}\n\ndata: {\"val")
+            .await;
+        exchange.reset();
+    });
+    let text = body_text(response).await;
+    let events = client_events(&text);
+    assert_eq!(events[0].data, "{\"value\":\"a\"}");
+    assert_eq!(events[1].event, "error", "{text}");
+    assert!(
+        events[1].data.contains("\"type\":\"upstream_error\""),
+        "{text}"
+    );
+    assert_eq!(events[2].data, "[DONE]");
+    assert!(!text.contains("{\"val\n"), "the partial event is dropped");
+    let metrics = gateway
+        .metrics_until("the reset counted", |m| {
+            m.outcome_count("chat", "upstream_error") == 1.0
+        })
+        .await;
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_upstream_errors_total",
+            &[("route", "chat"), ("kind", "reset")]
+        ),
+        1.0,
+        "{}",
+        metrics.text
+    );
+}
+
+#[tokio::test]
+async fn invalid_utf8_and_nul_bytes_pass_through_untouched() {
+    let (upstream, gateway) = setup().await;
+    let event: &[u8] = b"data: \xff\xfe\x00 not utf-8 \xc3\n\n";
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(event).await;
+        exchange.send_chunk(b"data: [DONE]\n\n").await;
+    });
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let mut expected = event.to_vec();
+    expected.extend_from_slice(b"data: [DONE]\n\n");
+    assert_eq!(body, expected);
+}
+
+#[tokio::test]
+async fn an_empty_200_event_stream_gets_the_terminator() {
+    let (upstream, gateway) = setup().await;
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange
+            .write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 0\r\n\r\n",
+            )
+            .await;
+    });
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "data: [DONE]\n\n");
+    gateway
+        .metrics_until("upstream_eof", |m| {
+            m.outcome_count("chat", "upstream_eof") == 1.0
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_500_event_stream_keeps_its_status_and_is_still_repaired() {
+    let (upstream, gateway) = setup().await;
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        let body = "data:\n{\"error\":\"overloaded\"}\n\n";
+        let head = format!(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        exchange.write(head.as_bytes()).await;
+        exchange.write(body.as_bytes()).await;
+    });
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        body_text(response).await,
+        "data:{\"error\":\"overloaded\"}\n\ndata: [DONE]\n\n"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_back_pressures_the_upstream() {
+    let (upstream, gateway) = setup().await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    read_until(&mut client, b"\r\n\r\n").await;
+
+    // The upstream tries to send 64 MiB of events to a client that reads nothing.
+    let event = format!("data: {}\n\n", "x".repeat(1000));
+    let chunk = {
+        let events = event.repeat(64);
+        format!("{:x}\r\n{events}\r\n", events.len()).into_bytes()
+    };
+    let mut sent = 0usize;
+    while sent < 64 << 20 {
+        if !exchange
+            .write_within(&chunk, Duration::from_millis(500))
+            .await
+        {
+            break;
+        }
+        sent += chunk.len();
+    }
+    assert!(
+        sent < 64 << 20,
+        "the upstream was stopped, not buffered in full"
+    );
+    let read = gateway.metrics().await.get(
+        "sse_gateway_stream_bytes_total",
+        &[("route", "chat"), ("direction", "upstream")],
+    );
+    assert!(
+        read < (16 << 20) as f64,
+        "the gateway holds {read} bytes for one stream"
+    );
+
+    // A byte at a time, the stream still flows.
+    let mut byte = [0u8; 1];
+    for _ in 0..5 {
+        client.read_exact(&mut byte).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+    gateway
+        .metrics_until("the stream closed", |m| {
+            m.outcome_count("chat", "client_closed") == 1.0
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn conflicting_content_length_and_transfer_encoding_smuggle_nothing() {
+    let (upstream, gateway) = setup().await;
+    // Read by Content-Length, the body would be `0\r\n\r` and the rest a new request;
+    // read by Transfer-Encoding (RFC 9112: it wins), the body is empty and the rest is
+    // a second request, which must not be served on a connection whose framing was
+    // ambiguous (the RFC: close after responding).
+    let request = b"POST /api/stream HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\n\
+transfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /api/stream/smuggled HTTP/1.1\r\nhost: gw\r\n\r\n";
+    let (reply, (first, smuggled)) = tokio::join!(raw_exchange(&gateway, request), async {
+        let mut exchange = upstream.accept().await;
+        let first = exchange.request.clone();
+        exchange.write(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let on_same = tokio::time::timeout(Duration::from_millis(500), exchange.read_request());
+        let smuggled = matches!(on_same.await, Ok(Ok(_)))
+            || upstream.connection_within(Duration::from_millis(300)).await;
+        (first, smuggled)
+    });
+    assert_eq!(first.method, "POST");
+    assert!(
+        first.body.is_empty(),
+        "the body is what Transfer-Encoding framed"
+    );
+    assert_eq!(
+        first.header("content-length"),
+        None,
+        "one framing reaches the upstream"
+    );
+    assert_eq!(
+        reply.matches("HTTP/1.1 ").count(),
+        1,
+        "one response, then close: {reply}"
+    );
+    assert!(!smuggled, "the trailing request never reached the upstream");
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let (_upstream, gateway) = setup().await;
+    let request = format!(
+        "GET /api/stream HTTP/1.1\r\nhost: gw\r\nx-huge: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    // The gateway may answer and close before all of it is written.
+    let _ = client.write_all(request.as_bytes()).await;
+    let mut reply = vec![0u8; 64];
+    let n = tokio::time::timeout(LIVENESS, client.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+}
+
+#[tokio::test]
+async fn bodies_over_the_route_limit_get_413() {
+    let (upstream, gateway) = setup().await;
+    // Declared: refused before the upstream hears of it.
+    let declared = format!(
+        "POST /api/stream HTTP/1.1\r\nhost: gw\r\ncontent-length: 2048\r\nconnection: close\r\n\r\n{}",
+        "x".repeat(2048)
+    );
+    let reply = raw_exchange(&gateway, declared.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("\"type\":\"payload_too_large\""), "{reply}");
+    assert!(!upstream.connection_within(Duration::from_millis(200)).await);
+
+    // Chunked: cut off as it streams.
+    let chunk = "x".repeat(600);
+    let chunked = format!(
+        "POST /api/stream HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let (reply, _) = tokio::join!(raw_exchange(&gateway, chunked.as_bytes()), async {
+        // The upstream may see the start of the request; it never gets it whole.
+        upstream.connection_within(Duration::from_millis(500)).await
+    });
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    let metrics = gateway.metrics().await;
+    let upstream_errors: f64 = ["connect", "connect_timeout", "header_timeout", "failed"]
+        .iter()
+        .map(|kind| {
+            metrics.get(
+                "sse_gateway_upstream_errors_total",
+                &[("route", "chat"), ("kind", kind)],
+            )
+        })
+        .sum();
+    assert_eq!(
+        upstream_errors, 0.0,
+        "a client's oversize body is not an upstream error"
+    );
+}
+
+#[tokio::test]
+async fn an_absolute_form_uri_never_makes_an_open_proxy() {
+    let (upstream, gateway) = setup().await;
+    let request = b"GET http://169.254.169.254/api/stream/latest/meta-data HTTP/1.1\r\n\
+host: 169.254.169.254\r\nconnection: close\r\n\r\n";
+    let (reply, seen) = tokio::join!(raw_exchange(&gateway, request), async {
+        let mut exchange = upstream.accept().await;
+        exchange.write(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        exchange.request
+    });
+    assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
+    // The configured upstream got it, by path; the named host was never contacted.
+    assert_eq!(seen.target, "/api/stream/latest/meta-data");
+    assert_eq!(
+        seen.header("host"),
+        Some(upstream.addr.to_string().as_str())
+    );
+}
+
+#[tokio::test]
+async fn query_values_with_line_breaks_never_become_headers() {
+    let upstream = ScriptedUpstream::bind().await;
+    let route = "    request:
+      method: POST
+      body: query_as_json
+";
+    let gateway = start_gateway(&one_route_config(&upstream.url(), route)).await;
+    let (response, seen) = tokio::join!(
+        get(
+            gateway.addr,
+            "/api/stream?q=hi%0D%0AX-Injected:%201%0D%0A%0D%0AGET%20/x"
+        ),
+        async {
+            let mut exchange = upstream.accept().await;
+            exchange.write(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+            exchange.request
+        }
+    );
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert!(!seen.has_header("x-injected"));
+    let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(body["q"], "hi\r\nX-Injected: 1\r\n\r\nGET /x");
+}
