@@ -34,6 +34,10 @@ pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
 /// connection the other side is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
+/// Idle keep-alive connections kept per upstream: enough to absorb the next burst,
+/// and a bound on the sockets a burst of thousands of streams leaves behind.
+pub const POOL_MAX_IDLE: usize = 64;
+
 /// A configured upstream, ready to send requests.
 #[derive(Debug)]
 pub struct Upstream {
@@ -132,6 +136,7 @@ impl Upstream {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);
