@@ -81,7 +81,8 @@ struct Builder {
     locations: Locations,
 }
 
-fn join(parent: &str, key: &str) -> String {
+/// `parent.key`, or `key` at the top level: the key path notation of serde.
+pub(super) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_owned()
     } else {

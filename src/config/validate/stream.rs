@@ -1,0 +1,161 @@
+//! The `stream` section of a route: rules (each deserialized on its own, so every bad
+//! rule is reported), regexes compiled once with a size cap, the terminator and the
+//! clocks.
+
+use std::collections::BTreeMap;
+
+use super::{is_plain_name, join, Validator, MAX_NAME_LEN};
+use crate::config::{
+    defaults, raw, HumanDuration, OnUpstreamEof, RuleAction, RuleConfig, Scope, StreamConfig,
+    TerminatorConfig, TerminatorMatcher,
+};
+
+/// Compiled size cap for one rule's regex: generous for real patterns, and a bound on
+/// what a config can make the gateway allocate.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+impl Validator<'_> {
+    pub(super) fn stream(&mut self, path: &str, raw: raw::Stream) -> Option<StreamConfig> {
+        let mut ok = true;
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, rule) in raw.rules.into_iter().enumerate() {
+            let rule_path = format!("{path}.rules[{index}]");
+            let Some(rule) = self.section::<raw::Rule>(Some(rule), &rule_path) else {
+                ok = false;
+                continue;
+            };
+            match self.rule(&rule_path, index, rule) {
+                Some(rule) => {
+                    if let Some(first) = names.insert(rule.name.clone(), index) {
+                        self.error_at_value(
+                            &rule_path,
+                            format!(
+                                "duplicate rule name \"{}\" (also rules[{first}])",
+                                rule.name
+                            ),
+                        );
+                        ok = false;
+                    }
+                    rules.push(rule);
+                }
+                None => ok = false,
+            }
+        }
+        let terminator = match raw.terminator {
+            None => None,
+            Some(terminator) => {
+                let terminator_path = join(path, "terminator");
+                let matcher = match (terminator.data, terminator.event) {
+                    (Some(data), None) => Some(TerminatorMatcher::Data(data)),
+                    (None, Some(event)) => Some(TerminatorMatcher::Event(event)),
+                    _ => {
+                        self.error_at_value(
+                            &terminator_path,
+                            "give exactly one of `data` (such as \"[DONE]\") or `event`",
+                        );
+                        None
+                    }
+                };
+                ok &= matcher.is_some();
+                matcher.map(|matcher| TerminatorConfig {
+                    matcher,
+                    forward: terminator.forward.unwrap_or(true),
+                    on_upstream_eof: terminator
+                        .on_upstream_eof
+                        .unwrap_or(OnUpstreamEof::Synthesize),
+                })
+            }
+        };
+        let max_event_size = raw.max_event_size.map_or(defaults::MAX_EVENT_SIZE, |s| s.0);
+        if max_event_size == 0 || max_event_size > 1 << 30 {
+            self.error_at_value(
+                &join(path, "max_event_size"),
+                "max_event_size must be between 1B and 1GiB",
+            );
+            ok = false;
+        }
+        let clock = |value: Option<HumanDuration>, default| value.map_or(default, |d| d.0);
+        ok.then(|| StreamConfig {
+            rules,
+            terminator,
+            max_event_size: usize::try_from(max_event_size).unwrap_or(usize::MAX),
+            stuck_after: clock(raw.stuck_after, defaults::STUCK_AFTER),
+            idle_timeout: clock(raw.idle_timeout, defaults::IDLE_TIMEOUT),
+            heartbeat: clock(raw.heartbeat, defaults::HEARTBEAT),
+            max_duration: clock(raw.max_duration, defaults::MAX_DURATION),
+        })
+    }
+
+    fn rule(&mut self, path: &str, index: usize, raw: raw::Rule) -> Option<RuleConfig> {
+        let (kind, inner_name, action) = match (raw.repair, raw.replace, raw.drop) {
+            (Some(raw::Repair::OrphanLines), None, None) => {
+                ("repair", None, Some(RuleAction::RepairOrphanLines))
+            }
+            (None, Some(replace), None) => {
+                let pattern = self.regex(&format!("{path}.replace.pattern"), &replace.pattern);
+                let action = pattern.map(|pattern| RuleAction::Replace {
+                    pattern,
+                    with: replace.with,
+                    scope: replace.scope.unwrap_or(Scope::Event),
+                });
+                ("replace", replace.name, action)
+            }
+            (None, None, Some(drop)) => {
+                let pattern = self.regex(&format!("{path}.drop.pattern"), &drop.pattern);
+                let action = pattern.map(|pattern| RuleAction::Drop {
+                    pattern,
+                    scope: drop.scope.unwrap_or(Scope::Event),
+                });
+                ("drop", drop.name, action)
+            }
+            _ => {
+                self.error_at_value(
+                    path,
+                    "a rule is exactly one of `repair: orphan_lines`, `replace: {pattern, with}` or `drop: {pattern}`",
+                );
+                return None;
+            }
+        };
+        let name = match (raw.name, inner_name) {
+            (Some(_), Some(_)) => {
+                self.error_at_value(path, "give the rule's `name` once, not twice");
+                return None;
+            }
+            (Some(name), None) | (None, Some(name)) => name,
+            (None, None) => format!("{kind}#{index}"),
+        };
+        // `#` is allowed so that default names (`replace#1`) are valid names too.
+        if !is_plain_name(&name, b"_-.#") {
+            self.error_at_value(
+                path,
+                format!("invalid rule name \"{name}\": use 1 to {MAX_NAME_LEN} letters, digits, `_`, `-`, `.` or `#` (it becomes a metric label)"),
+            );
+            return None;
+        }
+        action.map(|action| RuleConfig { name, action })
+    }
+
+    fn regex(&mut self, path: &str, pattern: &str) -> Option<regex::bytes::Regex> {
+        match regex::bytes::RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+        {
+            Ok(regex) => Some(regex),
+            Err(error) => {
+                // The regex crate's message spans lines with a caret under the fault;
+                // its last line says what is wrong.
+                let text = error.to_string();
+                let reason = text
+                    .lines()
+                    .rev()
+                    .find(|line| !line.trim().is_empty())
+                    .map_or(text.as_str(), |line| {
+                        line.trim().trim_start_matches("error: ")
+                    });
+                self.error_at_value(path, format!("invalid regex \"{pattern}\": {reason}"));
+                None
+            }
+        }
+    }
+}
