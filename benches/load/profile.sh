@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# Profiles sse-gateway under one of run.sh's scenarios, with valgrind (installed from
+# Debian when missing): the gateway runs under the tool on core 0 (one worker thread),
+# the sse-load upstream and client on core 1, all on 127.0.0.1.
+#
+#   bash benches/load/profile.sh                         # callgrind, throughput scenario
+#   bash benches/load/profile.sh --tool callgrind --scenario latency
+#   bash benches/load/profile.sh --tool massif --scenario idle --streams 2000
+#
+#   --tool callgrind   instructions per function over the measured window only
+#                      (instrumentation is switched on after warm-up and off after the
+#                      window); prints Ir per forwarded event, the top functions
+#                      (inclusive and self) and malloc calls per event
+#   --tool perf        the gateway runs natively: perf record (cpu-clock samples, user and
+#                      kernel) and perf stat of syscalls over the window; prints CPU µs,
+#                      syscalls per forwarded event and the top symbols
+#   --tool massif      heap at its peak with every stream open, by allocation site; prints
+#                      heap bytes per open stream
+#   --scenario S       throughput (32 streams, as fast as read), latency (500 x 20/s),
+#                      idle (N streams, one event / 10 s)
+#   --streams N        override the scenario's stream count
+#   --seconds N        measured window (default 15)
+#   --gateway-bin PATH profile this binary instead of building the repo's
+#
+# Output (callgrind.out, massif.out, annotations) goes to $TARGET/load/profile-*/.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+TOOL_NAME=callgrind
+SCENARIO=throughput
+STREAMS=""
+SECONDS_WINDOW=15
+GATEWAY_BIN=""
+die() { echo "profile.sh: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tool) TOOL_NAME=${2:?}; shift ;;
+        --scenario) SCENARIO=${2:?}; shift ;;
+        --streams) STREAMS=${2:?}; shift ;;
+        --seconds) SECONDS_WINDOW=${2:?}; shift ;;
+        --gateway-bin) GATEWAY_BIN=${2:?}; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        *) die "unknown option $1" ;;
+    esac
+    shift
+done
+case "$TOOL_NAME" in callgrind|massif|perf) ;; *) die "--tool is callgrind, perf or massif" ;; esac
+[[ "$SECONDS_WINDOW" =~ ^[0-9]+$ ]] && [ "$SECONDS_WINDOW" -le 300 ] || die "--seconds must be 0..300"
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+case "$SCENARIO" in
+    throughput) STREAMS=${STREAMS:-32}; PACING=(--fast --batch 32); WARMUP=3 ;;
+    latency) STREAMS=${STREAMS:-500}; PACING=(--events-per-sec 20); WARMUP=3 ;;
+    idle) STREAMS=${STREAMS:-5000}; PACING=(--events-per-sec 0.1); WARMUP=12 ;;
+    *) die "unknown scenario $SCENARIO" ;;
+esac
+ulimit -n "$(ulimit -Hn)"
+
+case "$TOOL_NAME" in perf) PKG=linux-perf; BIN=perf ;; *) PKG=valgrind; BIN=valgrind ;; esac
+command -v "$BIN" >/dev/null 2>&1 || {
+    log "installing $PKG (Debian)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$PKG" >/dev/null
+}
+if [ -z "$GATEWAY_BIN" ]; then
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet)
+    GATEWAY_BIN=$TARGET_DIR/release/sse-gateway
+fi
+CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet --manifest-path "$REPO/benches/load/tool/Cargo.toml"
+LOAD=$TARGET_DIR/release/sse-load
+
+OUT=$TARGET_DIR/load/profile-$TOOL_NAME-$SCENARIO-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT"
+STARTED=()
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 0.5
+    for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    STARTED=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+child_of() {
+    local parent=$1 i kids
+    for i in $(seq 1 100); do
+        kids=$(cat "/proc/$parent/task/$parent/children" 2>/dev/null || true)
+        if [ -n "$kids" ]; then echo "${kids%% *}"; return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+wait_port() {
+    local i
+    for i in $(seq 1 300); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+events_total() {
+    curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^sse_gateway_stream_events_total/ { s += $2 } END { print s + 0 }'
+}
+
+read -r UP PORT ADMIN < <("$LOAD" ports 3)
+LIFETIME=$((WARMUP + SECONDS_WINDOW + 300))
+cat >"$OUT/gateway.yaml" <<EOF
+listen: 127.0.0.1:$PORT
+admin: { listen: 127.0.0.1:$ADMIN }
+drain_timeout: 1s
+log: { format: json, level: warn }
+upstreams:
+  bench: { url: "http://127.0.0.1:$UP", connect_timeout: 2s, header_timeout: 30s }
+routes:
+  - name: bench
+    match: { path_prefix: /v1/stream, methods: [GET, POST] }
+    upstream: bench
+    stream:
+      rules:
+        - repair: orphan_lines
+        - replace: { pattern: '(?m)^data:\r?\n', with: 'data:' }
+        - replace: { scope: data, pattern: '"text":', with: '"value":' }
+        - drop: { pattern: '^:', name: upstream-pings }
+      terminator: { data: "[DONE]", forward: true, on_upstream_eof: synthesize }
+      stuck_after: 5m
+      idle_timeout: 10m
+      heartbeat: 5m
+      max_duration: 1h
+      max_event_size: 1MiB
+EOF
+
+timeout -k 5 "$LIFETIME" taskset -c 1 "$LOAD" upstream --listen "127.0.0.1:$UP" \
+    --max-seconds "$LIFETIME" "${PACING[@]}" >"$OUT/upstream.log" 2>&1 &
+STARTED+=($!)
+case "$TOOL_NAME" in
+    callgrind) VG=(--tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out") ;;
+    massif) VG=(--tool=massif --threshold=0.5 --detailed-freq=1000000 --max-snapshots=200 --massif-out-file="$OUT/massif.out") ;;
+esac
+if [ "$TOOL_NAME" = perf ]; then VALGRIND=(); else VALGRIND=(valgrind "${VG[@]}"); fi
+timeout -k 5 "$LIFETIME" taskset -c 0 env TOKIO_WORKER_THREADS=1 \
+    "${VALGRIND[@]}" "$GATEWAY_BIN" --config "$OUT/gateway.yaml" >"$OUT/gateway.log" 2>&1 &
+WRAPPER=$!
+STARTED+=("$WRAPPER")
+VG_PID=$(child_of "$WRAPPER") || die "valgrind did not start"
+STARTED+=("$VG_PID")
+wait_port "$UP" || die "upstream did not listen"
+wait_port "$PORT" || die "gateway did not listen (see $OUT/gateway.log)"
+
+log "$TOOL_NAME, $SCENARIO: $STREAMS streams, warm-up ${WARMUP}s, window ${SECONDS_WINDOW}s (gateway pid $VG_PID)"
+# The client outlives the window; its own numbers are those of a gateway under valgrind.
+timeout -k 5 $((WARMUP + SECONDS_WINDOW + 200)) taskset -c 1 "$LOAD" client \
+    --url "http://127.0.0.1:$PORT/v1/stream" --streams "$STREAMS" --connect-timeout 120 \
+    --warmup 0 --duration $((WARMUP + SECONDS_WINDOW + 60)) >"$OUT/client.json" 2>"$OUT/client.log" &
+CLIENT=$!
+STARTED+=("$CLIENT")
+# wait until every stream is open (the gateway counts them), then the warm-up
+for _ in $(seq 1 600); do
+    open=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^sse_gateway_streams_active/ { s += $2 } END { print s + 0 }')
+    [ "$open" -ge "$STREAMS" ] && break
+    sleep 0.2
+done
+log "$open streams open"
+sleep "$WARMUP"
+
+cpu_ticks() { awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12] + f[13] }' "/proc/$VG_PID/stat"; }
+EV0=$(events_total)
+T0=$(cpu_ticks)
+case "$TOOL_NAME" in
+    callgrind)
+        callgrind_control -i on "$VG_PID" >/dev/null
+        sleep "$SECONDS_WINDOW"
+        callgrind_control -i off "$VG_PID" >/dev/null ;;
+    perf)
+        SYSCALLS=raw_syscalls:sys_enter
+        for call in read recvfrom readv write writev sendto sendmsg epoll_wait epoll_pwait epoll_ctl futex clock_gettime; do
+            if [ -d "/sys/kernel/tracing/events/syscalls/sys_enter_$call" ]; then
+                SYSCALLS="$SYSCALLS,syscalls:sys_enter_$call"
+            fi
+        done
+        perf stat -e "$SYSCALLS" -p "$VG_PID" -o "$OUT/syscalls.txt" -- sleep "$SECONDS_WINDOW" &
+        STAT=$!
+        perf record -e cpu-clock -F 2999 -p "$VG_PID" -o "$OUT/perf.data" -- sleep "$SECONDS_WINDOW" \
+            >"$OUT/perf-record.log" 2>&1
+        wait "$STAT" || true ;;
+    massif) sleep "$SECONDS_WINDOW" ;;
+esac
+T1=$(cpu_ticks)
+EV1=$(events_total)
+EVENTS=$((EV1 - EV0))
+log "$EVENTS events forwarded in the window"
+if [ "$TOOL_NAME" = callgrind ]; then callgrind_control -d "$VG_PID" >/dev/null; sleep 1; fi
+kill -TERM "$CLIENT" 2>/dev/null || true
+kill -TERM "$VG_PID" 2>/dev/null || true
+for _ in $(seq 1 300); do kill -0 "$VG_PID" 2>/dev/null || break; sleep 0.1; done
+cleanup
+
+case "$TOOL_NAME" in
+    callgrind)
+        FILE=$(ls -S "$OUT"/callgrind.out* | head -1)
+        callgrind_annotate --inclusive=yes "$FILE" >"$OUT/inclusive.txt" 2>/dev/null || true
+        callgrind_annotate "$FILE" >"$OUT/self.txt" 2>/dev/null || true
+        callgrind_annotate --tree=caller --inclusive=yes "$FILE" >"$OUT/callers.txt" 2>/dev/null || true
+        TOTAL=$(grep -m1 'PROGRAM TOTALS' "$OUT/self.txt" | awk '{gsub(",", "", $1); print $1}')
+        # calls to the C allocator in the window (callgrind compresses names: "(id) name"
+        # defines an id, later "(id)" alone refers to it)
+        ALLOC_CALLS=$(awk '
+            /^c?fn=/ {
+                s = $0; sub(/^c?fn=/, "", s); nm = s
+                if (match(s, /^\([0-9]+\)/)) {
+                    id = substr(s, 1, RLENGTH); rest = substr(s, RLENGTH + 1); sub(/^ /, "", rest)
+                    if (rest != "") names[id] = rest
+                    nm = names[id]
+                }
+                if ($0 ~ /^cfn=/) callee = nm
+                next
+            }
+            /^calls=/ {
+                split($0, a, /[= ]/)
+                if (callee == "malloc" || callee == "calloc" || callee == "realloc") n[callee] += a[2]
+                callee = ""
+            }
+            END { printf "%d %d %d", n["malloc"], n["calloc"], n["realloc"] }' "$FILE")
+        read -r MALLOC CALLOC REALLOC <<<"$ALLOC_CALLS"
+        {
+            echo "window: $SECONDS_WINDOW s, $EVENTS events, $TOTAL instructions"
+            if [ "$EVENTS" -gt 0 ]; then
+                echo "instructions per event: $((TOTAL / EVENTS))"
+                awk -v m="$MALLOC" -v c="$CALLOC" -v r="$REALLOC" -v e="$EVENTS" 'BEGIN {
+                    printf "allocator calls per event: malloc %.2f, calloc %.2f, realloc %.2f\n", m / e, c / e, r / e }'
+            fi
+            echo
+            echo "== top inclusive =="
+            sed -n '/^Ir/,$p' "$OUT/inclusive.txt" | head -60
+            echo
+            echo "== top self =="
+            sed -n '/^Ir/,$p' "$OUT/self.txt" | head -45
+        } | tee "$OUT/summary.txt"
+        ;;
+    perf)
+        perf report -i "$OUT/perf.data" --no-children --sort dso --stdio >"$OUT/by-dso.txt" 2>/dev/null || true
+        perf report -i "$OUT/perf.data" --no-children --sort sym --stdio >"$OUT/by-symbol.txt" 2>/dev/null || true
+        {
+            echo "window: $SECONDS_WINDOW s, $EVENTS events"
+            if [ "$EVENTS" -gt 0 ]; then
+                awk -v t=$((T1 - T0)) -v hz="$(getconf CLK_TCK)" -v e="$EVENTS" 'BEGIN {
+                    printf "gateway CPU: %.2f s, %.3f µs per event (%.2f s per million events)\n", t / hz, t / hz / e * 1e6, t / hz / e * 1e6 }'
+                echo "syscalls per event:"
+                awk -v e="$EVENTS" '/sys_enter/ { gsub(",", "", $1); if ($1 + 0 > 0) printf "  %-40s %10d  %.4f per event\n", $2, $1, $1 / e }' "$OUT/syscalls.txt"
+            fi
+            echo
+            echo "== by object (cpu-clock samples) =="
+            grep -v '^#' "$OUT/by-dso.txt" | grep -v '^$' | head -8
+            echo
+            echo "== top symbols =="
+            grep -v '^#' "$OUT/by-symbol.txt" | grep -v '^$' | head -45
+        } | tee "$OUT/summary.txt"
+        ;;
+    massif)
+        ms_print "$OUT/massif.out" >"$OUT/massif.txt" 2>/dev/null || true
+        PEAK=$(grep -o 'mem_heap_B=[0-9]*' "$OUT/massif.out" | cut -d= -f2 | sort -n | tail -1)
+        {
+            echo "peak heap: $PEAK bytes with $STREAMS streams open: $((PEAK / STREAMS)) bytes per stream (startup heap included)"
+            echo
+            sed -n '/^--------------------------------------------------------------------------------$/,$p' "$OUT/massif.txt" | grep -m1 -B2 -A80 'heap allocation functions'
+        } | tee "$OUT/summary.txt"
+        ;;
+esac
+log "profile in $OUT"

@@ -1,0 +1,435 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: direct (no proxy), NGINX, HAProxy and sse-gateway, on
+# loopback, interleaved in one run (for each scenario, rounds of A B C D), medians
+# reported as markdown. See benches/load/README.md.
+#
+#   bash benches/load/run.sh            # full run: results in benches/load/results.md
+#   bash benches/load/run.sh --quick    # smoke run: results in $TARGET/load/results-quick.md
+#
+# Options:
+#   --quick                 shorter windows, fewer streams, 1 round
+#   --rounds N              rounds per scenario (default 3; quick 1)
+#   --scenarios a,b         among latency,throughput,idle (default all)
+#   --targets a,b           among direct,nginx,haproxy,gateway (default all)
+#   --gateway-bin PATH      measure this sse-gateway binary instead of building the repo's
+#   --gateway-label TEXT    how the results name that binary (such as a commit)
+#   --baseline-bin PATH     also measure this sse-gateway binary (target "baseline", such
+#                           as a build of the previous commit): before and after, interleaved
+#   --baseline-label TEXT   how the results name the baseline binary
+#   --output FILE           where the markdown goes
+#   --max-wait SECONDS      longest wait for a quiet machine before each run (default 600)
+#   --quiet-cores X         "quiet" means other processes use at most X cores (default 0.35)
+#
+# Each proxy runs on core 0 (taskset -c 0), the upstream and the client on core 1. The
+# proxy's CPU time (utime+stime of /proc/PID/stat) and RSS (VmRSS) are read by the client
+# at the exact edges of the measured window, and once before its first connection.
+# Everything listens on 127.0.0.1; every process is bounded by `timeout` and stopped by PID.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+
+MODE=full
+ROUNDS=""
+SCENARIOS="latency,throughput,idle"
+TARGETS="direct,nginx,haproxy,gateway"
+GATEWAY_BIN=""
+GATEWAY_LABEL=""
+BASELINE_BIN=""
+BASELINE_LABEL=""
+OUTPUT=""
+MAX_WAIT=600
+QUIET_CORES=0.35
+
+die() { echo "run.sh: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) MODE=quick ;;
+        --rounds) ROUNDS=${2:?}; shift ;;
+        --scenarios) SCENARIOS=${2:?}; shift ;;
+        --targets) TARGETS=${2:?}; shift ;;
+        --gateway-bin) GATEWAY_BIN=${2:?}; shift ;;
+        --gateway-label) GATEWAY_LABEL=${2:?}; shift ;;
+        --baseline-bin) BASELINE_BIN=${2:?}; shift ;;
+        --baseline-label) BASELINE_LABEL=${2:?}; shift ;;
+        --output) OUTPUT=${2:?}; shift ;;
+        --max-wait) MAX_WAIT=${2:?}; shift ;;
+        --quiet-cores) QUIET_CORES=${2:?}; shift ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+    shift
+done
+[[ "$ROUNDS" =~ ^[0-9]*$ ]] || die "--rounds must be a number"
+if [ -z "$ROUNDS" ]; then
+    if [ "$MODE" = quick ]; then ROUNDS=1; else ROUNDS=3; fi
+fi
+[ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || die "--rounds must be 1..20"
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+# --- scenario parameters ---------------------------------------------------------
+# name: streams, upstream pacing (events/s per stream, or "fast"), warm-up s, window s
+EVENT_SIZE=200
+if [ "$MODE" = quick ]; then
+    LAT_STREAMS=100;  LAT_WARMUP=2;  LAT_WINDOW=5
+    THR_STREAMS=32;   THR_WARMUP=2;  THR_WINDOW=5
+    IDLE_STREAMS=1000; IDLE_WARMUP=11; IDLE_WINDOW=3
+else
+    LAT_STREAMS=500;  LAT_WARMUP=5;  LAT_WINDOW=20
+    THR_STREAMS=32;   THR_WARMUP=3;  THR_WINDOW=15
+    # Warm-up over 10 s: every stream has had at least one event before the window.
+    IDLE_STREAMS=5000; IDLE_WARMUP=12; IDLE_WINDOW=10
+fi
+
+# --- file descriptors ------------------------------------------------------------
+# 5,000 idle streams are ~10,000 descriptors in a proxy (client side + upstream side).
+HARD_NOFILE=$(ulimit -Hn)
+if [ "$HARD_NOFILE" != unlimited ] && [ "$HARD_NOFILE" -lt 1048576 ]; then
+    ulimit -n "$HARD_NOFILE"
+else
+    ulimit -n 1048576
+fi
+NOFILE=$(ulimit -n)
+NEED=$((2 * IDLE_STREAMS + 200))
+if [ "$NOFILE" -lt "$NEED" ]; then
+    IDLE_STREAMS=$(((NOFILE - 200) / 2))
+    log "ulimit -n is $NOFILE: idle scenario reduced to $IDLE_STREAMS streams"
+fi
+
+# --- tools -------------------------------------------------------------------------
+need_apt=()
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing ${need_apt[*]} (Debian packages)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx)
+HAPROXY=$(command -v haproxy)
+
+log "building (CARGO_TARGET_DIR=$TARGET_DIR)"
+if [ -z "$GATEWAY_BIN" ]; then
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet)
+    GATEWAY_BIN=$TARGET_DIR/release/sse-gateway
+    GATEWAY_DESC="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if [ -n "$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+        GATEWAY_DESC="$GATEWAY_DESC + uncommitted changes in src/"
+    fi
+else
+    GATEWAY_DESC=${GATEWAY_LABEL:-$GATEWAY_BIN}
+fi
+[ -x "$GATEWAY_BIN" ] || die "no gateway binary at $GATEWAY_BIN"
+if [ -n "$BASELINE_BIN" ]; then
+    [ -x "$BASELINE_BIN" ] || die "no baseline binary at $BASELINE_BIN"
+    BASELINE_LABEL=${BASELINE_LABEL:-$BASELINE_BIN}
+    # the baseline runs right before the gateway in each round
+    case ",$TARGETS," in
+        *,baseline,*) ;;
+        *,gateway,*) TARGETS=$(echo ",$TARGETS," | sed 's/,gateway,/,baseline,gateway,/; s/^,//; s/,$//') ;;
+        *) TARGETS="$TARGETS,baseline" ;;
+    esac
+fi
+CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet \
+    --manifest-path "$REPO/benches/load/tool/Cargo.toml"
+TOOL=$TARGET_DIR/release/sse-load
+
+RUN_DIR=$TARGET_DIR/load/run-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$RUN_DIR"
+JSONL=$RUN_DIR/results.jsonl
+: > "$JSONL"
+if [ -z "$OUTPUT" ]; then
+    if [ "$MODE" = quick ]; then
+        OUTPUT=$TARGET_DIR/load/results-quick.md
+    else
+        OUTPUT=$REPO/benches/load/results.md
+    fi
+fi
+
+# --- process handling ------------------------------------------------------------
+# PIDs of the `timeout` wrappers and of the real processes this script started.
+STARTED=()
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 0.3
+    for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    STARTED=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# child PID of a process (the first), waiting up to 5 s for it to appear
+child_of() {
+    local parent=$1 i kids
+    for i in $(seq 1 100); do
+        kids=$(cat "/proc/$parent/task/$parent/children" 2>/dev/null || true)
+        if [ -n "$kids" ]; then echo "${kids%% *}"; return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# start_bg LOG CPU SECONDS CMD...: runs CMD on CPU under `timeout`; sets BG_PID to the
+# real process (timeout's child; taskset and env exec it)
+BG_PID=""
+start_bg() {
+    local logfile=$1 cpu=$2 secs=$3
+    shift 3
+    timeout -k 5 "$secs" taskset -c "$cpu" "$@" >"$logfile" 2>&1 &
+    local wrapper=$!
+    STARTED+=("$wrapper")
+    BG_PID=$(child_of "$wrapper") || die "$1 did not start (see $logfile)"
+    STARTED+=("$BG_PID")
+}
+
+wait_port() {
+    local port=$1 i
+    for i in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# cores used by everything on the machine over 2 s (nothing of ours runs between runs)
+busy_cores() {
+    local a b
+    a=$(head -1 /proc/stat)
+    sleep 2
+    b=$(head -1 /proc/stat)
+    awk -v a="$a" -v b="$b" -v n="$(nproc)" 'BEGIN {
+        split(a, x); split(b, y);
+        for (i = 2; i <= 9; i++) { t += y[i] - x[i] }
+        idle = (y[5] - x[5]) + (y[6] - x[6]);
+        printf "%.2f", (t > 0 ? n * (t - idle) / t : 0) }'
+}
+
+# waits (polling every 30 s, up to MAX_WAIT s) until other processes use at most
+# QUIET_CORES cores; prints the last reading
+wait_quiet() {
+    local waited=0 bg
+    bg=$(busy_cores)
+    while awk -v b="$bg" -v q="$QUIET_CORES" 'BEGIN { exit !(b > q) }' && [ "$waited" -lt "$MAX_WAIT" ]; do
+        log "machine busy ($bg cores used by others; load $(cut -d' ' -f1-3 /proc/loadavg)); waiting 30 s"
+        sleep 28
+        waited=$((waited + 30))
+        bg=$(busy_cores)
+    done
+    echo "$bg"
+}
+
+# --- configs -----------------------------------------------------------------------
+write_nginx_conf() {
+    local dir=$1 port=$2 up=$3 max_conn=$4
+    mkdir -p "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+# 1 worker, proxy_buffering off: the usual SSE setup.
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+daemon off;
+pid $dir/nginx.pid;
+error_log stderr warn;
+events {
+    worker_connections $((3 * max_conn + 1000));
+}
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    upstream sse { server 127.0.0.1:$up; keepalive 64; }
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+            proxy_pass http://sse;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }
+    }
+}
+EOF
+}
+
+write_haproxy_conf() {
+    local dir=$1 port=$2 up=$3 max_conn=$4
+    cat >"$dir/haproxy.cfg" <<EOF
+# 1 thread; http-no-delay: forward each event at once (interactive streams).
+global
+    nbthread 1
+    maxconn $((max_conn + 100))
+defaults
+    mode http
+    option http-no-delay
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    timeout http-request 30s
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+backend be
+    server up 127.0.0.1:$up
+EOF
+}
+
+write_gateway_conf() {
+    local dir=$1 port=$2 admin=$3 up=$4 bin=$5
+    cat >"$dir/gateway.yaml" <<EOF
+# The DESIGN.md example rules on a GET/POST passthrough route; clocks on but long
+# enough never to fire; warn-level logs.
+listen: 127.0.0.1:$port
+admin: { listen: 127.0.0.1:$admin }
+drain_timeout: 1s
+log: { format: json, level: warn }
+upstreams:
+  bench:
+    url: http://127.0.0.1:$up
+    connect_timeout: 2s
+    header_timeout: 30s
+routes:
+  - name: bench
+    match: { path_prefix: /v1/stream, methods: [GET, POST] }
+    upstream: bench
+    stream:
+      rules:
+        - repair: orphan_lines
+        - replace: { pattern: '(?m)^data:\r?\n', with: 'data:' }
+        - replace: { scope: data, pattern: '"text":', with: '"value":' }
+        - drop: { pattern: '^:', name: upstream-pings }
+      terminator: { data: "[DONE]", forward: true, on_upstream_eof: synthesize }
+      stuck_after: 5m
+      idle_timeout: 10m
+      heartbeat: 5m
+      max_duration: 1h
+      max_event_size: 1MiB
+EOF
+    "$bin" check --config "$dir/gateway.yaml" >/dev/null
+}
+
+# --- one measured run ----------------------------------------------------------------
+run_one() {
+    local scenario=$1 target=$2 round=$3
+    local streams warmup window pacing desc
+    case "$scenario" in
+        latency) streams=$LAT_STREAMS; warmup=$LAT_WARMUP; window=$LAT_WINDOW
+                 pacing=(--events-per-sec 20)
+                 desc="$streams streams x 20 events/s, $EVENT_SIZE-byte events, ${window}s window" ;;
+        throughput) streams=$THR_STREAMS; warmup=$THR_WARMUP; window=$THR_WINDOW
+                 pacing=(--fast --batch 32)
+                 desc="$streams streams, events as fast as they are read (32 per upstream write), $EVENT_SIZE-byte events, ${window}s window" ;;
+        idle) streams=$IDLE_STREAMS; warmup=$IDLE_WARMUP; window=$IDLE_WINDOW
+                 pacing=(--events-per-sec 0.1)
+                 desc="$streams open streams, one $EVENT_SIZE-byte event every 10 s each, ${window}s window" ;;
+        *) die "unknown scenario $scenario" ;;
+    esac
+    local dir=$RUN_DIR/$scenario-$round-$target
+    mkdir -p "$dir"
+    local bg
+    bg=$(wait_quiet)
+    local up port admin
+    read -r up port admin < <("$TOOL" ports 3)
+    local lifetime=$((warmup + window + 180))
+
+    start_bg "$dir/upstream.log" 1 "$lifetime" \
+        "$TOOL" upstream --listen "127.0.0.1:$up" --event-size "$EVENT_SIZE" \
+        --max-seconds "$lifetime" "${pacing[@]}"
+    local own=(--own-pid "$BG_PID")
+    wait_port "$up" || die "upstream did not listen (see $dir/upstream.log)"
+
+    local url watch=() proxy_pid=""
+    case "$target" in
+        direct)
+            url=http://127.0.0.1:$up/v1/stream ;;
+        nginx)
+            write_nginx_conf "$dir" "$port" "$up" "$streams"
+            start_bg "$dir/proxy.log" 0 "$lifetime" \
+                "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e stderr
+            own+=(--own-pid "$BG_PID")
+            wait_port "$port" || die "nginx did not listen (see $dir/proxy.log)"
+            # The master only supervises: the worker is the proxy.
+            proxy_pid=$(child_of "$BG_PID") || die "no nginx worker"
+            STARTED+=("$proxy_pid")
+            url=http://127.0.0.1:$port/v1/stream ;;
+        haproxy)
+            write_haproxy_conf "$dir" "$port" "$up" "$streams"
+            start_bg "$dir/proxy.log" 0 "$lifetime" "$HAPROXY" -db -f "$dir/haproxy.cfg"
+            proxy_pid=$BG_PID
+            wait_port "$port" || die "haproxy did not listen (see $dir/proxy.log)"
+            url=http://127.0.0.1:$port/v1/stream ;;
+        gateway|baseline)
+            local bin=$GATEWAY_BIN
+            [ "$target" = baseline ] && bin=$BASELINE_BIN
+            [ -n "$bin" ] || die "target baseline needs --baseline-bin"
+            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin"
+            # One worker thread: tokio's multi-thread builder reads TOKIO_WORKER_THREADS.
+            start_bg "$dir/proxy.log" 0 "$lifetime" \
+                env TOKIO_WORKER_THREADS=1 "$bin" --config "$dir/gateway.yaml"
+            proxy_pid=$BG_PID
+            wait_port "$port" || die "sse-gateway did not listen (see $dir/proxy.log)"
+            url=http://127.0.0.1:$port/v1/stream ;;
+        *) die "unknown target $target" ;;
+    esac
+    [ -n "$proxy_pid" ] && watch=(--watch-pid "$proxy_pid")
+    sleep 0.5
+
+    log "$scenario round $round: $target ($streams streams; other load $bg cores)"
+    local line
+    line=$(timeout -k 5 $((warmup + window + 120)) taskset -c 1 "$TOOL" client \
+        --url "$url" --streams "$streams" --warmup "$warmup" --duration "$window" \
+        --connect-timeout 60 "${watch[@]}" "${own[@]}" \
+        --tag "scenario=$scenario" --tag "target=$target" --tag "round=$round" \
+        --tag "mode=$MODE" --tag "desc=$desc" --tag "bg_cores=$bg" \
+        2>"$dir/client.log" | tail -1) || true
+    if [[ "$line" == "{"* ]]; then
+        echo "$line" >>"$JSONL"
+        log "  $(echo "$line" | grep -o '"events_per_s":[0-9.]*\|"p99_us":[0-9.]*\|"failures":[0-9]*\|"proxy_cpu_s_per_m_events":[0-9.]*\|"proxy_rss_per_stream_kib":[0-9.-]*' | tr '\n' ' ')"
+    else
+        log "  client produced no result (see $dir/client.log)"
+    fi
+    cleanup
+    # Let the kernel settle the closed connections before the next run.
+    sleep 1
+}
+
+# --- the run -------------------------------------------------------------------------
+START_TIME=$(date +%s)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "mode $MODE, $ROUNDS round(s), scenarios $SCENARIOS, targets $TARGETS; load $LOAD_BEFORE; results in $RUN_DIR"
+IFS=, read -r -a scenario_list <<<"$SCENARIOS"
+IFS=, read -r -a target_list <<<"$TARGETS"
+for scenario in "${scenario_list[@]}"; do
+    for round in $(seq 1 "$ROUNDS"); do
+        for target in "${target_list[@]}"; do
+            run_one "$scenario" "$target" "$round"
+        done
+    done
+done
+ELAPSED=$(($(date +%s) - START_TIME))
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+summary() {
+    grep -o "\"$1\":\"*[0-9.]*" "$JSONL" | sed 's/.*://; s/"//g' | sort -n | awk '
+        { v[NR] = $1 } END { if (NR) printf "median %.2f, max %.2f", v[int((NR + 1) / 2)], v[NR] }'
+}
+BG=$(summary bg_cores)
+DURING=$(summary other_cores)
+NAMES=()
+[ -n "$GATEWAY_LABEL" ] && NAMES+=(--name "gateway=sse-gateway $GATEWAY_LABEL")
+[ -n "$BASELINE_BIN" ] && NAMES+=(--name "baseline=sse-gateway $BASELINE_LABEL")
+"$TOOL" report --input "$JSONL" --output "$OUTPUT" "${NAMES[@]}" \
+    --note "Run $(date -u +%Y-%m-%dT%H:%MZ), $MODE mode, $ROUNDS round(s) per scenario, targets interleaved per round; took $((ELAPSED / 60)) min $((ELAPSED % 60)) s." \
+    --note "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(uname -sr); proxies on core 0, upstream and client on core 1." \
+    --note "Quiet check: cores used by other processes in the 2 s before each run: ${BG:-n/a}; during each measured window (machine busy time less the benchmark's own processes): ${DURING:-n/a}; load average $LOAD_BEFORE at the start, $LOAD_AFTER at the end (the benchmark's own load included)." \
+    --note "sse-gateway $GATEWAY_DESC${BASELINE_BIN:+; sse-gateway baseline $BASELINE_LABEL}, TOKIO_WORKER_THREADS=1, the DESIGN.md example rules; $($NGINX -v 2>&1 | sed 's/^nginx version: //'), 1 worker, proxy_buffering off; $($HAPROXY -v | head -1 | awk '{print "HAProxy " $3}'), nbthread 1, option http-no-delay." \
+    --note "Latency = client receive time - upstream send time (CLOCK_MONOTONIC) per event; proxy CPU = utime+stime of the proxy process (NGINX: its worker) over the window; RSS growth per stream = (VmRSS with every stream open - VmRSS before the first connection) / open streams." \
+    --note "Raw results: $JSONL"
+log "done in $((ELAPSED / 60)) min $((ELAPSED % 60)) s; table written to $OUTPUT"
