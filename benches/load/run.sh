@@ -422,6 +422,9 @@ summary() {
 }
 BG=$(summary bg_cores)
 DURING=$(summary other_cores)
+# the raw lines beside the table (results.md -> results.jsonl)
+RAW=${OUTPUT%.md}.jsonl
+cp "$JSONL" "$RAW"
 NAMES=()
 [ -n "$GATEWAY_LABEL" ] && NAMES+=(--name "gateway=sse-gateway $GATEWAY_LABEL")
 [ -n "$BASELINE_BIN" ] && NAMES+=(--name "baseline=sse-gateway $BASELINE_LABEL")
@@ -431,5 +434,5 @@ NAMES=()
     --note "Quiet check: cores used by other processes in the 2 s before each run: ${BG:-n/a}; during each measured window (machine busy time less the benchmark's own processes): ${DURING:-n/a}; load average $LOAD_BEFORE at the start, $LOAD_AFTER at the end (the benchmark's own load included)." \
     --note "sse-gateway $GATEWAY_DESC${BASELINE_BIN:+; sse-gateway baseline $BASELINE_LABEL}, TOKIO_WORKER_THREADS=1, the DESIGN.md example rules; $($NGINX -v 2>&1 | sed 's/^nginx version: //'), 1 worker, proxy_buffering off; $($HAPROXY -v | head -1 | awk '{print "HAProxy " $3}'), nbthread 1, option http-no-delay." \
     --note "Latency = client receive time - upstream send time (CLOCK_MONOTONIC) per event; proxy CPU = utime+stime of the proxy process (NGINX: its worker) over the window; RSS growth per stream = (VmRSS with every stream open - VmRSS before the first connection) / open streams." \
-    --note "Raw results: $JSONL"
+    --note "Raw results: ${RAW#"$REPO"/}"
 log "done in $((ELAPSED / 60)) min $((ELAPSED % 60)) s; table written to $OUTPUT"
