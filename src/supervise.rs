@@ -354,10 +354,6 @@ where
             if this.ending {
                 return Poll::Ready(None);
             }
-            if this.plan.shutdown.is_cancelled() {
-                this.end_for_shutdown();
-                continue;
-            }
             if this.clock.is_elapsed() {
                 if let Some(heartbeat) = this.on_clock(Instant::now()) {
                     return this.send(heartbeat);
@@ -423,7 +419,10 @@ where
                 }
                 Poll::Pending => {}
             }
+            // Watched only while the upstream is quiet: `is_cancelled` takes a lock,
+            // which has no place on the per-event path.
             if this.shutdown.as_mut().poll(cx).is_ready() {
+                this.end_for_shutdown();
                 continue;
             }
             match this.clock.as_mut().poll(cx) {
