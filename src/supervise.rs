@@ -19,6 +19,7 @@
 //! is re-armed (the lazy timer of pingora, with linkerd's re-check on wake-up), so no
 //! timer is touched per event.
 
+mod batch;
 pub mod offline;
 mod outcome;
 
@@ -42,6 +43,8 @@ use crate::metrics::RouteMetrics;
 use crate::reply::error_json;
 use crate::rewrite::{Pipeline, Rule, Scope, Session, Step, Terminator, TerminatorMatch};
 use crate::sse::writer;
+
+use batch::Batch;
 
 pub use outcome::Outcome;
 
@@ -146,6 +149,8 @@ pub struct SupervisedBody<B = Incoming> {
     plan: Arc<StreamPlan>,
     /// Frames decided but not yet handed to hyper (an error event, a terminator).
     queue: VecDeque<Bytes>,
+    /// The frame being collected from the events of the last upstream read.
+    batch: Batch,
     /// The outcome is decided; after `queue` drains the body ends.
     ending: bool,
     clock: Pin<Box<Sleep>>,
@@ -171,6 +176,7 @@ where
             upstream: Some(upstream),
             session,
             queue: VecDeque::new(),
+            batch: Batch::default(),
             ending: false,
             clock: Box::pin(sleep_until(now + PARKED)),
             shutdown: Box::pin(plan.shutdown.clone().cancelled_owned()),
@@ -278,35 +284,112 @@ where
         self.end(Outcome::Shutdown, Some(("shutdown", message)));
     }
 
-    /// Handles one event from the session; returns the bytes to send now, if any.
-    fn on_event(
-        &mut self,
-        output: Option<Bytes>,
-        had_data: bool,
-        terminator: bool,
-    ) -> Option<Bytes> {
-        if had_data {
+    /// Runs every complete upstream event through the pipeline and collects what to
+    /// send into one frame ([`Batch`]). Returns that frame; frames that must follow it
+    /// (an event that could not join it without a copy, closing frames) are queued.
+    fn drain_ready(&mut self) -> Option<Bytes> {
+        let mut events = 0;
+        let mut data_seen = false;
+        loop {
+            match self.next_step(false) {
+                Some(Step::Event {
+                    output,
+                    had_data,
+                    terminator,
+                }) => {
+                    data_seen |= had_data;
+                    if terminator {
+                        if let Some(output) = output {
+                            self.push_output(output);
+                        }
+                        self.end(Outcome::Terminator, None);
+                        break;
+                    }
+                    let Some(output) = output else { continue };
+                    events += 1;
+                    if had_data {
+                        self.on_first_event();
+                    }
+                    if !self.push_output(output) {
+                        break;
+                    }
+                }
+                Some(Step::Oversize { limit }) => {
+                    self.end(
+                        Outcome::Oversize,
+                        Some(("oversize", oversize_message(limit))),
+                    );
+                    break;
+                }
+                Some(Step::NeedMore) | None => {
+                    self.batch.release_chunk();
+                    break;
+                }
+            }
+        }
+        if events > 0 {
+            self.record.events += events;
+            self.plan.metrics.events.inc_by(events);
+        }
+        if data_seen {
             self.on_data(Instant::now());
         }
-        if terminator {
-            if let Some(output) = output {
-                self.queue.push_back(output);
-            }
-            self.end(Outcome::Terminator, None);
-            return None;
-        }
-        let output = output?;
-        self.record.events += 1;
-        self.plan.metrics.events.inc();
-        if had_data && !self.first_event_sent {
+        self.batch.take()
+    }
+
+    /// An event with data is being sent: the first one's delay is observed.
+    fn on_first_event(&mut self) {
+        if !self.first_event_sent {
             self.first_event_sent = true;
             let elapsed = self.record.started.elapsed().as_secs_f64();
             self.plan.metrics.first_event.observe(elapsed);
         }
-        Some(output)
+    }
+
+    /// Adds `output` to the batch; false when it had to be queued behind it instead,
+    /// and the batch is complete.
+    fn push_output(&mut self, output: Bytes) -> bool {
+        match self.batch.push(output) {
+            Ok(()) => true,
+            Err(output) => {
+                self.queue.push_back(output);
+                false
+            }
+        }
+    }
+
+    /// The upstream ended cleanly: its unterminated tail, if any, then the end.
+    fn on_upstream_eof(&mut self) {
+        if let Some(Step::Event {
+            output,
+            had_data,
+            terminator,
+        }) = self.next_step(true)
+        {
+            if had_data {
+                self.on_data(Instant::now());
+            }
+            if let Some(output) = output {
+                if !terminator {
+                    self.record.events += 1;
+                    self.plan.metrics.events.inc();
+                    if had_data {
+                        self.on_first_event();
+                    }
+                }
+                self.queue.push_back(output);
+            }
+            if terminator {
+                self.end(Outcome::Terminator, None);
+            }
+        }
+        if !self.ending {
+            self.end(Outcome::UpstreamEof, None);
+        }
     }
 
     fn send(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
+        // Read once per frame, not per event: a frame carries a whole read's events.
         self.last_sent = Instant::now();
         self.plan
             .metrics
@@ -360,24 +443,11 @@ where
                 }
                 continue;
             }
-            match this.next_step(false) {
-                Some(Step::Event {
-                    output,
-                    had_data,
-                    terminator,
-                }) => {
-                    if let Some(bytes) = this.on_event(output, had_data, terminator) {
-                        return this.send(bytes);
-                    }
-                    continue;
-                }
-                Some(Step::Oversize { limit }) => {
-                    let message =
-                        format!("an upstream event exceeded max_event_size ({limit} bytes)");
-                    this.end(Outcome::Oversize, Some(("oversize", message)));
-                    continue;
-                }
-                Some(Step::NeedMore) | None => {}
+            if let Some(frame) = this.drain_ready() {
+                return this.send(frame);
+            }
+            if this.ending || !this.queue.is_empty() {
+                continue;
             }
             let Some(upstream) = this.upstream.as_mut() else {
                 this.ending = true;
@@ -387,6 +457,7 @@ where
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         this.plan.metrics.bytes_upstream.inc_by(data.len() as u64);
+                        this.batch.set_chunk(&data);
                         this.session.push(data);
                     }
                     continue;
@@ -402,19 +473,7 @@ where
                     continue;
                 }
                 Poll::Ready(None) => {
-                    if let Some(Step::Event {
-                        output,
-                        had_data,
-                        terminator,
-                    }) = this.next_step(true)
-                    {
-                        if let Some(bytes) = this.on_event(output, had_data, terminator) {
-                            this.queue.push_back(bytes);
-                        }
-                    }
-                    if !this.ending {
-                        this.end(Outcome::UpstreamEof, None);
-                    }
+                    this.on_upstream_eof();
                     continue;
                 }
                 Poll::Pending => {}

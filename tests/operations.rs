@@ -177,13 +177,13 @@ routes:
 async fn open_stream(
     gateway: std::net::SocketAddr,
     upstream: &ScriptedUpstream,
-) -> (hyper::body::Incoming, Exchange, bytes::Bytes) {
+) -> (Events, Exchange, bytes::Bytes) {
     let (response, mut exchange) = tokio::join!(get(gateway, "/api/stream"), async {
         let mut exchange = upstream.accept().await;
         exchange.start_sse("").await;
         exchange
     });
-    let mut body = response.into_body();
+    let mut body = Events::new(response.into_body());
     exchange.send_chunk(b"data: cat\n\n").await;
     let first = next_data(&mut body).await.unwrap();
     (body, exchange, first)

@@ -152,7 +152,7 @@ async fn each_event_is_forwarded_before_the_next_is_sent() {
         exchange.start_sse("").await;
         exchange
     });
-    let mut body = response.into_body();
+    let mut body = Events::new(response.into_body());
     // The upstream sends event N+1 only after the client has received event N through
     // the gateway: any buffering would stall this loop.
     for i in 0..5 {

@@ -134,7 +134,7 @@ async fn events_are_forwarded_as_soon_as_they_are_complete() {
         exchange.start_sse("").await;
         exchange
     });
-    let mut body = response.into_body();
+    let mut body = Events::new(response.into_body());
     for i in 0..5 {
         // Each event in two pieces, the second completing it; the next event is only
         // sent once this one has arrived through the pipeline.

@@ -314,7 +314,7 @@ async fn a_stream_that_only_pings_is_stuck_until_data_resumes() {
             .await;
         exchange
     });
-    let mut body = response.into_body();
+    let mut body = Events::new(response.into_body());
     next_data(&mut body).await.unwrap();
     next_data(&mut body).await.unwrap();
 
@@ -373,7 +373,7 @@ async fn a_stream_that_ends_while_stuck_leaves_the_gauge_at_zero() {
         exchange.send_chunk(b"data: {\"value\":\"a\"}\n\n").await;
         exchange
     });
-    let mut body = response.into_body();
+    let mut body = Events::new(response.into_body());
     next_data(&mut body).await.unwrap();
     gateway
         .metrics_until("a stuck stream", |m| {
@@ -393,7 +393,7 @@ async fn a_silent_upstream_gets_heartbeats_at_about_the_interval() {
         exchange.start_sse("").await;
         exchange
     });
-    let mut body = response.into_body();
+    let mut body = Events::new(response.into_body());
     let window = tokio::time::Instant::now() + Duration::from_millis(1500);
     let mut heartbeats = 0;
     while let Ok(frame) = tokio::time::timeout_at(window, next_data(&mut body)).await {

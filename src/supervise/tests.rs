@@ -289,3 +289,22 @@ async fn shutdown_ends_the_stream_between_events() {
     drop(h.body);
     assert_eq!(outcome_count(&h.metrics, Outcome::Shutdown), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_events_of_one_read_leave_as_one_frame_without_a_copy() {
+    let mut h = harness("");
+    let read = Bytes::from_static(b"data: 1\n\ndata: 2\n\n: ping\n\ndata: 3\n\ndata:\nx\n\n");
+    h.upstream.send(read.clone()).unwrap();
+    // 1 and 2 are untouched and adjacent: one frame, the upstream's own bytes.
+    let (first, _) = h.next().await.unwrap();
+    assert_eq!(first, "data: 1\n\ndata: 2\n\n");
+    assert_eq!(first.as_ptr(), read.as_ptr(), "sliced, not copied");
+    // The dropped ping leaves a gap: 3 starts a new frame; the repaired event is new
+    // bytes and comes on its own.
+    let (second, _) = h.next().await.unwrap();
+    assert_eq!(second, "data: 3\n\n");
+    assert_eq!(second.as_ptr(), read[26..].as_ptr());
+    assert_eq!(h.next().await.unwrap().0, "data:x\n\n");
+    assert_eq!(h.metrics.events.get(), 4);
+    assert_eq!(h.metrics.rule_hits[1].get(), 1, "the ping was dropped");
+}

@@ -421,15 +421,49 @@ pub async fn get(addr: SocketAddr, path_and_query: &str) -> Response<Incoming> {
     send(addr, request).await
 }
 
-/// The next data frame (skipping trailers), or `None` at the end of the body.
-pub async fn next_data(body: &mut Incoming) -> Option<Bytes> {
+/// A response body read as a client reads it: event by event, whatever frames and
+/// reads the bytes arrived in (the gateway sends all events of one upstream read as one
+/// frame).
+pub struct Events {
+    body: Incoming,
+    buffered: Vec<u8>,
+}
+
+impl Events {
+    pub fn new(body: Incoming) -> Events {
+        Events {
+            body,
+            buffered: Vec::new(),
+        }
+    }
+
+    /// Takes the first complete event (through its blank line) out of the buffer.
+    fn take_event(&mut self) -> Option<Bytes> {
+        let end = self.buffered.windows(2).position(|w| w == b"\n\n")? + 2;
+        Some(Bytes::from(self.buffered.drain(..end).collect::<Vec<u8>>()))
+    }
+}
+
+/// The next event, blank line included (within [`LIVENESS`]); `None` at the end of the
+/// body. Bytes after the last event at the end are a failed test. Cancel-safe.
+pub async fn next_data(events: &mut Events) -> Option<Bytes> {
     loop {
-        let frame = tokio::time::timeout(LIVENESS, body.frame())
+        if let Some(event) = events.take_event() {
+            return Some(event);
+        }
+        let frame = tokio::time::timeout(LIVENESS, events.body.frame())
             .await
-            .expect("a frame arrives in time")?
-            .expect("the body does not fail");
-        if let Ok(data) = frame.into_data() {
-            return Some(data);
+            .expect("a frame arrives in time");
+        let Some(frame) = frame else {
+            assert!(
+                events.buffered.is_empty(),
+                "the body ended inside an event: {:?}",
+                String::from_utf8_lossy(&events.buffered)
+            );
+            return None;
+        };
+        if let Ok(data) = frame.expect("the body does not fail").into_data() {
+            events.buffered.extend_from_slice(&data);
         }
     }
 }
