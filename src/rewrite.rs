@@ -13,14 +13,18 @@
 
 mod prefilter;
 mod rule;
+mod scan;
 mod session;
 mod terminator;
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use memchr::memmem;
 
 use crate::sse::{Event, RawEvent};
+
+use scan::LiteralScan;
 
 pub use rule::{Rule, Scope};
 pub use session::{Session, Step};
@@ -64,12 +68,19 @@ pub struct Verdict {
 pub struct Pipeline {
     rules: Vec<Rule>,
     terminator: Option<Terminator>,
+    /// One search for every rule's and the terminator's literals, when it can be built.
+    scan: Option<LiteralScan>,
 }
 
 impl Pipeline {
     /// A pipeline running `rules` in order, then checking `terminator`.
     pub fn new(rules: Vec<Rule>, terminator: Option<Terminator>) -> Pipeline {
-        Pipeline { rules, terminator }
+        let scan = LiteralScan::new(&rules, terminator.as_ref());
+        Pipeline {
+            rules,
+            terminator,
+            scan,
+        }
     }
 
     /// The rules, in the order they run; `on_hit` indexes refer to this slice.
@@ -98,12 +109,19 @@ impl Pipeline {
             } else {
                 Cow::Owned(normalize(raw))
             };
+            // What the scan found holds for the text as it came; once a rule changes it,
+            // every later rule runs its own check.
+            let mut found = self.scan.as_ref().map(|scan| (scan, scan.find(&text)));
             for (index, rule) in self.rules.iter().enumerate() {
+                if found.is_some_and(|(scan, found)| !scan.rule_may_match(found, index)) {
+                    continue;
+                }
                 match rule.apply(&text) {
                     Outcome::Keep => {}
                     Outcome::Changed(new) => {
                         on_hit(index);
                         text = Cow::Owned(new);
+                        found = None;
                     }
                     Outcome::Drop => {
                         on_hit(index);
@@ -114,10 +132,15 @@ impl Pipeline {
             if text.is_empty() {
                 return Verdict::nothing(false);
             }
-            let is_terminator = self
-                .terminator
-                .as_ref()
-                .is_some_and(|terminator| terminator.matches(&Event::new(&text)));
+            let is_terminator = self.terminator.as_ref().is_some_and(|terminator| {
+                let may_be = match found {
+                    Some((scan, found)) => scan.may_be_terminator(found),
+                    None => terminator
+                        .required_literal()
+                        .is_none_or(|literal| memmem::find(&text, literal).is_some()),
+                };
+                may_be && terminator.matches(&Event::new(&text))
+            });
             // Owned text means a rule changed the event or its line ends were not LF.
             let rewritten = match text {
                 Cow::Borrowed(_) => None,

@@ -19,24 +19,30 @@ use regex::bytes::Regex;
 /// extending, which only weakens the check.
 const MAX_LITERALS: usize = 8;
 
-/// A necessary condition for a pattern to match: the haystack contains one of these literals.
+/// A necessary condition for a pattern to match: the haystack contains one of these literals
+/// (starts with one, when the pattern is anchored).
 #[derive(Clone, Debug)]
 pub(crate) struct Prefilter {
     needles: Vec<Finder<'static>>,
     /// Some literal contains an LF, so it may span two data lines.
     spans_lines: bool,
+    /// The pattern starts with `^` outside multi-line mode: it can only match at the
+    /// haystack's start. (`^:` is in almost every rule list, and `:` in almost every event:
+    /// a byte compare instead of a regex run.)
+    anchored: bool,
 }
 
 impl Prefilter {
     /// The prefilter of `pattern`, or `None` when no useful literal could be proven.
     pub(crate) fn new(pattern: &Regex) -> Option<Prefilter> {
-        let literals = required_prefixes(pattern.as_str())?;
+        let Prefixes { literals, anchored } = required_prefixes(pattern.as_str())?;
         Some(Prefilter {
             spans_lines: literals.iter().any(|literal| literal.contains(&b'\n')),
             needles: literals
                 .iter()
                 .map(|literal| Finder::new(literal).into_owned())
                 .collect(),
+            anchored,
         })
     }
 
@@ -45,33 +51,69 @@ impl Prefilter {
         self.spans_lines
     }
 
+    /// True when the pattern only matches at the haystack's start.
+    pub(crate) fn anchored(&self) -> bool {
+        self.anchored
+    }
+
+    /// The literals, one of which every match starts with.
+    pub(crate) fn literals(&self) -> impl Iterator<Item = &[u8]> {
+        self.needles.iter().map(Finder::needle)
+    }
+
     /// False only when the pattern cannot match `haystack`.
     pub(crate) fn may_match(&self, haystack: &[u8]) -> bool {
+        if self.anchored {
+            return self.literals().any(|literal| haystack.starts_with(literal));
+        }
+        self.may_occur_in(haystack)
+    }
+
+    /// False only when no literal occurs anywhere in `text` (a larger text that contains the
+    /// haystack, such as an event's text around its data).
+    pub(crate) fn may_occur_in(&self, text: &[u8]) -> bool {
         self.needles
             .iter()
-            .any(|needle| needle.find(haystack).is_some())
+            .any(|needle| needle.find(text).is_some())
     }
+}
+
+/// What the start of a pattern promises about its matches.
+#[derive(Debug, PartialEq, Eq)]
+struct Prefixes {
+    /// Every match starts with one of these.
+    literals: Vec<Vec<u8>>,
+    /// Every match starts at the haystack's start.
+    anchored: bool,
 }
 
 /// Literals such that every match of `pattern` (default syntax options) starts with one of them;
 /// `None` when the pattern's start is not plain enough to tell, or a literal would be empty.
-fn required_prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
+fn required_prefixes(pattern: &str) -> Option<Prefixes> {
     // A top-level alternation would need the other branches too; any `|` at all gives up.
     if pattern.contains('|') {
         return None;
     }
     let mut prefixes: Vec<Vec<u8>> = vec![Vec::new()];
     let mut chars = pattern.chars().peekable();
+    let mut multi_line = false;
+    let mut anchored = false;
     while let Some(c) = chars.next() {
         let atom: Vec<u8> = match c {
-            // Zero-width: they restrict where a match is, not what it contains.
-            '^' | '$' => continue,
-            '(' => {
-                if skip_flag_group(&mut chars) {
+            // Zero-width: they restrict where a match is, not what it contains. A `^` before
+            // anything else, outside multi-line mode, pins every match to the start.
+            '^' => {
+                anchored |= !multi_line && prefixes.iter().all(Vec::is_empty);
+                continue;
+            }
+            '$' => continue,
+            '(' => match skip_flag_group(&mut chars) {
+                Some(flags) => {
+                    multi_line = flags.multi_line.unwrap_or(multi_line);
                     continue;
                 }
-                break;
-            }
+                None => break,
+            },
             '\\' => match chars.next() {
                 Some('n') => vec![b'\n'],
                 Some('r') => vec![b'\r'],
@@ -112,26 +154,40 @@ fn required_prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
     // A literal that contains another is implied by it: keep the shorter.
     let all = prefixes.clone();
     prefixes.retain(|p| !all.iter().any(|q| q != p && p.starts_with(q)));
-    Some(prefixes)
+    Some(Prefixes {
+        literals: prefixes,
+        anchored,
+    })
 }
 
-/// After a `(`: consumes an inline flag group such as `?m)` or `?-s)` and returns true when its
-/// flags cannot change which literals match; otherwise returns false (what was consumed no longer
-/// matters, the analysis stops).
-fn skip_flag_group(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> bool {
+/// The effect of an inline flag group on the analysis.
+#[derive(Debug, Default)]
+struct Flags {
+    /// `Some(on)` when the group turns multi-line mode on or off.
+    multi_line: Option<bool>,
+}
+
+/// After a `(`: consumes an inline flag group such as `?m)` or `?-s)` and returns its effect
+/// when its flags cannot change which literals match; otherwise returns `None` (what was consumed
+/// no longer matters, the analysis stops).
+fn skip_flag_group(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<Flags> {
     if chars.next() != Some('?') {
-        return false;
+        return None;
     }
+    let mut flags = Flags::default();
+    let mut on = true;
     for c in chars.by_ref() {
         match c {
-            ')' => return true,
+            ')' => return Some(flags),
             // Case-insensitive and verbose mode change what a literal character means.
-            'i' | 'x' => return false,
-            c if c.is_ascii_alphabetic() || c == '-' => {}
-            _ => return false,
+            'i' | 'x' => return None,
+            '-' => on = false,
+            'm' => flags.multi_line = Some(on),
+            c if c.is_ascii_alphabetic() => {}
+            _ => return None,
         }
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -140,10 +196,34 @@ mod tests {
 
     fn prefixes(pattern: &str) -> Option<Vec<String>> {
         required_prefixes(pattern).map(|set| {
-            set.into_iter()
+            set.literals
+                .into_iter()
                 .map(|p| String::from_utf8_lossy(&p).into_owned())
                 .collect()
         })
+    }
+
+    fn anchored(pattern: &str) -> bool {
+        required_prefixes(pattern).expect("has literals").anchored
+    }
+
+    #[test]
+    fn a_leading_caret_outside_multi_line_mode_anchors() {
+        assert!(anchored("^:"));
+        assert!(anchored("(?s)^abc"));
+        assert!(anchored("(?m)(?-m)^abc"));
+        assert!(!anchored("(?m)^data:"));
+        assert!(!anchored("(?sm)^data:"));
+        assert!(!anchored("a^b"));
+        assert!(!anchored("data"));
+    }
+
+    #[test]
+    fn an_anchored_prefilter_checks_the_start_only() {
+        let filter = Prefilter::new(&Regex::new("^:").expect("valid")).expect("literal");
+        assert!(filter.may_match(b": ping\n"));
+        assert!(!filter.may_match(b"data: {\"a\":1}\n"));
+        assert!(filter.may_occur_in(b"data: {\"a\":1}\n"));
     }
 
     #[test]

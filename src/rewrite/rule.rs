@@ -124,6 +124,22 @@ impl Rule {
         }
     }
 
+    /// Literals one of which must occur in an event's working text for the rule to change
+    /// it, when a search of the text can tell; `None` when the rule must always run (repair,
+    /// no provable literal, an anchored pattern that checks its start itself, or a data
+    /// literal that may span data lines).
+    pub(crate) fn required_literals(&self) -> Option<Vec<&[u8]>> {
+        let matcher = match &self.kind {
+            Kind::RepairOrphanLines => return None,
+            Kind::Replace { matcher, .. } | Kind::Drop { matcher } => matcher,
+        };
+        let prefilter = matcher.prefilter.as_ref()?;
+        if prefilter.anchored() || (matcher.scope == Scope::Data && prefilter.spans_lines()) {
+            return None;
+        }
+        Some(prefilter.literals().collect())
+    }
+
     /// Applies the rule to `text`, an event in the working form.
     pub(crate) fn apply(&self, text: &[u8]) -> Outcome {
         match &self.kind {
@@ -173,7 +189,11 @@ impl Matcher {
             Scope::Data => {
                 // A literal without LF lies inside one data value, so inside the text: checking
                 // the text first spares parsing the data of most events.
-                if self.prefilter.as_ref().is_some_and(|p| !p.spans_lines()) && !may_match(text) {
+                if self
+                    .prefilter
+                    .as_ref()
+                    .is_some_and(|p| !p.spans_lines() && !p.may_occur_in(text))
+                {
                     return None;
                 }
                 Event::new(text).data().filter(|data| may_match(data))
@@ -227,6 +247,10 @@ fn role(line: &[u8]) -> Role {
 }
 
 fn repair_orphan_lines(text: &[u8]) -> Outcome {
+    // An orphan follows a data line: a one-line event (most of them) has none.
+    if memchr(b'\n', text).is_none_or(|at| at + 1 == text.len()) {
+        return Outcome::Keep;
+    }
     // Cheap check first, so an event without orphans costs no allocation.
     let mut seen_data = false;
     let needs_repair = lines(text).any(|line| match role(line) {

@@ -35,6 +35,14 @@ impl Terminator {
         }
     }
 
+    /// Bytes that every event this terminator matches contains in its text (its data or
+    /// type, when that fits on one line); `None` when there is no such literal.
+    pub fn required_literal(&self) -> Option<&[u8]> {
+        let (TerminatorMatch::Data(value) | TerminatorMatch::Event(value)) = &self.matcher;
+        let one_line = !value.is_empty() && !value.iter().any(|&b| b == b'\n' || b == b'\r');
+        one_line.then_some(&value[..])
+    }
+
     /// The terminator as the gateway writes it: `data: X` for a data matcher, `event: X` with an
     /// empty `data` line for an event matcher (without data a client would not dispatch it).
     pub fn encode(&self) -> Bytes {

@@ -92,7 +92,12 @@ impl<'a> Event<'a> {
 
     /// True when the event has at least one `data` field.
     pub fn has_data(&self) -> bool {
-        self.fields().any(|field| field.name == DATA)
+        // Nearly every event starts with its data line: answer that without parsing.
+        let first_is_data = self
+            .text
+            .strip_prefix(DATA)
+            .is_some_and(|rest| matches!(rest.first(), None | Some(b':' | b'\n' | b'\r')));
+        first_is_data || self.fields().any(|field| field.name == DATA)
     }
 
     /// The data payload: the values of all `data` fields joined with LF, as a client dispatches
