@@ -23,12 +23,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::{GatewayConfig, UpstreamTarget};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::supervise::Shutdown;
 use crate::upstream::demo::DemoServer;
 use crate::upstream::{TlsError, Upstream};
 
@@ -82,7 +82,7 @@ pub struct Gateway {
     config: watch::Sender<Arc<GatewayConfig>>,
     demo: Mutex<Option<DemoServer>>,
     /// Fired when the drain time has run out: supervised streams end with `shutdown`.
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 }
 
 impl Gateway {
@@ -198,7 +198,7 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     let (admin_addr, admin_listener) = bind(config.admin_listen, true).await?;
 
     let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
+    let shutdown = Shutdown::new();
     let empty = Arc::new(GatewayConfig::empty());
     let placeholder = Arc::new(Generation {
         proxy: Arc::new(Proxy::new(
@@ -273,7 +273,7 @@ async fn accept_loop(
         return;
     }
     tracing::warn!("drain time over: ending the remaining streams with outcome shutdown");
-    gateway.shutdown.cancel();
+    gateway.shutdown.fire();
     if tokio::time::timeout(SHUTDOWN_FLUSH, all_closed)
         .await
         .is_err()

@@ -27,8 +27,9 @@ use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,7 +64,7 @@ pub struct StreamPlan {
     config: StreamConfig,
     metrics: Arc<RouteMetrics>,
     /// Fired when the gateway's drain time has run out.
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 }
 
 impl StreamPlan {
@@ -71,7 +72,7 @@ impl StreamPlan {
         route: Arc<str>,
         config: &StreamConfig,
         metrics: Arc<RouteMetrics>,
-        shutdown: CancellationToken,
+        shutdown: Shutdown,
     ) -> StreamPlan {
         StreamPlan {
             route,
@@ -84,6 +85,39 @@ impl StreamPlan {
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
+    }
+}
+
+/// The gateway's "drain time is over" signal, as every stream watches it.
+///
+/// A stream checks it each time its upstream has nothing to read, so once per event on a
+/// paced stream: an atomic flag makes that check free, where a `CancellationToken` takes a
+/// lock. The token is still there to wake streams that are waiting; each registers its
+/// waker once, not on every wait.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    inner: Arc<ShutdownInner>,
+}
+
+#[derive(Debug, Default)]
+struct ShutdownInner {
+    fired: AtomicBool,
+    wake: CancellationToken,
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// Ends every supervised stream at its next event boundary.
+    pub fn fire(&self) {
+        self.inner.fired.store(true, Ordering::Release);
+        self.inner.wake.cancel();
+    }
+
+    fn has_fired(&self) -> bool {
+        self.inner.fired.load(Ordering::Acquire)
     }
 }
 
@@ -154,8 +188,11 @@ pub struct SupervisedBody<B = Incoming> {
     /// The outcome is decided; after `queue` drains the body ends.
     ending: bool,
     clock: Pin<Box<Sleep>>,
-    /// Resolves when the gateway's drain time has run out.
+    /// Wakes this stream when the gateway's drain time has run out.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The waker `shutdown` was last polled with: polling again with the same one
+    /// would only take its lock to change nothing.
+    shutdown_waker: Option<Waker>,
     last_data: Instant,
     last_sent: Instant,
     first_event_sent: bool,
@@ -179,7 +216,8 @@ where
             batch: Batch::default(),
             ending: false,
             clock: Box::pin(sleep_until(now + PARKED)),
-            shutdown: Box::pin(plan.shutdown.clone().cancelled_owned()),
+            shutdown: Box::pin(plan.shutdown.inner.wake.clone().cancelled_owned()),
+            shutdown_waker: None,
             last_data: now,
             last_sent: now,
             first_event_sent: false,
@@ -478,11 +516,17 @@ where
                 }
                 Poll::Pending => {}
             }
-            // Watched only while the upstream is quiet: `is_cancelled` takes a lock,
-            // which has no place on the per-event path.
-            if this.shutdown.as_mut().poll(cx).is_ready() {
+            if this.plan.shutdown.has_fired() {
                 this.end_for_shutdown();
                 continue;
+            }
+            let registered = this.shutdown_waker.as_ref();
+            if !registered.is_some_and(|waker| waker.will_wake(cx.waker())) {
+                if this.shutdown.as_mut().poll(cx).is_ready() {
+                    this.end_for_shutdown();
+                    continue;
+                }
+                this.shutdown_waker = Some(cx.waker().clone());
             }
             match this.clock.as_mut().poll(cx) {
                 Poll::Ready(()) => continue,

@@ -37,7 +37,7 @@ impl Body for ChannelBody {
 
 struct Harness {
     body: SupervisedBody<ChannelBody>,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: super::Shutdown,
     upstream: mpsc::UnboundedSender<Bytes>,
     metrics: Arc<RouteMetrics>,
     start: Instant,
@@ -62,7 +62,7 @@ routes:
     let config = GatewayConfig::parse(&yaml, "test.yaml", &|_| None).unwrap();
     let stream = config.routes[0].stream.clone().unwrap();
     let metrics = Arc::new(Metrics::new().route("chat", &["repair#0", "pings"]));
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let shutdown = super::Shutdown::new();
     let plan = Arc::new(StreamPlan::new(
         Arc::from("chat"),
         &stream,
@@ -279,7 +279,7 @@ async fn shutdown_ends_the_stream_between_events() {
     let shutdown = h.shutdown.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        shutdown.cancel();
+        shutdown.fire();
     });
     let (error, at) = h.next().await.unwrap();
     assert_eq!(at, Duration::from_secs(3));
