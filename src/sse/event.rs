@@ -27,12 +27,16 @@ pub(crate) const RETRY: &[u8] = b"retry";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawEvent {
     bytes: Bytes,
+    /// No line end is or contains a CR.
+    lf_only: bool,
 }
 
 impl RawEvent {
-    /// Wraps bytes the framer proved to be one complete event.
-    pub(crate) fn new(bytes: Bytes) -> RawEvent {
-        RawEvent { bytes }
+    /// Wraps bytes the framer proved to be one complete event, with what it saw of their
+    /// line ends.
+    pub(crate) fn framed(bytes: Bytes, lf_only: bool) -> RawEvent {
+        debug_assert_eq!(lf_only, memchr(b'\r', &bytes).is_none());
+        RawEvent { bytes, lf_only }
     }
 
     /// The event's bytes, blank line included.
@@ -47,7 +51,7 @@ impl RawEvent {
 
     /// True when every line end is LF, so the event can be forwarded byte for byte.
     pub fn is_lf_only(&self) -> bool {
-        memchr(b'\r', &self.bytes).is_none()
+        self.lf_only
     }
 
     /// True when the event has at least one `data` field (comments and unknown fields don't count):

@@ -94,6 +94,9 @@ pub struct Framer {
     /// Bytes of the current event taken from chunks that ended before the event did.
     carry: BytesMut,
     scan: Scan,
+    /// The current event has a CR line end so far (the framer sees every line end anyway,
+    /// so the pipeline need not search the event for one).
+    saw_cr: bool,
     bom: Bom,
     /// Sticky: once an event was oversize the stream is unusable.
     failed: Option<FrameError>,
@@ -110,6 +113,7 @@ impl Framer {
             input: VecDeque::new(),
             carry: BytesMut::new(),
             scan: Scan::EventStart,
+            saw_cr: false,
             bom: Bom::Pending { matched: 0 },
             failed: None,
             ready: None,
@@ -172,7 +176,7 @@ impl Framer {
                 }
                 self.scan = Scan::InLine;
             }
-            match find_event_end(front, &mut self.scan) {
+            match find_event_end(front, &mut self.scan, &mut self.saw_cr) {
                 Some(last) => {
                     let end = last + 1;
                     if self.carry.len() + end > limit {
@@ -190,7 +194,8 @@ impl Framer {
                         self.input.pop_front();
                     }
                     self.scan = Scan::EventStart;
-                    return Ok(Some(RawEvent::new(bytes)));
+                    let lf_only = !std::mem::take(&mut self.saw_cr);
+                    return Ok(Some(RawEvent::framed(bytes, lf_only)));
                 }
                 None => {
                     // Checked before copying, so the carry never holds more than the limit.
@@ -238,7 +243,8 @@ impl Framer {
         };
         self.carry.extend_from_slice(completion);
         self.scan = Scan::EventStart;
-        Some(RawEvent::new(self.carry.split().freeze()))
+        let lf_only = !std::mem::take(&mut self.saw_cr);
+        Some(RawEvent::framed(self.carry.split().freeze(), lf_only))
     }
 
     /// Queues the bytes of a BOM prefix that turned out not to be a BOM, ahead of later chunks.
@@ -268,16 +274,17 @@ impl Framer {
 /// Returns the index of the byte that completes the event: the first byte of the blank line's
 /// line end. The event is then provably complete, whether that byte is an LF, a lone CR or the CR
 /// of a CRLF, so it is never held back waiting for the next read. Returns `None` when `bytes` ends
-/// first, with `scan` saying where the event stands.
-fn find_event_end(bytes: &[u8], scan: &mut Scan) -> Option<usize> {
+/// first, with `scan` saying where the event stands. Sets `saw_cr` when a line end of the
+/// event (its blank line's included) is or contains a CR.
+fn find_event_end(bytes: &[u8], scan: &mut Scan, saw_cr: &mut bool) -> Option<usize> {
     let mut at = 0;
     loop {
         match *scan {
             Scan::EventStart | Scan::InLine => {
                 let found = at + memchr2(b'\n', b'\r', bytes.get(at..)?)?;
-                *scan = Scan::LineStart {
-                    after_cr: bytes.get(found) == Some(&b'\r'),
-                };
+                let after_cr = bytes.get(found) == Some(&b'\r');
+                *saw_cr |= after_cr;
+                *scan = Scan::LineStart { after_cr };
                 at = found + 1;
             }
             Scan::LineStart { after_cr } => match *bytes.get(at)? {
@@ -287,7 +294,11 @@ fn find_event_end(bytes: &[u8], scan: &mut Scan) -> Option<usize> {
                     at += 1;
                 }
                 // "If the line is empty (a blank line): Dispatch the event".
-                b'\n' | b'\r' => return Some(at),
+                b'\n' => return Some(at),
+                b'\r' => {
+                    *saw_cr = true;
+                    return Some(at);
+                }
                 _ => *scan = Scan::InLine,
             },
         }
