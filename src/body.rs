@@ -11,12 +11,11 @@ use std::error::Error as StdError;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
 use crate::access_log::RequestLog;
 use crate::supervise::SupervisedBody;
+use crate::upstream::UpstreamIncoming;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 /// Errors a response body can end with.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -30,7 +29,10 @@ pub struct ResponseBody {
 #[derive(Debug)]
 enum Kind {
     /// Passed through untouched.
-    Upstream { body: Incoming, log: RequestLog },
+    Upstream {
+        body: UpstreamIncoming,
+        log: RequestLog,
+    },
     /// An event stream on a route with a `stream` section (boxed: it is the large
     /// variant, and one allocation per stream is nothing).
     Supervised(Box<SupervisedBody>),
@@ -43,7 +45,7 @@ enum Kind {
 
 impl ResponseBody {
     /// Streams an upstream response body.
-    pub fn upstream(body: Incoming, mut log: RequestLog) -> ResponseBody {
+    pub fn upstream(body: UpstreamIncoming, mut log: RequestLog) -> ResponseBody {
         // An empty body (204, 304, HEAD) is never polled: it is complete as it is.
         if body.is_end_stream() {
             log.finished();

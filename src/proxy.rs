@@ -149,7 +149,11 @@ impl Proxy {
             }
         };
 
-        let response = match route.upstream.send(upstream_request).await {
+        let sent = match route.stream {
+            Some(_) => route.upstream.send_for_stream(upstream_request).await,
+            None => route.upstream.send(upstream_request).await,
+        };
+        let response = match sent {
             Ok(response) => response,
             Err(error) => {
                 if error.is_client_fault() {

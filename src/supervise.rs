@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -44,6 +43,7 @@ use crate::metrics::RouteMetrics;
 use crate::reply::error_json;
 use crate::rewrite::{Pipeline, Rule, Scope, Session, Step, Terminator, TerminatorMatch};
 use crate::sse::writer;
+use crate::upstream::UpstreamIncoming;
 
 use batch::Batch;
 
@@ -174,9 +174,9 @@ pub fn design_example_pipeline() -> Pipeline {
 pub type Never = std::convert::Infallible;
 
 /// The streaming response body of one supervised event stream, over the upstream's
-/// body `B` (hyper's `Incoming` in the gateway; an in-memory body in unit tests).
+/// body `B` ([`UpstreamIncoming`] in the gateway; an in-memory body in unit tests).
 #[derive(Debug)]
-pub struct SupervisedBody<B = Incoming> {
+pub struct SupervisedBody<B = UpstreamIncoming> {
     /// `None` once the stream has ended: dropping it closes the upstream connection.
     upstream: Option<B>,
     session: Session,

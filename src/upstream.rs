@@ -2,8 +2,10 @@
 //! response-header timeouts, and failures sorted into what a client should be told.
 //!
 //! One client per upstream, because the connect timeout is a property of the connector;
-//! the pool inside it reuses keep-alive connections across requests.
+//! the pool inside it reuses keep-alive connections across requests. Event streams to a
+//! plain-HTTP upstream take a connection of their own instead (`dedicated.rs`).
 
+mod dedicated;
 pub mod demo;
 
 use std::error::Error as StdError;
@@ -21,9 +23,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use tokio::net::TcpStream;
 
 use crate::config::{UpstreamConfig, UpstreamTarget};
 use crate::reply::ErrorType;
+
+pub use dedicated::UpstreamIncoming;
 
 /// The body of an upstream request: the client's, streamed within the route's
 /// `max_body_size`, or one the gateway made (`query_as_json`).
@@ -44,6 +49,9 @@ pub struct Upstream {
     name: String,
     /// `scheme://authority`
     origin: String,
+    /// Where a dedicated connection goes: `host:port` of a plain-HTTP upstream; `None`
+    /// for HTTPS, whose streams use the pool.
+    plain_http: Option<String>,
     base_path: String,
     connect_timeout: Duration,
     header_timeout: Duration,
@@ -140,8 +148,16 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);
+        let plain_http = origin
+            .strip_prefix("http://")
+            .and_then(|authority| authority.parse::<http::uri::Authority>().ok())
+            .map(|authority| {
+                let port = authority.port_u16().unwrap_or(80);
+                format!("{}:{port}", authority.host())
+            });
         Ok(Upstream {
             name: config.name.clone(),
+            plain_http,
             origin,
             base_path,
             connect_timeout: config.connect_timeout,
@@ -172,18 +188,64 @@ impl Upstream {
         Ok(Uri::try_from(uri)?)
     }
 
-    /// Sends a request and waits for the response headers, within `header_timeout`.
+    /// Sends a request on a pooled connection and waits for the response headers,
+    /// within `header_timeout`.
     pub async fn send(
         &self,
         request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         match tokio::time::timeout(self.header_timeout, self.client.request(request)).await {
-            Err(_) => Err(UpstreamError::HeaderTimeout {
-                upstream: self.name.clone(),
-                after: self.header_timeout,
-            }),
-            Ok(Ok(response)) => Ok(response),
+            Err(_) => Err(self.header_timeout_error()),
+            Ok(Ok(response)) => Ok(response.map(UpstreamIncoming::pooled)),
             Ok(Err(error)) => Err(self.classify(&error)),
+        }
+    }
+
+    /// Sends a request whose response is expected to be a long stream: on a connection
+    /// of its own, driven by the response body (`dedicated.rs`), for a plain-HTTP
+    /// upstream; pooled for HTTPS. Same timeouts and errors as [`send`](Upstream::send).
+    pub async fn send_for_stream(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        let Some(address) = &self.plain_http else {
+            return self.send(request).await;
+        };
+        let tcp =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+                Err(_) => {
+                    return Err(UpstreamError::ConnectTimeout {
+                        upstream: self.name.clone(),
+                        after: self.connect_timeout,
+                    })
+                }
+                Ok(Err(error)) => {
+                    return Err(UpstreamError::Connect {
+                        upstream: self.name.clone(),
+                        reason: error.to_string(),
+                    })
+                }
+                Ok(Ok(tcp)) => tcp,
+            };
+        // Every event is its own small write upstream of us too: no Nagle delay.
+        let _ = tcp.set_nodelay(true);
+        match tokio::time::timeout(self.header_timeout, dedicated::send(tcp, request)).await {
+            Err(_) => Err(self.header_timeout_error()),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if causes(&error).any(|c| c.is::<LengthLimitError>()) => {
+                Err(UpstreamError::RequestBodyTooLarge)
+            }
+            Ok(Err(error)) => Err(UpstreamError::Failed {
+                upstream: self.name.clone(),
+                reason: deepest_cause(&error),
+            }),
+        }
+    }
+
+    fn header_timeout_error(&self) -> UpstreamError {
+        UpstreamError::HeaderTimeout {
+            upstream: self.name.clone(),
+            after: self.header_timeout,
         }
     }
 

@@ -222,3 +222,31 @@ async fn other_responses_on_a_stream_route_pass_through_byte_identical() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_stream_request_reaches_the_upstream_in_origin_form_with_its_body() {
+    let (upstream, gateway) = setup().await;
+    let request = http::Request::post("/api/stream?model=m1")
+        .header("host", "chat.example")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"prompt\":\"hi\"}",
+        )))
+        .unwrap();
+    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(b"data: ok\n\ndata: [DONE]\n\n").await;
+        exchange.request
+    });
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, "/api/stream?model=m1");
+    assert_eq!(seen.body, b"{\"prompt\":\"hi\"}");
+    assert_eq!(
+        seen.header("host"),
+        Some(upstream.addr.to_string().as_str())
+    );
+    assert_eq!(seen.header("x-forwarded-host"), Some("chat.example"));
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_text(response).await, "data: ok\n\ndata: [DONE]\n\n");
+}
