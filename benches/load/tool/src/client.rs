@@ -7,6 +7,12 @@
 //! `--connect-timeout`), warm-up (events not recorded), the measured window. With
 //! `--watch-pid`, the proxy's CPU time and RSS are read from `/proc` before the first
 //! connection and at both edges of the window. One JSON line goes to stdout.
+//!
+//! Churn (the soak): with `--close-after` each stream is closed by the client after a
+//! random time, and with `--reopen` every stream that ends (the upstream's terminator,
+//! the client's close) or fails is replaced by a new connection, so `--streams` stay
+//! open while connections come and go for the whole run. A stream that ends without
+//! the terminator, or carries an `event: error`, is a failure.
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -21,13 +27,14 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio::task::LocalSet;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::task::{JoinHandle, LocalSet};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use crate::clock::{clock_ticks_per_sec, monotonic_ns};
 use crate::event;
 use crate::json::Line;
 use crate::procfs::{self, Sample};
+use crate::random;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -63,6 +70,17 @@ pub struct Args {
     /// KEY=VALUE copied into the JSON line (scenario, target, round...).
     #[arg(long = "tag")]
     tags: Vec<String>,
+    /// Keep --streams open until the run is over: a stream that ends or fails is
+    /// replaced by a new connection.
+    #[arg(long)]
+    reopen: bool,
+    /// Close each stream after a random time between S/2 and 3S/2 seconds (mean S),
+    /// then open a new one; 0: streams stay open.
+    #[arg(long, default_value_t = 0.0, requires = "reopen")]
+    close_after: f64,
+    /// Print the counters as a JSON line to stderr every S seconds; 0: never.
+    #[arg(long, default_value_t = 0.0)]
+    progress: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,11 +107,24 @@ struct Stats {
     stream_errors: u64,
     /// A stamp from the future: the clocks disagree (never on one machine).
     bad_stamps: u64,
+    /// Every stream opened (status 200), first connections and reopens.
+    opens: u64,
+    /// Streams open now.
+    open_now: u64,
+    /// Streams that ended with the terminator.
+    completed: u64,
+    /// Streams the client closed (--close-after).
+    closed: u64,
+    /// `event: error` events received (each one also makes its stream a failure).
+    error_events: u64,
 }
 
 struct Shared {
     phase: Cell<Phase>,
     stats: RefCell<Stats>,
+    reopen: bool,
+    /// Mean lifetime of a stream before the client closes it.
+    close_after: Option<Duration>,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
@@ -117,11 +148,15 @@ pub fn run(args: Args) -> Result<(), String> {
         return Err("--streams must be in 1..=50000".into());
     }
     if !(args.duration > 0.0
-        && args.duration <= 3600.0
+        && args.duration <= 86_400.0
         && args.warmup >= 0.0
         && args.warmup <= 600.0)
     {
-        return Err("--duration must be in (0, 3600] and --warmup in [0, 600]".into());
+        return Err("--duration must be in (0, 86400] and --warmup in [0, 600]".into());
+    }
+    let seconds = 0.0..=86_400.0;
+    if !seconds.contains(&args.close_after) || !seconds.contains(&args.progress) {
+        return Err("--close-after and --progress must be in [0, 86400]".into());
     }
     let base = match args.watch_pid {
         Some(pid) => Some(procfs::sample(pid)?),
@@ -145,7 +180,14 @@ pub fn run(args: Args) -> Result<(), String> {
             status_failures: 0,
             stream_errors: 0,
             bad_stamps: 0,
+            opens: 0,
+            open_now: 0,
+            completed: 0,
+            closed: 0,
+            error_events: 0,
         }),
+        reopen: args.reopen,
+        close_after: (args.close_after > 0.0).then(|| Duration::from_secs_f64(args.close_after)),
     });
     let local = LocalSet::new();
     let target = Rc::new(Target {
@@ -161,6 +203,10 @@ pub fn run(args: Args) -> Result<(), String> {
         let gate = Rc::new(Semaphore::new(args.connect_concurrency.max(1)));
         for _ in 0..args.streams {
             tokio::task::spawn_local(stream(target.clone(), shared.clone(), gate.clone()));
+        }
+        if args.progress > 0.0 {
+            let every = Duration::from_secs_f64(args.progress);
+            tokio::task::spawn_local(progress(shared.clone(), every, started));
         }
         let connect_deadline = started + Duration::from_secs_f64(args.connect_timeout);
         while shared.stats.borrow().settled < args.streams as u64
@@ -240,6 +286,11 @@ pub fn run(args: Args) -> Result<(), String> {
         .int("status_failures", stats.status_failures)
         .int("stream_errors", stats.stream_errors)
         .int("bad_stamps", stats.bad_stamps)
+        .int("opens", stats.opens)
+        .int("open_at_end", stats.open_now)
+        .int("completed", stats.completed)
+        .int("closed", stats.closed)
+        .int("error_events", stats.error_events)
         .num("other_cores", other_cores);
     if let (Some(pid), Some(base), Some(first), Some(last)) = (args.watch_pid, base, first, last) {
         let hz = clock_ticks_per_sec() as f64;
@@ -300,56 +351,136 @@ struct Target {
     host: HeaderValue,
 }
 
-/// One stream, from connect to the end of the run.
+/// One stream slot, from its first connect to the end of the run: one stream, or with
+/// --reopen a new one each time the last ended or failed.
 async fn stream(target: Rc<Target>, shared: Rc<Shared>, gate: Rc<Semaphore>) {
-    let settle = |ok: bool, status_failure: bool| {
-        let mut stats = shared.stats.borrow_mut();
-        stats.settled += 1;
-        match (ok, status_failure) {
-            (true, _) => stats.connected += 1,
-            (false, true) => stats.status_failures += 1,
-            (false, false) => stats.connect_failures += 1,
-        }
-    };
-    let Ok(permit) = gate.acquire().await else {
-        return;
-    };
-    let opened = timeout(Duration::from_secs(10), open(&target)).await;
-    drop(permit);
-    let mut body = match opened {
-        Ok(Ok(body)) => body,
-        Ok(Err(Open::Status)) => return settle(false, true),
-        Ok(Err(Open::Io)) | Err(_) => return settle(false, false),
-    };
-    settle(true, false);
-
-    let mut pending: Vec<u8> = Vec::new();
+    let mut first = true;
     loop {
-        let frame = match body.frame().await {
+        let Ok(permit) = gate.acquire().await else {
+            return;
+        };
+        let opened = timeout(Duration::from_secs(10), open(&target)).await;
+        drop(permit);
+        let opened = match opened {
+            Ok(result) => result,
+            Err(_) => Err(Open::Io),
+        };
+        {
+            let mut stats = shared.stats.borrow_mut();
+            // Only first connections settle the connect phase (and count as `connected`,
+            // the streams RSS per stream is divided by); failures count on every attempt.
+            if first {
+                stats.settled += 1;
+            }
+            match &opened {
+                Ok(_) if first => stats.connected += 1,
+                Ok(_) => {}
+                Err(Open::Status) => stats.status_failures += 1,
+                Err(Open::Io) => stats.connect_failures += 1,
+            }
+            if opened.is_ok() {
+                stats.opens += 1;
+                stats.open_now += 1;
+            }
+        }
+        first = false;
+        let end = match opened {
+            Ok((body, connection)) => {
+                let end = read(body, &shared).await;
+                // Closes the socket now, whether hyper would keep it or not.
+                connection.abort();
+                shared.stats.borrow_mut().open_now -= 1;
+                end
+            }
+            Err(_) => End::Failed,
+        };
+        let done = shared.phase.get() == Phase::Done;
+        {
+            let mut stats = shared.stats.borrow_mut();
+            match end {
+                End::Terminator => stats.completed += 1,
+                End::Closed => stats.closed += 1,
+                End::ErrorEvent => stats.stream_errors += 1,
+                // The run's end cuts every stream: not a failure.
+                End::Eof if done => {}
+                End::Eof => stats.stream_errors += 1,
+                // Counted above.
+                End::Failed => {}
+            }
+        }
+        if !shared.reopen || done {
+            return;
+        }
+        if end == End::Failed {
+            // A proxy that refuses connections is not hammered in a tight loop.
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// How a stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// The terminator arrived (and no `event: error` before it).
+    Terminator,
+    /// The client closed it (--close-after).
+    Closed,
+    /// An `event: error` arrived: the proxy ended the stream with an error.
+    ErrorEvent,
+    /// The response ended, or the connection broke, without the terminator (or the run
+    /// is over).
+    Eof,
+    /// It never opened.
+    Failed,
+}
+
+/// Reads a stream until it ends, the client closes it, or the run is over.
+async fn read(mut body: hyper::body::Incoming, shared: &Shared) -> End {
+    let close_at = shared
+        .close_after
+        .map(|mean| Instant::now() + mean.mul_f64(random::around(1.0)));
+    let mut pending: Vec<u8> = Vec::new();
+    let mut end = End::Eof;
+    loop {
+        let next = match close_at {
+            Some(at) => match timeout_at(at, body.frame()).await {
+                Ok(next) => next,
+                Err(_) => return End::Closed,
+            },
+            None => body.frame().await,
+        };
+        let frame = match next {
             Some(Ok(frame)) => frame,
-            Some(Err(_)) | None => break,
+            Some(Err(_)) | None => return end,
         };
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        if shared.phase.get() == Phase::Done {
+            return End::Eof;
+        }
         let now = monotonic_ns();
-        let phase = shared.phase.get();
-        let measuring = phase == Phase::Measuring;
+        let measuring = shared.phase.get() == Phase::Measuring;
         let mut stats = shared.stats.borrow_mut();
-        let mut on_event = |event: &[u8]| {
-            if !measuring {
-                return;
+        let mut on_event = |event: &[u8]| match event::kind(event) {
+            event::Kind::Stamped(_) | event::Kind::Other if !measuring => {}
+            event::Kind::Stamped(sent) if sent <= now => {
+                stats.events += 1;
+                stats.bytes += event.len() as u64;
+                stats
+                    .latency_us
+                    .saturating_record(((now - sent) / 1000).max(1));
             }
-            match event::stamp(event) {
-                Some(sent) if sent <= now => {
-                    stats.events += 1;
-                    stats.bytes += event.len() as u64;
-                    stats
-                        .latency_us
-                        .saturating_record(((now - sent) / 1000).max(1));
+            event::Kind::Stamped(_) => stats.bad_stamps += 1,
+            event::Kind::Other => stats.other_events += 1,
+            event::Kind::Terminator => {
+                if end == End::Eof {
+                    end = End::Terminator;
                 }
-                Some(_) => stats.bad_stamps += 1,
-                None => stats.other_events += 1,
+            }
+            event::Kind::Error => {
+                stats.error_events += 1;
+                end = End::ErrorEvent;
             }
         };
         if pending.is_empty() {
@@ -361,8 +492,24 @@ async fn stream(target: Rc<Target>, shared: Rc<Shared>, gate: Rc<Semaphore>) {
             pending.drain(..used);
         }
     }
-    if shared.phase.get() != Phase::Done {
-        shared.stats.borrow_mut().stream_errors += 1;
+}
+
+/// Prints the counters to stderr every `every` until the run is over.
+async fn progress(shared: Rc<Shared>, every: Duration, started: Instant) {
+    while shared.phase.get() != Phase::Done {
+        sleep(every).await;
+        let stats = shared.stats.borrow();
+        let mut line = Line::default();
+        line.num("t_s", started.elapsed().as_secs_f64())
+            .int("open", stats.open_now)
+            .int("opens", stats.opens)
+            .int("completed", stats.completed)
+            .int("closed", stats.closed)
+            .int("connect_failures", stats.connect_failures)
+            .int("status_failures", stats.status_failures)
+            .int("stream_errors", stats.stream_errors)
+            .int("error_events", stats.error_events);
+        eprintln!("{}", line.finish());
     }
 }
 
@@ -371,7 +518,8 @@ enum Open {
     Status,
 }
 
-async fn open(target: &Target) -> Result<hyper::body::Incoming, Open> {
+/// Opens a stream: its body and its connection's task (aborting it closes the socket).
+async fn open(target: &Target) -> Result<(hyper::body::Incoming, JoinHandle<()>), Open> {
     let tcp = TcpStream::connect(target.addr)
         .await
         .map_err(|_| Open::Io)?;
@@ -379,7 +527,9 @@ async fn open(target: &Target) -> Result<hyper::body::Incoming, Open> {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|_| Open::Io)?;
-    tokio::task::spawn_local(connection);
+    let connection = tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
     let request = Request::builder()
         .method(target.method.clone())
         .uri(target.path.as_str())
@@ -389,9 +539,10 @@ async fn open(target: &Target) -> Result<hyper::body::Incoming, Open> {
         .map_err(|_| Open::Io)?;
     let response = sender.send_request(request).await.map_err(|_| Open::Io)?;
     if response.status() != hyper::StatusCode::OK {
+        connection.abort();
         return Err(Open::Status);
     }
-    Ok(response.into_body())
+    Ok((response.into_body(), connection))
 }
 
 /// Calls `on_event` for each complete event in `buf` (up to and including its blank

@@ -87,6 +87,50 @@ pub fn stamp(event: &[u8]) -> Option<u64> {
     (n > 0).then_some(value)
 }
 
+/// What an event is to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A benchmark event, with its send time.
+    Stamped(u64),
+    /// Data `[DONE]`: the end of the answer.
+    Terminator,
+    /// `event: error`: the proxy ended the stream with an error.
+    Error,
+    /// Anything else (comments such as `: keep-alive`).
+    Other,
+}
+
+/// Classifies an event (up to and including its blank line) as a browser's
+/// `EventSource` would read it: a `[DONE]` split over two lines (`data:` then `[DONE]`)
+/// is not the terminator, since the second line is no field a browser knows.
+pub fn kind(event: &[u8]) -> Kind {
+    if let Some(sent) = stamp(event) {
+        return Kind::Stamped(sent);
+    }
+    let mut data: Vec<&[u8]> = Vec::new();
+    let mut error = false;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(at) => (&line[..at], &line[at + 1..]),
+            None => (line, &b""[..]),
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        match field {
+            b"data" => data.push(value),
+            b"event" => error = value == b"error",
+            _ => {}
+        }
+    }
+    if error {
+        Kind::Error
+    } else if data == [b"[DONE]"] {
+        Kind::Terminator
+    } else {
+        Kind::Other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +145,24 @@ mod tests {
         assert_eq!(stamp(&out), Some(123_456_789_012));
         assert_eq!(stamp(b": keep-alive\n\n"), None);
         assert!(Template::new(Template::min_size() - 1).is_err());
+    }
+
+    #[test]
+    fn kinds() {
+        let t = Template::new(200).unwrap();
+        let mut out = BytesMut::new();
+        t.write(&mut out, 42);
+        assert_eq!(kind(&out), Kind::Stamped(42));
+        assert_eq!(kind(b"data: [DONE]\n\n"), Kind::Terminator);
+        assert_eq!(kind(b"data:[DONE]\n\n"), Kind::Terminator);
+        assert_eq!(kind(b"data:[DONE]\r\n\r\n"), Kind::Terminator);
+        // The flaw the gateway repairs: a browser sees empty data and no terminator.
+        assert_eq!(kind(b"data:\n[DONE]\n\n"), Kind::Other);
+        assert_eq!(kind(b"data: [DONE]x\n\n"), Kind::Other);
+        assert_eq!(
+            kind(b"event: error\ndata: {\"error\":{\"type\":\"shutdown\"}}\n\n"),
+            Kind::Error
+        );
+        assert_eq!(kind(b": keep-alive\n\n"), Kind::Other);
     }
 }

@@ -1,11 +1,13 @@
-//! `sse-load`: the load tool of `benches/load/run.sh`.
+//! `sse-load`: the load tool of `benches/load/run.sh` and `benches/load/soak.sh`.
 //!
 //! - `upstream`: an SSE server whose every event carries its send time (CLOCK_MONOTONIC,
-//!   nanoseconds) in its data, paced per stream or as fast as the reader takes them.
+//!   nanoseconds) in its data, paced per stream or as fast as the reader takes them;
+//!   streams are endless, or end with `[DONE]` after a number of events (`--end-after`).
 //! - `client`: opens C concurrent streams, frames events incrementally, records per-event
 //!   latency (receive time - send time) in an HDR histogram, counts events/s and failures,
 //!   optionally samples a proxy's CPU time and RSS from `/proc` at the window's edges, and
-//!   prints one JSON line.
+//!   prints one JSON line. With `--reopen` (and `--close-after`) streams churn: each one
+//!   that ends is replaced, so C stay open while connections come and go.
 //! - `report`: medians of the client's JSON lines over rounds, as markdown tables.
 //! - `ports`: free loopback ports for a run.
 //!
@@ -18,6 +20,7 @@ mod clock;
 mod event;
 mod json;
 mod procfs;
+mod random;
 mod report;
 mod upstream;
 

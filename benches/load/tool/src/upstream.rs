@@ -4,6 +4,10 @@
 //! as fast as the reader takes them, `--batch` events per write, each stamped when the
 //! write is made. One thread (the benchmark pins it to a core); exits after
 //! `--max-seconds`.
+//!
+//! Streams are endless unless `--end-after` is given: then each one sends a terminator
+//! after its events and ends its response, as an assistant API does at the end of an
+//! answer (the soak uses it, so upstream-ended streams churn too).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +27,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::clock::monotonic_ns;
 use crate::event::Template;
+use crate::random;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -44,13 +49,32 @@ pub struct Args {
     /// Exit after this many seconds, whatever is open.
     #[arg(long, default_value_t = 1800)]
     max_seconds: u64,
+    /// End each stream after a random number of events between N/2 and 3N/2 (mean N)
+    /// with `data: [DONE]`; 0: streams are endless.
+    #[arg(long, default_value_t = 0)]
+    end_after: u64,
+    /// With --end-after: every Kth stream ends with `data:\n[DONE]` instead, the flaw
+    /// of real upstreams that the gateway's `orphan_lines` repair fixes (so the rewrite
+    /// path runs too); 0: never.
+    #[arg(long, default_value_t = 0)]
+    flawed_end_every: u64,
 }
+
+/// The terminator, as a well-behaved upstream sends it.
+const DONE: &[u8] = b"data: [DONE]\n\n";
+/// The terminator split over two lines: a browser ignores the second line and never
+/// sees `[DONE]`; the gateway's repair rule makes it `data:[DONE]`.
+const FLAWED_DONE: &[u8] = b"data:\n[DONE]\n\n";
 
 #[derive(Debug)]
 struct Config {
     template: Template,
     pace: Option<Duration>,
     batch: usize,
+    end_after: u64,
+    flawed_end_every: u64,
+    /// Streams answered so far (which of them ends flawed).
+    streams: AtomicU64,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
@@ -67,6 +91,9 @@ pub fn run(args: Args) -> Result<(), String> {
         template,
         pace,
         batch: args.batch.clamp(1, 4096),
+        end_after: args.end_after,
+        flawed_end_every: args.flawed_end_every,
+        streams: AtomicU64::new(0),
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -113,33 +140,42 @@ pub fn run(args: Args) -> Result<(), String> {
 
 fn respond(_request: Request<Incoming>, config: Arc<Config>) -> Response<EventBody> {
     let pace = config.pace.map(|period| {
-        let phase = period.mul_f64(unit_random());
+        let phase = period.mul_f64(random::unit());
         let mut interval = tokio::time::interval_at(Instant::now() + phase, period);
         interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
         interval
     });
-    let mut response = Response::new(EventBody { config, pace });
+    let number = config.streams.fetch_add(1, Ordering::Relaxed) + 1;
+    let (remaining, end) = match config.end_after {
+        0 => (None, None),
+        n => {
+            let flawed = config.flawed_end_every > 0 && number % config.flawed_end_every == 0;
+            let events = (random::around(n as f64).round() as u64).max(1);
+            (Some(events), Some(if flawed { FLAWED_DONE } else { DONE }))
+        }
+    };
+    let mut response = Response::new(EventBody {
+        config,
+        pace,
+        remaining,
+        end,
+    });
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 
-/// A number in [0, 1), different for each stream (splitmix64 over a counter).
-fn unit_random() -> f64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
-    let mut z = COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// An endless stream of stamped events; it ends when the client goes away.
+/// A stream of stamped events; it ends when the client goes away, or after its
+/// `remaining` events and the terminator.
 struct EventBody {
     config: Arc<Config>,
     /// `None` with --fast.
     pace: Option<Interval>,
+    /// Events still to send; `None`: endless.
+    remaining: Option<u64>,
+    /// The terminator still to send after the last event; taken when sent.
+    end: Option<&'static [u8]>,
 }
 
 impl Body for EventBody {
@@ -150,12 +186,28 @@ impl Body for EventBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == Some(0) {
+            // The terminator goes in its own write, right after the last event.
+            return Poll::Ready(
+                self.end
+                    .take()
+                    .map(|end| Ok(Frame::data(Bytes::from_static(end)))),
+            );
+        }
         let count = match self.pace.as_mut() {
             Some(interval) => {
                 ready!(interval.poll_tick(cx));
                 1
             }
             None => self.config.batch,
+        };
+        let count = match self.remaining.as_mut() {
+            Some(remaining) => {
+                let count = count.min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                *remaining -= count as u64;
+                count
+            }
+            None => count,
         };
         let template = &self.config.template;
         let mut out = BytesMut::with_capacity(count * template.len());
@@ -167,10 +219,58 @@ impl Body for EventBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        false
+        self.remaining == Some(0) && self.end.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(batch: usize, remaining: u64, end: &'static [u8]) -> EventBody {
+        let config = Arc::new(Config {
+            template: Template::new(200).unwrap(),
+            pace: None,
+            batch,
+            end_after: remaining,
+            flawed_end_every: 0,
+            streams: AtomicU64::new(0),
+        });
+        EventBody {
+            config,
+            pace: None,
+            remaining: Some(remaining),
+            end: Some(end),
+        }
+    }
+
+    /// The frames of a fast body until it ends (at most 100).
+    fn frames(mut body: EventBody) -> Vec<Bytes> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        while out.len() < 100 {
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => out.push(frame.into_data().unwrap()),
+                Poll::Ready(None) => break,
+                Poll::Pending => panic!("a fast body is always ready"),
+            }
+        }
+        assert!(body.is_end_stream());
+        out
+    }
+
+    #[test]
+    fn ends_after_its_events_with_the_terminator() {
+        let got = frames(body(32, 40, DONE));
+        let sizes: Vec<usize> = got.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, [32 * 200, 8 * 200, DONE.len()]);
+        assert_eq!(&got[2][..], DONE);
+        let got = frames(body(32, 1, FLAWED_DONE));
+        assert_eq!(got.len(), 2);
+        assert_eq!(&got[1][..], b"data:\n[DONE]\n\n");
     }
 }
