@@ -16,13 +16,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Mutex};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::{GatewayConfig, UpstreamTarget};
@@ -32,8 +33,8 @@ use crate::supervise::Shutdown;
 use crate::upstream::demo::DemoServer;
 use crate::upstream::{TlsError, Upstream};
 
-/// A client has this long to send its request headers; slow-loris connections are
-/// closed after it.
+/// A client has this long to send its first byte, and then this long to send its
+/// request headers; slow-loris connections are closed after it.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// After an accept error (out of file descriptors, most often) wait this long before
@@ -235,14 +236,21 @@ pub async fn start(config: GatewayConfig) -> Result<Running, StartError> {
     })
 }
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+/// The server side of both protocols, configured once and shared by every connection.
+#[derive(Debug)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+fn connection_builders() -> Arc<Builders> {
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    builder
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
+    Arc::new(Builders { http1, http2 })
 }
 
 async fn accept_loop(
@@ -250,13 +258,21 @@ async fn accept_loop(
     gateway: Arc<Gateway>,
     mut stop: oneshot::Receiver<Duration>,
 ) {
-    let builder = connection_builder();
+    let builders = connection_builders();
     let graceful = GracefulShutdown::new();
+    // Cancelled when the drain starts: connections that have sent nothing yet close.
+    let draining = CancellationToken::new();
     let current = gateway.current.subscribe();
     let drain = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => serve_connection(&builder, &graceful, stream, peer, current.clone()),
+                Ok((stream, peer)) => {
+                    // The watcher is taken now, so a drain that starts while the first
+                    // bytes are awaited still reaches the connection.
+                    let watcher = graceful.watcher();
+                    let draining = draining.clone();
+                    serve_connection(&builders, watcher, draining, stream, peer, current.clone());
+                }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
@@ -266,6 +282,7 @@ async fn accept_loop(
         }
     };
     drop(listener);
+    draining.cancel();
     tracing::info!(drain = ?drain, "draining: no new connections; open streams may finish");
     // Idle keep-alive connections close now; busy ones after their response.
     let mut all_closed = pin!(graceful.shutdown());
@@ -283,8 +300,9 @@ async fn accept_loop(
 }
 
 fn serve_connection(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    builders: &Arc<Builders>,
+    watcher: Watcher,
+    draining: CancellationToken,
     stream: TcpStream,
     peer: SocketAddr,
     current: watch::Receiver<Arc<Generation>>,
@@ -297,15 +315,132 @@ fn serve_connection(
         // The generation is taken once per request: a reload never changes the
         // rules of a request, or a stream, already running.
         let proxy = current.borrow().proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.serve(request, peer).await) }
+        // Boxed: hyper keeps the slot of a request's future as long as the
+        // connection; this box is freed once the response head is out, so an open
+        // stream does not keep the routing and forwarding state (~2 KB).
+        Box::pin(async move { Ok::<_, Infallible>(proxy.serve(request, peer).await) })
     });
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .into_owned();
-    let connection = graceful.watch(connection);
+    let builders = builders.clone();
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        let protocol = tokio::select! {
+            sniffed = tokio::time::timeout(HEADER_READ_TIMEOUT, sniff(&stream)) => sniffed,
+            () = draining.cancelled() => return,
+        };
+        drop(draining);
+        let io = TokioIo::new(stream);
+        let ended = match protocol {
+            Ok(Ok(Some(Protocol::Http1))) => {
+                let connection = builders.http1.serve_connection(io, service);
+                watcher.watch(connection).await
+            }
+            Ok(Ok(Some(Protocol::Http2))) => {
+                let connection = builders.http2.serve_connection(io, service);
+                // Boxed, so that this task is sized for an HTTP/1 connection.
+                Box::pin(watcher.watch(connection)).await
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "connection failed before its first byte");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no byte within the header read timeout; closing");
+                return;
+            }
+        };
+        if let Err(error) = ended {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
     });
+}
+
+/// The first bytes of an h2c connection (HTTP/2 with prior knowledge).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long to wait before looking again when the bytes so far are only a part of
+/// the HTTP/2 preface (a client that splits it, which is rare).
+const PREFACE_RETRY: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Tells HTTP/1 from h2c by the first bytes, without taking them from the socket.
+///
+/// Left in the socket, the bytes reach hyper's first read together with the rest of
+/// the request head, in one 8 KiB read buffer. (Read first and handed back, as
+/// hyper-util's auto builder does, they make hyper grow that buffer to 16 KiB, and
+/// every open stream keeps it.) `None`: the client closed without sending a byte.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(Protocol::Http1));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(Protocol::Http2));
+        }
+        // A peek now would return the same bytes at once: give the rest time to come.
+        tokio::time::sleep(PREFACE_RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connected pair: the client's end and the accepted end.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (client, accepted)
+    }
+
+    #[tokio::test]
+    async fn sniff_tells_http1_from_h2c_and_leaves_the_bytes() {
+        let (mut client, accepted) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(sniff(&accepted).await.unwrap(), Some(Protocol::Http1));
+        let mut first = [0u8; 3];
+        accepted.peek(&mut first).await.unwrap();
+        assert_eq!(&first, b"GET");
+
+        let (mut client, accepted) = pair().await;
+        client.write_all(H2_PREFACE).await.unwrap();
+        assert_eq!(sniff(&accepted).await.unwrap(), Some(Protocol::Http2));
+    }
+
+    #[tokio::test]
+    async fn sniff_waits_out_a_split_preface_or_a_split_method() {
+        let (mut client, accepted) = pair().await;
+        client.write_all(&H2_PREFACE[..5]).await.unwrap();
+        let sniffing = tokio::spawn(async move { sniff(&accepted).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        client.write_all(&H2_PREFACE[5..]).await.unwrap();
+        assert_eq!(sniffing.await.unwrap(), Some(Protocol::Http2));
+
+        let (mut client, accepted) = pair().await;
+        client.write_all(b"P").await.unwrap();
+        let sniffing = tokio::spawn(async move { sniff(&accepted).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        client.write_all(b"OST / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(sniffing.await.unwrap(), Some(Protocol::Http1));
+    }
+
+    #[tokio::test]
+    async fn sniff_sees_a_client_that_closes_without_a_byte() {
+        let (client, accepted) = pair().await;
+        drop(client);
+        assert_eq!(sniff(&accepted).await.unwrap(), None);
+    }
 }
