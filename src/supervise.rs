@@ -325,11 +325,12 @@ where
     /// Runs every complete upstream event through the pipeline and collects what to
     /// send into one frame ([`Batch`]). Returns that frame; frames that must follow it
     /// (an event that could not join it without a copy, closing frames) are queued.
-    fn drain_ready(&mut self) -> Option<Bytes> {
+    /// `at_eof`: the upstream has ended, and its unterminated tail is taken too.
+    fn drain_ready(&mut self, at_eof: bool) -> Option<Bytes> {
         let mut events = 0;
         let mut data_seen = false;
         loop {
-            match self.next_step(false) {
+            match self.next_step(at_eof) {
                 Some(Step::Event {
                     output,
                     had_data,
@@ -398,28 +399,9 @@ where
 
     /// The upstream ended cleanly: its unterminated tail, if any, then the end.
     fn on_upstream_eof(&mut self) {
-        if let Some(Step::Event {
-            output,
-            had_data,
-            terminator,
-        }) = self.next_step(true)
-        {
-            if had_data {
-                self.on_data(Instant::now());
-            }
-            if let Some(output) = output {
-                if !terminator {
-                    self.record.events += 1;
-                    self.plan.metrics.events.inc();
-                    if had_data {
-                        self.on_first_event();
-                    }
-                }
-                self.queue.push_back(output);
-            }
-            if terminator {
-                self.end(Outcome::Terminator, None);
-            }
+        if let Some(frame) = self.drain_ready(true) {
+            // Ahead of anything the drain queued behind it.
+            self.queue.push_front(frame);
         }
         if !self.ending {
             self.end(Outcome::UpstreamEof, None);
@@ -481,7 +463,7 @@ where
                 }
                 continue;
             }
-            if let Some(frame) = this.drain_ready() {
+            if let Some(frame) = this.drain_ready(false) {
                 return this.send(frame);
             }
             if this.ending || !this.queue.is_empty() {

@@ -47,7 +47,7 @@ while [ $# -gt 0 ]; do
 done
 case "$TOOL_NAME" in callgrind|massif|perf) ;; *) die "--tool is callgrind, perf or massif" ;; esac
 [[ "$SECONDS_WINDOW" =~ ^[0-9]+$ ]] && [ "$SECONDS_WINDOW" -le 300 ] || die "--seconds must be 0..300"
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+source "$REPO/benches/load/lib.sh"
 
 case "$SCENARIO" in
     throughput) STREAMS=${STREAMS:-32}; PACING=(--fast --batch 32); WARMUP=3 ;;
@@ -72,33 +72,6 @@ LOAD=$TARGET_DIR/release/sse-load
 
 OUT=$TARGET_DIR/load/profile-$TOOL_NAME-$SCENARIO-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
-STARTED=()
-cleanup() {
-    local pid
-    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    STARTED=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-child_of() {
-    local parent=$1 i kids
-    for i in $(seq 1 100); do
-        kids=$(cat "/proc/$parent/task/$parent/children" 2>/dev/null || true)
-        if [ -n "$kids" ]; then echo "${kids%% *}"; return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
-wait_port() {
-    local i
-    for i in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
 events_total() {
     curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^sse_gateway_stream_events_total/ { s += $2 } END { print s + 0 }'
 }
@@ -117,12 +90,7 @@ routes:
     match: { path_prefix: /v1/stream, methods: [GET, POST] }
     upstream: bench
     stream:
-      rules:
-        - repair: orphan_lines
-        - replace: { pattern: '(?m)^data:\r?\n', with: 'data:' }
-        - replace: { scope: data, pattern: '"text":', with: '"value":' }
-        - drop: { pattern: '^:', name: upstream-pings }
-      terminator: { data: "[DONE]", forward: true, on_upstream_eof: synthesize }
+$(design_stream_rules)
       stuck_after: 5m
       idle_timeout: 10m
       heartbeat: 5m
@@ -144,8 +112,8 @@ WRAPPER=$!
 STARTED+=("$WRAPPER")
 VG_PID=$(child_of "$WRAPPER") || die "valgrind did not start"
 STARTED+=("$VG_PID")
-wait_port "$UP" || die "upstream did not listen"
-wait_port "$PORT" || die "gateway did not listen (see $OUT/gateway.log)"
+wait_port "$UP" 30 || die "upstream did not listen"
+wait_port "$PORT" 30 || die "gateway did not listen (see $OUT/gateway.log)"
 
 log "$TOOL_NAME, $SCENARIO: $STREAMS streams, warm-up ${WARMUP}s, window ${SECONDS_WINDOW}s (gateway pid $VG_PID)"
 # The client outlives the window; its own numbers are those of a gateway under valgrind.

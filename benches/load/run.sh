@@ -66,7 +66,7 @@ if [ -z "$ROUNDS" ]; then
 fi
 [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || die "--rounds must be 1..20"
 
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+source "$REPO/benches/load/lib.sh"
 
 # --- scenario parameters ---------------------------------------------------------
 # name: streams, upstream pacing (events/s per stream, or "fast"), warm-up s, window s
@@ -149,50 +149,11 @@ if [ -z "$OUTPUT" ]; then
     fi
 fi
 
-# --- process handling ------------------------------------------------------------
-# PIDs of the `timeout` wrappers and of the real processes this script started.
-STARTED=()
-cleanup() {
-    local pid
-    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.3
-    for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    STARTED=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# child PID of a process (the first), waiting up to 5 s for it to appear
-child_of() {
-    local parent=$1 i kids
-    for i in $(seq 1 100); do
-        kids=$(cat "/proc/$parent/task/$parent/children" 2>/dev/null || true)
-        if [ -n "$kids" ]; then echo "${kids%% *}"; return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
-
-# start_bg LOG CPU SECONDS CMD...: runs CMD on CPU under `timeout`; sets BG_PID to the
-# real process (timeout's child; taskset and env exec it)
-BG_PID=""
-start_bg() {
+# start_pinned LOG CPU SECONDS CMD...: start_bg with CMD pinned to CPU
+start_pinned() {
     local logfile=$1 cpu=$2 secs=$3
     shift 3
-    timeout -k 5 "$secs" taskset -c "$cpu" "$@" >"$logfile" 2>&1 &
-    local wrapper=$!
-    STARTED+=("$wrapper")
-    BG_PID=$(child_of "$wrapper") || die "$1 did not start (see $logfile)"
-    STARTED+=("$BG_PID")
-}
-
-wait_port() {
-    local port=$1 i
-    for i in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    return 1
+    start_bg "$logfile" "$secs" taskset -c "$cpu" "$@"
 }
 
 # cores used by everything on the machine over 2 s (nothing of ours runs between runs)
@@ -300,12 +261,7 @@ routes:
     match: { path_prefix: /v1/stream, methods: [GET, POST] }
     upstream: bench
     stream:
-      rules:
-        - repair: orphan_lines
-        - replace: { pattern: '(?m)^data:\r?\n', with: 'data:' }
-        - replace: { scope: data, pattern: '"text":', with: '"value":' }
-        - drop: { pattern: '^:', name: upstream-pings }
-      terminator: { data: "[DONE]", forward: true, on_upstream_eof: synthesize }
+$(design_stream_rules)
       stuck_after: 5m
       idle_timeout: 10m
       heartbeat: 5m
@@ -339,7 +295,7 @@ run_one() {
     read -r up port admin < <("$TOOL" ports 3)
     local lifetime=$((warmup + window + 180))
 
-    start_bg "$dir/upstream.log" 1 "$lifetime" \
+    start_pinned "$dir/upstream.log" 1 "$lifetime" \
         "$TOOL" upstream --listen "127.0.0.1:$up" --event-size "$EVENT_SIZE" \
         --max-seconds "$lifetime" "${pacing[@]}"
     local own=(--own-pid "$BG_PID")
@@ -351,7 +307,7 @@ run_one() {
             url=http://127.0.0.1:$up/v1/stream ;;
         nginx)
             write_nginx_conf "$dir" "$port" "$up" "$streams"
-            start_bg "$dir/proxy.log" 0 "$lifetime" \
+            start_pinned "$dir/proxy.log" 0 "$lifetime" \
                 "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e stderr
             own+=(--own-pid "$BG_PID")
             wait_port "$port" || die "nginx did not listen (see $dir/proxy.log)"
@@ -361,7 +317,7 @@ run_one() {
             url=http://127.0.0.1:$port/v1/stream ;;
         haproxy)
             write_haproxy_conf "$dir" "$port" "$up" "$streams"
-            start_bg "$dir/proxy.log" 0 "$lifetime" "$HAPROXY" -db -f "$dir/haproxy.cfg"
+            start_pinned "$dir/proxy.log" 0 "$lifetime" "$HAPROXY" -db -f "$dir/haproxy.cfg"
             proxy_pid=$BG_PID
             wait_port "$port" || die "haproxy did not listen (see $dir/proxy.log)"
             url=http://127.0.0.1:$port/v1/stream ;;
@@ -371,7 +327,7 @@ run_one() {
             [ -n "$bin" ] || die "target baseline needs --baseline-bin"
             write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin"
             # One worker thread: tokio's multi-thread builder reads TOKIO_WORKER_THREADS.
-            start_bg "$dir/proxy.log" 0 "$lifetime" \
+            start_pinned "$dir/proxy.log" 0 "$lifetime" \
                 env TOKIO_WORKER_THREADS=1 "$bin" --config "$dir/gateway.yaml"
             proxy_pid=$BG_PID
             wait_port "$port" || die "sse-gateway did not listen (see $dir/proxy.log)"

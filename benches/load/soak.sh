@@ -114,7 +114,7 @@ DURATION_S=$((DURATION_MIN * 60))
 WARMUP_S=$((DURATION_S / 5 < 120 ? DURATION_S / 5 : 120))
 WINDOW_S=$((DURATION_S / 4 < 300 ? DURATION_S / 4 : 300))
 
-log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+source "$REPO/benches/load/lib.sh"
 
 # --- file descriptors --------------------------------------------------------------
 # N streams are ~2N descriptors in the gateway (client side + upstream side) and N in
@@ -159,53 +159,6 @@ mkdir -p "$(dirname "$OUTPUT")"
 SAMPLES=$RUN_DIR/samples.csv
 RELOADS=$RUN_DIR/reloads.csv
 
-# --- process handling ----------------------------------------------------------------
-# PIDs of the `timeout` wrappers and of the real processes this script started.
-STARTED=()
-cleanup() {
-    local pid
-    for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.3
-    for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    STARTED=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# child PID of a process (the first), waiting up to 5 s for it to appear
-child_of() {
-    local parent=$1 kids
-    for _ in $(seq 1 100); do
-        kids=$(cat "/proc/$parent/task/$parent/children" 2>/dev/null || true)
-        if [ -n "$kids" ]; then echo "${kids%% *}"; return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
-
-# start_bg LOG SECONDS CMD...: runs CMD under `timeout`; sets BG_PID to the real
-# process (timeout's child) and BG_WRAPPER to the `timeout` process
-BG_PID=""
-BG_WRAPPER=""
-start_bg() {
-    local logfile=$1 secs=$2
-    shift 2
-    timeout -k 5 "$secs" "$@" >"$logfile" 2>&1 &
-    BG_WRAPPER=$!
-    STARTED+=("$BG_WRAPPER")
-    BG_PID=$(child_of "$BG_WRAPPER") || die "$1 did not start (see $logfile)"
-    STARTED+=("$BG_PID")
-}
-
-wait_port() {
-    local port=$1
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
-
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # --- the gateway's config ------------------------------------------------------------
@@ -233,12 +186,7 @@ routes:
     match: { path_prefix: /v1/stream, methods: [GET, POST] }
     upstream: soak
     stream:
-      rules:
-        - repair: orphan_lines
-        - replace: { pattern: '(?m)^data:\r?\n', with: 'data:' }
-        - replace: { scope: data, pattern: '"text":', with: '"value":' }
-        - drop: { pattern: '^:', name: $pings }
-      terminator: { data: "[DONE]", forward: true, on_upstream_eof: synthesize }
+$(design_stream_rules "$pings")
       stuck_after: 5m
       idle_timeout: 10m
       heartbeat: $(heartbeat_of "$gen")
