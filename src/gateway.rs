@@ -29,7 +29,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{GatewayConfig, UpstreamTarget};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::supervise::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::upstream::demo::DemoServer;
 use crate::upstream::{TlsError, Upstream};
 

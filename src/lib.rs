@@ -15,6 +15,7 @@
 //! - [`reply`]: the one JSON error shape of everything the gateway says itself.
 //! - [`access_log`]: one log line per finished request.
 //! - [`metrics`]: Prometheus families, and per-route handles resolved once.
+//! - [`shutdown`]: the drain-is-over signal every open stream watches.
 //! - [`supervise`]: the event-stream body: pipeline, clocks, one outcome per stream.
 pub mod access_log;
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod reload;
 pub mod reply;
 pub mod rewrite;
 pub mod router;
+pub mod shutdown;
 pub mod sse;
 pub mod supervise;
 pub mod upstream;

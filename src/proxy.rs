@@ -54,7 +54,7 @@ impl Proxy {
         config: &GatewayConfig,
         upstreams: &std::collections::BTreeMap<String, Arc<Upstream>>,
         metrics: &Arc<Metrics>,
-        shutdown: crate::supervise::Shutdown,
+        shutdown: crate::shutdown::Shutdown,
     ) -> Proxy {
         let routes = config.routes.iter().filter_map(|route| {
             // Validation guarantees the upstream exists; a missing one is skipped

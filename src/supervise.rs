@@ -27,7 +27,6 @@ use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -35,7 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{sleep_until, Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::access_log::{RequestLog, StreamSummary};
 use crate::config::{HumanDuration, OnUpstreamEof, RuleAction, StreamConfig, TerminatorMatcher};
@@ -44,6 +43,8 @@ use crate::reply::error_json;
 use crate::rewrite::{Pipeline, Rule, Scope, Session, Step, Terminator, TerminatorMatch};
 use crate::sse::writer;
 use crate::upstream::UpstreamIncoming;
+
+pub use crate::shutdown::Shutdown;
 
 use batch::Batch;
 
@@ -85,39 +86,6 @@ impl StreamPlan {
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
-    }
-}
-
-/// The gateway's "drain time is over" signal, as every stream watches it.
-///
-/// A stream checks it each time its upstream has nothing to read, so once per event on a
-/// paced stream: an atomic flag makes that check free, where a `CancellationToken` takes a
-/// lock. The token is still there to wake streams that are waiting; each registers its
-/// waker once, not on every wait.
-#[derive(Clone, Debug, Default)]
-pub struct Shutdown {
-    inner: Arc<ShutdownInner>,
-}
-
-#[derive(Debug, Default)]
-struct ShutdownInner {
-    fired: AtomicBool,
-    wake: CancellationToken,
-}
-
-impl Shutdown {
-    pub fn new() -> Shutdown {
-        Shutdown::default()
-    }
-
-    /// Ends every supervised stream at its next event boundary.
-    pub fn fire(&self) {
-        self.inner.fired.store(true, Ordering::Release);
-        self.inner.wake.cancel();
-    }
-
-    fn has_fired(&self) -> bool {
-        self.inner.fired.load(Ordering::Acquire)
     }
 }
 
@@ -216,7 +184,7 @@ where
             batch: Batch::default(),
             ending: false,
             clock: Box::pin(sleep_until(now + PARKED)),
-            shutdown: Box::pin(plan.shutdown.inner.wake.clone().cancelled_owned()),
+            shutdown: Box::pin(plan.shutdown.fired()),
             shutdown_waker: None,
             last_data: now,
             last_sent: now,
