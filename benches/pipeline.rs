@@ -1,4 +1,5 @@
-//! Throughput of framer + pipeline on a realistic LLM stream (~200-byte OpenAI-style chunks with
+//! Throughput of the stream engine (framer, pipeline, frames, endings), driven exactly as
+//! the live body drives it, on a realistic LLM stream (~200-byte OpenAI-style chunks with
 //! an occasional `: ping`), pushed in 4 KiB reads and in irregular reads of 1..=1500 bytes.
 //!
 //! Run: `cargo bench --bench pipeline` (add `-- --quick` for a short run).
@@ -14,10 +15,15 @@
 //! irregular reads: no_rules 3.07 / 2.73 GiB/s; design_rules 926 / 898 MiB/s;
 //! design_rules_rewrite 311 / 262 MiB/s; design_rules_repair 247 / 247 MiB/s.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sse_gateway::engine::Engine;
 use sse_gateway::rewrite::Pipeline;
-use sse_gateway::sse::Framer;
+
+#[path = "../tests/framing/mod.rs"]
+mod framing;
 
 /// Size of the generated stream.
 const STREAM_BYTES: usize = 1 << 20;
@@ -88,48 +94,60 @@ fn irregular_chunks(stream: &Bytes) -> Vec<Bytes> {
     chunks
 }
 
-fn design_pipeline() -> Pipeline {
-    sse_gateway::supervise::design_example_pipeline()
-}
-
-/// What the proxy does per stream; returns bytes sent so the work cannot be optimised away.
-fn run(pipeline: &Pipeline, chunks: &[Bytes]) -> usize {
-    let mut framer = Framer::new(MAX_EVENT_SIZE);
+/// What the proxy does per stream: each read pushed, its frames taken, then the
+/// upstream's end. Returns bytes sent so the work cannot be optimised away.
+fn run(pipeline: &Arc<Pipeline>, route: &Arc<str>, chunks: &[Bytes]) -> usize {
+    let mut engine = Engine::new(pipeline.clone(), MAX_EVENT_SIZE, route.clone());
     let mut sent = 0;
-    let mut hits = 0usize;
+    let mut take = |engine: &mut Engine| {
+        while let Some(frame) = engine.next_frame() {
+            sent += frame.len();
+        }
+        engine.take_progress().rules_hit as usize
+    };
+    let mut hits = 0;
     for chunk in chunks {
-        framer.push(chunk.clone());
-        while let Ok(Some(event)) = framer.next_event() {
-            let verdict = pipeline.apply(event, &mut |_| hits += 1);
-            sent += verdict.output.map_or(0, |b| b.len());
-            if verdict.is_terminator {
-                return sent + hits;
-            }
+        engine.push(chunk.clone());
+        hits += take(&mut engine);
+        if engine.outcome().is_some() {
+            break;
         }
     }
+    engine.upstream_end();
+    hits += take(&mut engine);
     sent + hits
 }
 
 fn bench(c: &mut Criterion) {
     let cases = [
         ("no_rules", Shape::Content, Pipeline::new(Vec::new(), None)),
-        ("design_rules", Shape::Content, design_pipeline()),
-        ("design_rules_rewrite", Shape::Text, design_pipeline()),
-        ("design_rules_repair", Shape::BrokenText, design_pipeline()),
+        ("design_rules", Shape::Content, framing::design_pipeline()),
+        (
+            "design_rules_rewrite",
+            Shape::Text,
+            framing::design_pipeline(),
+        ),
+        (
+            "design_rules_repair",
+            Shape::BrokenText,
+            framing::design_pipeline(),
+        ),
     ];
     let mut group = c.benchmark_group("pipeline");
     group.sample_size(20);
     group.warm_up_time(std::time::Duration::from_secs(1));
     group.measurement_time(std::time::Duration::from_secs(3));
-    for (name, shape, pipeline) in &cases {
-        let stream = Bytes::from(stream(*shape));
+    let route: Arc<str> = Arc::from("chat");
+    for (name, shape, pipeline) in cases {
+        let pipeline = Arc::new(pipeline);
+        let stream = Bytes::from(stream(shape));
         group.throughput(Throughput::Bytes(stream.len() as u64));
         for (reads, chunks) in [
             ("4KiB", fixed_chunks(&stream, 4096)),
             ("irregular", irregular_chunks(&stream)),
         ] {
-            group.bench_with_input(BenchmarkId::new(*name, reads), &chunks, |b, chunks| {
-                b.iter(|| black_box(run(pipeline, black_box(chunks))))
+            group.bench_with_input(BenchmarkId::new(name, reads), &chunks, |b, chunks| {
+                b.iter(|| black_box(run(&pipeline, &route, black_box(chunks))))
             });
         }
     }

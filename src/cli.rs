@@ -10,13 +10,14 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod replay;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{GatewayConfig, LogConfig, LogFormat};
 use crate::gateway;
 use crate::reload;
-use crate::supervise::offline;
 
 /// A reverse-proxy sidecar for assistant / LLM services that stream Server-Sent Events.
 ///
@@ -140,7 +141,7 @@ fn rewrite(config: &Path, route: &str, capture: Option<&Path>) -> ExitCode {
         Ok(input) => input,
         Err(message) => return fail(message),
     };
-    let report = offline::rewrite(route, stream, input.into(), &mut std::io::stdout().lock());
+    let report = replay::rewrite(route, stream, input.into(), &mut std::io::stdout().lock());
     match report {
         Ok(report) => {
             eprint!("{report}");

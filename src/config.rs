@@ -16,13 +16,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Uri};
 
+use crate::rewrite::Pipeline;
+
 pub use env::EnvError;
 pub use locate::Position;
-pub use raw::{BodyMode, LogFormat, OnUpstreamEof, Scope};
+pub use raw::{BodyMode, LogFormat, OnUpstreamEof};
 pub use show::REDACTED;
 pub use units::{ByteSize, HumanDuration};
 
@@ -122,51 +125,13 @@ pub struct RouteConfig {
 /// A clock set to `0` is off.
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
-    pub rules: Vec<RuleConfig>,
-    pub terminator: Option<TerminatorConfig>,
+    /// The route's rules and terminator, compiled once when the file is validated.
+    pub pipeline: Arc<Pipeline>,
     pub max_event_size: usize,
     pub stuck_after: Duration,
     pub idle_timeout: Duration,
     pub heartbeat: Duration,
     pub max_duration: Duration,
-}
-
-/// One rewrite rule, its regex compiled.
-#[derive(Debug, Clone)]
-pub struct RuleConfig {
-    /// The `rule` metric label: given, or `KIND#INDEX`.
-    pub name: String,
-    pub action: RuleAction,
-}
-
-#[derive(Debug, Clone)]
-pub enum RuleAction {
-    RepairOrphanLines,
-    Replace {
-        pattern: regex::bytes::Regex,
-        with: String,
-        scope: Scope,
-    },
-    Drop {
-        pattern: regex::bytes::Regex,
-        scope: Scope,
-    },
-}
-
-/// What ends a stream.
-#[derive(Debug, Clone)]
-pub struct TerminatorConfig {
-    pub matcher: TerminatorMatcher,
-    pub forward: bool,
-    pub on_upstream_eof: OnUpstreamEof,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TerminatorMatcher {
-    /// An event whose data equals this.
-    Data(String),
-    /// An event whose type equals this.
-    Event(String),
 }
 
 /// How a route matches the request path.

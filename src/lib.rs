@@ -6,6 +6,8 @@
 //! - [`cli`]: the `sse-gateway` command line: run, check; exit codes.
 //! - [`config`]: `gateway.yaml` -> a validated [`config::GatewayConfig`], every problem
 //!   reported with its file position.
+//! - [`engine`]: one event stream's life as pure code (sans-I/O): frames, outcome,
+//!   closing frames; driven alike by the live body, `rewrite`, fuzz, bench and tests.
 //! - [`gateway`]: the composition root; binds the listener and serves.
 //! - [`router`]: which route owns a request path and method.
 //! - [`proxy`]: the service: route, translate the request, forward, stream back.
@@ -22,6 +24,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;

@@ -13,7 +13,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::supervise::Outcome;
+use crate::engine::Outcome;
 
 const NAMESPACE: &str = "sse_gateway";
 

@@ -63,7 +63,7 @@ impl Proxy {
             let rule_names: Vec<&str> = route
                 .stream
                 .iter()
-                .flat_map(|stream| stream.rules.iter().map(|rule| rule.name.as_str()))
+                .flat_map(|stream| stream.pipeline.rules().iter().map(|rule| rule.name()))
                 .collect();
             let route_metrics = Arc::new(metrics.route(&route.name, &rule_names));
             let name: Arc<str> = Arc::from(route.name.as_str());

@@ -14,7 +14,6 @@
 mod prefilter;
 mod rule;
 mod scan;
-mod session;
 mod terminator;
 
 use std::borrow::Cow;
@@ -27,7 +26,6 @@ use crate::sse::{Event, RawEvent};
 use scan::LiteralScan;
 
 pub use rule::{Rule, Scope};
-pub use session::{Session, Step};
 pub use terminator::{Terminator, TerminatorMatch};
 
 use rule::Outcome;

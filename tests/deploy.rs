@@ -264,8 +264,8 @@ fn configmap_gateway_yaml_validates_and_reads_the_key_from_the_secret() {
         .stream
         .as_ref()
         .expect("the chat route has a stream section");
-    assert_eq!(stream.rules.len(), 4, "the DESIGN.md rules");
-    assert!(stream.terminator.is_some());
+    assert_eq!(stream.pipeline.rules().len(), 4, "the DESIGN.md rules");
+    assert!(stream.pipeline.terminator().is_some());
 
     // Without the variable the file is invalid: the key really comes from the env.
     let configmap = only("ConfigMap");

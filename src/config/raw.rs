@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+pub use crate::rewrite::Scope;
+
 use super::units::{ByteSize, HumanDuration};
 
 /// The sections of the top-level mapping; each is deserialized on its own so that one
@@ -169,15 +171,6 @@ pub struct Drop {
     pub pattern: String,
     pub scope: Option<Scope>,
     pub name: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// The event's raw text, LF line ends, without the final blank line.
-    Event,
-    /// The event's data payload (data lines joined by LF).
-    Data,
 }
 
 #[derive(Debug, Deserialize)]

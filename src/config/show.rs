@@ -4,10 +4,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{
-    GatewayConfig, HumanDuration, PathMatch, RuleAction, StreamConfig, TerminatorMatcher,
-    UpstreamTarget,
-};
+use crate::rewrite::{Rule, TerminatorMatch};
+
+use super::{GatewayConfig, HumanDuration, OnUpstreamEof, PathMatch, StreamConfig, UpstreamTarget};
 
 /// What a redacted value reads as.
 pub const REDACTED: &str = "<redacted>";
@@ -105,32 +104,19 @@ impl GatewayConfig {
 }
 
 fn stream_json(stream: &StreamConfig) -> Value {
-    let rules: Vec<Value> = stream
-        .rules
-        .iter()
-        .map(|rule| match &rule.action {
-            RuleAction::RepairOrphanLines => json!({ "name": rule.name, "repair": "orphan_lines" }),
-            RuleAction::Replace {
-                pattern,
-                with,
-                scope,
-            } => json!({
-                "name": rule.name,
-                "replace": { "pattern": pattern.as_str(), "with": with, "scope": scope },
-            }),
-            RuleAction::Drop { pattern, scope } => json!({
-                "name": rule.name,
-                "drop": { "pattern": pattern.as_str(), "scope": scope },
-            }),
-        })
-        .collect();
-    let terminator = stream.terminator.as_ref().map(|t| {
+    let pipeline = &stream.pipeline;
+    let rules: Vec<Value> = pipeline.rules().iter().map(rule_json).collect();
+    let terminator = pipeline.terminator().map(|t| {
         let mut value = match &t.matcher {
-            TerminatorMatcher::Data(data) => json!({ "data": data }),
-            TerminatorMatcher::Event(event) => json!({ "event": event }),
+            TerminatorMatch::Data(data) => json!({ "data": String::from_utf8_lossy(data) }),
+            TerminatorMatch::Event(event) => json!({ "event": String::from_utf8_lossy(event) }),
         };
         value["forward"] = t.forward.into();
-        value["on_upstream_eof"] = serde_json::to_value(t.on_upstream_eof).unwrap_or_default();
+        let on_eof = match t.synthesize_on_eof {
+            true => OnUpstreamEof::Synthesize,
+            false => OnUpstreamEof::None,
+        };
+        value["on_upstream_eof"] = serde_json::to_value(on_eof).unwrap_or_default();
         value
     });
     json!({
@@ -142,4 +128,21 @@ fn stream_json(stream: &StreamConfig) -> Value {
         "heartbeat": duration(stream.heartbeat),
         "max_duration": duration(stream.max_duration),
     })
+}
+
+/// A rule as the config wrote it.
+fn rule_json(rule: &Rule) -> Value {
+    let kind = rule.kind_label();
+    let mut value = json!({ "name": rule.name() });
+    value[kind] = match rule.pattern() {
+        None => json!("orphan_lines"),
+        Some(pattern) => {
+            let mut action = json!({ "pattern": pattern.as_str(), "scope": rule.scope() });
+            if let Some(with) = rule.replacement() {
+                action["with"] = String::from_utf8_lossy(with).into();
+            }
+            action
+        }
+    };
+    value
 }

@@ -16,8 +16,9 @@ use crate::sse::event::DATA;
 use crate::sse::writer::{push_data_lines, push_field};
 use crate::sse::{Event, Field, Line};
 
-/// What a `replace` or `drop` pattern is matched against.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a `replace` or `drop` pattern is matched against (`scope:` in the config).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// The event's text: its lines, each followed by LF (the last one too), without the final
     /// blank line. Use `(?m)` for `^` and `$` to match at every line.
@@ -121,6 +122,30 @@ impl Rule {
             Kind::RepairOrphanLines => "repair",
             Kind::Replace { .. } => "replace",
             Kind::Drop { .. } => "drop",
+        }
+    }
+
+    /// The pattern of a `replace` or `drop` rule.
+    pub fn pattern(&self) -> Option<&Regex> {
+        match &self.kind {
+            Kind::RepairOrphanLines => None,
+            Kind::Replace { matcher, .. } | Kind::Drop { matcher } => Some(&matcher.pattern),
+        }
+    }
+
+    /// What a `replace` rule's pattern is replaced with.
+    pub fn replacement(&self) -> Option<&[u8]> {
+        match &self.kind {
+            Kind::Replace { with, .. } => Some(with),
+            _ => None,
+        }
+    }
+
+    /// What a `replace` or `drop` rule's pattern is matched against.
+    pub fn scope(&self) -> Option<Scope> {
+        match &self.kind {
+            Kind::RepairOrphanLines => None,
+            Kind::Replace { matcher, .. } | Kind::Drop { matcher } => Some(matcher.scope),
         }
     }
 

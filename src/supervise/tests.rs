@@ -13,9 +13,10 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Outcome, StreamPlan, SupervisedBody};
+use super::{StreamPlan, SupervisedBody};
 use crate::access_log::RequestLog;
 use crate::config::GatewayConfig;
+use crate::engine::Outcome;
 use crate::metrics::{Metrics, RouteMetrics};
 
 /// An upstream body fed from a channel; dropping the sender ends it.

@@ -1,12 +1,17 @@
 //! Shared helpers for the integration tests: feeding the framer in chunks, running a stream
-//! through a pipeline as the proxy does, the DESIGN.md example rules, and an independent
+//! through the stream engine as the proxy does, the DESIGN.md example rules, and an independent
 //! reference parser.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod drive;
+
+use std::sync::Arc;
+
 use bytes::Bytes;
 use regex::bytes::Regex;
+use sse_gateway::engine::Outcome;
 use sse_gateway::rewrite::{Pipeline, Terminator, TerminatorMatch};
-use sse_gateway::sse::{FrameError, Framer, RawEvent};
+use sse_gateway::sse::{FrameError, Framer};
 
 /// Generous limit for tests that are not about size.
 pub const MAX: usize = 1 << 20;
@@ -78,7 +83,7 @@ pub fn bytewise(input: &[u8]) -> Vec<&[u8]> {
 pub struct Piped {
     /// Everything sent downstream, concatenated.
     pub output: Vec<u8>,
-    /// Events sent downstream, one entry per send.
+    /// The events sent downstream, one entry each, as a client reads them.
     pub sent: Vec<Bytes>,
     /// The stream ended on a terminator from the upstream.
     pub terminated: bool,
@@ -89,54 +94,28 @@ pub struct Piped {
     pub error: Option<FrameError>,
 }
 
-/// Runs `chunks` through framer and pipeline the way the proxy does: stop at the terminator,
-/// complete the tail at EOF, synthesize a terminator when the upstream sent none.
+/// Runs `chunks` through the stream engine the way the proxy does: stop at the
+/// terminator, complete the tail at EOF, synthesize a terminator when the upstream
+/// sent none.
 pub fn pipe_chunks<'a>(pipeline: &Pipeline, chunks: impl IntoIterator<Item = &'a [u8]>) -> Piped {
-    let mut framer = Framer::new(MAX);
-    let mut piped = Piped {
-        hits: vec![0; pipeline.rules().len()],
-        ..Piped::default()
-    };
-    for chunk in chunks {
-        framer.push(Bytes::copy_from_slice(chunk));
-        loop {
-            match framer.next_event() {
-                Ok(Some(event)) => {
-                    if send(pipeline, event, &mut piped) {
-                        return piped;
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    piped.error = Some(error);
-                    return piped;
-                }
-            }
-        }
+    let pipeline = Arc::new(pipeline.clone());
+    let reads = chunks.into_iter().map(Bytes::copy_from_slice);
+    let run = drive::drive(&pipeline, MAX, reads, drive::End::Clean, drive::End::Clean);
+    drive::check(&pipeline, drive::End::Clean, &run);
+    let sent = drive::events(&run.output)
+        .into_iter()
+        .map(Bytes::copy_from_slice)
+        .collect();
+    Piped {
+        sent,
+        terminated: run.outcome == Some(Outcome::Terminator),
+        synthesized: run.outcome == Some(Outcome::UpstreamEof)
+            && pipeline.synthesized_terminator().is_some(),
+        hits: run.hits.iter().map(|&h| h as usize).collect(),
+        error: (run.outcome == Some(Outcome::Oversize))
+            .then_some(FrameError::Oversize { limit: MAX }),
+        output: run.output,
     }
-    if let Some(tail) = framer.finish() {
-        if send(pipeline, tail, &mut piped) {
-            return piped;
-        }
-    }
-    if let Some(terminator) = pipeline.synthesized_terminator() {
-        piped.output.extend_from_slice(&terminator);
-        piped.sent.push(terminator);
-        piped.synthesized = true;
-    }
-    piped
-}
-
-/// Applies the pipeline to one event; true when the stream must end.
-fn send(pipeline: &Pipeline, event: RawEvent, piped: &mut Piped) -> bool {
-    let hits = &mut piped.hits;
-    let verdict = pipeline.apply(event, &mut |index| hits[index] += 1);
-    if let Some(output) = verdict.output {
-        piped.output.extend_from_slice(&output);
-        piped.sent.push(output);
-    }
-    piped.terminated = verdict.is_terminator;
-    verdict.is_terminator
 }
 
 pub fn regex(pattern: &str) -> Regex {
@@ -152,10 +131,18 @@ pub fn done_terminator() -> Terminator {
     }
 }
 
-/// The DESIGN.md example pipeline, compiled from the example config exactly as the
-/// gateway compiles a route's `stream` section.
+/// The DESIGN.md example pipeline, compiled from the example config
+/// (`tests/fixtures/configs/valid/design.yaml`) exactly as the gateway compiles a
+/// route's `stream` section: the one definition the tests, bench and fuzz target share.
 pub fn design_pipeline() -> Pipeline {
-    sse_gateway::supervise::design_example_pipeline()
+    let path = format!(
+        "{}/tests/fixtures/configs/valid/design.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let config = sse_gateway::config::GatewayConfig::load(std::path::Path::new(&path))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stream = config.routes[0].stream.as_ref().expect("a stream section");
+    Pipeline::clone(&stream.pipeline)
 }
 
 /// Reads `tests/fixtures/NAME`.

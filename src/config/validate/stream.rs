@@ -3,12 +3,13 @@
 //! clocks.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use super::{is_plain_name, join, Validator, MAX_NAME_LEN};
-use crate::config::{
-    defaults, raw, HumanDuration, OnUpstreamEof, RuleAction, RuleConfig, Scope, StreamConfig,
-    TerminatorConfig, TerminatorMatcher,
-};
+use crate::config::{defaults, raw, HumanDuration, OnUpstreamEof, StreamConfig};
+use crate::rewrite::{Pipeline, Rule, Scope, Terminator, TerminatorMatch};
 
 /// Compiled size cap for one rule's regex: generous for real patterns, and a bound on
 /// what a config can make the gateway allocate.
@@ -27,12 +28,12 @@ impl Validator<'_> {
             };
             match self.rule(&rule_path, index, rule) {
                 Some(rule) => {
-                    if let Some(first) = names.insert(rule.name.clone(), index) {
+                    if let Some(first) = names.insert(rule.name().to_owned(), index) {
                         self.error_at_value(
                             &rule_path,
                             format!(
                                 "duplicate rule name \"{}\" (also rules[{first}])",
-                                rule.name
+                                rule.name()
                             ),
                         );
                         ok = false;
@@ -47,8 +48,8 @@ impl Validator<'_> {
             Some(terminator) => {
                 let terminator_path = join(path, "terminator");
                 let matcher = match (terminator.data, terminator.event) {
-                    (Some(data), None) => Some(TerminatorMatcher::Data(data)),
-                    (None, Some(event)) => Some(TerminatorMatcher::Event(event)),
+                    (Some(data), None) => Some(TerminatorMatch::Data(Bytes::from(data))),
+                    (None, Some(event)) => Some(TerminatorMatch::Event(Bytes::from(event))),
                     _ => {
                         self.error_at_value(
                             &terminator_path,
@@ -58,12 +59,13 @@ impl Validator<'_> {
                     }
                 };
                 ok &= matcher.is_some();
-                matcher.map(|matcher| TerminatorConfig {
+                matcher.map(|matcher| Terminator {
                     matcher,
                     forward: terminator.forward.unwrap_or(true),
-                    on_upstream_eof: terminator
+                    synthesize_on_eof: terminator
                         .on_upstream_eof
-                        .unwrap_or(OnUpstreamEof::Synthesize),
+                        .unwrap_or(OnUpstreamEof::Synthesize)
+                        == OnUpstreamEof::Synthesize,
                 })
             }
         };
@@ -77,8 +79,7 @@ impl Validator<'_> {
         }
         let clock = |value: Option<HumanDuration>, default| value.map_or(default, |d| d.0);
         ok.then(|| StreamConfig {
-            rules,
-            terminator,
+            pipeline: Arc::new(Pipeline::new(rules, terminator)),
             max_event_size: usize::try_from(max_event_size).unwrap_or(usize::MAX),
             stuck_after: clock(raw.stuck_after, defaults::STUCK_AFTER),
             idle_timeout: clock(raw.idle_timeout, defaults::IDLE_TIMEOUT),
@@ -87,28 +88,11 @@ impl Validator<'_> {
         })
     }
 
-    fn rule(&mut self, path: &str, index: usize, raw: raw::Rule) -> Option<RuleConfig> {
-        let (kind, inner_name, action) = match (raw.repair, raw.replace, raw.drop) {
-            (Some(raw::Repair::OrphanLines), None, None) => {
-                ("repair", None, Some(RuleAction::RepairOrphanLines))
-            }
-            (None, Some(replace), None) => {
-                let pattern = self.regex(&format!("{path}.replace.pattern"), &replace.pattern);
-                let action = pattern.map(|pattern| RuleAction::Replace {
-                    pattern,
-                    with: replace.with,
-                    scope: replace.scope.unwrap_or(Scope::Event),
-                });
-                ("replace", replace.name, action)
-            }
-            (None, None, Some(drop)) => {
-                let pattern = self.regex(&format!("{path}.drop.pattern"), &drop.pattern);
-                let action = pattern.map(|pattern| RuleAction::Drop {
-                    pattern,
-                    scope: drop.scope.unwrap_or(Scope::Event),
-                });
-                ("drop", drop.name, action)
-            }
+    fn rule(&mut self, path: &str, index: usize, raw: raw::Rule) -> Option<Rule> {
+        let (kind, inner_name) = match (&raw.repair, &raw.replace, &raw.drop) {
+            (Some(raw::Repair::OrphanLines), None, None) => ("repair", None),
+            (None, Some(replace), None) => ("replace", replace.name.clone()),
+            (None, None, Some(drop)) => ("drop", drop.name.clone()),
             _ => {
                 self.error_at_value(
                     path,
@@ -133,7 +117,27 @@ impl Validator<'_> {
             );
             return None;
         }
-        action.map(|action| RuleConfig { name, action })
+        match (raw.replace, raw.drop) {
+            (Some(replace), _) => {
+                let pattern = self.regex(&format!("{path}.replace.pattern"), &replace.pattern)?;
+                let scope = replace.scope.unwrap_or(Scope::Event);
+                Some(Rule::replace(
+                    name,
+                    pattern,
+                    replace.with.into_bytes(),
+                    scope,
+                ))
+            }
+            (_, Some(drop)) => {
+                let pattern = self.regex(&format!("{path}.drop.pattern"), &drop.pattern)?;
+                Some(Rule::drop(
+                    name,
+                    pattern,
+                    drop.scope.unwrap_or(Scope::Event),
+                ))
+            }
+            (None, None) => Some(Rule::repair_orphan_lines(name)),
+        }
     }
 
     fn regex(&mut self, path: &str, pattern: &str) -> Option<regex::bytes::Regex> {

@@ -1,0 +1,351 @@
+//! The stream engine: one event stream's whole life as pure code.
+//!
+//! Upstream bytes go in ([`Engine::push`]), and so do the ways a stream can end: the
+//! upstream's clean end, its failure, and the supervisor's verdicts (idle timeout, max
+//! duration, shutdown) as plain calls ([`Engine::stop`]). Out come the frames to send
+//! ([`Engine::next_frame`]), exactly one [`Outcome`], and the [`Progress`] the caller
+//! turns into metrics, clocks and logs.
+//!
+//! Sans-I/O, like quinn-proto or rustls: no tokio, no clock, no socket, no metric
+//! registry. The live body (`supervise`), the offline `rewrite` command, the fuzz
+//! target, the bench and the tests all drive this one engine, so what is fuzzed and
+//! benched is what runs.
+//!
+//! **Frames.** The events that one upstream read completes leave as one frame: events
+//! no rule changed are slices of that read, and adjacent ones are joined by re-slicing
+//! it, with no copy ([`batch`]). A rewritten event or a gap starts the next frame.
+//!
+//! **Endings.** The terminator ends the stream after it is sent (outcome
+//! `terminator`); bytes after it are never sent. Every other end sends what the route
+//! asks for: an error event in the gateway's one error shape when the end is an error,
+//! then the synthesized terminator when the route synthesizes one. A partial event is
+//! never sent: what the framer holds when the stream is cut is dropped, except at a
+//! clean upstream end, where the unterminated tail is completed and sent.
+
+mod batch;
+mod outcome;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::HumanDuration;
+use crate::reply::error_json;
+use crate::rewrite::Pipeline;
+use crate::sse::{writer, FrameError, Framer, RawEvent};
+
+use batch::Batch;
+
+pub use outcome::Outcome;
+
+/// A verdict of the stream's supervisor: the caller owns the clocks and the drain
+/// signal, and tells the engine when one of them ends the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// No data from the upstream for `after`.
+    IdleTimeout { after: Duration },
+    /// The stream reached its `limit`.
+    MaxDuration { limit: Duration },
+    /// The gateway's drain time ran out.
+    Shutdown,
+}
+
+/// What happened since the caller last asked ([`Engine::take_progress`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Upstream events framed, dropped ones included.
+    pub events_in: u64,
+    /// Events forwarded downstream (the terminator and closing frames not counted).
+    pub events_out: u64,
+    /// Rule hits, all rules together; [`Engine::take_rule_hits`] says which.
+    pub rules_hit: u64,
+    /// An upstream event that carried data arrived (dropped or not): the data clock
+    /// restarts. Comments such as `: ping` do not count.
+    pub data_seen: bool,
+    /// The stream's first event with data was forwarded.
+    pub first_data_event: bool,
+}
+
+/// One event stream's framer, pipeline, frames and outcome.
+#[derive(Debug)]
+pub struct Engine {
+    framer: Framer,
+    pipeline: Arc<Pipeline>,
+    /// Named in the error events the engine writes.
+    route: Arc<str>,
+    /// The frame being collected from the events of the last upstream read.
+    batch: Batch,
+    /// Frames decided but not yet taken, behind the batch: events that could not join
+    /// it without a copy, and closing frames.
+    queue: VecDeque<Bytes>,
+    outcome: Option<Outcome>,
+    progress: Progress,
+    first_data_sent: bool,
+    /// Hits per rule since the last [`Engine::take_rule_hits`], indexed like the
+    /// pipeline's rules.
+    rule_hits: Box<[u32]>,
+}
+
+impl Engine {
+    /// A stream through `pipeline`; events larger than `max_event_size` end it.
+    pub fn new(pipeline: Arc<Pipeline>, max_event_size: usize, route: Arc<str>) -> Engine {
+        let rules = pipeline.rules().len();
+        Engine {
+            framer: Framer::new(max_event_size),
+            pipeline,
+            route,
+            batch: Batch::default(),
+            queue: VecDeque::new(),
+            outcome: None,
+            progress: Progress::default(),
+            first_data_sent: false,
+            rule_hits: vec![0; rules].into_boxed_slice(),
+        }
+    }
+
+    /// The next upstream read, split anywhere. Ignored once the stream has ended.
+    pub fn push(&mut self, chunk: Bytes) {
+        if self.outcome.is_none() {
+            self.batch.set_chunk(&chunk);
+            self.framer.push(chunk);
+        }
+    }
+
+    /// The next frame to send: queued frames first, then the events that the last
+    /// read completed, as one frame. `None`: nothing to send until the next input.
+    pub fn next_frame(&mut self) -> Option<Bytes> {
+        if let Some(frame) = self.queue.pop_front() {
+            return Some(frame);
+        }
+        if self.outcome.is_some() {
+            return None;
+        }
+        self.run(false).or_else(|| self.queue.pop_front())
+    }
+
+    /// The upstream ended its response cleanly: its unterminated tail is completed
+    /// and sent, then the stream ends (`upstream_eof`, with the synthesized
+    /// terminator), unless the tail was the terminator.
+    pub fn upstream_end(&mut self) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if let Some(frame) = self.run(true) {
+            // Ahead of anything the run queued behind it.
+            self.queue.push_front(frame);
+        }
+        if self.outcome.is_none() {
+            self.end(Outcome::UpstreamEof, None);
+        }
+    }
+
+    /// The upstream failed mid-stream (reset, bad chunked encoding): the partial
+    /// event is dropped and the stream ends with an error event.
+    pub fn upstream_failure(&mut self, error: &dyn fmt::Display) {
+        let message = format!("upstream failed mid-stream: {error}");
+        self.end(
+            Outcome::UpstreamError,
+            Some((StreamError::UpstreamError, message)),
+        );
+    }
+
+    /// The supervisor ends the stream, between events.
+    pub fn stop(&mut self, stop: Stop) {
+        let (outcome, error, message) = match stop {
+            Stop::IdleTimeout { after } => (
+                Outcome::IdleTimeout,
+                StreamError::IdleTimeout,
+                format!("no data from upstream for {}", HumanDuration(after)),
+            ),
+            Stop::MaxDuration { limit } => (
+                Outcome::MaxDuration,
+                StreamError::MaxDuration,
+                format!(
+                    "stream reached its max_duration of {}",
+                    HumanDuration(limit)
+                ),
+            ),
+            Stop::Shutdown => (
+                Outcome::Shutdown,
+                StreamError::Shutdown,
+                "the gateway is shutting down; retry on another instance".to_owned(),
+            ),
+        };
+        self.end(outcome, Some((error, message)));
+    }
+
+    /// The outcome, once decided; the upstream is no longer needed then.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+    }
+
+    /// The outcome is decided and every frame has been taken.
+    pub fn is_finished(&self) -> bool {
+        self.outcome.is_some() && self.queue.is_empty()
+    }
+
+    /// What happened since the last call.
+    pub fn take_progress(&mut self) -> Progress {
+        std::mem::take(&mut self.progress)
+    }
+
+    /// Calls `f(rule, hits)` for each rule that hit since the last call.
+    pub fn take_rule_hits(&mut self, mut f: impl FnMut(usize, u64)) {
+        for (rule, hits) in self.rule_hits.iter_mut().enumerate() {
+            if *hits > 0 {
+                f(rule, u64::from(std::mem::take(hits)));
+            }
+        }
+    }
+
+    /// The pipeline's rules' names, in `take_rule_hits` order.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.pipeline.rules().iter().map(|rule| rule.name())
+    }
+
+    /// Runs every complete event through the pipeline and collects what to send into
+    /// one frame, which it returns; frames that must follow it are queued. `at_eof`:
+    /// the upstream has ended, and its unterminated tail is taken too.
+    fn run(&mut self, at_eof: bool) -> Option<Bytes> {
+        loop {
+            let event = match self.next_event(at_eof) {
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    self.batch.release_chunk();
+                    break;
+                }
+                Err(FrameError::Oversize { limit }) => {
+                    self.end_oversize(limit);
+                    break;
+                }
+            };
+            if !self.apply(event) {
+                break;
+            }
+        }
+        let frame = self.batch.take();
+        if self.outcome.is_some() {
+            // Nothing more will be sliced from the last read: let it go.
+            self.batch.release_chunk();
+        }
+        frame
+    }
+
+    /// The next complete event; at the upstream's end, then its completed tail.
+    fn next_event(&mut self, at_eof: bool) -> Result<Option<RawEvent>, FrameError> {
+        match self.framer.next_event()? {
+            Some(event) => Ok(Some(event)),
+            None if at_eof => match self.framer.finish() {
+                Some(tail) => Ok(Some(tail)),
+                // `finish` may leave a last complete event for `next_event`.
+                None => self.framer.next_event(),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// One event through the pipeline; false when the frame is complete (the event
+    /// could not join it, or it ended the stream).
+    fn apply(&mut self, event: RawEvent) -> bool {
+        let had_data = event.has_data();
+        let progress = &mut self.progress;
+        let rule_hits = &mut self.rule_hits;
+        let verdict = self.pipeline.apply(event, &mut |rule| {
+            progress.rules_hit += 1;
+            rule_hits[rule] = rule_hits[rule].saturating_add(1);
+        });
+        progress.events_in += 1;
+        progress.data_seen |= had_data;
+        if verdict.is_terminator {
+            if let Some(output) = verdict.output {
+                self.push_output(output);
+            }
+            self.end(Outcome::Terminator, None);
+            return false;
+        }
+        let Some(output) = verdict.output else {
+            return true;
+        };
+        self.progress.events_out += 1;
+        if had_data && !self.first_data_sent {
+            self.first_data_sent = true;
+            self.progress.first_data_event = true;
+        }
+        self.push_output(output)
+    }
+
+    /// Adds `output` to the frame; false when it had to be queued behind it instead,
+    /// and the frame is complete.
+    fn push_output(&mut self, output: Bytes) -> bool {
+        match self.batch.push(output) {
+            Ok(()) => true,
+            Err(output) => {
+                self.queue.push_back(output);
+                false
+            }
+        }
+    }
+
+    fn end_oversize(&mut self, limit: usize) {
+        let message = format!("an upstream event exceeded max_event_size ({limit} bytes)");
+        self.end(Outcome::Oversize, Some((StreamError::Oversize, message)));
+    }
+
+    /// Decides the outcome (the first decision stands), drops what the framer holds,
+    /// and queues the closing frames: the error event, if any, then the synthesized
+    /// terminator, unless the terminator itself ended the stream.
+    fn end(&mut self, outcome: Outcome, error: Option<(StreamError, String)>) {
+        if self.outcome.is_some() {
+            return;
+        }
+        self.outcome = Some(outcome);
+        self.framer = Framer::new(0);
+        if let Some((error, message)) = error {
+            let json = error_json(error.as_str(), &message, Some(&self.route));
+            self.queue.push_back(writer::event(Some(b"error"), &json));
+        }
+        if outcome != Outcome::Terminator {
+            if let Some(terminator) = self.pipeline.synthesized_terminator() {
+                self.queue.push_back(terminator);
+            }
+        }
+    }
+}
+
+/// The `type` of an error event the engine writes into a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamError {
+    IdleTimeout,
+    MaxDuration,
+    UpstreamError,
+    Oversize,
+    Shutdown,
+}
+
+impl StreamError {
+    /// Every stream error type.
+    pub const ALL: [StreamError; 5] = [
+        StreamError::IdleTimeout,
+        StreamError::MaxDuration,
+        StreamError::UpstreamError,
+        StreamError::Oversize,
+        StreamError::Shutdown,
+    ];
+
+    /// The `type` field of the error event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamError::IdleTimeout => "upstream_idle_timeout",
+            StreamError::MaxDuration => "max_duration",
+            StreamError::UpstreamError => "upstream_error",
+            StreamError::Oversize => "oversize",
+            StreamError::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,182 @@
+//! Drives the stream engine as the live body does, and checks what every run must
+//! satisfy. Shared by the tests and the fuzz target (which includes this file), so
+//! both drive and judge the engine the same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sse_gateway::engine::{Engine, Outcome, Stop};
+use sse_gateway::rewrite::Pipeline;
+use sse_gateway::sse::Event;
+
+/// What ends a driven stream, after its reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The upstream ends its response cleanly.
+    Clean,
+    /// The upstream fails (a reset).
+    Failure,
+    /// The supervisor's verdicts.
+    IdleTimeout,
+    MaxDuration,
+    Shutdown,
+    /// Nothing: the reads just stop (a client that left, from the engine's view).
+    Open,
+}
+
+impl End {
+    pub const ALL: [End; 6] = [
+        End::Clean,
+        End::Failure,
+        End::IdleTimeout,
+        End::MaxDuration,
+        End::Shutdown,
+        End::Open,
+    ];
+
+    fn give(self, engine: &mut Engine) {
+        match self {
+            End::Clean => engine.upstream_end(),
+            End::Failure => engine.upstream_failure(&"connection reset by peer"),
+            End::IdleTimeout => engine.stop(Stop::IdleTimeout {
+                after: Duration::from_secs(300),
+            }),
+            End::MaxDuration => engine.stop(Stop::MaxDuration {
+                limit: Duration::from_secs(1800),
+            }),
+            End::Shutdown => engine.stop(Stop::Shutdown),
+            End::Open => {}
+        }
+    }
+}
+
+/// Everything observable about one run.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Run {
+    /// Every byte sent downstream.
+    pub output: Vec<u8>,
+    pub outcome: Option<Outcome>,
+    /// Hits per rule, indexed like the pipeline's rules.
+    pub hits: Vec<u64>,
+    pub events_in: u64,
+    pub events_out: u64,
+}
+
+/// Pushes each read, takes every frame after it (the live body sends all it has
+/// before it reads again), then gives `end`, then `late`: a second input, which must
+/// change nothing once the outcome is decided.
+pub fn drive(
+    pipeline: &Arc<Pipeline>,
+    max_event_size: usize,
+    reads: impl IntoIterator<Item = Bytes>,
+    end: End,
+    late: End,
+) -> Run {
+    let mut engine = Engine::new(pipeline.clone(), max_event_size, Arc::from("chat"));
+    let mut run = Run {
+        hits: vec![0; pipeline.rules().len()],
+        ..Run::default()
+    };
+    let take = |engine: &mut Engine, run: &mut Run| {
+        while let Some(frame) = engine.next_frame() {
+            assert!(!frame.is_empty(), "an empty frame");
+            run.output.extend_from_slice(&frame);
+        }
+        let progress = engine.take_progress();
+        run.events_in += progress.events_in;
+        run.events_out += progress.events_out;
+        engine.take_rule_hits(|rule, hits| run.hits[rule] += hits);
+    };
+    for read in reads {
+        engine.push(read);
+        take(&mut engine, &mut run);
+    }
+    end.give(&mut engine);
+    take(&mut engine, &mut run);
+    run.outcome = engine.outcome();
+    if run.outcome.is_some() {
+        assert!(engine.is_finished(), "frames left after the end");
+        late.give(&mut engine);
+        engine.push(Bytes::from_static(b"data: late\n\n"));
+        take(&mut engine, &mut run);
+        assert_eq!(engine.outcome(), run.outcome, "a second outcome");
+    }
+    run
+}
+
+/// The events of an output (each ends at its one blank line).
+pub fn events(output: &[u8]) -> Vec<&[u8]> {
+    let mut events = Vec::new();
+    let mut rest = output;
+    while let Some(at) = rest.windows(2).position(|w| w == b"\n\n") {
+        events.push(&rest[..at + 2]);
+        rest = &rest[at + 2..];
+    }
+    assert!(rest.is_empty(), "output ends inside an event: {rest:?}");
+    events
+}
+
+/// What every run must satisfy: exactly one outcome once it ended; nothing after the
+/// terminator; an error event exactly when the end is an error, followed by the
+/// synthesized terminator where the route synthesizes one.
+pub fn check(pipeline: &Pipeline, end: End, run: &Run) {
+    let outcome = match run.outcome {
+        Some(outcome) => outcome,
+        None => {
+            assert_eq!(end, End::Open, "no outcome after {end:?}");
+            return;
+        }
+    };
+    assert!(!run.output.contains(&b'\r'), "output is LF-only");
+    let events = events(&run.output);
+    for event in &events {
+        assert!(!event.starts_with(b"\n"), "an empty line before an event");
+    }
+    let terminator = pipeline.terminator();
+    let synthesized = pipeline.synthesized_terminator();
+    // The error event the gateway writes for this outcome, if any.
+    let error_type = match outcome {
+        Outcome::Terminator | Outcome::UpstreamEof | Outcome::ClientClosed => None,
+        Outcome::IdleTimeout => Some("upstream_idle_timeout"),
+        Outcome::MaxDuration => Some("max_duration"),
+        Outcome::UpstreamError => Some("upstream_error"),
+        Outcome::Oversize => Some("oversize"),
+        Outcome::Shutdown => Some("shutdown"),
+    };
+    if outcome == Outcome::Terminator {
+        let terminator = terminator.expect("a terminator ended it");
+        if terminator.forward {
+            let last = events.last().expect("the terminator was sent");
+            let text = &last[..last.len() - 1];
+            assert!(
+                terminator.matches(&Event::new(text)),
+                "the last event is not the terminator: {last:?}"
+            );
+        }
+    } else {
+        let mut tail = events.iter().rev();
+        if let Some(synthesized) = &synthesized {
+            assert_eq!(tail.next().copied(), Some(&synthesized[..]), "synthesized");
+        }
+        if let Some(error_type) = error_type {
+            let prefix = format!("event: error\ndata: {{\"error\":{{\"type\":\"{error_type}\"");
+            let error = tail.next().expect("an error event");
+            assert!(
+                error.starts_with(prefix.as_bytes()),
+                "not the error event: {error:?}"
+            );
+        }
+    }
+    let expected = match end {
+        End::Clean => Outcome::UpstreamEof,
+        End::Failure => Outcome::UpstreamError,
+        End::IdleTimeout => Outcome::IdleTimeout,
+        End::MaxDuration => Outcome::MaxDuration,
+        End::Shutdown => Outcome::Shutdown,
+        End::Open => outcome,
+    };
+    if !matches!(outcome, Outcome::Terminator | Outcome::Oversize) {
+        assert_eq!(outcome, expected, "the outcome of {end:?}");
+    }
+}
