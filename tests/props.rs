@@ -2,11 +2,18 @@
 //! BOM, optional unterminated tail) under arbitrary chunkings.
 //!
 //! - framer events and pipeline output do not depend on the chunking;
+//! - the stream engine, ended by any input (clean end, failure, idle, max duration,
+//!   shutdown, none), gives the same output, hits and outcome under any chunking, and
+//!   every run keeps the engine's promises (`framing::drive::check`);
 //! - the pipeline output (no rules) means to a client exactly what the input meant, judged by the
 //!   independent reference parser in `support`.
 
 mod framing;
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use framing::drive::{self, End};
 use framing::{cut, design_pipeline, frame_chunks, frame_whole, pipe_chunks, reference_parse, MAX};
 use proptest::prelude::*;
 use sse_gateway::rewrite::Pipeline;
@@ -156,5 +163,25 @@ proptest! {
             prop_assert!(!body[..body.len() - 1].windows(2).any(|w| w == b"\n\n"));
             prop_assert!(!sent.starts_with(b"\n"));
         }
+    }
+
+    #[test]
+    fn engine_keeps_its_promises_under_any_chunking_and_any_end(
+        input in stream(),
+        cuts in cuts(),
+        end in 0..End::ALL.len(),
+        late in 0..End::ALL.len(),
+        limit in prop_oneof![3 => Just(MAX), 1 => 1..64usize],
+    ) {
+        let pipeline = Arc::new(design_pipeline());
+        let (end, late) = (End::ALL[end], End::ALL[late]);
+        let whole = drive::drive(&pipeline, limit, [Bytes::copy_from_slice(&input)], end, late);
+        drive::check(&pipeline, end, &whole);
+        let reads = cut(&input, &offsets(input.len(), &cuts))
+            .into_iter()
+            .map(Bytes::copy_from_slice);
+        let pieces = drive::drive(&pipeline, limit, reads, end, late);
+        drive::check(&pipeline, end, &pieces);
+        prop_assert_eq!(whole, pieces);
     }
 }

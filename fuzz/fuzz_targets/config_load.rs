@@ -5,7 +5,7 @@
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run config_load fuzz/corpus/config_load tests/fixtures/configs -- -max_total_time=300`
 #![no_main]
 
-use gateway::config::GatewayConfig;
+use sse_gateway::config::GatewayConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,8 +1,15 @@
-//! Fuzz target: arbitrary bytes, cut into arbitrary chunks, through framer and the DESIGN.md
-//! example pipeline. Must never panic, and chunking must never change the result.
+//! Fuzz target: the stream engine, driven as the live body drives it, on arbitrary
+//! bytes cut into arbitrary reads and ended by an arbitrary input (clean end, failure,
+//! idle timeout, max duration, shutdown, or none), with the DESIGN.md example route.
 //!
-//! Input layout: byte 0 picks `max_event_size`, bytes 1..9 seed the chunk sizes, the rest is the
-//! upstream stream.
+//! Checks: never a panic; any chunking gives the same output, hits and outcome;
+//! exactly one outcome, which a second, late input does not change; nothing after the
+//! terminator; an error event exactly where the end is an error, followed by the
+//! synthesized terminator (`tests/framing/drive.rs`, shared with the tests).
+//!
+//! Input layout: byte 0 picks `max_event_size`, byte 1 the end (low nibble) and the
+//! late input (high nibble), bytes 2..10 seed the read sizes, the rest is the upstream
+//! stream.
 //!
 //! Run from the crate root (stable toolchain; cargo-fuzz needs nightly flags, hence the bootstrap):
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run stream -- -max_total_time=600`
@@ -10,81 +17,34 @@
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run stream fuzz/corpus/stream tests/fixtures`.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use gateway::rewrite::Pipeline;
-use gateway::sse::Framer;
 use libfuzzer_sys::fuzz_target;
+use sse_gateway::config::GatewayConfig;
+use sse_gateway::rewrite::Pipeline;
 
-/// Largest chunk the fuzzer cuts; small, so CR/LF pairs and BOMs get split often.
-const MAX_CHUNK: u64 = 17;
+#[path = "../../tests/framing/drive.rs"]
+mod drive;
 
-fn pipeline() -> &'static Pipeline {
-    static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
-    PIPELINE.get_or_init(gateway::supervise::design_example_pipeline)
-}
+use drive::End;
 
-/// Everything observable about one run: events framed, output sent, rule hits, how it ended.
-#[derive(Debug, PartialEq, Eq)]
-struct Run {
-    events: Vec<Bytes>,
-    sent: Vec<Bytes>,
-    hits: Vec<usize>,
-    terminated: bool,
-    oversize: bool,
-}
+/// Largest read the fuzzer cuts; small, so CR/LF pairs and BOMs get split often.
+const MAX_READ: u64 = 17;
 
-fn run(chunks: impl IntoIterator<Item = Bytes>, max_event_size: usize) -> Run {
-    let pipeline = pipeline();
-    let mut framer = Framer::new(max_event_size);
-    let mut run = Run {
-        events: Vec::new(),
-        sent: Vec::new(),
-        hits: vec![0; pipeline.rules().len()],
-        terminated: false,
-        oversize: false,
-    };
-    let apply = |run: &mut Run, event: gateway::sse::RawEvent| {
-        assert!(event.as_bytes().len() <= max_event_size + 2);
-        run.events.push(event.as_bytes().clone());
-        let hits = &mut run.hits;
-        let verdict = pipeline.apply(event, &mut |i| hits[i] += 1);
-        if let Some(out) = verdict.output {
-            assert!(
-                out.ends_with(b"\n\n") && !out.contains(&b'\r'),
-                "bad output {out:?}"
-            );
-            run.sent.push(out);
-        }
-        run.terminated = verdict.is_terminator;
-        verdict.is_terminator
-    };
-    for chunk in chunks {
-        framer.push(chunk);
-        loop {
-            match framer.next_event() {
-                Ok(Some(event)) => {
-                    if apply(&mut run, event) {
-                        return run;
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    run.oversize = true;
-                    return run;
-                }
-            }
-        }
-    }
-    if let Some(tail) = framer.finish() {
-        apply(&mut run, tail);
-    }
-    run
+/// The DESIGN.md example route's pipeline, compiled as the gateway compiles it.
+fn pipeline() -> &'static Arc<Pipeline> {
+    static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
+    PIPELINE.get_or_init(|| {
+        let text = include_str!("../../tests/fixtures/configs/valid/design.yaml");
+        let config = GatewayConfig::parse(text, "design.yaml", &|_| None).expect("valid");
+        let stream = config.routes[0].stream.as_ref().expect("a stream section");
+        stream.pipeline.clone()
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&size_byte, rest)) = data.split_first() else {
+    let [size_byte, ends, rest @ ..] = data else {
         return;
     };
     let (seed, stream) = rest.split_at(rest.len().min(8));
@@ -92,25 +52,29 @@ fuzz_target!(|data: &[u8]| {
         0..=127 => 1 << 20,
         small => usize::from(small - 127),
     };
+    let end = End::ALL[usize::from(ends & 0x0f) % End::ALL.len()];
+    let late = End::ALL[usize::from(ends >> 4) % End::ALL.len()];
     let stream = Bytes::copy_from_slice(stream);
+    let pipeline = pipeline();
 
-    let whole = run([stream.clone()], max_event_size);
+    let whole = drive::drive(pipeline, max_event_size, [stream.clone()], end, late);
+    drive::check(pipeline, end, &whole);
 
     let mut state = seed.iter().fold(0x9E37_79B9_7F4A_7C15u64, |s, &b| {
         (s ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
     });
-    let mut chunks = Vec::new();
+    let mut reads = Vec::new();
     let mut start = 0;
     while start < stream.len() {
         state = state
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        // Zero-length chunks too: an empty read must change nothing.
-        let size = ((state >> 33) % (MAX_CHUNK + 1)) as usize;
+        // Zero-length reads too: an empty read must change nothing.
+        let size = ((state >> 33) % (MAX_READ + 1)) as usize;
         let end = (start + size).min(stream.len());
-        chunks.push(stream.slice(start..end));
+        reads.push(stream.slice(start..end));
         start = end;
     }
-    let pieces = run(chunks, max_event_size);
+    let pieces = drive::drive(pipeline, max_event_size, reads, end, late);
     assert_eq!(whole, pieces, "chunking changed the result");
 });
