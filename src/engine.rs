@@ -259,6 +259,18 @@ impl Engine {
         });
         progress.events_in += 1;
         progress.data_seen |= had_data;
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            Err(too_large) => {
+                let rule = self.pipeline.rules()[too_large.rule].name();
+                let message = format!(
+                    "rule {rule} would write an event over max_event_size ({} bytes)",
+                    too_large.limit
+                );
+                self.end(Outcome::Oversize, Some((StreamError::Oversize, message)));
+                return false;
+            }
+        };
         if verdict.is_terminator {
             if let Some(output) = verdict.output {
                 self.push_output(output);

@@ -56,15 +56,18 @@ pub struct Verdict {
 /// let mut framer = Framer::new(1 << 20);
 /// framer.push(Bytes::from_static(b"data:\n{\"value\":\"Hel\"}\n\ndata:\n[DONE]\n\n"));
 /// let mut hits = 0;
-/// let first = pipeline.apply(framer.next_event().unwrap().unwrap(), &mut |_| hits += 1);
+/// let first = pipeline.apply(framer.next_event().unwrap().unwrap(), &mut |_| hits += 1).unwrap();
 /// assert_eq!(first.output.as_deref(), Some(&b"data:{\"value\":\"Hel\"}\n\n"[..]));
-/// let last = pipeline.apply(framer.next_event().unwrap().unwrap(), &mut |_| hits += 1);
+/// let last = pipeline.apply(framer.next_event().unwrap().unwrap(), &mut |_| hits += 1).unwrap();
 /// assert!(last.is_terminator);
 /// assert_eq!(hits, 2);
 /// ```
 #[derive(Clone, Debug)]
 pub struct Pipeline {
     rules: Vec<Rule>,
+    /// The largest event a rule may write (`max_event_size`): what the gateway sends
+    /// is bounded like what it reads.
+    max_event_size: usize,
     terminator: Option<Terminator>,
     /// One search for every rule's and the terminator's literals, when it can be built.
     scan: Option<LiteralScan>,
@@ -76,9 +79,18 @@ impl Pipeline {
         let scan = LiteralScan::new(&rules, terminator.as_ref());
         Pipeline {
             rules,
+            max_event_size: usize::MAX,
             terminator,
             scan,
         }
+    }
+
+    /// Bounds what a rule may write: an event it would make longer than `limit` bytes
+    /// (blank line included) is refused ([`OutputTooLarge`]) rather than built.
+    #[must_use]
+    pub fn with_max_event_size(mut self, limit: usize) -> Pipeline {
+        self.max_event_size = limit;
+        self
     }
 
     /// The rules, in the order they run; `on_hit` indexes refer to this slice.
@@ -98,7 +110,15 @@ impl Pipeline {
     /// LF-only event that no rule changed costs no allocation, with one exception: a `scope: data`
     /// rule that cannot rule out a match from the event's text joins a multi-line payload to run
     /// its regex.
-    pub fn apply(&self, event: RawEvent, on_hit: &mut impl FnMut(usize)) -> Verdict {
+    ///
+    /// # Errors
+    /// [`OutputTooLarge`] when a rule would make the event longer than the pipeline's
+    /// `max_event_size`; the stream must end then.
+    pub fn apply(
+        &self,
+        event: RawEvent,
+        on_hit: &mut impl FnMut(usize),
+    ) -> Result<Verdict, OutputTooLarge> {
         let lf_only = event.is_lf_only();
         let (rewritten, is_terminator) = {
             let raw = event.as_bytes();
@@ -110,12 +130,21 @@ impl Pipeline {
             // What the scan found holds for the text as it came; once a rule changes it,
             // every later rule runs its own check.
             let mut found = self.scan.as_ref().map(|scan| (scan, scan.find(&text)));
+            // The working text lacks the blank line's LF.
+            let limit = self.max_event_size.saturating_sub(1);
             for (index, rule) in self.rules.iter().enumerate() {
                 if found.is_some_and(|(scan, found)| !scan.rule_may_match(found, index)) {
                     continue;
                 }
-                match rule.apply(&text) {
+                match rule.apply(&text, limit) {
                     Outcome::Keep => {}
+                    Outcome::TooLarge => {
+                        on_hit(index);
+                        return Err(OutputTooLarge {
+                            rule: index,
+                            limit: self.max_event_size,
+                        });
+                    }
                     Outcome::Changed(new) => {
                         on_hit(index);
                         text = Cow::Owned(new);
@@ -123,12 +152,12 @@ impl Pipeline {
                     }
                     Outcome::Drop => {
                         on_hit(index);
-                        return Verdict::nothing(false);
+                        return Ok(Verdict::nothing(false));
                     }
                 }
             }
             if text.is_empty() {
-                return Verdict::nothing(false);
+                return Ok(Verdict::nothing(false));
             }
             let is_terminator = self.terminator.as_ref().is_some_and(|terminator| {
                 let may_be = match found {
@@ -147,12 +176,12 @@ impl Pipeline {
             (rewritten, is_terminator)
         };
         if is_terminator && !self.terminator.as_ref().is_some_and(|t| t.forward) {
-            return Verdict::nothing(true);
+            return Ok(Verdict::nothing(true));
         }
-        Verdict {
+        Ok(Verdict {
             output: Some(rewritten.unwrap_or_else(|| event.into_bytes())),
             is_terminator,
-        }
+        })
     }
 
     /// Bytes to send when the upstream ended without a terminator and synthesis is on; `None`
@@ -163,6 +192,15 @@ impl Pipeline {
             .filter(|t| t.synthesize_on_eof && t.forward)
             .map(Terminator::encode)
     }
+}
+
+/// A rule would have written an event longer than `max_event_size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("rule #{rule} would write an event over max_event_size ({limit} bytes)")]
+pub struct OutputTooLarge {
+    /// The rule's index in the pipeline.
+    pub rule: usize,
+    pub limit: usize,
 }
 
 impl Verdict {

@@ -16,7 +16,9 @@ fn raw(input: &'static [u8]) -> RawEvent {
 
 fn apply(pipeline: &Pipeline, input: &'static [u8]) -> (Verdict, Vec<usize>) {
     let mut hits = Vec::new();
-    let verdict = pipeline.apply(raw(input), &mut |i| hits.push(i));
+    let verdict = pipeline
+        .apply(raw(input), &mut |i| hits.push(i))
+        .expect("within max_event_size");
     (verdict, hits)
 }
 
@@ -85,7 +87,9 @@ fn untouched_lf_event_is_forwarded_zero_copy() {
     let mut framer = Framer::new(MAX);
     framer.push(chunk.clone());
     let event = framer.next_event().expect("not oversize").expect("event");
-    let verdict = design_pipeline().apply(event, &mut |_| panic!("no rule hit"));
+    let verdict = design_pipeline()
+        .apply(event, &mut |_| panic!("no rule hit"))
+        .expect("within max_event_size");
     let output = verdict.output.expect("forwarded");
     assert_eq!(output, chunk);
     assert_eq!(output.as_ptr(), chunk.as_ptr(), "same bytes, not a copy");

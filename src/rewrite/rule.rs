@@ -59,6 +59,8 @@ pub(crate) enum Outcome {
     Changed(Vec<u8>),
     /// Do not forward the event.
     Drop,
+    /// The new text would be longer than the limit the rule was given.
+    TooLarge,
 }
 
 impl Rule {
@@ -165,17 +167,20 @@ impl Rule {
         Some(prefilter.literals().collect())
     }
 
-    /// Applies the rule to `text`, an event in the working form.
-    pub(crate) fn apply(&self, text: &[u8]) -> Outcome {
-        match &self.kind {
+    /// Applies the rule to `text`, an event in the working form; new text longer than
+    /// `limit` bytes is [`Outcome::TooLarge`], and a replacement stops growing as soon as
+    /// it passes `limit`, so a rule can never make the gateway hold more than that.
+    pub(crate) fn apply(&self, text: &[u8], limit: usize) -> Outcome {
+        let outcome = match &self.kind {
             Kind::RepairOrphanLines => repair_orphan_lines(text),
             Kind::Replace { matcher, with } => {
                 let Some(subject) = matcher.subject(text) else {
                     return Outcome::Keep;
                 };
-                let Cow::Owned(replaced) = matcher.pattern.replace_all(&subject, with.as_slice())
-                else {
-                    return Outcome::Keep;
+                let replaced = match replace_all(&matcher.pattern, &subject, with, limit) {
+                    Replaced::None => return Outcome::Keep,
+                    Replaced::TooLarge => return Outcome::TooLarge,
+                    Replaced::Text(replaced) => replaced,
                 };
                 match matcher.scope {
                     Scope::Event => changed_if_differs(text, normalize(&replaced)),
@@ -187,8 +192,58 @@ impl Rule {
                 Some(subject) if matcher.pattern.is_match(&subject) => Outcome::Drop,
                 _ => Outcome::Keep,
             },
+        };
+        match outcome {
+            Outcome::Changed(new) if new.len() > limit => Outcome::TooLarge,
+            outcome => outcome,
         }
     }
+}
+
+/// What a bounded replace-all made of a subject.
+enum Replaced {
+    /// Nothing matched.
+    None,
+    Text(Vec<u8>),
+    /// The result passed the limit (and was abandoned there).
+    TooLarge,
+}
+
+/// `pattern.replace_all(subject, with)`, same matches and expansion (`$1`, `$name`), but
+/// abandoned once the result is longer than `limit`: one event must not turn into
+/// gigabytes (an empty pattern matches between every two bytes).
+fn replace_all(pattern: &Regex, subject: &[u8], with: &[u8], limit: usize) -> Replaced {
+    let mut out = Vec::new();
+    // Where the text after the last match starts; `None` until something matched.
+    let mut last = None;
+    if memchr(b'$', with).is_none() {
+        for found in pattern.find_iter(subject) {
+            out.extend_from_slice(&subject[last.unwrap_or(0)..found.start()]);
+            out.extend_from_slice(with);
+            last = Some(found.end());
+            if out.len() > limit {
+                return Replaced::TooLarge;
+            }
+        }
+    } else {
+        for caps in pattern.captures_iter(subject) {
+            let Some(found) = caps.get(0) else { continue };
+            out.extend_from_slice(&subject[last.unwrap_or(0)..found.start()]);
+            caps.expand(with, &mut out);
+            last = Some(found.end());
+            if out.len() > limit {
+                return Replaced::TooLarge;
+            }
+        }
+    }
+    let Some(last) = last else {
+        return Replaced::None;
+    };
+    out.extend_from_slice(&subject[last..]);
+    if out.len() > limit {
+        return Replaced::TooLarge;
+    }
+    Replaced::Text(out)
 }
 
 impl Matcher {
@@ -362,9 +417,42 @@ mod tests {
         Regex::new(pattern).expect("test pattern compiles")
     }
 
+    proptest::proptest! {
+        /// The bounded replace-all finds the same matches and expands the same way as
+        /// the regex crate's own, empty matches and `$` groups included.
+        #[test]
+        fn bounded_replace_all_is_the_regex_crates_replace_all(
+            subject in "[ab$\\n]{0,24}",
+            pattern in proptest::sample::select(vec!["", "a", "a*", "(a)(b)?", "(?m)^", "b|$"]),
+            with in proptest::sample::select(vec!["", "x", "[$1]", "$2$1", "$$", "${1}z"]),
+        ) {
+            let pattern = regex(pattern);
+            let expected = pattern.replace_all(subject.as_bytes(), with.as_bytes());
+            match replace_all(&pattern, subject.as_bytes(), with.as_bytes(), usize::MAX) {
+                Replaced::None => proptest::prop_assert!(matches!(expected, Cow::Borrowed(_))),
+                Replaced::Text(text) => proptest::prop_assert_eq!(text, expected.into_owned()),
+                Replaced::TooLarge => proptest::prop_assert!(false, "no limit was set"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_replacement_stops_growing_at_its_limit() {
+        let subject = vec![b'a'; 1 << 20];
+        let with = [b'x'; 90];
+        let outcome = replace_all(&regex(""), &subject, &with, 1 << 20);
+        assert!(matches!(outcome, Replaced::TooLarge));
+        let rule = Rule::replace("grow".into(), regex(""), with.to_vec(), Scope::Event);
+        assert_eq!(rule.apply(b"data: a\n", 64), Outcome::TooLarge);
+        assert!(matches!(
+            rule.apply(b"data: a\n", 4096),
+            Outcome::Changed(_)
+        ));
+    }
+
     /// Applies `rule` to `text` in the working form (the last line's LF added here).
     fn run(rule: &Rule, text: &str) -> Outcome {
-        rule.apply(format!("{text}\n").as_bytes())
+        rule.apply(format!("{text}\n").as_bytes(), usize::MAX)
     }
 
     fn repair(text: &str) -> Outcome {

@@ -78,9 +78,12 @@ impl Validator<'_> {
             ok = false;
         }
         let clock = |value: Option<HumanDuration>, default| value.map_or(default, |d| d.0);
+        let max_event_size = usize::try_from(max_event_size).unwrap_or(usize::MAX);
         ok.then(|| StreamConfig {
-            pipeline: Arc::new(Pipeline::new(rules, terminator)),
-            max_event_size: usize::try_from(max_event_size).unwrap_or(usize::MAX),
+            pipeline: Arc::new(
+                Pipeline::new(rules, terminator).with_max_event_size(max_event_size),
+            ),
+            max_event_size,
             stuck_after: clock(raw.stuck_after, defaults::STUCK_AFTER),
             idle_timeout: clock(raw.idle_timeout, defaults::IDLE_TIMEOUT),
             heartbeat: clock(raw.heartbeat, defaults::HEARTBEAT),
