@@ -23,7 +23,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::{StreamPlan, SupervisedBody};
-use crate::upstream::Upstream;
+use crate::upstream::{Fault, Upstream};
 
 use self::request::{strip_hop_by_hop, translate, Origin};
 
@@ -140,6 +140,9 @@ impl Proxy {
         let upstream_request = match translate(request, origin) {
             Ok(upstream_request) => upstream_request,
             Err(error) => {
+                if let Some(kind) = error.client_error_kind() {
+                    route.metrics.count_client_error(kind);
+                }
                 let reply = reply::error_response(
                     error.error_type(),
                     &error.to_string(),
@@ -156,11 +159,15 @@ impl Proxy {
         let response = match sent {
             Ok(response) => response,
             Err(error) => {
-                if error.is_client_fault() {
-                    tracing::info!(route = %route.name, %error, "request refused");
-                } else {
-                    tracing::warn!(route = %route.name, kind = error.kind(), %error, "upstream request failed");
-                    route.metrics.count_upstream_error(error.kind());
+                match error.fault() {
+                    Fault::Client(kind) => {
+                        tracing::info!(route = %route.name, kind = kind.as_str(), %error, "request refused");
+                        route.metrics.count_client_error(kind);
+                    }
+                    Fault::Upstream(kind) => {
+                        tracing::warn!(route = %route.name, kind = kind.as_str(), %error, "upstream request failed");
+                        route.metrics.count_upstream_error(kind);
+                    }
                 }
                 let reply = reply::error_response(
                     error.error_type(),

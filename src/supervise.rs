@@ -42,7 +42,7 @@ use crate::metrics::RouteMetrics;
 use crate::reply::error_json;
 use crate::rewrite::{Pipeline, Rule, Scope, Session, Step, Terminator, TerminatorMatch};
 use crate::sse::writer;
-use crate::upstream::UpstreamIncoming;
+use crate::upstream::{UpstreamErrorKind, UpstreamIncoming};
 
 pub use crate::shutdown::Shutdown;
 
@@ -452,9 +452,9 @@ where
                 }
                 Poll::Ready(Some(Err(error))) => {
                     let error = error.into();
-                    let kind = mid_stream_kind(&*error);
+                    let kind = UpstreamErrorKind::of_body_error(&*error);
                     this.plan.metrics.count_upstream_error(kind);
-                    tracing::warn!(route = %this.plan.route, kind, %error, "upstream failed mid-stream");
+                    tracing::warn!(route = %this.plan.route, kind = kind.as_str(), %error, "upstream failed mid-stream");
                     let message = format!("upstream failed mid-stream: {error}");
                     // The partial event is dropped with the session's buffer.
                     this.end(Outcome::UpstreamError, Some(("upstream_error", message)));
@@ -517,18 +517,6 @@ pub fn closing_frames(
 /// The message of the error event for an oversize event.
 pub fn oversize_message(limit: usize) -> String {
     format!("an upstream event exceeded max_event_size ({limit} bytes)")
-}
-
-/// A fixed label for a failure of the upstream body.
-fn mid_stream_kind(error: &(dyn StdError + 'static)) -> &'static str {
-    let reset = std::iter::successors(Some(error), |&e| e.source())
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
-    if reset {
-        "reset"
-    } else {
-        "body"
-    }
 }
 
 /// A stream's facts, recorded once when the body is dropped: the one place that

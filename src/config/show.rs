@@ -84,6 +84,7 @@ impl GatewayConfig {
                         "method": route.request.method.as_ref().map(|m| m.as_str()),
                         "body": route.request.body,
                         "max_body_size": route.request.max_body_size,
+                        "body_timeout": duration(route.request.body_timeout),
                         "headers": { "set": set, "remove": remove },
                     },
                 });

@@ -626,6 +626,7 @@ impl Validator<'_> {
             method,
             body: raw.body.unwrap_or_default(),
             max_body_size: raw.max_body_size.map_or(defaults::MAX_BODY_SIZE, |s| s.0),
+            body_timeout: raw.body_timeout.map_or(defaults::BODY_TIMEOUT, |d| d.0),
             set_headers,
             remove_headers,
         })

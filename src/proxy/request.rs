@@ -12,11 +12,11 @@ use http::header::{
     HOST,
 };
 use http::{Request, Version};
-use http_body_util::{Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::{BodyMode, RequestPlan};
-use crate::upstream::{Upstream, UpstreamBody};
+use crate::upstream::{ClientBody, ClientErrorKind, Upstream, UpstreamBody};
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1, plus
 /// the non-standard ones proxies meet in practice).
@@ -81,6 +81,14 @@ impl TranslateError {
             TranslateError::BodyTooLarge { .. } => crate::reply::ErrorType::PayloadTooLarge,
         }
     }
+
+    /// The `client_errors_total` kind, for the errors that are about the body.
+    pub fn client_error_kind(&self) -> Option<ClientErrorKind> {
+        match self {
+            TranslateError::Uri(_) => None,
+            TranslateError::BodyTooLarge { .. } => Some(ClientErrorKind::BodyTooLarge),
+        }
+    }
 }
 
 /// Builds the upstream request from the client's.
@@ -121,7 +129,10 @@ pub fn translate(
     let (query, body) = match plan.body {
         BodyMode::Passthrough => {
             let limit = usize::try_from(plan.max_body_size).unwrap_or(usize::MAX);
-            (query, Either::Left(Limited::new(body, limit)))
+            (
+                query,
+                Either::Left(ClientBody::new(body, limit, plan.body_timeout)),
+            )
         }
         BodyMode::QueryAsJson => {
             // The query became the body; the client's own body, if any, is replaced.
