@@ -1,4 +1,230 @@
 //! See `tests/adversarial.rs`.
 
-#[allow(unused_imports)]
-use crate::support;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// The routes of these tests: `pooled` (no `stream` section, so the pooled client)
+/// and `dedicated` (a `stream` section to a plain-HTTP upstream, so a connection of
+/// its own), both on `upstream_url`; `request` is YAML for both routes' `request`.
+fn two_routes(upstream_url: &str, header_timeout: &str, request: &str) -> String {
+    format!(
+        "upstreams:
+  assistant:
+    url: {upstream_url}
+    header_timeout: {header_timeout}
+routes:
+  - name: pooled
+    match: {{ path_prefix: /pooled }}
+    upstream: assistant
+    request: {{ {request} }}
+  - name: dedicated
+    match: {{ path_prefix: /dedicated }}
+    upstream: assistant
+    request: {{ {request} }}
+    stream:
+      terminator: {{ data: \"[DONE]\" }}
+      heartbeat: 0
+"
+    )
+}
+
+const ROUTES: [&str; 2] = ["pooled", "dedicated"];
+
+/// An upstream that takes connections and reads whatever comes, and never answers:
+/// whatever fails, it is not this upstream.
+async fn silent_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut sink = [0u8; 4096];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    url
+}
+
+/// Sends `head` and `body` on a new connection, closes the sending side when
+/// `close_write`, and reads the reply until the gateway closes the connection.
+async fn raw_request(gateway: &TestGateway, bytes: &[u8], close_write: bool) -> String {
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client.write_all(bytes).await.unwrap();
+    if close_write {
+        client.shutdown().await.unwrap();
+    }
+    let mut reply = Vec::new();
+    tokio::time::timeout(LIVENESS, client.read_to_end(&mut reply))
+        .await
+        .expect("the gateway answers and closes in time")
+        .ok();
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Every `upstream_errors_total` series of `route`, summed.
+fn upstream_errors(metrics: &Metrics, route: &str) -> f64 {
+    [
+        "connect",
+        "connect_timeout",
+        "header_timeout",
+        "failed",
+        "reset",
+        "body",
+    ]
+    .iter()
+    .map(|kind| {
+        metrics.get(
+            "sse_gateway_upstream_errors_total",
+            &[("route", route), ("kind", kind)],
+        )
+    })
+    .sum()
+}
+
+fn client_errors(metrics: &Metrics, route: &str, kind: &str) -> f64 {
+    metrics.get(
+        "sse_gateway_client_errors_total",
+        &[("route", route), ("kind", kind)],
+    )
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_the_clients_400_not_an_upstream_error() {
+    let gateway = start_gateway(&two_routes(&silent_upstream().await, "2s", "")).await;
+    for route in ROUTES {
+        let request = format!(
+            "POST /{route} HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\
+connection: close\r\n\r\n5\r\nhello\r\nzz\r\nnot a chunk\r\n"
+        );
+        let reply = raw_request(&gateway, request.as_bytes(), false).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{route}: {reply}");
+        assert!(
+            reply.contains("\"type\":\"bad_request\""),
+            "{route}: {reply}"
+        );
+        assert!(
+            reply.contains("request body is malformed"),
+            "{route}: {reply}"
+        );
+    }
+    let metrics = gateway.metrics().await;
+    for route in ROUTES {
+        assert_eq!(client_errors(&metrics, route, "bad_body"), 1.0, "{route}");
+        assert_eq!(upstream_errors(&metrics, route), 0.0, "{route}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_is_the_clients_400() {
+    let gateway = start_gateway(&two_routes(&silent_upstream().await, "2s", "")).await;
+    for route in ROUTES {
+        let request = format!(
+            "POST /{route} HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\n\r\nonly twenty bytes..."
+        );
+        let reply = raw_request(&gateway, request.as_bytes(), true).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{route}: {reply}");
+        assert!(
+            reply.contains("\"type\":\"bad_request\""),
+            "{route}: {reply}"
+        );
+    }
+    let metrics = gateway.metrics().await;
+    for route in ROUTES {
+        assert_eq!(client_errors(&metrics, route, "bad_body"), 1.0, "{route}");
+        assert_eq!(upstream_errors(&metrics, route), 0.0, "{route}");
+    }
+}
+
+/// Sends the head and one byte of a 100-byte body, then nothing more until the
+/// gateway answers (a drip of one byte every few seconds, cut to its first pause).
+async fn stalled_body_reply(gateway: &TestGateway, route: &str) -> String {
+    let request = format!(
+        "POST /{route} HTTP/1.1\r\nhost: gw\r\ncontent-length: 100\r\nconnection: close\r\n\r\nx"
+    );
+    raw_request(gateway, request.as_bytes(), false).await
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_for_body_timeout_is_the_clients_408() {
+    let yaml = two_routes(&silent_upstream().await, "30s", "body_timeout: 300ms");
+    let gateway = start_gateway(&yaml).await;
+    for route in ROUTES {
+        let reply = stalled_body_reply(&gateway, route).await;
+        assert!(reply.starts_with("HTTP/1.1 408"), "{route}: {reply}");
+        assert!(
+            reply.contains("\"type\":\"request_timeout\""),
+            "{route}: {reply}"
+        );
+        assert!(reply.contains("300ms"), "{route}: {reply}");
+    }
+    let metrics = gateway.metrics().await;
+    for route in ROUTES {
+        assert_eq!(
+            client_errors(&metrics, route, "body_timeout"),
+            1.0,
+            "{route}"
+        );
+        assert_eq!(upstream_errors(&metrics, route), 0.0, "{route}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_still_arriving_at_header_timeout_is_the_clients_408() {
+    // body_timeout off: only the upstream's header_timeout ends the exchange, and the
+    // gateway is still waiting for the client's body then.
+    let yaml = two_routes(&silent_upstream().await, "300ms", "body_timeout: 0");
+    let gateway = start_gateway(&yaml).await;
+    for route in ROUTES {
+        let reply = stalled_body_reply(&gateway, route).await;
+        assert!(reply.starts_with("HTTP/1.1 408"), "{route}: {reply}");
+        assert!(reply.contains("header_timeout"), "{route}: {reply}");
+    }
+    let metrics = gateway.metrics().await;
+    for route in ROUTES {
+        assert_eq!(
+            client_errors(&metrics, route, "body_timeout"),
+            1.0,
+            "{route}"
+        );
+        assert_eq!(upstream_errors(&metrics, route), 0.0, "{route}");
+    }
+}
+
+#[tokio::test]
+async fn a_silent_upstream_with_the_whole_body_is_still_the_upstreams_504() {
+    let gateway = start_gateway(&two_routes(&silent_upstream().await, "300ms", "")).await;
+    for route in ROUTES {
+        let request = format!(
+            "POST /{route} HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
+        );
+        let reply = raw_request(&gateway, request.as_bytes(), false).await;
+        assert!(reply.starts_with("HTTP/1.1 504"), "{route}: {reply}");
+    }
+    let metrics = gateway.metrics().await;
+    for route in ROUTES {
+        let header_timeouts = metrics.get(
+            "sse_gateway_upstream_errors_total",
+            &[("route", route), ("kind", "header_timeout")],
+        );
+        assert_eq!(header_timeouts, 1.0, "{route}");
+        assert_eq!(
+            client_errors(&metrics, route, "body_timeout"),
+            0.0,
+            "{route}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_client_error_series_exists_from_the_start() {
+    let gateway = start_gateway(&two_routes(&silent_upstream().await, "2s", "")).await;
+    let metrics = gateway.metrics().await;
+    for kind in ["body_too_large", "bad_body", "body_timeout"] {
+        let series =
+            format!("sse_gateway_client_errors_total{{kind=\"{kind}\",route=\"pooled\"}} 0");
+        assert!(metrics.text.contains(&series), "{series}\n{}", metrics.text);
+    }
+}
