@@ -112,6 +112,18 @@ pub fn translate(
         });
     }
 
+    // The authority the client asked for, before Host is replaced by the upstream's
+    // (and before a `Connection: host` could remove it).
+    let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    // The client's hop-by-hop headers go before the gateway adds its own: a client
+    // naming `Content-Type` in `Connection` must not remove the one set below.
+    strip_hop_by_hop(&mut parts.headers);
+
     let path = parts.uri.path();
     let path = match &plan.path_prefix {
         None => path.to_owned(),
@@ -148,16 +160,7 @@ pub fn translate(
     };
     let uri = origin.upstream.uri(&path, query)?;
 
-    // The authority the client asked for, before Host is replaced by the upstream's.
-    let client_host = parts.headers.get(HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
     headers.remove(HOST);
     for name in &plan.remove_headers {
         headers.remove(name);

@@ -228,3 +228,33 @@ async fn every_client_error_series_exists_from_the_start() {
         assert!(metrics.text.contains(&series), "{series}\n{}", metrics.text);
     }
 }
+
+#[tokio::test]
+async fn a_client_cannot_strip_the_headers_the_gateway_sets() {
+    let upstream = ScriptedUpstream::bind().await;
+    let route = "    request:
+      method: POST
+      body: query_as_json
+";
+    let gateway = start_gateway(&one_route_config(&upstream.url(), route)).await;
+    let request = b"GET /api/stream?q=hi HTTP/1.1\r\nhost: gw\r\n\
+connection: close, content-type, content-length, accept-encoding, x-forwarded-proto\r\n\r\n";
+    let (reply, received) = tokio::join!(raw_request(&gateway, request, false), async {
+        let mut exchange = upstream.accept().await;
+        let received = exchange.request.clone();
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await;
+        received
+    });
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(received.header("content-type"), Some("application/json"));
+    assert_eq!(received.body, br#"{"q":"hi"}"#);
+    assert_eq!(
+        received.header("content-length"),
+        Some(received.body.len().to_string().as_str())
+    );
+    assert_eq!(received.header("accept-encoding"), Some("identity"));
+    assert_eq!(received.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(received.header("connection"), None, "{received:?}");
+}
