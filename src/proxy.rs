@@ -25,7 +25,7 @@ use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::{StreamPlan, SupervisedBody};
 use crate::upstream::{Fault, Upstream};
 
-use self::request::{strip_hop_by_hop, translate, Origin};
+use self::request::{host_problem, strip_hop_by_hop, translate, Origin};
 
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
@@ -111,6 +111,10 @@ impl Proxy {
         let start = Instant::now();
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
 
+        if let Some(problem) = host_problem(&request) {
+            let reply = reply::error_response(ErrorType::BadRequest, problem, None);
+            return (made(reply, log), None);
+        }
         let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
             RouteMatch::NotFound => {
@@ -119,7 +123,8 @@ impl Proxy {
                 return (made(reply, log), None);
             }
             RouteMatch::UnsafePath => {
-                let message = "the path contains dot segments or encoded separators";
+                let message =
+                    "the path contains dot segments, encoded separators or ambiguous encodings";
                 let reply = reply::error_response(ErrorType::BadRequest, message, None);
                 return (made(reply, log), None);
             }

@@ -402,6 +402,10 @@ impl Validator<'_> {
             }
             Some(file) => Some(std::path::PathBuf::from(file)),
         };
+        if let Some(problem) = base_path_problem(uri.path()) {
+            self.error_at_value(path, bad(problem));
+            return None;
+        }
         let base_path = uri.path().trim_end_matches('/').to_owned();
         Some(UpstreamTarget::Url {
             uri,
@@ -651,6 +655,13 @@ impl Validator<'_> {
 }
 
 /// Short, and only ASCII letters, digits and `extra`: safe as a metric label value.
+/// An upstream's base path is prepended to request paths the router has checked; a
+/// base path with dot segments would undo that check at the upstream.
+fn base_path_problem(path: &str) -> Option<&'static str> {
+    (!crate::router::is_safe_path(path))
+        .then_some("the path must not have `.` or `..` segments, encoded separators or backslashes")
+}
+
 fn is_plain_name(name: &str, extra: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN

@@ -55,6 +55,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Why an HTTP/1.1 request's `Host` makes it unanswerable (RFC 9112 section 3.2: a
+/// server must answer 400 to a request without exactly one); `None` when it is fine.
+/// Two `Host` headers are how a request means one thing to the gateway and another
+/// to a server behind it; HTTP/1.0 and h2 (`:authority`) requests need none.
+pub fn host_problem<B>(request: &Request<B>) -> Option<&'static str> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => Some("an HTTP/1.1 request needs a Host header"),
+        (Some(_), Some(_)) => Some("the request has more than one Host header"),
+        (Some(_), None) => None,
+    }
+}
+
 /// The request's facts that translation needs beyond the request itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {

@@ -258,3 +258,89 @@ connection: close, content-type, content-length, accept-encoding, x-forwarded-pr
     assert_eq!(received.header("x-forwarded-proto"), Some("http"));
     assert_eq!(received.header("connection"), None, "{received:?}");
 }
+
+#[tokio::test]
+async fn a_missing_or_repeated_host_is_400_on_http_1_1() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    for (request, why) in [
+        (
+            "GET /api/stream HTTP/1.1\r\nconnection: close\r\n\r\n",
+            "needs a Host",
+        ),
+        (
+            "GET /api/stream HTTP/1.1\r\nhost: gw\r\nhost: internal.admin\r\nconnection: close\r\n\r\n",
+            "more than one Host",
+        ),
+    ] {
+        let reply = raw_request(&gateway, request.as_bytes(), false).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        assert!(reply.contains("\"type\":\"bad_request\""), "{reply}");
+        assert!(reply.contains(why), "{reply}");
+    }
+    assert!(
+        !upstream
+            .connection_within(std::time::Duration::from_millis(200))
+            .await,
+        "neither request reached the upstream"
+    );
+    // HTTP/1.0 had no Host: such a request is still served.
+    let (reply, _) = tokio::join!(
+        raw_request(&gateway, b"GET /api/stream HTTP/1.0\r\n\r\n", false),
+        async {
+            let mut exchange = upstream.accept().await;
+            exchange
+                .write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await;
+        }
+    );
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+}
+
+#[tokio::test]
+async fn path_confusion_encodings_never_reach_the_upstream() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    for path in [
+        "/api/stream/..;/admin",
+        "/api/stream/..;jsessionid=1/admin",
+        "/api/stream/%c0%ae%c0%ae/admin",
+        "/api/stream/%C0%AE./admin",
+        "/api/stream/%u002e%u002e/admin",
+        "/api/stream/%2e%2e%3b/admin",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n");
+        let reply = raw_request(&gateway, request.as_bytes(), false).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{path}: {reply}");
+        assert!(
+            reply.contains("\"type\":\"bad_request\""),
+            "{path}: {reply}"
+        );
+    }
+    assert!(
+        !upstream
+            .connection_within(std::time::Duration::from_millis(200))
+            .await,
+        "no such path reached the upstream"
+    );
+}
+
+#[test]
+fn dot_segments_in_an_upstream_base_path_are_a_located_error() {
+    let yaml = "upstreams:
+  assistant:
+    url: http://127.0.0.1:8000/base/../../admin
+routes:
+  - name: chat
+    match: { path_prefix: /api }
+    upstream: assistant
+";
+    let errors = sse_gateway::config::GatewayConfig::parse(yaml, "test.yaml", &|_| None)
+        .expect_err("a base path with dot segments is refused");
+    let text = errors.to_string();
+    assert!(
+        text.contains("test.yaml:3:10: upstreams.assistant.url:"),
+        "{text}"
+    );
+    assert!(text.contains("`..` segments"), "{text}");
+}
