@@ -344,3 +344,46 @@ routes:
     );
     assert!(text.contains("`..` segments"), "{text}");
 }
+
+#[tokio::test]
+async fn config_shows_no_value_that_came_from_the_environment() {
+    let yaml = "upstreams:
+  assistant:
+    url: http://127.0.0.1:9
+routes:
+  - name: chat
+    match: { path_prefix: /api/stream }
+    upstream: assistant
+    stream:
+      rules:
+        - replace: { pattern: '${RULE_PATTERN}', with: 'tenant-${RULE_WITH}' }
+        - drop: { pattern: '^:', name: '${RULE_NAME}' }
+      terminator: { data: '${TERMINATOR}' }
+      stuck_after: ${STUCK_AFTER}
+";
+    let secrets = [
+        ("RULE_PATTERN", "sk-pattern-0451"),
+        ("RULE_WITH", "sk-with-0452"),
+        ("RULE_NAME", "sk-name-0453"),
+        ("TERMINATOR", "sk-terminator-0454"),
+        ("STUCK_AFTER", "17s"),
+    ];
+    let gateway = start_gateway_with_env(yaml, &secrets).await;
+    let response = get(gateway.admin_addr, "/config").await;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let text = body_text(response).await;
+    for (name, value) in secrets {
+        assert!(!text.contains(value), "{name}'s value is shown: {text}");
+    }
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let stream = &config["routes"][0]["stream"];
+    assert_eq!(stream["rules"][0]["replace"]["pattern"], "<redacted>");
+    assert_eq!(stream["rules"][0]["replace"]["with"], "<redacted>");
+    assert_eq!(stream["rules"][1]["name"], "<redacted>");
+    assert_eq!(
+        stream["rules"][1]["drop"]["pattern"], "^:",
+        "literal values stay"
+    );
+    assert_eq!(stream["terminator"]["data"], "<redacted>");
+    assert_eq!(stream["stuck_after"], "<redacted>");
+}
