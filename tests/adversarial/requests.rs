@@ -387,3 +387,35 @@ routes:
     assert_eq!(stream["terminator"]["data"], "<redacted>");
     assert_eq!(stream["stuck_after"], "<redacted>");
 }
+
+#[tokio::test]
+async fn an_upstream_101_is_an_upstream_error_not_a_reply() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&two_routes(&upstream.url(), "2s", "")).await;
+    for route in ROUTES {
+        let request = format!("GET /{route} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n");
+        let (reply, ()) = tokio::join!(raw_request(&gateway, request.as_bytes(), false), async {
+            let mut exchange = upstream.accept().await;
+            exchange
+                .write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+                .await;
+            // The upstream now speaks another protocol, and keeps the connection.
+            exchange.write(b"\x81\x05hello").await;
+            let _ = exchange.closed_within(LIVENESS).await;
+        });
+        assert!(reply.starts_with("HTTP/1.1 502"), "{route}: {reply}");
+        assert!(
+            reply.contains("\"type\":\"upstream_error\""),
+            "{route}: {reply}"
+        );
+        assert!(reply.contains("101"), "{route}: {reply}");
+    }
+    let metrics = gateway.metrics().await;
+    for route in ROUTES {
+        let failed = metrics.get(
+            "sse_gateway_upstream_errors_total",
+            &[("route", route), ("kind", "failed")],
+        );
+        assert_eq!(failed, 1.0, "{route}");
+    }
+}
