@@ -9,6 +9,7 @@ mod client_body;
 mod dedicated;
 pub mod demo;
 mod error;
+mod reuse;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,15 +19,17 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
 
 use crate::config::{UpstreamConfig, UpstreamTarget};
 use error::{causes, BoxError};
+use reuse::{Answered, Tracking};
 
 pub use client_body::{BodyProgress, ClientBody, ClientBodyError};
 pub use dedicated::UpstreamIncoming;
@@ -57,7 +60,7 @@ pub struct Upstream {
     base_path: String,
     connect_timeout: Duration,
     header_timeout: Duration,
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    client: Client<Tracking<HttpsConnector<HttpConnector>>, UpstreamBody>,
 }
 
 impl Upstream {
@@ -99,7 +102,7 @@ impl Upstream {
             .pool_max_idle_per_host(POOL_MAX_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(https);
+            .build(Tracking(https));
         let plain_http = origin
             .strip_prefix("http://")
             .and_then(|authority| authority.parse::<http::uri::Authority>().ok())
@@ -141,22 +144,39 @@ impl Upstream {
     }
 
     /// Sends a request on a pooled connection and waits for the response headers,
-    /// within `header_timeout`.
+    /// within `header_timeout`. A request that fails because a reused connection was
+    /// closed under it is sent once more, when it may be (`reuse.rs`), within the same
+    /// `header_timeout`.
     pub async fn send(
         &self,
-        request: Request<UpstreamBody>,
+        mut request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
         let progress = body_progress(&request);
-        let response =
-            match tokio::time::timeout(self.header_timeout, self.client.request(request)).await {
+        let deadline = Instant::now() + self.header_timeout;
+        let mut again = reuse::replay(&request);
+        loop {
+            let captured = again.is_some().then(|| capture_connection(&mut request));
+            let error = match timeout_at(deadline, self.client.request(request)).await {
                 Err(_) => return Err(self.header_timeout_error(progress)),
-                Ok(Err(error)) => {
-                    let connect = error.is_connect();
-                    return Err(self.classify(error.into(), connect));
+                Ok(Ok(response)) => {
+                    Answered::mark(response.extensions());
+                    return self.final_response(response.map(UpstreamIncoming::pooled));
                 }
-                Ok(Ok(response)) => response,
+                Ok(Err(error)) => error,
             };
-        self.final_response(response.map(UpstreamIncoming::pooled))
+            let connect = error.is_connect();
+            let error: BoxError = error.into();
+            let retry = !connect
+                && captured.as_ref().is_some_and(Answered::before)
+                && reuse::is_closed_connection(&error);
+            match again.take() {
+                Some(copy) if retry => {
+                    tracing::debug!(upstream = %self.name, %error, "a reused connection closed under the request; sending it again");
+                    request = copy;
+                }
+                _ => return Err(self.classify(error, connect)),
+            }
+        }
     }
 
     /// Sends a request whose response is expected to be a long stream: on a connection

@@ -419,3 +419,72 @@ async fn an_upstream_101_is_an_upstream_error_not_a_reply() {
         assert_eq!(failed, 1.0, "{route}");
     }
 }
+
+/// An upstream that answers one request per connection with a `Content-Length` body
+/// and then closes the socket, without the `Connection: close` that would tell the
+/// gateway not to reuse it. It closes the moment the next request arrives: the race
+/// of a real server's keep-alive timeout, lost by the gateway every time.
+async fn one_shot_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_until(&mut stream, b"\r\n\r\n").await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let mut next = [0u8; 1];
+                let _ = tokio::time::timeout(LIVENESS, stream.read(&mut next)).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn reused_connections_an_upstream_closed_are_retried_for_idempotent_requests() {
+    let gateway = start_gateway(&two_routes(&one_shot_upstream().await, "2s", "")).await;
+    // Pipelined: the gateway takes the next request the moment the last answer is out,
+    // when the upstream's close may not have been seen yet.
+    for round in 0..3 {
+        let request = "GET /pooled HTTP/1.1\r\nhost: gw\r\n\r\n".repeat(2)
+            + "GET /pooled HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n";
+        let reply = raw_request(&gateway, request.as_bytes(), false).await;
+        assert_eq!(
+            reply.matches("HTTP/1.1 200 OK").count(),
+            3,
+            "round {round}: {reply}"
+        );
+    }
+    // One after another, each on a new client connection.
+    for _ in 0..3 {
+        let response = get(gateway.addr, "/pooled").await;
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(body_text(response).await, "ok");
+    }
+    let metrics = gateway.metrics().await;
+    assert_eq!(upstream_errors(&metrics, "pooled"), 0.0);
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_never_sent_twice() {
+    let gateway = start_gateway(&two_routes(&one_shot_upstream().await, "2s", "")).await;
+    let response = get(gateway.addr, "/pooled").await;
+    assert_eq!(response.status(), http::StatusCode::OK);
+    body_text(response).await;
+    // The pooled connection that answered is closed under this POST: the upstream may
+    // have acted on it, so the client hears of the failure instead.
+    let request = http::Request::post("/pooled")
+        .header("host", "gw")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = send(gateway.addr, request).await;
+    assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+    let metrics = gateway.metrics().await;
+    let failed = metrics.get(
+        "sse_gateway_upstream_errors_total",
+        &[("route", "pooled"), ("kind", "failed")],
+    );
+    assert_eq!(failed, 1.0);
+}
