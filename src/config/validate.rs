@@ -654,7 +654,6 @@ impl Validator<'_> {
     }
 }
 
-/// Short, and only ASCII letters, digits and `extra`: safe as a metric label value.
 /// An upstream's base path is prepended to request paths the router has checked; a
 /// base path with dot segments would undo that check at the upstream.
 fn base_path_problem(path: &str) -> Option<&'static str> {
@@ -662,6 +661,7 @@ fn base_path_problem(path: &str) -> Option<&'static str> {
         .then_some("the path must not have `.` or `..` segments, encoded separators or backslashes")
 }
 
+/// Short, and only ASCII letters, digits and `extra`: safe as a metric label value.
 fn is_plain_name(name: &str, extra: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
