@@ -488,3 +488,44 @@ async fn a_request_with_a_body_is_never_sent_twice() {
     );
     assert_eq!(failed, 1.0);
 }
+
+#[tokio::test]
+async fn a_dripping_body_is_the_clients_408_when_header_timeout_passes() {
+    // Each byte comes well within body_timeout, the whole body never: the upstream's
+    // header_timeout passes while the gateway still waits for the client.
+    let yaml = two_routes(&silent_upstream().await, "500ms", "body_timeout: 10s");
+    let gateway = start_gateway(&yaml).await;
+    for route in ROUTES {
+        let client = TcpStream::connect(gateway.addr).await.unwrap();
+        let (mut reader, mut writer) = client.into_split();
+        let head = format!(
+            "POST /{route} HTTP/1.1\r\nhost: gw\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n"
+        );
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let drip = tokio::spawn(async move {
+            for _ in 0..1000 {
+                if writer.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        });
+        let mut reply = Vec::new();
+        tokio::time::timeout(LIVENESS, reader.read_to_end(&mut reply))
+            .await
+            .expect("the gateway answers and closes in time")
+            .ok();
+        drip.abort();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 408"), "{route}: {reply}");
+    }
+    let metrics = gateway.metrics().await;
+    for route in ROUTES {
+        assert_eq!(
+            client_errors(&metrics, route, "body_timeout"),
+            1.0,
+            "{route}"
+        );
+        assert_eq!(upstream_errors(&metrics, route), 0.0, "{route}");
+    }
+}
