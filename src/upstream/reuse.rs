@@ -175,3 +175,47 @@ pub fn is_closed_connection(error: &BoxError) -> bool {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, body: &'static [u8]) -> Request<UpstreamBody> {
+        let mut request = Request::new(Either::Right(Full::new(Bytes::from_static(body))));
+        *request.method_mut() = method;
+        *request.uri_mut() = Uri::from_static("http://upstream/v1/x?q=1");
+        request
+            .headers_mut()
+            .insert("x-trace", http::HeaderValue::from_static("7"));
+        request
+    }
+
+    #[test]
+    fn idempotent_or_bodiless_requests_may_be_sent_again() {
+        for (method, body) in [
+            (Method::GET, &b""[..]),
+            (Method::GET, &b"{\"q\":\"1\"}"[..]),
+            (Method::HEAD, &b""[..]),
+            (Method::OPTIONS, &b""[..]),
+            (Method::POST, &b""[..]),
+            (Method::DELETE, &b""[..]),
+        ] {
+            let original = request(method.clone(), body);
+            let copy = replay(&original).unwrap_or_else(|| panic!("{method} {body:?}"));
+            assert_eq!(copy.method(), original.method());
+            assert_eq!(copy.uri(), original.uri());
+            assert_eq!(copy.headers(), original.headers());
+            assert_eq!(copy.body().size_hint().exact(), Some(body.len() as u64));
+        }
+    }
+
+    #[test]
+    fn a_request_with_a_body_that_may_change_state_is_never_sent_again() {
+        for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert!(
+                replay(&request(method.clone(), b"{}")).is_none(),
+                "{method}"
+            );
+        }
+    }
+}
