@@ -195,6 +195,7 @@ impl Upstream {
                     return Err(UpstreamError::ConnectTimeout {
                         upstream: self.name.clone(),
                         after: self.connect_timeout,
+                        source: None,
                     })
                 }
                 Ok(Err(error)) => return Err(self.classify(error.into(), true)),
@@ -262,6 +263,7 @@ impl Upstream {
                 return UpstreamError::ConnectTimeout {
                     upstream,
                     after: self.connect_timeout,
+                    source: Some(error),
                 };
             }
             return UpstreamError::Connect {

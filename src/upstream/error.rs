@@ -133,7 +133,13 @@ pub enum UpstreamError {
         source: BoxError,
     },
     #[error("upstream {upstream} did not accept a connection within {after:?}")]
-    ConnectTimeout { upstream: String, after: Duration },
+    ConnectTimeout {
+        upstream: String,
+        after: Duration,
+        /// The connector's own report, when it timed out itself.
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("upstream {upstream} sent no response headers within {after:?}")]
     HeaderTimeout { upstream: String, after: Duration },
     #[error("upstream {upstream} failed: {}", deepest_cause(&**.source))]
