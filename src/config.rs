@@ -55,6 +55,9 @@ pub mod defaults {
     pub const HEARTBEAT: Duration = Duration::from_secs(15);
     /// Largest request body a route forwards; larger ones get 413.
     pub const MAX_BODY_SIZE: u64 = 10 << 20;
+    /// Longest pause in a client's request body before it gets 408: as long as a
+    /// client has for its request headers.
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
     /// Hard cap on a stream's life.
     pub const MAX_DURATION: Duration = Duration::from_secs(30 * 60);
     /// After SIGTERM, how long open streams may run before they are ended.
@@ -162,6 +165,9 @@ pub struct RequestPlan {
     pub body: BodyMode,
     /// Request bodies larger than this are refused with 413.
     pub max_body_size: u64,
+    /// The longest the client's body may stop arriving before it is refused with 408;
+    /// `0` is no limit.
+    pub body_timeout: Duration,
     /// Set (replacing any value from the client), in file order.
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub remove_headers: Vec<HeaderName>,

@@ -14,6 +14,7 @@ use prometheus::{
 };
 
 use crate::engine::Outcome;
+use crate::upstream::{ClientErrorKind, UpstreamErrorKind};
 
 const NAMESPACE: &str = "sse_gateway";
 
@@ -25,17 +26,6 @@ const DURATION_BUCKETS: &[f64] = &[
 /// Time to first event: a cached answer (ms) to a model that thinks for a minute.
 const FIRST_EVENT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-
-/// Every `kind` of `upstream_errors_total`: before headers (connect, connect_timeout,
-/// header_timeout, failed) and mid-stream (reset, body).
-pub const UPSTREAM_ERROR_KINDS: [&str; 6] = [
-    "connect",
-    "connect_timeout",
-    "header_timeout",
-    "failed",
-    "reset",
-    "body",
 ];
 
 /// The `route` label of requests no route matched.
@@ -55,6 +45,7 @@ pub struct Metrics {
     bytes: IntCounterVec,
     rule_hits: IntCounterVec,
     upstream_errors: IntCounterVec,
+    client_errors: IntCounterVec,
     config_reloads: IntCounterVec,
 }
 
@@ -73,8 +64,10 @@ pub struct RouteMetrics {
     pub bytes_downstream: IntCounter,
     /// Indexed like the route's rules.
     pub rule_hits: Vec<IntCounter>,
-    /// Indexed like [`UPSTREAM_ERROR_KINDS`].
+    /// Indexed by [`UpstreamErrorKind::index`].
     upstream_errors: Vec<IntCounter>,
+    /// Indexed by [`ClientErrorKind::index`].
+    client_errors: Vec<IntCounter>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -173,6 +166,11 @@ impl Metrics {
                 "Upstream failures, before or during a response.",
                 &["route", "kind"],
             ),
+            client_errors: counter(
+                "client_errors_total",
+                "Requests the client spoiled: a request body too large, malformed or too slow.",
+                &["route", "kind"],
+            ),
             config_reloads: counter(
                 "config_reloads_total",
                 "Config loads after startup, by result.",
@@ -232,9 +230,19 @@ impl Metrics {
                 .map(|rule| self.rule_hits.with_label_values(&[route, rule]))
                 .collect(),
             // Every series exists from the start, so `increase()` sees the first error.
-            upstream_errors: UPSTREAM_ERROR_KINDS
+            upstream_errors: UpstreamErrorKind::ALL
                 .iter()
-                .map(|kind| self.upstream_errors.with_label_values(&[route, kind]))
+                .map(|kind| {
+                    self.upstream_errors
+                        .with_label_values(&[route, kind.as_str()])
+                })
+                .collect(),
+            client_errors: ClientErrorKind::ALL
+                .iter()
+                .map(|kind| {
+                    self.client_errors
+                        .with_label_values(&[route, kind.as_str()])
+                })
                 .collect(),
         }
     }
@@ -284,11 +292,13 @@ impl RouteMetrics {
         &self.stream_duration[outcome.index()]
     }
 
-    /// Counts an upstream failure of one of [`UPSTREAM_ERROR_KINDS`].
-    pub fn count_upstream_error(&self, kind: &'static str) {
-        match UPSTREAM_ERROR_KINDS.iter().position(|k| *k == kind) {
-            Some(index) => self.upstream_errors[index].inc(),
-            None => debug_assert!(false, "unknown upstream error kind {kind}"),
-        }
+    /// Counts an upstream failure.
+    pub fn count_upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind.index()].inc();
+    }
+
+    /// Counts a request the client spoiled.
+    pub fn count_client_error(&self, kind: ClientErrorKind) {
+        self.client_errors[kind.index()].inc();
     }
 }

@@ -23,9 +23,9 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::{StreamPlan, SupervisedBody};
-use crate::upstream::Upstream;
+use crate::upstream::{Fault, Upstream};
 
-use self::request::{strip_hop_by_hop, translate, Origin};
+use self::request::{host_problem, strip_hop_by_hop, translate, Origin};
 
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
@@ -111,6 +111,10 @@ impl Proxy {
         let start = Instant::now();
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
 
+        if let Some(problem) = host_problem(&request) {
+            let reply = reply::error_response(ErrorType::BadRequest, problem, None);
+            return (made(reply, log), None);
+        }
         let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
             RouteMatch::NotFound => {
@@ -119,7 +123,8 @@ impl Proxy {
                 return (made(reply, log), None);
             }
             RouteMatch::UnsafePath => {
-                let message = "the path contains dot segments or encoded separators";
+                let message =
+                    "the path contains dot segments, encoded separators or ambiguous encodings";
                 let reply = reply::error_response(ErrorType::BadRequest, message, None);
                 return (made(reply, log), None);
             }
@@ -140,6 +145,9 @@ impl Proxy {
         let upstream_request = match translate(request, origin) {
             Ok(upstream_request) => upstream_request,
             Err(error) => {
+                if let Some(kind) = error.client_error_kind() {
+                    route.metrics.count_client_error(kind);
+                }
                 let reply = reply::error_response(
                     error.error_type(),
                     &error.to_string(),
@@ -156,11 +164,15 @@ impl Proxy {
         let response = match sent {
             Ok(response) => response,
             Err(error) => {
-                if error.is_client_fault() {
-                    tracing::info!(route = %route.name, %error, "request refused");
-                } else {
-                    tracing::warn!(route = %route.name, kind = error.kind(), %error, "upstream request failed");
-                    route.metrics.count_upstream_error(error.kind());
+                match error.fault() {
+                    Fault::Client(kind) => {
+                        tracing::info!(route = %route.name, kind = kind.as_str(), %error, "request refused");
+                        route.metrics.count_client_error(kind);
+                    }
+                    Fault::Upstream(kind) => {
+                        tracing::warn!(route = %route.name, kind = kind.as_str(), %error, "upstream request failed");
+                        route.metrics.count_upstream_error(kind);
+                    }
                 }
                 let reply = reply::error_response(
                     error.error_type(),

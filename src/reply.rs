@@ -20,6 +20,9 @@ pub enum ErrorType {
     BadRequest,
     /// The request body is larger than the route's `max_body_size`.
     PayloadTooLarge,
+    /// The request body stopped arriving (`body_timeout`), or was unfinished when the
+    /// upstream's `header_timeout` passed.
+    RequestTimeout,
     /// The upstream could not be reached (refused, DNS, TLS).
     UpstreamUnavailable,
     /// The upstream did not connect or answer in time.
@@ -29,12 +32,26 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    /// Every type, in declaration order.
+    pub const ALL: [ErrorType; 8] = [
+        ErrorType::NotFound,
+        ErrorType::MethodNotAllowed,
+        ErrorType::BadRequest,
+        ErrorType::PayloadTooLarge,
+        ErrorType::RequestTimeout,
+        ErrorType::UpstreamUnavailable,
+        ErrorType::UpstreamTimeout,
+        ErrorType::UpstreamError,
+    ];
+
+    /// The `type` of the JSON error object.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorType::NotFound => "not_found",
             ErrorType::MethodNotAllowed => "method_not_allowed",
             ErrorType::BadRequest => "bad_request",
             ErrorType::PayloadTooLarge => "payload_too_large",
+            ErrorType::RequestTimeout => "request_timeout",
             ErrorType::UpstreamUnavailable => "upstream_unavailable",
             ErrorType::UpstreamTimeout => "upstream_timeout",
             ErrorType::UpstreamError => "upstream_error",
@@ -47,6 +64,7 @@ impl ErrorType {
             ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorType::BadRequest => StatusCode::BAD_REQUEST,
             ErrorType::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorType::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorType::UpstreamUnavailable | ErrorType::UpstreamError => StatusCode::BAD_GATEWAY,
             ErrorType::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -135,6 +153,17 @@ mod tests {
             &error_json("not_found", "x", None)[..],
             br#"{"error":{"type":"not_found","message":"x","route":null}}"#
         );
+    }
+
+    #[test]
+    fn every_type_has_its_own_name_and_an_error_status() {
+        let names: std::collections::BTreeSet<&str> =
+            ErrorType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(names.len(), ErrorType::ALL.len());
+        for error_type in ErrorType::ALL {
+            let status = error_type.status();
+            assert!(status.is_client_error() || status.is_server_error());
+        }
     }
 
     #[test]

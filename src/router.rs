@@ -111,19 +111,58 @@ fn matches(pattern: &PathMatch, path: &str) -> bool {
     }
 }
 
-/// False for paths whose meaning changes under normalisation: dot segments (plain or
-/// percent-encoded), encoded `/` or `\`, and backslashes.
+/// False for paths whose meaning changes under normalisation: dot segments (plain,
+/// percent-encoded, or followed by `;` path parameters, which Tomcat and Spring drop
+/// before resolving dots), encoded `/` or `\`, backslashes, and encodings some
+/// servers decode into those: overlong UTF-8 (`%c0%ae` is a dot to a lenient decoder),
+/// `%u` escapes (`%u002e`) and any other malformed percent-encoding.
 pub fn is_safe_path(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') {
         return false;
     }
-    path.split('/').all(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        if lower.contains("%2f") || lower.contains("%5c") {
-            return false;
+    path.split('/').all(is_safe_segment)
+}
+
+fn is_safe_segment(segment: &str) -> bool {
+    if !segment.contains(['%', ';']) {
+        return segment != "." && segment != "..";
+    }
+    let Some(decoded) = percent_decode(segment) else {
+        return false;
+    };
+    if decoded.contains(&b'/') || decoded.contains(&b'\\') || is_overlong_utf8(&decoded) {
+        return false;
+    }
+    let name = decoded.split(|&b| b == b';').next().unwrap_or_default();
+    name != b"." && name != b".."
+}
+
+/// The bytes of a percent-encoded segment; `None` when a `%` is not followed by two
+/// hex digits.
+fn percent_decode(segment: &str) -> Option<Vec<u8>> {
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
         }
-        let decoded_dots = lower.replace("%2e", ".");
-        decoded_dots != "." && decoded_dots != ".."
+    }
+    Some(decoded)
+}
+
+/// True when the bytes hold an overlong UTF-8 sequence (a character encoded in more
+/// bytes than it needs), the classic way to smuggle `.` and `/` past a filter.
+fn is_overlong_utf8(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| {
+        let next = bytes.get(i + 1).copied().unwrap_or(0);
+        matches!(b, 0xC0 | 0xC1) || (b == 0xE0 && next < 0xA0) || (b == 0xF0 && next < 0x90)
     })
 }
 
@@ -217,10 +256,22 @@ mod tests {
             "/api/stream/%2F",
             "/api\\stream",
             "/api/stream/%5c..",
+            "/api/stream/..;/admin",
+            "/api/stream/..;jsessionid=1/admin",
+            "/api/stream/.;x/admin",
+            "/api/stream/%2e%2e%3b/admin",
+            "/api/stream/%c0%ae%c0%ae/admin",
+            "/api/stream/%C0%AE./admin",
+            "/api/stream/%e0%80%ae/admin",
+            "/api/stream%c0%afadmin",
+            "/api/stream/%u002e%u002e/admin",
+            "/api/stream/%zz",
+            "/api/stream/%2",
             "*",
         ] {
             assert_eq!(t.find(&Method::GET, path), RouteMatch::UnsafePath, "{path}");
         }
         assert!(is_safe_path("/api/stream/v1.2/x..y/.hidden"));
+        assert!(is_safe_path("/api/stream/a;b=1/%20x/caf%C3%A9/...;x"));
     }
 }

@@ -41,7 +41,7 @@ use crate::engine::{Engine, Stop};
 use crate::metrics::RouteMetrics;
 use crate::rewrite::Pipeline;
 use crate::shutdown::Shutdown;
-use crate::upstream::UpstreamIncoming;
+use crate::upstream::{UpstreamErrorKind, UpstreamIncoming};
 
 use record::Record;
 
@@ -308,9 +308,9 @@ where
                 }
                 Poll::Ready(Some(Err(error))) => {
                     let error = error.into();
-                    let kind = mid_stream_kind(&*error);
+                    let kind = UpstreamErrorKind::of_body_error(&*error);
                     this.plan.metrics.count_upstream_error(kind);
-                    tracing::warn!(route = %this.plan.route, kind, %error, "upstream failed mid-stream");
+                    tracing::warn!(route = %this.plan.route, kind = kind.as_str(), %error, "upstream failed mid-stream");
                     this.engine.upstream_failure(&error);
                     continue;
                 }
@@ -337,18 +337,6 @@ where
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
-    }
-}
-
-/// A fixed label for a failure of the upstream body.
-fn mid_stream_kind(error: &(dyn StdError + 'static)) -> &'static str {
-    let reset = std::iter::successors(Some(error), |&e| e.source())
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| e.kind() == std::io::ErrorKind::ConnectionReset);
-    if reset {
-        "reset"
-    } else {
-        "body"
     }
 }
 

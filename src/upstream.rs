@@ -5,34 +5,39 @@
 //! the pool inside it reuses keep-alive connections across requests. Event streams to a
 //! plain-HTTP upstream take a connection of their own instead (`dedicated.rs`).
 
+mod client_body;
 mod dedicated;
 pub mod demo;
+mod error;
+mod reuse;
 
-use std::error::Error as StdError;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::{Either, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use http_body_util::{Either, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
 
 use crate::config::{UpstreamConfig, UpstreamTarget};
-use crate::reply::ErrorType;
+use error::{causes, BoxError};
+use reuse::{Answered, Tracking};
 
+pub use client_body::{BodyProgress, ClientBody, ClientBodyError};
 pub use dedicated::UpstreamIncoming;
+pub use error::{ClientErrorKind, Fault, UpstreamError, UpstreamErrorKind};
 
 /// The body of an upstream request: the client's, streamed within the route's
-/// `max_body_size`, or one the gateway made (`query_as_json`).
-pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
+/// `max_body_size` and `body_timeout`, or one the gateway made (`query_as_json`).
+pub type UpstreamBody = Either<ClientBody, Full<Bytes>>;
 
 /// How long an idle pooled connection is kept; below the common 60 s of upstream
 /// servers and load balancers, so the gateway closes first and never reuses a
@@ -55,57 +60,7 @@ pub struct Upstream {
     base_path: String,
     connect_timeout: Duration,
     header_timeout: Duration,
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
-}
-
-/// Why an upstream request failed before its response headers arrived.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("cannot connect to upstream {upstream}: {reason}")]
-    Connect { upstream: String, reason: String },
-    #[error("upstream {upstream} did not accept a connection within {after:?}")]
-    ConnectTimeout { upstream: String, after: Duration },
-    #[error("upstream {upstream} sent no response headers within {after:?}")]
-    HeaderTimeout { upstream: String, after: Duration },
-    #[error("upstream {upstream} failed: {reason}")]
-    Failed { upstream: String, reason: String },
-    /// The client's body outgrew the route's `max_body_size` while it was streamed up.
-    #[error("the request body is larger than the route allows")]
-    RequestBodyTooLarge,
-}
-
-impl UpstreamError {
-    /// What the client is told.
-    pub fn error_type(&self) -> ErrorType {
-        match self {
-            UpstreamError::Connect { .. } => ErrorType::UpstreamUnavailable,
-            UpstreamError::ConnectTimeout { .. } | UpstreamError::HeaderTimeout { .. } => {
-                ErrorType::UpstreamTimeout
-            }
-            UpstreamError::Failed { .. } => ErrorType::UpstreamError,
-            UpstreamError::RequestBodyTooLarge => ErrorType::PayloadTooLarge,
-        }
-    }
-
-    /// A fixed label value for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            UpstreamError::Connect { .. } => "connect",
-            UpstreamError::ConnectTimeout { .. } => "connect_timeout",
-            UpstreamError::HeaderTimeout { .. } => "header_timeout",
-            UpstreamError::Failed { .. } => "failed",
-            UpstreamError::RequestBodyTooLarge => "request_body",
-        }
-    }
-
-    /// The client caused it, not the upstream: not an upstream error to count.
-    pub fn is_client_fault(&self) -> bool {
-        matches!(self, UpstreamError::RequestBodyTooLarge)
-    }
-
-    pub fn is_timeout(&self) -> bool {
-        self.error_type() == ErrorType::UpstreamTimeout
-    }
+    client: Client<Tracking<HttpsConnector<HttpConnector>>, UpstreamBody>,
 }
 
 impl Upstream {
@@ -147,7 +102,7 @@ impl Upstream {
             .pool_max_idle_per_host(POOL_MAX_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(https);
+            .build(Tracking(https));
         let plain_http = origin
             .strip_prefix("http://")
             .and_then(|authority| authority.parse::<http::uri::Authority>().ok())
@@ -189,15 +144,38 @@ impl Upstream {
     }
 
     /// Sends a request on a pooled connection and waits for the response headers,
-    /// within `header_timeout`.
+    /// within `header_timeout`. A request that fails because a reused connection was
+    /// closed under it is sent once more, when it may be (`reuse.rs`), within the same
+    /// `header_timeout`.
     pub async fn send(
         &self,
-        request: Request<UpstreamBody>,
+        mut request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        match tokio::time::timeout(self.header_timeout, self.client.request(request)).await {
-            Err(_) => Err(self.header_timeout_error()),
-            Ok(Ok(response)) => Ok(response.map(UpstreamIncoming::pooled)),
-            Ok(Err(error)) => Err(self.classify(&error)),
+        let progress = body_progress(&request);
+        let deadline = Instant::now() + self.header_timeout;
+        let mut again = reuse::replay(&request);
+        loop {
+            let captured = again.is_some().then(|| capture_connection(&mut request));
+            let error = match timeout_at(deadline, self.client.request(request)).await {
+                Err(_) => return Err(self.header_timeout_error(progress)),
+                Ok(Ok(response)) => {
+                    Answered::mark(response.extensions());
+                    return self.final_response(response.map(UpstreamIncoming::pooled));
+                }
+                Ok(Err(error)) => error,
+            };
+            let connect = error.is_connect();
+            let error: BoxError = error.into();
+            let retry = !connect
+                && captured.as_ref().is_some_and(Answered::before)
+                && reuse::is_closed_connection(&error);
+            match again.take() {
+                Some(copy) if retry => {
+                    tracing::debug!(upstream = %self.name, %error, "a reused connection closed under the request; sending it again");
+                    request = copy;
+                }
+                _ => return Err(self.classify(error, connect)),
+            }
         }
     }
 
@@ -217,63 +195,94 @@ impl Upstream {
                     return Err(UpstreamError::ConnectTimeout {
                         upstream: self.name.clone(),
                         after: self.connect_timeout,
+                        source: None,
                     })
                 }
-                Ok(Err(error)) => {
-                    return Err(UpstreamError::Connect {
-                        upstream: self.name.clone(),
-                        reason: error.to_string(),
-                    })
-                }
+                Ok(Err(error)) => return Err(self.classify(error.into(), true)),
                 Ok(Ok(tcp)) => tcp,
             };
         // Every event is its own small write upstream of us too: no Nagle delay.
         let _ = tcp.set_nodelay(true);
+        let progress = body_progress(&request);
         match tokio::time::timeout(self.header_timeout, dedicated::send(tcp, request)).await {
-            Err(_) => Err(self.header_timeout_error()),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if causes(&error).any(|c| c.is::<LengthLimitError>()) => {
-                Err(UpstreamError::RequestBodyTooLarge)
-            }
-            Ok(Err(error)) => Err(UpstreamError::Failed {
-                upstream: self.name.clone(),
-                reason: deepest_cause(&error),
-            }),
+            Err(_) => Err(self.header_timeout_error(progress)),
+            Ok(Ok(response)) => self.final_response(response),
+            Ok(Err(error)) => Err(self.classify(error.into(), false)),
         }
     }
 
-    fn header_timeout_error(&self) -> UpstreamError {
+    /// A `1xx` that reaches here is one hyper passed on (a `101`): the gateway never
+    /// asks for an upgrade, so it is the upstream breaking the exchange.
+    fn final_response(
+        &self,
+        response: Response<UpstreamIncoming>,
+    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
+        if response.status().is_informational() {
+            return Err(UpstreamError::Informational {
+                upstream: self.name.clone(),
+                status: response.status(),
+            });
+        }
+        Ok(response)
+    }
+
+    /// A header timeout while the gateway is still waiting for the client's body is
+    /// the client's: the upstream cannot answer a request it has not received.
+    fn header_timeout_error(&self, progress: Option<BodyProgress>) -> UpstreamError {
+        if progress.is_some_and(|progress| progress.waiting_for_client()) {
+            return UpstreamError::ClientBody {
+                kind: ClientErrorKind::BodyTimeout,
+                source: Box::new(ClientBodyError::Unfinished(self.header_timeout)),
+            };
+        }
         UpstreamError::HeaderTimeout {
             upstream: self.name.clone(),
             after: self.header_timeout,
         }
     }
 
-    fn classify(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {
-        if causes(error).any(|cause| cause.is::<LengthLimitError>()) {
-            return UpstreamError::RequestBodyTooLarge;
+    /// Sorts a failure before the response headers; `connect` is true when it happened
+    /// while connecting.
+    fn classify(&self, error: BoxError, connect: bool) -> UpstreamError {
+        let client = causes(&*error)
+            .find_map(|cause| cause.downcast_ref::<ClientBodyError>())
+            .map(ClientBodyError::kind);
+        if let Some(kind) = client {
+            return UpstreamError::ClientBody {
+                kind,
+                source: error,
+            };
         }
         let upstream = self.name.clone();
-        let io_kind = causes(error)
-            .find_map(|cause| cause.downcast_ref::<io::Error>())
-            .map(io::Error::kind);
-        if error.is_connect() {
-            if io_kind == Some(io::ErrorKind::TimedOut) {
+        if connect {
+            let timed_out = causes(&*error)
+                .filter_map(|cause| cause.downcast_ref::<io::Error>())
+                .any(|cause| cause.kind() == io::ErrorKind::TimedOut);
+            if timed_out {
                 // HttpConnector reports its own connect timeout as TimedOut.
                 return UpstreamError::ConnectTimeout {
                     upstream,
                     after: self.connect_timeout,
+                    source: Some(error),
                 };
             }
             return UpstreamError::Connect {
                 upstream,
-                reason: deepest_cause(error),
+                source: error,
             };
         }
         UpstreamError::Failed {
             upstream,
-            reason: deepest_cause(error),
+            source: error,
         }
+    }
+}
+
+/// The client body's progress, when the request streams the client's body.
+fn body_progress(request: &Request<UpstreamBody>) -> Option<BodyProgress> {
+    match request.body() {
+        Either::Left(body) => Some(body.progress()),
+        Either::Right(_) => None,
     }
 }
 
@@ -312,19 +321,4 @@ fn tls_config(upstream: &str, ca_file: Option<&Path>) -> Result<rustls::ClientCo
     Ok(rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-/// The error and its chain of sources.
-fn causes<'a>(
-    error: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(error), |&e| e.source())
-}
-
-/// The most specific message in an error chain ("connection refused" rather than
-/// "client error (Connect)").
-fn deepest_cause(error: &(dyn StdError + 'static)) -> String {
-    causes(error)
-        .last()
-        .map_or_else(|| error.to_string(), |cause| cause.to_string())
 }

@@ -98,6 +98,7 @@ pub struct Request {
     pub method: Option<String>,
     pub body: Option<BodyMode>,
     pub max_body_size: Option<ByteSize>,
+    pub body_timeout: Option<HumanDuration>,
     #[serde(default)]
     pub headers: Headers,
 }

@@ -2,10 +2,13 @@
 //! redacted: every value of `request.headers.set`, and any value that came from a
 //! `${VAR}`.
 
+use std::collections::BTreeSet;
+
 use serde_json::{json, Map, Value};
 
 use crate::rewrite::{Rule, TerminatorMatch};
 
+use super::locate::join;
 use super::{GatewayConfig, HumanDuration, OnUpstreamEof, PathMatch, StreamConfig, UpstreamTarget};
 
 /// What a redacted value reads as.
@@ -18,20 +21,13 @@ fn duration(d: std::time::Duration) -> String {
 impl GatewayConfig {
     /// The config as an operator would write it, defaults filled in, secrets redacted.
     pub fn redacted_json(&self) -> Value {
-        let secret = |path: &str, value: &str| -> Value {
-            if self.from_environment.contains(path) {
-                Value::from(REDACTED)
-            } else {
-                Value::from(value)
-            }
-        };
         let upstreams: Map<String, Value> = self
             .upstreams
             .iter()
             .map(|(name, upstream)| {
                 let mut entry = match &upstream.target {
                     UpstreamTarget::Url { uri, ca_file, .. } => {
-                        let mut entry = json!({ "url": secret(&format!("upstreams.{name}.url"), &uri.to_string()) });
+                        let mut entry = json!({ "url": uri.to_string() });
                         if let Some(file) = ca_file {
                             entry["tls"] = json!({ "ca_file": file.display().to_string() });
                         }
@@ -83,6 +79,7 @@ impl GatewayConfig {
                         "method": route.request.method.as_ref().map(|m| m.as_str()),
                         "body": route.request.body,
                         "max_body_size": route.request.max_body_size,
+                        "body_timeout": duration(route.request.body_timeout),
                         "headers": { "set": set, "remove": remove },
                     },
                 });
@@ -92,14 +89,54 @@ impl GatewayConfig {
                 entry
             })
             .collect();
-        json!({
+        let mut shown = json!({
             "listen": self.listen.to_string(),
             "admin": { "listen": self.admin_listen.to_string() },
             "drain_timeout": duration(self.drain_timeout),
             "log": { "format": self.log.format, "level": self.log.level },
             "upstreams": upstreams,
             "routes": routes,
-        })
+        });
+        redact_environment(&mut shown, "", &self.environment_paths());
+        shown
+    }
+
+    /// The key paths of values from `${VAR}`, as the shown config spells them: a rule's
+    /// `name` written inside `replace` or `drop` is shown beside the kind.
+    fn environment_paths(&self) -> BTreeSet<String> {
+        let mut paths = self.from_environment.clone();
+        for path in &self.from_environment {
+            for inner in [".replace.name", ".drop.name"] {
+                if let Some(rule) = path.strip_suffix(inner) {
+                    paths.insert(format!("{rule}.name"));
+                }
+            }
+        }
+        paths
+    }
+}
+
+/// Replaces every scalar below `value` whose key path came from the environment, so
+/// no value from `${VAR}` is shown, wherever it sits (a secret may be in a rule's
+/// pattern or a terminator as much as in a header).
+fn redact_environment(value: &mut Value, path: &str, from_environment: &BTreeSet<String>) {
+    match value {
+        Value::Object(entries) => {
+            for (key, entry) in entries.iter_mut() {
+                redact_environment(entry, &join(path, key), from_environment);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                redact_environment(item, &format!("{path}[{i}]"), from_environment);
+            }
+        }
+        Value::Null => {}
+        scalar => {
+            if from_environment.contains(path) {
+                *scalar = Value::from(REDACTED);
+            }
+        }
     }
 }
 

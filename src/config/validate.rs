@@ -402,6 +402,10 @@ impl Validator<'_> {
             }
             Some(file) => Some(std::path::PathBuf::from(file)),
         };
+        if let Some(problem) = base_path_problem(uri.path()) {
+            self.error_at_value(path, bad(problem));
+            return None;
+        }
         let base_path = uri.path().trim_end_matches('/').to_owned();
         Some(UpstreamTarget::Url {
             uri,
@@ -626,6 +630,7 @@ impl Validator<'_> {
             method,
             body: raw.body.unwrap_or_default(),
             max_body_size: raw.max_body_size.map_or(defaults::MAX_BODY_SIZE, |s| s.0),
+            body_timeout: raw.body_timeout.map_or(defaults::BODY_TIMEOUT, |d| d.0),
             set_headers,
             remove_headers,
         })
@@ -647,6 +652,13 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// An upstream's base path is prepended to request paths the router has checked; a
+/// base path with dot segments would undo that check at the upstream.
+fn base_path_problem(path: &str) -> Option<&'static str> {
+    (!crate::router::is_safe_path(path))
+        .then_some("the path must not have `.` or `..` segments, encoded separators or backslashes")
 }
 
 /// Short, and only ASCII letters, digits and `extra`: safe as a metric label value.

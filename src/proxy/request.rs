@@ -12,11 +12,11 @@ use http::header::{
     HOST,
 };
 use http::{Request, Version};
-use http_body_util::{Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::{BodyMode, RequestPlan};
-use crate::upstream::{Upstream, UpstreamBody};
+use crate::upstream::{ClientBody, ClientErrorKind, Upstream, UpstreamBody};
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1, plus
 /// the non-standard ones proxies meet in practice).
@@ -55,6 +55,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Why an HTTP/1.1 request's `Host` makes it unanswerable (RFC 9112 section 3.2: a
+/// server must answer 400 to a request without exactly one); `None` when it is fine.
+/// Two `Host` headers are how a request means one thing to the gateway and another
+/// to a server behind it; HTTP/1.0 and h2 (`:authority`) requests need none.
+pub fn host_problem<B>(request: &Request<B>) -> Option<&'static str> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => Some("an HTTP/1.1 request needs a Host header"),
+        (Some(_), Some(_)) => Some("the request has more than one Host header"),
+        (Some(_), None) => None,
+    }
+}
+
 /// The request's facts that translation needs beyond the request itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -81,6 +97,14 @@ impl TranslateError {
             TranslateError::BodyTooLarge { .. } => crate::reply::ErrorType::PayloadTooLarge,
         }
     }
+
+    /// The `client_errors_total` kind, for the errors that are about the body.
+    pub fn client_error_kind(&self) -> Option<ClientErrorKind> {
+        match self {
+            TranslateError::Uri(_) => None,
+            TranslateError::BodyTooLarge { .. } => Some(ClientErrorKind::BodyTooLarge),
+        }
+    }
 }
 
 /// Builds the upstream request from the client's.
@@ -104,6 +128,18 @@ pub fn translate(
         });
     }
 
+    // The authority the client asked for, before Host is replaced by the upstream's
+    // (and before a `Connection: host` could remove it).
+    let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    // The client's hop-by-hop headers go before the gateway adds its own: a client
+    // naming `Content-Type` in `Connection` must not remove the one set below.
+    strip_hop_by_hop(&mut parts.headers);
+
     let path = parts.uri.path();
     let path = match &plan.path_prefix {
         None => path.to_owned(),
@@ -121,7 +157,10 @@ pub fn translate(
     let (query, body) = match plan.body {
         BodyMode::Passthrough => {
             let limit = usize::try_from(plan.max_body_size).unwrap_or(usize::MAX);
-            (query, Either::Left(Limited::new(body, limit)))
+            (
+                query,
+                Either::Left(ClientBody::new(body, limit, plan.body_timeout)),
+            )
         }
         BodyMode::QueryAsJson => {
             // The query became the body; the client's own body, if any, is replaced.
@@ -137,16 +176,7 @@ pub fn translate(
     };
     let uri = origin.upstream.uri(&path, query)?;
 
-    // The authority the client asked for, before Host is replaced by the upstream's.
-    let client_host = parts.headers.get(HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
     headers.remove(HOST);
     for name in &plan.remove_headers {
         headers.remove(name);
