@@ -6,7 +6,9 @@
 //! error shape of [`crate::reply`].
 
 pub mod request;
+mod route;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,28 +20,18 @@ use tokio::time::Instant;
 
 use crate::access_log::RequestLog;
 use crate::body::ResponseBody;
-use crate::config::{GatewayConfig, RouteConfig};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
-use crate::supervise::{StreamPlan, SupervisedBody};
+use crate::supervise::SupervisedBody;
 use crate::upstream::{Fault, Upstream};
+
+pub use self::route::Route;
 
 use self::request::{host_problem, strip_hop_by_hop, translate, Origin};
 
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
-
-/// A route, compiled for serving.
-#[derive(Debug)]
-pub struct Route {
-    pub name: Arc<str>,
-    pub config: RouteConfig,
-    pub upstream: Arc<Upstream>,
-    upstream_name: Arc<str>,
-    pub metrics: Arc<RouteMetrics>,
-    /// Set when the route has a `stream` section.
-    pub stream: Option<Arc<StreamPlan>>,
-}
 
 /// Everything needed to serve requests under one config.
 #[derive(Debug)]
@@ -52,38 +44,14 @@ impl Proxy {
     /// Compiles `config`'s routes; `upstreams` holds a ready client per upstream name.
     pub fn new(
         config: &GatewayConfig,
-        upstreams: &std::collections::BTreeMap<String, Arc<Upstream>>,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Arc<Metrics>,
         shutdown: crate::shutdown::Shutdown,
     ) -> Proxy {
-        let routes = config.routes.iter().filter_map(|route| {
-            // Validation guarantees the upstream exists; a missing one is skipped
-            // rather than panicking in a running gateway.
-            let upstream = upstreams.get(&route.upstream)?.clone();
-            let rule_names: Vec<&str> = route
-                .stream
-                .iter()
-                .flat_map(|stream| stream.pipeline.rules().iter().map(|rule| rule.name()))
-                .collect();
-            let route_metrics = Arc::new(metrics.route(&route.name, &rule_names));
-            let name: Arc<str> = Arc::from(route.name.as_str());
-            let compiled = Route {
-                stream: route.stream.as_ref().map(|stream| {
-                    Arc::new(StreamPlan::new(
-                        name.clone(),
-                        stream,
-                        route_metrics.clone(),
-                        shutdown.clone(),
-                    ))
-                }),
-                metrics: route_metrics,
-                name,
-                upstream_name: Arc::from(upstream.name()),
-                config: route.clone(),
-                upstream,
-            };
-            Some((route.path.clone(), route.methods.clone(), compiled))
-        });
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|route| Route::build(route, upstreams, metrics, &shutdown));
         Proxy {
             routes: RouteTable::new(routes),
             metrics: metrics.clone(),
@@ -139,7 +107,7 @@ impl Proxy {
         let origin = Origin {
             peer,
             matched_len,
-            plan: &route.config.request,
+            plan: &route.request,
             upstream: &route.upstream,
         };
         let upstream_request = match translate(request, origin) {

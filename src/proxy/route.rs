@@ -1,0 +1,72 @@
+//! A route, compiled for serving, and the one step that compiles it.
+//!
+//! As in Vector, configuration builds the component in one place: [`Route::build`]
+//! turns a validated `RouteConfig` into everything a request on it uses (the router
+//! entry, the request translation, the upstream client, the stream plan with its
+//! compiled pipeline, and the metric handles, resolved once). After this step the
+//! request path never looks at the config again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::{PathMatch, RequestPlan, RouteConfig};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::shutdown::Shutdown;
+use crate::supervise::StreamPlan;
+use crate::upstream::Upstream;
+
+/// A route, compiled for serving.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    /// How a matched request becomes the upstream request.
+    pub request: RequestPlan,
+    pub upstream: Arc<Upstream>,
+    pub upstream_name: Arc<str>,
+    pub metrics: Arc<RouteMetrics>,
+    /// Set when the route has a `stream` section.
+    pub stream: Option<Arc<StreamPlan>>,
+}
+
+/// What the router needs to find a route: its path match and methods.
+pub type RouterEntry = (PathMatch, Option<Vec<Method>>, Route);
+
+impl Route {
+    /// Compiles `config` into its router entry; `upstreams` holds a ready client per
+    /// upstream name. `None` only if the upstream is missing, which validation rules
+    /// out: a running gateway skips such a route rather than panic.
+    pub fn build(
+        config: &RouteConfig,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        metrics: &Metrics,
+        shutdown: &Shutdown,
+    ) -> Option<RouterEntry> {
+        let upstream = upstreams.get(&config.upstream)?.clone();
+        let rule_names: Vec<&str> = config
+            .stream
+            .iter()
+            .flat_map(|stream| stream.pipeline.rules().iter().map(|rule| rule.name()))
+            .collect();
+        let route_metrics = Arc::new(metrics.route(&config.name, &rule_names));
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let stream = config.stream.as_ref().map(|stream| {
+            Arc::new(StreamPlan::new(
+                name.clone(),
+                stream,
+                route_metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
+        let route = Route {
+            stream,
+            metrics: route_metrics,
+            name,
+            upstream_name: Arc::from(upstream.name()),
+            request: config.request.clone(),
+            upstream,
+        };
+        Some((config.path.clone(), config.methods.clone(), route))
+    }
+}
