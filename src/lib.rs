@@ -6,7 +6,9 @@
 //! - [`cli`]: the `sse-gateway` command line: run, check; exit codes.
 //! - [`config`]: `gateway.yaml` -> a validated [`config::GatewayConfig`], every problem
 //!   reported with its file position.
-//! - [`gateway`]: the composition root; binds the listener and serves.
+//! - [`gateway`]: the composition root; binds the listeners and serves.
+//! - [`listener`]: accepting and serving connections (HTTP/1 and h2c) for both
+//!   listeners: accept backoff, header and idle deadlines, the admin cap, the drain.
 //! - [`router`]: which route owns a request path and method.
 //! - [`proxy`]: the service: route, translate the request, forward, stream back.
 //! - [`reload`]: SIGHUP and file changes -> validate -> swap; a bad file keeps the old.
@@ -15,7 +17,8 @@
 //! - [`reply`]: the one JSON error shape of everything the gateway says itself.
 //! - [`access_log`]: one log line per finished request.
 //! - [`metrics`]: Prometheus families, and per-route handles resolved once.
-//! - [`shutdown`]: the drain-is-over signal every open stream watches.
+//! - [`shutdown`]: the drain sequence, and the drain-is-over signal every open
+//!   response watches.
 //! - [`supervise`]: the event-stream body: pipeline, clocks, one outcome per stream.
 pub mod access_log;
 pub mod admin;
@@ -23,6 +26,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod gateway;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
