@@ -174,7 +174,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let hangup = reload::hangup_signal();
         let running = match gateway::start(config).await {
             Ok(running) => running,
@@ -197,8 +197,15 @@ fn run(path: &std::path::Path) -> ExitCode {
         running.shutdown(drain).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Dropping the runtime would wait for every blocking task, such as a reload still
+    // parsing a pathological file: the stop time must not depend on one.
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    code
 }
+
+/// How long the runtime's blocking tasks get at exit (see [`run`]).
+const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Resolves on Ctrl-C (an operator at a terminal) or SIGTERM (Kubernetes stopping
 /// the pod).

@@ -211,3 +211,77 @@ async fn idle_admin_connections_are_closed_at_the_deadlines() {
     read_until(&mut stream, b"ok\n").await;
     assert!(closed_within(stream, LIVENESS).await);
 }
+
+/// A supervised route `chat` and a passed-through route `raw`, both to `upstream`.
+fn two_routes(upstream: &str, drain: &str) -> String {
+    format!(
+        "listen: LISTEN
+admin: {{ listen: ADMIN }}
+drain_timeout: {drain}
+upstreams:
+  assistant: {{ url: {upstream} }}
+routes:
+  - name: chat
+    match: {{ path_prefix: /api/stream }}
+    upstream: assistant
+    stream:
+      terminator: {{ data: \"[DONE]\" }}
+      heartbeat: 0
+  - name: raw
+    match: {{ path_prefix: /raw }}
+    upstream: assistant
+"
+    )
+}
+
+/// Opens a stream on `path`, has the upstream send one event, and returns the body
+/// with the upstream exchange still open.
+async fn open_stream(
+    gateway: SocketAddr,
+    upstream: &ScriptedUpstream,
+    path: &str,
+) -> (Events, Exchange) {
+    let (response, mut exchange) = tokio::join!(get(gateway, path), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+    });
+    let mut body = Events::new(response.into_body());
+    exchange.send_chunk(b"data: hello\n\n").await;
+    assert_eq!(next_data(&mut body).await.unwrap(), "data: hello\n\n");
+    (body, exchange)
+}
+
+#[tokio::test]
+async fn sigterm_ends_passthrough_streams_cleanly_and_exits_soon_after_the_drain_time() {
+    let upstream = ScriptedUpstream::bind().await;
+    let mut gateway = GatewayProcess::start("drain-raw", &two_routes(&upstream.url(), "1s")).await;
+    let (mut raw, _raw_exchange) = open_stream(gateway.addr, &upstream, "/raw").await;
+    let (mut chat, _chat_exchange) = open_stream(gateway.addr, &upstream, "/api/stream").await;
+
+    let signalled = tokio::time::Instant::now();
+    gateway.signal("TERM");
+    // The passed-through stream ends with its final chunk: a clean end of body.
+    assert_eq!(next_data(&mut raw).await, None);
+    let error = next_data(&mut chat).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&error).contains("\"shutdown\""),
+        "{error:?}"
+    );
+    assert_eq!(next_data(&mut chat).await.unwrap(), "data: [DONE]\n\n");
+    assert_eq!(next_data(&mut chat).await, None);
+    // Nothing scraped this gateway, so there is no final-scrape wait: drain (1 s),
+    // then at most the 2 s flush, plus a margin for a busy machine.
+    assert_eq!(gateway.exit_code(Duration::from_secs(10)).await, Some(0));
+    let took = signalled.elapsed();
+    eprintln!("exited {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(6), "exit took {took:?}");
+    let log = gateway.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("request finished")
+            && l.contains("route=\"raw\"")
+            && l.contains("end=\"shutdown\"")),
+        "{log}"
+    );
+    assert!(!log.contains("client_gone"), "{log}");
+}
