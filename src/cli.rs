@@ -77,7 +77,12 @@ pub fn main() -> ExitCode {
 }
 
 fn load(path: &std::path::Path) -> Result<GatewayConfig, ExitCode> {
-    GatewayConfig::load(path).map_err(|errors| {
+    load_bytes(path).map(|(config, _)| config)
+}
+
+/// The config, and the bytes it was read from (the reload watcher's reference).
+fn load_bytes(path: &std::path::Path) -> Result<(GatewayConfig, Vec<u8>), ExitCode> {
+    GatewayConfig::load_with_content(path).map_err(|errors| {
         eprintln!("{errors}");
         let n = errors.errors.len();
         eprintln!(
@@ -159,8 +164,8 @@ fn read_stdin() -> Result<Vec<u8>, String> {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    let config = match load(path) {
-        Ok(config) => config,
+    let (config, loaded) = match load_bytes(path) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     init_logging(&config.log);
@@ -188,6 +193,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             path.to_owned(),
             running.gateway().clone(),
             hangup,
+            loaded,
         ));
         shutdown_signal().await;
         watcher.abort();

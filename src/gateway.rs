@@ -72,11 +72,22 @@ impl Gateway {
     /// The first call (startup) and every reload go through here, so a reload is
     /// exercised by every start.
     pub async fn apply(&self, config: GatewayConfig) -> Result<(), StartError> {
-        let proxy = Arc::new(self.build_proxy(&config).await?);
         let config = Arc::new(config);
+        let demo_origin = self.demo_origin(&config).await?;
+        let (compiled, metrics, shutdown) =
+            (config.clone(), self.metrics.clone(), self.shutdown.clone());
+        // Thousands of routes (regexes, the route table, CA files read from disk) take
+        // long enough to stall every stream if compiled on the runtime.
+        let proxy = tokio::task::spawn_blocking(move || {
+            compile(&compiled, demo_origin.as_deref(), &metrics, shutdown)
+        })
+        .await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
         self.config.send_replace(config.clone());
-        self.current
-            .send_replace(Arc::new(Generation { config, proxy }));
+        self.current.send_replace(Arc::new(Generation {
+            config,
+            proxy: Arc::new(proxy),
+        }));
         Ok(())
     }
 
@@ -89,39 +100,42 @@ impl Gateway {
         &self.metrics
     }
 
-    async fn build_proxy(&self, config: &GatewayConfig) -> Result<Proxy, StartError> {
+    /// The demo server's origin when `config` uses it, started on first use.
+    async fn demo_origin(&self, config: &GatewayConfig) -> Result<Option<String>, StartError> {
         let demo_interval = config.upstreams.values().find_map(|u| match u.target {
             UpstreamTarget::Demo { token_interval } => Some(token_interval),
             UpstreamTarget::Url { .. } => None,
         });
         // One demo server for the process: started by the first config that uses it,
         // kept across reloads (its pace is the first config's).
-        let demo_origin = match demo_interval {
-            None => None,
-            Some(interval) => {
-                let mut demo = self.demo.lock().await;
-                if demo.is_none() {
-                    *demo = Some(
-                        DemoServer::start(interval)
-                            .await
-                            .map_err(StartError::Demo)?,
-                    );
-                }
-                demo.as_ref().map(DemoServer::origin)
-            }
+        let Some(interval) = demo_interval else {
+            return Ok(None);
         };
-        let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
-        for (name, upstream) in &config.upstreams {
-            let upstream = Upstream::new(upstream, demo_origin.as_deref())?;
-            upstreams.insert(name.clone(), Arc::new(upstream));
+        let mut demo = self.demo.lock().await;
+        if demo.is_none() {
+            *demo = Some(
+                DemoServer::start(interval)
+                    .await
+                    .map_err(StartError::Demo)?,
+            );
         }
-        Ok(Proxy::new(
-            config,
-            &upstreams,
-            &self.metrics,
-            self.shutdown.clone(),
-        ))
+        Ok(demo.as_ref().map(DemoServer::origin))
     }
+}
+
+/// One client per upstream, and the route table.
+fn compile(
+    config: &GatewayConfig,
+    demo_origin: Option<&str>,
+    metrics: &Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<Proxy, StartError> {
+    let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+    for (name, upstream) in &config.upstreams {
+        let upstream = Upstream::new(upstream, demo_origin)?;
+        upstreams.insert(name.clone(), Arc::new(upstream));
+    }
+    Ok(Proxy::new(config, &upstreams, metrics, shutdown))
 }
 
 /// A running gateway. Dropping it stops accepting connections.

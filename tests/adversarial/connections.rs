@@ -285,3 +285,257 @@ async fn sigterm_ends_passthrough_streams_cleanly_and_exits_soon_after_the_drain
     );
     assert!(!log.contains("client_gone"), "{log}");
 }
+
+/// One supervised route `chat` to `upstream`, then `extra` routes named `r0`, `r1`...
+/// (each with a rule and its own path): a big, valid file.
+fn many_routes(upstream: &str, extra: usize) -> String {
+    let mut yaml = format!(
+        "upstreams:\n  assistant: {{ url: {upstream} }}\nroutes:\n  - name: chat\n    match: {{ path_prefix: /api/stream }}\n    upstream: assistant\n    stream: {{ heartbeat: 0 }}\n"
+    );
+    for i in 0..extra {
+        yaml.push_str(&format!(
+            "  - name: r{i}\n    match: {{ path_prefix: /generated/{i}, methods: [GET, POST] }}\n    upstream: assistant\n    request: {{ method: POST, body: query_as_json }}\n    stream:\n      rules: [ {{ repair: orphan_lines }}, {{ replace: {{ pattern: 'x{i}', with: y }} }} ]\n"
+        ));
+    }
+    yaml
+}
+
+/// Replaces the file at `path` the way Kubernetes does: write aside, rename over.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+#[tokio::test]
+async fn reloading_a_huge_or_deeply_nested_config_never_stalls_streams_or_health() {
+    // The test's runtime has one thread: a reload that parsed on it would stop the
+    // stream and /healthz below for as long as the parse takes.
+    let upstream = ScriptedUpstream::bind().await;
+    let dir = std::env::temp_dir().join(format!("sse-gateway-deep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.yaml");
+    let small = many_routes(&upstream.url(), 0);
+    std::fs::write(&path, &small).unwrap();
+    let gateway = start_gateway(&small).await;
+    let watcher = tokio::spawn(sse_gateway::reload::watch(
+        path.clone(),
+        gateway.gateway().clone(),
+        None,
+        small.into_bytes(),
+    ));
+    let (response, mut exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+    });
+    let mut events = Events::new(response.into_body());
+
+    // Pumps an event every 50 ms and reads it back, with /healthz asked each time,
+    // until `until` holds; the longest round trip.
+    async fn pump_until(
+        exchange: &mut Exchange,
+        events: &mut Events,
+        admin: SocketAddr,
+        until: impl AsyncFn() -> bool,
+    ) -> Duration {
+        let mut slowest = Duration::ZERO;
+        let started = tokio::time::Instant::now();
+        for i in 0.. {
+            let sent = tokio::time::Instant::now();
+            exchange
+                .send_chunk(format!("data: {i}\n\n").as_bytes())
+                .await;
+            assert_eq!(next_data(events).await.unwrap(), format!("data: {i}\n\n"));
+            assert_eq!(get(admin, "/healthz").await.status(), 200);
+            slowest = slowest.max(sent.elapsed());
+            if until().await {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the reload never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slowest
+    }
+    let reloads = |result: &'static str, count: f64| {
+        let admin = gateway.admin_addr;
+        async move || {
+            let metrics = Metrics::parse(&body_text(get(admin, "/metrics").await).await);
+            metrics.get("sse_gateway_config_reloads_total", &[("result", result)]) >= count
+        }
+    };
+
+    // 60,000 levels deep: refused from its first 64 levels, with the place.
+    let deep = format!("routes: {}{}\n", "[".repeat(60_000), "]".repeat(60_000));
+    let started = tokio::time::Instant::now();
+    replace_file(&path, &deep);
+    let slowest = pump_until(
+        &mut exchange,
+        &mut events,
+        gateway.admin_addr,
+        reloads("failure", 1.0),
+    )
+    .await;
+    assert!(
+        started.elapsed() < LIVENESS,
+        "the deep file took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "an event took {slowest:?}"
+    );
+    let error = sse_gateway::config::GatewayConfig::load(&path)
+        .unwrap_err()
+        .to_string();
+    let prefix = format!("{}:1:", path.display());
+    assert!(
+        error.starts_with(&prefix) && error.contains("nest deeper than 64 levels"),
+        "{error}"
+    );
+
+    // Thousands of valid routes: applied while the stream flows.
+    replace_file(&path, &many_routes(&upstream.url(), 1_000));
+    let slowest = pump_until(
+        &mut exchange,
+        &mut events,
+        gateway.admin_addr,
+        reloads("success", 1.0),
+    )
+    .await;
+    assert!(
+        slowest < Duration::from_secs(2),
+        "an event took {slowest:?}"
+    );
+    // The new routes are in force: this one takes GET and POST only.
+    let delete = http::Request::delete("/generated/999")
+        .header("host", "gateway")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(gateway.addr, delete).await.status(), 405);
+
+    watcher.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A config for the real binary: one passed-through route.
+fn process_config(upstream: &str) -> String {
+    format!(
+        "listen: LISTEN\nadmin: {{ listen: ADMIN }}\nupstreams:\n  assistant: {{ url: {upstream} }}\nroutes:\n  - name: raw\n    match: {{ path_prefix: /raw }}\n    upstream: assistant\n"
+    )
+}
+
+fn reload_counts(metrics: &Metrics) -> (f64, f64, f64) {
+    (
+        metrics.get("sse_gateway_config_reloads_total", &[("result", "success")]),
+        metrics.get("sse_gateway_config_reloads_total", &[("result", "failure")]),
+        metrics.get("sse_gateway_config_read_errors_total", &[]),
+    )
+}
+
+#[tokio::test]
+async fn an_unreadable_config_file_is_a_read_error_not_a_reload() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = GatewayProcess::start("unreadable", &process_config(&upstream.url())).await;
+    assert_eq!(reload_counts(&gateway.metrics().await), (0.0, 0.0, 0.0));
+    let content = std::fs::read(&gateway.config).unwrap();
+
+    // The path becomes a dangling symlink, as a half-done ConfigMap swap can leave it.
+    let aside = gateway.dir.join("dangling");
+    std::os::unix::fs::symlink(gateway.dir.join("nowhere.yaml"), &aside).unwrap();
+    std::fs::rename(&aside, &gateway.config).unwrap();
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while reload_counts(&gateway.metrics().await).2 < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The same content back: readable again, and no reload.
+    std::fs::write(&aside, &content).unwrap();
+    std::fs::rename(&aside, &gateway.config).unwrap();
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while !gateway.log_text().contains("readable again") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (success, failure, read_errors) = reload_counts(&gateway.metrics().await);
+    assert_eq!((success, failure), (0.0, 0.0), "{}", gateway.log_text());
+    assert!(read_errors >= 2.0);
+    let log = gateway.log_text();
+    assert_eq!(
+        log.matches("config file unreadable").count(),
+        1,
+        "logged once:\n{log}"
+    );
+}
+
+/// CPU time (user + system) the process has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_listeners_back_off_and_the_watcher_counts_read_errors() {
+    let upstream = ScriptedUpstream::bind().await;
+    let config = process_config(&upstream.url());
+    let gateway = GatewayProcess::start_limited("emfile", &config, Some(64)).await;
+    // Idle connections to both ports until the gateway has no descriptor left.
+    let mut held = Vec::new();
+    for i in 0..120 {
+        let addr = if i % 2 == 0 {
+            gateway.addr
+        } else {
+            gateway.admin
+        };
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let pid = gateway.child.id();
+    // The accept queues stay full: a loop without a backoff spins a core here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    // Clock ticks are 1/100 s: 2 s of spinning would be 200.
+    assert!(
+        used < 50,
+        "{used} ticks of CPU in 2 s while out of descriptors"
+    );
+    drop(held);
+
+    // Descriptors back: health answers, and the watcher's failed reads were read
+    // errors, not reloads.
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    let metrics = loop {
+        let metrics = gateway.metrics().await;
+        if reload_counts(&metrics).2 >= 1.0 || tokio::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (success, failure, read_errors) = reload_counts(&metrics);
+    let log = gateway.log_text();
+    assert!(read_errors >= 1.0, "{log}");
+    assert_eq!((success, failure), (0.0, 0.0), "{log}");
+    assert_eq!(get(gateway.admin, "/healthz").await.status(), 200);
+    // Once per run of failures (about 25 each here), not once per attempt.
+    assert!(log.matches("accept failed").count() <= 4, "{log}");
+}

@@ -65,6 +65,10 @@ impl TestGateway {
     pub async fn shutdown(self) {
         self.running.shutdown(Duration::from_secs(1)).await;
     }
+
+    pub fn gateway(&self) -> &std::sync::Arc<sse_gateway::gateway::Gateway> {
+        self.running.gateway()
+    }
 }
 
 /// Starts a gateway on `yaml` (its `listen` is replaced by `127.0.0.1:0`), with
