@@ -14,14 +14,15 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+mod log;
 mod stream;
 
 use super::env::substitute;
 use super::locate::{join, Locations};
 use super::raw::{self, TOP_LEVEL_KEYS};
 use super::{
-    defaults, ConfigError, ConfigErrors, GatewayConfig, LogConfig, LogFormat, PathMatch,
-    RequestPlan, RouteConfig, UpstreamConfig, UpstreamTarget,
+    defaults, ConfigError, ConfigErrors, GatewayConfig, PathMatch, RequestPlan, RouteConfig,
+    UpstreamConfig, UpstreamTarget,
 };
 
 use crate::proxy::request::is_hop_by_hop;
@@ -262,28 +263,6 @@ impl Validator<'_> {
                 None
             }
         }
-    }
-
-    fn log(&mut self, value: Option<Value>) -> Option<LogConfig> {
-        let log: raw::Log = match value {
-            None => raw::Log {
-                format: None,
-                level: None,
-            },
-            Some(value) => self.section(Some(value), "log")?,
-        };
-        let level = log.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_owned());
-        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&level) {
-            self.error_at_value(
-                "log.level",
-                format!("invalid log level \"{level}\": {error} (use error, warn, info, debug or trace)"),
-            );
-            return None;
-        }
-        Some(LogConfig {
-            format: log.format.unwrap_or(LogFormat::Pretty),
-            level,
-        })
     }
 
     fn name(&mut self, path: &str, kind: &str, name: &str) -> bool {
