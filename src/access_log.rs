@@ -17,6 +17,8 @@ enum End {
     ClientGone,
     Completed,
     Failed(String),
+    /// Ended by the gateway at the drain deadline.
+    Shutdown,
 }
 
 /// What a supervised event stream adds to its request's line.
@@ -88,6 +90,11 @@ impl RequestLog {
         self.end = End::Completed;
     }
 
+    /// The gateway ended the body at the drain deadline.
+    pub fn ended_by_shutdown(&mut self) {
+        self.end = End::Shutdown;
+    }
+
     pub fn failed(&mut self, reason: String) {
         self.end = End::Failed(reason);
     }
@@ -101,6 +108,7 @@ impl Drop for RequestLog {
         let (end, error) = match &self.end {
             End::Completed => ("completed", None),
             End::ClientGone => ("client_gone", None),
+            End::Shutdown => ("shutdown", None),
             End::Failed(reason) => ("failed", Some(reason.as_str())),
         };
         // Streams carry their outcome instead of `end`; absent fields are not written.

@@ -8,7 +8,6 @@
 //! - `GET /config`: the effective config as JSON, secrets redacted.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -18,12 +17,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::GatewayConfig;
+use crate::listener::{self, Acceptor, ConnectionLimits, Connections};
 use crate::metrics::Metrics;
 use crate::reply::{self, ErrorType};
 
@@ -70,30 +67,20 @@ impl AdminState {
     }
 }
 
-/// Serves the admin endpoints on `listener` until the runtime stops.
-pub fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(answer(&state, &request)) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-}
-
-/// Binds the admin address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Serves the admin endpoints until the runtime stops, under the same deadlines as
+/// the public listener and at most `limits.admin_max_connections` connections.
+pub(crate) fn serve(acceptor: Acceptor, state: Arc<AdminState>, limits: ConnectionLimits) {
+    let connections = Connections::new(limits, Some(limits.admin_max_connections));
+    let make = move |_peer| {
+        let state = state.clone();
+        service_fn(move |request| std::future::ready(Ok::<_, Infallible>(answer(&state, &request))))
+    };
+    tokio::spawn(listener::accept_until(
+        acceptor,
+        connections,
+        make,
+        std::future::pending(),
+    ));
 }
 
 fn answer(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {

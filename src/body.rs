@@ -5,17 +5,22 @@
 //! coalescing). When hyper drops the body — the last frame was written, or the client
 //! went away — the upstream response is dropped with it, which closes the upstream
 //! connection at once if the stream was not finished, and the request's log line is
-//! written.
+//! written. At the drain deadline a passed-through body ends where it is (the final
+//! chunk of a chunked response), like a supervised stream, so the client sees a proper
+//! end instead of a cut connection.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::access_log::RequestLog;
+use crate::shutdown::Shutdown;
 use crate::supervise::SupervisedBody;
 use crate::upstream::UpstreamIncoming;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Errors a response body can end with.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -32,6 +37,7 @@ enum Kind {
     Upstream {
         body: UpstreamIncoming,
         log: RequestLog,
+        drain: Option<Box<DrainEnd>>,
     },
     /// An event stream on a route with a `stream` section (boxed: it is the large
     /// variant, and one allocation per stream is nothing).
@@ -51,8 +57,27 @@ impl ResponseBody {
             log.finished();
         }
         ResponseBody {
-            kind: Kind::Upstream { body, log },
+            kind: Kind::Upstream {
+                body,
+                log,
+                drain: None,
+            },
         }
+    }
+
+    /// Ends a passed-through body when `signal` fires (at the drain deadline); other
+    /// bodies watch it themselves or are never long.
+    pub fn ends_at(mut self, signal: Shutdown) -> ResponseBody {
+        if let Kind::Upstream { body, drain, .. } = &mut self.kind {
+            if !body.is_end_stream() {
+                *drain = Some(Box::new(DrainEnd {
+                    signal,
+                    wake: None,
+                    ended: false,
+                }));
+            }
+        }
+        self
     }
 
     /// A supervised event stream (it carries its own log).
@@ -94,9 +119,22 @@ impl Body for ResponseBody {
                     Ok(Frame::data(bytes))
                 }))
             }
-            Kind::Upstream { body, log } => {
+            Kind::Upstream { body, log, drain } => {
+                if drain.as_ref().is_some_and(|d| d.ended) {
+                    return Poll::Ready(None);
+                }
                 let polled = match Pin::new(&mut *body).poll_frame(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        // Checked only while the upstream is quiet, as supervised
+                        // streams do: a busy body ends at its next quiet moment.
+                        if let Some(drain) = drain {
+                            if drain.poll_fired(cx) {
+                                log.ended_by_shutdown();
+                                return Poll::Ready(None);
+                            }
+                        }
+                        return Poll::Pending;
+                    }
                     Poll::Ready(frame) => frame.map(|result| result.map_err(BoxError::from)),
                 };
                 match &polled {
@@ -118,7 +156,9 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Upstream { body, drain, .. } => {
+                body.is_end_stream() || drain.as_ref().is_some_and(|d| d.ended)
+            }
             Kind::Supervised(body) => body.is_end_stream(),
             Kind::Made { body, .. } => body.is_none(),
         }
@@ -132,5 +172,30 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
             }
         }
+    }
+}
+
+/// A passed-through body's watch on the drain deadline (boxed: most responses end
+/// long before a drain, and the box is made only for bodies that may outlive one).
+#[derive(Debug)]
+struct DrainEnd {
+    signal: Shutdown,
+    /// Registered on the first quiet poll, then kept: one waker registration.
+    wake: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    ended: bool,
+}
+
+impl DrainEnd {
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.signal.has_fired() {
+            let wake = self
+                .wake
+                .get_or_insert_with(|| Box::pin(self.signal.fired()));
+            if wake.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+        }
+        self.ended = true;
+        true
     }
 }

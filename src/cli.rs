@@ -78,7 +78,12 @@ pub fn main() -> ExitCode {
 }
 
 fn load(path: &std::path::Path) -> Result<GatewayConfig, ExitCode> {
-    GatewayConfig::load(path).map_err(|errors| {
+    load_bytes(path).map(|(config, _)| config)
+}
+
+/// The config, and the bytes it was read from (the reload watcher's reference).
+fn load_bytes(path: &std::path::Path) -> Result<(GatewayConfig, Vec<u8>), ExitCode> {
+    GatewayConfig::load_with_content(path).map_err(|errors| {
         eprintln!("{errors}");
         let n = errors.errors.len();
         eprintln!(
@@ -160,8 +165,8 @@ fn read_stdin() -> Result<Vec<u8>, String> {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    let config = match load(path) {
-        Ok(config) => config,
+    let (config, loaded) = match load_bytes(path) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     init_logging(&config.log);
@@ -175,7 +180,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let hangup = reload::hangup_signal();
         let running = match gateway::start(config).await {
             Ok(running) => running,
@@ -189,6 +194,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             path.to_owned(),
             running.gateway().clone(),
             hangup,
+            loaded,
         ));
         shutdown_signal().await;
         watcher.abort();
@@ -198,8 +204,15 @@ fn run(path: &std::path::Path) -> ExitCode {
         running.shutdown(drain).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Dropping the runtime would wait for every blocking task, such as a reload still
+    // parsing a pathological file: the stop time must not depend on one.
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    code
 }
+
+/// How long the runtime's blocking tasks get at exit (see [`run`]).
+const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Resolves on Ctrl-C (an operator at a terminal) or SIGTERM (Kubernetes stopping
 /// the pod).

@@ -24,7 +24,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use crate::rewrite::Pipeline;
 
 pub use env::EnvError;
-pub use locate::Position;
+pub use locate::{Position, MAX_DEPTH};
 pub use raw::{BodyMode, LogFormat, OnUpstreamEof};
 pub use show::REDACTED;
 pub use units::{ByteSize, HumanDuration};
@@ -173,6 +173,13 @@ pub struct RequestPlan {
     pub remove_headers: Vec<HeaderName>,
 }
 
+fn too_large() -> String {
+    format!(
+        "the file goes past {} MiB here, the most a config may have: split out what is generated, or trim it",
+        MAX_FILE_SIZE >> 20
+    )
+}
+
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -212,20 +219,73 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The largest config file the gateway reads. A real `gateway.yaml` is a few KiB; a
+/// thousand routes with rules fit in well under 1 MiB. The bound keeps a runaway
+/// generated file from tying up a reload for seconds.
+pub const MAX_FILE_SIZE: usize = 4 << 20;
+
+/// Why the config file could not be read at all: the file system's problem (missing
+/// file, no permission, out of file descriptors), not the file's.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the config file: {0}")]
+pub struct ReadError(#[from] pub std::io::Error);
+
 impl GatewayConfig {
     /// Reads and validates a config file, with `${VAR}` taken from the process
     /// environment.
     pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
+        Self::load_with_content(path).map(|(config, _)| config)
+    }
+
+    /// [`GatewayConfig::load`], also returning the bytes read (what a reload compares
+    /// the file with).
+    pub fn load_with_content(path: &Path) -> Result<(GatewayConfig, Vec<u8>), ConfigErrors> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigErrors {
+        let bytes = Self::read(path).map_err(|error| ConfigErrors {
             source: source.clone(),
             errors: vec![ConfigError {
                 position: None,
                 path: String::new(),
-                message: format!("cannot read the config file: {error}"),
+                message: error.to_string(),
             }],
         })?;
-        Self::parse(&text, &source, &|name| std::env::var(name).ok())
+        let config = Self::from_bytes(&bytes, &source, &|name| std::env::var(name).ok())?;
+        Ok((config, bytes))
+    }
+
+    /// The file's bytes, at most one past [`MAX_FILE_SIZE`] (enough to tell that it
+    /// is too large; [`GatewayConfig::from_bytes`] says so).
+    pub fn read(path: &Path) -> Result<Vec<u8>, ReadError> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?
+            .take(MAX_FILE_SIZE as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Validates a config file's bytes: UTF-8, at most [`MAX_FILE_SIZE`].
+    pub fn from_bytes(
+        bytes: &[u8],
+        source: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<GatewayConfig, ConfigErrors> {
+        let located = |at: usize, message: String| ConfigErrors {
+            source: source.to_owned(),
+            errors: vec![ConfigError {
+                position: Some(Position::of_offset(bytes, at)),
+                path: String::new(),
+                message,
+            }],
+        };
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::parse(text, source, env),
+            Err(_) if bytes.len() > MAX_FILE_SIZE => Err(located(MAX_FILE_SIZE, too_large())),
+            Err(error) => Err(located(
+                error.valid_up_to(),
+                "invalid UTF-8 here: save the file as UTF-8".to_owned(),
+            )),
+        }
     }
 
     /// Validates config text; `source` names it in messages and `env` answers `${VAR}`.
@@ -234,7 +294,28 @@ impl GatewayConfig {
         source: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<GatewayConfig, ConfigErrors> {
-        validate::validate(text, source, env)
+        let refuse = |position: Position, message: String| ConfigErrors {
+            source: source.to_owned(),
+            errors: vec![ConfigError {
+                position: Some(position),
+                path: String::new(),
+                message,
+            }],
+        };
+        if text.len() > MAX_FILE_SIZE {
+            let at = Position::of_offset(text.as_bytes(), MAX_FILE_SIZE);
+            return Err(refuse(at, too_large()));
+        }
+        match locate::Locations::index(text) {
+            Ok(locations) => validate::validate(text, locations, source, env),
+            Err(at) => Err(refuse(
+                at,
+                format!(
+                    "mappings and lists nest deeper than {} levels here (a gateway.yaml needs 7): check the indentation and brackets",
+                    locate::MAX_DEPTH
+                ),
+            )),
+        }
     }
 
     /// A config with no routes: what serves before the first config is applied.

@@ -8,7 +8,9 @@
 //!   reported with its file position.
 //! - [`engine`]: one event stream's life as pure code (sans-I/O): frames, outcome,
 //!   closing frames; driven alike by the live body, `rewrite`, fuzz, bench and tests.
-//! - [`gateway`]: the composition root; binds the listener and serves.
+//! - [`gateway`]: the composition root; binds the listeners and serves.
+//! - [`listener`]: accepting and serving connections (HTTP/1 and h2c) for both
+//!   listeners: accept backoff, header and idle deadlines, the admin cap, the drain.
 //! - [`router`]: which route owns a request path and method.
 //! - [`proxy`]: the service: route, translate the request, forward, stream back.
 //! - [`reload`]: SIGHUP and file changes -> validate -> swap; a bad file keeps the old.
@@ -17,7 +19,8 @@
 //! - [`reply`]: the one JSON error shape of everything the gateway says itself.
 //! - [`access_log`]: one log line per finished request.
 //! - [`metrics`]: Prometheus families, and per-route handles resolved once.
-//! - [`shutdown`]: the drain-is-over signal every open stream watches.
+//! - [`shutdown`]: the drain sequence, and the drain-is-over signal every open
+//!   response watches.
 //! - [`supervise`]: the event-stream body: pipeline, clocks, one outcome per stream.
 pub mod access_log;
 pub mod admin;
@@ -26,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod gateway;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -47,6 +47,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     client_errors: IntCounterVec,
     config_reloads: IntCounterVec,
+    config_read_errors: IntCounter,
 }
 
 /// One route's handles, resolved once and shared by all of its streams.
@@ -176,6 +177,14 @@ impl Metrics {
                 "Config loads after startup, by result.",
                 &["result"],
             ),
+            config_read_errors: register(
+                &registry,
+                IntCounter::with_opts(opts(
+                    "config_read_errors_total",
+                    "Times the config file could not be read (not reloads: its content is unknown).",
+                ))
+                .expect("valid metric"),
+            ),
             registry,
         };
         let build_info = register(
@@ -269,6 +278,12 @@ impl Metrics {
     pub fn count_reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a failed read of the config file (descriptors, permissions, a missing
+    /// file): a file-system problem, not a reload.
+    pub fn count_config_read_error(&self) {
+        self.config_read_errors.inc();
     }
 
     /// The registry, in the Prometheus text exposition format.

@@ -5,44 +5,87 @@
 //! stays, the file behind it changes) without depending on inotify semantics. A valid
 //! file is applied through the same path as startup; an invalid one keeps the running
 //! config, logs every error with its location, and counts a failure.
+//!
+//! Reading, parsing and validating run on the blocking pool, never on the runtime's
+//! workers: a pathological file then costs a blocking thread, not the streams. A file
+//! that cannot be read (out of descriptors, a dangling symlink) is no config problem:
+//! it is counted apart, logged once per run of failures, and retried on the next tick;
+//! the content last read stays the reference, so a read that works again is no reload
+//! unless the content changed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::GatewayConfig;
+use crate::config::{ConfigErrors, GatewayConfig, ReadError};
 use crate::gateway::Gateway;
 
 /// How often the config file is compared with the last one read.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Watches `path` and `hangup` until the runtime stops.
-pub async fn watch(path: PathBuf, gateway: Arc<Gateway>, mut hangup: Hangup) {
-    let mut last = std::fs::read(&path).ok();
+/// Watches `path` and `hangup` until the runtime stops; `loaded` is the content the
+/// running config was loaded from.
+pub async fn watch(path: PathBuf, gateway: Arc<Gateway>, mut hangup: Hangup, loaded: Vec<u8>) {
+    let mut last = Arc::new(loaded);
+    let mut unreadable = false;
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let trigger = tokio::select! {
-            _ = ticks.tick() => {
-                let now = std::fs::read(&path).ok();
-                if now == last {
-                    continue;
+            _ = ticks.tick() => "file change",
+            Some(()) = recv(&mut hangup) => "SIGHUP",
+        };
+        let now = match read(&path).await {
+            Ok(now) => now,
+            Err(error) => {
+                gateway.metrics().count_config_read_error();
+                if !unreadable {
+                    tracing::warn!(trigger, %error, "config file unreadable; the running config stays, retrying every second");
                 }
-                last = now;
-                "file change"
-            }
-            Some(()) = recv(&mut hangup) => {
-                last = std::fs::read(&path).ok();
-                "SIGHUP"
+                unreadable = true;
+                continue;
             }
         };
-        reload(&path, &gateway, trigger).await;
+        if unreadable {
+            tracing::info!("the config file is readable again");
+            unreadable = false;
+        }
+        // SIGHUP reloads even an unchanged file: a CA file it names may have changed.
+        if trigger != "SIGHUP" && now == last {
+            continue;
+        }
+        last = now.clone();
+        reload(&path, now, &gateway, trigger).await;
     }
 }
 
-/// Loads, validates and applies the file at `path`; returns whether it was applied.
-pub async fn reload(path: &Path, gateway: &Gateway, trigger: &str) -> bool {
-    let mut config = match GatewayConfig::load(path) {
+async fn read(path: &Path) -> Result<Arc<Vec<u8>>, ReadError> {
+    let path = path.to_owned();
+    match tokio::task::spawn_blocking(move || GatewayConfig::read(&path)).await {
+        Ok(read) => read.map(Arc::new),
+        Err(join) => Err(ReadError(std::io::Error::other(join))),
+    }
+}
+
+/// Validates `content` (read from `path`) off the runtime, and applies it; returns
+/// whether it was applied.
+pub async fn reload(path: &Path, content: Arc<Vec<u8>>, gateway: &Gateway, trigger: &str) -> bool {
+    let source = path.display().to_string();
+    let parsed = tokio::task::spawn_blocking(move || {
+        GatewayConfig::from_bytes(&content, &source, &|name| std::env::var(name).ok())
+    })
+    .await;
+    let parsed = parsed.unwrap_or_else(|join| {
+        Err(ConfigErrors {
+            source: path.display().to_string(),
+            errors: vec![crate::config::ConfigError {
+                position: None,
+                path: String::new(),
+                message: format!("validation did not finish: {join}"),
+            }],
+        })
+    });
+    let mut config = match parsed {
         Ok(config) => config,
         Err(errors) => {
             for line in errors.to_string().lines() {

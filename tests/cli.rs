@@ -81,6 +81,10 @@ const BROKEN: &[(&str, &[&str])] = &[
         &["bad_yaml.yaml:3:1: invalid YAML: did not find expected ',' or '}'"],
     ),
     (
+        "bad_log_level.yaml",
+        &["bad_log_level.yaml:1:15: log.level: invalid log level \"inof\": `inof` is not a level (use error, warn, info, debug, trace or off); to log a target, write `inof=LEVEL`"],
+    ),
+    (
         "bad_listen.yaml",
         &["bad_listen.yaml:1:9: listen: invalid address \"localhost\": expected IP:PORT"],
     ),

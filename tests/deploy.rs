@@ -228,8 +228,8 @@ fn termination_grace_period_covers_prestop_and_drain() {
         sleep > 0,
         "a preStop sleep lets endpoints drop the pod first"
     );
-    // After the drain, a scraped gateway waits up to 10 s for a final scrape.
-    let final_scrape = Duration::from_secs(10);
+    // After the drain, ending the rest and the final scrape take at most this long.
+    let final_scrape = sse_gateway::shutdown::AFTER_DRAIN;
     assert!(
         Duration::from_secs(grace) >= Duration::from_secs(sleep) + config.drain_timeout + final_scrape,
         "terminationGracePeriodSeconds {grace} must cover preStop {sleep}s + drain_timeout {:?} + the final scrape's 10s",

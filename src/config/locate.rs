@@ -10,11 +10,36 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
+/// The deepest nesting of mappings and lists a config file may have. A complete
+/// `gateway.yaml` needs 7 (`routes[].stream.rules[].replace`); deeper files are
+/// refused before the YAML loader sees them, since its cost grows with the square of
+/// the nesting depth.
+pub const MAX_DEPTH: usize = 64;
+
 /// A 1-based line and column in the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
     pub line: usize,
     pub column: usize,
+}
+
+impl Position {
+    /// The line and column (in characters) of byte `offset` of `text`.
+    pub fn of_offset(text: &[u8], offset: usize) -> Position {
+        let before = &text[..offset.min(text.len())];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
+        Position {
+            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+            column,
+        }
+    }
 }
 
 /// Positions of every key and value in a document, by key path in the form serde uses:
@@ -26,15 +51,36 @@ pub struct Locations {
 }
 
 impl Locations {
-    /// Indexes `text`; a document the YAML parser rejects gives an empty index (the
-    /// syntax error itself is reported by the loader).
-    pub fn index(text: &str) -> Locations {
+    /// Indexes the first document of `text`; a document the YAML parser rejects gives
+    /// an empty index (the syntax error itself is reported by the loader).
+    ///
+    /// `Err` is where a mapping or list first nests deeper than [`MAX_DEPTH`]: the
+    /// index stops there, so a pathological file costs no more than its first
+    /// [`MAX_DEPTH`] levels. (The events are pulled one by one rather than pushed by
+    /// the parser's recursive loader, which would need a stack as deep as the file.)
+    pub fn index(text: &str) -> Result<Locations, Position> {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut builder, false).is_err() {
-            return Locations::default();
+        loop {
+            let (event, mark) = match parser.next_token() {
+                Ok(next) => next,
+                // The scanner's own bound on flow nesting (`[[[...`), which it may
+                // reach while scanning ahead of the events.
+                Err(error) if error.info() == "recursion limit exceeded" => {
+                    return Err(position(*error.marker()));
+                }
+                Err(_) => return Ok(Locations::default()),
+            };
+            match event {
+                Event::DocumentEnd | Event::StreamEnd => return Ok(builder.locations),
+                Event::MappingStart(..) | Event::SequenceStart(..)
+                    if builder.stack.len() >= MAX_DEPTH =>
+                {
+                    return Err(position(mark));
+                }
+                event => builder.on_event(event, mark),
+            }
         }
-        builder.locations
     }
 
     /// Where the value at `path` starts; for a missing value, the nearest enclosing one.
@@ -127,12 +173,16 @@ impl Builder {
     }
 }
 
+fn position(mark: Marker) -> Position {
+    Position {
+        line: mark.line(),
+        column: mark.col() + 1,
+    }
+}
+
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, event: Event, mark: Marker) {
-        let position = Position {
-            line: mark.line(),
-            column: mark.col() + 1,
-        };
+        let position = position(mark);
         match event {
             Event::Scalar(..) | Event::Alias(_) => {
                 if let Some(path) = self.path_of_next_node(&event, position) {
@@ -193,7 +243,7 @@ routes:
 
     #[test]
     fn values_by_key_path() {
-        let locations = Locations::index(DOC);
+        let locations = Locations::index(DOC).unwrap();
         assert_eq!(locations.value("listen"), at(1, 9));
         assert_eq!(locations.value("upstreams.demo.demo"), at(4, 11));
         assert_eq!(locations.value("routes[0].name"), at(6, 11));
@@ -204,21 +254,34 @@ routes:
 
     #[test]
     fn keys_by_key_path() {
-        let locations = Locations::index(DOC);
+        let locations = Locations::index(DOC).unwrap();
         assert_eq!(locations.key("routes[1].upstream"), at(10, 5));
         assert_eq!(locations.key("routes[0].match"), at(7, 5));
     }
 
     #[test]
     fn missing_paths_fall_back_to_the_enclosing_node() {
-        let locations = Locations::index(DOC);
+        let locations = Locations::index(DOC).unwrap();
         assert_eq!(locations.value("routes[1].request.method"), at(9, 5));
         assert_eq!(locations.value("nothing.here"), at(1, 1));
     }
 
     #[test]
     fn broken_yaml_gives_an_empty_index() {
-        let locations = Locations::index("routes: [\n");
+        let locations = Locations::index("routes: [\n").unwrap();
         assert_eq!(locations.value("routes"), None);
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_located_without_reading_further() {
+        let deep = format!("routes: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(Locations::index(&deep).unwrap_err().line, 1);
+        let block: String = (0..70)
+            .map(|i| format!("{}- a:\n", "  ".repeat(i)))
+            .collect();
+        let error = Locations::index(&format!("routes:\n{block}")).unwrap_err();
+        assert!(error.line > 30, "{error:?}");
+        let fine = format!("routes: {}{}\n", "[".repeat(63), "]".repeat(63));
+        assert!(Locations::index(&fine).is_ok());
     }
 }

@@ -14,14 +14,15 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+mod log;
 mod stream;
 
 use super::env::substitute;
 use super::locate::{join, Locations};
 use super::raw::{self, TOP_LEVEL_KEYS};
 use super::{
-    defaults, ConfigError, ConfigErrors, GatewayConfig, LogConfig, LogFormat, PathMatch,
-    RequestPlan, RouteConfig, UpstreamConfig, UpstreamTarget,
+    defaults, ConfigError, ConfigErrors, GatewayConfig, PathMatch, RequestPlan, RouteConfig,
+    UpstreamConfig, UpstreamTarget,
 };
 
 use crate::proxy::request::is_hop_by_hop;
@@ -38,11 +39,12 @@ struct Validator<'a> {
 
 pub(super) fn validate(
     text: &str,
+    locations: Locations,
     source: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<GatewayConfig, ConfigErrors> {
     let mut validator = Validator {
-        locations: Locations::index(text),
+        locations,
         errors: Vec::new(),
         env,
         from_environment: BTreeSet::new(),
@@ -263,28 +265,6 @@ impl Validator<'_> {
         }
     }
 
-    fn log(&mut self, value: Option<Value>) -> Option<LogConfig> {
-        let log: raw::Log = match value {
-            None => raw::Log {
-                format: None,
-                level: None,
-            },
-            Some(value) => self.section(Some(value), "log")?,
-        };
-        let level = log.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_owned());
-        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&level) {
-            self.error_at_value(
-                "log.level",
-                format!("invalid log level \"{level}\": {error} (use error, warn, info, debug or trace)"),
-            );
-            return None;
-        }
-        Some(LogConfig {
-            format: log.format.unwrap_or(LogFormat::Pretty),
-            level,
-        })
-    }
-
     fn name(&mut self, path: &str, kind: &str, name: &str) -> bool {
         let plain = is_plain_name(name, b"_-.");
         if !plain {
@@ -429,6 +409,9 @@ impl Validator<'_> {
             self.error_at_value("routes", "no routes: define at least one");
         }
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        // By path, so each route is compared with the few on its own path, not with
+        // every other (a generated file with 20,000 routes took seconds).
+        let mut by_path: BTreeMap<(bool, String), Vec<usize>> = BTreeMap::new();
         for (index, value) in items.into_iter().enumerate() {
             let path = format!("routes[{index}]");
             let Some(raw) = self.section::<raw::Route>(Some(value), &path) else {
@@ -446,9 +429,16 @@ impl Validator<'_> {
                     ),
                 );
             }
-            if let Some((other, _)) = routes.iter().enumerate().find(|(_, other)| {
-                other.path == route.path && methods_overlap(&other.methods, &route.methods)
-            }) {
+            let exact = matches!(route.path, PathMatch::Exact(_));
+            let same_path = by_path
+                .entry((exact, route.path.as_str().to_owned()))
+                .or_default();
+            let overlapping = same_path
+                .iter()
+                .find(|&&other| methods_overlap(&routes[other].methods, &route.methods))
+                .copied();
+            same_path.push(routes.len());
+            if let Some(other) = overlapping {
                 self.error_at_value(
                     &join(&path, "match"),
                     format!(

@@ -3,6 +3,10 @@
 //! close), and a streaming client.
 #![allow(dead_code)]
 
+mod process;
+#[allow(unused_imports)]
+pub use process::GatewayProcess;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sse_gateway::config::GatewayConfig;
 use sse_gateway::gateway::{self, Running};
+use sse_gateway::listener::ConnectionLimits;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -60,6 +65,10 @@ impl TestGateway {
     pub async fn shutdown(self) {
         self.running.shutdown(Duration::from_secs(1)).await;
     }
+
+    pub fn gateway(&self) -> &std::sync::Arc<sse_gateway::gateway::Gateway> {
+        self.running.gateway()
+    }
 }
 
 /// Starts a gateway on `yaml` (its `listen` is replaced by `127.0.0.1:0`), with
@@ -78,10 +87,21 @@ pub async fn start_gateway(yaml: &str) -> TestGateway {
     start_gateway_with_env(yaml, &[]).await
 }
 
-pub async fn start_config(mut config: GatewayConfig) -> TestGateway {
+pub async fn start_config(config: GatewayConfig) -> TestGateway {
+    start_config_with_limits(config, ConnectionLimits::default()).await
+}
+
+/// [`start_config`] under other connection deadlines (shortened, so that a test of a
+/// 30 s deadline takes a second).
+pub async fn start_config_with_limits(
+    mut config: GatewayConfig,
+    limits: ConnectionLimits,
+) -> TestGateway {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.admin_listen = "127.0.0.1:0".parse().unwrap();
-    let running = gateway::start(config).await.expect("gateway starts");
+    let running = gateway::start_with(config, limits)
+        .await
+        .expect("gateway starts");
     TestGateway {
         addr: running.local_addr(),
         admin_addr: running.admin_addr(),

@@ -1,0 +1,464 @@
+//! Serving connections, for the public and the admin listener alike: the accept loop
+//! with its backoff, telling HTTP/1 from h2c, and the deadlines every connection
+//! lives under.
+//!
+//! Both listeners face the same abuse (connections that send nothing, half a request
+//! head, or nothing after the HTTP/2 preface), so both get their defences from here,
+//! whatever the protocol: a client has `header_read_timeout` from connecting to
+//! complete its first request's head, and a connection with no request in flight is
+//! closed after `idle_timeout`. hyper has a header deadline for HTTP/1 only; the
+//! deadlines here hold for h2c too. The drain closes connections through here as well.
+
+mod activity;
+mod slots;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use activity::Tracked;
+use slots::Slots;
+
+/// The deadlines and the cap connections live under. The defaults are what the
+/// gateway runs with; they are not operator settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// From connecting, how long a client has to complete its first request's head
+    /// (HTTP/1 request line and headers; h2c preface, SETTINGS and a HEADERS frame);
+    /// HTTP/1 also gets it for every later request head.
+    pub header_read_timeout: Duration,
+    /// After its last response, how long a connection with no request in flight
+    /// stays open.
+    pub idle_timeout: Duration,
+    /// At most this many admin connections are open at once.
+    pub admin_max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            admin_max_connections: 64,
+        }
+    }
+}
+
+/// After an accept error (out of file descriptors, most often) wait this long before
+/// accepting again, instead of spinning or exiting.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A connection asked to close (idle, or draining) with nothing in flight gets this
+/// long to close on its own (an h2c client acknowledges the GOAWAY) before it is
+/// dropped; a client that never answers does not keep it.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A listening socket whose accept errors are waited out and logged once per run of
+/// errors, not once per attempt.
+#[derive(Debug)]
+pub(crate) struct Acceptor {
+    listener: TcpListener,
+    name: &'static str,
+    failures: u64,
+}
+
+impl Acceptor {
+    pub(crate) fn new(listener: TcpListener, name: &'static str) -> Acceptor {
+        Acceptor {
+            listener,
+            name,
+            failures: 0,
+        }
+    }
+
+    /// The next connection; never fails.
+    pub(crate) async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok(accepted) => {
+                    if self.failures > 0 {
+                        tracing::info!(
+                            listener = self.name,
+                            failures = self.failures,
+                            "accepting again"
+                        );
+                        self.failures = 0;
+                    }
+                    return accepted;
+                }
+                Err(error) => {
+                    if self.failures == 0 {
+                        tracing::warn!(listener = self.name, %error, "accept failed; retrying every 100ms");
+                    }
+                    self.failures += 1;
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+}
+
+/// The server side of both protocols, configured once and shared by every connection.
+#[derive(Debug)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// The connections of one listener: how they are served, how many are open, and the
+/// drain that closes them.
+#[derive(Debug, Clone)]
+pub(crate) struct Connections {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    builders: Builders,
+    limits: ConnectionLimits,
+    open: watch::Sender<usize>,
+    draining: CancellationToken,
+    slots: Option<Arc<Slots>>,
+}
+
+impl Connections {
+    /// `cap`: at most this many open at once (the oldest idle one makes room).
+    pub(crate) fn new(limits: ConnectionLimits, cap: Option<usize>) -> Connections {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        Connections {
+            inner: Arc::new(Inner {
+                builders: Builders { http1, http2 },
+                limits,
+                open: watch::channel(0).0,
+                draining: CancellationToken::new(),
+                slots: cap.map(|cap| Arc::new(Slots::new(cap))),
+            }),
+        }
+    }
+
+    /// Asks every connection to close: idle ones at once, busy ones after their
+    /// responses (HTTP/1) or open streams (h2c).
+    pub(crate) fn start_draining(&self) {
+        self.inner.draining.cancel();
+    }
+
+    /// Resolves once no connection is open.
+    pub(crate) async fn all_closed(&self) {
+        let mut open = self.inner.open.subscribe();
+        let _ = open.wait_for(|n| *n == 0).await;
+    }
+
+    /// Serves one accepted connection on its own task.
+    pub(crate) fn serve<S, B>(&self, stream: TcpStream, peer: SocketAddr, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let accepted = Instant::now();
+        // Events are small and latency matters more than packet count.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let activity = Arc::new(watch::channel(0).0);
+        let admitted = match &self.inner.slots {
+            None => None,
+            Some(slots) => match slots.admit(activity.subscribe()) {
+                Some(admitted) => Some(admitted),
+                None => {
+                    tracing::debug!(%peer, "every connection busy; refusing one");
+                    return;
+                }
+            },
+        };
+        // Counted now, so a drain that starts while the first bytes are awaited
+        // waits for this connection too.
+        self.inner.open.send_modify(|n| *n += 1);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let evicted = admitted.as_ref().map(|a| a.evicted.clone());
+            let served = serve(&inner, stream, peer, service, activity, accepted, evicted);
+            served.await;
+            drop(admitted);
+            inner.open.send_modify(|n| *n -= 1);
+        });
+    }
+}
+
+async fn serve<S, B>(
+    inner: &Inner,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    activity: activity::Activity,
+    accepted: Instant,
+    evicted: Option<CancellationToken>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let evicted = evicted.unwrap_or_default();
+    let protocol = tokio::select! {
+        sniffed = tokio::time::timeout(inner.limits.header_read_timeout, sniff(&stream)) => sniffed,
+        () = inner.draining.cancelled() => return,
+        () = evicted.cancelled() => return,
+    };
+    let watch = Watch {
+        activity: activity.subscribe(),
+        limits: inner.limits,
+        accepted,
+        draining: &inner.draining,
+        evicted: &evicted,
+        peer,
+    };
+    let io = TokioIo::new(stream);
+    let service = Tracked {
+        inner: service,
+        activity,
+    };
+    let ended = match protocol {
+        Ok(Ok(Some(Protocol::Http1))) => {
+            let connection = inner.builders.http1.serve_connection(io, service);
+            watch.drive(connection, |c| c.graceful_shutdown()).await
+        }
+        Ok(Ok(Some(Protocol::Http2))) => {
+            let connection = inner.builders.http2.serve_connection(io, service);
+            // Boxed, so that this task is sized for an HTTP/1 connection.
+            Box::pin(watch.drive(connection, |c| c.graceful_shutdown())).await
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "connection failed before its first byte");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no byte within the header read timeout; closing");
+            return;
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// What one connection's deadlines watch.
+struct Watch<'a> {
+    activity: watch::Receiver<usize>,
+    limits: ConnectionLimits,
+    accepted: Instant,
+    draining: &'a CancellationToken,
+    evicted: &'a CancellationToken,
+    peer: SocketAddr,
+}
+
+impl Watch<'_> {
+    /// Runs `connection` to its end, closing it when it has had no request in flight
+    /// for too long, and gracefully when the drain starts. `graceful` asks hyper to
+    /// close after what is in flight.
+    async fn drive<C>(
+        mut self,
+        connection: C,
+        graceful: impl Fn(Pin<&mut C>),
+    ) -> Result<(), hyper::Error>
+    where
+        C: Future<Output = Result<(), hyper::Error>>,
+    {
+        let mut connection = pin!(connection);
+        // Until the first request, the header deadline; after it, the idle timeout.
+        let mut allowed = self.limits.header_read_timeout;
+        let mut idle_since = Some(self.accepted);
+        let mut closing = false;
+        loop {
+            let deadline = idle_since.map(|since| since + allowed);
+            tokio::select! {
+                ended = connection.as_mut() => return ended,
+                () = self.evicted.cancelled() => {
+                    tracing::debug!(peer = %self.peer, "closing an idle connection to make room");
+                    return Ok(());
+                }
+                () = self.draining.cancelled(), if !closing => {
+                    graceful(connection.as_mut());
+                    closing = true;
+                    allowed = CLOSE_GRACE;
+                    idle_since = idle_since.map(|_| Instant::now());
+                }
+                changed = self.activity.changed() => {
+                    if changed.is_err() {
+                        // The service is gone: hyper is finishing the connection.
+                        idle_since = None;
+                        continue;
+                    }
+                    if *self.activity.borrow_and_update() == 0 {
+                        idle_since = Some(Instant::now());
+                    } else {
+                        idle_since = None;
+                        if !closing {
+                            allowed = self.limits.idle_timeout;
+                        }
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    if closing {
+                        return Ok(());
+                    }
+                    tracing::debug!(peer = %self.peer, ?allowed, "no request in flight for too long; closing");
+                    graceful(connection.as_mut());
+                    closing = true;
+                    allowed = CLOSE_GRACE;
+                    idle_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts connections on `acceptor` and serves each with the service `make`
+/// builds for its peer, until `stop` resolves; then the listening socket closes.
+pub(crate) async fn accept_until<S, B>(
+    mut acceptor: Acceptor,
+    connections: Connections,
+    make: impl Fn(SocketAddr) -> S,
+    stop: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut stop = pin!(stop);
+    loop {
+        tokio::select! {
+            (stream, peer) = acceptor.accept() => connections.serve(stream, peer, make(peer)),
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// The first bytes of an h2c connection (HTTP/2 with prior knowledge).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long to wait before looking again when the bytes so far are only a part of
+/// the HTTP/2 preface (a client that splits it, which is rare).
+const PREFACE_RETRY: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Tells HTTP/1 from h2c by the first bytes, without taking them from the socket.
+///
+/// Left in the socket, the bytes reach hyper's first read together with the rest of
+/// the request head, in one 8 KiB read buffer. (Read first and handed back, as
+/// hyper-util's auto builder does, they make hyper grow that buffer to 16 KiB, and
+/// every open stream keeps it.) `None`: the client closed without sending a byte.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(Protocol::Http1));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(Protocol::Http2));
+        }
+        // A peek now would return the same bytes at once: give the rest time to come.
+        tokio::time::sleep(PREFACE_RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connected pair: the client's end and the accepted end.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (client, accepted)
+    }
+
+    #[tokio::test]
+    async fn sniff_tells_http1_from_h2c_and_leaves_the_bytes() {
+        let (mut client, accepted) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(sniff(&accepted).await.unwrap(), Some(Protocol::Http1));
+        let mut first = [0u8; 3];
+        accepted.peek(&mut first).await.unwrap();
+        assert_eq!(&first, b"GET");
+
+        let (mut client, accepted) = pair().await;
+        client.write_all(H2_PREFACE).await.unwrap();
+        assert_eq!(sniff(&accepted).await.unwrap(), Some(Protocol::Http2));
+    }
+
+    #[tokio::test]
+    async fn sniff_waits_out_a_split_preface_or_a_split_method() {
+        let (mut client, accepted) = pair().await;
+        client.write_all(&H2_PREFACE[..5]).await.unwrap();
+        let sniffing = tokio::spawn(async move { sniff(&accepted).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        client.write_all(&H2_PREFACE[5..]).await.unwrap();
+        assert_eq!(sniffing.await.unwrap(), Some(Protocol::Http2));
+
+        let (mut client, accepted) = pair().await;
+        client.write_all(b"P").await.unwrap();
+        let sniffing = tokio::spawn(async move { sniff(&accepted).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        client.write_all(b"OST / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(sniffing.await.unwrap(), Some(Protocol::Http1));
+    }
+
+    #[tokio::test]
+    async fn sniff_sees_a_client_that_closes_without_a_byte() {
+        let (client, accepted) = pair().await;
+        drop(client);
+        assert_eq!(sniff(&accepted).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! The real `sse-gateway` binary as a child process, on a config file in its own
+//! directory: for what only a process shows (signals, exit codes, reloads from the
+//! file, descriptor limits).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::{body_text, get, Metrics, LIVENESS};
+
+/// The gateway binary running on a config file in its own directory.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub addr: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl GatewayProcess {
+    /// Writes `config` (with `LISTEN` and `ADMIN` replaced) and starts the binary on it;
+    /// returns once `/healthz` answers.
+    pub async fn start(name: &str, config: &str) -> GatewayProcess {
+        GatewayProcess::start_limited(name, config, None).await
+    }
+
+    /// [`GatewayProcess::start`], with at most `max_files` open descriptors when given
+    /// (`ulimit -n`, then the binary in place of the shell: the child is the gateway).
+    pub async fn start_limited(name: &str, config: &str, max_files: Option<u32>) -> GatewayProcess {
+        let dir =
+            std::env::temp_dir().join(format!("sse-gateway-ops-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let config_path = dir.join("gateway.yaml");
+        let log = dir.join("gateway.log");
+        let text = config
+            .replace("LISTEN", &format!("127.0.0.1:{port}"))
+            .replace("ADMIN", &format!("127.0.0.1:{admin_port}"));
+        std::fs::write(&config_path, text).unwrap();
+        let mut command = match max_files {
+            None => Command::new(env!("CARGO_BIN_EXE_sse-gateway")),
+            Some(n) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_sse-gateway"));
+                shell
+            }
+        };
+        let child = command
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let process = GatewayProcess {
+            child,
+            dir,
+            config: config_path,
+            log,
+            addr: ([127, 0, 0, 1], port).into(),
+            admin: ([127, 0, 0, 1], admin_port).into(),
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(process.admin).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        process
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Replaces the config file the way Kubernetes does: write aside, rename over.
+    pub fn replace_config(&self, config: &str) {
+        let current = std::fs::read_to_string(&self.config).unwrap();
+        let listen = current
+            .lines()
+            .find(|l| l.starts_with("listen:"))
+            .unwrap()
+            .to_owned();
+        let admin = current
+            .lines()
+            .find(|l| l.starts_with("admin:"))
+            .unwrap()
+            .to_owned();
+        let text = config
+            .replace("listen: LISTEN", &listen)
+            .replace("admin: { listen: ADMIN }", &admin);
+        let aside = self.dir.join("gateway.yaml.new");
+        std::fs::write(&aside, text).unwrap();
+        std::fs::rename(&aside, &self.config).unwrap();
+    }
+
+    pub async fn metrics(&self) -> Metrics {
+        let response = get(self.admin, "/metrics").await;
+        Metrics::parse(&body_text(response).await)
+    }
+
+    pub async fn reloads_reach(&self, result: &str, count: f64) {
+        let deadline = tokio::time::Instant::now() + LIVENESS;
+        loop {
+            let metrics = self.metrics().await;
+            let seen = metrics.get("sse_gateway_config_reloads_total", &[("result", result)]);
+            if seen >= count {
+                assert_eq!(seen, count, "reloads with result {result}");
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no reload {result} seen; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit (within `within`); its exit code.
+    pub async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway did not exit in time; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
