@@ -19,16 +19,16 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::sync::watch;
 
-use crate::config::GatewayConfig;
 use crate::listener::{self, Acceptor, ConnectionLimits, Connections};
 use crate::metrics::Metrics;
+use crate::proxy::Proxy;
 use crate::reply::{self, ErrorType};
 
 /// What the admin endpoints read.
 #[derive(Debug)]
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub config: watch::Receiver<Arc<GatewayConfig>>,
+    pub config: watch::Receiver<Arc<Proxy>>,
     /// False before the first config is serving and once draining has begun.
     pub ready: AtomicBool,
     /// How many times `/metrics` was served, and a wake-up for each time.
@@ -37,7 +37,7 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>, config: watch::Receiver<Arc<GatewayConfig>>) -> AdminState {
+    pub fn new(metrics: Arc<Metrics>, config: watch::Receiver<Arc<Proxy>>) -> AdminState {
         AdminState {
             metrics,
             config,
@@ -112,7 +112,7 @@ fn answer(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byte
             }
         }
         "/config" => {
-            let config = state.config.borrow().clone();
+            let config = state.config.borrow().config().clone();
             text(
                 StatusCode::OK,
                 "application/json",

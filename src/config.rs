@@ -23,6 +23,8 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 
 use crate::rewrite::Pipeline;
 
+pub use crate::router::PathMatch;
+
 pub use env::EnvError;
 pub use locate::{Position, MAX_DEPTH};
 pub use raw::{BodyMode, LogFormat, OnUpstreamEof};
@@ -135,25 +137,6 @@ pub struct StreamConfig {
     pub idle_timeout: Duration,
     pub heartbeat: Duration,
     pub max_duration: Duration,
-}
-
-/// How a route matches the request path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    /// Segment-aware: `/api/stream` matches `/api/stream` and `/api/stream/x`, never
-    /// `/api/streaming`. Stored without a trailing slash (except `/` itself).
-    Prefix(String),
-    /// The whole path, exactly.
-    Exact(String),
-}
-
-impl PathMatch {
-    /// The literal path text of the match.
-    pub fn as_str(&self) -> &str {
-        match self {
-            PathMatch::Prefix(path) | PathMatch::Exact(path) => path,
-        }
-    }
 }
 
 /// How a matched request is turned into the upstream request.

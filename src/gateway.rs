@@ -4,7 +4,7 @@
 //! Starts the demo upstream when a config uses it, builds one client per upstream and
 //! the route table, binds the public listener (HTTP/1.1 and h2c prior knowledge) and
 //! the admin listener. Startup and reload share one path, [`Gateway::apply`]: a config
-//! becomes a [`Generation`] that is swapped in atomically for new requests, while
+//! becomes a [`Proxy`] that is swapped in atomically for new requests, while
 //! requests already running keep the generation they started with. The only file that
 //! knows every other module.
 
@@ -48,19 +48,12 @@ pub enum StartError {
     Tls(#[from] TlsError),
 }
 
-/// One config, compiled for serving.
-#[derive(Debug)]
-pub struct Generation {
-    pub config: Arc<GatewayConfig>,
-    pub proxy: Arc<Proxy>,
-}
-
 /// What outlives a generation: metrics, the demo server, the shutdown signal.
 #[derive(Debug)]
 pub struct Gateway {
     metrics: Arc<Metrics>,
-    current: watch::Sender<Arc<Generation>>,
-    config: watch::Sender<Arc<GatewayConfig>>,
+    /// The config in force, compiled; it holds the one copy of the config.
+    current: watch::Sender<Arc<Proxy>>,
     demo: Mutex<Option<DemoServer>>,
     /// Fired when the drain time has run out: supervised streams end with `shutdown`.
     shutdown: Shutdown,
@@ -79,21 +72,17 @@ impl Gateway {
         // Thousands of routes (regexes, the route table, CA files read from disk) take
         // long enough to stall every stream if compiled on the runtime.
         let proxy = tokio::task::spawn_blocking(move || {
-            compile(&compiled, demo_origin.as_deref(), &metrics, shutdown)
+            compile(compiled, demo_origin.as_deref(), &metrics, shutdown)
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
-        self.config.send_replace(config.clone());
-        self.current.send_replace(Arc::new(Generation {
-            config,
-            proxy: Arc::new(proxy),
-        }));
+        self.current.send_replace(Arc::new(proxy));
         Ok(())
     }
 
     /// The config in force.
     pub fn config(&self) -> Arc<GatewayConfig> {
-        self.config.borrow().clone()
+        self.current.borrow().config().clone()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -125,7 +114,7 @@ impl Gateway {
 
 /// One client per upstream, and the route table.
 fn compile(
-    config: &GatewayConfig,
+    config: Arc<GatewayConfig>,
     demo_origin: Option<&str>,
     metrics: &Arc<Metrics>,
     shutdown: Shutdown,
@@ -211,20 +200,15 @@ pub async fn start_with(
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = Shutdown::new();
-    let empty = Arc::new(GatewayConfig::empty());
-    let placeholder = Arc::new(Generation {
-        proxy: Arc::new(Proxy::new(
-            &empty,
-            &BTreeMap::new(),
-            &metrics,
-            shutdown.clone(),
-        )),
-        config: empty.clone(),
-    });
+    let placeholder = Arc::new(Proxy::new(
+        Arc::new(GatewayConfig::empty()),
+        &BTreeMap::new(),
+        &metrics,
+        shutdown.clone(),
+    ));
     let gateway = Arc::new(Gateway {
         metrics: metrics.clone(),
         current: watch::channel(placeholder).0,
-        config: watch::channel(empty).0,
         demo: Mutex::new(None),
         shutdown,
     });
@@ -232,7 +216,7 @@ pub async fn start_with(
     gateway.apply(config).await?;
     tracing::info!(listen = %local_addr, admin = %admin_addr, routes, "gateway listening");
 
-    let admin = Arc::new(AdminState::new(metrics, gateway.config.subscribe()));
+    let admin = Arc::new(AdminState::new(metrics, gateway.current.subscribe()));
     admin::serve(
         Acceptor::new(admin_listener, "admin"),
         admin.clone(),
@@ -249,7 +233,7 @@ pub async fn start_with(
         service_fn(move |request| {
             // The generation is taken once per request: a reload never changes the
             // rules of a request, or a stream, already running.
-            let proxy = current.borrow().proxy.clone();
+            let proxy = current.borrow().clone();
             let signal = signal.clone();
             // Boxed: hyper keeps the slot of a request's future as long as the
             // connection; this box is freed once the response head is out, so an open

@@ -9,6 +9,7 @@
 //! - [`engine`]: one event stream's life as pure code (sans-I/O): frames, outcome,
 //!   closing frames; driven alike by the live body, `rewrite`, fuzz, bench and tests.
 //! - [`gateway`]: the composition root; binds the listeners and serves.
+//! - [`hop_by_hop`]: the headers that never cross a proxy.
 //! - [`listener`]: accepting and serving connections (HTTP/1 and h2c) for both
 //!   listeners: accept backoff, header and idle deadlines, the admin cap, the drain.
 //! - [`router`]: which route owns a request path and method.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod gateway;
+pub mod hop_by_hop;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

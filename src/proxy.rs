@@ -29,13 +29,16 @@ use crate::upstream::{Fault, Upstream};
 
 pub use self::route::Route;
 
-use self::request::{host_problem, strip_hop_by_hop, translate, Origin};
+use self::request::{host_problem, translate, Origin};
+use crate::hop_by_hop::strip_hop_by_hop;
 
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Everything needed to serve requests under one config.
 #[derive(Debug)]
 pub struct Proxy {
+    /// The config it was compiled from: the one copy the running gateway keeps.
+    config: Arc<GatewayConfig>,
     routes: RouteTable<Route>,
     metrics: Arc<Metrics>,
 }
@@ -43,7 +46,7 @@ pub struct Proxy {
 impl Proxy {
     /// Compiles `config`'s routes; `upstreams` holds a ready client per upstream name.
     pub fn new(
-        config: &GatewayConfig,
+        config: Arc<GatewayConfig>,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Arc<Metrics>,
         shutdown: crate::shutdown::Shutdown,
@@ -52,10 +55,17 @@ impl Proxy {
             .routes
             .iter()
             .filter_map(|route| Route::build(route, upstreams, metrics, &shutdown));
+        let routes = RouteTable::new(routes);
         Proxy {
-            routes: RouteTable::new(routes),
+            config,
+            routes,
             metrics: metrics.clone(),
         }
+    }
+
+    /// The config this proxy serves.
+    pub fn config(&self) -> &Arc<GatewayConfig> {
+        &self.config
     }
 
     /// Serves one request from `peer`.

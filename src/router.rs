@@ -7,7 +7,24 @@
 
 use http::Method;
 
-use crate::config::PathMatch;
+/// How a route matches the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Segment-aware: `/api/stream` matches `/api/stream` and `/api/stream/x`, never
+    /// `/api/streaming`. Stored without a trailing slash (except `/` itself).
+    Prefix(String),
+    /// The whole path, exactly.
+    Exact(String),
+}
+
+impl PathMatch {
+    /// The literal path text of the match.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathMatch::Prefix(path) | PathMatch::Exact(path) => path,
+        }
+    }
+}
 
 /// One entry of the table.
 #[derive(Debug)]

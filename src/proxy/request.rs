@@ -8,52 +8,19 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
-    HOST,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
 };
 use http::{Request, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::{BodyMode, RequestPlan};
+use crate::hop_by_hop::strip_hop_by_hop;
 use crate::upstream::{ClientBody, ClientErrorKind, Upstream, UpstreamBody};
-
-/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1, plus
-/// the non-standard ones proxies meet in practice).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// True for the fixed hop-by-hop headers (configuring them is refused).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-}
-
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
 
 /// Why an HTTP/1.1 request's `Host` makes it unanswerable (RFC 9112 section 3.2: a
 /// server must answer 400 to a request without exactly one); `None` when it is fine.
@@ -261,22 +228,5 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["q"], "a\r\nX-Injected: 1");
         assert!(!body.contains(&b'\r'));
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_connection_named_ones_go() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
-        headers.insert("te", HeaderValue::from_static("trailers"));
-        headers.insert("upgrade", HeaderValue::from_static("websocket"));
-        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
-        strip_hop_by_hop(&mut headers);
-        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["authorization"]);
     }
 }

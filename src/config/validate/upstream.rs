@@ -1,0 +1,137 @@
+//! The `upstreams` section: each upstream deserialized on its own, its URL checked
+//! (scheme, authority, a base path without dot segments), its TLS files and timeouts.
+
+use std::collections::BTreeMap;
+
+use http::Uri;
+use serde_yaml::Value;
+
+use super::{join, raw, Validator};
+use crate::config::{defaults, UpstreamConfig, UpstreamTarget};
+
+impl Validator<'_> {
+    pub(super) fn upstreams(&mut self, value: Option<Value>) -> BTreeMap<String, UpstreamConfig> {
+        let mut upstreams = BTreeMap::new();
+        let Some(entries) = self.section::<BTreeMap<String, Value>>(value, "upstreams") else {
+            return upstreams;
+        };
+        for (name, value) in entries {
+            let path = join("upstreams", &name);
+            if !self.name(&path, "upstream", &name) {
+                continue;
+            }
+            let Some(raw) = self.section::<raw::Upstream>(Some(value), &path) else {
+                continue;
+            };
+            let target = match (raw.url, raw.demo) {
+                (Some(url), None) => {
+                    let ca_file = raw.tls.and_then(|tls| tls.ca_file);
+                    self.upstream_url(&path, &url, ca_file)
+                }
+                (None, Some(demo)) => Some(UpstreamTarget::Demo {
+                    token_interval: demo
+                        .token_interval
+                        .map_or(defaults::DEMO_TOKEN_INTERVAL, |d| d.0),
+                }),
+                (Some(_), Some(_)) => {
+                    self.error_at_value(&path, "give either `url` or `demo`, not both");
+                    None
+                }
+                (None, None) => {
+                    self.error_at_value(
+                        &path,
+                        "missing `url` (such as http://127.0.0.1:8000), or `demo: {}` for the built-in demo",
+                    );
+                    None
+                }
+            };
+            if let Some(target) = target {
+                upstreams.insert(
+                    name.clone(),
+                    UpstreamConfig {
+                        name,
+                        target,
+                        connect_timeout: raw
+                            .connect_timeout
+                            .map_or(defaults::CONNECT_TIMEOUT, |d| d.0),
+                        header_timeout: raw
+                            .header_timeout
+                            .map_or(defaults::HEADER_TIMEOUT, |d| d.0),
+                    },
+                );
+            }
+        }
+        if upstreams.is_empty() && self.errors.is_empty() {
+            self.error_at_value("upstreams", "no upstreams: define at least one");
+        }
+        upstreams
+    }
+
+    fn upstream_url(
+        &mut self,
+        upstream_path: &str,
+        url: &str,
+        ca_file: Option<String>,
+    ) -> Option<UpstreamTarget> {
+        let path = &join(upstream_path, "url");
+        let bad = |why: &str| format!("invalid upstream url \"{url}\": {why}");
+        let uri: Uri = match url.parse() {
+            Ok(uri) => uri,
+            Err(error) => {
+                self.error_at_value(path, bad(&error.to_string()));
+                return None;
+            }
+        };
+        let problem = match (uri.scheme_str(), uri.authority()) {
+            (Some("http" | "https"), Some(authority)) if !authority.as_str().contains('@') => {
+                if uri.query().is_some() {
+                    Some("a query string is not allowed")
+                } else {
+                    None
+                }
+            }
+            (Some("http" | "https"), Some(_)) => {
+                Some("credentials in the url are not allowed; set a header instead")
+            }
+            (Some(_), _) => Some("the scheme must be http or https"),
+            (None, _) => Some("expected an absolute url such as http://127.0.0.1:8000"),
+        };
+        if let Some(problem) = problem {
+            self.error_at_value(path, bad(problem));
+            return None;
+        }
+        let ca_path = join(upstream_path, "tls.ca_file");
+        let ca_file = match ca_file {
+            None => None,
+            Some(_) if uri.scheme_str() != Some("https") => {
+                self.error_at_value(&ca_path, "tls applies to https:// urls only");
+                return None;
+            }
+            Some(file) if !std::path::Path::new(&file).is_file() => {
+                self.error_at_value(
+                    &ca_path,
+                    format!("CA file \"{file}\" is not a readable file"),
+                );
+                return None;
+            }
+            Some(file) => Some(std::path::PathBuf::from(file)),
+        };
+        if let Some(problem) = base_path_problem(uri.path()) {
+            self.error_at_value(path, bad(problem));
+            return None;
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Some(UpstreamTarget::Url {
+            uri,
+            base_path,
+            ca_file,
+        })
+    }
+}
+
+/// An upstream's base path is prepended to request paths the router has checked; a
+/// base path with dot segments would undo that check at the upstream.
+fn base_path_problem(path: &str) -> Option<&'static str> {
+    (!crate::router::is_safe_path(path))
+        .then_some("the path must not have `.` or `..` segments, encoded separators or backslashes")
+}
