@@ -73,7 +73,25 @@ pub(crate) fn serve(acceptor: Acceptor, state: Arc<AdminState>, limits: Connecti
     let connections = Connections::new(limits, Some(limits.admin_max_connections));
     let make = move |_peer| {
         let state = state.clone();
-        service_fn(move |request| std::future::ready(Ok::<_, Infallible>(answer(&state, &request))))
+        service_fn(move |request: Request<Incoming>| {
+            let state = state.clone();
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            async move {
+                let response = match path.as_str() {
+                    // Their size grows with the routes (a /metrics of 20,000 routes
+                    // is hundreds of MB): made on the blocking pool, so a scrape never
+                    // pauses the streams.
+                    "/metrics" | "/config" => {
+                        tokio::task::spawn_blocking(move || answer(&state, &method, &path))
+                            .await
+                            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+                    }
+                    _ => answer(&state, &method, &path),
+                };
+                Ok::<_, Infallible>(response)
+            }
+        })
     };
     tokio::spawn(listener::accept_until(
         acceptor,
@@ -83,12 +101,12 @@ pub(crate) fn serve(acceptor: Acceptor, state: Arc<AdminState>, limits: Connecti
     ));
 }
 
-fn answer(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        let reply = reply::method_not_allowed(request.method(), &[Method::GET, Method::HEAD], None);
+fn answer(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        let reply = reply::method_not_allowed(method, &[Method::GET, Method::HEAD], None);
         return reply.map(Full::new);
     }
-    match request.uri().path() {
+    match path {
         "/metrics" => {
             let body = state.metrics.encode();
             state.scrapes.fetch_add(1, Ordering::AcqRel);

@@ -83,11 +83,16 @@ impl Gateway {
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
-        self.config.send_replace(config.clone());
-        self.current.send_replace(Arc::new(Generation {
-            config,
-            proxy: Arc::new(proxy),
-        }));
+        let replaced = (
+            self.config.send_replace(config.clone()),
+            self.current.send_replace(Arc::new(Generation {
+                config,
+                proxy: Arc::new(proxy),
+            })),
+        );
+        // Freeing thousands of routes takes a while too; requests still running keep
+        // the old generation alive, and whoever lets go of it last frees it.
+        tokio::task::spawn_blocking(move || drop(replaced));
         Ok(())
     }
 
