@@ -67,13 +67,76 @@ impl AdminState {
     }
 }
 
+/// An admin response body; a scrape counts once hyper has written all of it and drops
+/// it, so a shutdown waiting for the final scrape never ends the process before the
+/// scrape's bytes are out.
+#[derive(Debug)]
+struct ScrapeBody {
+    body: Full<Bytes>,
+    scraped: Option<Arc<AdminState>>,
+}
+
+impl http_body::Body for ScrapeBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for ScrapeBody {
+    fn drop(&mut self) {
+        if let Some(state) = self.scraped.take() {
+            state.scrapes.fetch_add(1, Ordering::AcqRel);
+            state.scraped.notify_waiters();
+        }
+    }
+}
+
 /// Serves the admin endpoints until the runtime stops, under the same deadlines as
 /// the public listener and at most `limits.admin_max_connections` connections.
 pub(crate) fn serve(acceptor: Acceptor, state: Arc<AdminState>, limits: ConnectionLimits) {
     let connections = Connections::new(limits, Some(limits.admin_max_connections));
     let make = move |_peer| {
         let state = state.clone();
-        service_fn(move |request| std::future::ready(Ok::<_, Infallible>(answer(&state, &request))))
+        service_fn(move |request: Request<Incoming>| {
+            let state = state.clone();
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let path_is_metrics = path == "/metrics";
+            async move {
+                let response = match path.as_str() {
+                    // Their size grows with the routes (a /metrics of 20,000 routes
+                    // is hundreds of MB): made on the blocking pool, so a scrape never
+                    // pauses the streams.
+                    "/metrics" | "/config" => {
+                        let answering = state.clone();
+                        tokio::task::spawn_blocking(move || answer(&answering, &method, &path))
+                            .await
+                            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+                    }
+                    _ => answer(&state, &method, &path),
+                };
+                let scrape = path_is_metrics && response.status() == StatusCode::OK;
+                let response = response.map(|body| ScrapeBody {
+                    body,
+                    scraped: scrape.then_some(state),
+                });
+                Ok::<_, Infallible>(response)
+            }
+        })
     };
     tokio::spawn(listener::accept_until(
         acceptor,
@@ -83,22 +146,17 @@ pub(crate) fn serve(acceptor: Acceptor, state: Arc<AdminState>, limits: Connecti
     ));
 }
 
-fn answer(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        let reply = reply::method_not_allowed(request.method(), &[Method::GET, Method::HEAD], None);
+fn answer(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
+        let reply = reply::method_not_allowed(method, &[Method::GET, Method::HEAD], None);
         return reply.map(Full::new);
     }
-    match request.uri().path() {
-        "/metrics" => {
-            let body = state.metrics.encode();
-            state.scrapes.fetch_add(1, Ordering::AcqRel);
-            state.scraped.notify_waiters();
-            text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                body,
-            )
-        }
+    match path {
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.encode(),
+        ),
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             if state.ready.load(Ordering::Acquire) {

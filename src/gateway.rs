@@ -76,7 +76,10 @@ impl Gateway {
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
-        self.current.send_replace(Arc::new(proxy));
+        let replaced = self.current.send_replace(Arc::new(proxy));
+        // Freeing thousands of routes takes a while too; requests still running keep
+        // the old proxy alive, and whoever lets go of it last frees it.
+        tokio::task::spawn_blocking(move || drop(replaced));
         Ok(())
     }
 

@@ -38,11 +38,13 @@ use slots::Slots;
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// From connecting, how long a client has to complete its first request's head
-    /// (HTTP/1 request line and headers; h2c preface, SETTINGS and a HEADERS frame);
-    /// HTTP/1 also gets it for every later request head.
+    /// (HTTP/1 request line and headers; h2c preface, SETTINGS and a HEADERS frame).
+    /// hyper applies it to every later HTTP/1 request head too, counted from the
+    /// previous response: for HTTP/1 it is also the keep-alive timeout.
     pub header_read_timeout: Duration,
     /// After its last response, how long a connection with no request in flight
-    /// stays open.
+    /// stays open (for h2c: no open stream). As long as the HTTP/1 keep-alive
+    /// timeout above, so both protocols behave alike.
     pub idle_timeout: Duration,
     /// At most this many admin connections are open at once.
     pub admin_max_connections: usize,
@@ -52,7 +54,7 @@ impl Default for ConnectionLimits {
     fn default() -> ConnectionLimits {
         ConnectionLimits {
             header_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30),
             admin_max_connections: 64,
         }
     }

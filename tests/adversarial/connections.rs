@@ -440,7 +440,14 @@ fn reload_counts(metrics: &Metrics) -> (f64, f64, f64) {
 async fn an_unreadable_config_file_is_a_read_error_not_a_reload() {
     let upstream = ScriptedUpstream::bind().await;
     let gateway = GatewayProcess::start("unreadable", &process_config(&upstream.url())).await;
-    assert_eq!(reload_counts(&gateway.metrics().await), (0.0, 0.0, 0.0));
+    let metrics = gateway.metrics().await;
+    assert_eq!(reload_counts(&metrics), (0.0, 0.0, 0.0));
+    assert!(
+        metrics
+            .text
+            .contains("\nsse_gateway_config_read_errors_total 0\n"),
+        "exported from the start, so increase() sees the first one"
+    );
     let content = std::fs::read(&gateway.config).unwrap();
 
     // The path becomes a dangling symlink, as a half-done ConfigMap swap can leave it.
