@@ -5,8 +5,6 @@
 //! per-event cost is an atomic add, with no label lookup and no lock. Label values are
 //! bounded: route and rule names (validated config), fixed enums, never request data.
 
-use std::sync::Arc;
-
 use http::{Method, StatusCode};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -53,7 +51,6 @@ pub struct Metrics {
 /// One route's handles, resolved once and shared by all of its streams.
 #[derive(Debug)]
 pub struct RouteMetrics {
-    route: Arc<str>,
     pub streams_active: IntGauge,
     pub streams_stuck: IntGauge,
     pub stuck_total: IntCounter,
@@ -219,7 +216,6 @@ impl Metrics {
     pub fn route(&self, route: &str, rules: &[&str]) -> RouteMetrics {
         let one = |vec: &IntCounterVec| vec.with_label_values(&[route]);
         RouteMetrics {
-            route: Arc::from(route),
             streams_active: self.streams_active.with_label_values(&[route]),
             streams_stuck: self.streams_stuck.with_label_values(&[route]),
             stuck_total: one(&self.stuck_total),
@@ -298,10 +294,6 @@ impl Metrics {
 }
 
 impl RouteMetrics {
-    pub fn route(&self) -> &Arc<str> {
-        &self.route
-    }
-
     /// The duration histogram for one outcome.
     pub fn stream_duration(&self, outcome: Outcome) -> &Histogram {
         &self.stream_duration[outcome.index()]

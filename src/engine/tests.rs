@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use regex::bytes::Regex;
 
-use super::{Engine, Outcome, Stop};
+use super::{Engine, Outcome, Stop, StreamError};
 use crate::rewrite::{Pipeline, Rule, Scope, Terminator, TerminatorMatch};
 
 /// Repair, drop `: ping` comments, and a forwarded, synthesized `[DONE]`.
@@ -170,4 +170,11 @@ fn progress_counts_hits_and_data_but_pings_are_not_data() {
     engine.push(Bytes::from_static(b"data: b\n\n"));
     drain(&mut engine);
     assert!(!engine.take_progress().first_data_event, "only the first");
+}
+
+#[test]
+fn stream_error_types_are_distinct() {
+    let names: std::collections::BTreeSet<&str> =
+        StreamError::ALL.iter().map(|e| e.as_str()).collect();
+    assert_eq!(names.len(), StreamError::ALL.len());
 }

@@ -27,23 +27,6 @@ pub fn event(event_type: Option<&[u8]>, data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Encodes a comment event (`: text`, blank line); clients ignore it, proxies see traffic.
-///
-/// Each line of a multi-line `text` becomes its own comment line.
-pub fn comment(text: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(text.len() + 4);
-    for line in LineEnds::new(text) {
-        out.push(b':');
-        if !line.is_empty() {
-            out.push(b' ');
-            out.extend_from_slice(line);
-        }
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    Bytes::from(out)
-}
-
 /// Appends one `name: value` line with its LF.
 pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -122,15 +105,5 @@ mod tests {
             event(Some(b"a\ndata: evil"), b"1"),
             Bytes::from_static(b"event: a\ndata: 1\n\n")
         );
-    }
-
-    #[test]
-    fn comment_per_line() {
-        assert_eq!(
-            comment(b"keep-alive"),
-            Bytes::from_static(b": keep-alive\n\n")
-        );
-        assert_eq!(comment(b"a\nb"), Bytes::from_static(b": a\n: b\n\n"));
-        assert_eq!(comment(b""), Bytes::from_static(b":\n\n"));
     }
 }
