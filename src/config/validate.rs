@@ -30,6 +30,9 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
     env: &'a dyn Fn(&str) -> Option<String>,
     from_environment: BTreeSet<String>,
+    /// Key paths whose `${VAR}` could not be substituted: that is their one problem,
+    /// so the later check of the unsubstituted text does not report it twice.
+    env_failed: BTreeSet<String>,
 }
 
 pub(super) fn validate(
@@ -43,6 +46,7 @@ pub(super) fn validate(
         errors: Vec::new(),
         env,
         from_environment: BTreeSet::new(),
+        env_failed: BTreeSet::new(),
     };
     let config = validator.document(text, source);
     match config {
@@ -60,6 +64,9 @@ pub(super) fn validate(
 
 impl Validator<'_> {
     fn error_at_value(&mut self, path: &str, message: impl Into<String>) {
+        if self.env_failed.contains(path) {
+            return;
+        }
         self.errors.push(ConfigError {
             position: self.locations.value(path),
             path: path.to_owned(),
@@ -188,7 +195,10 @@ impl Validator<'_> {
                     self.from_environment.insert(path);
                 }
                 Ok(None) => {}
-                Err(error) => self.error_at_value(&path, error.to_string()),
+                Err(error) => {
+                    self.error_at_value(&path, error.to_string());
+                    self.env_failed.insert(path);
+                }
             },
             Value::Sequence(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
