@@ -77,6 +77,7 @@ impl Gateway {
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
         self.current.send_replace(Arc::new(proxy));
+        self.metrics.config_applied();
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::access_log::RequestLog;
 use crate::body::ResponseBody;
 use crate::config::GatewayConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
@@ -90,25 +90,31 @@ impl Proxy {
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
 
         if let Some(problem) = host_problem(&request) {
-            let reply = reply::error_response(ErrorType::BadRequest, problem, None);
+            let reply =
+                reply::error_response(ErrorType::BadRequest, problem, Some(UNMATCHED_ROUTE));
             return (made(reply, log), None);
         }
         let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
             RouteMatch::NotFound => {
                 let message = format!("no route for {}", request.uri().path());
-                let reply = reply::error_response(ErrorType::NotFound, &message, None);
+                let reply =
+                    reply::error_response(ErrorType::NotFound, &message, Some(UNMATCHED_ROUTE));
                 return (made(reply, log), None);
             }
             RouteMatch::UnsafePath => {
                 let message =
                     "the path contains dot segments, encoded separators or ambiguous encodings";
-                let reply = reply::error_response(ErrorType::BadRequest, message, None);
+                let reply =
+                    reply::error_response(ErrorType::BadRequest, message, Some(UNMATCHED_ROUTE));
                 return (made(reply, log), None);
             }
-            RouteMatch::MethodNotAllowed { allow } => {
-                let reply = reply::method_not_allowed(request.method(), &allow, None);
-                return (made(reply, log), None);
+            RouteMatch::MethodNotAllowed { allow, owner } => {
+                // The path is the route's even if the method is not: the 405 is
+                // logged and counted under it, and its body names it.
+                log.set_route(&owner.name, &owner.upstream_name);
+                let reply = reply::method_not_allowed(request.method(), &allow, Some(&owner.name));
+                return (made(reply, log), Some(owner.name.clone()));
             }
         };
         log.set_route(&route.name, &route.upstream_name);

@@ -30,8 +30,7 @@ impl Validator<'_> {
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         // By path, so each route is compared with the few on its own path, not with
         // every other (a generated file with 20,000 routes took seconds).
-        let mut by_path: BTreeMap<(bool, String), Vec<(usize, Option<Vec<Method>>)>> =
-            BTreeMap::new();
+        let mut by_path: BTreeMap<(bool, String), Vec<(usize, Methods)>> = BTreeMap::new();
         for (index, value) in items.into_iter().enumerate() {
             let path = format!("routes[{index}]");
             // The cross-route checks read the name and match straight from the YAML, so
@@ -268,13 +267,16 @@ impl Validator<'_> {
     }
 }
 
+/// A route's methods; `None` takes every method.
+type Methods = Option<Vec<Method>>;
+
 /// What the cross-route checks need, read leniently from a route's YAML: whatever of
 /// it is well-formed (the route's own validation reports the rest).
 struct RouteKey {
     name: Option<String>,
     upstream: Option<String>,
     /// (exact, path, methods); `None` methods take every method.
-    matcher: Option<(bool, String, Option<Vec<Method>>)>,
+    matcher: Option<(bool, String, Methods)>,
 }
 
 impl RouteKey {
