@@ -5,6 +5,7 @@
 //! requests the gateway answers itself (404, 405, 400, 502, 504) get the one JSON
 //! error shape of [`crate::reply`].
 
+mod edge;
 pub mod request;
 mod route;
 
@@ -41,6 +42,8 @@ pub struct Proxy {
     config: Arc<GatewayConfig>,
     routes: RouteTable<Route>,
     metrics: Arc<Metrics>,
+    /// CORS and response header changes, by route name; only routes that have some.
+    edges: BTreeMap<Arc<str>, edge::Edge>,
 }
 
 impl Proxy {
@@ -56,10 +59,16 @@ impl Proxy {
             .iter()
             .filter_map(|route| Route::build(route, upstreams, metrics, &shutdown));
         let routes = RouteTable::new(routes);
+        let edges = config
+            .routes
+            .iter()
+            .filter_map(|route| Some((Arc::from(route.name.as_str()), edge::Edge::of(route)?)))
+            .collect();
         Proxy {
             config,
             routes,
             metrics: metrics.clone(),
+            edges,
         }
     }
 
@@ -75,7 +84,11 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
-        let (response, route) = self.route_and_forward(request, peer).await;
+        let origin = request.headers().get(http::header::ORIGIN).cloned();
+        let (mut response, route) = self.route_and_forward(request, peer).await;
+        if let Some(edge) = route.as_ref().and_then(|name| self.edges.get(name)) {
+            edge.finish(origin.as_ref(), response.headers_mut());
+        }
         self.metrics
             .count_request(route.as_deref(), &method, response.status());
         response
@@ -93,6 +106,23 @@ impl Proxy {
             let reply =
                 reply::error_response(ErrorType::BadRequest, problem, Some(UNMATCHED_ROUTE));
             return (made(reply, log), None);
+        }
+        // A CORS preflight asks about another method: the route that would take that
+        // method answers it, when it has a `cors` section.
+        if let Some(requested) = edge::preflight_method(&request) {
+            if let RouteMatch::Found { route, .. } =
+                self.routes.find(&requested, request.uri().path())
+            {
+                if let Some(edge) = self
+                    .edges
+                    .get(&route.name)
+                    .filter(|e| e.answers_preflights())
+                {
+                    log.set_route(&route.name, &route.upstream_name);
+                    let answer = edge.preflight(request.headers(), &requested, &route.name);
+                    return (made(answer, log), Some(route.name.clone()));
+                }
+            }
         }
         let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
             RouteMatch::Found { route, matched_len } => (route, matched_len),

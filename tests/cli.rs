@@ -149,6 +149,18 @@ const BROKEN: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "bad_cors.yaml",
+        &[
+            "bad_cors.yaml:8:23: routes[0].cors.allow_origins[0]: `*` cannot go with allow_credentials: true",
+            "bad_cors.yaml:8:28: routes[0].cors.allow_origins[1]: invalid origin \"https://app.example.com/\": an origin has no path",
+            "bad_cors.yaml:8:56: routes[0].cors.allow_origins[2]: invalid origin \"app.example.com\": expected http:// or https://",
+            "bad_cors.yaml:10:23: routes[0].cors.allow_headers[0]: invalid header name \"bad header\"",
+            "bad_cors.yaml:14:11: routes[0].response.headers.set.connection: header connection is managed by the gateway per connection",
+            "bad_cors.yaml:15:11: routes[0].response.headers.set.content-length: header content-length frames the response body",
+            "bad_cors.yaml:17:18: routes[0].response.headers.remove[0]: header transfer-encoding is managed by the gateway per connection",
+        ],
+    ),
+    (
         "empty.yaml",
         &["empty.yaml: the file is empty; it needs at least `upstreams` and `routes`"],
     ),

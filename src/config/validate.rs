@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+mod cors;
 mod log;
 mod route;
 mod stream;

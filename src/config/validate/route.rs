@@ -134,6 +134,11 @@ impl Validator<'_> {
             None => Some(None),
             Some(stream) => self.stream(&join(path, "stream"), stream).map(Some),
         };
+        let cors = match raw.cors {
+            None => Some(None),
+            Some(cors) => self.cors(&join(path, "cors"), cors).map(Some),
+        };
+        let response = self.response_plan(&join(path, "response"), raw.response);
         if !ok {
             return None;
         }
@@ -144,6 +149,8 @@ impl Validator<'_> {
             upstream: raw.upstream,
             request: request?,
             stream: stream?,
+            cors: cors?,
+            response: response?,
         })
     }
 
@@ -249,7 +256,7 @@ impl Validator<'_> {
         })
     }
 
-    fn header_name(&mut self, path: &str, name: &str) -> Option<HeaderName> {
+    pub(super) fn header_name(&mut self, path: &str, name: &str) -> Option<HeaderName> {
         match HeaderName::from_str(name) {
             Ok(header) if is_hop_by_hop(&header) || header == http::header::HOST => {
                 self.error_at_key(
