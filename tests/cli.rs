@@ -138,14 +138,16 @@ const BROKEN: &[(&str, &[&str])] = &[
     ),
     (
         // What used to be accepted as a guess: an empty variable (reported once, not
-        // again as a bad url), a misspelt method, a size without or with a wrong unit.
+        // again as a bad url), a misspelt method, a size without or with a wrong unit;
+        // each section of a route is read on its own, so none hides another's problem.
         "silent_guesses.yaml",
         &[
             "silent_guesses.yaml:3:21: upstreams.assistant.url: environment variable SSE_GATEWAY_TEST_EMPTY_KEY is set but empty",
             "silent_guesses.yaml:6:55: routes[0].match.methods[1]: invalid HTTP method \"PSOT\": use a standard method (GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH)",
-            "silent_guesses.yaml:9:15: routes[0].request.method: invalid HTTP method \"FETCH\"",
-            "silent_guesses.yaml:14:22: routes[1].request.max_body_size: invalid size \"1024\"",
-            "silent_guesses.yaml:19:23: routes[2].stream.max_event_size: invalid size \"2mib\"",
+            "silent_guesses.yaml:9:22: routes[0].request.max_body_size: invalid size \"1024\"",
+            "silent_guesses.yaml:11:23: routes[0].stream.max_event_size: invalid size \"2mib\"",
+            "silent_guesses.yaml:14:16: routes[0].response.headers.set.connection: header connection is managed by the gateway",
+            "silent_guesses.yaml:19:15: routes[1].request.method: invalid HTTP method \"FETCH\"",
         ],
     ),
     (

@@ -2,8 +2,10 @@
 //!
 //! The document is parsed once into a YAML value, `${VAR}` is substituted in its string
 //! scalars, and then each section (each upstream, each route) is deserialized on its
-//! own, so one bad route does not hide the errors of the next. Cross-field checks
-//! (unknown upstream, duplicate names, overlapping matches) run on whatever parsed.
+//! own (and within a route, each of its `request`, `stream`, `cors` and `response`
+//! sections), so one bad part does not hide the errors of the next. Cross-field checks
+//! (unknown upstream, duplicate names, overlapping matches) read what they need straight
+//! from the YAML, so they run even on routes with shape problems.
 //! Every error carries the key path, and the position that path has in the file.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -36,10 +36,8 @@ impl Validator<'_> {
             // The cross-route checks read the name and match straight from the YAML, so
             // they run even on a route with shape problems: every problem in one pass.
             let key = RouteKey::of(&value);
-            if let Some(raw) = self.section::<raw::Route>(Some(value), &path) {
-                if let Some(route) = self.route(&path, raw, upstreams) {
-                    routes.push(route);
-                }
+            if let Some(route) = self.route_sections(&path, value, upstreams) {
+                routes.push(route);
             }
             if let Some(upstream) = key.upstream.filter(|u| !declared.contains(u)) {
                 let known: Vec<&str> = declared.iter().map(String::as_str).collect();
@@ -85,6 +83,54 @@ impl Validator<'_> {
             }
         }
         routes
+    }
+
+    /// Deserializes a route with its `request`, `stream`, `cors` and `response` sections
+    /// each on its own, so a problem in one does not hide those of the others; a
+    /// section that failed is validated as absent, and the route is dropped.
+    fn route_sections(
+        &mut self,
+        path: &str,
+        mut value: Value,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Option<RouteConfig> {
+        let mut take = |key: &str| match &mut value {
+            Value::Mapping(mapping) => mapping.remove(key),
+            _ => None,
+        };
+        let (request, stream, cors, response) = (
+            take("request"),
+            take("stream"),
+            take("cors"),
+            take("response"),
+        );
+        let raw = self.section::<raw::Route>(Some(value), path);
+        let mut whole = true;
+        let request: Option<raw::Request> = self.part(path, "request", request, &mut whole);
+        let stream: Option<raw::Stream> = self.part(path, "stream", stream, &mut whole);
+        let cors: Option<raw::Cors> = self.part(path, "cors", cors, &mut whole);
+        let response: Option<raw::RouteResponse> =
+            self.part(path, "response", response, &mut whole);
+        let mut raw: raw::Route = raw?;
+        raw.request = request.unwrap_or_default();
+        raw.stream = stream;
+        raw.cors = cors;
+        raw.response = response.unwrap_or_default();
+        let route = self.route(path, raw, upstreams);
+        route.filter(|_| whole)
+    }
+
+    /// One section of a route, if present; clears `whole` when it fails.
+    fn part<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        key: &str,
+        value: Option<Value>,
+        whole: &mut bool,
+    ) -> Option<T> {
+        let parsed = self.section(Some(value?), &join(path, key));
+        *whole &= parsed.is_some();
+        parsed
     }
 
     fn route(
