@@ -113,13 +113,11 @@ impl Proxy {
             if let RouteMatch::Found { route, .. } =
                 self.routes.find(&requested, request.uri().path())
             {
-                if let Some(edge) = self
-                    .edges
-                    .get(&route.name)
-                    .filter(|e| e.answers_preflights())
-                {
+                let edge = self.edges.get(&route.name);
+                let answer =
+                    edge.and_then(|e| e.preflight(request.headers(), &requested, &route.name));
+                if let Some(answer) = answer {
                     log.set_route(&route.name, &route.upstream_name);
-                    let answer = edge.preflight(request.headers(), &requested, &route.name);
                     return (made(answer, log), Some(route.name.clone()));
                 }
             }

@@ -44,37 +44,33 @@ impl Edge {
         })
     }
 
-    /// Whether a preflight for this route is the gateway's to answer.
-    pub fn answers_preflights(&self) -> bool {
-        self.cors.is_some()
-    }
-
     /// The answer to a preflight (see [`preflight_method`]) on a CORS route: 204 with
     /// the `Access-Control-*` headers when the origin and the requested headers are
     /// allowed, else 403 without them (the browser then refuses the real request).
+    /// `None` on a route without `cors`: there `OPTIONS` is the upstream's to answer.
     pub fn preflight(
         &self,
         headers: &HeaderMap,
         requested: &Method,
         route: &str,
-    ) -> Response<Bytes> {
-        let cors = self.cors.as_ref().expect("answers_preflights was checked");
+    ) -> Option<Response<Bytes>> {
+        let cors = self.cors.as_ref()?;
         let origin = headers.get(ORIGIN);
         let Some(allow_origin) = allowed_origin(cors, origin) else {
             let shown = origin.and_then(|o| o.to_str().ok()).unwrap_or("(none)");
-            return refused(
+            return Some(refused(
                 &format!("origin {shown} may not read this route (cors.allow_origins)"),
                 route,
-            );
+            ));
         };
         for name in requested_headers(headers) {
             if !cors.allow_headers.contains(&name) {
-                return refused(
+                return Some(refused(
                     &format!(
                         "request header {name} is not allowed on this route (cors.allow_headers)"
                     ),
                     route,
-                );
+                ));
             }
         }
         let mut response = Response::new(Bytes::new());
@@ -111,7 +107,7 @@ impl Edge {
                 "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
             ),
         );
-        response
+        Some(response)
     }
 
     /// Applies the route's header changes and CORS headers to a response of the route
