@@ -10,6 +10,8 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use tokio::time::Instant;
 
+use crate::metrics::UNMATCHED_ROUTE;
+
 /// How the response body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum End {
@@ -102,9 +104,12 @@ impl RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        let route = self.route.as_deref().unwrap_or("-");
-        let upstream = self.upstream.as_deref().unwrap_or("-");
+        // Whole milliseconds as an integer field, so a JSON line has a number, not a
+        // string (a field recorded through Display becomes a string).
+        let duration_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let route = self.route.as_deref().unwrap_or(UNMATCHED_ROUTE);
+        // No route, no upstream: the field is left out rather than given a placeholder.
+        let upstream = self.upstream.as_deref();
         let (end, error) = match &self.end {
             End::Completed => ("completed", None),
             End::ClientGone => ("client_gone", None),
@@ -123,7 +128,7 @@ impl Drop for RequestLog {
             path = %self.path,
             status = self.status.as_u16(),
             upstream,
-            duration_ms = format_args!("{duration_ms:.1}"),
+            duration_ms,
             bytes = self.bytes,
             end,
             error,

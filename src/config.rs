@@ -124,6 +124,41 @@ pub struct RouteConfig {
     /// How `text/event-stream` responses are handled; `None` passes them through
     /// untouched, like any other response.
     pub stream: Option<StreamConfig>,
+    /// Which browser origins may read the route's responses; `None`: no CORS headers.
+    pub cors: Option<CorsConfig>,
+    /// Header changes on every response of the route (the upstream's and the gateway's).
+    pub response: ResponsePlan,
+}
+
+/// A route's `cors` section, validated: the gateway answers preflights itself and
+/// adds the `Access-Control-*` headers to every response of the route.
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    pub allow_origins: AllowOrigins,
+    /// With credentials the exact origin is echoed (never `*`), with
+    /// `Access-Control-Allow-Credentials: true`.
+    pub allow_credentials: bool,
+    /// Request headers a preflight may ask for.
+    pub allow_headers: Vec<HeaderName>,
+    /// `Access-Control-Max-Age`; `None` leaves it to the browser (5 s in Chromium).
+    pub max_age: Option<Duration>,
+}
+
+/// The origins a CORS route lets read its responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowOrigins {
+    /// `*`: any origin, only without credentials (validation refuses the pair).
+    Any,
+    /// Serialized origins (`scheme://host[:port]`), lowercase.
+    List(Vec<String>),
+}
+
+/// Header changes on a route's responses, applied after the gateway's own.
+#[derive(Debug, Clone, Default)]
+pub struct ResponsePlan {
+    /// Set (replacing any value from the upstream), in file order.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    pub remove_headers: Vec<HeaderName>,
 }
 
 /// A route's `stream` section: the rewrite pipeline and the supervision clocks.

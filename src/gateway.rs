@@ -80,6 +80,7 @@ impl Gateway {
         // Freeing thousands of routes takes a while too; requests still running keep
         // the old proxy alive, and whoever lets go of it last frees it.
         tokio::task::spawn_blocking(move || drop(replaced));
+        self.metrics.config_applied();
         Ok(())
     }
 

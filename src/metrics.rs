@@ -7,7 +7,7 @@
 
 use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -26,7 +26,8 @@ const FIRST_EVENT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// The `route` label of requests no route matched.
+/// The one word for "no route", alike in the `route` metric label, the log line's
+/// `route` field and the error body's `route`, so one search finds them all.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// All metric families of the gateway.
@@ -46,6 +47,8 @@ pub struct Metrics {
     client_errors: IntCounterVec,
     config_reloads: IntCounterVec,
     config_read_errors: IntCounter,
+    config_last_reload_success: IntGauge,
+    config_last_reload_timestamp: Gauge,
 }
 
 /// One route's handles, resolved once and shared by all of its streams.
@@ -182,6 +185,22 @@ impl Metrics {
                 ))
                 .expect("valid metric"),
             ),
+            config_last_reload_success: register(
+                &registry,
+                IntGauge::with_opts(opts(
+                    "config_last_reload_success",
+                    "1 when the latest config load (startup or reload) was applied, 0 when it was refused.",
+                ))
+                .expect("valid metric"),
+            ),
+            config_last_reload_timestamp: register(
+                &registry,
+                Gauge::with_opts(opts(
+                    "config_last_reload_timestamp_seconds",
+                    "Unix time at which the running config was applied (startup or the latest successful reload).",
+                ))
+                .expect("valid metric"),
+            ),
             registry,
         };
         let build_info = register(
@@ -270,10 +289,24 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a config reload attempt.
+    /// Counts a config reload attempt; a failure also marks the latest load as failed.
     pub fn count_reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.config_reloads.with_label_values(&[result]).inc();
+        if !success {
+            self.config_last_reload_success.set(0);
+        }
+    }
+
+    /// Records that a config was applied (at startup and on every successful reload):
+    /// the two gauges an alert reads instead of reconstructing the last result from
+    /// counters.
+    pub fn config_applied(&self) {
+        self.config_last_reload_success.set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        self.config_last_reload_timestamp.set(now.floor());
     }
 
     /// Counts a failed read of the config file (descriptors, permissions, a missing

@@ -5,6 +5,7 @@
 //! requests the gateway answers itself (404, 405, 400, 502, 504) get the one JSON
 //! error shape of [`crate::reply`].
 
+mod edge;
 pub mod request;
 mod route;
 
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 use crate::access_log::RequestLog;
 use crate::body::ResponseBody;
 use crate::config::GatewayConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
@@ -41,6 +42,8 @@ pub struct Proxy {
     config: Arc<GatewayConfig>,
     routes: RouteTable<Route>,
     metrics: Arc<Metrics>,
+    /// CORS and response header changes, by route name; only routes that have some.
+    edges: BTreeMap<Arc<str>, edge::Edge>,
 }
 
 impl Proxy {
@@ -56,10 +59,16 @@ impl Proxy {
             .iter()
             .filter_map(|route| Route::build(route, upstreams, metrics, &shutdown));
         let routes = RouteTable::new(routes);
+        let edges = config
+            .routes
+            .iter()
+            .filter_map(|route| Some((Arc::from(route.name.as_str()), edge::Edge::of(route)?)))
+            .collect();
         Proxy {
             config,
             routes,
             metrics: metrics.clone(),
+            edges,
         }
     }
 
@@ -75,7 +84,11 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
-        let (response, route) = self.route_and_forward(request, peer).await;
+        let origin = request.headers().get(http::header::ORIGIN).cloned();
+        let (mut response, route) = self.route_and_forward(request, peer).await;
+        if let Some(edge) = route.as_ref().and_then(|name| self.edges.get(name)) {
+            edge.finish(origin.as_ref(), response.headers_mut());
+        }
         self.metrics
             .count_request(route.as_deref(), &method, response.status());
         response
@@ -90,25 +103,46 @@ impl Proxy {
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
 
         if let Some(problem) = host_problem(&request) {
-            let reply = reply::error_response(ErrorType::BadRequest, problem, None);
+            let reply =
+                reply::error_response(ErrorType::BadRequest, problem, Some(UNMATCHED_ROUTE));
             return (made(reply, log), None);
+        }
+        // A CORS preflight asks about another method: the route that would take that
+        // method answers it, when it has a `cors` section.
+        if let Some(requested) = edge::preflight_method(&request) {
+            if let RouteMatch::Found { route, .. } =
+                self.routes.find(&requested, request.uri().path())
+            {
+                let edge = self.edges.get(&route.name);
+                let answer =
+                    edge.and_then(|e| e.preflight(request.headers(), &requested, &route.name));
+                if let Some(answer) = answer {
+                    log.set_route(&route.name, &route.upstream_name);
+                    return (made(answer, log), Some(route.name.clone()));
+                }
+            }
         }
         let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
             RouteMatch::NotFound => {
                 let message = format!("no route for {}", request.uri().path());
-                let reply = reply::error_response(ErrorType::NotFound, &message, None);
+                let reply =
+                    reply::error_response(ErrorType::NotFound, &message, Some(UNMATCHED_ROUTE));
                 return (made(reply, log), None);
             }
             RouteMatch::UnsafePath => {
                 let message =
                     "the path contains dot segments, encoded separators or ambiguous encodings";
-                let reply = reply::error_response(ErrorType::BadRequest, message, None);
+                let reply =
+                    reply::error_response(ErrorType::BadRequest, message, Some(UNMATCHED_ROUTE));
                 return (made(reply, log), None);
             }
-            RouteMatch::MethodNotAllowed { allow } => {
-                let reply = reply::method_not_allowed(request.method(), &allow, None);
-                return (made(reply, log), None);
+            RouteMatch::MethodNotAllowed { allow, owner } => {
+                // The path is the route's even if the method is not: the 405 is
+                // logged and counted under it, and its body names it.
+                log.set_route(&owner.name, &owner.upstream_name);
+                let reply = reply::method_not_allowed(request.method(), &allow, Some(&owner.name));
+                return (made(reply, log), Some(owner.name.clone()));
             }
         };
         log.set_route(&route.name, &route.upstream_name);

@@ -51,6 +51,9 @@ pub enum RouteMatch<'a, R> {
     /// The path is owned by one or more routes, none of which takes this method.
     MethodNotAllowed {
         allow: Vec<Method>,
+        /// The first route on the owning path (config order): the route a 405 is
+        /// logged and counted under, so it is not lost among unmatched requests.
+        owner: &'a R,
     },
     NotFound,
     /// The path has dot segments or encoded separators; see the module docs.
@@ -113,7 +116,10 @@ impl<R> RouteTable<R> {
                 }
             }
         }
-        RouteMatch::MethodNotAllowed { allow }
+        RouteMatch::MethodNotAllowed {
+            allow,
+            owner: &owner.route,
+        }
     }
 }
 
@@ -248,7 +254,8 @@ mod tests {
         assert_eq!(
             t.find(&Method::PUT, "/api/stream"),
             RouteMatch::MethodNotAllowed {
-                allow: vec![Method::GET, Method::POST, Method::DELETE]
+                allow: vec![Method::GET, Method::POST, Method::DELETE],
+                owner: &"stream",
             }
         );
     }

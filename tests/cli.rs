@@ -23,6 +23,7 @@ fn check(config: &str) -> (i32, String, String) {
     let output = gateway_bin()
         .args(["check", "--config", config])
         .env_remove("SSE_GATEWAY_TEST_UNSET_KEY")
+        .env("SSE_GATEWAY_TEST_EMPTY_KEY", "")
         .output()
         .unwrap();
     (
@@ -121,6 +122,44 @@ const BROKEN: &[(&str, &[&str])] = &[
             "bad_stream.yaml:10:13: routes[0].stream.rules[1]: a rule is exactly one of",
             "bad_stream.yaml:11:41: routes[0].stream.rules[2].drop.scope: unknown variant `everything`, expected `event` or `data`",
             "bad_stream.yaml:12:21: routes[0].stream.terminator: give exactly one of `data`",
+        ],
+    ),
+    (
+        // Shape problems do not hide the cross-field ones: each of the six is printed.
+        "shape_and_cross.yaml",
+        &[
+            "shape_and_cross.yaml:7:30: routes[0].request.body_timeout: invalid duration \"30\"",
+            "shape_and_cross.yaml:8:11: routes[1].name: duplicate route name \"chat\" (also routes[0].name)",
+            "shape_and_cross.yaml:9:14: routes[1].match: route \"chat\" matches the same path /api/stream as routes[0] with overlapping methods",
+            "shape_and_cross.yaml:11:16: routes[1].request.bodyy: unknown field `bodyy`",
+            "shape_and_cross.yaml:14:15: routes[2].upstream: unknown upstream \"nowhere\" (defined: demo)",
+            "shape_and_cross.yaml:15:31: routes[2].stream.max_event_size: invalid size \"1mb\": expected an integer and a unit (B, KiB, MiB, GiB, KB, MB, GB)",
+        ],
+    ),
+    (
+        // What used to be accepted as a guess: an empty variable (reported once, not
+        // again as a bad url), a misspelt method, a size without or with a wrong unit;
+        // each section of a route is read on its own, so none hides another's problem.
+        "silent_guesses.yaml",
+        &[
+            "silent_guesses.yaml:3:21: upstreams.assistant.url: environment variable SSE_GATEWAY_TEST_EMPTY_KEY is set but empty",
+            "silent_guesses.yaml:6:55: routes[0].match.methods[1]: invalid HTTP method \"PSOT\": use a standard method (GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH)",
+            "silent_guesses.yaml:9:22: routes[0].request.max_body_size: invalid size \"1024\"",
+            "silent_guesses.yaml:11:23: routes[0].stream.max_event_size: invalid size \"2mib\"",
+            "silent_guesses.yaml:14:16: routes[0].response.headers.set.connection: header connection is managed by the gateway",
+            "silent_guesses.yaml:19:15: routes[1].request.method: invalid HTTP method \"FETCH\"",
+        ],
+    ),
+    (
+        "bad_cors.yaml",
+        &[
+            "bad_cors.yaml:8:23: routes[0].cors.allow_origins[0]: `*` cannot go with allow_credentials: true",
+            "bad_cors.yaml:8:28: routes[0].cors.allow_origins[1]: invalid origin \"https://app.example.com/\": an origin has no path",
+            "bad_cors.yaml:8:56: routes[0].cors.allow_origins[2]: invalid origin \"app.example.com\": expected http:// or https://",
+            "bad_cors.yaml:10:23: routes[0].cors.allow_headers[0]: invalid header name \"bad header\"",
+            "bad_cors.yaml:14:11: routes[0].response.headers.set.connection: header connection is managed by the gateway per connection",
+            "bad_cors.yaml:15:11: routes[0].response.headers.set.content-length: header content-length frames the response body",
+            "bad_cors.yaml:17:18: routes[0].response.headers.remove[0]: header transfer-encoding is managed by the gateway per connection",
         ],
     ),
     (

@@ -511,19 +511,29 @@ fn alerts_parse_with_the_expected_rules() {
             "SseGatewayStreamsStuck",
             "SseGatewayErrorOutcomes",
             "SseGatewayReloadFailing",
-            "SseGatewayUpstreamErrors"
+            "SseGatewayUpstreamErrors",
+            "SseGatewayDown"
         ]
     );
     for rule in &rules {
         let name = text(&rule["alert"], "alert");
         assert!(text(&rule["expr"], name).contains("sse_gateway_"), "{name}");
         assert!(!rule["labels"]["severity"].is_null(), "{name}: severity");
-        for annotation in ["summary", "description", "runbook"] {
+        for annotation in ["summary", "description", "runbook_url"] {
             assert!(
                 !rule["annotations"][annotation].is_null(),
                 "{name}: {annotation}"
             );
         }
+        // The runbook has the alert's section, under the anchor the link names.
+        let link = text(&rule["annotations"]["runbook_url"], name);
+        let (file, anchor) = link.split_once('#').expect("runbook_url has an anchor");
+        let runbook = read(&deploy_dir().join("..").join(file));
+        assert_eq!(anchor, name.to_lowercase(), "{name}: {link}");
+        assert!(
+            runbook.contains(&format!("\n## {name}\n")),
+            "{name}: no section in {file}"
+        );
     }
     let tests = read(&deploy_dir().join("prometheus/alerts_test.yaml"));
     for name in names {

@@ -51,6 +51,14 @@ async fn open_stream(
 async fn reload_applies_new_rules_to_new_streams_and_keeps_the_old_ones_running() {
     let upstream = ScriptedUpstream::bind().await;
     let gateway = GatewayProcess::start("reload", &config(&upstream.url(), "dog")).await;
+    // The startup load counts as the latest load: an alert on the gauges needs no reload.
+    let started = gateway.metrics().await;
+    assert_eq!(
+        started.get("sse_gateway_config_last_reload_success", &[]),
+        1.0
+    );
+    let loaded_at = started.get("sse_gateway_config_last_reload_timestamp_seconds", &[]);
+    assert!(loaded_at > 1.6e9, "a Unix time: {loaded_at}");
 
     let (mut old_body, mut old_exchange, first) = open_stream(gateway.addr, &upstream).await;
     assert_eq!(first, "data: dog\n\n");
@@ -101,6 +109,14 @@ async fn reload_applies_new_rules_to_new_streams_and_keeps_the_old_ones_running(
         metrics.get("sse_gateway_config_reloads_total", &[("result", "success")]),
         2.0
     );
+    // The refused file turns the gauge to 0; the timestamp stays that of the config in
+    // force (the SIGHUP reload), at or after the startup one.
+    assert_eq!(
+        metrics.get("sse_gateway_config_last_reload_success", &[]),
+        0.0
+    );
+    let applied_at = metrics.get("sse_gateway_config_last_reload_timestamp_seconds", &[]);
+    assert!(applied_at >= loaded_at, "{applied_at} < {loaded_at}");
 }
 
 #[tokio::test]

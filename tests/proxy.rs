@@ -101,6 +101,49 @@ async fn request_body_streams_through_untranslated() {
     assert_eq!(body_text(response).await, "ok");
 }
 
+/// `query_as_json` makes a body only for requests that bring none: a client that
+/// POSTs its own body keeps it (and its query), never replaced by the query's `{}`.
+#[tokio::test]
+async fn query_as_json_keeps_a_posted_body() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(&upstream.url(), TRANSLATING_ROUTE);
+    let gateway = start_gateway_with_env(&yaml, &[("ASSISTANT_API_KEY", "k")]).await;
+    let payload = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = Request::post("/api/stream?trace=1")
+        .header("host", "gw")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(payload)))
+        .unwrap();
+    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = upstream.accept().await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        exchange.request
+    });
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, "/v1/assistant/stream?trace=1");
+    assert_eq!(seen.body, payload.as_bytes());
+    assert_eq!(seen.header("content-type"), Some("application/json"));
+    assert_eq!(body_text(response).await, "ok");
+
+    // The same route, a POST without a body: the query becomes the body.
+    let request = Request::post("/api/stream?q=hi")
+        .header("host", "gw")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = upstream.accept().await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+        exchange.request
+    });
+    assert_eq!(seen.target, "/v1/assistant/stream");
+    assert_eq!(seen.body, br#"{"q":"hi"}"#);
+    assert_eq!(body_text(response).await, "ok");
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_are_stripped_both_ways() {
     let upstream = ScriptedUpstream::bind().await;

@@ -79,7 +79,8 @@ async fn unknown_path_is_404_json() {
         let json = body_json(response).await;
         assert_eq!(json["error"]["type"], "not_found");
         assert!(json["error"]["message"].as_str().unwrap().contains(path));
-        assert!(json["error"]["route"].is_null());
+        // The one word for "no route", as in the metric label and the log line.
+        assert_eq!(json["error"]["route"], "unmatched");
     }
     // Unmatched requests share one route label: paths never become label values.
     let metrics = gateway.metrics().await;
@@ -105,6 +106,16 @@ async fn wrong_method_is_405_with_allow() {
     assert_eq!(response.headers()["allow"], "GET, POST");
     let json = body_json(response).await;
     assert_eq!(json["error"]["type"], "method_not_allowed");
+    // The path is the route's: the 405 names it and is counted under it.
+    assert_eq!(json["error"]["route"], "stream");
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_http_requests_total",
+            &[("route", "stream"), ("method", "DELETE"), ("status", "405")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]

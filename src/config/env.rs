@@ -12,6 +12,12 @@ pub enum EnvError {
         "environment variable {0} is not set (set it, or give a default with ${{{0}:-value}})"
     )]
     Missing(String),
+    /// `${NAME}` set to the empty string, with no default: an empty API key or url is
+    /// never what was meant, and "not set" would send the operator looking elsewhere.
+    #[error(
+        "environment variable {0} is set but empty (give it a value, or a default with ${{{0}:-value}})"
+    )]
+    Empty(String),
     /// `${` without its closing brace.
     #[error("unterminated ${{ in \"{0}\" (write $${{ for a literal ${{)")]
     Unterminated(String),
@@ -55,9 +61,10 @@ pub fn substitute(
                 return Err(EnvError::BadName(name.to_owned()));
             }
             // An empty variable falls back to the default too, as in POSIX `:-`.
-            match (lookup(name).filter(|v| !v.is_empty()), default) {
-                (Some(value), _) => out.push_str(&value),
-                (None, Some(default)) => out.push_str(default),
+            match (lookup(name), default) {
+                (Some(value), _) if !value.is_empty() => out.push_str(&value),
+                (_, Some(default)) => out.push_str(default),
+                (Some(_), None) => return Err(EnvError::Empty(name.to_owned())),
                 (None, None) => return Err(EnvError::Missing(name.to_owned())),
             }
             rest = &body[end + 1..];
@@ -116,6 +123,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("NOPE is not set"));
+        assert_eq!(sub("${EMPTY}"), Err(EnvError::Empty("EMPTY".into())));
+        assert!(sub("${EMPTY}")
+            .unwrap_err()
+            .to_string()
+            .contains("EMPTY is set but empty"));
         assert_eq!(sub("${KEY"), Err(EnvError::Unterminated("${KEY".into())));
         assert_eq!(sub("${}"), Err(EnvError::BadName(String::new())));
         assert_eq!(sub("${A-B}"), Err(EnvError::BadName("A-B".into())));

@@ -81,6 +81,34 @@ pub struct Route {
     #[serde(default)]
     pub request: Request,
     pub stream: Option<Stream>,
+    /// Browsers on other origins that may read this route's responses.
+    pub cors: Option<Cors>,
+    /// Changes to the headers of every response on the route.
+    #[serde(default)]
+    pub response: RouteResponse,
+}
+
+/// A route's `cors` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Origins such as `https://app.example.com`, or `*` (any, without credentials).
+    pub allow_origins: Vec<String>,
+    /// Cookies and HTTP auth (`withCredentials`): the exact origin is echoed, never `*`.
+    pub allow_credentials: Option<bool>,
+    /// Request headers a preflight may ask for, beyond the CORS-safelisted ones.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Option<HumanDuration>,
+}
+
+/// A route's `response` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteResponse {
+    #[serde(default)]
+    pub headers: Headers,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,10 @@ use serde_json::{json, Map, Value};
 use crate::rewrite::{Rule, TerminatorMatch};
 
 use super::locate::join;
-use super::{GatewayConfig, HumanDuration, OnUpstreamEof, PathMatch, StreamConfig, UpstreamTarget};
+use super::{
+    AllowOrigins, CorsConfig, GatewayConfig, HumanDuration, OnUpstreamEof, PathMatch, StreamConfig,
+    UpstreamTarget,
+};
 
 /// What a redacted value reads as.
 pub const REDACTED: &str = "<redacted>";
@@ -86,6 +89,18 @@ impl GatewayConfig {
                 if let Some(stream) = &route.stream {
                     entry["stream"] = stream_json(stream);
                 }
+                if let Some(cors) = &route.cors {
+                    entry["cors"] = cors_json(cors);
+                }
+                // Response headers go to every client anyway: shown, not redacted
+                // (unless they came from `${VAR}`).
+                let response = &route.response;
+                entry["response"] = json!({ "headers": {
+                    "set": response.set_headers.iter()
+                        .map(|(name, value)| (name.to_string(), Value::from(String::from_utf8_lossy(value.as_bytes()))))
+                        .collect::<Map<String, Value>>(),
+                    "remove": response.remove_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+                }});
                 entry
             })
             .collect();
@@ -114,6 +129,19 @@ impl GatewayConfig {
         }
         paths
     }
+}
+
+fn cors_json(cors: &CorsConfig) -> Value {
+    let origins: Vec<&str> = match &cors.allow_origins {
+        AllowOrigins::Any => vec!["*"],
+        AllowOrigins::List(list) => list.iter().map(String::as_str).collect(),
+    };
+    json!({
+        "allow_origins": origins,
+        "allow_credentials": cors.allow_credentials,
+        "allow_headers": cors.allow_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+        "max_age": cors.max_age.map(duration),
+    })
 }
 
 /// Replaces every scalar below `value` whose key path came from the environment, so

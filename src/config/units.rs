@@ -17,8 +17,9 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
-/// A size written as an integer and an optional unit: `B`, `KiB`, `MiB`, `GiB` (powers
-/// of 1024) or `KB`, `MB`, `GB` (powers of 1000). A bare integer is bytes.
+/// A size written as an integer and a unit: `B`, `KiB`, `MiB`, `GiB` (powers of 1024)
+/// or `KB`, `MB`, `GB` (powers of 1000). Only `0` may omit the unit: a bare `1024` or a
+/// `1mb` would be a guess (bytes? MiB?), and a limit guessed wrong fails silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
@@ -63,7 +64,8 @@ impl ByteSize {
         let bad = || format!("invalid size \"{text}\": {SIZE_HINT}");
         let (value, unit) = split_number(text).ok_or_else(bad)?;
         let multiplier: u64 = match unit {
-            "" | "B" => 1,
+            "" if value == 0 => 1,
+            "B" => 1,
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
@@ -207,7 +209,7 @@ mod tests {
     #[test]
     fn sizes_binary_and_decimal() {
         let cases = [
-            ("512", 512),
+            ("0", 0),
             ("512B", 512),
             ("64KiB", 65_536),
             ("1MiB", 1_048_576),
@@ -223,7 +225,9 @@ mod tests {
 
     #[test]
     fn sizes_rejected() {
-        for text in ["", "1.5MiB", "1 MiB", "1mib", "MiB", "-1", "1TiB"] {
+        for text in [
+            "", "512", "1.5MiB", "1 MiB", "1mib", "1mb", "1k", "MiB", "-1", "1TiB",
+        ] {
             let err = ByteSize::parse(text).unwrap_err();
             assert!(err.contains("such as 64KiB"), "{err}");
         }

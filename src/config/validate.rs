@@ -2,8 +2,10 @@
 //!
 //! The document is parsed once into a YAML value, `${VAR}` is substituted in its string
 //! scalars, and then each section (each upstream, each route) is deserialized on its
-//! own, so one bad route does not hide the errors of the next. Cross-field checks
-//! (unknown upstream, duplicate names, overlapping matches) run on whatever parsed.
+//! own (and within a route, each of its `request`, `stream`, `cors` and `response`
+//! sections), so one bad part does not hide the errors of the next. Cross-field checks
+//! (unknown upstream, duplicate names, overlapping matches) read what they need straight
+//! from the YAML, so they run even on routes with shape problems.
 //! Every error carries the key path, and the position that path has in the file.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,6 +14,7 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+mod cors;
 mod log;
 mod route;
 mod stream;
@@ -30,6 +33,9 @@ struct Validator<'a> {
     errors: Vec<ConfigError>,
     env: &'a dyn Fn(&str) -> Option<String>,
     from_environment: BTreeSet<String>,
+    /// Key paths whose `${VAR}` could not be substituted: that is their one problem,
+    /// so the later check of the unsubstituted text does not report it twice.
+    env_failed: BTreeSet<String>,
 }
 
 pub(super) fn validate(
@@ -43,6 +49,7 @@ pub(super) fn validate(
         errors: Vec::new(),
         env,
         from_environment: BTreeSet::new(),
+        env_failed: BTreeSet::new(),
     };
     let config = validator.document(text, source);
     match config {
@@ -60,6 +67,9 @@ pub(super) fn validate(
 
 impl Validator<'_> {
     fn error_at_value(&mut self, path: &str, message: impl Into<String>) {
+        if self.env_failed.contains(path) {
+            return;
+        }
         self.errors.push(ConfigError {
             position: self.locations.value(path),
             path: path.to_owned(),
@@ -188,7 +198,10 @@ impl Validator<'_> {
                     self.from_environment.insert(path);
                 }
                 Ok(None) => {}
-                Err(error) => self.error_at_value(&path, error.to_string()),
+                Err(error) => {
+                    self.error_at_value(&path, error.to_string());
+                    self.env_failed.insert(path);
+                }
             },
             Value::Sequence(items) => {
                 for (i, item) in items.iter_mut().enumerate() {

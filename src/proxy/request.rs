@@ -121,25 +121,25 @@ pub fn translate(
     };
 
     let query = parts.uri.query();
-    let (query, body) = match plan.body {
-        BodyMode::Passthrough => {
-            let limit = usize::try_from(plan.max_body_size).unwrap_or(usize::MAX);
-            (
-                query,
-                Either::Left(ClientBody::new(body, limit, plan.body_timeout)),
-            )
-        }
-        BodyMode::QueryAsJson => {
-            // The query became the body; the client's own body, if any, is replaced.
-            let json = query_as_json(query.unwrap_or(""));
-            parts
-                .headers
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            parts
-                .headers
-                .insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
-            (None, Either::Right(Full::new(json)))
-        }
+    // A client that sends a body (a `Content-Length` above 0, or a chunked body) can
+    // speak the upstream's API itself: its body goes through untouched, with the query
+    // on the URL. Replacing it with the query would silently lose what it sent.
+    let query_body = plan.body == BodyMode::QueryAsJson && hyper::body::Body::is_end_stream(&body);
+    let (query, body) = if query_body {
+        let json = query_as_json(query.unwrap_or(""));
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
+        (None, Either::Right(Full::new(json)))
+    } else {
+        let limit = usize::try_from(plan.max_body_size).unwrap_or(usize::MAX);
+        (
+            query,
+            Either::Left(ClientBody::new(body, limit, plan.body_timeout)),
+        )
     };
     let uri = origin.upstream.uri(&path, query)?;
 

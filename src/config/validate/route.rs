@@ -30,46 +30,107 @@ impl Validator<'_> {
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         // By path, so each route is compared with the few on its own path, not with
         // every other (a generated file with 20,000 routes took seconds).
-        let mut by_path: BTreeMap<(bool, String), Vec<usize>> = BTreeMap::new();
+        let mut by_path: BTreeMap<(bool, String), Vec<(usize, Methods)>> = BTreeMap::new();
         for (index, value) in items.into_iter().enumerate() {
             let path = format!("routes[{index}]");
-            let Some(raw) = self.section::<raw::Route>(Some(value), &path) else {
-                continue;
-            };
-            let Some(route) = self.route(&path, raw, upstreams, declared) else {
-                continue;
-            };
-            if let Some(first) = names.insert(route.name.clone(), index) {
+            // The cross-route checks read the name and match straight from the YAML, so
+            // they run even on a route with shape problems: every problem in one pass.
+            let key = RouteKey::of(&value);
+            if let Some(route) = self.route_sections(&path, value, upstreams) {
+                routes.push(route);
+            }
+            if let Some(upstream) = key.upstream.filter(|u| !declared.contains(u)) {
+                let known: Vec<&str> = declared.iter().map(String::as_str).collect();
                 self.error_at_value(
-                    &join(&path, "name"),
+                    &join(&path, "upstream"),
                     format!(
-                        "duplicate route name \"{}\" (also routes[{first}].name)",
-                        route.name
+                        "unknown upstream \"{upstream}\" (defined: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 );
             }
-            let exact = matches!(route.path, PathMatch::Exact(_));
-            let same_path = by_path
-                .entry((exact, route.path.as_str().to_owned()))
-                .or_default();
+            let name = key.name.clone().unwrap_or_default();
+            if let Some(name) = key.name {
+                if let Some(first) = names.get(&name) {
+                    self.error_at_value(
+                        &join(&path, "name"),
+                        format!("duplicate route name \"{name}\" (also routes[{first}].name)"),
+                    );
+                } else {
+                    names.insert(name.clone(), index);
+                }
+            }
+            let Some((exact, route_path, methods)) = key.matcher else {
+                continue;
+            };
+            let same_path = by_path.entry((exact, route_path.clone())).or_default();
             let overlapping = same_path
                 .iter()
-                .find(|&&other| methods_overlap(&routes[other].methods, &route.methods))
-                .copied();
-            same_path.push(routes.len());
+                .find(|(_, other)| methods_overlap(other, &methods))
+                .map(|(other, _)| *other);
+            same_path.push((index, methods));
             if let Some(other) = overlapping {
                 self.error_at_value(
                     &join(&path, "match"),
                     format!(
-                        "route \"{}\" matches the same path {} as routes[{other}] with overlapping methods: give one of them another path or disjoint methods",
-                        route.name,
-                        route.path.as_str()
+                        "route \"{name}\" matches the same path {route_path} as routes[{other}] with overlapping methods: give one of them another path or disjoint methods"
                     ),
                 );
             }
-            routes.push(route);
         }
         routes
+    }
+
+    /// Deserializes a route with its `request`, `stream`, `cors` and `response` sections
+    /// each on its own, so a problem in one does not hide those of the others; a
+    /// section that failed is validated as absent, and the route is dropped.
+    fn route_sections(
+        &mut self,
+        path: &str,
+        mut value: Value,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Option<RouteConfig> {
+        let mut take = |key: &str| match &mut value {
+            Value::Mapping(mapping) => mapping.remove(key),
+            _ => None,
+        };
+        let (request, stream, cors, response) = (
+            take("request"),
+            take("stream"),
+            take("cors"),
+            take("response"),
+        );
+        let raw = self.section::<raw::Route>(Some(value), path);
+        let mut whole = true;
+        let request: Option<raw::Request> = self.part(path, "request", request, &mut whole);
+        let stream: Option<raw::Stream> = self.part(path, "stream", stream, &mut whole);
+        let cors: Option<raw::Cors> = self.part(path, "cors", cors, &mut whole);
+        let response: Option<raw::RouteResponse> =
+            self.part(path, "response", response, &mut whole);
+        let mut raw: raw::Route = raw?;
+        raw.request = request.unwrap_or_default();
+        raw.stream = stream;
+        raw.cors = cors;
+        raw.response = response.unwrap_or_default();
+        let route = self.route(path, raw, upstreams);
+        route.filter(|_| whole)
+    }
+
+    /// One section of a route, if present; clears `whole` when it fails.
+    fn part<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        key: &str,
+        value: Option<Value>,
+        whole: &mut bool,
+    ) -> Option<T> {
+        let parsed = self.section(Some(value?), &join(path, key));
+        *whole &= parsed.is_some();
+        parsed
     }
 
     fn route(
@@ -77,7 +138,6 @@ impl Validator<'_> {
         path: &str,
         raw: raw::Route,
         upstreams: &BTreeMap<String, UpstreamConfig>,
-        declared: &BTreeSet<String>,
     ) -> Option<RouteConfig> {
         let mut ok = self.name(&join(path, "name"), "route", &raw.name);
 
@@ -109,22 +169,9 @@ impl Validator<'_> {
             }
         };
 
-        if !declared.contains(&raw.upstream) {
-            let known: Vec<&str> = declared.iter().map(String::as_str).collect();
-            self.error_at_value(
-                &join(path, "upstream"),
-                format!(
-                    "unknown upstream \"{}\" (defined: {})",
-                    raw.upstream,
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
-            ok = false;
-        } else if !upstreams.contains_key(&raw.upstream) {
+        // An unknown upstream is reported by `routes` (a cross-field check, made even
+        // when the route has shape problems); a declared but broken one has its own.
+        if !upstreams.contains_key(&raw.upstream) {
             ok = false;
         }
 
@@ -133,6 +180,11 @@ impl Validator<'_> {
             None => Some(None),
             Some(stream) => self.stream(&join(path, "stream"), stream).map(Some),
         };
+        let cors = match raw.cors {
+            None => Some(None),
+            Some(cors) => self.cors(&join(path, "cors"), cors).map(Some),
+        };
+        let response = self.response_plan(&join(path, "response"), raw.response);
         if !ok {
             return None;
         }
@@ -143,6 +195,8 @@ impl Validator<'_> {
             upstream: raw.upstream,
             request: request?,
             stream: stream?,
+            cors: cors?,
+            response: response?,
         })
     }
 
@@ -173,12 +227,15 @@ impl Validator<'_> {
 
     fn method(&mut self, path: &str, name: &str) -> Option<Method> {
         let upper = name.to_ascii_uppercase();
-        match Method::from_str(&upper) {
-            Ok(method) if !upper.is_empty() => Some(method),
-            _ => {
+        match standard_method(&upper) {
+            Some(method) => Some(method),
+            None => {
                 self.error_at_value(
                     path,
-                    format!("invalid HTTP method \"{name}\" (such as GET or POST)"),
+                    format!(
+                        "invalid HTTP method \"{name}\": use a standard method ({})",
+                        STANDARD_METHODS.join(", ")
+                    ),
                 );
                 None
             }
@@ -245,7 +302,7 @@ impl Validator<'_> {
         })
     }
 
-    fn header_name(&mut self, path: &str, name: &str) -> Option<HeaderName> {
+    pub(super) fn header_name(&mut self, path: &str, name: &str) -> Option<HeaderName> {
         match HeaderName::from_str(name) {
             Ok(header) if is_hop_by_hop(&header) || header == http::header::HOST => {
                 self.error_at_key(
@@ -261,6 +318,65 @@ impl Validator<'_> {
             }
         }
     }
+}
+
+/// A route's methods; `None` takes every method.
+type Methods = Option<Vec<Method>>;
+
+/// What the cross-route checks need, read leniently from a route's YAML: whatever of
+/// it is well-formed (the route's own validation reports the rest).
+struct RouteKey {
+    name: Option<String>,
+    upstream: Option<String>,
+    /// (exact, path, methods); `None` methods take every method.
+    matcher: Option<(bool, String, Methods)>,
+}
+
+impl RouteKey {
+    fn of(value: &Value) -> RouteKey {
+        let name = value.get("name").and_then(Value::as_str).map(str::to_owned);
+        let matcher = value.get("match").and_then(|m| {
+            let path_of = |key: &str| m.get(key).and_then(Value::as_str).map(str::to_owned);
+            let (exact, path) = match (path_of("path_prefix"), path_of("path")) {
+                (Some(prefix), None) => (false, trim_trailing_slash(prefix)),
+                (None, Some(exact)) => (true, exact),
+                _ => return None,
+            };
+            let methods = match m.get("methods") {
+                None => None,
+                Some(list) => Some(
+                    list.as_sequence()?
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .filter_map(|name| standard_method(&name.to_ascii_uppercase()))
+                        .collect(),
+                ),
+            };
+            Some((exact, path, methods))
+        });
+        let upstream = value
+            .get("upstream")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        RouteKey {
+            name,
+            upstream,
+            matcher,
+        }
+    }
+}
+
+/// The methods of RFC 9110 and RFC 5789 (PATCH); any other token is refused, since
+/// a misspelt method would be a valid token that no client ever sends.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn standard_method(upper: &str) -> Option<Method> {
+    STANDARD_METHODS
+        .contains(&upper)
+        .then(|| Method::from_str(upper).ok())
+        .flatten()
 }
 
 fn trim_trailing_slash(path: String) -> String {

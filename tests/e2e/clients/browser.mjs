@@ -3,7 +3,15 @@
 // upstream through the gateway's `chat` route. Writes one result per scenario as JSON.
 //
 //   node browser.mjs --base http://127.0.0.1:PORT --log upstream.jsonl --plan plan.json \
-//       --out browser.json --profile DIR --artifacts DIR [--scenarios blog,linger,...]
+//       --out browser.json --profile DIR --artifacts DIR [--scenarios blog,linger,...] \
+//       [--page-origin ORIGIN --refused-origin ORIGIN --cors-out cors.json]
+//
+// With --page-origin, three cross-origin runs follow: the page is loaded from
+// ORIGIN (another origin than the gateway's --base) and its EventSource streams the
+// blog scenario from the gateway: on the `*` route without credentials, on the chat
+// route withCredentials (a cookie for the gateway's host must arrive upstream, and the
+// exact origin come back), and from --refused-origin, which the route does not list
+// (the browser must refuse the stream). Their results go to --cors-out.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -133,7 +141,78 @@ async function judge(run) {
   };
 }
 
+// The cross-origin runs: which page origin, which route, with or without credentials.
+const CROSS = [
+  { name: 'cors_any_origin', origin: args['page-origin'], path: '/api/public/', credentials: false, allowed: true },
+  { name: 'cors_credentials', origin: args['page-origin'], path: '/api/stream/', credentials: true, allowed: true },
+  { name: 'cors_refused_origin', origin: args['refused-origin'], path: '/api/stream/', credentials: true, allowed: false },
+];
+const COOKIE = 'e2e_session=c00kie';
+
+async function crossLoad(context, spec) {
+  const q = `${spec.name}-${Math.random().toString(36).slice(2, 10)}`;
+  const page = await context.newPage();
+  const console_ = [];
+  page.on('console', (m) => console_.push(`${m.type()}: ${m.text()}`));
+  const streamResponses = [];
+  page.on('response', (r) => {
+    if (r.url().startsWith(args.base)) streamResponses.push({ status: r.status(), headers: r.headers() });
+  });
+  const query = { scenario: 'blog', q, gateway: args.base, stream_path: spec.path };
+  if (spec.credentials) query.credentials = '1';
+  let ended = true;
+  try {
+    await page.goto(`${spec.origin}/page/index.html?` + new URLSearchParams(query), { waitUntil: 'domcontentloaded', timeout: 10000 });
+    await page.waitForFunction(() => window.__e2e && window.__e2e.done, null, { timeout: DONE_TIMEOUT_MS });
+  } catch (e) {
+    ended = false;
+    console_.push(`wait: ${e.message.split('\n')[0]}`);
+  }
+  const problems = [];
+  let state = null;
+  try {
+    state = await page.evaluate(() => window.__e2e);
+  } catch (e) {
+    problems.push(`could not read the page: ${e.message}`);
+  }
+  const requests = upstreamRequests(q);
+  const origin = streamResponses.length ? streamResponses[0].headers['access-control-allow-origin'] : undefined;
+  if (state) {
+    if (!ended || !state.done) problems.push(`the page never ended (${DONE_TIMEOUT_MS} ms)`);
+    if (spec.allowed) {
+      if (state.endedBy !== 'done') problems.push(`ended by ${state.endedBy}`);
+      if (!same(state.tokens, plan.blog)) problems.push(`tokens ${JSON.stringify(state.tokens)} != ${JSON.stringify(plan.blog)}`);
+      if (state.opens !== 1) problems.push(`onopen called ${state.opens} times (want 1)`);
+      const want = spec.credentials ? spec.origin : '*';
+      if (origin !== want) problems.push(`Access-Control-Allow-Origin ${JSON.stringify(origin)} (want ${want})`);
+    } else {
+      // The browser refuses the response: no open, no token, the EventSource closed.
+      if (state.endedBy !== 'closed') problems.push(`ended by ${state.endedBy} (want closed: the browser refuses it)`);
+      if (state.opens !== 0 || state.tokens.length) problems.push(`the page read the stream: opens ${state.opens}, tokens ${JSON.stringify(state.tokens)}`);
+      if (origin !== undefined) problems.push(`Access-Control-Allow-Origin ${JSON.stringify(origin)} sent to a refused origin`);
+    }
+  }
+  if (requests.length !== 1) problems.push(`upstream saw ${requests.length} requests (want exactly 1: no reconnect)`);
+  else {
+    const r = requests[0];
+    if (r.path !== '/v1/assistant/stream/blog') problems.push(`upstream path ${r.path}`);
+    if (r.headers.origin !== spec.origin) problems.push(`upstream origin ${r.headers.origin} (want ${spec.origin})`);
+    const cookie = (r.headers.cookie || '').includes(COOKIE);
+    if (spec.allowed && cookie !== spec.credentials) {
+      problems.push(spec.credentials ? 'withCredentials sent no cookie' : `a cookie went without credentials: ${r.headers.cookie}`);
+    }
+  }
+  await page.close().catch(() => {});
+  return {
+    scenario: spec.name,
+    pass: problems.length === 0,
+    problems,
+    detail: { q, page_origin: spec.origin, state, upstream_requests: requests.length, stream_responses: streamResponses, console: console_ },
+  };
+}
+
 const results = {};
+const crossResults = {};
 let context;
 try {
   context = await chromium.launchPersistentContext(args.profile, {
@@ -154,6 +233,12 @@ try {
       results[run.scenario].screenshot = path.resolve(file);
     }
   }
+  if (args['page-origin']) {
+    // A cookie of the gateway's host (cookies ignore ports): only a credentialed
+    // cross-origin EventSource may carry it.
+    await context.addCookies([{ name: 'e2e_session', value: 'c00kie', url: args.base, sameSite: 'Lax' }]);
+    for (const spec of CROSS) crossResults[spec.name] = await crossLoad(context, spec);
+  }
 } catch (e) {
   console.error(`browser.mjs: ${e.stack || e}`);
   for (const s of scenarios) if (!results[s]) results[s] = { scenario: s, pass: false, problems: [`browser run failed: ${e.message}`] };
@@ -161,3 +246,9 @@ try {
   if (context) await context.close().catch(() => {});
 }
 fs.writeFileSync(args.out, JSON.stringify(results, null, 2));
+if (args['cors-out']) {
+  for (const spec of CROSS) {
+    if (!crossResults[spec.name]) crossResults[spec.name] = { scenario: spec.name, pass: false, problems: ['the cross-origin run did not happen'] };
+  }
+  fs.writeFileSync(args['cors-out'], JSON.stringify(crossResults, null, 2));
+}

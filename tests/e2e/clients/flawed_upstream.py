@@ -118,7 +118,8 @@ class Handler(BaseHTTPRequestHandler):
             "path": url.path,
             "query": url.query,
             "headers": {k: self.headers.get(k) for k in
-                        ("accept", "content-type", "authorization", "x-forwarded-for")
+                        ("accept", "content-type", "authorization", "x-forwarded-for",
+                         "cookie", "origin")
                         if self.headers.get(k) is not None},
             "body": body,
         })

@@ -34,7 +34,8 @@ def main():
         clients.append((name, results))
 
     passed = failed = 0
-    width = max(len(s) for s in scenarios + ["scenario"])
+    extra_names = [spec.partition("=")[0] for spec in args.extra]
+    width = max(len(s) for s in scenarios + extra_names + ["scenario"])
     print()
     print("%-*s  %s" % (width, "scenario", "  ".join("%-10s" % c for c, _ in clients)))
     print("%s  %s" % ("-" * width, "  ".join("-" * 10 for _ in clients)))

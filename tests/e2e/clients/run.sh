@@ -4,7 +4,9 @@
 #   - Debian's Chromium (driven by playwright-core) running the blog's EventSource client
 #   - the official `openai` Python SDK streaming chat completions
 # for the scenarios blog, linger, no_done, silent, unicode and abandon (the user stops the
-# answer early), see flawed_upstream.py.
+# answer early), see flawed_upstream.py; then the browser's EventSource on a page from
+# another origin than the gateway's (CORS): any origin without credentials, the listed
+# origin withCredentials, and an origin the route does not list.
 #
 #   tests/e2e/clients/run.sh          (from the repo root; CARGO_TARGET_DIR is honoured)
 #
@@ -150,6 +152,28 @@ routes:
       headers:
         set:
           accept: text/event-stream
+    cors:                            # the page on the upstream's origin, with cookies
+      allow_origins: ["http://127.0.0.1:$UPSTREAM_PORT"]
+      allow_credentials: true
+    stream:
+      rules:
+        - repair: orphan_lines
+        - drop: { pattern: '^:', name: upstream-pings }
+      terminator: { data: "[DONE]", forward: true, on_upstream_eof: synthesize }
+      idle_timeout: 2s
+      stuck_after: 1s
+      heartbeat: 500ms
+  - name: public                     # the same stream for any origin, without credentials
+    match: { path_prefix: /api/public, methods: [GET] }
+    upstream: flawed
+    request:
+      path_prefix: /v1/assistant/stream
+      method: POST
+      body: query_as_json
+      headers:
+        set:
+          accept: text/event-stream
+    cors: { allow_origins: ["*"] }
     stream:
       rules:
         - repair: orphan_lines
@@ -194,7 +218,9 @@ log "gateway on 127.0.0.1:$PORT (admin $ADMIN_PORT), flawed upstream on 127.0.0.
 log "browser: Chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'), playwright-core $PLAYWRIGHT_VERSION"
 run_bg timeout 120 node "$HERE/browser.mjs" --base "http://127.0.0.1:$PORT" --log "$TMP/upstream.jsonl" \
     --plan "$TMP/plan.json" --out "$TMP/browser.json" --profile "$TMP/chromium-profile" \
-    --artifacts "$ARTIFACTS" >&2 || log "browser.mjs exited with $?"
+    --artifacts "$ARTIFACTS" --page-origin "http://127.0.0.1:$UPSTREAM_PORT" \
+    --refused-origin "http://localhost:$UPSTREAM_PORT" --cors-out "$TMP/browser-cors.json" >&2 \
+    || log "browser.mjs exited with $?"
 
 log "openai-sdk: openai $OPENAI_VERSION"
 run_bg timeout 90 "$VENV/bin/python" "$HERE/openai_client.py" --base-url "http://127.0.0.1:$PORT/v1" \
@@ -206,7 +232,21 @@ curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/metrics.txt" 2>/dev/null
 grep -E '^sse_gateway_stream_duration_seconds_count|^sse_gateway_rule_hits_total' "$TMP/metrics.txt" \
     | sed 's/^/    /' >&2 || true
 
-cp "$TMP/gateway.log" "$TMP/upstream.jsonl" "$TMP/browser.json" "$TMP/openai.json" "$ARTIFACTS/" 2>/dev/null || true
+cp "$TMP/gateway.log" "$TMP/upstream.jsonl" "$TMP/browser.json" "$TMP/openai.json" \
+    "$TMP/browser-cors.json" "$ARTIFACTS/" 2>/dev/null || true
+# The cross-origin runs, one row each in the pass table (browser only).
+CORS_ROWS=()
+while IFS= read -r row; do CORS_ROWS+=(--extra "$row"); done < <(python3 -c '
+import json, sys
+names = ["cors_any_origin", "cors_credentials", "cors_refused_origin"]
+try:
+    results = json.load(open(sys.argv[1], encoding="utf-8"))
+except (OSError, ValueError) as e:
+    results = {n: {"pass": False, "problems": ["no result from the browser (%s)" % e]} for n in names}
+for n in names:
+    r = results.get(n) or {"pass": False, "problems": ["no result"]}
+    print("browser " + n + "=" + ("pass" if r.get("pass") else "fail:" + "; ".join(r.get("problems", []))))
+' "$TMP/browser-cors.json")
 SHOT="$ARTIFACTS/browser-blog.png"
 if [ -s "$SHOT" ] && [ "$(head -c 8 "$SHOT" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; then
     SHOT_VERDICT=pass
@@ -220,7 +260,7 @@ set +e
 REPORTED=1
 python3 "$HERE/report.py" --plan "$TMP/plan.json" \
     --result "browser=$TMP/browser.json" --result "openai-sdk=$TMP/openai.json" \
-    --extra "screenshot=$SHOT_VERDICT" --started "$STARTED" --tests-started "$TESTS_STARTED"
+    "${CORS_ROWS[@]}" --extra "screenshot=$SHOT_VERDICT" --started "$STARTED" --tests-started "$TESTS_STARTED"
 STATUS=$?
 set -e
 exit "$STATUS"
