@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod replay;
+mod signals;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -18,6 +19,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{GatewayConfig, LogConfig, LogFormat};
 use crate::gateway;
 use crate::reload;
+use crate::shutdown::{DrainPlan, StopNow};
 
 /// A reverse-proxy sidecar for assistant / LLM services that stream Server-Sent Events.
 ///
@@ -182,6 +184,13 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let code = runtime.block_on(async move {
         let hangup = reload::hangup_signal();
+        let mut stop_signals = match signals::StopSignals::install() {
+            Ok(stop_signals) => stop_signals,
+            Err(error) => {
+                eprintln!("sse-gateway: cannot install the signal handlers: {error}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
         let running = match gateway::start(config).await {
             Ok(running) => running,
             Err(error) => {
@@ -196,12 +205,25 @@ fn run(path: &std::path::Path) -> ExitCode {
             hangup,
             loaded,
         ));
-        shutdown_signal().await;
+        let first = stop_signals.next().await;
         watcher.abort();
-        // The drain time of the config in force, reloads included.
-        let drain = running.gateway().config().drain_timeout;
-        tracing::info!(drain = ?drain, "shutting down");
-        running.shutdown(drain).await;
+        // The settings of the config in force, reloads included.
+        let config = running.gateway().config();
+        let plan = DrainPlan {
+            drain: config.drain_timeout,
+            final_scrape_wait: config.shutdown.final_scrape_wait,
+            stop_now: StopNow::new(),
+        };
+        tracing::info!(signal = first.name(), drain = ?plan.drain, "shutting down");
+        // A second signal of either kind cuts the drain short.
+        let stop_now = plan.stop_now.clone();
+        let second = tokio::spawn(async move {
+            let signal = stop_signals.next().await;
+            tracing::warn!(signal = signal.name(), "second stop signal: stopping now");
+            stop_now.request();
+        });
+        running.stop(plan).await;
+        second.abort();
         tracing::info!("stopped");
         ExitCode::SUCCESS
     });
@@ -213,31 +235,6 @@ fn run(path: &std::path::Path) -> ExitCode {
 
 /// How long the runtime's blocking tasks get at exit (see [`run`]).
 const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Resolves on Ctrl-C (an operator at a terminal) or SIGTERM (Kubernetes stopping
-/// the pod).
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
 
 /// `RUST_LOG`, when set, wins over `log.level`.
 fn init_logging(log: &LogConfig) {

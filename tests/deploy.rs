@@ -229,10 +229,10 @@ fn termination_grace_period_covers_prestop_and_drain() {
         "a preStop sleep lets endpoints drop the pod first"
     );
     // After the drain, ending the rest and the final scrape take at most this long.
-    let final_scrape = sse_gateway::shutdown::AFTER_DRAIN;
+    let final_scrape = sse_gateway::shutdown::after_drain(config.shutdown.final_scrape_wait);
     assert!(
         Duration::from_secs(grace) >= Duration::from_secs(sleep) + config.drain_timeout + final_scrape,
-        "terminationGracePeriodSeconds {grace} must cover preStop {sleep}s + drain_timeout {:?} + the final scrape's 10s",
+        "terminationGracePeriodSeconds {grace} must cover preStop {sleep}s + drain_timeout {:?} + the final scrape's {final_scrape:?}",
         config.drain_timeout
     );
 }
