@@ -10,6 +10,7 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod generate;
 mod replay;
 mod signals;
 
@@ -27,17 +28,18 @@ use crate::shutdown::{DrainPlan, StopNow};
 /// without buffering, and turns GET requests from browsers' EventSource into the
 /// POST requests assistant APIs expect.
 #[derive(Debug, Parser)]
-#[command(name = "sse-gateway", version, about, long_about)]
+#[command(name = "sse-gateway", version = VERSION, about, long_about)]
 #[command(
     after_help = "Exit codes: 0 ok, 1 invalid config, 2 bad command line, 3 runtime failure."
 )]
 pub struct Cli {
-    /// The config file.
+    /// The config file; without the flag, $SSE_GATEWAY_CONFIG when set.
     #[arg(
         long,
         short,
         global = true,
         value_name = "FILE",
+        env = "SSE_GATEWAY_CONFIG",
         default_value = "gateway.yaml"
     )]
     pub config: PathBuf,
@@ -62,7 +64,28 @@ pub enum Command {
         #[arg(value_name = "CAPTURE")]
         capture: Option<PathBuf>,
     },
+    /// Print the completion script for a shell to stdout.
+    ///
+    /// Such as `sse-gateway completions bash > /etc/bash_completion.d/sse-gateway`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    ///
+    /// Such as `sse-gateway man > /usr/local/share/man/man1/sse-gateway.1`.
+    Man,
 }
+
+/// `--version`: the crate's version and the git commit it was built from ("unknown"
+/// outside a git checkout), so a bug report names the exact build.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SSE_GATEWAY_COMMIT"),
+    ")"
+);
 
 /// Exit code for an invalid config.
 pub const EXIT_INVALID_CONFIG: u8 = 1;
@@ -76,6 +99,17 @@ pub fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::Run => run(&cli.config),
         Command::Rewrite { route, capture } => rewrite(&cli.config, &route, capture.as_deref()),
+        Command::Completions { shell } => {
+            generate::completions(shell, &mut std::io::stdout().lock());
+            ExitCode::SUCCESS
+        }
+        Command::Man => match generate::man(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("sse-gateway man: cannot write the output: {error}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
     }
 }
 
