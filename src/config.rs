@@ -38,7 +38,7 @@ pub mod defaults {
     /// Public listener.
     pub const LISTEN: &str = "0.0.0.0:8080";
     /// Metrics and health: loopback only unless the operator says otherwise.
-    pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:8079";
     /// Time to establish a TCP (and TLS) connection to an upstream.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Time from sending a request until the upstream's response headers arrive.

@@ -268,7 +268,7 @@ fn run_serves_the_demo_stream_from_the_shipped_config() {
             .unwrap();
     let config = shipped
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:9090", "127.0.0.1:0");
+        .replace("127.0.0.1:8079", "127.0.0.1:0");
     let dir = std::env::temp_dir().join(format!("sse-gateway-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gateway.yaml");

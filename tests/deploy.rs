@@ -196,11 +196,11 @@ fn probes_use_the_admin_port() {
     let deployment = only("Deployment");
     let gateway = gateway_container(&deployment);
     let config = configmap_gateway_config();
-    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:8079");
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &gateway[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe} path");
-        assert_eq!(resolve_port(gateway, &get["port"]), 9090, "{probe} port");
+        assert_eq!(resolve_port(gateway, &get["port"]), 8079, "{probe} port");
     }
 }
 
@@ -366,7 +366,7 @@ fn docker_image_runs_its_own_config_as_non_root() {
         .unwrap_or_else(|errors| panic!("deploy/gateway.yaml does not validate:\n{errors}"));
     // A container's listeners must be reachable from outside it.
     assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
-    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:8079");
     let instructions: Vec<&str> = dockerfile
         .lines()
         .map(str::trim)
@@ -377,7 +377,7 @@ fn docker_image_runs_its_own_config_as_non_root() {
         "COPY deploy/gateway.yaml /etc/sse-gateway/gateway.yaml"
     ));
     assert!(has(r#"CMD ["--config", "/etc/sse-gateway/gateway.yaml"]"#));
-    assert!(has("EXPOSE 8080 9090"));
+    assert!(has("EXPOSE 8080 8079"));
     assert!(has("HEALTHCHECK"));
     let user = instructions
         .iter()
