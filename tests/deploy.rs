@@ -141,7 +141,13 @@ fn kubernetes_manifests_have_every_kind() {
         .iter()
         .map(|(file, doc)| text(&doc["kind"], &format!("{file}: kind")).to_owned())
         .collect();
-    for kind in ["ConfigMap", "Deployment", "Secret", "Service"] {
+    for kind in [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+    ] {
         assert!(
             kinds.contains(kind),
             "no {kind} in deploy/kubernetes (found {kinds:?})"
@@ -159,6 +165,38 @@ fn kubernetes_manifests_have_every_kind() {
         Some("ghcr.io/example/assistant:latest")
     );
     assert_eq!(assistant["ports"][0]["containerPort"].as_u64(), Some(8000));
+}
+
+/// The budget covers exactly the Deployment's pods, and lets a drain evict one at a
+/// time while another keeps serving.
+#[test]
+fn pod_disruption_budget_keeps_a_pod_serving_during_voluntary_disruptions() {
+    let pdb = only("PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"].as_str(), Some("policy/v1"));
+    let deployment = only("Deployment");
+    assert_eq!(
+        pdb["spec"]["selector"], deployment["spec"]["selector"],
+        "the budget selects the Deployment's pods"
+    );
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in pdb["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels")
+    {
+        assert_eq!(&labels[key], value, "the pod template carries {key:?}");
+    }
+    assert!(
+        pdb["spec"]["minAvailable"].is_null(),
+        "maxUnavailable only: minAvailable could block every drain"
+    );
+    let max_unavailable = pdb["spec"]["maxUnavailable"]
+        .as_u64()
+        .expect("maxUnavailable is a number");
+    let replicas = deployment["spec"]["replicas"].as_u64().expect("replicas");
+    assert!(
+        max_unavailable >= 1 && max_unavailable < replicas,
+        "a drain may evict ({max_unavailable}) but one of {replicas} pods keeps serving"
+    );
 }
 
 #[test]
@@ -379,6 +417,30 @@ fn docker_image_runs_its_own_config_as_non_root() {
     assert!(has(r#"CMD ["--config", "/etc/sse-gateway/gateway.yaml"]"#));
     assert!(has("EXPOSE 8080 8079"));
     assert!(has("HEALTHCHECK"));
+    // Both base images are pinned: an exact Rust release, a dated Debian snapshot.
+    let arg = |name: &str| {
+        instructions
+            .iter()
+            .find_map(|line| line.strip_prefix(&format!("ARG {name}=")))
+            .unwrap_or_else(|| panic!("no ARG {name}"))
+    };
+    let build = arg("BUILD_IMAGE");
+    let rust_version = env!("CARGO_PKG_RUST_VERSION");
+    assert!(
+        build.starts_with(&format!("rust:{rust_version}.")),
+        "the build image is Cargo.toml's rust-version {rust_version}, to the patch: {build}"
+    );
+    let runtime = arg("RUNTIME_IMAGE");
+    let date = runtime
+        .strip_prefix("debian:bookworm-")
+        .and_then(|rest| rest.split(['-', '@']).next())
+        .unwrap_or_default();
+    assert!(
+        date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()),
+        "the runtime image is a dated snapshot: {runtime}"
+    );
+    assert!(has("FROM ${BUILD_IMAGE} AS build"));
+    assert!(has("FROM ${RUNTIME_IMAGE}"));
     let user = instructions
         .iter()
         .rev()
