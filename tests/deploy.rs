@@ -302,7 +302,11 @@ fn configmap_gateway_yaml_validates_and_reads_the_key_from_the_secret() {
         .stream
         .as_ref()
         .expect("the chat route has a stream section");
-    assert_eq!(stream.pipeline.rules().len(), 4, "the DESIGN.md rules");
+    assert_eq!(
+        stream.pipeline.rules().len(),
+        4,
+        "the example route's rules"
+    );
     assert!(stream.pipeline.terminator().is_some());
 
     // Without the variable the file is invalid: the key really comes from the env.
