@@ -159,3 +159,55 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::GatewayConfig;
+    use crate::shutdown::Shutdown;
+
+    fn state() -> AdminState {
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Proxy::new(
+            Arc::new(GatewayConfig::empty()),
+            &BTreeMap::new(),
+            &metrics,
+            Shutdown::new(),
+        );
+        AdminState::new(metrics, watch::channel(Arc::new(proxy)).1)
+    }
+
+    const RECENT: Duration = Duration::from_secs(60);
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn the_final_scrape_is_awaited_only_after_a_recent_scrape() {
+        let state = state();
+        let started = Instant::now();
+        state.final_scrape(LIMIT, RECENT).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "never scraped: no wait");
+
+        state.record_scrape();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let started = Instant::now();
+        state.final_scrape(LIMIT, RECENT).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "scraped long ago: no wait"
+        );
+
+        state.record_scrape();
+        let started = Instant::now();
+        state.final_scrape(Duration::ZERO, RECENT).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "a zero wait: no wait");
+        state.final_scrape(LIMIT, RECENT).await;
+        assert_eq!(
+            started.elapsed(),
+            LIMIT,
+            "scraped just now: waits, up to the limit"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Shutdown: the drain sequence, and the signal that tells open responses the drain
 //! time is over.
 //!
-//! Once the listener has stopped accepting, [`drain`] asks every connection to close
+//! Once the listener has stopped accepting, `drain` asks every connection to close
 //! after what it has in flight, gives open responses `drain_timeout`, then fires
 //! [`Shutdown`] (which every open response watches), gives them a moment to write
 //! their last frames, and waits for the final metrics scrape where one helps.
