@@ -5,7 +5,7 @@
 //! Run: `cargo bench --bench pipeline` (add `-- --quick` for a short run).
 //!
 //! - `no_rules`: framing and zero-copy forwarding only;
-//! - `design_rules`: the DESIGN.md example route (repair, two replaces, drop pings, `[DONE]`);
+//! - `design_rules`: the example route of docs/architecture.md (repair, two replaces, drop pings, `[DONE]`);
 //!   deltas use `"content"`, so only the pings are touched;
 //! - `design_rules_rewrite`: same rules, every delta uses `"text"`, so every event is rewritten;
 //! - `design_rules_repair`: same rules, every event also arrives as `data:\n{...}` and needs

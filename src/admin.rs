@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -18,6 +19,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::listener::{self, Acceptor, ConnectionLimits, Connections};
 use crate::metrics::Metrics;
@@ -34,6 +36,9 @@ pub struct AdminState {
     /// How many times `/metrics` was served, and a wake-up for each time.
     pub scrapes: AtomicU64,
     pub scraped: tokio::sync::Notify,
+    /// When `/metrics` was last served: a final scrape is waited for only when
+    /// something scrapes this gateway now, not when it did once long ago.
+    last_scrape: std::sync::Mutex<Option<Instant>>,
 }
 
 impl AdminState {
@@ -44,17 +49,37 @@ impl AdminState {
             ready: AtomicBool::new(true),
             scrapes: AtomicU64::new(0),
             scraped: tokio::sync::Notify::new(),
+            last_scrape: std::sync::Mutex::new(None),
         }
     }
 
+    /// Whether `/metrics` was served within `recent`.
+    fn scraped_within(&self, recent: Duration) -> bool {
+        let last = *self
+            .last_scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.is_some_and(|at| at.elapsed() <= recent)
+    }
+
+    fn record_scrape(&self) {
+        *self
+            .last_scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        self.scrapes.fetch_add(1, Ordering::AcqRel);
+        self.scraped.notify_waiters();
+    }
+
     /// After a drain, the streams it ended are counted but not yet scraped. When
-    /// something scrapes this gateway, wait (up to `limit`) for one more scrape so the
-    /// `shutdown` outcomes reach Prometheus; otherwise return at once.
-    pub async fn final_scrape(&self, limit: std::time::Duration) {
-        let before = self.scrapes.load(Ordering::Acquire);
-        if before == 0 {
+    /// something scraped this gateway within `recent`, wait (up to `limit`) for one
+    /// more scrape so the `shutdown` outcomes reach Prometheus; otherwise return at
+    /// once.
+    pub async fn final_scrape(&self, limit: Duration, recent: Duration) {
+        if limit.is_zero() || !self.scraped_within(recent) {
             return;
         }
+        let before = self.scrapes.load(Ordering::Acquire);
         let next = self.scraped.notified();
         let mut next = std::pin::pin!(next);
         // Registered before the count is read again, so no scrape slips between.
@@ -99,8 +124,7 @@ impl http_body::Body for ScrapeBody {
 impl Drop for ScrapeBody {
     fn drop(&mut self) {
         if let Some(state) = self.scraped.take() {
-            state.scrapes.fetch_add(1, Ordering::AcqRel);
-            state.scraped.notify_waiters();
+            state.record_scrape();
         }
     }
 }
@@ -192,4 +216,56 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::GatewayConfig;
+    use crate::shutdown::Shutdown;
+
+    fn state() -> AdminState {
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Proxy::new(
+            Arc::new(GatewayConfig::empty()),
+            &BTreeMap::new(),
+            &metrics,
+            Shutdown::new(),
+        );
+        AdminState::new(metrics, watch::channel(Arc::new(proxy)).1)
+    }
+
+    const RECENT: Duration = Duration::from_secs(60);
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn the_final_scrape_is_awaited_only_after_a_recent_scrape() {
+        let state = state();
+        let started = Instant::now();
+        state.final_scrape(LIMIT, RECENT).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "never scraped: no wait");
+
+        state.record_scrape();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let started = Instant::now();
+        state.final_scrape(LIMIT, RECENT).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "scraped long ago: no wait"
+        );
+
+        state.record_scrape();
+        let started = Instant::now();
+        state.final_scrape(Duration::ZERO, RECENT).await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "a zero wait: no wait");
+        state.final_scrape(LIMIT, RECENT).await;
+        assert_eq!(
+            started.elapsed(),
+            LIMIT,
+            "scraped just now: waits, up to the limit"
+        );
+    }
 }

@@ -10,7 +10,9 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod generate;
 mod replay;
+mod signals;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -18,6 +20,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{GatewayConfig, LogConfig, LogFormat};
 use crate::gateway;
 use crate::reload;
+use crate::shutdown::{DrainPlan, StopNow};
 
 /// A reverse-proxy sidecar for assistant / LLM services that stream Server-Sent Events.
 ///
@@ -25,17 +28,18 @@ use crate::reload;
 /// without buffering, and turns GET requests from browsers' EventSource into the
 /// POST requests assistant APIs expect.
 #[derive(Debug, Parser)]
-#[command(name = "sse-gateway", version, about, long_about)]
+#[command(name = "sse-gateway", version = VERSION, about, long_about)]
 #[command(
     after_help = "Exit codes: 0 ok, 1 invalid config, 2 bad command line, 3 runtime failure."
 )]
 pub struct Cli {
-    /// The config file.
+    /// The config file; without the flag, $SSE_GATEWAY_CONFIG when set.
     #[arg(
         long,
         short,
         global = true,
         value_name = "FILE",
+        env = "SSE_GATEWAY_CONFIG",
         default_value = "gateway.yaml"
     )]
     pub config: PathBuf,
@@ -60,7 +64,28 @@ pub enum Command {
         #[arg(value_name = "CAPTURE")]
         capture: Option<PathBuf>,
     },
+    /// Print the completion script for a shell to stdout.
+    ///
+    /// Such as `sse-gateway completions bash > /etc/bash_completion.d/sse-gateway`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    ///
+    /// Such as `sse-gateway man > /usr/local/share/man/man1/sse-gateway.1`.
+    Man,
 }
+
+/// `--version`: the crate's version and the git commit it was built from ("unknown"
+/// outside a git checkout), so a bug report names the exact build.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SSE_GATEWAY_COMMIT"),
+    ")"
+);
 
 /// Exit code for an invalid config.
 pub const EXIT_INVALID_CONFIG: u8 = 1;
@@ -74,6 +99,17 @@ pub fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::Run => run(&cli.config),
         Command::Rewrite { route, capture } => rewrite(&cli.config, &route, capture.as_deref()),
+        Command::Completions { shell } => {
+            generate::completions(shell, &mut std::io::stdout().lock());
+            ExitCode::SUCCESS
+        }
+        Command::Man => match generate::man(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("sse-gateway man: cannot write the output: {error}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
     }
 }
 
@@ -182,6 +218,13 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let code = runtime.block_on(async move {
         let hangup = reload::hangup_signal();
+        let mut stop_signals = match signals::StopSignals::install() {
+            Ok(stop_signals) => stop_signals,
+            Err(error) => {
+                eprintln!("sse-gateway: cannot install the signal handlers: {error}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
         let running = match gateway::start(config).await {
             Ok(running) => running,
             Err(error) => {
@@ -196,12 +239,25 @@ fn run(path: &std::path::Path) -> ExitCode {
             hangup,
             loaded,
         ));
-        shutdown_signal().await;
+        let first = stop_signals.next().await;
         watcher.abort();
-        // The drain time of the config in force, reloads included.
-        let drain = running.gateway().config().drain_timeout;
-        tracing::info!(drain = ?drain, "shutting down");
-        running.shutdown(drain).await;
+        // The settings of the config in force, reloads included.
+        let config = running.gateway().config();
+        let plan = DrainPlan {
+            drain: config.drain_timeout,
+            final_scrape_wait: config.shutdown.final_scrape_wait,
+            stop_now: StopNow::new(),
+        };
+        tracing::info!(signal = first.name(), drain = ?plan.drain, "shutting down");
+        // A second signal of either kind cuts the drain short.
+        let stop_now = plan.stop_now.clone();
+        let second = tokio::spawn(async move {
+            let signal = stop_signals.next().await;
+            tracing::warn!(signal = signal.name(), "second stop signal: stopping now");
+            stop_now.request();
+        });
+        running.stop(plan).await;
+        second.abort();
         tracing::info!("stopped");
         ExitCode::SUCCESS
     });
@@ -213,31 +269,6 @@ fn run(path: &std::path::Path) -> ExitCode {
 
 /// How long the runtime's blocking tasks get at exit (see [`run`]).
 const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Resolves on Ctrl-C (an operator at a terminal) or SIGTERM (Kubernetes stopping
-/// the pod).
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
 
 /// `RUST_LOG`, when set, wins over `log.level`.
 fn init_logging(log: &LogConfig) {

@@ -38,7 +38,7 @@ pub mod defaults {
     /// Public listener.
     pub const LISTEN: &str = "0.0.0.0:8080";
     /// Metrics and health: loopback only unless the operator says otherwise.
-    pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:8079";
     /// Time to establish a TCP (and TLS) connection to an upstream.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Time from sending a request until the upstream's response headers arrive.
@@ -64,6 +64,9 @@ pub mod defaults {
     pub const MAX_DURATION: Duration = Duration::from_secs(30 * 60);
     /// After SIGTERM, how long open streams may run before they are ended.
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// After the drain, the longest wait for Prometheus's next scrape (which carries
+    /// the drain's outcomes): one usual scrape interval (10s to 15s) at most.
+    pub const FINAL_SCRAPE_WAIT: Duration = Duration::from_secs(10);
 }
 
 /// A complete, valid configuration.
@@ -75,12 +78,29 @@ pub struct GatewayConfig {
     pub admin_listen: SocketAddr,
     /// After SIGTERM or SIGINT, how long open streams may run before they are ended.
     pub drain_timeout: Duration,
+    pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// In file order; the router orders them by specificity.
     pub routes: Vec<RouteConfig>,
     /// Key paths whose values came from `${VAR}` substitution, to redact when shown.
     pub from_environment: BTreeSet<String>,
+}
+
+/// The `shutdown` section: how a stop ends, after `drain_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// The longest wait for a final metrics scrape after the drain, taken only when
+    /// `/metrics` was scraped in the last minute; `0` never waits.
+    pub final_scrape_wait: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> ShutdownConfig {
+        ShutdownConfig {
+            final_scrape_wait: defaults::FINAL_SCRAPE_WAIT,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +364,7 @@ impl GatewayConfig {
             listen: unspecified,
             admin_listen: unspecified,
             drain_timeout: defaults::DRAIN_TIMEOUT,
+            shutdown: ShutdownConfig::default(),
             log: LogConfig {
                 format: LogFormat::Pretty,
                 level: defaults::LOG_LEVEL.to_owned(),

@@ -25,7 +25,7 @@ use crate::config::{GatewayConfig, UpstreamTarget};
 use crate::listener::{self, Acceptor, ConnectionLimits, Connections};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::shutdown::{self, Shutdown};
+use crate::shutdown::{self, DrainPlan, Shutdown, StopNow};
 use crate::upstream::demo::DemoServer;
 use crate::upstream::{TlsError, Upstream};
 
@@ -158,13 +158,24 @@ impl Running {
         &self.gateway
     }
 
+    /// [`Running::stop`] with the default wait for a final scrape and no "stop now".
+    pub async fn shutdown(self, drain: Duration) {
+        let plan = DrainPlan {
+            drain,
+            final_scrape_wait: crate::config::defaults::FINAL_SCRAPE_WAIT,
+            stop_now: StopNow::new(),
+        };
+        self.stop(plan).await;
+    }
+
     /// Drains and stops: `/readyz` turns 503 and no new connection is accepted; open
-    /// requests get `drain` to finish; then open responses are ended (supervised
-    /// streams at an event boundary with outcome `shutdown`, passed-through bodies
-    /// with their final chunk). If Prometheus scrapes this gateway, the admin
-    /// listener then waits for one more scrape so the drain's outcomes are not lost;
-    /// the call returns within `drain` plus [`shutdown::AFTER_DRAIN`].
-    pub async fn shutdown(mut self, drain: Duration) {
+    /// requests get `plan.drain` to finish (or until `plan.stop_now` fires); then open
+    /// responses are ended (supervised streams at an event boundary with outcome
+    /// `shutdown`, passed-through bodies with their final chunk). If Prometheus
+    /// scraped this gateway in the last minute, the admin listener then waits (up to
+    /// `plan.final_scrape_wait`) for one more scrape so the drain's outcomes are not
+    /// lost; the call returns within `plan.drain` plus [`shutdown::after_drain`].
+    pub async fn stop(mut self, plan: DrainPlan) {
         self.admin.ready.store(false, Ordering::Release);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -172,7 +183,7 @@ impl Running {
         let _ = (&mut self.task).await;
         shutdown::drain(
             &self.connections,
-            drain,
+            &plan,
             &self.gateway.shutdown,
             &self.admin,
         )

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`admin`]: the admin listener: /metrics, /healthz, /readyz, /config.
-//! - [`cli`]: the `sse-gateway` command line: run, check; exit codes.
+//! - [`cli`]: the `sse-gateway` command line: run, check, rewrite, completions, man;
+//!   exit codes; the stop signals.
 //! - [`config`]: `gateway.yaml` -> a validated [`config::GatewayConfig`], every problem
 //!   reported with its file position.
 //! - [`engine`]: one event stream's life as pure code (sans-I/O): frames, outcome,
@@ -23,6 +24,10 @@
 //! - [`shutdown`]: the drain sequence, and the drain-is-over signal every open
 //!   response watches.
 //! - [`supervise`]: the event-stream body: pipeline, clocks, one outcome per stream.
+//! - [`rewrite`]: a route's compiled rules and terminator, applied one event at a time.
+//! - [`sse`]: Server-Sent Events framing and the canonical event writer.
+//!
+//! How they fit together, from accept to the last byte: `docs/architecture.md`.
 pub mod access_log;
 pub mod admin;
 pub mod body;

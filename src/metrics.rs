@@ -1,4 +1,4 @@
-//! Prometheus metrics: every family of DESIGN.md's table, on an explicit registry.
+//! Prometheus metrics: every family of the README's metric table, on an explicit registry.
 //!
 //! Families are registered once ([`Metrics::new`]); labelled handles are resolved once
 //! per route and config ([`Metrics::route`]) and shared by that route's streams, so the

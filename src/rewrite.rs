@@ -8,7 +8,7 @@
 //! `field: value`.
 //!
 //! Cost (`benches/pipeline.rs`, ~200-byte OpenAI-style events, 2-core dev machine): framing and
-//! forwarding alone run at about 3 GiB/s; the DESIGN.md example rules at about 900 MiB/s when
+//! forwarding alone run at about 3 GiB/s; the docs/architecture.md example rules at about 900 MiB/s when
 //! events pass untouched and 250–300 MiB/s when every event is rewritten.
 
 mod prefilter;

@@ -4,9 +4,11 @@
 //! Once the listener has stopped accepting, `drain` asks every connection to close
 //! after what it has in flight, gives open responses `drain_timeout`, then fires
 //! [`Shutdown`] (which every open response watches), gives them a moment to write
-//! their last frames, and waits for the final metrics scrape. Everything after the
-//! drain time fits in [`AFTER_DRAIN`], so the process's stop time is known in advance:
-//! `drain_timeout` plus [`AFTER_DRAIN`] at most.
+//! their last frames, and waits for the final metrics scrape where one helps.
+//! Everything after the drain time fits in [`after_drain`], so the process's stop time
+//! is known in advance: `drain_timeout` plus [`after_drain`] at most. A [`StopNow`]
+//! (the operator's second Ctrl-C) ends the drain time at once and skips the wait for a
+//! scrape: streams still get their closing frames, at the next event boundary.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,29 +24,54 @@ use crate::listener::Connections;
 /// get to write their last frames before the gateway stops anyway.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
-/// The most a stop takes after `drain_timeout`: the flush above, then the wait for a
-/// final metrics scrape that carries the drain's outcomes (only when something
-/// scrapes this gateway). The Kubernetes example's grace period leaves this much room.
-pub const AFTER_DRAIN: Duration = Duration::from_secs(10);
+/// A final scrape is waited for only when `/metrics` was served this recently: a
+/// Prometheus scraping at any usual interval (up to 1m) qualifies; a laptop run that
+/// someone scraped once an hour ago does not.
+const RECENT_SCRAPE: Duration = Duration::from_secs(60);
 
-/// Drains the public connections, then waits for the final scrape. The listener has
-/// stopped accepting already.
+/// The most a stop takes after `drain_timeout`: the flush of the ended responses, and
+/// the wait for a final metrics scrape (`shutdown.final_scrape_wait`) counted from the
+/// same moment. The Kubernetes example's grace period leaves this much room.
+pub fn after_drain(final_scrape_wait: Duration) -> Duration {
+    final_scrape_wait.max(SHUTDOWN_FLUSH)
+}
+
+/// How a stop goes: the drain time, the longest wait for a final scrape, and the
+/// operator's "stop now".
+#[derive(Clone, Debug)]
+pub struct DrainPlan {
+    /// How long open responses may run before they are ended (`drain_timeout`).
+    pub drain: Duration,
+    /// The longest wait for a final scrape after the drain; `0` never waits.
+    pub final_scrape_wait: Duration,
+    /// Fired by a second SIGINT or SIGTERM: end the drain time now.
+    pub stop_now: StopNow,
+}
+
+/// Drains the public connections, then waits for the final scrape where it helps. The
+/// listener has stopped accepting already.
 pub(crate) async fn drain(
     connections: &Connections,
-    drain: Duration,
+    plan: &DrainPlan,
     signal: &Shutdown,
     admin: &AdminState,
 ) {
     connections.start_draining();
-    tracing::info!(drain = ?drain, "draining: no new connections; open streams may finish");
+    tracing::info!(
+        drain = ?plan.drain,
+        "draining: no new connections; open streams may finish; press Ctrl-C again (or send SIGTERM again) to stop now"
+    );
     // Idle keep-alive connections close now; busy ones after their response.
-    let mut deadline = Instant::now() + AFTER_DRAIN;
-    if tokio::time::timeout(drain, connections.all_closed())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain time over: ending the remaining responses");
-        deadline = Instant::now() + AFTER_DRAIN;
+    let drained = tokio::select! {
+        closed = tokio::time::timeout(plan.drain, connections.all_closed()) => closed.is_ok(),
+        () = plan.stop_now.requested() => false,
+    };
+    let deadline = Instant::now() + plan.final_scrape_wait;
+    if !drained {
+        match plan.stop_now.is_requested() {
+            true => tracing::warn!("stopping now: ending the remaining responses"),
+            false => tracing::warn!("drain time over: ending the remaining responses"),
+        }
         signal.fire();
         if tokio::time::timeout(SHUTDOWN_FLUSH, connections.all_closed())
             .await
@@ -53,9 +80,40 @@ pub(crate) async fn drain(
             tracing::warn!("connections still open after the drain; closing them");
         }
     }
-    admin
-        .final_scrape(deadline.saturating_duration_since(Instant::now()))
-        .await;
+    // A zero drain time asks for an immediate stop; so does a second signal.
+    if plan.drain.is_zero() || plan.stop_now.is_requested() {
+        return;
+    }
+    let limit = deadline.saturating_duration_since(Instant::now());
+    tokio::select! {
+        () = admin.final_scrape(limit, RECENT_SCRAPE) => {}
+        () = plan.stop_now.requested() => {}
+    }
+}
+
+/// The operator's "stop now" during a drain (a second SIGINT or SIGTERM): cheap to
+/// clone, fired once.
+#[derive(Clone, Debug, Default)]
+pub struct StopNow(CancellationToken);
+
+impl StopNow {
+    pub fn new() -> StopNow {
+        StopNow::default()
+    }
+
+    /// Ends the drain time at once.
+    pub fn request(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Resolves once [`StopNow::request`] was called.
+    pub async fn requested(&self) {
+        self.0.cancelled().await
+    }
 }
 
 /// The gateway's "drain time is over" signal, as every stream watches it.

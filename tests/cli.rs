@@ -93,7 +93,7 @@ const BROKEN: &[(&str, &[&str])] = &[
         "unknown_top_level.yaml",
         &[
             "unknown_top_level.yaml:1:1: missing `routes`: define at least one route",
-            "unknown_top_level.yaml:3:1: route: unknown key `route` (expected one of: listen, admin, drain_timeout, log, upstreams, routes)",
+            "unknown_top_level.yaml:3:1: route: unknown key `route` (expected one of: listen, admin, drain_timeout, shutdown, log, upstreams, routes)",
         ],
     ),
     (
@@ -218,12 +218,78 @@ fn help_and_version_are_readable() {
     }
     let version = gateway_bin().arg("--version").output().unwrap();
     let version = String::from_utf8(version.stdout).unwrap();
+    // The commit the binary was built from: this checkout's HEAD, or "unknown" where
+    // the source is not a git checkout.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let commit = std::env::var("SSE_GATEWAY_COMMIT").unwrap_or(head);
     assert_eq!(
         version.trim(),
-        format!("sse-gateway {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "sse-gateway {} (commit {commit})",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     let bad = gateway_bin().arg("--no-such-flag").output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn sse_gateway_config_names_the_config_and_config_wins_over_it() {
+    let from_env = gateway_bin()
+        .arg("check")
+        .env(
+            "SSE_GATEWAY_CONFIG",
+            "tests/fixtures/configs/valid/design.yaml",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(from_env.stdout).unwrap();
+    assert_eq!(from_env.status.code(), Some(0));
+    assert!(
+        stdout.starts_with("tests/fixtures/configs/valid/design.yaml: ok"),
+        "{stdout}"
+    );
+    let flag = gateway_bin()
+        .args(["check", "--config", "gateway.yaml"])
+        .env("SSE_GATEWAY_CONFIG", "no/such/file.yaml")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(flag.stdout).unwrap();
+    assert!(stdout.starts_with("gateway.yaml: ok"), "{stdout}");
+}
+
+#[test]
+fn completions_and_man_page_are_generated_from_the_command_line() {
+    for (shell, needle) in [
+        ("bash", "complete -F _sse__gateway"),
+        ("zsh", "#compdef sse-gateway"),
+        ("fish", "complete -c sse-gateway"),
+    ] {
+        let output = gateway_bin().args(["completions", shell]).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        assert!(script.contains(needle), "{shell} lacks {needle}:\n{script}");
+        for subcommand in ["check", "rewrite", "completions", "man"] {
+            assert!(script.contains(subcommand), "{shell} lacks {subcommand}");
+        }
+    }
+    let bad = gateway_bin().args(["completions", "cmd"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+
+    let man = gateway_bin().arg("man").output().unwrap();
+    assert_eq!(man.status.code(), Some(0));
+    let man = String::from_utf8(man.stdout).unwrap();
+    assert!(man.contains(".TH sse-gateway 1"), "{man}");
+    for needle in ["SSE_GATEWAY_CONFIG", "\\-\\-config", "check"] {
+        assert!(man.contains(needle), "the man page lacks {needle}:\n{man}");
+    }
 }
 
 /// `run` on a copy of the shipped config (on a free port): the demo stream arrives
@@ -241,7 +307,7 @@ fn run_serves_the_demo_stream_from_the_shipped_config() {
             .unwrap();
     let config = shipped
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:9090", "127.0.0.1:0");
+        .replace("127.0.0.1:8079", "127.0.0.1:0");
     let dir = std::env::temp_dir().join(format!("sse-gateway-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gateway.yaml");

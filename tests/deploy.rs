@@ -141,7 +141,13 @@ fn kubernetes_manifests_have_every_kind() {
         .iter()
         .map(|(file, doc)| text(&doc["kind"], &format!("{file}: kind")).to_owned())
         .collect();
-    for kind in ["ConfigMap", "Deployment", "Secret", "Service"] {
+    for kind in [
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+    ] {
         assert!(
             kinds.contains(kind),
             "no {kind} in deploy/kubernetes (found {kinds:?})"
@@ -159,6 +165,38 @@ fn kubernetes_manifests_have_every_kind() {
         Some("ghcr.io/example/assistant:latest")
     );
     assert_eq!(assistant["ports"][0]["containerPort"].as_u64(), Some(8000));
+}
+
+/// The budget covers exactly the Deployment's pods, and lets a drain evict one at a
+/// time while another keeps serving.
+#[test]
+fn pod_disruption_budget_keeps_a_pod_serving_during_voluntary_disruptions() {
+    let pdb = only("PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"].as_str(), Some("policy/v1"));
+    let deployment = only("Deployment");
+    assert_eq!(
+        pdb["spec"]["selector"], deployment["spec"]["selector"],
+        "the budget selects the Deployment's pods"
+    );
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in pdb["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("matchLabels")
+    {
+        assert_eq!(&labels[key], value, "the pod template carries {key:?}");
+    }
+    assert!(
+        pdb["spec"]["minAvailable"].is_null(),
+        "maxUnavailable only: minAvailable could block every drain"
+    );
+    let max_unavailable = pdb["spec"]["maxUnavailable"]
+        .as_u64()
+        .expect("maxUnavailable is a number");
+    let replicas = deployment["spec"]["replicas"].as_u64().expect("replicas");
+    assert!(
+        max_unavailable >= 1 && max_unavailable < replicas,
+        "a drain may evict ({max_unavailable}) but one of {replicas} pods keeps serving"
+    );
 }
 
 #[test]
@@ -196,11 +234,11 @@ fn probes_use_the_admin_port() {
     let deployment = only("Deployment");
     let gateway = gateway_container(&deployment);
     let config = configmap_gateway_config();
-    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:8079");
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &gateway[probe]["httpGet"];
         assert_eq!(get["path"].as_str(), Some(path), "{probe} path");
-        assert_eq!(resolve_port(gateway, &get["port"]), 9090, "{probe} port");
+        assert_eq!(resolve_port(gateway, &get["port"]), 8079, "{probe} port");
     }
 }
 
@@ -229,10 +267,10 @@ fn termination_grace_period_covers_prestop_and_drain() {
         "a preStop sleep lets endpoints drop the pod first"
     );
     // After the drain, ending the rest and the final scrape take at most this long.
-    let final_scrape = sse_gateway::shutdown::AFTER_DRAIN;
+    let final_scrape = sse_gateway::shutdown::after_drain(config.shutdown.final_scrape_wait);
     assert!(
         Duration::from_secs(grace) >= Duration::from_secs(sleep) + config.drain_timeout + final_scrape,
-        "terminationGracePeriodSeconds {grace} must cover preStop {sleep}s + drain_timeout {:?} + the final scrape's 10s",
+        "terminationGracePeriodSeconds {grace} must cover preStop {sleep}s + drain_timeout {:?} + the final scrape's {final_scrape:?}",
         config.drain_timeout
     );
 }
@@ -264,7 +302,11 @@ fn configmap_gateway_yaml_validates_and_reads_the_key_from_the_secret() {
         .stream
         .as_ref()
         .expect("the chat route has a stream section");
-    assert_eq!(stream.pipeline.rules().len(), 4, "the DESIGN.md rules");
+    assert_eq!(
+        stream.pipeline.rules().len(),
+        4,
+        "the example route's rules"
+    );
     assert!(stream.pipeline.terminator().is_some());
 
     // Without the variable the file is invalid: the key really comes from the env.
@@ -366,7 +408,7 @@ fn docker_image_runs_its_own_config_as_non_root() {
         .unwrap_or_else(|errors| panic!("deploy/gateway.yaml does not validate:\n{errors}"));
     // A container's listeners must be reachable from outside it.
     assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
-    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(config.admin_listen.to_string(), "0.0.0.0:8079");
     let instructions: Vec<&str> = dockerfile
         .lines()
         .map(str::trim)
@@ -377,8 +419,32 @@ fn docker_image_runs_its_own_config_as_non_root() {
         "COPY deploy/gateway.yaml /etc/sse-gateway/gateway.yaml"
     ));
     assert!(has(r#"CMD ["--config", "/etc/sse-gateway/gateway.yaml"]"#));
-    assert!(has("EXPOSE 8080 9090"));
+    assert!(has("EXPOSE 8080 8079"));
     assert!(has("HEALTHCHECK"));
+    // Both base images are pinned: an exact Rust release, a dated Debian snapshot.
+    let arg = |name: &str| {
+        instructions
+            .iter()
+            .find_map(|line| line.strip_prefix(&format!("ARG {name}=")))
+            .unwrap_or_else(|| panic!("no ARG {name}"))
+    };
+    let build = arg("BUILD_IMAGE");
+    let rust_version = env!("CARGO_PKG_RUST_VERSION");
+    assert!(
+        build.starts_with(&format!("rust:{rust_version}.")),
+        "the build image is Cargo.toml's rust-version {rust_version}, to the patch: {build}"
+    );
+    let runtime = arg("RUNTIME_IMAGE");
+    let date = runtime
+        .strip_prefix("debian:bookworm-")
+        .and_then(|rest| rest.split(['-', '@']).next())
+        .unwrap_or_default();
+    assert!(
+        date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()),
+        "the runtime image is a dated snapshot: {runtime}"
+    );
+    assert!(has("FROM ${BUILD_IMAGE} AS build"));
+    assert!(has("FROM ${RUNTIME_IMAGE}"));
     let user = instructions
         .iter()
         .rev()

@@ -199,3 +199,105 @@ async fn sigterm_drains_then_ends_streams_with_outcome_shutdown_and_exits_0() {
     assert!(log.contains("outcome=\"shutdown\""), "{log}");
     assert!(log.contains("outcome=\"terminator\""), "{log}");
 }
+
+/// Waits until `/readyz` says 503: the gateway has taken the stop signal.
+async fn draining(gateway: &GatewayProcess) {
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while get(gateway.admin, "/readyz").await.status() != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_second_signal_ends_the_drain_at_once_and_streams_still_get_their_end() {
+    let upstream = ScriptedUpstream::bind().await;
+    let text = config(&upstream.url(), "dog").replace("drain_timeout: 1s", "drain_timeout: 10m");
+    let mut gateway = GatewayProcess::start("second-signal", &text).await;
+    let (mut body, _exchange, _) = open_stream(gateway.addr, &upstream).await;
+    // Scraped: without the second signal, the stop would wait for one more scrape too.
+    gateway.metrics().await;
+
+    gateway.signal("TERM");
+    draining(&gateway).await;
+    assert!(
+        gateway
+            .log_text()
+            .contains("press Ctrl-C again (or send SIGTERM again) to stop now"),
+        "the first signal says how to stop at once:\n{}",
+        gateway.log_text()
+    );
+    gateway.signal("INT");
+
+    // Long before the 10m drain time: the error event, the terminator, the end.
+    let error = next_data(&mut body).await.unwrap();
+    let error = String::from_utf8(error.to_vec()).unwrap();
+    let events = client_events(&error);
+    assert_eq!(events[0].event, "error", "{error}");
+    let json: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(json["error"]["type"], "shutdown");
+    assert_eq!(next_data(&mut body).await.unwrap(), "data: [DONE]\n\n");
+    assert_eq!(next_data(&mut body).await, None);
+    assert_eq!(gateway.exit_code(Duration::from_secs(5)).await, Some(0));
+    let log = gateway.log_text();
+    assert!(log.contains("stopping now"), "{log}");
+    assert!(log.contains("outcome=\"shutdown\""), "{log}");
+}
+
+/// A laptop run: the defaults (30s drain, 10s final scrape wait), nothing open,
+/// nothing scraping. Ctrl-C stops it at once; the bound is generous for a busy machine.
+#[tokio::test]
+async fn ctrl_c_with_nothing_open_and_no_scraper_exits_within_seconds() {
+    let upstream = ScriptedUpstream::bind().await;
+    let text = config(&upstream.url(), "dog").replace("drain_timeout: 1s\n", "");
+    let mut gateway = GatewayProcess::start("laptop", &text).await;
+    gateway.signal("INT");
+    assert_eq!(gateway.exit_code(Duration::from_secs(5)).await, Some(0));
+    let log = gateway.log_text();
+    assert!(!log.contains("waiting for a final metrics scrape"), "{log}");
+}
+
+/// Scraped a moment ago, but `shutdown.final_scrape_wait: 0`: no wait for a scrape.
+#[tokio::test]
+async fn final_scrape_wait_0_stops_without_waiting_for_a_scrape() {
+    let upstream = ScriptedUpstream::bind().await;
+    let text = config(&upstream.url(), "dog").replace(
+        "drain_timeout: 1s\n",
+        "drain_timeout: 30s\nshutdown: { final_scrape_wait: 0 }\n",
+    );
+    let mut gateway = GatewayProcess::start("no-final-scrape", &text).await;
+    gateway.metrics().await;
+    gateway.signal("TERM");
+    assert_eq!(gateway.exit_code(Duration::from_secs(5)).await, Some(0));
+    let log = gateway.log_text();
+    assert!(!log.contains("waiting for a final metrics scrape"), "{log}");
+}
+
+/// Scraped a moment ago, with the default wait: the stop waits for the next scrape,
+/// and ends as soon as it comes.
+#[tokio::test]
+async fn a_recent_scraper_gets_its_final_scrape_before_the_exit() {
+    let upstream = ScriptedUpstream::bind().await;
+    let mut gateway = GatewayProcess::start("final-scrape", &config(&upstream.url(), "dog")).await;
+    gateway.metrics().await;
+    gateway.signal("TERM");
+    draining(&gateway).await;
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while !gateway
+        .log_text()
+        .contains("waiting for a final metrics scrape")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no wait for a final scrape:\n{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gateway.child.try_wait().unwrap().is_none(), "still waiting");
+    gateway.metrics().await;
+    assert_eq!(gateway.exit_code(Duration::from_secs(5)).await, Some(0));
+}

@@ -10,7 +10,7 @@ use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// A `stream` section with the DESIGN.md rules and the given clocks.
+/// A `stream` section with the example route's rules (docs/architecture.md) and the given clocks.
 fn route(clocks: &str) -> String {
     format!(
         "    stream:

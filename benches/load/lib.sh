@@ -54,7 +54,7 @@ wait_port() {
     return 1
 }
 
-# design_stream_rules [PINGS_RULE_NAME]: the DESIGN.md example `rules` and `terminator`
+# design_stream_rules [PINGS_RULE_NAME]: the example route's `rules` and `terminator`
 # of a route's `stream` section, indented for it
 design_stream_rules() {
     cat <<EOF2

@@ -245,7 +245,7 @@ EOF
 write_gateway_conf() {
     local dir=$1 port=$2 admin=$3 up=$4 bin=$5
     cat >"$dir/gateway.yaml" <<EOF
-# The DESIGN.md example rules on a GET/POST passthrough route; clocks on but long
+# The example route's rules (docs/architecture.md) on a GET/POST passthrough route; clocks on but long
 # enough never to fire; warn-level logs.
 listen: 127.0.0.1:$port
 admin: { listen: 127.0.0.1:$admin }
@@ -388,7 +388,7 @@ NAMES=()
     --note "Run $(date -u +%Y-%m-%dT%H:%MZ), $MODE mode, $ROUNDS round(s) per scenario, targets interleaved per round; took $((ELAPSED / 60)) min $((ELAPSED % 60)) s." \
     --note "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(uname -sr); proxies on core 0, upstream and client on core 1." \
     --note "Quiet check: cores used by other processes in the 2 s before each run: ${BG:-n/a}; during each measured window (machine busy time less the benchmark's own processes): ${DURING:-n/a}; load average $LOAD_BEFORE at the start, $LOAD_AFTER at the end (the benchmark's own load included)." \
-    --note "sse-gateway $GATEWAY_DESC${BASELINE_BIN:+; sse-gateway baseline $BASELINE_LABEL}, TOKIO_WORKER_THREADS=1, the DESIGN.md example rules; $($NGINX -v 2>&1 | sed 's/^nginx version: //'), 1 worker, proxy_buffering off; $($HAPROXY -v | head -1 | awk '{print "HAProxy " $3}'), nbthread 1, option http-no-delay." \
+    --note "sse-gateway $GATEWAY_DESC${BASELINE_BIN:+; sse-gateway baseline $BASELINE_LABEL}, TOKIO_WORKER_THREADS=1, the docs/architecture.md example rules; $($NGINX -v 2>&1 | sed 's/^nginx version: //'), 1 worker, proxy_buffering off; $($HAPROXY -v | head -1 | awk '{print "HAProxy " $3}'), nbthread 1, option http-no-delay." \
     --note "Latency = client receive time - upstream send time (CLOCK_MONOTONIC) per event; proxy CPU = utime+stime of the proxy process (NGINX: its worker) over the window; RSS growth per stream = (VmRSS with every stream open - VmRSS before the first connection) / open streams." \
     --note "Raw results: ${RAW#"$REPO"/}"
 log "done in $((ELAPSED / 60)) min $((ELAPSED % 60)) s; table written to $OUTPUT"

@@ -1,6 +1,6 @@
 //! Fuzz target: the stream engine, driven as the live body drives it, on arbitrary
 //! bytes cut into arbitrary reads and ended by an arbitrary input (clean end, failure,
-//! idle timeout, max duration, shutdown, or none), with the DESIGN.md example route.
+//! idle timeout, max duration, shutdown, or none), with the example route of docs/architecture.md.
 //!
 //! Checks: never a panic; any chunking gives the same output, hits and outcome;
 //! exactly one outcome, which a second, late input does not change; nothing after the
@@ -32,7 +32,7 @@ use drive::End;
 /// Largest read the fuzzer cuts; small, so CR/LF pairs and BOMs get split often.
 const MAX_READ: u64 = 17;
 
-/// The DESIGN.md example route's pipeline, compiled as the gateway compiles it.
+/// The docs/architecture.md example route's pipeline, compiled as the gateway compiles it.
 fn pipeline() -> &'static Arc<Pipeline> {
     static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
     PIPELINE.get_or_init(|| {

@@ -19,6 +19,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "admin",
     "drain_timeout",
+    "shutdown",
     "log",
     "upstreams",
     "routes",
@@ -28,6 +29,13 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: Option<String>,
+}
+
+/// How a stop ends after the drain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shutdown {
+    pub final_scrape_wait: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -108,6 +108,7 @@ impl GatewayConfig {
             "listen": self.listen.to_string(),
             "admin": { "listen": self.admin_listen.to_string() },
             "drain_timeout": duration(self.drain_timeout),
+            "shutdown": { "final_scrape_wait": duration(self.shutdown.final_scrape_wait) },
             "log": { "format": self.log.format, "level": self.log.level },
             "upstreams": upstreams,
             "routes": routes,

@@ -91,7 +91,7 @@ impl fmt::Display for HumanDuration {
             ("m", 60_000),
             ("s", 1_000),
         ] {
-            if millis >= per && millis % per == 0 {
+            if millis >= per && millis.is_multiple_of(per) {
                 return write!(f, "{}{unit}", millis / per);
             }
         }

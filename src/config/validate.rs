@@ -17,6 +17,7 @@ use serde_yaml::Value;
 mod cors;
 mod log;
 mod route;
+mod shutdown;
 mod stream;
 mod upstream;
 
@@ -145,6 +146,7 @@ impl Validator<'_> {
                 .section::<super::HumanDuration>(Some(value), "drain_timeout")
                 .map(|d| d.0),
         };
+        let shutdown = self.shutdown(sections.remove("shutdown"));
         let log = self.log(sections.remove("log"));
         let upstreams_value = sections.remove("upstreams");
         // Routes naming an upstream that is declared but broken get no second error.
@@ -165,6 +167,7 @@ impl Validator<'_> {
             listen: listen?,
             admin_listen: admin_listen?,
             drain_timeout: drain_timeout?,
+            shutdown: shutdown?,
             log: log?,
             upstreams,
             routes,

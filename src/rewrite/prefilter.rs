@@ -2,7 +2,7 @@
 //! so a `memmem` scan can prove "no match" before the regex runs.
 //!
 //! It exists because the regex engine's own prefilter does not cover every pattern: for
-//! `(?m)^data:\r?\n` (the DESIGN.md example) the engine scans each ~200-byte event byte by byte,
+//! `(?m)^data:\r?\n` (the docs/architecture.md example) the engine scans each ~200-byte event byte by byte,
 //! about 0.5 µs an event, while two `memmem` scans for `data:\n` and `data:\r\n` take a few
 //! tens of ns. The analysis is deliberately small and conservative: it reads a leading run of
 //! literal characters (with `?` on single characters, anchors and harmless inline flags) and

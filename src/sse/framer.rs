@@ -218,7 +218,7 @@ impl Framer {
     /// `data: [DONE]` tail still ends the stream). Call it after `next_event` returned `Ok(None)`;
     /// if complete events are still queued it returns `None` and leaves them to `next_event`, so
     /// drain and call it again. Returns `None` after an oversize error. After an upstream error
-    /// do not call it: DESIGN.md drops the partial tail then.
+    /// do not call it: the partial tail is dropped then (docs/architecture.md, "The stream engine").
     pub fn finish(&mut self) -> Option<RawEvent> {
         if let Bom::Pending { matched } = self.bom {
             // A stream that ended inside what looked like a BOM: those bytes were content.

@@ -45,7 +45,7 @@ struct Harness {
 }
 
 /// A supervised body on a route whose `stream` section has `clocks` (defaults when
-/// empty), the DESIGN rules, and a synthesizing `[DONE]` terminator.
+/// empty), the example route's rules (docs/architecture.md), and a synthesizing `[DONE]` terminator.
 fn harness(clocks: &str) -> Harness {
     let yaml = format!(
         "upstreams: {{ demo: {{ demo: {{}} }} }}

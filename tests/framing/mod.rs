@@ -1,5 +1,5 @@
 //! Shared helpers for the integration tests: feeding the framer in chunks, running a stream
-//! through the stream engine as the proxy does, the DESIGN.md example rules, and an independent
+//! through the stream engine as the proxy does, the docs/architecture.md example rules, and an independent
 //! reference parser.
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -122,7 +122,7 @@ pub fn regex(pattern: &str) -> Regex {
     Regex::new(pattern).expect("test pattern compiles")
 }
 
-/// The `[DONE]` terminator of DESIGN.md: forwarded, synthesized at EOF.
+/// The `[DONE]` terminator of the example route (docs/architecture.md): forwarded, synthesized at EOF.
 pub fn done_terminator() -> Terminator {
     Terminator {
         matcher: TerminatorMatch::Data(Bytes::from_static(b"[DONE]")),
@@ -131,7 +131,7 @@ pub fn done_terminator() -> Terminator {
     }
 }
 
-/// The DESIGN.md example pipeline, compiled from the example config
+/// The docs/architecture.md example pipeline, compiled from the example config
 /// (`tests/fixtures/configs/valid/design.yaml`) exactly as the gateway compiles a
 /// route's `stream` section: the one definition the tests, bench and fuzz target share.
 pub fn design_pipeline() -> Pipeline {

@@ -7,7 +7,7 @@
 //!        "choices":[{"index":0,"delta":{"content":"lorem ipsum ..."},"finish_reason":null}]}
 //! ```
 //!
-//! The deltas use `"content"`, as OpenAI's do, so the DESIGN.md example rules (which
+//! The deltas use `"content"`, as OpenAI's do, so the example rules of docs/architecture.md (which
 //! rewrite `"text":`) leave every event untouched: the gateway's zero-copy path is measured.
 
 use bytes::BytesMut;
