@@ -8,7 +8,9 @@ variants:
   without-presets  the same routes as the generic gateway is configured today (README):
                    no `protocol` key, each route with the terminator its protocol would
                    need (`data: [DONE]`, `event: response.completed`,
-                   `event: message_stop`), synthesized at the upstream's end (the default)
+                   `event: message_stop`); `[DONE]` is synthesized at the upstream's end
+                   (the default), the event terminators are not (their empty data is
+                   not JSON to the SDKs)
 
   gateway_config.py --mode presets --port P --admin-port A --upstream-port U --refused-port R
 
@@ -27,8 +29,11 @@ import argparse
 
 PROTOCOL_TERMINATOR = {
     "openai-chat": '{ data: "[DONE]" }',
-    "openai-responses": "{ event: response.completed }",
-    "anthropic": "{ event: message_stop }",
+    # An event terminator is synthesized with empty data, which the Responses and
+    # Anthropic SDKs fail to parse (a JSON error, not an error report: see README.md), so a
+    # generic route for these protocols turns synthesis off.
+    "openai-responses": "{ event: response.completed, on_upstream_eof: none }",
+    "anthropic": "{ event: message_stop, on_upstream_eof: none }",
 }
 
 ROUTES = [

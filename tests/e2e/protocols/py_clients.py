@@ -120,7 +120,8 @@ def run_one(fn, base, scenario):
         try:
             fn(base, scenario, nonce, obs)
         except Exception as e:  # noqa: BLE001 - what the SDK raises is the observation
-            obs["error"] = describe(e)
+            obs["raised"] = describe(e)
+            obs["error"] = obs.get("error") or obs["raised"]  # an error event seen first stays first
             obs["complete"] = False
             obs["traceback_tail"] = traceback.format_exc().splitlines()[-3:]
         obs["seconds"] = round(time.monotonic() - started, 2)

@@ -170,10 +170,13 @@ for pid in "$PY_PID" "$AI_PID" "$BROWSER_PID"; do
     forget_pid "$pid"
 done
 
-# What the gateway says about the streams it served (outcomes by route).
+# The outcomes by route; then the gateway is stopped, so its log is complete (once
+# scraped, it waits for a final scrape before it exits: it gets one).
 curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/metrics.txt" 2>/dev/null || true
-grep -E '^sse_gateway_stream_duration_seconds_count' "$TMP/metrics.txt" | sed 's/^/    /' >&2 || true
 kill -TERM "$GATEWAY_PID" 2>/dev/null || true
+curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null || true
+grep -E '^sse_gateway_stream_duration_seconds_count.* [1-9]' "$TMP/metrics.txt" | sed 's/^/    /' >&2 || true
+e2e_wait 5 bash -c "! kill -0 $GATEWAY_PID" || log "the gateway was still running 5 s after SIGTERM"
 
 for f in gateway.log upstream.jsonl upstream.log py.log ai.log browser.log metrics.txt; do
     [ -f "$TMP/$f" ] && cp "$TMP/$f" "$ARTIFACTS/"
