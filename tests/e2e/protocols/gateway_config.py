@@ -10,7 +10,8 @@ variants:
                    need (`data: [DONE]`, `event: response.completed`,
                    `event: message_stop`); `[DONE]` is synthesized at the upstream's end
                    (the default), the event terminators are not (their empty data is
-                   not JSON to the SDKs)
+                   not JSON to the SDKs); with --sse-key each route says `protocol: sse`
+                   (the default), for a gateway that knows the key
 
   gateway_config.py --mode presets --port P --admin-port A --upstream-port U --refused-port R
 
@@ -45,7 +46,7 @@ ROUTES = [
 ]
 
 
-def route(name, prefix, protocol, browser, upstream, presets):
+def route(name, prefix, protocol, browser, upstream, presets, sse_key):
     lines = ["  - name: %s" % name]
     if browser:
         lines += ["    match: { path_prefix: %s, methods: [GET] }" % prefix,
@@ -64,6 +65,8 @@ def route(name, prefix, protocol, browser, upstream, presets):
     if presets:
         lines.append("      protocol: %s" % protocol)
     else:
+        if sse_key:
+            lines.append("      protocol: sse")
         lines.append("      terminator: %s" % PROTOCOL_TERMINATOR[protocol])
     lines += ["      rules:",
               "        - repair: orphan_lines",
@@ -81,6 +84,8 @@ def main():
     ap.add_argument("--admin-port", type=int, required=True)
     ap.add_argument("--upstream-port", type=int, required=True)
     ap.add_argument("--refused-port", type=int, required=True)
+    ap.add_argument("--sse-key", action="store_true",
+                    help="without-presets: say `protocol: sse` (for a gateway that knows the key)")
     args = ap.parse_args()
     presets = args.mode == "presets"
     out = ["# protocol e2e tests, variant: %s" % args.mode,
@@ -101,8 +106,8 @@ def main():
            "    header_timeout: 2s",
            "routes:"]
     for name, prefix, protocol, browser in ROUTES:
-        out += route(name, prefix, protocol, browser, "llm", presets)
-        out += route("down-" + name, "/down" + prefix, protocol, browser, "down", presets)
+        out += route(name, prefix, protocol, browser, "llm", presets, args.sse_key)
+        out += route("down-" + name, "/down" + prefix, protocol, browser, "down", presets, args.sse_key)
     out += ["  - name: page                       # the browser's page, same origin as its EventSource",
             "    match: { path_prefix: /page, methods: [GET] }",
             "    upstream: llm"]

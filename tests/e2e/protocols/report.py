@@ -20,8 +20,9 @@ What a user must see (docs/protocols.md):
 and exactly one upstream request per call (no retries; none for 502).
 
 --expect-failures turns the verdict around for the proof that the suite tests the
-gateway: every judged cell must FAIL (run with the truncated scenario without presets);
-the exit status is 0 only then.
+gateway (run with the truncated scenario without presets): every cell must FAIL, and for
+the right reason: the client ended with the cut answer's text and no error. The exit
+status is 0 only then.
 """
 
 import argparse
@@ -143,6 +144,8 @@ def main():
 
     verdicts = {}
     passed = failed = 0
+    as_expected = unexpected = 0
+    cut_text = "".join(plan["tokens"][:plan["cut"]])
     for s in scenarios:
         for c, results in clients.items():
             obs = results.get(s) or {"note": "no result"}
@@ -150,6 +153,14 @@ def main():
             verdicts.setdefault(s, {})[c] = {"pass": ok, "reason": reason, "observed": obs}
             passed += ok
             failed += not ok
+            if args.expect_failures:
+                # Failed for the right reason: the client got the cut answer, no error,
+                # and ended (not a hang, a crash or a missing result).
+                right = (not ok and not obs.get("hung") and not obs.get("note") and not obs.get("error")
+                         and obs.get("text") == cut_text)
+                verdicts[s][c]["failed_as_expected"] = right
+                as_expected += right
+                unexpected += not right
 
     names = list(clients)
     width = max(len(s) for s in scenarios + ["scenario"])
@@ -177,10 +188,16 @@ def main():
     if args.started:
         print("total time %.1f s (installs and build included)" % (now - args.started))
     if args.expect_failures:
-        # The proof: without the presets, every one of these rows must fail.
-        print("expected every row to FAIL without the presets: %d failed as expected, %d passed" % (failed, passed))
-        print("%d passed, %d failed" % (failed, passed))
-        sys.exit(1 if passed else 0)
+        # The proof: without the presets, every client must take the cut answer for a
+        # whole one (its text, no error, an end).
+        print("expected every row to FAIL without the presets, the cut answer taken for complete: "
+              "%d as expected, %d not" % (as_expected, unexpected))
+        for s in scenarios:
+            for n in names:
+                if not verdicts[s][n]["failed_as_expected"]:
+                    print("  not as expected: %s %s: %s" % (s, n, verdicts[s][n]["reason"]))
+        print("%d passed, %d failed" % (as_expected, unexpected))
+        sys.exit(1 if unexpected else 0)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
 
