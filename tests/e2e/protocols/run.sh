@@ -184,7 +184,11 @@ curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/metrics.txt" 2>/dev/null
 kill -TERM "$GATEWAY_PID" 2>/dev/null || true
 curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/metrics" 2>/dev/null || true
 grep -E '^sse_gateway_stream_duration_seconds_count.* [1-9]' "$TMP/metrics.txt" | sed 's/^/    /' >&2 || true
-e2e_wait 5 bash -c "! kill -0 $GATEWAY_PID" || log "the gateway was still running 5 s after SIGTERM"
+if e2e_wait 5 bash -c "! kill -0 $GATEWAY_PID"; then
+    forget_pid "$GATEWAY_PID"
+else
+    log "the gateway was still running 5 s after SIGTERM"
+fi
 
 for f in gateway.log upstream.jsonl upstream.log py.log ai.log browser.log metrics.txt; do
     [ -f "$TMP/$f" ] && cp "$TMP/$f" "$ARTIFACTS/"
