@@ -22,6 +22,7 @@ use crate::access_log::RequestLog;
 use crate::body::ResponseBody;
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
+use crate::protocol::Protocol;
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
@@ -113,6 +114,11 @@ impl Proxy {
         };
         log.set_route(&route.name, &route.upstream_name);
         let route_name = Some(route.name.clone());
+        // The route's clients are the SDKs of its protocol: errors in their shape.
+        let protocol = route
+            .stream
+            .as_ref()
+            .map_or(Protocol::Sse, |plan| plan.protocol());
 
         let origin = Origin {
             peer,
@@ -126,7 +132,8 @@ impl Proxy {
                 if let Some(kind) = error.client_error_kind() {
                     route.metrics.count_client_error(kind);
                 }
-                let reply = reply::error_response(
+                let reply = reply::error_response_in(
+                    protocol,
                     error.error_type(),
                     &error.to_string(),
                     Some(&route.name),
@@ -152,7 +159,8 @@ impl Proxy {
                         route.metrics.count_upstream_error(kind);
                     }
                 }
-                let reply = reply::error_response(
+                let reply = reply::error_response_in(
+                    protocol,
                     error.error_type(),
                     &error.to_string(),
                     Some(&route.name),
