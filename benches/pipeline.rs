@@ -9,7 +9,9 @@
 //!   deltas use `"content"`, so only the pings are touched;
 //! - `design_rules_rewrite`: same rules, every delta uses `"text"`, so every event is rewritten;
 //! - `design_rules_repair`: same rules, every event also arrives as `data:\n{...}` and needs
-//!   repair.
+//!   repair;
+//! - `openai_chat_preset`: the `design_rules` route and stream with `protocol: openai-chat`,
+//!   so every event is also classified (finish reason, in-band error): the preset's cost.
 //!
 //! Measured 2026-11-24 on the 2-core dev machine while another build ran (load ~2), 4 KiB /
 //! irregular reads: no_rules 3.07 / 2.73 GiB/s; design_rules 926 / 898 MiB/s;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sse_gateway::engine::Engine;
+use sse_gateway::protocol::{Contract, Protocol};
 use sse_gateway::rewrite::Pipeline;
 
 #[path = "../tests/framing/mod.rs"]
@@ -66,6 +69,9 @@ fn stream(shape: Shape) -> Vec<u8> {
         out.extend_from_slice(event.as_bytes());
         i += 1;
     }
+    out.extend_from_slice(
+        b"data: {\"id\":\"chatcmpl-8f3kQ2x9Zr7LmNp4\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+    );
     out.extend_from_slice(b"data: [DONE]\n\n");
     out
 }
@@ -131,6 +137,11 @@ fn bench(c: &mut Criterion) {
             "design_rules_repair",
             Shape::BrokenText,
             framing::design_pipeline(),
+        ),
+        (
+            "openai_chat_preset",
+            Shape::Content,
+            framing::design_pipeline().with_contract(Contract::preset(Protocol::OpenaiChat)),
         ),
     ];
     let mut group = c.benchmark_group("pipeline");
