@@ -53,13 +53,15 @@ async fn a_chat_answer_cut_by_a_clean_end_is_an_error_then_done() {
 async fn anthropic_pings_do_not_keep_a_stalled_answer_alive() {
     let upstream = ScriptedUpstream::bind().await;
     let gateway = start_gateway(&one_route_config(&upstream.url(), &route("anthropic"))).await;
+    let started = tokio::time::Instant::now();
     let (response, _exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
         let mut exchange = upstream.accept().await;
         exchange.start_sse("").await;
         exchange
             .send_chunk(b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n")
             .await;
-        // Pings every 100 ms, well inside the 300 ms idle timeout, for 1.5 s.
+        // Pings every 100 ms, well inside the 300 ms idle timeout, for 1.5 s unless the
+        // gateway lets the upstream go first.
         for _ in 0..15 {
             if exchange
                 .try_send_chunk(b"event: ping\ndata: {\"type\": \"ping\"}\n\n")
@@ -72,7 +74,6 @@ async fn anthropic_pings_do_not_keep_a_stalled_answer_alive() {
         }
         exchange
     });
-    let started = std::time::Instant::now();
     let text = tokio::time::timeout(LIVENESS, body_text(response))
         .await
         .expect("the stream ends at its idle timeout");
