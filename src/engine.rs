@@ -72,7 +72,7 @@ pub struct Progress {
     /// clock restarts. Comments such as `: ping` do not count, nor do keep-alive events
     /// that carry data (Anthropic's `event: ping`).
     pub content_seen: bool,
-    /// The stream's first event with data was forwarded.
+    /// The stream's first content event was forwarded (not a keep-alive).
     pub first_data_event: bool,
     /// The upstream's own error event ended the stream: its error type, a bounded label.
     pub upstream_error_event: Option<&'static str>,
@@ -323,7 +323,7 @@ impl Engine {
             return false;
         }
         self.progress.events_out += 1;
-        if had_data && !self.first_data_sent {
+        if content && !self.first_data_sent {
             self.first_data_sent = true;
             self.progress.first_data_event = true;
         }
