@@ -88,7 +88,19 @@ impl Contract {
 
 fn chat(text: &[u8], event: &Event<'_>) -> Class {
     let mut class = Class::default();
-    if not_null_after(text, &FINISH_REASON) {
+    let Some(at) = find_near_end(text, &FINISH_REASON) else {
+        // An error chunk has no choices; a content chunk always has a finish_reason,
+        // so it costs this one search.
+        if ERROR_KEY.find(text).is_some() {
+            // What the openai SDKs raise on: a top-level `error` object.
+            class.upstream_error = data_json(event)
+                .filter(|json| json["error"].is_object())
+                .map(|json| label(&json["error"], &["type", "code"]));
+        }
+        return class;
+    };
+    // The last choice's reason: a chunk carries one choice, or all of them finishing.
+    if not_null_at(&text[at + FINISH_REASON.needle().len()..]) {
         class.evidence = data_json(event).is_some_and(|json| {
             json["choices"].as_array().is_some_and(|choices| {
                 choices
@@ -96,12 +108,6 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
                     .any(|choice| !choice["finish_reason"].is_null())
             })
         });
-    }
-    if ERROR_KEY.find(text).is_some() {
-        // What the openai SDKs raise on: a top-level `error` object.
-        class.upstream_error = data_json(event)
-            .filter(|json| json["error"].is_object())
-            .map(|json| label(&json["error"], &["type", "code"]));
     }
     class
 }
@@ -174,19 +180,39 @@ fn event_kind<'a>(event: &Event<'a>) -> Option<&'a [u8]> {
     Some(&rest[..end])
 }
 
+/// Where `needle` occurs, looking at the end of `text` first: a chunk's
+/// `finish_reason` sits a few bytes before its end, so most events cost a search of
+/// their tail only.
+fn find_near_end(text: &[u8], needle: &Finder<'_>) -> Option<usize> {
+    let tail = text.len().saturating_sub(TAIL);
+    match needle.find(&text[tail..]) {
+        Some(at) => Some(tail + at),
+        None => needle.find(text),
+    }
+}
+
+/// How much of an event's end [`find_near_end`] searches first.
+const TAIL: usize = 64;
+
 /// True when `key` occurs and the value after its colon is not `null`.
 fn not_null_after(text: &[u8], key: &Finder<'_>) -> bool {
     let mut rest = text;
     while let Some(at) = key.find(rest) {
-        let after = rest[at + key.needle().len()..].trim_ascii_start();
-        if let Some(value) = after.strip_prefix(b":") {
-            if !value.trim_ascii_start().starts_with(b"null") {
-                return true;
-            }
+        if not_null_at(&rest[at + key.needle().len()..]) {
+            return true;
         }
         rest = &rest[at + 1..];
     }
     false
+}
+
+/// True when `after_key` (what follows a quoted key) is a colon and a value other
+/// than `null`.
+fn not_null_at(after_key: &[u8]) -> bool {
+    after_key
+        .trim_ascii_start()
+        .strip_prefix(b":")
+        .is_some_and(|value| !value.trim_ascii_start().starts_with(b"null"))
 }
 
 fn sequence_number(text: &[u8]) -> Option<u64> {
