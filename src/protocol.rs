@@ -144,18 +144,12 @@ impl Contract {
     pub fn encode_terminator(&self, terminator: &Terminator) -> Bytes {
         match (&terminator.matcher, self.protocol) {
             (TerminatorMatch::Event(name), Protocol::Anthropic) => {
-                let name = String::from_utf8_lossy(name);
-                let data = serde_json::json!({ "type": name }).to_string();
-                writer::event(Some(terminator_name(&terminator.matcher)), data.as_bytes())
+                let data = serde_json::json!({ "type": String::from_utf8_lossy(name) });
+                writer::event(Some(name), data.to_string().as_bytes())
             }
             _ => terminator.encode(),
         }
     }
-}
-
-fn terminator_name(matcher: &TerminatorMatch) -> &[u8] {
-    let (TerminatorMatch::Data(value) | TerminatorMatch::Event(value)) = matcher;
-    value
 }
 
 #[cfg(test)]
