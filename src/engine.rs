@@ -17,10 +17,17 @@
 //!
 //! **Endings.** The terminator ends the stream after it is sent (outcome
 //! `terminator`); bytes after it are never sent. Every other end sends what the route
-//! asks for: an error event in the gateway's one error shape when the end is an error,
-//! then the synthesized terminator when the route synthesizes one. A partial event is
-//! never sent: what the framer holds when the stream is cut is dropped, except at a
-//! clean upstream end, where the unterminated tail is completed and sent.
+//! asks for: an error event in the route's protocol's error shape when the end is an
+//! error, then the synthesized terminator when the route synthesizes one. A partial
+//! event is never sent: what the framer holds when the stream is cut is dropped, except
+//! at a clean upstream end, where the unterminated tail is completed and sent.
+//!
+//! **Protocols.** A route whose protocol asks for completion evidence
+//! ([`crate::protocol`]) never ends without it looking like a success: whatever cut
+//! the stream, the client gets an `upstream_incomplete` error (outcome `truncated`).
+//! With the evidence, any cut is a complete answer and gets the terminator. The
+//! upstream's own error event is passed through and ends the stream (outcome
+//! `upstream_error_event`).
 
 mod batch;
 mod outcome;
@@ -33,9 +40,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::HumanDuration;
-use crate::reply::error_json;
 use crate::rewrite::Pipeline;
-use crate::sse::{writer, FrameError, Framer, RawEvent};
+use crate::sse::{FrameError, Framer, RawEvent};
 
 use batch::Batch;
 
@@ -62,11 +68,14 @@ pub struct Progress {
     pub events_out: u64,
     /// Rule hits, all rules together; [`Engine::take_rule_hits`] says which.
     pub rules_hit: u64,
-    /// An upstream event that carried data arrived (dropped or not): the data clock
-    /// restarts. Comments such as `: ping` do not count.
-    pub data_seen: bool,
-    /// The stream's first event with data was forwarded.
+    /// An upstream event that counted as content arrived (dropped or not): the data
+    /// clock restarts. Comments such as `: ping` do not count, nor do keep-alive events
+    /// that carry data (Anthropic's `event: ping`).
+    pub content_seen: bool,
+    /// The stream's first content event was forwarded (not a keep-alive).
     pub first_data_event: bool,
+    /// The upstream's own error event ended the stream: its error type, a bounded label.
+    pub upstream_error_event: Option<&'static str>,
 }
 
 /// One event stream's framer, pipeline, frames and outcome.
@@ -87,6 +96,10 @@ pub struct Engine {
     /// Hits per rule since the last [`Engine::take_rule_hits`], indexed like the
     /// pipeline's rules.
     rule_hits: Box<[u32]>,
+    /// The route's protocol saw the answer complete.
+    evidence: bool,
+    /// The last Responses `sequence_number` forwarded.
+    sequence_number: Option<u64>,
 }
 
 impl Engine {
@@ -103,6 +116,8 @@ impl Engine {
             progress: Progress::default(),
             first_data_sent: false,
             rule_hits: vec![0; rules].into_boxed_slice(),
+            evidence: false,
+            sequence_number: None,
         }
     }
 
@@ -138,7 +153,11 @@ impl Engine {
             self.queue.push_front(frame);
         }
         if self.outcome.is_none() {
-            self.end(Outcome::UpstreamEof, None);
+            if self.lacks_evidence() {
+                self.truncated("the upstream closed the stream");
+            } else {
+                self.end(Outcome::UpstreamEof, None);
+            }
         }
     }
 
@@ -146,10 +165,7 @@ impl Engine {
     /// event is dropped and the stream ends with an error event.
     pub fn upstream_failure(&mut self, error: &dyn fmt::Display) {
         let message = format!("upstream failed mid-stream: {error}");
-        self.end(
-            Outcome::UpstreamError,
-            Some((StreamError::UpstreamError, message)),
-        );
+        self.cut(Outcome::UpstreamError, StreamError::UpstreamError, message);
     }
 
     /// The supervisor ends the stream, between events.
@@ -174,7 +190,12 @@ impl Engine {
                 "the gateway is shutting down; retry on another instance".to_owned(),
             ),
         };
-        self.end(outcome, Some((error, message)));
+        self.cut(outcome, error, message);
+    }
+
+    /// Whether the route's protocol saw the answer complete.
+    pub fn has_evidence(&self) -> bool {
+        self.evidence
     }
 
     /// The outcome, once decided; the upstream is no longer needed then.
@@ -251,6 +272,8 @@ impl Engine {
     /// could not join it, or it ended the stream).
     fn apply(&mut self, event: RawEvent) -> bool {
         let had_data = event.has_data();
+        let contract = self.pipeline.contract();
+        let content = had_data && !contract.is_keep_alive(&event.view());
         let progress = &mut self.progress;
         let rule_hits = &mut self.rule_hits;
         let verdict = self.pipeline.apply(event, &mut |rule| {
@@ -258,7 +281,7 @@ impl Engine {
             rule_hits[rule] = rule_hits[rule].saturating_add(1);
         });
         progress.events_in += 1;
-        progress.data_seen |= had_data;
+        progress.content_seen |= content;
         let verdict = match verdict {
             Ok(verdict) => verdict,
             Err(too_large) => {
@@ -281,8 +304,26 @@ impl Engine {
         let Some(output) = verdict.output else {
             return true;
         };
+        let terminal_events = self.pipeline.terminator().is_none();
+        let class = self.pipeline.contract().classify(&output, terminal_events);
+        self.evidence |= class.evidence;
+        if class.sequence_number.is_some() {
+            self.sequence_number = class.sequence_number;
+        }
+        if class.upstream_error.is_some() || class.terminal {
+            self.progress.events_out += 1;
+            self.push_output(output);
+            match class.upstream_error {
+                Some(error_type) => {
+                    self.progress.upstream_error_event = Some(error_type);
+                    self.end(Outcome::UpstreamErrorEvent, None);
+                }
+                None => self.end(Outcome::Terminator, None),
+            }
+            return false;
+        }
         self.progress.events_out += 1;
-        if had_data && !self.first_data_sent {
+        if content && !self.first_data_sent {
             self.first_data_sent = true;
             self.progress.first_data_event = true;
         }
@@ -306,20 +347,55 @@ impl Engine {
         self.end(Outcome::Oversize, Some((StreamError::Oversize, message)));
     }
 
+    /// The route asks for completion evidence and has not seen it.
+    fn lacks_evidence(&self) -> bool {
+        !self.evidence && self.pipeline.contract().asks_evidence()
+    }
+
+    /// A cut that is not the upstream's clean end: an error, unless the route's
+    /// protocol saw the answer complete (then the client gets the terminator and the
+    /// outcome still names the cut); a truncation when it asks for evidence it lacks.
+    fn cut(&mut self, outcome: Outcome, error: StreamError, message: String) {
+        if self.lacks_evidence() {
+            self.truncated(&message);
+        } else if self.evidence {
+            self.end(outcome, None);
+        } else {
+            self.end(outcome, Some((error, message)));
+        }
+    }
+
+    /// The stream ended without its completion evidence: `what` happened.
+    fn truncated(&mut self, what: &str) {
+        let missing = self.pipeline.contract().missing();
+        let message = format!("{what} before the answer was complete: {missing}");
+        self.end(
+            Outcome::Truncated,
+            Some((StreamError::UpstreamIncomplete, message)),
+        );
+    }
+
     /// Decides the outcome (the first decision stands), drops what the framer holds,
     /// and queues the closing frames: the error event, if any, then the synthesized
-    /// terminator, unless the terminator itself ended the stream.
+    /// terminator, unless the terminator itself ended the stream or the protocol ends
+    /// at an error event.
     fn end(&mut self, outcome: Outcome, error: Option<(StreamError, String)>) {
         if self.outcome.is_some() {
             return;
         }
         self.outcome = Some(outcome);
         self.framer = Framer::new(0);
+        let protocol = self.pipeline.contract().protocol;
+        let is_error = error.is_some() || outcome == Outcome::UpstreamErrorEvent;
         if let Some((error, message)) = error {
-            let json = error_json(error.as_str(), &message, Some(&self.route));
-            self.queue.push_back(writer::event(Some(b"error"), &json));
+            // One past the upstream's last, as the Responses API numbers its events.
+            let sequence_number = self.sequence_number.map_or(0, |n| n.saturating_add(1));
+            let event =
+                protocol.error_event(error.as_str(), &message, &self.route, sequence_number);
+            self.queue.push_back(event);
         }
-        if outcome != Outcome::Terminator {
+        let closes = !is_error || protocol.closes_after_error();
+        if outcome != Outcome::Terminator && closes {
             if let Some(terminator) = self.pipeline.synthesized_terminator() {
                 self.queue.push_back(terminator);
             }
@@ -335,16 +411,19 @@ pub enum StreamError {
     UpstreamError,
     Oversize,
     Shutdown,
+    /// The stream ended without the completion evidence its route asks for.
+    UpstreamIncomplete,
 }
 
 impl StreamError {
     /// Every stream error type.
-    pub const ALL: [StreamError; 5] = [
+    pub const ALL: [StreamError; 6] = [
         StreamError::IdleTimeout,
         StreamError::MaxDuration,
         StreamError::UpstreamError,
         StreamError::Oversize,
         StreamError::Shutdown,
+        StreamError::UpstreamIncomplete,
     ];
 
     /// The `type` field of the error event.
@@ -355,6 +434,7 @@ impl StreamError {
             StreamError::UpstreamError => "upstream_error",
             StreamError::Oversize => "oversize",
             StreamError::Shutdown => "shutdown",
+            StreamError::UpstreamIncomplete => "upstream_incomplete",
         }
     }
 }

@@ -38,6 +38,7 @@ pub mod gateway;
 pub mod hop_by_hop;
 pub mod listener;
 pub mod metrics;
+pub mod protocol;
 pub mod proxy;
 pub mod reload;
 pub mod reply;

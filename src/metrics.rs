@@ -12,6 +12,7 @@ use prometheus::{
 };
 
 use crate::engine::Outcome;
+use crate::protocol::UPSTREAM_ERROR_TYPES;
 use crate::upstream::{ClientErrorKind, UpstreamErrorKind};
 
 const NAMESPACE: &str = "sse_gateway";
@@ -44,6 +45,7 @@ pub struct Metrics {
     bytes: IntCounterVec,
     rule_hits: IntCounterVec,
     upstream_errors: IntCounterVec,
+    upstream_error_events: IntCounterVec,
     client_errors: IntCounterVec,
     config_reloads: IntCounterVec,
     config_read_errors: IntCounter,
@@ -67,6 +69,8 @@ pub struct RouteMetrics {
     pub rule_hits: Vec<IntCounter>,
     /// Indexed by [`UpstreamErrorKind::index`].
     upstream_errors: Vec<IntCounter>,
+    /// Indexed like [`UPSTREAM_ERROR_TYPES`].
+    upstream_error_events: Vec<IntCounter>,
     /// Indexed by [`ClientErrorKind::index`].
     client_errors: Vec<IntCounter>,
 }
@@ -167,6 +171,11 @@ impl Metrics {
                 "Upstream failures, before or during a response.",
                 &["route", "kind"],
             ),
+            upstream_error_events: counter(
+                "upstream_error_events_total",
+                "Error events the upstream sent in a stream (passed through), by the upstream's error type: one of a known list, else other.",
+                &["route", "type"],
+            ),
             client_errors: counter(
                 "client_errors_total",
                 "Requests the client spoiled: a request body too large, malformed or too slow.",
@@ -261,6 +270,13 @@ impl Metrics {
                         .with_label_values(&[route, kind.as_str()])
                 })
                 .collect(),
+            upstream_error_events: UPSTREAM_ERROR_TYPES
+                .iter()
+                .map(|error_type| {
+                    self.upstream_error_events
+                        .with_label_values(&[route, error_type])
+                })
+                .collect(),
             client_errors: ClientErrorKind::ALL
                 .iter()
                 .map(|kind| {
@@ -335,6 +351,16 @@ impl RouteMetrics {
     /// Counts an upstream failure.
     pub fn count_upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors[kind.index()].inc();
+    }
+
+    /// Counts an upstream's in-band error event; `error_type` is one of
+    /// [`UPSTREAM_ERROR_TYPES`].
+    pub fn count_upstream_error_event(&self, error_type: &str) {
+        let index = UPSTREAM_ERROR_TYPES
+            .iter()
+            .position(|known| *known == error_type)
+            .unwrap_or(UPSTREAM_ERROR_TYPES.len() - 1);
+        self.upstream_error_events[index].inc();
     }
 
     /// Counts a request the client spoiled.

@@ -23,6 +23,7 @@ use crate::access_log::RequestLog;
 use crate::body::ResponseBody;
 use crate::config::GatewayConfig;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::protocol::Protocol;
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
@@ -147,6 +148,11 @@ impl Proxy {
         };
         log.set_route(&route.name, &route.upstream_name);
         let route_name = Some(route.name.clone());
+        // The route's clients are the SDKs of its protocol: errors in their shape.
+        let protocol = route
+            .stream
+            .as_ref()
+            .map_or(Protocol::Sse, |plan| plan.protocol());
 
         let origin = Origin {
             peer,
@@ -160,7 +166,8 @@ impl Proxy {
                 if let Some(kind) = error.client_error_kind() {
                     route.metrics.count_client_error(kind);
                 }
-                let reply = reply::error_response(
+                let reply = reply::error_response_in(
+                    protocol,
                     error.error_type(),
                     &error.to_string(),
                     Some(&route.name),
@@ -186,7 +193,8 @@ impl Proxy {
                         route.metrics.count_upstream_error(kind);
                     }
                 }
-                let reply = reply::error_response(
+                let reply = reply::error_response_in(
+                    protocol,
                     error.error_type(),
                     &error.to_string(),
                     Some(&route.name),

@@ -1,13 +1,18 @@
-//! What the gateway says itself, in the one error shape every client gets.
+//! What the gateway says itself, in the error shape of the route's protocol.
 //!
-//! `{"error":{"type":"...","message":"...","route":"..."}}` is the shape OpenAI-style
-//! SDKs raise on, used alike for a 404, a 504 before headers, and (later) an `event:
-//! error` inside a stream. Responses made here carry `x-sse-gateway-error: <type>`, so an
-//! operator can tell the gateway's own answers from the upstream's.
+//! `{"error":{"type":"...","message":"...","route":"..."}}` is the generic shape (`sse`
+//! routes, and requests no route matched), used alike for a 404, a 504 before headers,
+//! and an `event: error` inside a stream; a route with an assistant protocol gets the
+//! shape its SDK raises on (`docs/protocols.md`). Responses made here carry
+//! `x-sse-gateway-error: <type>`, so an operator can tell the gateway's own answers from
+//! the upstream's.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
+use serde_json::json;
+
+use crate::protocol::Protocol;
 
 /// Marks responses the gateway made itself; the value is the error type.
 pub const ERROR_HEADER: &str = "x-sse-gateway-error";
@@ -98,13 +103,57 @@ pub fn error_json(error_type: &str, message: &str, route: Option<&str>) -> Bytes
     Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
 }
 
-/// A complete error response in the one shape.
+/// The JSON error object in `protocol`'s shape. `sequence_number`, given only inside a
+/// stream, makes the Responses shape the API's `error` event; before the headers the
+/// Responses API answers like Chat Completions.
+pub fn error_json_in(
+    protocol: Protocol,
+    error_type: &str,
+    message: &str,
+    route: Option<&str>,
+    sequence_number: Option<u64>,
+) -> Bytes {
+    let value = match (protocol, sequence_number) {
+        (Protocol::Sse, _) => return error_json(error_type, message, route),
+        (Protocol::Anthropic, _) => json!({
+            "type": "error",
+            "error": { "type": error_type, "message": message },
+        }),
+        (Protocol::OpenaiResponses, Some(sequence_number)) => json!({
+            "type": "error",
+            "code": error_type,
+            "message": message,
+            "param": null,
+            "sequence_number": sequence_number,
+            // The flat fields are the API's error event; the nested object is what
+            // makes the openai Python SDK raise.
+            "error": { "type": error_type, "code": error_type, "message": message, "param": null },
+        }),
+        (Protocol::OpenaiChat | Protocol::OpenaiResponses, _) => json!({
+            "error": { "message": message, "type": error_type, "param": null, "code": error_type },
+        }),
+    };
+    Bytes::from(value.to_string())
+}
+
+/// A complete error response in the generic shape.
 pub fn error_response(
     error_type: ErrorType,
     message: &str,
     route: Option<&str>,
 ) -> Response<Bytes> {
-    let mut response = Response::new(error_json(error_type.as_str(), message, route));
+    error_response_in(Protocol::Sse, error_type, message, route)
+}
+
+/// A complete error response in `protocol`'s shape.
+pub fn error_response_in(
+    protocol: Protocol,
+    error_type: ErrorType,
+    message: &str,
+    route: Option<&str>,
+) -> Response<Bytes> {
+    let body = error_json_in(protocol, error_type.as_str(), message, route, None);
+    let mut response = Response::new(body);
     *response.status_mut() = error_type.status();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -164,6 +213,42 @@ mod tests {
             let status = error_type.status();
             assert!(status.is_client_error() || status.is_server_error());
         }
+    }
+
+    #[test]
+    fn shapes_per_protocol() {
+        let parse = |protocol, seq| -> serde_json::Value {
+            serde_json::from_slice(&error_json_in(
+                protocol,
+                "upstream_timeout",
+                "m",
+                Some("r"),
+                seq,
+            ))
+            .unwrap()
+        };
+        let chat = parse(Protocol::OpenaiChat, None);
+        assert_eq!(chat["error"]["type"], "upstream_timeout");
+        assert_eq!(chat["error"]["code"], "upstream_timeout");
+        assert!(chat["error"]["param"].is_null());
+        assert_eq!(parse(Protocol::OpenaiResponses, None), chat);
+        let anthropic = parse(Protocol::Anthropic, None);
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["message"], "m");
+        let responses = parse(Protocol::OpenaiResponses, Some(7));
+        assert_eq!(responses["type"], "error");
+        assert_eq!(responses["code"], "upstream_timeout");
+        assert_eq!(responses["sequence_number"], 7);
+        assert_eq!(responses["error"]["message"], "m");
+        assert_eq!(parse(Protocol::Sse, None)["error"]["route"], "r");
+        let response = error_response_in(
+            Protocol::Anthropic,
+            ErrorType::UpstreamUnavailable,
+            "down",
+            Some("r"),
+        );
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(response.headers()[ERROR_HEADER], "upstream_unavailable");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use memchr::memmem;
 
+use crate::protocol::Contract;
 use crate::sse::{Event, RawEvent};
 
 use scan::LiteralScan;
@@ -71,6 +72,8 @@ pub struct Pipeline {
     terminator: Option<Terminator>,
     /// One search for every rule's and the terminator's literals, when it can be built.
     scan: Option<LiteralScan>,
+    /// The route's protocol: what completes an answer, how errors are written.
+    contract: Contract,
 }
 
 impl Pipeline {
@@ -82,7 +85,24 @@ impl Pipeline {
             max_event_size: usize::MAX,
             terminator,
             scan,
+            contract: Contract::default(),
         }
+    }
+
+    /// Applies a protocol: its preset terminator unless the route named one.
+    #[must_use]
+    pub fn with_contract(mut self, contract: Contract) -> Pipeline {
+        if self.terminator.is_none() {
+            self.terminator = contract.protocol.preset_terminator();
+            self.scan = LiteralScan::new(&self.rules, self.terminator.as_ref());
+        }
+        self.contract = contract;
+        self
+    }
+
+    /// The route's protocol contract.
+    pub fn contract(&self) -> &Contract {
+        &self.contract
     }
 
     /// Bounds what a rule may write: an event it would make longer than `limit` bytes
@@ -190,7 +210,7 @@ impl Pipeline {
         self.terminator
             .as_ref()
             .filter(|t| t.synthesize_on_eof && t.forward)
-            .map(Terminator::encode)
+            .map(|t| self.contract.encode_terminator(t))
     }
 }
 

@@ -96,6 +96,13 @@ impl StreamPlan {
     }
 }
 
+impl StreamPlan {
+    /// The protocol the route's upstream speaks.
+    pub fn protocol(&self) -> crate::protocol::Protocol {
+        self.pipeline.contract().protocol
+    }
+}
+
 /// Errors a supervised body never returns: every failure becomes an error event.
 pub type Never = std::convert::Infallible;
 
@@ -218,8 +225,17 @@ where
             let elapsed = self.record.started().elapsed().as_secs_f64();
             metrics.first_event.observe(elapsed);
         }
-        if progress.data_seen {
+        if progress.content_seen {
             self.on_data(Instant::now());
+        }
+        if let Some(error_type) = progress.upstream_error_event {
+            self.plan.metrics.count_upstream_error_event(error_type);
+            tracing::warn!(
+                route = %self.plan.route,
+                path = self.record.path(),
+                upstream_error_type = error_type,
+                "the upstream sent an error event; passed through and the stream ended"
+            );
         }
         if let Some(outcome) = self.engine.outcome() {
             // Dropping the upstream closes its connection at once.

@@ -47,6 +47,22 @@ fn the_design_example_passes_check() {
     assert!(stdout.contains("ok (1 route, 2 upstreams)"), "{stdout}");
 }
 
+#[test]
+fn every_example_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "yaml") {
+            let (code, stdout, stderr) = check(path.to_str().unwrap());
+            assert_eq!(code, 0, "{}: {stderr}", path.display());
+            assert!(stdout.contains(": ok ("), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "one example per protocol");
+}
+
 /// Each broken config, and every line `check` must print for it.
 const BROKEN: &[(&str, &[&str])] = &[
     (
@@ -113,6 +129,14 @@ const BROKEN: &[(&str, &[&str])] = &[
             "many_problems.yaml:11:15: routes[0].upstream: unknown upstream \"nowhere\" (defined: assistant, backup)",
             "many_problems.yaml:12:11: routes[1].name: invalid route name \"bad name!\"",
             "many_problems.yaml:21:11: routes[2].request.headers.set.connection: header connection is managed by the gateway",
+        ],
+    ),
+    (
+        "bad_protocol.yaml",
+        &[
+            "bad_protocol.yaml:9:24: routes[0].stream.complete_when: protocol openai-chat brings its own completion evidence; complete_when is for protocol: sse",
+            "bad_protocol.yaml:15:38: routes[1].stream.complete_when.data_matches: invalid regex \"(\": unclosed group",
+            "bad_protocol.yaml:20:17: routes[2].stream.protocol: unknown variant `openai`, expected one of `openai-chat`, `openai-responses`, `anthropic`, `sse`",
         ],
     ),
     (
@@ -439,4 +463,38 @@ fn rewrite_refuses_unknown_routes_and_unreadable_captures() {
         stderr.contains("cannot read tests/fixtures/missing.sse"),
         "{stderr}"
     );
+}
+
+#[test]
+fn rewrite_shows_a_truncated_answer_and_an_upstream_error_event() {
+    let half =
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n";
+    let args = [
+        "--config",
+        "examples/openai-chat.yaml",
+        "--route",
+        "chat",
+        "-",
+    ];
+    let (code, stdout, stderr) = rewrite(&args, half);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("outcome: truncated"), "{stderr}");
+    assert!(
+        stdout.contains("\"type\":\"upstream_incomplete\""),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("data: [DONE]\n\n"), "{stdout}");
+
+    let error = b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let args = [
+        "--config",
+        "examples/anthropic.yaml",
+        "--route",
+        "messages",
+        "-",
+    ];
+    let (code, stdout, stderr) = rewrite(&args, error);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("outcome: upstream_error_event"), "{stderr}");
+    assert_eq!(stdout.as_bytes(), error);
 }

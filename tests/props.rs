@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use framing::drive::{self, End};
-use framing::{cut, design_pipeline, frame_chunks, frame_whole, pipe_chunks, reference_parse, MAX};
+use framing::{
+    cut, design_pipeline, frame_chunks, frame_whole, pipe_chunks, protocol_pipelines,
+    reference_parse, MAX,
+};
 use proptest::prelude::*;
 use sse_gateway::rewrite::Pipeline;
 
@@ -35,6 +38,7 @@ fn field_name() -> impl Strategy<Value = String> {
         1 => Just("id".to_string()),
         1 => Just("retry".to_string()),
         1 => Just("Data".to_string()),
+        1 => Just("event".to_string()),
         1 => Just("{\"value\"".to_string()),
         1 => NAME_TEXT,
     ]
@@ -48,6 +52,23 @@ fn value() -> impl Strategy<Value = String> {
         1 => Just("a\0b".to_string()),
         1 => "[0-9]{1,4}".prop_map(String::from),
         1 => Just("{\"text\":\"hi\"}".to_string()),
+        // What the protocols' classifications look for.
+        1 => prop::sample::select(vec![
+            "{\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}",
+            "{\"choices\":[{\"delta\":{\"content\":\"x\"},\"finish_reason\":null}]}",
+            "{\"error\":{\"type\":\"server_error\",\"message\":\"boom\"}}",
+            "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}",
+            "{\"type\":\"response.output_text.delta\",\"sequence_number\":3}",
+            "{\"type\":\"ping\"}",
+            "message_stop",
+            "message_delta",
+            "response.completed",
+            "response.failed",
+            "error",
+            "ping",
+            "done",
+        ])
+        .prop_map(String::from),
     ]
 }
 
@@ -181,6 +202,26 @@ proptest! {
             .into_iter()
             .map(Bytes::copy_from_slice);
         let pieces = drive::drive(&pipeline, limit, reads, end, late);
+        drive::check(&pipeline, end, &pieces);
+        prop_assert_eq!(whole, pieces);
+    }
+
+    #[test]
+    fn every_protocol_keeps_its_promises_under_any_chunking_and_any_end(
+        input in stream(),
+        cuts in cuts(),
+        protocol in 0..4usize,
+        end in 0..End::ALL.len(),
+        late in 0..End::ALL.len(),
+    ) {
+        let pipeline = Arc::new(protocol_pipelines().swap_remove(protocol));
+        let (end, late) = (End::ALL[end], End::ALL[late]);
+        let whole = drive::drive(&pipeline, MAX, [Bytes::copy_from_slice(&input)], end, late);
+        drive::check(&pipeline, end, &whole);
+        let reads = cut(&input, &offsets(input.len(), &cuts))
+            .into_iter()
+            .map(Bytes::copy_from_slice);
+        let pieces = drive::drive(&pipeline, MAX, reads, end, late);
         drive::check(&pipeline, end, &pieces);
         prop_assert_eq!(whole, pieces);
     }

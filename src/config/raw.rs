@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+pub use crate::protocol::Protocol;
 pub use crate::rewrite::Scope;
 
 use super::units::{ByteSize, HumanDuration};
@@ -169,6 +170,9 @@ pub struct Stream {
     #[serde(default)]
     pub rules: Vec<serde_yaml::Value>,
     pub terminator: Option<Terminator>,
+    /// The assistant protocol of the upstream; `sse` (the generic behaviour) when absent.
+    pub protocol: Option<Protocol>,
+    pub complete_when: Option<CompleteWhen>,
     pub max_event_size: Option<ByteSize>,
     pub stuck_after: Option<HumanDuration>,
     pub idle_timeout: Option<HumanDuration>,
@@ -208,6 +212,14 @@ pub struct Drop {
     pub pattern: String,
     pub scope: Option<Scope>,
     pub name: Option<String>,
+}
+
+/// What completes an answer on an `sse` route: exactly one of the two.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteWhen {
+    pub data_matches: Option<String>,
+    pub event: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value};
 
+use crate::protocol::CompleteWhen;
 use crate::rewrite::{Rule, TerminatorMatch};
 
 use super::locate::join;
@@ -185,7 +186,14 @@ fn stream_json(stream: &StreamConfig) -> Value {
         value["on_upstream_eof"] = serde_json::to_value(on_eof).unwrap_or_default();
         value
     });
+    let contract = pipeline.contract();
+    let complete_when = contract.complete_when.as_ref().map(|when| match when {
+        CompleteWhen::DataMatches(regex) => json!({ "data_matches": regex.as_str() }),
+        CompleteWhen::Event(event) => json!({ "event": String::from_utf8_lossy(event) }),
+    });
     json!({
+        "protocol": contract.protocol.as_str(),
+        "complete_when": complete_when,
         "rules": rules,
         "terminator": terminator,
         "max_event_size": stream.max_event_size,

@@ -20,11 +20,16 @@ pub enum Outcome {
     Oversize,
     /// The gateway was shutting down and the drain time ran out.
     Shutdown,
+    /// The stream ended, by any cause, without the completion evidence its route asks
+    /// for: the client got an `upstream_incomplete` error.
+    Truncated,
+    /// The upstream sent its own error event, which was passed through.
+    UpstreamErrorEvent,
 }
 
 impl Outcome {
     /// Every outcome, in [`Outcome::index`] order.
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Terminator,
         Outcome::UpstreamEof,
         Outcome::ClientClosed,
@@ -33,6 +38,8 @@ impl Outcome {
         Outcome::UpstreamError,
         Outcome::Oversize,
         Outcome::Shutdown,
+        Outcome::Truncated,
+        Outcome::UpstreamErrorEvent,
     ];
 
     /// The label value.
@@ -46,6 +53,8 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::Oversize => "oversize",
             Outcome::Shutdown => "shutdown",
+            Outcome::Truncated => "truncated",
+            Outcome::UpstreamErrorEvent => "upstream_error_event",
         }
     }
 

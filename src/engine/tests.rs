@@ -51,7 +51,7 @@ fn untouched_events_of_one_read_leave_as_one_slice_of_it() {
     assert_eq!(engine.next_frame(), None, "the partial event waits");
     let progress = engine.take_progress();
     assert_eq!((progress.events_in, progress.events_out), (2, 2));
-    assert!(progress.data_seen && progress.first_data_event);
+    assert!(progress.content_seen && progress.first_data_event);
     assert_eq!(engine.outcome(), None);
 }
 
@@ -156,7 +156,7 @@ fn progress_counts_hits_and_data_but_pings_are_not_data() {
     engine.push(Bytes::from_static(b": ping\n\n"));
     assert_eq!(drain(&mut engine), b"");
     let progress = engine.take_progress();
-    assert!(!progress.data_seen && !progress.first_data_event);
+    assert!(!progress.content_seen && !progress.first_data_event);
     assert_eq!((progress.events_in, progress.events_out), (1, 0));
     assert_eq!(progress.rules_hit, 1);
     let mut hits = Vec::new();
@@ -166,7 +166,7 @@ fn progress_counts_hits_and_data_but_pings_are_not_data() {
     engine.push(Bytes::from_static(b"data:\n{\"v\":1}\n\n"));
     assert_eq!(text(&drain(&mut engine)), "data:{\"v\":1}\n\n");
     let progress = engine.take_progress();
-    assert!(progress.data_seen && progress.first_data_event);
+    assert!(progress.content_seen && progress.first_data_event);
     engine.push(Bytes::from_static(b"data: b\n\n"));
     drain(&mut engine);
     assert!(!engine.take_progress().first_data_event, "only the first");

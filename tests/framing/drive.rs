@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sse_gateway::engine::{Engine, Outcome, Stop};
+use sse_gateway::protocol::Protocol;
 use sse_gateway::rewrite::Pipeline;
 use sse_gateway::sse::Event;
 
@@ -61,6 +62,8 @@ pub struct Run {
     pub hits: Vec<u64>,
     pub events_in: u64,
     pub events_out: u64,
+    /// The route's protocol saw the answer complete.
+    pub evidence: bool,
 }
 
 /// Pushes each read, takes every frame after it (the live body sends all it has
@@ -95,6 +98,7 @@ pub fn drive(
     end.give(&mut engine);
     take(&mut engine, &mut run);
     run.outcome = engine.outcome();
+    run.evidence = engine.has_evidence();
     if run.outcome.is_some() {
         assert!(engine.is_finished(), "frames left after the end");
         late.give(&mut engine);
@@ -117,9 +121,28 @@ pub fn events(output: &[u8]) -> Vec<&[u8]> {
     events
 }
 
+/// The `type` of a gateway error event in `protocol`'s shape, if `event` is one.
+fn error_event_type(protocol: Protocol, event: &[u8]) -> Option<String> {
+    let data = event.strip_prefix(b"event: error\ndata: ")?;
+    let json: serde_json::Value = serde_json::from_slice(data.strip_suffix(b"\n\n")?).ok()?;
+    let error_type = match protocol {
+        Protocol::OpenaiResponses => {
+            assert!(
+                json["sequence_number"].is_u64(),
+                "a numbered Responses error"
+            );
+            &json["code"]
+        }
+        _ => &json["error"]["type"],
+    };
+    error_type.as_str().map(str::to_owned)
+}
+
 /// What every run must satisfy: exactly one outcome once it ended; nothing after the
-/// terminator; an error event exactly when the end is an error, followed by the
-/// synthesized terminator where the route synthesizes one.
+/// terminator; an error event exactly when the end is an error, in the protocol's
+/// shape, followed by the synthesized terminator where the route synthesizes one and
+/// the protocol closes after errors; an end without the evidence the route asks for is
+/// `truncated`, never a success.
 pub fn check(pipeline: &Pipeline, end: End, run: &Run) {
     let outcome = match run.outcome {
         Some(outcome) => outcome,
@@ -133,38 +156,64 @@ pub fn check(pipeline: &Pipeline, end: End, run: &Run) {
     for event in &events {
         assert!(!event.starts_with(b"\n"), "an empty line before an event");
     }
+    let contract = pipeline.contract();
+    let protocol = contract.protocol;
     let terminator = pipeline.terminator();
     let synthesized = pipeline.synthesized_terminator();
-    // The error event the gateway writes for this outcome, if any.
+    // The error event the gateway writes for this outcome, if any; with the evidence a
+    // cut is a complete answer and gets none.
     let error_type = match outcome {
-        Outcome::Terminator | Outcome::UpstreamEof | Outcome::ClientClosed => None,
+        Outcome::Terminator
+        | Outcome::UpstreamEof
+        | Outcome::ClientClosed
+        | Outcome::UpstreamErrorEvent => None,
+        Outcome::Oversize => Some("oversize"),
+        _ if run.evidence => None,
+        Outcome::Truncated => Some("upstream_incomplete"),
         Outcome::IdleTimeout => Some("upstream_idle_timeout"),
         Outcome::MaxDuration => Some("max_duration"),
         Outcome::UpstreamError => Some("upstream_error"),
-        Outcome::Oversize => Some("oversize"),
         Outcome::Shutdown => Some("shutdown"),
     };
     if outcome == Outcome::Terminator {
-        let terminator = terminator.expect("a terminator ended it");
-        if terminator.forward {
-            let last = events.last().expect("the terminator was sent");
-            let text = &last[..last.len() - 1];
-            assert!(
-                terminator.matches(&Event::new(text)),
-                "the last event is not the terminator: {last:?}"
-            );
+        let last = events.last().map(|last| &last[..last.len() - 1]);
+        match terminator {
+            Some(terminator) if terminator.forward => {
+                let last = last.expect("the terminator was sent");
+                assert!(
+                    terminator.matches(&Event::new(last)),
+                    "the last event is not the terminator: {last:?}"
+                );
+            }
+            Some(_) => {}
+            None => {
+                let last = last.expect("the terminal event was sent");
+                let class = contract.classify(&[last, b"\n"].concat(), true);
+                assert!(class.terminal, "the last event is not terminal: {last:?}");
+            }
         }
     } else {
+        let is_error = error_type.is_some() || outcome == Outcome::UpstreamErrorEvent;
         let mut tail = events.iter().rev();
         if let Some(synthesized) = &synthesized {
-            assert_eq!(tail.next().copied(), Some(&synthesized[..]), "synthesized");
+            if !is_error || protocol.closes_after_error() {
+                assert_eq!(tail.next().copied(), Some(&synthesized[..]), "synthesized");
+            }
         }
         if let Some(error_type) = error_type {
-            let prefix = format!("event: error\ndata: {{\"error\":{{\"type\":\"{error_type}\"");
             let error = tail.next().expect("an error event");
-            assert!(
-                error.starts_with(prefix.as_bytes()),
+            assert_eq!(
+                error_event_type(protocol, error).as_deref(),
+                Some(error_type),
                 "not the error event: {error:?}"
+            );
+        }
+        if outcome == Outcome::UpstreamErrorEvent {
+            let error = tail.next().expect("the upstream's error event");
+            let class = contract.classify(error, pipeline.terminator().is_none());
+            assert!(
+                class.upstream_error.is_some(),
+                "not an upstream error: {error:?}"
             );
         }
     }
@@ -176,7 +225,14 @@ pub fn check(pipeline: &Pipeline, end: End, run: &Run) {
         End::Shutdown => Outcome::Shutdown,
         End::Open => outcome,
     };
-    if !matches!(outcome, Outcome::Terminator | Outcome::Oversize) {
-        assert_eq!(outcome, expected, "the outcome of {end:?}");
+    if !matches!(
+        outcome,
+        Outcome::Terminator | Outcome::Oversize | Outcome::UpstreamErrorEvent
+    ) {
+        if contract.asks_evidence() && !run.evidence && end != End::Open {
+            assert_eq!(outcome, Outcome::Truncated, "an end without evidence");
+        } else {
+            assert_eq!(outcome, expected, "the outcome of {end:?}");
+        }
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use regex::bytes::Regex;
 use sse_gateway::engine::Outcome;
-use sse_gateway::rewrite::{Pipeline, Terminator, TerminatorMatch};
+use sse_gateway::protocol::{CompleteWhen, Contract, Protocol};
+use sse_gateway::rewrite::{Pipeline, Rule, Terminator, TerminatorMatch};
 use sse_gateway::sse::{FrameError, Framer};
 
 /// Generous limit for tests that are not about size.
@@ -129,6 +130,27 @@ pub fn done_terminator() -> Terminator {
         forward: true,
         synthesize_on_eof: true,
     }
+}
+
+/// The pipelines of every protocol: each preset with the orphan-line repair, and `sse`
+/// with `complete_when: {event: done}` and the `[DONE]` terminator.
+pub fn protocol_pipelines() -> Vec<Pipeline> {
+    let repair = || vec![Rule::repair_orphan_lines("repair".into())];
+    let mut pipelines: Vec<Pipeline> = [
+        Protocol::OpenaiChat,
+        Protocol::OpenaiResponses,
+        Protocol::Anthropic,
+    ]
+    .into_iter()
+    .map(|protocol| Pipeline::new(repair(), None).with_contract(Contract::preset(protocol)))
+    .collect();
+    pipelines.push(
+        Pipeline::new(repair(), Some(done_terminator())).with_contract(Contract {
+            protocol: Protocol::Sse,
+            complete_when: Some(CompleteWhen::Event(Bytes::from_static(b"done"))),
+        }),
+    );
+    pipelines
 }
 
 /// The docs/architecture.md example pipeline, compiled from the example config

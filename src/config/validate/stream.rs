@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::{is_plain_name, join, Validator, MAX_NAME_LEN};
 use crate::config::{defaults, raw, HumanDuration, OnUpstreamEof, StreamConfig};
+use crate::protocol::{CompleteWhen, Contract, Protocol};
 use crate::rewrite::{Pipeline, Rule, Scope, Terminator, TerminatorMatch};
 
 /// Compiled size cap for one rule's regex: generous for real patterns, and a bound on
@@ -69,6 +70,45 @@ impl Validator<'_> {
                 })
             }
         };
+        let protocol = raw.protocol.unwrap_or_default();
+        let complete_when = match raw.complete_when {
+            None => None,
+            Some(_) if protocol != Protocol::Sse => {
+                self.error_at_value(
+                    &join(path, "complete_when"),
+                    format!(
+                        "protocol {} brings its own completion evidence; complete_when is for protocol: sse",
+                        protocol.as_str()
+                    ),
+                );
+                ok = false;
+                None
+            }
+            Some(when) => {
+                let when_path = join(path, "complete_when");
+                let when = match (when.data_matches, when.event) {
+                    (Some(pattern), None) => self
+                        .regex(&join(&when_path, "data_matches"), &pattern)
+                        .map(CompleteWhen::DataMatches),
+                    (None, Some(event)) if !event.is_empty() => {
+                        Some(CompleteWhen::Event(Bytes::from(event)))
+                    }
+                    _ => {
+                        self.error_at_value(
+                            &when_path,
+                            "give exactly one of `data_matches` (a regex) or `event` (an event type)",
+                        );
+                        None
+                    }
+                };
+                ok &= when.is_some();
+                when
+            }
+        };
+        let contract = Contract {
+            protocol,
+            complete_when,
+        };
         let max_event_size = raw.max_event_size.map_or(defaults::MAX_EVENT_SIZE, |s| s.0);
         if max_event_size == 0 || max_event_size > 1 << 30 {
             self.error_at_value(
@@ -81,7 +121,9 @@ impl Validator<'_> {
         let max_event_size = usize::try_from(max_event_size).unwrap_or(usize::MAX);
         ok.then(|| StreamConfig {
             pipeline: Arc::new(
-                Pipeline::new(rules, terminator).with_max_event_size(max_event_size),
+                Pipeline::new(rules, terminator)
+                    .with_max_event_size(max_event_size)
+                    .with_contract(contract),
             ),
             max_event_size,
             stuck_after: clock(raw.stuck_after, defaults::STUCK_AFTER),

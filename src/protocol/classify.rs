@@ -1,0 +1,239 @@
+//! What one event means on a protocol: completion evidence, terminal, the upstream's
+//! own error, its sequence number, or only a keep-alive.
+//!
+//! Every check starts with a literal search on the event's bytes, and the event type
+//! comes from the event view (its `event:` line) or the start of its data, so an
+//! ordinary content event costs no JSON parse and no allocation. JSON is read only to
+//! confirm what the literals suggest: a `finish_reason`/`stop_reason` that is not
+//! `null`, or an error object.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+use serde_json::Value;
+
+use super::{CompleteWhen, Contract, Protocol};
+use crate::sse::Event;
+
+/// The upstream error types counted under their own label; any other is `other`, so
+/// an upstream cannot grow the series count.
+pub const UPSTREAM_ERROR_TYPES: &[&str] = &[
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "rate_limit_exceeded",
+    "insufficient_quota",
+    "context_length_exceeded",
+    "api_error",
+    "server_error",
+    "overloaded_error",
+    "timeout",
+    "other",
+];
+
+/// What an event forwarded on a route meant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Class {
+    /// The answer is complete (a finish reason, a stop reason, a terminal event, or
+    /// what `complete_when` asks for).
+    pub evidence: bool,
+    /// The event ends the stream, as a terminator does.
+    pub terminal: bool,
+    /// The upstream's own error: its type as a bounded label.
+    pub upstream_error: Option<&'static str>,
+    /// The Responses event's `sequence_number`.
+    pub sequence_number: Option<u64>,
+}
+
+static FINISH_REASON: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"finish_reason\""));
+static STOP_REASON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"stop_reason\""));
+static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+static TYPE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"type\":\""));
+static SEQUENCE_NUMBER: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"sequence_number\":"));
+
+impl Contract {
+    /// True for an event that carries data but is no content: Anthropic's `ping`. It
+    /// must not restart the data clock, or pings would hide a stalled answer.
+    pub fn is_keep_alive(&self, event: &Event<'_>) -> bool {
+        self.protocol == Protocol::Anthropic && event_kind(event) == Some(b"ping")
+    }
+
+    /// Classifies an event about to be forwarded (after the rules ran, LF-only).
+    /// `terminal_events`: the Responses terminal events end the stream (the route
+    /// names no terminator of its own).
+    pub fn classify(&self, text: &[u8], terminal_events: bool) -> Class {
+        let event = Event::new(text);
+        match self.protocol {
+            Protocol::OpenaiChat => chat(text, &event),
+            Protocol::OpenaiResponses => responses(text, &event, terminal_events),
+            Protocol::Anthropic => anthropic(text, &event),
+            Protocol::Sse => Class {
+                evidence: self.complete_when.as_ref().is_some_and(|when| match when {
+                    CompleteWhen::DataMatches(regex) => {
+                        event.data().is_some_and(|data| regex.is_match(&data))
+                    }
+                    CompleteWhen::Event(name) => event.event_type() == Some(&name[..]),
+                }),
+                ..Class::default()
+            },
+        }
+    }
+}
+
+fn chat(text: &[u8], event: &Event<'_>) -> Class {
+    let mut class = Class::default();
+    let Some(at) = find_near_end(text, &FINISH_REASON) else {
+        // An error chunk has no choices; a content chunk always has a finish_reason,
+        // so it costs this one search.
+        if ERROR_KEY.find(text).is_some() {
+            // What the openai SDKs raise on: a top-level `error` object.
+            class.upstream_error = data_json(event)
+                .filter(|json| json["error"].is_object())
+                .map(|json| label(&json["error"], &["type", "code"]));
+        }
+        return class;
+    };
+    // The last choice's reason: a chunk carries one choice, or all of them finishing.
+    if not_null_at(&text[at + FINISH_REASON.needle().len()..]) {
+        class.evidence = data_json(event).is_some_and(|json| {
+            json["choices"].as_array().is_some_and(|choices| {
+                choices
+                    .iter()
+                    .any(|choice| !choice["finish_reason"].is_null())
+            })
+        });
+    }
+    class
+}
+
+fn responses(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
+    let mut class = Class {
+        sequence_number: sequence_number(text),
+        ..Class::default()
+    };
+    match event_kind(event) {
+        Some(b"response.completed" | b"response.incomplete") => {
+            class.evidence = true;
+            class.terminal = terminal_events;
+        }
+        Some(b"response.failed") => {
+            class.evidence = true;
+            class.terminal = terminal_events;
+            let json = data_json(event);
+            let error = json.as_ref().map(|json| &json["response"]["error"]);
+            class.upstream_error = Some(error.map_or("other", |error| label(error, &["code"])));
+        }
+        Some(b"error") => {
+            let json = data_json(event);
+            class.upstream_error = Some(json.as_ref().map_or("other", |json| {
+                match json.get("error").filter(|error| error.is_object()) {
+                    Some(nested) => label(nested, &["type", "code"]),
+                    None => label(json, &["code"]),
+                }
+            }));
+        }
+        _ => {}
+    }
+    class
+}
+
+fn anthropic(text: &[u8], event: &Event<'_>) -> Class {
+    let mut class = Class::default();
+    match event_kind(event) {
+        Some(b"message_stop") => class.evidence = true,
+        Some(b"message_delta") if not_null_after(text, &STOP_REASON) => {
+            class.evidence =
+                data_json(event).is_some_and(|json| !json["delta"]["stop_reason"].is_null());
+        }
+        Some(b"error") => {
+            let json = data_json(event);
+            class.upstream_error = Some(
+                json.as_ref()
+                    .map_or("other", |json| label(&json["error"], &["type"])),
+            );
+        }
+        _ => {}
+    }
+    class
+}
+
+/// The event's type: its `event:` line, else the `type` its data starts with (clients
+/// that ignore event names read that one).
+fn event_kind<'a>(event: &Event<'a>) -> Option<&'a [u8]> {
+    if let Some(kind) = event.event_type() {
+        return Some(kind);
+    }
+    let data = match event.data()? {
+        Cow::Borrowed(data) => data,
+        // A multi-line payload is no event of these protocols' own writers.
+        Cow::Owned(_) => return None,
+    };
+    let start = TYPE_KEY.find(data)? + TYPE_KEY.needle().len();
+    let rest = &data[start..];
+    let end = memchr::memchr(b'"', rest)?;
+    Some(&rest[..end])
+}
+
+/// Where `needle` occurs, looking at the end of `text` first: a chunk's
+/// `finish_reason` sits a few bytes before its end, so most events cost a search of
+/// their tail only.
+fn find_near_end(text: &[u8], needle: &Finder<'_>) -> Option<usize> {
+    let tail = text.len().saturating_sub(TAIL);
+    match needle.find(&text[tail..]) {
+        Some(at) => Some(tail + at),
+        None => needle.find(text),
+    }
+}
+
+/// How much of an event's end [`find_near_end`] searches first.
+const TAIL: usize = 64;
+
+/// True when `key` occurs and the value after its colon is not `null`.
+fn not_null_after(text: &[u8], key: &Finder<'_>) -> bool {
+    let mut rest = text;
+    while let Some(at) = key.find(rest) {
+        if not_null_at(&rest[at + key.needle().len()..]) {
+            return true;
+        }
+        rest = &rest[at + 1..];
+    }
+    false
+}
+
+/// True when `after_key` (what follows a quoted key) is a colon and a value other
+/// than `null`.
+fn not_null_at(after_key: &[u8]) -> bool {
+    after_key
+        .trim_ascii_start()
+        .strip_prefix(b":")
+        .is_some_and(|value| !value.trim_ascii_start().starts_with(b"null"))
+}
+
+fn sequence_number(text: &[u8]) -> Option<u64> {
+    let start = SEQUENCE_NUMBER.find(text)? + SEQUENCE_NUMBER.needle().len();
+    let digits = text[start..].trim_ascii_start();
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+fn data_json(event: &Event<'_>) -> Option<Value> {
+    serde_json::from_slice(&event.data()?).ok()
+}
+
+/// The first of `keys` that holds a string, as a bounded label.
+fn label(object: &Value, keys: &[&str]) -> &'static str {
+    let value = keys.iter().find_map(|key| object[*key].as_str());
+    value
+        .and_then(|value| UPSTREAM_ERROR_TYPES.iter().find(|known| **known == value))
+        .copied()
+        .unwrap_or("other")
+}

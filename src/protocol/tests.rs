@@ -1,0 +1,113 @@
+//! Per-protocol classification of single events.
+
+use bytes::Bytes;
+
+use super::*;
+
+fn classify(protocol: Protocol, text: &str) -> Class {
+    Contract::preset(protocol).classify(text.as_bytes(), true)
+}
+
+#[test]
+fn chat_evidence_is_a_finish_reason_that_is_not_null() {
+    let chunk = |reason: &str| {
+        format!(r#"data: {{"choices":[{{"delta":{{}},"finish_reason":{reason}}}]}}"#) + "\n\n"
+    };
+    assert!(!classify(Protocol::OpenaiChat, &chunk("null")).evidence);
+    assert!(!classify(Protocol::OpenaiChat, &chunk(" null")).evidence);
+    assert!(classify(Protocol::OpenaiChat, &chunk("\"stop\"")).evidence);
+    assert!(classify(Protocol::OpenaiChat, &chunk(" \"length\"")).evidence);
+    // The words in the answer's text are no evidence.
+    let text = r#"data: {"choices":[{"delta":{"content":"\"finish_reason\": \"stop\""},"finish_reason":null}]}"#;
+    assert!(!classify(Protocol::OpenaiChat, &format!("{text}\n\n")).evidence);
+}
+
+#[test]
+fn chat_error_is_a_top_level_error_object() {
+    let error = "data: {\"error\":{\"message\":\"m\",\"type\":\"server_error\"}}\n\n";
+    assert_eq!(
+        classify(Protocol::OpenaiChat, error).upstream_error,
+        Some("server_error")
+    );
+    let unknown = "data: {\"error\":{\"message\":\"m\",\"type\":\"made_up\"}}\n\n";
+    assert_eq!(
+        classify(Protocol::OpenaiChat, unknown).upstream_error,
+        Some("other")
+    );
+    let content = "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"error\\\"\"}}]}\n\n";
+    assert_eq!(classify(Protocol::OpenaiChat, content).upstream_error, None);
+}
+
+#[test]
+fn responses_terminal_events_errors_and_sequence_numbers() {
+    let delta = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":4}\n\n";
+    let class = classify(Protocol::OpenaiResponses, delta);
+    assert_eq!(class.sequence_number, Some(4));
+    assert!(!class.evidence && !class.terminal);
+    let done = "data: {\"type\":\"response.completed\",\"sequence_number\":9}\n\n";
+    let class = classify(Protocol::OpenaiResponses, done);
+    assert!(class.evidence && class.terminal);
+    let failed = "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"error\":{\"code\":\"server_error\"}}}\n\n";
+    let class = classify(Protocol::OpenaiResponses, failed);
+    assert_eq!(class.upstream_error, Some("server_error"));
+    let error = "event: error\ndata: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"m\"}\n\n";
+    assert_eq!(
+        classify(Protocol::OpenaiResponses, error).upstream_error,
+        Some("rate_limit_exceeded")
+    );
+}
+
+#[test]
+fn anthropic_pings_stops_and_errors() {
+    let contract = Contract::preset(Protocol::Anthropic);
+    let ping = "event: ping\ndata: {\"type\":\"ping\"}\n\n";
+    assert!(contract.is_keep_alive(&crate::sse::Event::new(ping.as_bytes())));
+    assert!(!Contract::preset(Protocol::OpenaiChat)
+        .is_keep_alive(&crate::sse::Event::new(ping.as_bytes())));
+    let delta = |reason: &str| {
+        format!("event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":{reason}}}}}\n\n")
+    };
+    assert!(!classify(Protocol::Anthropic, &delta("null")).evidence);
+    assert!(classify(Protocol::Anthropic, &delta("\"end_turn\"")).evidence);
+    let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"m\"}}\n\n";
+    assert_eq!(
+        classify(Protocol::Anthropic, error).upstream_error,
+        Some("overloaded_error")
+    );
+}
+
+#[test]
+fn sse_asks_for_evidence_only_with_complete_when() {
+    assert!(!Contract::default().asks_evidence());
+    let contract = Contract {
+        protocol: Protocol::Sse,
+        complete_when: Some(CompleteWhen::DataMatches(
+            regex::bytes::Regex::new(r#""done":\s*true"#).unwrap(),
+        )),
+    };
+    assert!(contract.asks_evidence());
+    assert!(
+        contract
+            .classify(b"data: {\"done\": true}\n\n", false)
+            .evidence
+    );
+    assert!(
+        !contract
+            .classify(b"data: {\"done\": false}\n\n", false)
+            .evidence
+    );
+}
+
+#[test]
+fn the_anthropic_terminator_carries_its_type() {
+    let terminator = Protocol::Anthropic.preset_terminator().unwrap();
+    assert_eq!(
+        Contract::preset(Protocol::Anthropic).encode_terminator(&terminator),
+        Bytes::from_static(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+    );
+    let done = Protocol::OpenaiChat.preset_terminator().unwrap();
+    assert_eq!(
+        Contract::preset(Protocol::OpenaiChat).encode_terminator(&done),
+        Bytes::from_static(b"data: [DONE]\n\n")
+    );
+}

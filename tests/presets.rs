@@ -1,0 +1,241 @@
+//! The protocol presets through the stream engine: clean answers, the orphan-line flaw,
+//! any chunking, completion without a terminator, truncation by every cause, the
+//! upstream's own error events, and Anthropic's pings.
+
+mod framing;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use framing::drive::{self, End, Run};
+use framing::{bytewise, MAX};
+use sse_gateway::engine::Outcome;
+use sse_gateway::protocol::{CompleteWhen, Contract, Protocol};
+use sse_gateway::rewrite::{Pipeline, Rule};
+
+fn pipeline(protocol: Protocol) -> Arc<Pipeline> {
+    let repair = vec![Rule::repair_orphan_lines("repair".into())];
+    Arc::new(Pipeline::new(repair, None).with_contract(Contract::preset(protocol)))
+}
+
+/// The stream whole and byte by byte: the same run, and both keep the promises.
+fn run(protocol: Protocol, input: &str, end: End) -> Run {
+    let pipeline = pipeline(protocol);
+    let whole = drive::drive(
+        &pipeline,
+        MAX,
+        [Bytes::copy_from_slice(input.as_bytes())],
+        end,
+        End::Clean,
+    );
+    drive::check(&pipeline, end, &whole);
+    let reads = bytewise(input.as_bytes())
+        .into_iter()
+        .map(Bytes::copy_from_slice);
+    let pieces = drive::drive(&pipeline, MAX, reads, end, End::Clean);
+    drive::check(&pipeline, end, &pieces);
+    assert_eq!(whole, pieces, "chunking changed the run");
+    whole
+}
+
+fn text(run: &Run) -> &str {
+    std::str::from_utf8(&run.output).unwrap()
+}
+
+const CHAT_HALF: &str =
+    "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n";
+const CHAT_STOP: &str = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+const MSG_START: &str = "event: message_start\ndata: {\"type\":\"message_start\"}\n\n";
+const MSG_DELTA: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"Hel\"}}\n\n";
+const MSG_STOP_REASON: &str = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}\n\n";
+const RESP_DELTA: &str = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hel\",\"sequence_number\":5}\n\n";
+
+#[test]
+fn chat_clean_and_repaired() {
+    let clean = format!("{CHAT_HALF}{CHAT_STOP}data: [DONE]\n\n");
+    let run_clean = run(Protocol::OpenaiChat, &clean, End::Clean);
+    assert_eq!(run_clean.outcome, Some(Outcome::Terminator));
+    assert_eq!(text(&run_clean), clean);
+    let flawed = clean.replace("data: ", "data:\n");
+    let repaired = run(Protocol::OpenaiChat, &flawed, End::Clean);
+    assert_eq!(repaired.outcome, Some(Outcome::Terminator));
+    assert_eq!(text(&repaired), clean.replace("data: ", "data:"));
+}
+
+#[test]
+fn chat_complete_without_done_gets_done() {
+    let run = run(
+        Protocol::OpenaiChat,
+        &format!("{CHAT_HALF}{CHAT_STOP}"),
+        End::Clean,
+    );
+    assert_eq!(run.outcome, Some(Outcome::UpstreamEof));
+    assert!(text(&run).ends_with(&format!("{CHAT_STOP}data: [DONE]\n\n")));
+}
+
+#[test]
+fn chat_truncated_is_an_error_then_done() {
+    let run = run(Protocol::OpenaiChat, CHAT_HALF, End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::Truncated));
+    let out = text(&run);
+    assert!(out.contains("event: error\ndata: {\"error\":{"), "{out}");
+    assert!(out.contains("\"type\":\"upstream_incomplete\""), "{out}");
+    assert!(out.contains("the upstream closed the stream"), "{out}");
+    assert!(out.contains("no finish_reason"), "{out}");
+    assert!(out.ends_with("data: [DONE]\n\n"));
+}
+
+#[test]
+fn every_cut_without_evidence_is_truncated_and_with_it_complete() {
+    for end in [
+        End::Failure,
+        End::IdleTimeout,
+        End::MaxDuration,
+        End::Shutdown,
+    ] {
+        let cut = run(Protocol::OpenaiChat, CHAT_HALF, end);
+        assert_eq!(cut.outcome, Some(Outcome::Truncated), "{end:?}");
+        assert!(text(&cut).contains("upstream_incomplete"));
+        let done = run(
+            Protocol::Anthropic,
+            &format!("{MSG_START}{MSG_STOP_REASON}"),
+            end,
+        );
+        assert_ne!(done.outcome, Some(Outcome::Truncated), "{end:?}");
+        assert!(!text(&done).contains("event: error"), "{end:?}");
+        assert!(text(&done).ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+    }
+}
+
+#[test]
+fn chat_upstream_error_is_passed_through_then_done() {
+    let error = "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";
+    let input = format!("{CHAT_HALF}{error}{CHAT_HALF}");
+    let run = run(Protocol::OpenaiChat, &input, End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::UpstreamErrorEvent));
+    assert_eq!(text(&run), format!("{CHAT_HALF}{error}data: [DONE]\n\n"));
+}
+
+#[test]
+fn anthropic_truncated_after_a_delta_and_its_error_shape() {
+    let run = run(
+        Protocol::Anthropic,
+        &format!("{MSG_START}{MSG_DELTA}"),
+        End::Clean,
+    );
+    assert_eq!(run.outcome, Some(Outcome::Truncated));
+    let out = text(&run);
+    assert!(
+        out.ends_with("event: error\ndata: {\"error\":{\"message\":\"the upstream closed the stream before the answer was complete: no message_stop or stop_reason\",\"type\":\"upstream_incomplete\"},\"type\":\"error\"}\n\n"),
+        "{out}"
+    );
+    assert!(!out.contains("message_stop\ndata"));
+}
+
+#[test]
+fn anthropic_stop_reason_without_message_stop_gets_a_parseable_one() {
+    let run = run(
+        Protocol::Anthropic,
+        &format!("{MSG_START}{MSG_STOP_REASON}"),
+        End::Clean,
+    );
+    assert_eq!(run.outcome, Some(Outcome::UpstreamEof));
+    assert!(text(&run).ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+}
+
+#[test]
+fn anthropic_pings_are_not_content() {
+    let pipeline = pipeline(Protocol::Anthropic);
+    let mut engine = sse_gateway::engine::Engine::new(pipeline, MAX, "messages".into());
+    engine.push(Bytes::from_static(
+        b"event: ping\ndata: {\"type\":\"ping\"}\n\n",
+    ));
+    assert!(engine.next_frame().is_some(), "the ping is forwarded");
+    assert!(!engine.take_progress().content_seen);
+    engine.push(Bytes::from(MSG_DELTA));
+    engine.next_frame();
+    assert!(engine.take_progress().content_seen);
+}
+
+#[test]
+fn anthropic_error_event_ends_the_stream_with_nothing_after_it() {
+    let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
+    let run = run(
+        Protocol::Anthropic,
+        &format!("{MSG_START}{error}{MSG_DELTA}"),
+        End::Clean,
+    );
+    assert_eq!(run.outcome, Some(Outcome::UpstreamErrorEvent));
+    assert_eq!(text(&run), format!("{MSG_START}{error}"));
+}
+
+#[test]
+fn responses_terminal_event_ends_and_truncation_is_numbered() {
+    let completed = "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":6}\n\n";
+    let clean = run(
+        Protocol::OpenaiResponses,
+        &format!("{RESP_DELTA}{completed}{RESP_DELTA}"),
+        End::Clean,
+    );
+    assert_eq!(clean.outcome, Some(Outcome::Terminator));
+    assert_eq!(text(&clean), format!("{RESP_DELTA}{completed}"));
+    let cut = run(Protocol::OpenaiResponses, RESP_DELTA, End::IdleTimeout);
+    assert_eq!(cut.outcome, Some(Outcome::Truncated));
+    let out = text(&cut);
+    assert!(out.contains("\"sequence_number\":6"), "{out}");
+    assert!(out.contains("no data from upstream for 5m"), "{out}");
+    assert!(out.contains("no terminal response event"), "{out}");
+    assert!(out.ends_with("}\n\n") && !out.contains("[DONE]"));
+}
+
+#[test]
+fn responses_failed_is_an_upstream_error_event() {
+    let failed = "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"error\":{\"code\":\"server_error\",\"message\":\"m\"}}}\n\n";
+    let run = run(
+        Protocol::OpenaiResponses,
+        &format!("{RESP_DELTA}{failed}"),
+        End::Clean,
+    );
+    assert_eq!(run.outcome, Some(Outcome::UpstreamErrorEvent));
+    assert_eq!(text(&run), format!("{RESP_DELTA}{failed}"));
+}
+
+#[test]
+fn sse_without_complete_when_is_unchanged_and_with_it_asks() {
+    let plain = Arc::new(Pipeline::new(vec![], Some(framing::done_terminator())));
+    let old = drive::drive(
+        &plain,
+        MAX,
+        [Bytes::from_static(b"data: a\n\n")],
+        End::Clean,
+        End::Clean,
+    );
+    assert_eq!(old.outcome, Some(Outcome::UpstreamEof));
+    assert_eq!(old.output, b"data: a\n\ndata: [DONE]\n\n");
+    let asking = Arc::new(
+        Pipeline::new(vec![], Some(framing::done_terminator())).with_contract(Contract {
+            protocol: Protocol::Sse,
+            complete_when: Some(CompleteWhen::Event(Bytes::from_static(b"finished"))),
+        }),
+    );
+    let cut = drive::drive(
+        &asking,
+        MAX,
+        [Bytes::from_static(b"data: a\n\n")],
+        End::Clean,
+        End::Clean,
+    );
+    drive::check(&asking, End::Clean, &cut);
+    assert_eq!(cut.outcome, Some(Outcome::Truncated));
+    let out = String::from_utf8(cut.output).unwrap();
+    assert!(out.contains("\"route\":\"chat\""), "{out}");
+    assert!(out.ends_with("data: [DONE]\n\n"));
+    let done = drive::drive(
+        &asking,
+        MAX,
+        [Bytes::from_static(b"event: finished\ndata: a\n\n")],
+        End::Clean,
+        End::Clean,
+    );
+    assert_eq!(done.outcome, Some(Outcome::UpstreamEof));
+}

@@ -1,0 +1,154 @@
+//! Protocol presets through the real proxy: a truncated Chat Completions answer, an
+//! Anthropic stream that only pings until its idle timeout, an upstream's own error
+//! event, and a 502 before the headers in Anthropic's shape.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+
+fn route(protocol: &str) -> String {
+    format!(
+        "    stream:\n      protocol: {protocol}\n      idle_timeout: 300ms\n      heartbeat: 0s\n"
+    )
+}
+
+#[tokio::test]
+async fn a_chat_answer_cut_by_a_clean_end_is_an_error_then_done() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), &route("openai-chat"))).await;
+    let half = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n";
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(half.as_bytes()).await;
+        exchange.end_chunks().await;
+    });
+    let text = body_text(response).await;
+    let events = client_events(&text);
+    assert_eq!(events.len(), 3, "{text}");
+    assert_eq!(
+        events[0].data,
+        half.trim_end().strip_prefix("data: ").unwrap()
+    );
+    assert_eq!(events[1].event, "error");
+    let error: serde_json::Value = serde_json::from_str(&events[1].data).unwrap();
+    assert_eq!(error["error"]["type"], "upstream_incomplete");
+    assert_eq!(error["error"]["code"], "upstream_incomplete");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no finish_reason"));
+    assert_eq!(events[2].data, "[DONE]");
+    gateway
+        .metrics_until("a truncated stream", |m| {
+            m.outcome_count("chat", "truncated") == 1.0
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn anthropic_pings_do_not_keep_a_stalled_answer_alive() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), &route("anthropic"))).await;
+    let started = tokio::time::Instant::now();
+    let (response, _exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+            .send_chunk(b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n")
+            .await;
+        // Pings every 100 ms, well inside the 300 ms idle timeout, for 1.5 s unless the
+        // gateway lets the upstream go first.
+        for _ in 0..15 {
+            if exchange
+                .try_send_chunk(b"event: ping\ndata: {\"type\": \"ping\"}\n\n")
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        exchange
+    });
+    let text = tokio::time::timeout(LIVENESS, body_text(response))
+        .await
+        .expect("the stream ends at its idle timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "pings kept it alive"
+    );
+    let events = client_events(&text);
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{text}");
+    let error: serde_json::Value = serde_json::from_str(&last.data).unwrap();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "upstream_incomplete");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no data from upstream for 300ms"));
+    gateway
+        .metrics_until("a truncated stream", |m| {
+            m.outcome_count("chat", "truncated") == 1.0
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn an_upstream_error_event_is_passed_through_and_counted() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), &route("anthropic"))).await;
+    let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let (response, _exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(error.as_bytes()).await;
+        exchange
+    });
+    assert_eq!(body_text(response).await, error);
+    let metrics = gateway
+        .metrics_until("an upstream error event", |m| {
+            m.outcome_count("chat", "upstream_error_event") == 1.0
+        })
+        .await;
+    let counted = |error_type| {
+        metrics.get(
+            "sse_gateway_upstream_error_events_total",
+            &[("route", "chat"), ("type", error_type)],
+        )
+    };
+    assert_eq!(counted("overloaded_error"), 1.0);
+    assert_eq!(counted("other"), 0.0);
+}
+
+#[tokio::test]
+async fn a_refused_upstream_is_a_502_in_anthropic_shape() {
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = one_route_config(&format!("http://127.0.0.1:{port}"), &route("anthropic"));
+    let gateway = start_gateway(&config).await;
+    let response = get(gateway.addr, "/api/stream").await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        response.headers()["x-sse-gateway-error"],
+        "upstream_unavailable"
+    );
+    let json = body_json(response).await;
+    assert_eq!(json["type"], "error", "{json}");
+    assert_eq!(json["error"]["type"], "upstream_unavailable");
+    assert!(json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("refused"));
+    // No route, no protocol: the generic shape.
+    let json = body_json(get(gateway.addr, "/elsewhere").await).await;
+    assert_eq!(json["error"]["type"], "not_found");
+}
