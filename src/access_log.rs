@@ -25,7 +25,7 @@ enum End {
 
 /// What a supervised event stream adds to its request's line.
 #[derive(Debug, Clone)]
-pub struct StreamSummary {
+pub(crate) struct StreamSummary {
     pub outcome: &'static str,
     pub events: u64,
     pub rules_hit: u64,
@@ -34,7 +34,7 @@ pub struct StreamSummary {
 
 /// Collects a request's facts; writes them in one line when dropped.
 #[derive(Debug)]
-pub struct RequestLog {
+pub(crate) struct RequestLog {
     start: Instant,
     method: Method,
     path: String,
@@ -47,7 +47,7 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    pub fn new(start: Instant, method: Method, path: &str) -> RequestLog {
+    pub(crate) fn new(start: Instant, method: Method, path: &str) -> RequestLog {
         RequestLog {
             start,
             method,
@@ -61,26 +61,26 @@ impl RequestLog {
         }
     }
 
-    pub fn set_route(&mut self, route: &Arc<str>, upstream: &Arc<str>) {
+    pub(crate) fn set_route(&mut self, route: &Arc<str>, upstream: &Arc<str>) {
         self.route = Some(route.clone());
         self.upstream = Some(upstream.clone());
     }
 
     /// The request path, for log lines about this request before it finishes.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         &self.path
     }
 
-    pub fn set_status(&mut self, status: StatusCode) {
+    pub(crate) fn set_status(&mut self, status: StatusCode) {
         self.status = status;
     }
 
-    pub fn add_bytes(&mut self, n: usize) {
+    pub(crate) fn add_bytes(&mut self, n: usize) {
         self.bytes += n as u64;
     }
 
     /// Marks the request as an event stream that ended as `summary` says.
-    pub fn set_stream(&mut self, summary: StreamSummary) {
+    pub(crate) fn set_stream(&mut self, summary: StreamSummary) {
         self.end = match summary.outcome {
             "client_closed" => End::ClientGone,
             _ => End::Completed,
@@ -88,16 +88,16 @@ impl RequestLog {
         self.stream = Some(summary);
     }
 
-    pub fn finished(&mut self) {
+    pub(crate) fn finished(&mut self) {
         self.end = End::Completed;
     }
 
     /// The gateway ended the body at the drain deadline.
-    pub fn ended_by_shutdown(&mut self) {
+    pub(crate) fn ended_by_shutdown(&mut self) {
         self.end = End::Shutdown;
     }
 
-    pub fn failed(&mut self, reason: String) {
+    pub(crate) fn failed(&mut self, reason: String) {
         self.end = End::Failed(reason);
     }
 }

@@ -28,7 +28,7 @@ use crate::reply::{self, ErrorType};
 
 /// What the admin endpoints read.
 #[derive(Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub metrics: Arc<Metrics>,
     pub config: watch::Receiver<Arc<Proxy>>,
     /// False before the first config is serving and once draining has begun.
@@ -42,7 +42,7 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>, config: watch::Receiver<Arc<Proxy>>) -> AdminState {
+    pub(crate) fn new(metrics: Arc<Metrics>, config: watch::Receiver<Arc<Proxy>>) -> AdminState {
         AdminState {
             metrics,
             config,
@@ -75,7 +75,7 @@ impl AdminState {
     /// something scraped this gateway within `recent`, wait (up to `limit`) for one
     /// more scrape so the `shutdown` outcomes reach Prometheus; otherwise return at
     /// once.
-    pub async fn final_scrape(&self, limit: Duration, recent: Duration) {
+    pub(crate) async fn final_scrape(&self, limit: Duration, recent: Duration) {
         if limit.is_zero() || !self.scraped_within(recent) {
             return;
         }

@@ -23,11 +23,11 @@ use http_body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Errors a response body can end with.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The body of every response the gateway sends.
 #[derive(Debug)]
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     kind: Kind,
 }
 
@@ -51,7 +51,7 @@ enum Kind {
 
 impl ResponseBody {
     /// Streams an upstream response body.
-    pub fn upstream(body: UpstreamIncoming, mut log: RequestLog) -> ResponseBody {
+    pub(crate) fn upstream(body: UpstreamIncoming, mut log: RequestLog) -> ResponseBody {
         // An empty body (204, 304, HEAD) is never polled: it is complete as it is.
         if body.is_end_stream() {
             log.finished();
@@ -67,7 +67,7 @@ impl ResponseBody {
 
     /// Ends a passed-through body when `signal` fires (at the drain deadline); other
     /// bodies watch it themselves or are never long.
-    pub fn ends_at(mut self, signal: Shutdown) -> ResponseBody {
+    pub(crate) fn ends_at(mut self, signal: Shutdown) -> ResponseBody {
         if let Kind::Upstream { body, drain, .. } = &mut self.kind {
             if !body.is_end_stream() {
                 *drain = Some(Box::new(DrainEnd {
@@ -81,14 +81,14 @@ impl ResponseBody {
     }
 
     /// A supervised event stream (it carries its own log).
-    pub fn supervised(body: SupervisedBody) -> ResponseBody {
+    pub(crate) fn supervised(body: SupervisedBody) -> ResponseBody {
         ResponseBody {
             kind: Kind::Supervised(Box::new(body)),
         }
     }
 
     /// A body the gateway made (an error reply).
-    pub fn made(body: Bytes, log: RequestLog) -> ResponseBody {
+    pub(crate) fn made(body: Bytes, log: RequestLog) -> ResponseBody {
         ResponseBody {
             kind: Kind::Made {
                 body: (!body.is_empty()).then_some(body),

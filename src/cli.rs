@@ -32,7 +32,7 @@ use crate::shutdown::{DrainPlan, StopNow};
 #[command(
     after_help = "Exit codes: 0 ok, 1 invalid config, 2 bad command line, 3 runtime failure."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The config file; without the flag, $SSE_GATEWAY_CONFIG when set.
     #[arg(
         long,
@@ -49,7 +49,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the gateway (the default when no command is given).
     Run,
     /// Validate the config file and exit: 0 when valid, 1 with every problem listed.
@@ -80,7 +80,7 @@ pub enum Command {
 
 /// `--version`: the crate's version and the git commit it was built from ("unknown"
 /// outside a git checkout), so a bug report names the exact build.
-pub const VERSION: &str = concat!(
+pub(crate) const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("SSE_GATEWAY_COMMIT"),
@@ -88,9 +88,9 @@ pub const VERSION: &str = concat!(
 );
 
 /// Exit code for an invalid config.
-pub const EXIT_INVALID_CONFIG: u8 = 1;
+pub(crate) const EXIT_INVALID_CONFIG: u8 = 1;
 /// Exit code when the gateway cannot start or fails while running.
-pub const EXIT_RUNTIME: u8 = 3;
+pub(crate) const EXIT_RUNTIME: u8 = 3;
 
 /// Parses the command line and runs the chosen command.
 pub fn main() -> ExitCode {

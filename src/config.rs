@@ -1,13 +1,13 @@
 //! The validated configuration: what `gateway.yaml` means once every check has passed.
 //!
-//! Loading is two stages, as in Vector: [`raw`] mirrors the file for serde, and
+//! Loading is two stages, as in Vector: `raw` mirrors the file for serde, and
 //! `validate` turns it into the runtime types below while collecting *every* problem
 //! (`gateway.yaml:LINE:COL: message`), so an operator fixes a file in one pass. Nothing
 //! here binds a socket or starts a task: `sse-gateway check` runs exactly this code.
 
 mod env;
 mod locate;
-pub mod raw;
+pub(crate) mod raw;
 mod show;
 mod units;
 mod validate;
@@ -23,13 +23,11 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 
 use crate::rewrite::Pipeline;
 
-pub use crate::router::PathMatch;
+pub(crate) use crate::router::PathMatch;
 
-pub use env::EnvError;
-pub use locate::{Position, MAX_DEPTH};
-pub use raw::{BodyMode, LogFormat, OnUpstreamEof};
-pub use show::REDACTED;
-pub use units::{ByteSize, HumanDuration};
+pub(crate) use locate::Position;
+pub(crate) use raw::{BodyMode, LogFormat, OnUpstreamEof};
+pub(crate) use units::HumanDuration;
 
 /// Defaults for keys an operator may leave out, in one place so the README can cite them.
 pub mod defaults {
@@ -260,7 +258,7 @@ impl std::error::Error for ConfigErrors {}
 /// The largest config file the gateway reads. A real `gateway.yaml` is a few KiB; a
 /// thousand routes with rules fit in well under 1 MiB. The bound keeps a runaway
 /// generated file from tying up a reload for seconds.
-pub const MAX_FILE_SIZE: usize = 4 << 20;
+pub(crate) const MAX_FILE_SIZE: usize = 4 << 20;
 
 /// Why the config file could not be read at all: the file system's problem (missing
 /// file, no permission, out of file descriptors), not the file's.
@@ -291,7 +289,7 @@ impl GatewayConfig {
         Ok((config, bytes))
     }
 
-    /// The file's bytes, at most one past [`MAX_FILE_SIZE`] (enough to tell that it
+    /// The file's bytes, at most one past `MAX_FILE_SIZE` (enough to tell that it
     /// is too large; [`GatewayConfig::from_bytes`] says so).
     pub fn read(path: &Path) -> Result<Vec<u8>, ReadError> {
         use std::io::Read;
@@ -302,7 +300,7 @@ impl GatewayConfig {
         Ok(bytes)
     }
 
-    /// Validates a config file's bytes: UTF-8, at most [`MAX_FILE_SIZE`].
+    /// Validates a config file's bytes: UTF-8, at most `MAX_FILE_SIZE`.
     pub fn from_bytes(
         bytes: &[u8],
         source: &str,

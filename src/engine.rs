@@ -13,7 +13,7 @@
 //!
 //! **Frames.** The events that one upstream read completes leave as one frame: events
 //! no rule changed are slices of that read, and adjacent ones are joined by re-slicing
-//! it, with no copy ([`batch`]). A rewritten event or a gap starts the next frame.
+//! it, with no copy (`batch`). A rewritten event or a gap starts the next frame.
 //!
 //! **Endings.** The terminator ends the stream after it is sent (outcome
 //! `terminator`); bytes after it are never sent. Every other end sends what the route

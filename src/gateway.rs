@@ -4,7 +4,7 @@
 //! Starts the demo upstream when a config uses it, builds one client per upstream and
 //! the route table, binds the public listener (HTTP/1.1 and h2c prior knowledge) and
 //! the admin listener. Startup and reload share one path, [`Gateway::apply`]: a config
-//! becomes a [`Proxy`] that is swapped in atomically for new requests, while
+//! becomes a `Proxy` that is swapped in atomically for new requests, while
 //! requests already running keep the generation they started with. The only file that
 //! knows every other module.
 

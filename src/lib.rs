@@ -2,7 +2,7 @@
 //! Server-Sent Events.
 //!
 //! # Layout
-//! - [`admin`]: the admin listener: /metrics, /healthz, /readyz, /config.
+//! - `admin`: the admin listener: /metrics, /healthz, /readyz, /config.
 //! - [`cli`]: the `sse-gateway` command line: run, check, rewrite, completions, man;
 //!   exit codes; the stop signals.
 //! - [`config`]: `gateway.yaml` -> a validated [`config::GatewayConfig`], every problem
@@ -10,41 +10,41 @@
 //! - [`engine`]: one event stream's life as pure code (sans-I/O): frames, outcome,
 //!   closing frames; driven alike by the live body, `rewrite`, fuzz, bench and tests.
 //! - [`gateway`]: the composition root; binds the listeners and serves.
-//! - [`hop_by_hop`]: the headers that never cross a proxy.
+//! - `hop_by_hop`: the headers that never cross a proxy.
 //! - [`listener`]: accepting and serving connections (HTTP/1 and h2c) for both
 //!   listeners: accept backoff, header and idle deadlines, the admin cap, the drain.
-//! - [`router`]: which route owns a request path and method.
-//! - [`proxy`]: the service: route, translate the request, forward, stream back.
+//! - `router`: which route owns a request path and method.
+//! - `proxy`: the service: route, translate the request, forward, stream back.
 //! - [`reload`]: SIGHUP and file changes -> validate -> swap; a bad file keeps the old.
 //! - [`upstream`]: pooled clients with timeouts; the built-in demo upstream.
-//! - [`body`]: the streaming response body handed to hyper.
-//! - [`reply`]: the one JSON error shape of everything the gateway says itself.
-//! - [`access_log`]: one log line per finished request.
+//! - `body`: the streaming response body handed to hyper.
+//! - `reply`: the one JSON error shape of everything the gateway says itself.
+//! - `access_log`: one log line per finished request.
 //! - [`metrics`]: Prometheus families, and per-route handles resolved once.
 //! - [`shutdown`]: the drain sequence, and the drain-is-over signal every open
 //!   response watches.
-//! - [`supervise`]: the event-stream body: pipeline, clocks, one outcome per stream.
+//! - `supervise`: the event-stream body: pipeline, clocks, one outcome per stream.
 //! - [`rewrite`]: a route's compiled rules and terminator, applied one event at a time.
 //! - [`sse`]: Server-Sent Events framing and the canonical event writer.
 //!
 //! How they fit together, from accept to the last byte: `docs/architecture.md`.
-pub mod access_log;
-pub mod admin;
-pub mod body;
+pub(crate) mod access_log;
+pub(crate) mod admin;
+pub(crate) mod body;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod gateway;
-pub mod hop_by_hop;
+pub(crate) mod hop_by_hop;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod reload;
-pub mod reply;
+pub(crate) mod reply;
 pub mod rewrite;
-pub mod router;
+pub(crate) mod router;
 pub mod shutdown;
 pub mod sse;
-pub mod supervise;
+pub(crate) mod supervise;
 pub mod upstream;

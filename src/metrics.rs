@@ -29,7 +29,7 @@ const FIRST_EVENT_BUCKETS: &[f64] = &[
 
 /// The one word for "no route", alike in the `route` metric label, the log line's
 /// `route` field and the error body's `route`, so one search finds them all.
-pub const UNMATCHED_ROUTE: &str = "unmatched";
+pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// All metric families of the gateway.
 #[derive(Debug)]
@@ -354,7 +354,7 @@ impl RouteMetrics {
     }
 
     /// Counts an upstream's in-band error event; `error_type` is one of
-    /// [`UPSTREAM_ERROR_TYPES`].
+    /// `UPSTREAM_ERROR_TYPES`.
     pub fn count_upstream_error_event(&self, error_type: &str) {
         let index = UPSTREAM_ERROR_TYPES
             .iter()

@@ -15,7 +15,7 @@ use crate::reply::error_json_in;
 use crate::rewrite::{Terminator, TerminatorMatch};
 use crate::sse::writer;
 
-pub use classify::{Class, UPSTREAM_ERROR_TYPES};
+pub(crate) use classify::UPSTREAM_ERROR_TYPES;
 
 /// The protocol a route's upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]

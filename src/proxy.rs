@@ -6,7 +6,7 @@
 //! error shape of [`crate::reply`].
 
 mod edge;
-pub mod request;
+pub(crate) mod request;
 mod route;
 
 use std::collections::BTreeMap;
@@ -29,7 +29,7 @@ use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
 use crate::upstream::{Fault, Upstream};
 
-pub use self::route::Route;
+pub(crate) use self::route::Route;
 
 use self::request::{host_problem, translate, Origin};
 use crate::hop_by_hop::strip_hop_by_hop;
@@ -38,7 +38,7 @@ static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-bufferin
 
 /// Everything needed to serve requests under one config.
 #[derive(Debug)]
-pub struct Proxy {
+pub(crate) struct Proxy {
     /// The config it was compiled from: the one copy the running gateway keeps.
     config: Arc<GatewayConfig>,
     routes: RouteTable<Route>,
@@ -49,7 +49,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Compiles `config`'s routes; `upstreams` holds a ready client per upstream name.
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<GatewayConfig>,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Arc<Metrics>,
@@ -74,12 +74,12 @@ impl Proxy {
     }
 
     /// The config this proxy serves.
-    pub fn config(&self) -> &Arc<GatewayConfig> {
+    pub(crate) fn config(&self) -> &Arc<GatewayConfig> {
         &self.config
     }
 
     /// Serves one request from `peer`.
-    pub async fn serve(
+    pub(crate) async fn serve(
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
@@ -235,7 +235,7 @@ impl Proxy {
 }
 
 /// `text/event-stream`, case-insensitive, parameters allowed.
-pub fn is_event_stream(content_type: Option<&HeaderValue>) -> bool {
+pub(crate) fn is_event_stream(content_type: Option<&HeaderValue>) -> bool {
     content_type
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())

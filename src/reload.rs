@@ -1,6 +1,6 @@
 //! Config reload: on SIGHUP, and when the config file's content changes.
 //!
-//! The file is re-read every [`POLL_INTERVAL`] and compared by content, which also
+//! The file is re-read every `POLL_INTERVAL` and compared by content, which also
 //! catches the atomic symlink swap Kubernetes does for a mounted ConfigMap (the path
 //! stays, the file behind it changes) without depending on inotify semantics. A valid
 //! file is applied through the same path as startup; an invalid one keeps the running
@@ -21,7 +21,7 @@ use crate::config::{ConfigErrors, GatewayConfig, ReadError};
 use crate::gateway::Gateway;
 
 /// How often the config file is compared with the last one read.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Watches `path` and `hangup` until the runtime stops; `loaded` is the content the
 /// running config was loaded from.
@@ -69,7 +69,12 @@ async fn read(path: &Path) -> Result<Arc<Vec<u8>>, ReadError> {
 
 /// Validates `content` (read from `path`) off the runtime, and applies it; returns
 /// whether it was applied.
-pub async fn reload(path: &Path, content: Arc<Vec<u8>>, gateway: &Gateway, trigger: &str) -> bool {
+pub(crate) async fn reload(
+    path: &Path,
+    content: Arc<Vec<u8>>,
+    gateway: &Gateway,
+    trigger: &str,
+) -> bool {
     let source = path.display().to_string();
     let parsed = tokio::task::spawn_blocking(move || {
         GatewayConfig::from_bytes(&content, &source, &|name| std::env::var(name).ok())
@@ -132,7 +137,7 @@ pub async fn reload(path: &Path, content: Arc<Vec<u8>>, gateway: &Gateway, trigg
 
 /// A SIGHUP listener, if the platform has one.
 #[cfg(unix)]
-pub type Hangup = Option<tokio::signal::unix::Signal>;
+pub(crate) type Hangup = Option<tokio::signal::unix::Signal>;
 /// A SIGHUP listener, if the platform has one.
 #[cfg(not(unix))]
 pub type Hangup = Option<()>;
@@ -140,7 +145,7 @@ pub type Hangup = Option<()>;
 /// Installs the SIGHUP handler. Call it before the gateway is reachable: SIGHUP's
 /// default action ends the process.
 #[cfg(unix)]
-pub fn hangup_signal() -> Hangup {
+pub(crate) fn hangup_signal() -> Hangup {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::hangup()) {
         Ok(signal) => Some(signal),

@@ -15,11 +15,11 @@ use serde_json::json;
 use crate::protocol::Protocol;
 
 /// Marks responses the gateway made itself; the value is the error type.
-pub const ERROR_HEADER: &str = "x-sse-gateway-error";
+pub(crate) const ERROR_HEADER: &str = "x-sse-gateway-error";
 
 /// The `type` of an error the gateway reports; also a fixed, bounded label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorType {
+pub(crate) enum ErrorType {
     NotFound,
     MethodNotAllowed,
     BadRequest,
@@ -37,8 +37,9 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
-    /// Every type, in declaration order.
-    pub const ALL: [ErrorType; 8] = [
+    /// Every type, in declaration order (the tests hold each to a distinct label).
+    #[cfg(test)]
+    pub(crate) const ALL: [ErrorType; 8] = [
         ErrorType::NotFound,
         ErrorType::MethodNotAllowed,
         ErrorType::BadRequest,
@@ -50,7 +51,7 @@ impl ErrorType {
     ];
 
     /// The `type` of the JSON error object.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorType::NotFound => "not_found",
             ErrorType::MethodNotAllowed => "method_not_allowed",
@@ -63,7 +64,7 @@ impl ErrorType {
         }
     }
 
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             ErrorType::NotFound => StatusCode::NOT_FOUND,
             ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -91,7 +92,7 @@ struct ErrorObject<'a> {
 }
 
 /// The JSON error object; `route` is `null` when no route was matched.
-pub fn error_json(error_type: &str, message: &str, route: Option<&str>) -> Bytes {
+pub(crate) fn error_json(error_type: &str, message: &str, route: Option<&str>) -> Bytes {
     let envelope = ErrorEnvelope {
         error: ErrorObject {
             error_type,
@@ -106,7 +107,7 @@ pub fn error_json(error_type: &str, message: &str, route: Option<&str>) -> Bytes
 /// The JSON error object in `protocol`'s shape. `sequence_number`, given only inside a
 /// stream, makes the Responses shape the API's `error` event; before the headers the
 /// Responses API answers like Chat Completions.
-pub fn error_json_in(
+pub(crate) fn error_json_in(
     protocol: Protocol,
     error_type: &str,
     message: &str,
@@ -137,7 +138,7 @@ pub fn error_json_in(
 }
 
 /// A complete error response in the generic shape.
-pub fn error_response(
+pub(crate) fn error_response(
     error_type: ErrorType,
     message: &str,
     route: Option<&str>,
@@ -146,7 +147,7 @@ pub fn error_response(
 }
 
 /// A complete error response in `protocol`'s shape.
-pub fn error_response_in(
+pub(crate) fn error_response_in(
     protocol: Protocol,
     error_type: ErrorType,
     message: &str,
@@ -162,7 +163,7 @@ pub fn error_response_in(
 }
 
 /// 405 with the `Allow` header listing what the path takes.
-pub fn method_not_allowed(
+pub(crate) fn method_not_allowed(
     method: &Method,
     allow: &[Method],
     route: Option<&str>,

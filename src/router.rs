@@ -36,13 +36,13 @@ struct Entry<R> {
 
 /// Routes ordered by specificity: exact paths first, then longer prefixes first.
 #[derive(Debug)]
-pub struct RouteTable<R> {
+pub(crate) struct RouteTable<R> {
     entries: Vec<Entry<R>>,
 }
 
 /// What the table says about a request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum RouteMatch<'a, R> {
+pub(crate) enum RouteMatch<'a, R> {
     /// The route, and the length of the path it matched (the part a rewrite replaces).
     Found {
         route: &'a R,
@@ -63,7 +63,9 @@ pub enum RouteMatch<'a, R> {
 impl<R> RouteTable<R> {
     /// Builds the table; `routes` are `(path, methods, route)` in config order, which
     /// breaks ties between routes of equal specificity.
-    pub fn new(routes: impl IntoIterator<Item = (PathMatch, Option<Vec<Method>>, R)>) -> Self {
+    pub(crate) fn new(
+        routes: impl IntoIterator<Item = (PathMatch, Option<Vec<Method>>, R)>,
+    ) -> Self {
         let mut entries: Vec<Entry<R>> = routes
             .into_iter()
             .map(|(path, methods, route)| Entry {
@@ -85,7 +87,7 @@ impl<R> RouteTable<R> {
     /// The most specific matching path owns the request: when none of the routes on
     /// that path takes the method the answer is 405, not a fall-through to a shorter
     /// prefix, so adding a method-limited route never silently reroutes requests.
-    pub fn find(&self, method: &Method, path: &str) -> RouteMatch<'_, R> {
+    pub(crate) fn find(&self, method: &Method, path: &str) -> RouteMatch<'_, R> {
         if !is_safe_path(path) {
             return RouteMatch::UnsafePath;
         }
@@ -139,7 +141,7 @@ fn matches(pattern: &PathMatch, path: &str) -> bool {
 /// before resolving dots), encoded `/` or `\`, backslashes, and encodings some
 /// servers decode into those: overlong UTF-8 (`%c0%ae` is a dot to a lenient decoder),
 /// `%u` escapes (`%u002e`) and any other malformed percent-encoding.
-pub fn is_safe_path(path: &str) -> bool {
+pub(crate) fn is_safe_path(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') {
         return false;
     }

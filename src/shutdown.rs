@@ -3,7 +3,7 @@
 //!
 //! Once the listener has stopped accepting, `drain` asks every connection to close
 //! after what it has in flight, gives open responses `drain_timeout`, then fires
-//! [`Shutdown`] (which every open response watches), gives them a moment to write
+//! `Shutdown` (which every open response watches), gives them a moment to write
 //! their last frames, and waits for the final metrics scrape where one helps.
 //! Everything after the drain time fits in [`after_drain`], so the process's stop time
 //! is known in advance: `drain_timeout` plus [`after_drain`] at most. A [`StopNow`]
@@ -123,7 +123,7 @@ impl StopNow {
 /// lock. The token is still there to wake streams that are waiting; each registers its
 /// waker once, not on every wait.
 #[derive(Clone, Debug, Default)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     inner: Arc<ShutdownInner>,
 }
 
@@ -134,12 +134,12 @@ struct ShutdownInner {
 }
 
 impl Shutdown {
-    pub fn new() -> Shutdown {
+    pub(crate) fn new() -> Shutdown {
         Shutdown::default()
     }
 
     /// Ends every supervised stream at its next event boundary.
-    pub fn fire(&self) {
+    pub(crate) fn fire(&self) {
         self.inner.fired.store(true, Ordering::Release);
         self.inner.wake.cancel();
     }

@@ -7,11 +7,12 @@
 //!
 //! - [`Framer`] cuts the byte stream into events (line ends, blank lines, BOM, size limit).
 //! - [`RawEvent`] holds one event's exact bytes; [`Event`] is a borrowed view of its fields.
-//! - [`writer`] encodes events canonically (LF line ends), for rewritten and gateway-made events.
+//! - `writer` encodes events canonically (LF line ends), for rewritten and gateway-made events.
 
 pub(crate) mod event;
 mod framer;
-pub mod writer;
+pub(crate) mod writer;
 
-pub use event::{Event, Field, Fields, Line, Lines, RawEvent};
-pub use framer::{FrameError, Framer, UTF8_BOM};
+pub use event::{Event, RawEvent};
+pub(crate) use event::{Field, Line};
+pub use framer::{FrameError, Framer};

@@ -54,7 +54,7 @@ const PARKED: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A route's stream handling, built once per config and shared by its streams.
 #[derive(Debug)]
-pub struct StreamPlan {
+pub(crate) struct StreamPlan {
     route: Arc<str>,
     pipeline: Arc<Pipeline>,
     max_event_size: usize,
@@ -74,7 +74,7 @@ struct Clocks {
 }
 
 impl StreamPlan {
-    pub fn new(
+    pub(crate) fn new(
         route: Arc<str>,
         config: &StreamConfig,
         metrics: Arc<RouteMetrics>,
@@ -98,18 +98,18 @@ impl StreamPlan {
 
 impl StreamPlan {
     /// The protocol the route's upstream speaks.
-    pub fn protocol(&self) -> crate::protocol::Protocol {
+    pub(crate) fn protocol(&self) -> crate::protocol::Protocol {
         self.pipeline.contract().protocol
     }
 }
 
 /// Errors a supervised body never returns: every failure becomes an error event.
-pub type Never = std::convert::Infallible;
+pub(crate) type Never = std::convert::Infallible;
 
 /// The streaming response body of one supervised event stream, over the upstream's
 /// body `B` ([`UpstreamIncoming`] in the gateway; an in-memory body in unit tests).
 #[derive(Debug)]
-pub struct SupervisedBody<B = UpstreamIncoming> {
+pub(crate) struct SupervisedBody<B = UpstreamIncoming> {
     /// `None` once the stream has ended: dropping it closes the upstream connection.
     upstream: Option<B>,
     engine: Engine,
@@ -131,7 +131,12 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     /// Supervises `upstream`; `started` is when the request arrived.
-    pub fn new(upstream: B, plan: Arc<StreamPlan>, started: Instant, log: RequestLog) -> Self {
+    pub(crate) fn new(
+        upstream: B,
+        plan: Arc<StreamPlan>,
+        started: Instant,
+        log: RequestLog,
+    ) -> Self {
         let now = Instant::now();
         let engine = Engine::new(
             plan.pipeline.clone(),

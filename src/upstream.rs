@@ -7,7 +7,7 @@
 
 mod client_body;
 mod dedicated;
-pub mod demo;
+pub(crate) mod demo;
 mod error;
 mod reuse;
 
@@ -31,13 +31,13 @@ use crate::config::{UpstreamConfig, UpstreamTarget};
 use error::{causes, BoxError};
 use reuse::{Answered, Tracking};
 
-pub use client_body::{BodyProgress, ClientBody, ClientBodyError};
-pub use dedicated::UpstreamIncoming;
-pub use error::{ClientErrorKind, Fault, UpstreamError, UpstreamErrorKind};
+pub(crate) use client_body::{BodyProgress, ClientBody, ClientBodyError};
+pub(crate) use dedicated::UpstreamIncoming;
+pub(crate) use error::{ClientErrorKind, Fault, UpstreamError, UpstreamErrorKind};
 
 /// The body of an upstream request: the client's, streamed within the route's
 /// `max_body_size` and `body_timeout`, or one the gateway made (`query_as_json`).
-pub type UpstreamBody = Either<ClientBody, Full<Bytes>>;
+pub(crate) type UpstreamBody = Either<ClientBody, Full<Bytes>>;
 
 /// How long an idle pooled connection is kept; below the common 60 s of upstream
 /// servers and load balancers, so the gateway closes first and never reuses a
@@ -50,7 +50,7 @@ pub const POOL_MAX_IDLE: usize = 64;
 
 /// A configured upstream, ready to send requests.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     name: String,
     /// `scheme://authority`
     origin: String,
@@ -66,7 +66,10 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the client for `config`; a demo upstream is reached at `demo_origin`
     /// (`http://127.0.0.1:PORT` of the running demo server).
-    pub fn new(config: &UpstreamConfig, demo_origin: Option<&str>) -> Result<Upstream, TlsError> {
+    pub(crate) fn new(
+        config: &UpstreamConfig,
+        demo_origin: Option<&str>,
+    ) -> Result<Upstream, TlsError> {
         let (origin, base_path, ca_file) = match &config.target {
             UpstreamTarget::Url {
                 uri,
@@ -121,12 +124,12 @@ impl Upstream {
         })
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The absolute URI for an upstream path (which starts with `/`) and query.
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    pub(crate) fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut uri = String::with_capacity(
             self.origin.len()
                 + self.base_path.len()
@@ -147,7 +150,7 @@ impl Upstream {
     /// within `header_timeout`. A request that fails because a reused connection was
     /// closed under it is sent once more, when it may be (`reuse.rs`), within the same
     /// `header_timeout`.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
@@ -182,7 +185,7 @@ impl Upstream {
     /// Sends a request whose response is expected to be a long stream: on a connection
     /// of its own, driven by the response body (`dedicated.rs`), for a plain-HTTP
     /// upstream; pooled for HTTPS. Same timeouts and errors as [`send`](Upstream::send).
-    pub async fn send_for_stream(
+    pub(crate) async fn send_for_stream(
         &self,
         request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {

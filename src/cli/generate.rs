@@ -10,12 +10,12 @@ use clap_complete::Shell;
 use super::Cli;
 
 /// Writes the completion script for `shell` to `out`.
-pub fn completions(shell: Shell, out: &mut dyn Write) {
+pub(super) fn completions(shell: Shell, out: &mut dyn Write) {
     let mut command = Cli::command();
     clap_complete::generate(shell, &mut command, "sse-gateway", out);
 }
 
 /// Writes the man page (roff, section 1) to `out`.
-pub fn man(out: &mut dyn Write) -> io::Result<()> {
+pub(super) fn man(out: &mut dyn Write) -> io::Result<()> {
     clap_mangen::Man::new(Cli::command()).render(out)
 }

@@ -13,7 +13,7 @@ use crate::engine::{Engine, Outcome};
 
 /// What a rewrite did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
+pub(super) struct Report {
     pub route: String,
     /// Events framed from the capture.
     pub events_in: u64,
@@ -28,7 +28,7 @@ pub struct Report {
 
 /// Runs `config`'s pipeline over `capture`, as if the upstream sent it in one read and
 /// then ended cleanly, writing the stream a client would receive to `out`.
-pub fn rewrite(
+pub(super) fn rewrite(
     route: &str,
     config: &StreamConfig,
     capture: Bytes,

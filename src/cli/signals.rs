@@ -10,13 +10,13 @@ use std::io;
 
 /// Which stop signal arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopSignal {
+pub(super) enum StopSignal {
     Interrupt,
     Terminate,
 }
 
 impl StopSignal {
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             StopSignal::Interrupt => "SIGINT",
             StopSignal::Terminate => "SIGTERM",
@@ -25,7 +25,7 @@ impl StopSignal {
 }
 
 /// The installed handlers for both stop signals.
-pub struct StopSignals {
+pub(super) struct StopSignals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -34,7 +34,7 @@ pub struct StopSignals {
 
 impl StopSignals {
     /// Installs the handlers; must run inside the runtime.
-    pub fn install() -> io::Result<StopSignals> {
+    pub(super) fn install() -> io::Result<StopSignals> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -50,7 +50,7 @@ impl StopSignals {
     }
 
     /// The next stop signal.
-    pub async fn next(&mut self) -> StopSignal {
+    pub(super) async fn next(&mut self) -> StopSignal {
         #[cfg(unix)]
         {
             tokio::select! {

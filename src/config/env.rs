@@ -6,7 +6,7 @@
 
 /// Why a string could not be substituted; Display is the operator-facing message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EnvError {
+pub(crate) enum EnvError {
     /// `${NAME}` with no such variable and no default.
     #[error(
         "environment variable {0} is not set (set it, or give a default with ${{{0}:-value}})"
@@ -30,7 +30,7 @@ pub enum EnvError {
 ///
 /// Returns `Ok(None)` when `text` holds no substitution at all, so callers can tell a
 /// value that came from the environment (and redact it) from a literal one.
-pub fn substitute(
+pub(super) fn substitute(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<String>, EnvError> {

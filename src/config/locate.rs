@@ -14,7 +14,7 @@ use yaml_rust2::scanner::Marker;
 /// `gateway.yaml` needs 7 (`routes[].stream.rules[].replace`); deeper files are
 /// refused before the YAML loader sees them, since its cost grows with the square of
 /// the nesting depth.
-pub const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// A 1-based line and column in the config file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl Position {
 /// Positions of every key and value in a document, by key path in the form serde uses:
 /// `routes[1].request.method`.
 #[derive(Debug, Default)]
-pub struct Locations {
+pub(super) struct Locations {
     keys: HashMap<String, Position>,
     values: HashMap<String, Position>,
 }
@@ -58,7 +58,7 @@ impl Locations {
     /// index stops there, so a pathological file costs no more than its first
     /// [`MAX_DEPTH`] levels. (The events are pulled one by one rather than pushed by
     /// the parser's recursive loader, which would need a stack as deep as the file.)
-    pub fn index(text: &str) -> Result<Locations, Position> {
+    pub(super) fn index(text: &str) -> Result<Locations, Position> {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
         loop {
@@ -84,7 +84,7 @@ impl Locations {
     }
 
     /// Where the value at `path` starts; for a missing value, the nearest enclosing one.
-    pub fn value(&self, path: &str) -> Option<Position> {
+    pub(super) fn value(&self, path: &str) -> Option<Position> {
         let mut path = path;
         loop {
             if let Some(position) = self.values.get(path) {
@@ -95,7 +95,7 @@ impl Locations {
     }
 
     /// Where the key that ends `path` is written (`routes[0].match` -> the `match` word).
-    pub fn key(&self, path: &str) -> Option<Position> {
+    pub(super) fn key(&self, path: &str) -> Option<Position> {
         self.keys.get(path).copied()
     }
 }

@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use crate::protocol::Protocol;
-pub use crate::rewrite::Scope;
+pub(crate) use crate::protocol::Protocol;
+pub(crate) use crate::rewrite::Scope;
 
 use super::units::{ByteSize, HumanDuration};
 
 /// The sections of the top-level mapping; each is deserialized on its own so that one
 /// bad section does not hide the errors of the others.
-pub const TOP_LEVEL_KEYS: &[&str] = &[
+pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "admin",
     "drain_timeout",
@@ -28,20 +28,20 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Admin {
+pub(crate) struct Admin {
     pub listen: Option<String>,
 }
 
 /// How a stop ends after the drain.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     pub final_scrape_wait: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Log {
+pub(crate) struct Log {
     pub format: Option<LogFormat>,
     pub level: Option<String>,
 }
@@ -55,7 +55,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub url: Option<String>,
     pub demo: Option<Demo>,
     pub connect_timeout: Option<HumanDuration>,
@@ -66,7 +66,7 @@ pub struct Upstream {
 /// TLS settings of an `https://` upstream.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Tls {
+pub(crate) struct Tls {
     /// PEM file of extra CA certificates to trust (a private CA), on top of the
     /// built-in public roots.
     pub ca_file: Option<String>,
@@ -75,14 +75,14 @@ pub struct Tls {
 /// The built-in demo upstream's settings.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Demo {
+pub(crate) struct Demo {
     /// Pause between tokens; the default imitates a model streaming at ~12 tokens/s.
     pub token_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Route {
+pub(crate) struct Route {
     pub name: String,
     #[serde(rename = "match")]
     pub matcher: Match,
@@ -100,7 +100,7 @@ pub struct Route {
 /// A route's `cors` section.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Cors {
+pub(crate) struct Cors {
     /// Origins such as `https://app.example.com`, or `*` (any, without credentials).
     pub allow_origins: Vec<String>,
     /// Cookies and HTTP auth (`withCredentials`): the exact origin is echoed, never `*`.
@@ -115,14 +115,14 @@ pub struct Cors {
 /// A route's `response` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteResponse {
+pub(crate) struct RouteResponse {
     #[serde(default)]
     pub headers: Headers,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Match {
+pub(crate) struct Match {
     pub path_prefix: Option<String>,
     pub path: Option<String>,
     pub methods: Option<Vec<String>>,
@@ -130,7 +130,7 @@ pub struct Match {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Request {
+pub(crate) struct Request {
     pub path_prefix: Option<String>,
     pub method: Option<String>,
     pub body: Option<BodyMode>,
@@ -154,7 +154,7 @@ pub enum BodyMode {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Headers {
+pub(crate) struct Headers {
     #[serde(default)]
     pub set: BTreeMap<String, String>,
     #[serde(default)]
@@ -164,7 +164,7 @@ pub struct Headers {
 /// How `text/event-stream` responses on a route are handled.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Stream {
+pub(crate) struct Stream {
     /// Each rule is deserialized on its own (into [`Rule`]), so every bad rule is
     /// reported, not only the first.
     #[serde(default)]
@@ -184,7 +184,7 @@ pub struct Stream {
 /// kind or (for `replace` and `drop`) inside it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Rule {
+pub(crate) struct Rule {
     pub repair: Option<Repair>,
     pub replace: Option<Replace>,
     pub drop: Option<Drop>,
@@ -193,13 +193,13 @@ pub struct Rule {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Repair {
+pub(crate) enum Repair {
     OrphanLines,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Replace {
+pub(crate) struct Replace {
     pub pattern: String,
     pub with: String,
     pub scope: Option<Scope>,
@@ -208,7 +208,7 @@ pub struct Replace {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Drop {
+pub(crate) struct Drop {
     pub pattern: String,
     pub scope: Option<Scope>,
     pub name: Option<String>,
@@ -217,14 +217,14 @@ pub struct Drop {
 /// What completes an answer on an `sse` route: exactly one of the two.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CompleteWhen {
+pub(crate) struct CompleteWhen {
     pub data_matches: Option<String>,
     pub event: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Terminator {
+pub(crate) struct Terminator {
     pub data: Option<String>,
     pub event: Option<String>,
     pub forward: Option<bool>,
@@ -233,7 +233,7 @@ pub struct Terminator {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OnUpstreamEof {
+pub(crate) enum OnUpstreamEof {
     /// Send the terminator when the upstream ends without one.
     Synthesize,
     /// End the response as the upstream did.

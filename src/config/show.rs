@@ -16,7 +16,7 @@ use super::{
 };
 
 /// What a redacted value reads as.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 fn duration(d: std::time::Duration) -> String {
     HumanDuration(d).to_string()

@@ -15,13 +15,13 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 /// Floats, spaces, signs and a missing unit are rejected (only `0` may omit the unit),
 /// so `1.5s` or `30` never silently mean something the operator did not write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
+pub(crate) struct HumanDuration(pub Duration);
 
 /// A size written as an integer and a unit: `B`, `KiB`, `MiB`, `GiB` (powers of 1024)
 /// or `KB`, `MB`, `GB` (powers of 1000). Only `0` may omit the unit: a bare `1024` or a
 /// `1mb` would be a guess (bytes? MiB?), and a limit guessed wrong fails silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
+pub(crate) struct ByteSize(pub u64);
 
 const DURATION_HINT: &str = "expected an integer and a unit (ms, s, m, h, d), such as 250ms or 30s";
 const SIZE_HINT: &str =
@@ -39,7 +39,7 @@ fn split_number(text: &str) -> Option<(u64, &str)> {
 
 impl HumanDuration {
     /// Parses the text form; the error is the full message shown to the operator.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let bad = || format!("invalid duration \"{text}\": {DURATION_HINT}");
         let (value, unit) = split_number(text).ok_or_else(bad)?;
         let millis_per_unit: u64 = match unit {
@@ -60,7 +60,7 @@ impl HumanDuration {
 
 impl ByteSize {
     /// Parses the text form; the error is the full message shown to the operator.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let bad = || format!("invalid size \"{text}\": {SIZE_HINT}");
         let (value, unit) = split_number(text).ok_or_else(bad)?;
         let multiplier: u64 = match unit {

@@ -18,7 +18,7 @@ use crate::sse::Event;
 
 /// The upstream error types counted under their own label; any other is `other`, so
 /// an upstream cannot grow the series count.
-pub const UPSTREAM_ERROR_TYPES: &[&str] = &[
+pub(crate) const UPSTREAM_ERROR_TYPES: &[&str] = &[
     "invalid_request_error",
     "authentication_error",
     "permission_error",

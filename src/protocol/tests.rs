@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::classify::Class;
 use super::*;
 
 fn classify(protocol: Protocol, text: &str) -> Class {

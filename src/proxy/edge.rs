@@ -21,11 +21,11 @@ use crate::config::{AllowOrigins, CorsConfig, ResponsePlan, RouteConfig};
 use crate::reply::{error_json, ERROR_HEADER};
 
 /// The `type` of a refused preflight's error body.
-pub const CORS_REFUSED: &str = "cors_refused";
+pub(super) const CORS_REFUSED: &str = "cors_refused";
 
 /// What a route does at its browser-facing edge.
 #[derive(Debug)]
-pub struct Edge {
+pub(super) struct Edge {
     cors: Option<CorsConfig>,
     response: ResponsePlan,
 }
@@ -33,7 +33,7 @@ pub struct Edge {
 impl Edge {
     /// The route's edge; `None` when it has neither `cors` nor response header changes,
     /// so such routes cost nothing per request.
-    pub fn of(route: &RouteConfig) -> Option<Edge> {
+    pub(super) fn of(route: &RouteConfig) -> Option<Edge> {
         let response = &route.response;
         let nothing = route.cors.is_none()
             && response.set_headers.is_empty()
@@ -48,7 +48,7 @@ impl Edge {
     /// the `Access-Control-*` headers when the origin and the requested headers are
     /// allowed, else 403 without them (the browser then refuses the real request).
     /// `None` on a route without `cors`: there `OPTIONS` is the upstream's to answer.
-    pub fn preflight(
+    pub(super) fn preflight(
         &self,
         headers: &HeaderMap,
         requested: &Method,
@@ -112,7 +112,7 @@ impl Edge {
 
     /// Applies the route's header changes and CORS headers to a response of the route
     /// (the upstream's or one the gateway made); `origin` is the request's `Origin`.
-    pub fn finish(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    pub(super) fn finish(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
         for name in &self.response.remove_headers {
             headers.remove(name);
         }
@@ -150,7 +150,7 @@ impl Edge {
 
 /// The method a CORS preflight asks about: `OPTIONS` with `Origin` and a valid
 /// `Access-Control-Request-Method`; `None` for any other request.
-pub fn preflight_method<B>(request: &Request<B>) -> Option<Method> {
+pub(super) fn preflight_method<B>(request: &Request<B>) -> Option<Method> {
     if request.method() != Method::OPTIONS || !request.headers().contains_key(ORIGIN) {
         return None;
     }

@@ -26,7 +26,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// server must answer 400 to a request without exactly one); `None` when it is fine.
 /// Two `Host` headers are how a request means one thing to the gateway and another
 /// to a server behind it; HTTP/1.0 and h2 (`:authority`) requests need none.
-pub fn host_problem<B>(request: &Request<B>) -> Option<&'static str> {
+pub(crate) fn host_problem<B>(request: &Request<B>) -> Option<&'static str> {
     if request.version() != Version::HTTP_11 {
         return None;
     }
@@ -40,7 +40,7 @@ pub fn host_problem<B>(request: &Request<B>) -> Option<&'static str> {
 
 /// The request's facts that translation needs beyond the request itself.
 #[derive(Debug, Clone, Copy)]
-pub struct Origin<'a> {
+pub(crate) struct Origin<'a> {
     pub peer: SocketAddr,
     /// Length of the path prefix the route matched (replaced by `path_prefix`).
     pub matched_len: usize,
@@ -50,7 +50,7 @@ pub struct Origin<'a> {
 
 /// Why a request could not be translated; the client gets a 400.
 #[derive(Debug, thiserror::Error)]
-pub enum TranslateError {
+pub(crate) enum TranslateError {
     #[error("the request cannot be turned into an upstream request: {0}")]
     Uri(#[from] http::Error),
     #[error("the request body of {length} bytes is larger than this route's {limit} bytes")]
@@ -58,7 +58,7 @@ pub enum TranslateError {
 }
 
 impl TranslateError {
-    pub fn error_type(&self) -> crate::reply::ErrorType {
+    pub(crate) fn error_type(&self) -> crate::reply::ErrorType {
         match self {
             TranslateError::Uri(_) => crate::reply::ErrorType::BadRequest,
             TranslateError::BodyTooLarge { .. } => crate::reply::ErrorType::PayloadTooLarge,
@@ -66,7 +66,7 @@ impl TranslateError {
     }
 
     /// The `client_errors_total` kind, for the errors that are about the body.
-    pub fn client_error_kind(&self) -> Option<ClientErrorKind> {
+    pub(crate) fn client_error_kind(&self) -> Option<ClientErrorKind> {
         match self {
             TranslateError::Uri(_) => None,
             TranslateError::BodyTooLarge { .. } => Some(ClientErrorKind::BodyTooLarge),
@@ -75,7 +75,7 @@ impl TranslateError {
 }
 
 /// Builds the upstream request from the client's.
-pub fn translate(
+pub(crate) fn translate(
     request: Request<Incoming>,
     origin: Origin<'_>,
 ) -> Result<Request<UpstreamBody>, TranslateError> {
@@ -182,7 +182,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
 
 /// `q=hi&n=1` -> `{"q":"hi","n":"1"}`; a repeated key becomes an array of its values
 /// in order, so nothing the client sent is lost.
-pub fn query_as_json(query: &str) -> Bytes {
+pub(crate) fn query_as_json(query: &str) -> Bytes {
     use serde_json::{Map, Value};
     let mut object = Map::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {

@@ -19,7 +19,7 @@ use crate::upstream::Upstream;
 
 /// A route, compiled for serving.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     pub name: Arc<str>,
     /// How a matched request becomes the upstream request.
     pub request: RequestPlan,
@@ -31,13 +31,13 @@ pub struct Route {
 }
 
 /// What the router needs to find a route: its path match and methods.
-pub type RouterEntry = (PathMatch, Option<Vec<Method>>, Route);
+pub(super) type RouterEntry = (PathMatch, Option<Vec<Method>>, Route);
 
 impl Route {
     /// Compiles `config` into its router entry; `upstreams` holds a ready client per
     /// upstream name. `None` only if the upstream is missing, which validation rules
     /// out: a running gateway skips such a route rather than panic.
-    pub fn build(
+    pub(crate) fn build(
         config: &RouteConfig,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Metrics,

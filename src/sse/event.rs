@@ -230,7 +230,7 @@ impl<'a> Iterator for Lines<'a> {
 
 /// One line of an event, classified per WHATWG.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Line<'a> {
+pub(crate) enum Line<'a> {
     /// A line starting with `:`; holds the text after the colon. Clients ignore it.
     Comment(&'a [u8]),
     /// Any other line.
@@ -239,7 +239,7 @@ pub enum Line<'a> {
 
 impl<'a> Line<'a> {
     /// Classifies one line (without its line end).
-    pub fn parse(line: &'a [u8]) -> Line<'a> {
+    pub(crate) fn parse(line: &'a [u8]) -> Line<'a> {
         // "If the line starts with a U+003A COLON character (:): Ignore the line."
         if let Some(comment) = line.strip_prefix(b":") {
             return Line::Comment(comment);

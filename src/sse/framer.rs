@@ -17,7 +17,7 @@ use memchr::memchr2;
 use crate::sse::RawEvent;
 
 /// The UTF-8 byte order mark that may open a stream.
-pub const UTF8_BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+pub(crate) const UTF8_BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
 /// Why the framer stopped; the stream must end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use crate::sse::event::{DATA, EVENT};
 /// `data` (SSE cannot carry a CR in data: a CR or CRLF in `data` arrives as LF). An empty payload
 /// is one empty `data` line, which a client still dispatches. Only the first line of
 /// `event_type` is used, so a line end in it cannot forge fields.
-pub fn event(event_type: Option<&[u8]>, data: &[u8]) -> Bytes {
+pub(crate) fn event(event_type: Option<&[u8]>, data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + 16);
     if let Some(event_type) = event_type {
         let first_line = LineEnds::new(event_type).next().unwrap_or_default();

@@ -26,7 +26,7 @@ use super::error::{deepest_cause, BoxError, ClientErrorKind};
 
 /// Why the client's body could not be sent on.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientBodyError {
+pub(crate) enum ClientBodyError {
     #[error("the request body is larger than the route allows")]
     TooLarge,
     #[error("the request body is malformed: {}", deepest_cause(&**.0))]
@@ -40,7 +40,7 @@ pub enum ClientBodyError {
 }
 
 impl ClientBodyError {
-    pub fn kind(&self) -> ClientErrorKind {
+    pub(crate) fn kind(&self) -> ClientErrorKind {
         match self {
             ClientBodyError::TooLarge => ClientErrorKind::BodyTooLarge,
             ClientBodyError::Malformed(_) => ClientErrorKind::BadBody,
@@ -53,12 +53,12 @@ impl ClientBodyError {
 
 /// Whether the body is waiting for the client right now; shared with the sender.
 #[derive(Debug, Clone, Default)]
-pub struct BodyProgress(Arc<AtomicBool>);
+pub(crate) struct BodyProgress(Arc<AtomicBool>);
 
 impl BodyProgress {
     /// True while the last read of the body found nothing from the client, and the
     /// body is not finished.
-    pub fn waiting_for_client(&self) -> bool {
+    pub(crate) fn waiting_for_client(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 
@@ -69,7 +69,7 @@ impl BodyProgress {
 
 /// The client's body, within the route's size limit and `body_timeout`.
 #[derive(Debug)]
-pub struct ClientBody {
+pub(crate) struct ClientBody {
     inner: Limited<Incoming>,
     /// `Duration::ZERO`: no limit.
     timeout: Duration,
@@ -82,7 +82,7 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    pub fn new(body: Incoming, limit: usize, timeout: Duration) -> ClientBody {
+    pub(crate) fn new(body: Incoming, limit: usize, timeout: Duration) -> ClientBody {
         ClientBody {
             inner: Limited::new(body, limit),
             timeout,
@@ -92,7 +92,7 @@ impl ClientBody {
         }
     }
 
-    pub fn progress(&self) -> BodyProgress {
+    pub(crate) fn progress(&self) -> BodyProgress {
         self.progress.clone()
     }
 

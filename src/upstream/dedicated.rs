@@ -34,7 +34,7 @@ type Conn = Connection<TokioIo<TcpStream>, UpstreamBody>;
 /// An upstream response body, with the connection it arrives on when that connection
 /// is the response's own.
 #[derive(Debug)]
-pub struct UpstreamIncoming {
+pub(crate) struct UpstreamIncoming {
     body: Incoming,
     /// `None` for a pooled connection (its task drives it), and once the connection is
     /// done.
@@ -43,7 +43,7 @@ pub struct UpstreamIncoming {
 
 impl UpstreamIncoming {
     /// A body read from a pooled connection.
-    pub fn pooled(body: Incoming) -> UpstreamIncoming {
+    pub(crate) fn pooled(body: Incoming) -> UpstreamIncoming {
         UpstreamIncoming { body, conn: None }
     }
 
@@ -93,7 +93,7 @@ impl Body for UpstreamIncoming {
 
 /// Sends `request` (absolute-form URI) on `tcp`, a new connection, and waits for the
 /// response headers, driving the connection meanwhile. Timeouts are the caller's.
-pub async fn send(
+pub(super) async fn send(
     tcp: TcpStream,
     mut request: Request<UpstreamBody>,
 ) -> Result<Response<UpstreamIncoming>, hyper::Error> {

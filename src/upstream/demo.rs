@@ -31,13 +31,13 @@ const MAX_QUESTION_BODY: usize = 16 * 1024;
 /// A running demo server; dropping it does not stop it (it lives as long as the
 /// runtime, like the gateway's listeners).
 #[derive(Debug, Clone)]
-pub struct DemoServer {
+pub(crate) struct DemoServer {
     addr: SocketAddr,
 }
 
 impl DemoServer {
     /// Binds `127.0.0.1:0` and serves the demo stream on every path and method.
-    pub async fn start(token_interval: Duration) -> std::io::Result<DemoServer> {
+    pub(crate) async fn start(token_interval: Duration) -> std::io::Result<DemoServer> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
@@ -58,7 +58,7 @@ impl DemoServer {
     }
 
     /// `http://127.0.0.1:PORT`
-    pub fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
@@ -120,7 +120,7 @@ fn script(question: &str) -> Vec<Bytes> {
 
 /// The demo response body: one event per `token_interval`, no task per stream.
 #[derive(Debug)]
-pub struct DemoStream {
+pub(crate) struct DemoStream {
     events: std::vec::IntoIter<Bytes>,
     pause: Pin<Box<Sleep>>,
     interval: Duration,

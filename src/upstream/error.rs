@@ -17,7 +17,7 @@ use super::client_body::ClientBodyError;
 use crate::reply::ErrorType;
 
 /// A boxed error source, as hyper and the connectors give them.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub(super) type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The `kind` of an upstream failure: before the response headers (connect,
 /// connect_timeout, header_timeout, failed) or in the middle of the body (reset, body).
@@ -118,14 +118,14 @@ impl ClientErrorKind {
 
 /// Who a failed exchange is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     Upstream(UpstreamErrorKind),
     Client(ClientErrorKind),
 }
 
 /// Why an upstream request failed before its response headers arrived.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("cannot connect to upstream {upstream}: {}", deepest_cause(&**.source))]
     Connect {
         upstream: String,
@@ -166,7 +166,7 @@ pub enum UpstreamError {
 }
 impl UpstreamError {
     /// What the client is told.
-    pub fn error_type(&self) -> ErrorType {
+    pub(crate) fn error_type(&self) -> ErrorType {
         match self.fault() {
             Fault::Upstream(UpstreamErrorKind::Connect) => ErrorType::UpstreamUnavailable,
             Fault::Upstream(
@@ -180,7 +180,7 @@ impl UpstreamError {
     }
 
     /// Whom to count it against, and under which kind.
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             UpstreamError::Connect { .. } => Fault::Upstream(UpstreamErrorKind::Connect),
             UpstreamError::ConnectTimeout { .. } => {

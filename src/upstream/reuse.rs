@@ -33,18 +33,18 @@ use super::UpstreamBody;
 
 /// Set once a response arrived on the connection.
 #[derive(Debug, Clone, Default)]
-pub struct Answered(Arc<AtomicBool>);
+pub(super) struct Answered(Arc<AtomicBool>);
 
 impl Answered {
     /// Marks the connection a response came on; a no-op for responses without one.
-    pub fn mark(extensions: &Extensions) {
+    pub(super) fn mark(extensions: &Extensions) {
         if let Some(answered) = extensions.get::<Answered>() {
             answered.0.store(true, Ordering::Relaxed);
         }
     }
 
     /// True when the connection a request was captured on had answered before.
-    pub fn before(captured: &CaptureConnection) -> bool {
+    pub(super) fn before(captured: &CaptureConnection) -> bool {
         let metadata = captured.connection_metadata();
         let Some(connected) = metadata.as_ref() else {
             return false;
@@ -59,7 +59,7 @@ impl Answered {
 
 /// A connector whose connections carry an [`Answered`] flag.
 #[derive(Debug, Clone)]
-pub struct Tracking<C>(pub C);
+pub(super) struct Tracking<C>(pub C);
 
 impl<C> Service<Uri> for Tracking<C>
 where
@@ -87,7 +87,7 @@ where
 
 /// A connection's transport with its flag.
 #[derive(Debug)]
-pub struct Tracked<T> {
+pub(super) struct Tracked<T> {
     io: T,
     answered: Answered,
 }
@@ -140,7 +140,7 @@ impl<T: Write + Unpin> Write for Tracked<T> {
 
 /// A copy of `request` to send again, when it may be: an idempotent method or no
 /// body, and a body the gateway can make again (none, or its own `query_as_json`).
-pub fn replay(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+pub(super) fn replay(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
     let idempotent = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
@@ -160,7 +160,7 @@ pub fn replay(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> 
 
 /// True for a failure that means the connection was closed under the request: a
 /// reset, a broken pipe, or the connection's end before a response.
-pub fn is_closed_connection(error: &BoxError) -> bool {
+pub(super) fn is_closed_connection(error: &BoxError) -> bool {
     causes(&**error).any(|cause| {
         if let Some(error) = cause.downcast_ref::<hyper::Error>() {
             return error.is_incomplete_message() || error.is_canceled();
