@@ -14,13 +14,13 @@
 //!   so every event is also classified (finish reason, in-band error): the preset's cost.
 //!
 //! Measured 2026-11-24 on the 2-core dev machine while another build ran (load ~2), 4 KiB /
-//! irregular reads: no_rules 3.07 / 2.73 GiB/s; design_rules 926 / 898 MiB/s;
-//! design_rules_rewrite 311 / 262 MiB/s; design_rules_repair 247 / 247 MiB/s.
+//! irregular reads: `no_rules` 3.07 / 2.73 GiB/s; `design_rules` 926 / 898 MiB/s;
+//! `design_rules_rewrite` 311 / 262 MiB/s; `design_rules_repair` 247 / 247 MiB/s.
 //!
 //! `openai_chat_preset` against `design_rules`, 2026-11-29, same machine under load ~6 (other
 //! builds and load tests): `--quick` runs swing by ±20 % between runs (1.09–1.28 GiB/s for
-//! design_rules, 1.12–1.41 GiB/s for the preset); timed alternately, the fastest of 400 runs
-//! over the 1 MiB stream in 4 KiB reads is 129 ns per event for design_rules and 141 ns with the
+//! `design_rules`, 1.12–1.41 GiB/s for the preset); timed alternately, the fastest of 400 runs
+//! over the 1 MiB stream in 4 KiB reads is 129 ns per event for `design_rules` and 141 ns with the
 //! preset (+9 %): one search of an event's last 64 bytes for `"finish_reason"`.
 
 use std::sync::Arc;
@@ -115,7 +115,7 @@ fn run(pipeline: &Arc<Pipeline>, route: &Arc<str>, chunks: &[Bytes]) -> usize {
         while let Some(frame) = engine.next_frame() {
             sent += frame.len();
         }
-        engine.take_progress().rules_hit as usize
+        usize::try_from(engine.take_progress().rules_hit).expect("a count")
     };
     let mut hits = 0;
     for chunk in chunks {
@@ -171,7 +171,7 @@ fn bench(c: &mut Criterion) {
             ("irregular", irregular_chunks(&stream)),
         ] {
             group.bench_with_input(BenchmarkId::new(name, reads), &chunks, |b, chunks| {
-                b.iter(|| black_box(run(&pipeline, &route, black_box(chunks))))
+                b.iter(|| black_box(run(&pipeline, &route, black_box(chunks))));
             });
         }
     }

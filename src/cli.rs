@@ -25,7 +25,7 @@ use crate::shutdown::{DrainPlan, StopNow};
 /// A reverse-proxy sidecar for assistant / LLM services that stream Server-Sent Events.
 ///
 /// Routes paths to upstreams as gateway.yaml says, streams every response through
-/// without buffering, and turns GET requests from browsers' EventSource into the
+/// without buffering, and turns GET requests from browsers' `EventSource` into the
 /// POST requests assistant APIs expect.
 #[derive(Debug, Parser)]
 #[command(name = "sse-gateway", version = VERSION, about, long_about)]
@@ -33,7 +33,7 @@ use crate::shutdown::{DrainPlan, StopNow};
     after_help = "Exit codes: 0 ok, 1 invalid config, 2 bad command line, 3 runtime failure."
 )]
 pub(crate) struct Cli {
-    /// The config file; without the flag, $SSE_GATEWAY_CONFIG when set.
+    /// The config file; without the flag, $`SSE_GATEWAY_CONFIG` when set.
     #[arg(
         long,
         short,

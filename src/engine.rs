@@ -224,7 +224,7 @@ impl Engine {
 
     /// The pipeline's rules' names, in `take_rule_hits` order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.pipeline.rules().iter().map(|rule| rule.name())
+        self.pipeline.rules().iter().map(crate::rewrite::Rule::name)
     }
 
     /// Runs every complete event through the pipeline and collects what to send into

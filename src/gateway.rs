@@ -205,9 +205,12 @@ pub async fn start_with(
     let bind = |addr: SocketAddr, admin: bool| async move {
         let listener = TcpListener::bind(addr).await;
         let listener = listener.and_then(|l| Ok((l.local_addr()?, l)));
-        listener.map_err(|source| match admin {
-            false => StartError::Bind { addr, source },
-            true => StartError::BindAdmin { addr, source },
+        listener.map_err(|source| {
+            if admin {
+                StartError::BindAdmin { addr, source }
+            } else {
+                StartError::Bind { addr, source }
+            }
         })
     };
     let (local_addr, listener) = bind(config.listen, false).await?;

@@ -189,13 +189,14 @@ impl Connections {
         let activity = Arc::new(watch::channel(0).0);
         let admitted = match &self.inner.slots {
             None => None,
-            Some(slots) => match slots.admit(activity.subscribe()) {
-                Some(admitted) => Some(admitted),
-                None => {
+            Some(slots) => {
+                if let Some(admitted) = slots.admit(activity.subscribe()) {
+                    Some(admitted)
+                } else {
                     tracing::debug!(%peer, "every connection busy; refusing one");
                     return;
                 }
-            },
+            }
         };
         // Counted now, so a drain that starts while the first bytes are awaited
         // waits for this connection too.
@@ -248,12 +249,21 @@ async fn serve<S, B>(
     let ended = match protocol {
         Ok(Ok(Some(Protocol::Http1))) => {
             let connection = inner.builders.http1.serve_connection(io, service);
-            watch.drive(connection, |c| c.graceful_shutdown()).await
+            watch
+                .drive(
+                    connection,
+                    hyper::server::conn::http1::Connection::graceful_shutdown,
+                )
+                .await
         }
         Ok(Ok(Some(Protocol::Http2))) => {
             let connection = inner.builders.http2.serve_connection(io, service);
             // Boxed, so that this task is sized for an HTTP/1 connection.
-            Box::pin(watch.drive(connection, |c| c.graceful_shutdown())).await
+            Box::pin(watch.drive(
+                connection,
+                hyper::server::conn::http2::Connection::graceful_shutdown,
+            ))
+            .await
         }
         Ok(Ok(None)) => return,
         Ok(Err(error)) => {

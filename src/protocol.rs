@@ -21,9 +21,9 @@ pub(crate) use classify::UPSTREAM_ERROR_TYPES;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
-    /// OpenAI Chat Completions chunks, ended by `data: [DONE]`.
+    /// `OpenAI` Chat Completions chunks, ended by `data: [DONE]`.
     OpenaiChat,
-    /// OpenAI Responses events, ended by their terminal `response.*` event.
+    /// `OpenAI` Responses events, ended by their terminal `response.*` event.
     OpenaiResponses,
     /// Anthropic Messages events, ended by `event: message_stop`.
     Anthropic,
@@ -82,7 +82,7 @@ impl Protocol {
     }
 
     /// Whether the gateway's closing (the synthesized terminator) follows an error
-    /// event: `[DONE]` stops an EventSource from reconnecting, while the Anthropic and
+    /// event: `[DONE]` stops an `EventSource` from reconnecting, while the Anthropic and
     /// Responses SDKs treat an error event as the stream's last word.
     pub fn closes_after_error(self) -> bool {
         matches!(self, Protocol::OpenaiChat | Protocol::Sse)

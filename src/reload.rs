@@ -1,7 +1,7 @@
 //! Config reload: on SIGHUP, and when the config file's content changes.
 //!
 //! The file is re-read every `POLL_INTERVAL` and compared by content, which also
-//! catches the atomic symlink swap Kubernetes does for a mounted ConfigMap (the path
+//! catches the atomic symlink swap Kubernetes does for a mounted `ConfigMap` (the path
 //! stays, the file behind it changes) without depending on inotify semantics. A valid
 //! file is applied through the same path as startup; an invalid one keeps the running
 //! config, logs every error with its location, and counts a failure.

@@ -68,9 +68,10 @@ pub(crate) async fn drain(
     };
     let deadline = Instant::now() + plan.final_scrape_wait;
     if !drained {
-        match plan.stop_now.is_requested() {
-            true => tracing::warn!("stopping now: ending the remaining responses"),
-            false => tracing::warn!("drain time over: ending the remaining responses"),
+        if plan.stop_now.is_requested() {
+            tracing::warn!("stopping now: ending the remaining responses");
+        } else {
+            tracing::warn!("drain time over: ending the remaining responses");
         }
         signal.fire();
         if tokio::time::timeout(SHUTDOWN_FLUSH, connections.all_closed())
@@ -112,7 +113,7 @@ impl StopNow {
 
     /// Resolves once [`StopNow::request`] was called.
     pub async fn requested(&self) {
-        self.0.cancelled().await
+        self.0.cancelled().await;
     }
 }
 

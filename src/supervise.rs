@@ -345,9 +345,8 @@ where
                 this.engine.stop(Stop::Shutdown);
                 continue;
             }
-            match this.clock.as_mut().poll(cx) {
-                Poll::Ready(()) => continue,
-                Poll::Pending => return Poll::Pending,
+            if this.clock.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
         }
     }

@@ -250,8 +250,10 @@ fn help_and_version_are_readable() {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned());
+        .map_or_else(
+            || "unknown".to_owned(),
+            |o| String::from_utf8(o.stdout).unwrap().trim().to_owned(),
+        );
     let commit = std::env::var("SSE_GATEWAY_COMMIT").unwrap_or(head);
     assert_eq!(
         version.trim(),

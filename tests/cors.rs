@@ -50,7 +50,7 @@ async fn with_origin(
         .header("cookie", "session=1")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let (response, _) = tokio::join!(send(gateway.addr, request), async {
+    let (response, ()) = tokio::join!(send(gateway.addr, request), async {
         let mut exchange = upstream.accept().await;
         exchange.start_sse(upstream_headers).await;
         exchange.send_chunk(b"data: ok\n\n").await;

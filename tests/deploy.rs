@@ -1,5 +1,5 @@
 //! The deployment files in `deploy/` agree with each other and with the gateway: the
-//! Kubernetes manifests (probes, ports, drain and grace period, the ConfigMap's
+//! Kubernetes manifests (probes, ports, drain and grace period, the `ConfigMap`'s
 //! gateway.yaml validated by the real config loader, the config mount), the Docker
 //! image's default config, the Grafana dashboard and the Prometheus alert rules (every
 //! metric, label and label value they name is one the gateway exports).
@@ -109,7 +109,7 @@ fn resolve_port(container: &Value, port: &Value) -> u64 {
         .unwrap_or_else(|| panic!("container has no port named {name}"))
 }
 
-/// The ConfigMap's gateway.yaml, validated by the gateway's own loader, with
+/// The `ConfigMap`'s gateway.yaml, validated by the gateway's own loader, with
 /// `${VAR}` answered only for the variables the gateway container gets.
 fn configmap_gateway_config() -> GatewayConfig {
     let configmap = only("ConfigMap");
@@ -283,7 +283,9 @@ fn configmap_gateway_yaml_validates_and_reads_the_key_from_the_secret() {
         sse_gateway::config::UpstreamTarget::Url { uri, .. } => {
             assert_eq!(uri.to_string(), "http://127.0.0.1:8000/");
         }
-        other => panic!("the assistant upstream must be a url, not {other:?}"),
+        other @ sse_gateway::config::UpstreamTarget::Demo { .. } => {
+            panic!("the assistant upstream must be a url, not {other:?}")
+        }
     }
     let chat = config.route("chat").expect("a route named chat");
     assert_eq!(chat.upstream, "assistant");
@@ -507,10 +509,7 @@ fn every_dashboard_panel_queries_gateway_metrics_by_route() {
             continue;
         }
         graphs += 1;
-        let targets = panel["targets"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let targets = panel["targets"].as_array().map_or(&[][..], Vec::as_slice);
         assert!(!targets.is_empty(), "panel {title:?} has no query");
         for target in targets {
             let expr = target["expr"].as_str().unwrap_or("");

@@ -172,7 +172,7 @@ async fn a_client_that_does_not_read_back_pressures_the_upstream() {
         &[("route", "chat"), ("direction", "upstream")],
     );
     assert!(
-        read < (16 << 20) as f64,
+        read < f64::from(16 << 20),
         "the gateway holds {read} bytes for one stream"
     );
 

@@ -191,7 +191,7 @@ async fn an_oversize_event_ends_the_stream_with_an_error_event_and_bounded_reads
         &[("route", "chat"), ("direction", "upstream")],
     );
     assert!(
-        read < (64 + 1024) as f64 * 1024.0,
+        read < f64::from(64 + 1024) * 1024.0,
         "read {read} bytes: memory stays bounded"
     );
     assert_eq!(metrics.outcome_count("chat", "oversize"), 1.0);

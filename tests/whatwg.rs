@@ -16,7 +16,7 @@ fn views(framed: &[Bytes]) -> Vec<View> {
             let view = Event::new(bytes);
             (
                 view.event_type().map(<[u8]>::to_vec),
-                view.data().map(|d| d.into_owned()),
+                view.data().map(std::borrow::Cow::into_owned),
                 view.id().map(<[u8]>::to_vec),
             )
         })

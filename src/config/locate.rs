@@ -100,7 +100,7 @@ impl Locations {
     }
 }
 
-/// `routes[1].request` -> `routes[1]` -> `routes` -> `` -> None.
+/// `routes[1].request` -> `routes[1]` -> `routes` -> the root (`""`) -> `None`.
 fn parent(path: &str) -> Option<&str> {
     if path.is_empty() {
         return None;
@@ -150,9 +150,10 @@ impl Builder {
                 path,
                 key,
                 seen_key,
-            }) => match key.take() {
-                Some(key) => Some(join(path, &key)),
-                None => {
+            }) => {
+                if let Some(key) = key.take() {
+                    Some(join(path, &key))
+                } else {
                     let name = match event {
                         Event::Scalar(name, ..) => name.clone(),
                         _ => "?".to_owned(),
@@ -168,7 +169,7 @@ impl Builder {
                     *key = Some(name);
                     None
                 }
-            },
+            }
         }
     }
 }
@@ -237,6 +238,7 @@ routes:
     upstream: nowhere
 ";
 
+    #[allow(clippy::unnecessary_wraps)] // compared with the `Option`s lookups return
     fn at(line: usize, column: usize) -> Option<Position> {
         Some(Position { line, column })
     }
@@ -276,9 +278,10 @@ routes:
     fn nesting_past_the_limit_is_located_without_reading_further() {
         let deep = format!("routes: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(Locations::index(&deep).unwrap_err().line, 1);
-        let block: String = (0..70)
+        let block = (0..70)
             .map(|i| format!("{}- a:\n", "  ".repeat(i)))
-            .collect();
+            .collect::<Vec<_>>()
+            .concat();
         let error = Locations::index(&format!("routes:\n{block}")).unwrap_err();
         assert!(error.line > 30, "{error:?}");
         let fine = format!("routes: {}{}\n", "[".repeat(63), "]".repeat(63));

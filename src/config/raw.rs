@@ -1,7 +1,7 @@
 //! The serde mirror of `gateway.yaml`: every key an operator may write, nothing more.
 //!
 //! `deny_unknown_fields` everywhere, so a misspelt key is an error and not a silently
-//! ignored setting; no `flatten`, which breaks serde_yaml's error locations. Leaf values
+//! ignored setting; no `flatten`, which breaks `serde_yaml`'s error locations. Leaf values
 //! that have a syntax of their own (durations, sizes) check it in their `Deserialize`.
 //! Cross-field checks and conversion to runtime types live in `config::validate`.
 

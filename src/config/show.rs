@@ -58,7 +58,7 @@ impl GatewayConfig {
                 if let Some(methods) = &route.methods {
                     matcher["methods"] = methods
                         .iter()
-                        .map(|m| m.as_str())
+                        .map(http::Method::as_str)
                         .collect::<Vec<_>>()
                         .into();
                 }
@@ -72,7 +72,7 @@ impl GatewayConfig {
                     .request
                     .remove_headers
                     .iter()
-                    .map(|h| h.as_str())
+                    .map(http::HeaderName::as_str)
                     .collect();
                 let mut entry = json!({
                     "name": route.name,
@@ -80,7 +80,7 @@ impl GatewayConfig {
                     "upstream": route.upstream,
                     "request": {
                         "path_prefix": route.request.path_prefix,
-                        "method": route.request.method.as_ref().map(|m| m.as_str()),
+                        "method": route.request.method.as_ref().map(http::Method::as_str),
                         "body": route.request.body,
                         "max_body_size": route.request.max_body_size,
                         "body_timeout": duration(route.request.body_timeout),
@@ -100,7 +100,7 @@ impl GatewayConfig {
                     "set": response.set_headers.iter()
                         .map(|(name, value)| (name.to_string(), Value::from(String::from_utf8_lossy(value.as_bytes()))))
                         .collect::<Map<String, Value>>(),
-                    "remove": response.remove_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+                    "remove": response.remove_headers.iter().map(http::HeaderName::as_str).collect::<Vec<_>>(),
                 }});
                 entry
             })
@@ -141,7 +141,7 @@ fn cors_json(cors: &CorsConfig) -> Value {
     json!({
         "allow_origins": origins,
         "allow_credentials": cors.allow_credentials,
-        "allow_headers": cors.allow_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+        "allow_headers": cors.allow_headers.iter().map(http::HeaderName::as_str).collect::<Vec<_>>(),
         "max_age": cors.max_age.map(duration),
     })
 }
@@ -179,9 +179,10 @@ fn stream_json(stream: &StreamConfig) -> Value {
             TerminatorMatch::Event(event) => json!({ "event": String::from_utf8_lossy(event) }),
         };
         value["forward"] = t.forward.into();
-        let on_eof = match t.synthesize_on_eof {
-            true => OnUpstreamEof::Synthesize,
-            false => OnUpstreamEof::None,
+        let on_eof = if t.synthesize_on_eof {
+            OnUpstreamEof::Synthesize
+        } else {
+            OnUpstreamEof::None
         };
         value["on_upstream_eof"] = serde_json::to_value(on_eof).unwrap_or_default();
         value

@@ -264,15 +264,14 @@ impl Validator<'_> {
             None => default.to_owned(),
             Some(value) => self.section(Some(value), path)?,
         };
-        match text.parse() {
-            Ok(address) => Some(address),
-            Err(_) => {
-                self.error_at_value(
-                    path,
-                    format!("invalid address \"{text}\": expected IP:PORT such as 0.0.0.0:8080 or [::]:8080"),
-                );
-                None
-            }
+        if let Ok(address) = text.parse() {
+            Some(address)
+        } else {
+            self.error_at_value(
+                path,
+                format!("invalid address \"{text}\": expected IP:PORT such as 0.0.0.0:8080 or [::]:8080"),
+            );
+            None
         }
     }
 

@@ -53,7 +53,10 @@ impl Slots {
     /// A place for a new connection, closing the oldest idle one if the cap is
     /// reached; `None` when every open connection has a request in flight.
     pub(super) fn admit(self: &Arc<Self>, activity: watch::Receiver<usize>) -> Option<Admitted> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if open.slots.len() >= self.limit {
             let idle = open
                 .slots
@@ -84,7 +87,11 @@ impl Slots {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         open.slots.remove(&self.id);
     }
 }

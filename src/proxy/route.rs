@@ -47,7 +47,13 @@ impl Route {
         let rule_names: Vec<&str> = config
             .stream
             .iter()
-            .flat_map(|stream| stream.pipeline.rules().iter().map(|rule| rule.name()))
+            .flat_map(|stream| {
+                stream
+                    .pipeline
+                    .rules()
+                    .iter()
+                    .map(crate::rewrite::Rule::name)
+            })
             .collect();
         let route_metrics = Arc::new(metrics.route(&config.name, &rule_names));
         let name: Arc<str> = Arc::from(config.name.as_str());

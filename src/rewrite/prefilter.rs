@@ -138,12 +138,18 @@ fn required_prefixes(pattern: &str) -> Option<Prefixes> {
                     prefixes.iter().map(|p| [&p[..], &atom].concat()).collect();
                 prefixes.extend(with);
             }
-            Some('*') | Some('{') => break,
+            Some('*' | '{') => break,
             Some('+') => {
-                prefixes.iter_mut().for_each(|p| p.extend_from_slice(&atom));
+                for prefix in &mut prefixes {
+                    prefix.extend_from_slice(&atom);
+                }
                 break;
             }
-            _ => prefixes.iter_mut().for_each(|p| p.extend_from_slice(&atom)),
+            _ => {
+                for prefix in &mut prefixes {
+                    prefix.extend_from_slice(&atom);
+                }
+            }
         }
     }
     if prefixes.iter().any(Vec::is_empty) {

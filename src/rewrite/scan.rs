@@ -79,12 +79,11 @@ impl LiteralScan {
 fn mask_of<'a>(literals: &mut Vec<&'a [u8]>, wanted: &[&'a [u8]]) -> Option<u64> {
     let mut mask = 0u64;
     for &literal in wanted {
-        let bit = match literals.iter().position(|known| *known == literal) {
-            Some(bit) => bit,
-            None => {
-                literals.push(literal);
-                literals.len() - 1
-            }
+        let bit = if let Some(bit) = literals.iter().position(|known| *known == literal) {
+            bit
+        } else {
+            literals.push(literal);
+            literals.len() - 1
         };
         mask |= 1u64.checked_shl(u32::try_from(bit).ok()?)?;
     }

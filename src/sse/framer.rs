@@ -176,36 +176,32 @@ impl Framer {
                 }
                 self.scan = Scan::InLine;
             }
-            match find_event_end(front, &mut self.scan, &mut self.saw_cr) {
-                Some(last) => {
-                    let end = last + 1;
-                    if self.carry.len() + end > limit {
-                        return Err(self.fail());
-                    }
-                    let bytes = if self.carry.is_empty() {
-                        front.split_to(end)
-                    } else {
-                        self.carry
-                            .extend_from_slice(front.get(..end).unwrap_or_default());
-                        front.advance(end);
-                        self.carry.split().freeze()
-                    };
-                    if front.is_empty() {
-                        self.input.pop_front();
-                    }
-                    self.scan = Scan::EventStart;
-                    let lf_only = !std::mem::take(&mut self.saw_cr);
-                    return Ok(Some(RawEvent::framed(bytes, lf_only)));
+            if let Some(last) = find_event_end(front, &mut self.scan, &mut self.saw_cr) {
+                let end = last + 1;
+                if self.carry.len() + end > limit {
+                    return Err(self.fail());
                 }
-                None => {
-                    // Checked before copying, so the carry never holds more than the limit.
-                    if self.carry.len() + front.len() > limit {
-                        return Err(self.fail());
-                    }
-                    self.carry.extend_from_slice(front);
+                let bytes = if self.carry.is_empty() {
+                    front.split_to(end)
+                } else {
+                    self.carry
+                        .extend_from_slice(front.get(..end).unwrap_or_default());
+                    front.advance(end);
+                    self.carry.split().freeze()
+                };
+                if front.is_empty() {
                     self.input.pop_front();
                 }
+                self.scan = Scan::EventStart;
+                let lf_only = !std::mem::take(&mut self.saw_cr);
+                return Ok(Some(RawEvent::framed(bytes, lf_only)));
             }
+            // Checked before copying, so the carry never holds more than the limit.
+            if self.carry.len() + front.len() > limit {
+                return Err(self.fail());
+            }
+            self.carry.extend_from_slice(front);
+            self.input.pop_front();
         }
         Ok(None)
     }

@@ -62,17 +62,14 @@ impl<'a> Iterator for LineEnds<'a> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         let rest = self.rest?;
-        match memchr2(b'\n', b'\r', rest) {
-            Some(at) => {
-                let (piece, ending) = rest.split_at(at);
-                let ending_len = if ending.starts_with(b"\r\n") { 2 } else { 1 };
-                self.rest = Some(ending.get(ending_len..).unwrap_or_default());
-                Some(piece)
-            }
-            None => {
-                self.rest = None;
-                Some(rest)
-            }
+        if let Some(at) = memchr2(b'\n', b'\r', rest) {
+            let (piece, ending) = rest.split_at(at);
+            let ending_len = if ending.starts_with(b"\r\n") { 2 } else { 1 };
+            self.rest = Some(ending.get(ending_len..).unwrap_or_default());
+            Some(piece)
+        } else {
+            self.rest = None;
+            Some(rest)
         }
     }
 }

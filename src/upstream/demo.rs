@@ -71,7 +71,7 @@ async fn answer(
     let body = http_body_util::Limited::new(request.into_body(), MAX_QUESTION_BODY)
         .collect()
         .await
-        .map(|collected| collected.to_bytes())
+        .map(http_body_util::Collected::to_bytes)
         .unwrap_or_default();
     let question = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()

@@ -20,7 +20,7 @@ use crate::reply::ErrorType;
 pub(super) type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The `kind` of an upstream failure: before the response headers (connect,
-/// connect_timeout, header_timeout, failed) or in the middle of the body (reset, body).
+/// `connect_timeout`, `header_timeout`, failed) or in the middle of the body (reset, body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
     /// Connection refused, DNS or TLS failure.
@@ -218,7 +218,7 @@ pub(crate) fn deepest_cause(error: &(dyn StdError + Send + Sync + 'static)) -> S
     let error: &(dyn StdError + 'static) = error;
     causes(error)
         .last()
-        .map_or_else(|| error.to_string(), |cause| cause.to_string())
+        .map_or_else(|| error.to_string(), std::string::ToString::to_string)
 }
 
 #[cfg(test)]

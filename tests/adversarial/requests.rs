@@ -285,7 +285,7 @@ async fn a_missing_or_repeated_host_is_400_on_http_1_1() {
         "neither request reached the upstream"
     );
     // HTTP/1.0 had no Host: such a request is still served.
-    let (reply, _) = tokio::join!(
+    let (reply, ()) = tokio::join!(
         raw_request(&gateway, b"GET /api/stream HTTP/1.0\r\n\r\n", false),
         async {
             let mut exchange = upstream.accept().await;

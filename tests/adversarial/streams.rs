@@ -28,7 +28,7 @@ async fn a_rule_cannot_make_an_event_larger_than_max_event_size() {
     assert!(text.len() < 64 * 1024, "{} bytes sent", text.len());
     let events = client_events(&text);
     // The small event fits even rewritten; the large one ends the stream.
-    assert!(events[0].data.starts_with("x"), "{text}");
+    assert!(events[0].data.starts_with('x'), "{text}");
     assert_eq!(events[1].event, "error", "{text}");
     assert!(events[1].data.contains("\"type\":\"oversize\""), "{text}");
     assert!(events[1].data.contains("rule grow"), "{text}");

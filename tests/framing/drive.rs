@@ -144,12 +144,9 @@ fn error_event_type(protocol: Protocol, event: &[u8]) -> Option<String> {
 /// the protocol closes after errors; an end without the evidence the route asks for is
 /// `truncated`, never a success.
 pub fn check(pipeline: &Pipeline, end: End, run: &Run) {
-    let outcome = match run.outcome {
-        Some(outcome) => outcome,
-        None => {
-            assert_eq!(end, End::Open, "no outcome after {end:?}");
-            return;
-        }
+    let Some(outcome) = run.outcome else {
+        assert_eq!(end, End::Open, "no outcome after {end:?}");
+        return;
     };
     assert!(!run.output.contains(&b'\r'), "output is LF-only");
     let events = events(&run.output);

@@ -112,7 +112,11 @@ pub fn pipe_chunks<'a>(pipeline: &Pipeline, chunks: impl IntoIterator<Item = &'a
         terminated: run.outcome == Some(Outcome::Terminator),
         synthesized: run.outcome == Some(Outcome::UpstreamEof)
             && pipeline.synthesized_terminator().is_some(),
-        hits: run.hits.iter().map(|&h| h as usize).collect(),
+        hits: run
+            .hits
+            .iter()
+            .map(|&h| usize::try_from(h).expect("a count"))
+            .collect(),
         error: (run.outcome == Some(Outcome::Oversize))
             .then_some(FrameError::Oversize { limit: MAX }),
         output: run.output,
@@ -179,7 +183,11 @@ pub fn fixtures() -> Vec<(String, Vec<u8>)> {
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("read {dir}: {e}"))
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name.ends_with(".sse"))
+        .filter(|name| {
+            std::path::Path::new(name)
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("sse"))
+        })
         .collect();
     names.sort();
     names

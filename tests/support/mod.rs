@@ -411,8 +411,8 @@ impl Exchange {
         loop {
             match tokio::time::timeout_at(deadline, self.stream.read(&mut sink)).await {
                 Err(_) => return false,
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(_)) => continue,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
             }
         }
     }
@@ -546,7 +546,7 @@ pub fn client_events(stream: &str) -> Vec<ClientEvent> {
             None => (line, ""),
         };
         match field {
-            "event" => event = value.to_owned(),
+            "event" => value.clone_into(&mut event),
             "data" => {
                 if has_data {
                     data.push('\n');

@@ -53,15 +53,14 @@ impl Validator<'_> {
         }
         let mut allow_headers = Vec::with_capacity(raw.allow_headers.len());
         for (i, name) in raw.allow_headers.iter().enumerate() {
-            match HeaderName::from_str(name) {
-                Ok(header) => allow_headers.push(header),
-                Err(_) => {
-                    self.error_at_value(
-                        &format!("{path}.allow_headers[{i}]"),
-                        format!("invalid header name \"{name}\""),
-                    );
-                    ok = false;
-                }
+            if let Ok(header) = HeaderName::from_str(name) {
+                allow_headers.push(header);
+            } else {
+                self.error_at_value(
+                    &format!("{path}.allow_headers[{i}]"),
+                    format!("invalid header name \"{name}\""),
+                );
+                ok = false;
             }
         }
         let allow_origins = if any {
@@ -91,17 +90,14 @@ impl Validator<'_> {
                 ok = false;
                 continue;
             };
-            match HeaderValue::from_str(&value) {
-                Ok(header_value) => set_headers.push((header, header_value)),
-                Err(_) => {
-                    self.error_at_value(
-                        &value_path,
-                        format!(
-                            "invalid value for header {name}: visible ASCII only, no line breaks"
-                        ),
-                    );
-                    ok = false;
-                }
+            if let Ok(header_value) = HeaderValue::from_str(&value) {
+                set_headers.push((header, header_value));
+            } else {
+                self.error_at_value(
+                    &value_path,
+                    format!("invalid value for header {name}: visible ASCII only, no line breaks"),
+                );
+                ok = false;
             }
         }
         let mut remove_headers = Vec::with_capacity(raw.headers.remove.len());

@@ -70,7 +70,7 @@ impl Validator<'_> {
             let same_path = by_path.entry((exact, route_path.clone())).or_default();
             let overlapping = same_path
                 .iter()
-                .find(|(_, other)| methods_overlap(other, &methods))
+                .find(|(_, other)| methods_overlap(other.as_ref(), methods.as_ref()))
                 .map(|(other, _)| *other);
             same_path.push((index, methods));
             if let Some(other) = overlapping {
@@ -227,18 +227,17 @@ impl Validator<'_> {
 
     fn method(&mut self, path: &str, name: &str) -> Option<Method> {
         let upper = name.to_ascii_uppercase();
-        match standard_method(&upper) {
-            Some(method) => Some(method),
-            None => {
-                self.error_at_value(
-                    path,
-                    format!(
-                        "invalid HTTP method \"{name}\": use a standard method ({})",
-                        STANDARD_METHODS.join(", ")
-                    ),
-                );
-                None
-            }
+        if let Some(method) = standard_method(&upper) {
+            Some(method)
+        } else {
+            self.error_at_value(
+                path,
+                format!(
+                    "invalid HTTP method \"{name}\": use a standard method ({})",
+                    STANDARD_METHODS.join(", ")
+                ),
+            );
+            None
         }
     }
 
@@ -266,21 +265,20 @@ impl Validator<'_> {
         for (name, value) in raw.headers.set {
             let value_path = format!("{headers_path}.set.{name}");
             match self.header_name(&value_path, &name) {
-                Some(header) => match HeaderValue::from_str(&value) {
-                    Ok(mut header_value) => {
+                Some(header) => {
+                    if let Ok(mut header_value) = HeaderValue::from_str(&value) {
                         if self.from_environment.contains(&value_path) {
                             header_value.set_sensitive(true);
                         }
                         set_headers.push((header, header_value));
-                    }
-                    Err(_) => {
+                    } else {
                         self.error_at_value(
-                            &value_path,
-                            format!("invalid value for header {name}: visible ASCII only, no line breaks"),
-                        );
+                        &value_path,
+                        format!("invalid value for header {name}: visible ASCII only, no line breaks"),
+                    );
                         ok = false;
                     }
-                },
+                }
                 None => ok = false,
             }
         }
@@ -386,7 +384,7 @@ fn trim_trailing_slash(path: String) -> String {
     }
 }
 
-fn methods_overlap(a: &Option<Vec<Method>>, b: &Option<Vec<Method>>) -> bool {
+fn methods_overlap(a: Option<&Vec<Method>>, b: Option<&Vec<Method>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
         _ => true,
