@@ -181,12 +181,10 @@ impl Running {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
-        shutdown::drain(
-            &self.connections,
-            &plan,
-            &self.gateway.shutdown,
-            &self.admin,
-        )
+        let admin = &self.admin;
+        shutdown::drain(&self.connections, &plan, &self.gateway.shutdown, |limit| {
+            admin.final_scrape(limit, shutdown::RECENT_SCRAPE)
+        })
         .await;
     }
 }

@@ -25,6 +25,7 @@
 //!   response watches.
 //! - `supervise`: the event-stream body: pipeline, clocks, one outcome per stream.
 //! - [`rewrite`]: a route's compiled rules and terminator, applied one event at a time.
+//! - [`terminator`]: recognising the event that ends a stream, and writing one.
 //! - [`sse`]: Server-Sent Events framing and the canonical event writer.
 //!
 //! How they fit together, from accept to the last byte: `docs/architecture.md`.
@@ -47,4 +48,5 @@ pub(crate) mod router;
 pub mod shutdown;
 pub mod sse;
 pub(crate) mod supervise;
+pub mod terminator;
 pub mod upstream;

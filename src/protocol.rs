@@ -8,12 +8,12 @@
 //! stop reason that is not `null`, an error).
 
 mod classify;
+pub(crate) mod shape;
 
 use bytes::Bytes;
 
-use crate::reply::error_json_in;
-use crate::rewrite::{Terminator, TerminatorMatch};
 use crate::sse::writer;
+use crate::terminator::{Terminator, TerminatorMatch};
 
 pub(crate) use classify::UPSTREAM_ERROR_TYPES;
 
@@ -98,7 +98,7 @@ impl Protocol {
         route: Option<&str>,
         sequence_number: Option<u64>,
     ) -> Bytes {
-        error_json_in(self, error_type, message, route, sequence_number)
+        shape::error_json_in(self, error_type, message, route, sequence_number)
     }
 
     /// An error event of this protocol, as the gateway writes it into a stream.

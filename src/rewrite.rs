@@ -14,7 +14,6 @@
 mod prefilter;
 mod rule;
 mod scan;
-mod terminator;
 
 use std::borrow::Cow;
 
@@ -26,8 +25,8 @@ use crate::sse::{Event, RawEvent};
 
 use scan::LiteralScan;
 
+pub use crate::terminator::{Terminator, TerminatorMatch};
 pub use rule::{Rule, Scope};
-pub use terminator::{Terminator, TerminatorMatch};
 
 use rule::Outcome;
 

@@ -10,6 +10,7 @@
 //! (the operator's second Ctrl-C) ends the drain time at once and skips the wait for a
 //! scrape: streams still get their closing frames, at the next event boundary.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::admin::AdminState;
 use crate::listener::Connections;
 
 /// Once the drain time is over and open responses were told to end, how long they
@@ -27,7 +27,7 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// A final scrape is waited for only when `/metrics` was served this recently: a
 /// Prometheus scraping at any usual interval (up to 1m) qualifies; a laptop run that
 /// someone scraped once an hour ago does not.
-const RECENT_SCRAPE: Duration = Duration::from_secs(60);
+pub(crate) const RECENT_SCRAPE: Duration = Duration::from_secs(60);
 
 /// The most a stop takes after `drain_timeout`: the flush of the ended responses, and
 /// the wait for a final metrics scrape (`shutdown.final_scrape_wait`) counted from the
@@ -49,12 +49,13 @@ pub struct DrainPlan {
 }
 
 /// Drains the public connections, then waits for the final scrape where it helps. The
-/// listener has stopped accepting already.
-pub(crate) async fn drain(
+/// listener has stopped accepting already. `final_scrape(limit)` waits up to `limit`
+/// for the scrape (the admin listener's, handed in by the composition root).
+pub(crate) async fn drain<F: Future<Output = ()>>(
     connections: &Connections,
     plan: &DrainPlan,
     signal: &Shutdown,
-    admin: &AdminState,
+    final_scrape: impl FnOnce(Duration) -> F,
 ) {
     connections.start_draining();
     tracing::info!(
@@ -87,7 +88,7 @@ pub(crate) async fn drain(
     }
     let limit = deadline.saturating_duration_since(Instant::now());
     tokio::select! {
-        () = admin.final_scrape(limit, RECENT_SCRAPE) => {}
+        () = final_scrape(limit) => {}
         () = plan.stop_now.requested() => {}
     }
 }
