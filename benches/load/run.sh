@@ -16,6 +16,9 @@
 #   --baseline-bin PATH     also measure this sse-gateway binary (target "baseline", such
 #                           as a build of the previous commit): before and after, interleaved
 #   --baseline-label TEXT   how the results name the baseline binary
+#   --gateway-protocol P    give the gateway's route `stream.protocol: P` (openai-chat,
+#   --baseline-protocol P   openai-responses, anthropic; default none, i.e. sse); with the
+#                           same binary as baseline, a preset's cost per event in one run
 #   --output FILE           where the markdown goes
 #   --max-wait SECONDS      longest wait for a quiet machine before each run (default 600)
 #   --quiet-cores X         "quiet" means other processes use at most X cores (default 0.35)
@@ -37,6 +40,8 @@ GATEWAY_BIN=""
 GATEWAY_LABEL=""
 BASELINE_BIN=""
 BASELINE_LABEL=""
+GATEWAY_PROTOCOL=""
+BASELINE_PROTOCOL=""
 OUTPUT=""
 MAX_WAIT=600
 QUIET_CORES=0.35
@@ -52,10 +57,12 @@ while [ $# -gt 0 ]; do
         --gateway-label) GATEWAY_LABEL=${2:?}; shift ;;
         --baseline-bin) BASELINE_BIN=${2:?}; shift ;;
         --baseline-label) BASELINE_LABEL=${2:?}; shift ;;
+        --gateway-protocol) GATEWAY_PROTOCOL=${2:?}; shift ;;
+        --baseline-protocol) BASELINE_PROTOCOL=${2:?}; shift ;;
         --output) OUTPUT=${2:?}; shift ;;
         --max-wait) MAX_WAIT=${2:?}; shift ;;
         --quiet-cores) QUIET_CORES=${2:?}; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -243,7 +250,7 @@ EOF
 }
 
 write_gateway_conf() {
-    local dir=$1 port=$2 admin=$3 up=$4 bin=$5
+    local dir=$1 port=$2 admin=$3 up=$4 bin=$5 protocol=${6:-}
     cat >"$dir/gateway.yaml" <<EOF
 # The example route's rules (docs/architecture.md) on a GET/POST passthrough route; clocks on but long
 # enough never to fire; warn-level logs.
@@ -262,6 +269,7 @@ routes:
     upstream: bench
     stream:
 $(design_stream_rules)
+${protocol:+      protocol: $protocol}
       stuck_after: 5m
       idle_timeout: 10m
       heartbeat: 5m
@@ -322,10 +330,10 @@ run_one() {
             wait_port "$port" || die "haproxy did not listen (see $dir/proxy.log)"
             url=http://127.0.0.1:$port/v1/stream ;;
         gateway|baseline)
-            local bin=$GATEWAY_BIN
-            [ "$target" = baseline ] && bin=$BASELINE_BIN
+            local bin=$GATEWAY_BIN protocol=$GATEWAY_PROTOCOL
+            [ "$target" = baseline ] && bin=$BASELINE_BIN protocol=$BASELINE_PROTOCOL
             [ -n "$bin" ] || die "target baseline needs --baseline-bin"
-            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin"
+            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin" "$protocol"
             # One worker thread: tokio's multi-thread builder reads TOKIO_WORKER_THREADS.
             start_pinned "$dir/proxy.log" 0 "$lifetime" \
                 env TOKIO_WORKER_THREADS=1 "$bin" --config "$dir/gateway.yaml"
