@@ -176,11 +176,13 @@ impl Running {
     /// `plan.final_scrape_wait`) for one more scrape so the drain's outcomes are not
     /// lost; the call returns within `plan.drain` plus [`shutdown::after_drain`].
     pub async fn stop(mut self, plan: DrainPlan) {
-        self.admin.ready.store(false, Ordering::Release);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
+        // Only now: once `/readyz` says 503, the listening socket is closed too, so
+        // whoever sees the 503 also sees new connections refused.
+        self.admin.ready.store(false, Ordering::Release);
         let admin = &self.admin;
         shutdown::drain(&self.connections, &plan, &self.gateway.shutdown, |limit| {
             admin.final_scrape(limit, shutdown::RECENT_SCRAPE)
