@@ -72,8 +72,14 @@ pub struct Progress {
     /// clock restarts. Comments such as `: ping` do not count, nor do keep-alive events
     /// that carry data (Anthropic's `event: ping`).
     pub content_seen: bool,
-    /// The stream's first content event was forwarded (not a keep-alive).
+    /// The stream's first data event was forwarded (not a keep-alive).
     pub first_data_event: bool,
+    /// Content events forwarded: what the protocol calls content (a non-empty text or
+    /// tool-call delta; [`crate::protocol::Class::content`]), not a role-only delta, a
+    /// `response.created` or a ping.
+    pub content_events: u64,
+    /// The stream's first content event was forwarded: time to first token ends here.
+    pub first_content_event: bool,
     /// The upstream's own error event ended the stream: its error type, a bounded label.
     pub upstream_error_event: Option<&'static str>,
 }
@@ -93,6 +99,8 @@ pub struct Engine {
     outcome: Option<Outcome>,
     progress: Progress,
     first_data_sent: bool,
+    /// A content event has been forwarded: the client has seen part of the answer.
+    content_sent: bool,
     /// Hits per rule since the last [`Engine::take_rule_hits`], indexed like the
     /// pipeline's rules.
     rule_hits: Box<[u32]>,
@@ -115,6 +123,7 @@ impl Engine {
             outcome: None,
             progress: Progress::default(),
             first_data_sent: false,
+            content_sent: false,
             rule_hits: vec![0; rules].into_boxed_slice(),
             evidence: false,
             sequence_number: None,
@@ -196,6 +205,12 @@ impl Engine {
     /// Whether the route's protocol saw the answer complete.
     pub fn has_evidence(&self) -> bool {
         self.evidence
+    }
+
+    /// Whether a content event has been forwarded: from then on the client holds part
+    /// of the answer, and the stream cannot be started again elsewhere unnoticed.
+    pub fn has_sent_content(&self) -> bool {
+        self.content_sent
     }
 
     /// The outcome, once decided; the upstream is no longer needed then.
@@ -326,6 +341,13 @@ impl Engine {
         if content && !self.first_data_sent {
             self.first_data_sent = true;
             self.progress.first_data_event = true;
+        }
+        if class.content {
+            self.progress.content_events += 1;
+            if !self.content_sent {
+                self.content_sent = true;
+                self.progress.first_content_event = true;
+            }
         }
         self.push_output(output)
     }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crate::sse::writer;
 use crate::terminator::{Terminator, TerminatorMatch};
 
+pub use classify::Class;
 pub(crate) use classify::UPSTREAM_ERROR_TYPES;
 
 /// The protocol a route's upstream speaks.

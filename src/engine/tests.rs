@@ -178,3 +178,35 @@ fn stream_error_types_are_distinct() {
         StreamError::ALL.iter().map(|e| e.as_str()).collect();
     assert_eq!(names.len(), StreamError::ALL.len());
 }
+
+#[test]
+fn content_events_are_what_the_protocol_calls_content() {
+    use crate::protocol::{Contract, Protocol};
+    let pipeline =
+        Pipeline::new(Vec::new(), None).with_contract(Contract::preset(Protocol::OpenaiChat));
+    let mut engine = Engine::new(Arc::new(pipeline), 1024, "chat".into());
+    let chunk = |delta: &str| {
+        Bytes::from(format!(
+            "data: {{\"choices\":[{{\"delta\":{delta},\"finish_reason\":null}}]}}\n\n"
+        ))
+    };
+    engine.push(chunk(r#"{"role":"assistant","content":""}"#));
+    drain(&mut engine);
+    let progress = engine.take_progress();
+    assert!(progress.first_data_event, "a data event all the same");
+    assert_eq!(progress.content_events, 0);
+    assert!(!progress.first_content_event && !engine.has_sent_content());
+
+    engine.push(chunk(r#"{"content":"Hel"}"#));
+    engine.push(chunk(r#"{"content":"lo"}"#));
+    drain(&mut engine);
+    let progress = engine.take_progress();
+    assert_eq!(progress.content_events, 2);
+    assert!(progress.first_content_event && engine.has_sent_content());
+
+    engine.push(chunk(r#"{"content":"!"}"#));
+    drain(&mut engine);
+    let progress = engine.take_progress();
+    assert_eq!(progress.content_events, 1);
+    assert!(!progress.first_content_event, "only the first");
+}

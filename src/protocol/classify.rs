@@ -47,6 +47,12 @@ pub struct Class {
     pub upstream_error: Option<&'static str>,
     /// The Responses event's `sequence_number`.
     pub sequence_number: Option<u64>,
+    /// The event carries content: a non-empty delta of answer text, refusal text or
+    /// tool-call arguments. A role-only delta, `response.created`, `message_start` or a
+    /// ping is none: time to first token, inter-token gaps and the failover commit
+    /// point are measured on these. On the `sse` protocol every data event that is no
+    /// keep-alive counts.
+    pub content: bool,
 }
 
 static FINISH_REASON: LazyLock<Finder<'static>> =
@@ -56,6 +62,13 @@ static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"e
 static TYPE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"type\":\""));
 static SEQUENCE_NUMBER: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"sequence_number\":"));
+static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\""));
+static REFUSAL_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"refusal\""));
+static ARGUMENTS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"arguments\""));
+static DELTA_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"delta\""));
+static TEXT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\""));
+static PARTIAL_JSON_KEY: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"partial_json\""));
 
 impl Contract {
     /// True for an event that carries data but is no content: Anthropic's `ping`. It
@@ -80,6 +93,7 @@ impl Contract {
                     }
                     CompleteWhen::Event(name) => event.event_type() == Some(&name[..]),
                 }),
+                content: event.has_data() && !self.is_keep_alive(&event),
                 ..Class::default()
             },
         }
@@ -87,7 +101,12 @@ impl Contract {
 }
 
 fn chat(text: &[u8], event: &Event<'_>) -> Class {
-    let mut class = Class::default();
+    let mut class = Class {
+        content: [&*CONTENT_KEY, &*ARGUMENTS_KEY, &*REFUSAL_KEY]
+            .into_iter()
+            .any(|key| non_empty_string_after(text, key)),
+        ..Class::default()
+    };
     let Some(at) = find_near_end(text, &FINISH_REASON) else {
         // An error chunk has no choices; a content chunk always has a finish_reason,
         // so it costs this one search.
@@ -129,6 +148,11 @@ fn responses(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
             let error = json.as_ref().map(|json| &json["response"]["error"]);
             class.upstream_error = Some(error.map_or("other", |error| label(error, &["code"])));
         }
+        Some(
+            b"response.output_text.delta"
+            | b"response.refusal.delta"
+            | b"response.function_call_arguments.delta",
+        ) => class.content = non_empty_string_after(text, &DELTA_KEY),
         Some(b"error") => {
             let json = data_json(event);
             class.upstream_error = Some(json.as_ref().map_or("other", |json| {
@@ -147,6 +171,10 @@ fn anthropic(text: &[u8], event: &Event<'_>) -> Class {
     let mut class = Class::default();
     match event_kind(event) {
         Some(b"message_stop") => class.evidence = true,
+        Some(b"content_block_delta") => {
+            class.content = non_empty_string_after(text, &TEXT_KEY)
+                || non_empty_string_after(text, &PARTIAL_JSON_KEY);
+        }
         Some(b"message_delta") if not_null_after(text, &STOP_REASON) => {
             class.evidence =
                 data_json(event).is_some_and(|json| !json["delta"]["stop_reason"].is_null());
@@ -213,6 +241,25 @@ fn not_null_at(after_key: &[u8]) -> bool {
         .trim_ascii_start()
         .strip_prefix(b":")
         .is_some_and(|value| !value.trim_ascii_start().starts_with(b"null"))
+}
+
+/// True when `key` occurs as a key whose value is a string of at least one
+/// character. Inside a JSON string every quote is escaped, so a quoted key followed by
+/// its colon is a real key, not text of the answer.
+fn non_empty_string_after(text: &[u8], key: &Finder<'_>) -> bool {
+    let mut rest = text;
+    while let Some(at) = key.find(rest) {
+        let value = rest[at + key.needle().len()..]
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .map(<[u8]>::trim_ascii_start)
+            .and_then(|value| value.strip_prefix(b"\""));
+        if value.is_some_and(|string| string.first().is_some_and(|b| *b != b'"')) {
+            return true;
+        }
+        rest = &rest[at + 1..];
+    }
+    false
 }
 
 fn sequence_number(text: &[u8]) -> Option<u64> {

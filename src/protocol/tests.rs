@@ -112,3 +112,81 @@ fn the_anthropic_terminator_carries_its_type() {
         Bytes::from_static(b"data: [DONE]\n\n")
     );
 }
+
+#[test]
+fn chat_content_is_a_non_empty_text_refusal_or_arguments_delta() {
+    let chunk = |delta: &str| {
+        format!(r#"data: {{"choices":[{{"index":0,"delta":{delta},"finish_reason":null}}]}}"#)
+            + "\n\n"
+    };
+    let content = |delta: &str| classify(Protocol::OpenaiChat, &chunk(delta)).content;
+    assert!(
+        !content(r#"{"role":"assistant","content":""}"#),
+        "role only"
+    );
+    assert!(!content(r#"{"role":"assistant","content":null}"#));
+    assert!(!content("{}"));
+    assert!(content(r#"{"content":"Hi"}"#));
+    assert!(
+        content(r#"{"content": "\"quoted\""}"#),
+        "spaces, an escaped quote"
+    );
+    assert!(content(r#"{"refusal":"No."}"#));
+    let tool = r#"{"tool_calls":[{"index":0,"function":{"arguments":"{\"a"}}]}"#;
+    assert!(content(tool));
+    let tool_start =
+        r#"{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":""}}]}"#;
+    assert!(!content(tool_start));
+    // Text that looks like a key is inside a string: its quotes are escaped.
+    assert!(!content(
+        r#"{"role":"assistant","content":"","x":"say \"content\":\"y\""}"#
+    ));
+    // `reasoning_content` is not answer text.
+    assert!(!content(r#"{"reasoning_content":"thinking"}"#));
+    // Usage-only chunk at the end.
+    let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
+    assert!(!classify(Protocol::OpenaiChat, usage).content);
+}
+
+#[test]
+fn responses_content_is_a_non_empty_text_or_arguments_delta_event() {
+    let event = |kind: &str, delta: &str| {
+        format!("event: {kind}\ndata: {{\"type\":\"{kind}\",\"delta\":{delta}}}\n\n")
+    };
+    let content =
+        |kind: &str, delta: &str| classify(Protocol::OpenaiResponses, &event(kind, delta)).content;
+    assert!(content("response.output_text.delta", "\"Hi\""));
+    assert!(content("response.function_call_arguments.delta", "\"{\""));
+    assert!(content("response.refusal.delta", "\"No\""));
+    assert!(!content("response.output_text.delta", "\"\""));
+    assert!(!content("response.created", "\"x\""));
+    assert!(!content("response.output_item.added", "\"x\""));
+}
+
+#[test]
+fn anthropic_content_is_a_non_empty_text_or_partial_json_delta() {
+    let event = |kind: &str, data: &str| format!("event: {kind}\ndata: {data}\n\n");
+    let content =
+        |kind: &str, data: &str| classify(Protocol::Anthropic, &event(kind, data)).content;
+    let text =
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#;
+    assert!(content("content_block_delta", text));
+    let json = r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a"}}"#;
+    assert!(content("content_block_delta", json));
+    let empty = r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#;
+    assert!(!content("content_block_delta", empty));
+    let start =
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
+    assert!(!content("content_block_start", start));
+    let message_start =
+        r#"{"type":"message_start","message":{"content":[],"usage":{"input_tokens":5}}}"#;
+    assert!(!content("message_start", message_start));
+    assert!(!content("ping", r#"{"type":"ping"}"#));
+}
+
+#[test]
+fn sse_content_is_any_data_event() {
+    assert!(classify(Protocol::Sse, "data: x\n\n").content);
+    assert!(!classify(Protocol::Sse, ": comment\n\n").content);
+    assert!(!classify(Protocol::Sse, "event: e\n\n").content);
+}
