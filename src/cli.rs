@@ -17,7 +17,7 @@ mod signals;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{GatewayConfig, LogConfig, LogFormat};
+use crate::config::{ConfigErrors, GatewayConfig, LogConfig, LogFormat};
 use crate::gateway;
 use crate::reload;
 use crate::shutdown::{DrainPlan, StopNow};
@@ -53,7 +53,13 @@ pub(crate) enum Command {
     /// Run the gateway (the default when no command is given).
     Run,
     /// Validate the config file and exit: 0 when valid, 1 with every problem listed.
-    Check,
+    Check {
+        /// A `${VAR}` that is not set is a warning, not an error (for checking a
+        /// config away from its secrets, as in CI); one whose value must be checked,
+        /// such as a url, is still an error.
+        #[arg(long)]
+        env_optional: bool,
+    },
     /// Run one route's stream pipeline over a captured stream (a file, or stdin):
     /// the repaired stream goes to stdout, rule hits and the outcome to stderr.
     Rewrite {
@@ -96,7 +102,7 @@ pub(crate) const EXIT_RUNTIME: u8 = 3;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => check(&cli.config),
+        Command::Check { env_optional } => check(&cli.config, env_optional),
         Command::Run => run(&cli.config),
         Command::Rewrite { route, capture } => rewrite(&cli.config, &route, capture.as_deref()),
         Command::Completions { shell } => {
@@ -119,27 +125,66 @@ fn load(path: &std::path::Path) -> Result<GatewayConfig, ExitCode> {
 
 /// The config, and the bytes it was read from (the reload watcher's reference).
 fn load_bytes(path: &std::path::Path) -> Result<(GatewayConfig, Vec<u8>), ExitCode> {
-    GatewayConfig::load_with_content(path).map_err(|errors| {
-        eprintln!("{errors}");
-        let n = errors.errors.len();
-        eprintln!(
-            "{n} problem{} in {}",
-            if n == 1 { "" } else { "s" },
-            errors.source
-        );
-        ExitCode::from(EXIT_INVALID_CONFIG)
-    })
+    GatewayConfig::load_with_content(path).map_err(|errors| invalid(&errors))
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match load(path) {
-        Ok(config) => {
-            let plural = |n: usize, word: &str| match n {
-                1 => format!("1 {word}"),
-                n => format!("{n} {word}s"),
+/// [`GatewayConfig::load_offline`]: a config for tools that need none of its secrets.
+fn load_offline(path: &std::path::Path) -> Result<(GatewayConfig, ConfigErrors), ExitCode> {
+    GatewayConfig::load_offline(path)
+        .map(|(config, warnings)| {
+            let source = config.source.clone();
+            (
+                config,
+                ConfigErrors {
+                    source,
+                    errors: warnings,
+                },
+            )
+        })
+        .map_err(|errors| invalid(&errors))
+}
+
+/// Prints every problem, and their count; the exit code for an invalid config.
+fn invalid(errors: &ConfigErrors) -> ExitCode {
+    eprintln!("{errors}");
+    let n = errors.errors.len();
+    eprintln!("{} in {}", plural(n, "problem"), errors.source);
+    ExitCode::from(EXIT_INVALID_CONFIG)
+}
+
+fn plural(n: usize, word: &str) -> String {
+    match n {
+        1 => format!("1 {word}"),
+        n => format!("{n} {word}s"),
+    }
+}
+
+fn check(path: &std::path::Path, env_optional: bool) -> ExitCode {
+    let loaded = if env_optional {
+        load_offline(path)
+    } else {
+        load(path).map(|config| {
+            let source = config.source.clone();
+            (
+                config,
+                ConfigErrors {
+                    source,
+                    errors: Vec::new(),
+                },
+            )
+        })
+    };
+    match loaded {
+        Ok((config, warnings)) => {
+            if !warnings.errors.is_empty() {
+                eprintln!("{warnings}");
+            }
+            let warned = match warnings.errors.len() {
+                0 => String::new(),
+                n => format!(", {}", plural(n, "warning")),
             };
             println!(
-                "{}: ok ({}, {})",
+                "{}: ok ({}, {}{warned})",
                 config.source,
                 plural(config.routes.len(), "route"),
                 plural(config.upstreams.len(), "upstream")
@@ -151,8 +196,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn rewrite(config: &Path, route: &str, capture: Option<&Path>) -> ExitCode {
-    let config = match load(config) {
-        Ok(config) => config,
+    // The stream section is all it runs: the secrets in headers need not be set.
+    let config = match load_offline(config) {
+        Ok((config, _)) => config,
         Err(code) => return code,
     };
     let fail = |message: String| {

@@ -12,6 +12,8 @@ mod show;
 mod units;
 mod validate;
 
+use validate::MissingEnv;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -276,17 +278,35 @@ impl GatewayConfig {
     /// [`GatewayConfig::load`], also returning the bytes read (what a reload compares
     /// the file with).
     pub fn load_with_content(path: &Path) -> Result<(GatewayConfig, Vec<u8>), ConfigErrors> {
-        let source = path.display().to_string();
-        let bytes = Self::read(path).map_err(|error| ConfigErrors {
-            source: source.clone(),
-            errors: vec![ConfigError {
-                position: None,
-                path: String::new(),
-                message: error.to_string(),
-            }],
-        })?;
+        let (source, bytes) = Self::read_for(path)?;
         let config = Self::from_bytes(&bytes, &source, &|name| std::env::var(name).ok())?;
         Ok((config, bytes))
+    }
+
+    /// Loads a config for offline work (`check --env-optional`, `rewrite`): a `${VAR}`
+    /// that is not set is a warning, returned beside the config, unless the value it
+    /// stands in is itself checked (a url, a size). Such a config is never run.
+    pub fn load_offline(path: &Path) -> Result<(GatewayConfig, Vec<ConfigError>), ConfigErrors> {
+        let (source, bytes) = Self::read_for(path)?;
+        let env = |name: &str| std::env::var(name).ok();
+        Self::from_bytes_with(&bytes, &source, &env, MissingEnv::Warning)
+    }
+
+    /// The file's name as messages give it, and its bytes; a read error is the
+    /// file's one problem.
+    fn read_for(path: &Path) -> Result<(String, Vec<u8>), ConfigErrors> {
+        let source = path.display().to_string();
+        match Self::read(path) {
+            Ok(bytes) => Ok((source, bytes)),
+            Err(error) => Err(ConfigErrors {
+                source,
+                errors: vec![ConfigError {
+                    position: None,
+                    path: String::new(),
+                    message: error.to_string(),
+                }],
+            }),
+        }
     }
 
     /// The file's bytes, at most one past `MAX_FILE_SIZE` (enough to tell that it
@@ -306,6 +326,15 @@ impl GatewayConfig {
         source: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<GatewayConfig, ConfigErrors> {
+        Self::from_bytes_with(bytes, source, env, MissingEnv::Error).map(|(config, _)| config)
+    }
+
+    fn from_bytes_with(
+        bytes: &[u8],
+        source: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        missing_env: MissingEnv,
+    ) -> Result<(GatewayConfig, Vec<ConfigError>), ConfigErrors> {
         let located = |at: usize, message: String| ConfigErrors {
             source: source.to_owned(),
             errors: vec![ConfigError {
@@ -315,7 +344,7 @@ impl GatewayConfig {
             }],
         };
         match std::str::from_utf8(bytes) {
-            Ok(text) => Self::parse(text, source, env),
+            Ok(text) => Self::parse_with(text, source, env, missing_env),
             Err(_) if bytes.len() > MAX_FILE_SIZE => Err(located(MAX_FILE_SIZE, too_large())),
             Err(error) => Err(located(
                 error.valid_up_to(),
@@ -330,6 +359,15 @@ impl GatewayConfig {
         source: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<GatewayConfig, ConfigErrors> {
+        Self::parse_with(text, source, env, MissingEnv::Error).map(|(config, _)| config)
+    }
+
+    fn parse_with(
+        text: &str,
+        source: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        missing_env: MissingEnv,
+    ) -> Result<(GatewayConfig, Vec<ConfigError>), ConfigErrors> {
         let refuse = |position: Position, message: String| ConfigErrors {
             source: source.to_owned(),
             errors: vec![ConfigError {
@@ -343,7 +381,7 @@ impl GatewayConfig {
             return Err(refuse(at, too_large()));
         }
         match locate::Locations::index(text) {
-            Ok(locations) => validate::validate(text, locations, source, env),
+            Ok(locations) => validate::validate(text, locations, source, env, missing_env),
             Err(at) => Err(refuse(
                 at,
                 format!(

@@ -20,9 +20,20 @@ fn gateway_bin() -> Command {
 }
 
 fn check(config: &str) -> (i32, String, String) {
+    check_with(&["check", "--config", config])
+}
+
+fn check_env_optional(config: &str) -> (i32, String, String) {
+    check_with(&["check", "--env-optional", "--config", config])
+}
+
+/// `check` with the variables the fixtures name unset (or empty), whatever the
+/// environment running the tests has.
+fn check_with(args: &[&str]) -> (i32, String, String) {
     let output = gateway_bin()
-        .args(["check", "--config", config])
+        .args(args)
         .env_remove("SSE_GATEWAY_TEST_UNSET_KEY")
+        .env_remove("SSE_GATEWAY_TEST_UNSET_URL")
         .env("SSE_GATEWAY_TEST_EMPTY_KEY", "")
         .output()
         .unwrap();
@@ -499,4 +510,71 @@ fn rewrite_shows_a_truncated_answer_and_an_upstream_error_event() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("outcome: upstream_error_event"), "{stderr}");
     assert_eq!(stdout.as_bytes(), error);
+}
+
+#[test]
+fn check_env_optional_warns_of_an_unset_secret_and_still_fails_an_unset_url() {
+    let path = "tests/fixtures/configs/offline_secrets.yaml";
+    let (code, stdout, stderr) = check(path);
+    assert_eq!(code, 1, "without the flag an unset secret fails:\n{stderr}");
+    let (code, stdout_optional, stderr_optional) = check_env_optional(path);
+    assert_eq!(code, 0, "{stderr_optional}");
+    assert!(stdout.is_empty());
+    assert_eq!(
+        stdout_optional.trim(),
+        format!("{path}: ok (1 route, 1 upstream, 1 warning)")
+    );
+    assert_eq!(
+        stderr_optional.trim(),
+        format!("{path}:12:26: routes[0].request.headers.set.authorization: warning: environment variable SSE_GATEWAY_TEST_UNSET_KEY is not set (set it, or give a default with ${{SSE_GATEWAY_TEST_UNSET_KEY:-value}})")
+    );
+
+    let path = "tests/fixtures/configs/offline_url.yaml";
+    let (code, stdout, stderr) = check_env_optional(path);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let problem = format!(
+        "{path}:4:15: upstreams.llm.url: environment variable SSE_GATEWAY_TEST_UNSET_URL is not set"
+    );
+    assert!(stderr.starts_with(&problem), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("1 problem in tests/fixtures/configs/offline_url.yaml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn rewrite_needs_none_of_the_routes_header_secrets() {
+    let mut child = gateway_bin()
+        .args([
+            "rewrite",
+            "--config",
+            "tests/fixtures/configs/offline_secrets.yaml",
+        ])
+        .args(["--route", "chat", "-"])
+        .env_remove("SSE_GATEWAY_TEST_UNSET_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let capture =
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(capture.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.starts_with(capture), "{stdout}");
+    assert!(
+        stdout.contains("upstream_incomplete"),
+        "the cut capture is truncated: {stdout}"
+    );
+    assert!(!stderr.contains("SSE_GATEWAY_TEST_UNSET_KEY"), "{stderr}");
 }

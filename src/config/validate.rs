@@ -21,7 +21,7 @@ mod shutdown;
 mod stream;
 mod upstream;
 
-use super::env::substitute;
+use super::env::{substitute, EnvError};
 use super::locate::{join, Locations};
 use super::raw::{self, TOP_LEVEL_KEYS};
 use super::{defaults, ConfigError, ConfigErrors, GatewayConfig};
@@ -37,24 +37,53 @@ struct Validator<'a> {
     /// Key paths whose `${VAR}` could not be substituted: that is their one problem,
     /// so the later check of the unsubstituted text does not report it twice.
     env_failed: BTreeSet<String>,
+    missing_env: MissingEnv,
+    /// Under [`MissingEnv::Warning`], the variables left unset, by key path; one that a
+    /// later check then fails on becomes that path's error instead.
+    unset: BTreeMap<String, ConfigError>,
 }
 
+/// What a `${VAR}` that is not set is: an error when the gateway is to run with the
+/// config, a warning for offline tools, which need no secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MissingEnv {
+    Error,
+    /// The text is left as written (`${VAR}`); it is an error only where the value
+    /// itself is checked (a url, a size), since nothing can be said of it unset.
+    Warning,
+}
+
+/// The config, and the warnings of [`MissingEnv::Warning`] (sorted by position).
 pub(super) fn validate(
     text: &str,
     locations: Locations,
     source: &str,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<GatewayConfig, ConfigErrors> {
+    missing_env: MissingEnv,
+) -> Result<(GatewayConfig, Vec<ConfigError>), ConfigErrors> {
     let mut validator = Validator {
         locations,
         errors: Vec::new(),
         env,
         from_environment: BTreeSet::new(),
         env_failed: BTreeSet::new(),
+        missing_env,
+        unset: BTreeMap::new(),
     };
     let config = validator.document(text, source);
     match config {
-        Some(config) if validator.errors.is_empty() => Ok(config),
+        Some(config) if validator.errors.is_empty() => {
+            let mut warnings: Vec<ConfigError> = validator
+                .unset
+                .into_values()
+                .map(|mut unset| {
+                    unset.message = format!("warning: {}", unset.message);
+                    unset
+                })
+                .collect();
+            warnings.sort_by_key(|e| e.position.map(|p| (p.line, p.column)));
+            Ok((config, warnings))
+        }
         _ => {
             let mut errors = validator.errors;
             errors.sort_by_key(|e| e.position.map(|p| (p.line, p.column)));
@@ -69,6 +98,12 @@ pub(super) fn validate(
 impl Validator<'_> {
     fn error_at_value(&mut self, path: &str, message: impl Into<String>) {
         if self.env_failed.contains(path) {
+            return;
+        }
+        if let Some(unset) = self.unset.remove(path) {
+            // The value had to be checked, and cannot be without the variable.
+            self.env_failed.insert(path.to_owned());
+            self.errors.push(unset);
             return;
         }
         self.errors.push(ConfigError {
@@ -201,6 +236,14 @@ impl Validator<'_> {
                     self.from_environment.insert(path);
                 }
                 Ok(None) => {}
+                Err(error @ EnvError::Missing(_)) if self.missing_env == MissingEnv::Warning => {
+                    let warning = ConfigError {
+                        position: self.locations.value(&path),
+                        path: path.clone(),
+                        message: error.to_string(),
+                    };
+                    self.unset.insert(path, warning);
+                }
                 Err(error) => {
                     self.error_at_value(&path, error.to_string());
                     self.env_failed.insert(path);
