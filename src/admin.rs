@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::listener::{self, Acceptor, ConnectionLimits, Connections};
 use crate::metrics::Metrics;
+use crate::protocol::Protocol;
 use crate::proxy::Proxy;
 use crate::reply::{self, ErrorType};
 
@@ -172,7 +173,8 @@ pub(crate) fn serve(acceptor: Acceptor, state: Arc<AdminState>, limits: Connecti
 
 fn answer(state: &AdminState, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
-        let reply = reply::method_not_allowed(method, &[Method::GET, Method::HEAD], None);
+        let reply =
+            reply::method_not_allowed(Protocol::Sse, method, &[Method::GET, Method::HEAD], None);
         return reply.map(Full::new);
     }
     match path {

@@ -23,7 +23,6 @@ use crate::access_log::RequestLog;
 use crate::body::ResponseBody;
 use crate::config::GatewayConfig;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
-use crate::protocol::Protocol;
 use crate::reply::{self, ErrorType};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
@@ -142,17 +141,19 @@ impl Proxy {
                 // The path is the route's even if the method is not: the 405 is
                 // logged and counted under it, and its body names it.
                 log.set_route(&owner.name, &owner.upstream_name);
-                let reply = reply::method_not_allowed(request.method(), &allow, Some(&owner.name));
+                let reply = reply::method_not_allowed(
+                    owner.protocol(),
+                    request.method(),
+                    &allow,
+                    Some(&owner.name),
+                );
                 return (made(reply, log), Some(owner.name.clone()));
             }
         };
         log.set_route(&route.name, &route.upstream_name);
         let route_name = Some(route.name.clone());
         // The route's clients are the SDKs of its protocol: errors in their shape.
-        let protocol = route
-            .stream
-            .as_ref()
-            .map_or(Protocol::Sse, |plan| plan.protocol());
+        let protocol = route.protocol();
 
         let origin = Origin {
             peer,

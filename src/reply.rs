@@ -103,8 +103,10 @@ pub(crate) fn error_response_in(
     response
 }
 
-/// 405 with the `Allow` header listing what the path takes.
+/// 405 with the `Allow` header listing what the path takes, in the shape of the
+/// route that owns the path (its clients are that protocol's SDKs).
 pub(crate) fn method_not_allowed(
+    protocol: Protocol,
     method: &Method,
     allow: &[Method],
     route: Option<&str>,
@@ -115,7 +117,7 @@ pub(crate) fn method_not_allowed(
         .collect::<Vec<_>>()
         .join(", ");
     let message = format!("method {method} is not allowed here; allowed: {allowed}");
-    let mut response = error_response(ErrorType::MethodNotAllowed, &message, route);
+    let mut response = error_response_in(protocol, ErrorType::MethodNotAllowed, &message, route);
     if let Ok(value) = HeaderValue::from_str(&allowed) {
         response.headers_mut().insert(ALLOW, value);
     }
@@ -195,7 +197,12 @@ mod tests {
 
     #[test]
     fn allow_lists_methods() {
-        let response = method_not_allowed(&Method::PUT, &[Method::GET, Method::POST], Some("chat"));
+        let response = method_not_allowed(
+            Protocol::Sse,
+            &Method::PUT,
+            &[Method::GET, Method::POST],
+            Some("chat"),
+        );
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()[ALLOW], "GET, POST");
         assert_eq!(response.headers()[ERROR_HEADER], "method_not_allowed");

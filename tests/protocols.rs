@@ -152,3 +152,20 @@ async fn a_refused_upstream_is_a_502_in_anthropic_shape() {
     let json = body_json(get(gateway.addr, "/elsewhere").await).await;
     assert_eq!(json["error"]["type"], "not_found");
 }
+
+#[tokio::test]
+async fn a_method_the_route_does_not_take_is_a_405_in_its_protocols_shape() {
+    let config = "upstreams:\n  assistant:\n    url: http://127.0.0.1:9\n\
+         routes:\n  - name: messages\n    match: { path_prefix: /v1/messages, methods: [POST] }\n    upstream: assistant\n    stream:\n      protocol: anthropic\n";
+    let gateway = start_gateway(config).await;
+    let response = get(gateway.addr, "/v1/messages").await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST");
+    let json = body_json(response).await;
+    assert_eq!(json["type"], "error", "Anthropic's shape: {json}");
+    assert_eq!(json["error"]["type"], "method_not_allowed");
+    assert!(json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("allowed: POST"));
+}

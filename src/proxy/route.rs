@@ -13,6 +13,7 @@ use http::Method;
 
 use crate::config::{PathMatch, RequestPlan, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::protocol::Protocol;
 use crate::shutdown::Shutdown;
 use crate::supervise::StreamPlan;
 use crate::upstream::Upstream;
@@ -74,5 +75,13 @@ impl Route {
             upstream,
         };
         Some((config.path.clone(), config.methods.clone(), route))
+    }
+
+    /// The route's protocol: its clients are that protocol's SDKs, so every error the
+    /// gateway answers on it is in that shape.
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.stream
+            .as_ref()
+            .map_or(Protocol::Sse, |plan| plan.protocol())
     }
 }
