@@ -217,14 +217,14 @@ impl Metrics {
             IntGaugeVec::new(
                 opts(
                     "build_info",
-                    "Always 1; the version label says which build.",
+                    "Always 1; the version and commit labels say which build.",
                 ),
-                &["version"],
+                &["version", "commit"],
             )
             .expect("valid metric"),
         );
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SSE_GATEWAY_COMMIT")])
             .set(1);
         #[cfg(target_os = "linux")]
         metrics

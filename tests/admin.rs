@@ -67,7 +67,10 @@ async fn metrics_include_build_info_process_metrics_and_every_family() {
     assert_eq!(
         metrics.get(
             "sse_gateway_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("SSE_GATEWAY_COMMIT"))
+            ]
         ),
         1.0
     );
