@@ -7,6 +7,7 @@
 
 mod client_body;
 mod dedicated;
+mod response_decoder;
 pub(crate) mod demo;
 mod error;
 mod reuse;
