@@ -123,8 +123,8 @@ impl ResponseDecoder {
                 return Err(DecodeError::HeadTooLarge);
             }
             let code = response.code.unwrap_or_default();
-            let status = StatusCode::from_u16(code)
-                .map_err(|_| DecodeError::Head("invalid status code"))?;
+            let status =
+                StatusCode::from_u16(code).map_err(|_| DecodeError::Head("invalid status code"))?;
             let version = match response.version {
                 Some(0) => Version::HTTP_10,
                 _ => Version::HTTP_11,
@@ -174,8 +174,7 @@ impl ResponseDecoder {
                 .filter_map(|value| value.to_str().ok())
                 .flat_map(|value| value.split(','))
                 .map(str::trim)
-                .filter(|coding| !coding.is_empty())
-                .last();
+                .rfind(|coding| !coding.is_empty());
             return Ok(match last {
                 Some(coding) if coding.eq_ignore_ascii_case("chunked") => State::ChunkSize,
                 _ => State::UntilClose,
@@ -295,6 +294,15 @@ impl ResponseDecoder {
             State::ChunkSize | State::ChunkData(_) | State::ChunkDataEnd | State::Trailers => {
                 Err(DecodeError::Incomplete("before the last chunk"))
             }
+        }
+    }
+
+    /// The body bytes still to come, when its length is known.
+    pub(crate) fn remaining_length(&self) -> Option<u64> {
+        match self.state {
+            State::Length(remaining) => Some(remaining),
+            State::Done => Some(0),
+            _ => None,
         }
     }
 

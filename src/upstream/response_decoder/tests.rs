@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use http::StatusCode;
 
-use super::{Decoded, DecodeError, ResponseDecoder};
+use super::{DecodeError, Decoded, ResponseDecoder};
 
 /// What a caller sees: the status, the body, and how it ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,38 +24,32 @@ fn read(wire: &[u8], step: usize, head_request: bool) -> Read {
     };
     let mut pieces = wire.chunks(step);
     loop {
-        if read.status.is_none() {
+        let decoded = if read.status.is_none() {
             match decoder.decode_head(&mut buf) {
-                Ok(Some(head)) => read.status = Some(head.status),
-                Ok(None) => match pieces.next() {
-                    Some(piece) => {
-                        buf.extend_from_slice(piece);
-                        continue;
-                    }
-                    None => {
-                        read.end = decoder.decode_eof().map(|_| ());
-                        return read;
-                    }
-                },
-                Err(error) => {
-                    read.end = Err(error);
-                    return read;
+                Ok(Some(head)) => {
+                    read.status = Some(head.status);
+                    continue;
                 }
+                Ok(None) => Ok(None),
+                Err(error) => Err(error),
             }
-        }
-        match decoder.decode(&mut buf) {
+        } else {
+            decoder.decode(&mut buf)
+        };
+        match decoded {
             Ok(Some(Decoded::Data(data))) => {
                 assert!(!data.is_empty(), "no empty data pieces");
                 read.body.extend_from_slice(&data);
             }
             Ok(Some(Decoded::End)) => return read,
-            Ok(None) => match pieces.next() {
-                Some(piece) => buf.extend_from_slice(piece),
-                None => {
+            Ok(None) => {
+                if let Some(piece) = pieces.next() {
+                    buf.extend_from_slice(piece);
+                } else {
                     read.end = decoder.decode_eof().map(|_| ());
                     return read;
                 }
-            },
+            }
             Err(error) => {
                 read.end = Err(error);
                 return read;
@@ -83,7 +77,8 @@ fn ok(status: u16, body: &str) -> Read {
 
 #[test]
 fn chunked_with_extensions_and_trailers() {
-    let wire = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
+    let wire =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
         7\r\ndata: a\r\n2;ext=1\r\n\n\n\r\n0\r\nX-Trailer: t\r\n\r\n";
     assert_eq!(read_every_split(wire), ok(200, "data: a\n\n"));
 }
@@ -128,9 +123,18 @@ fn interim_heads_are_skipped_and_bodiless_answers_end_at_once() {
 fn a_close_before_the_framing_is_complete_is_an_error() {
     let cases: [(&[u8], &str); 4] = [
         (b"HTTP/1.1 200 OK\r\nContent-Le", "before the response head"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort", "before the Content-Length was read"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nda", "before the last chunk"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n", "before the last chunk"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
+            "before the Content-Length was read",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nda",
+            "before the last chunk",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
+            "before the last chunk",
+        ),
     ];
     for (wire, when) in cases {
         let read = read_every_split(wire);
@@ -141,16 +145,42 @@ fn a_close_before_the_framing_is_complete_is_an_error() {
 #[test]
 fn malformed_responses_are_named() {
     let cases: [(&[u8], DecodeError); 7] = [
-        (b"SSH-2.0-OpenSSH\r\n\r\n", DecodeError::Head("not HTTP/1.x")),
-        (b"HTTP/1.1 2000 OK\r\n\r\n", DecodeError::Head("invalid status code")),
-        (b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", DecodeError::Head("malformed status line or header field")),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", DecodeError::ContentLength),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\nx", DecodeError::ContentLength),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", DecodeError::ChunkSize),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiX\r\n", DecodeError::ChunkEnd),
+        (
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+            DecodeError::Head("not HTTP/1.x"),
+        ),
+        (
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            DecodeError::Head("invalid status code"),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            DecodeError::Head("malformed status line or header field"),
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+            DecodeError::ContentLength,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\nx",
+            DecodeError::ContentLength,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            DecodeError::ChunkSize,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiX\r\n",
+            DecodeError::ChunkEnd,
+        ),
     ];
     for (wire, error) in cases {
-        assert_eq!(read_every_split(wire).end, Err(error), "{}", String::from_utf8_lossy(wire));
+        assert_eq!(
+            read_every_split(wire).end,
+            Err(error),
+            "{}",
+            String::from_utf8_lossy(wire)
+        );
     }
 }
 
@@ -161,7 +191,10 @@ fn unbounded_heads_and_lines_are_refused() {
     assert_eq!(read(&head, 4096, false).end, Err(DecodeError::HeadTooLarge));
     let mut size_line = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
     size_line.resize(size_line.len() + 5000, b'x');
-    assert_eq!(read(&size_line, 1024, false).end, Err(DecodeError::LineTooLong));
+    assert_eq!(
+        read(&size_line, 1024, false).end,
+        Err(DecodeError::LineTooLong)
+    );
 }
 
 #[test]
