@@ -11,7 +11,7 @@ pub(crate) mod demo;
 mod error;
 mod incoming;
 mod lean;
-mod response_decoder;
+pub mod response_decoder;
 mod reuse;
 
 use std::io;

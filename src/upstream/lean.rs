@@ -32,7 +32,7 @@ const FIRST_READ: usize = 4 * 1024;
 
 /// The largest read: a fast upstream's reads grow to this, so a burst costs few
 /// syscalls and one frame carries many events.
-const MAX_READ: usize = 64 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 /// Why the exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +76,19 @@ impl LeanBody {
                     }
                     return Poll::Ready(Ok(n));
                 }
-                // Readiness was stale; the next poll registers for the next.
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                // Readiness was stale; the next poll registers for the next, and the
+                // wait holds no buffer.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.release(),
                 Err(error) => return Poll::Ready(Err(error)),
             }
+        }
+    }
+
+    /// Frees the read buffer when it holds nothing undecoded: what was decoded from it
+    /// lives on in the frames, and goes when they are written.
+    fn release(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -105,11 +114,7 @@ impl Body for LeanBody {
             }
             match this.decoder.decode(&mut this.buf) {
                 Ok(Some(Decoded::Data(data))) => {
-                    if this.buf.is_empty() {
-                        // Let the allocation go with the frames cut from it: an idle
-                        // stream holds no buffer.
-                        this.buf = BytesMut::new();
-                    }
+                    this.release();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Ok(Some(Decoded::End)) => {
@@ -117,7 +122,9 @@ impl Body for LeanBody {
                     this.buf = BytesMut::new();
                     return Poll::Ready(None);
                 }
-                Ok(None) => {}
+                // What is left (a chunk's CRLF, say) was framing: the wait for the
+                // next bytes holds no buffer.
+                Ok(None) => this.release(),
                 Err(error) => return this.fail(error.into()),
             }
             match ready!(this.poll_read(cx)) {

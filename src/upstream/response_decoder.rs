@@ -19,7 +19,7 @@ const MAX_HEADERS: usize = 100;
 
 /// The largest response head (status line and header fields) read; hyper's default
 /// limit is the same order.
-pub(crate) const MAX_HEAD_SIZE: usize = 64 * 1024;
+pub const MAX_HEAD_SIZE: usize = 64 * 1024;
 
 /// The largest chunk-size line or trailer section read, so a peer cannot grow the
 /// buffer without sending body bytes.
@@ -27,7 +27,7 @@ const MAX_LINE: usize = 4 * 1024;
 
 /// A response's status line and header fields.
 #[derive(Debug)]
-pub(crate) struct Head {
+pub struct Head {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
@@ -35,7 +35,7 @@ pub(crate) struct Head {
 
 /// What [`ResponseDecoder::decode`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Decoded {
+pub enum Decoded {
     /// Body bytes, framing removed; never empty.
     Data(Bytes),
     /// The body is complete; nothing more will be decoded.
@@ -44,7 +44,7 @@ pub(crate) enum Decoded {
 
 /// Why the bytes are no HTTP/1.1 response the gateway can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DecodeError {
+pub enum DecodeError {
     #[error("invalid response head: {0}")]
     Head(&'static str),
     #[error("response head larger than {MAX_HEAD_SIZE} bytes")]
@@ -82,7 +82,7 @@ enum State {
 
 /// One response's decoding, from its first byte to the end of its body.
 #[derive(Debug)]
-pub(crate) struct ResponseDecoder {
+pub struct ResponseDecoder {
     state: State,
     /// The request was `HEAD`: a response to it has no body, whatever its headers say.
     head_request: bool,
@@ -90,7 +90,7 @@ pub(crate) struct ResponseDecoder {
 
 impl ResponseDecoder {
     /// A decoder for the response to a request; `head_request` when it was `HEAD`.
-    pub(crate) fn new(head_request: bool) -> ResponseDecoder {
+    pub fn new(head_request: bool) -> ResponseDecoder {
         ResponseDecoder {
             state: State::Head,
             head_request,
@@ -101,7 +101,7 @@ impl ResponseDecoder {
     /// taken from `buf`, and `100 Continue` / `103 Early Hints` heads before it are
     /// skipped); `Ok(None)` when more bytes are needed. Another `1xx` is returned as
     /// the head, for the caller to refuse.
-    pub(crate) fn decode_head(&mut self, buf: &mut BytesMut) -> Result<Option<Head>, DecodeError> {
+    pub fn decode_head(&mut self, buf: &mut BytesMut) -> Result<Option<Head>, DecodeError> {
         debug_assert_eq!(self.state, State::Head, "one head per response");
         loop {
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -206,7 +206,7 @@ impl ResponseDecoder {
 
     /// The next piece of the body from `buf` (taken from it); `Ok(None)` when more
     /// bytes are needed. Call after [`ResponseDecoder::decode_head`] returned the head.
-    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, DecodeError> {
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, DecodeError> {
         loop {
             match self.state {
                 State::Head => return Ok(None),
@@ -281,7 +281,7 @@ impl ResponseDecoder {
 
     /// The connection closed: the end of a body read to the close, or an error for a
     /// body whose framing still expected bytes.
-    pub(crate) fn decode_eof(&mut self) -> Result<Decoded, DecodeError> {
+    pub fn decode_eof(&mut self) -> Result<Decoded, DecodeError> {
         match self.state {
             State::UntilClose | State::Done => {
                 self.state = State::Done;
@@ -298,7 +298,7 @@ impl ResponseDecoder {
     }
 
     /// The body bytes still to come, when its length is known.
-    pub(crate) fn remaining_length(&self) -> Option<u64> {
+    pub fn remaining_length(&self) -> Option<u64> {
         match self.state {
             State::Length(remaining) => Some(remaining),
             State::Done => Some(0),
@@ -307,7 +307,7 @@ impl ResponseDecoder {
     }
 
     /// The body is complete: the connection holds nothing more of this response.
-    pub(crate) fn is_done(&self) -> bool {
+    pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
 }
@@ -321,6 +321,3 @@ fn take_len(remaining: u64, available: usize) -> usize {
 fn line_end(buf: &[u8]) -> Option<usize> {
     memchr::memmem::find(buf, b"\r\n")
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,75 +1,27 @@
-//! The decoder on whole responses fed in every split, and on each malformed case.
+//! The streaming upstream leg's HTTP/1.1 response decoder on whole responses fed in
+//! every split, and on each malformed case.
+
+mod framing;
 
 use bytes::BytesMut;
-use http::StatusCode;
-
-use super::{DecodeError, Decoded, ResponseDecoder};
-
-/// What a caller sees: the status, the body, and how it ended.
-#[derive(Debug, PartialEq, Eq)]
-struct Read {
-    status: Option<StatusCode>,
-    body: Vec<u8>,
-    end: Result<(), DecodeError>,
-}
-
-/// Feeds `wire` in pieces of at most `step` bytes, then the connection's close.
-fn read(wire: &[u8], step: usize, head_request: bool) -> Read {
-    let mut decoder = ResponseDecoder::new(head_request);
-    let mut buf = BytesMut::new();
-    let mut read = Read {
-        status: None,
-        body: Vec::new(),
-        end: Ok(()),
-    };
-    let mut pieces = wire.chunks(step);
-    loop {
-        let decoded = if read.status.is_none() {
-            match decoder.decode_head(&mut buf) {
-                Ok(Some(head)) => {
-                    read.status = Some(head.status);
-                    continue;
-                }
-                Ok(None) => Ok(None),
-                Err(error) => Err(error),
-            }
-        } else {
-            decoder.decode(&mut buf)
-        };
-        match decoded {
-            Ok(Some(Decoded::Data(data))) => {
-                assert!(!data.is_empty(), "no empty data pieces");
-                read.body.extend_from_slice(&data);
-            }
-            Ok(Some(Decoded::End)) => return read,
-            Ok(None) => {
-                if let Some(piece) = pieces.next() {
-                    buf.extend_from_slice(piece);
-                } else {
-                    read.end = decoder.decode_eof().map(|_| ());
-                    return read;
-                }
-            }
-            Err(error) => {
-                read.end = Err(error);
-                return read;
-            }
-        }
-    }
-}
+use framing::read_response::{read, Read};
+use sse_gateway::upstream::response_decoder::{
+    DecodeError, Decoded, ResponseDecoder, MAX_HEAD_SIZE,
+};
 
 /// The same read whatever the split: one byte at a time up to all at once.
 fn read_every_split(wire: &[u8]) -> Read {
-    let whole = read(wire, wire.len().max(1), false);
+    let whole = read(wire, false, &mut std::iter::empty());
     for step in 1..wire.len() {
-        assert_eq!(read(wire, step, false), whole, "split every {step} bytes");
+        let cut = read(wire, false, &mut std::iter::repeat(step));
+        assert_eq!(cut, whole, "split every {step} bytes");
     }
     whole
 }
 
 fn ok(status: u16, body: &str) -> Read {
     Read {
-        status: Some(StatusCode::from_u16(status).unwrap()),
+        status: Some(status),
         body: body.as_bytes().to_vec(),
         end: Ok(()),
     }
@@ -113,7 +65,7 @@ fn interim_heads_are_skipped_and_bodiless_answers_end_at_once() {
     let no_content = b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n";
     assert_eq!(read_every_split(no_content), ok(204, ""));
     let to_head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
-    assert_eq!(read(to_head, to_head.len(), true), ok(200, ""));
+    assert_eq!(read(to_head, true, &mut std::iter::empty()), ok(200, ""));
     // A 101 is returned for the caller to refuse; it has no body.
     let switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
     assert_eq!(read_every_split(switching), ok(101, ""));
@@ -187,12 +139,15 @@ fn malformed_responses_are_named() {
 #[test]
 fn unbounded_heads_and_lines_are_refused() {
     let mut head = b"HTTP/1.1 200 OK\r\nX-Padding: ".to_vec();
-    head.resize(super::MAX_HEAD_SIZE + 10, b'x');
-    assert_eq!(read(&head, 4096, false).end, Err(DecodeError::HeadTooLarge));
+    head.resize(MAX_HEAD_SIZE + 10, b'x');
+    assert_eq!(
+        read(&head, false, &mut std::iter::repeat(4096)).end,
+        Err(DecodeError::HeadTooLarge)
+    );
     let mut size_line = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
     size_line.resize(size_line.len() + 5000, b'x');
     assert_eq!(
-        read(&size_line, 1024, false).end,
+        read(&size_line, false, &mut std::iter::repeat(1024)).end,
         Err(DecodeError::LineTooLong)
     );
 }
