@@ -135,7 +135,7 @@ impl Body for ResponseBody {
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(frame) => frame.map(|result| result.map_err(BoxError::from)),
+                    Poll::Ready(frame) => frame,
                 };
                 match &polled {
                     None => log.finished(),

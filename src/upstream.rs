@@ -3,12 +3,15 @@
 //!
 //! One client per upstream, because the connect timeout is a property of the connector;
 //! the pool inside it reuses keep-alive connections across requests. Event streams to a
-//! plain-HTTP upstream take a connection of their own instead (`dedicated.rs`).
+//! plain-HTTP upstream take a connection of their own instead, read without hyper's
+//! client (`lean.rs`).
 
 mod client_body;
-mod dedicated;
 pub(crate) mod demo;
 mod error;
+mod incoming;
+mod lean;
+pub mod response_decoder;
 mod reuse;
 
 use std::io;
@@ -32,8 +35,8 @@ use error::{causes, BoxError};
 use reuse::{Answered, Tracking};
 
 pub(crate) use client_body::{BodyProgress, ClientBody, ClientBodyError};
-pub(crate) use dedicated::UpstreamIncoming;
 pub(crate) use error::{ClientErrorKind, Fault, UpstreamError, UpstreamErrorKind};
+pub(crate) use incoming::UpstreamIncoming;
 
 /// The body of an upstream request: the client's, streamed within the route's
 /// `max_body_size` and `body_timeout`, or one the gateway made (`query_as_json`).
@@ -163,7 +166,7 @@ impl Upstream {
                 Err(_) => return Err(self.header_timeout_error(progress)),
                 Ok(Ok(response)) => {
                     Answered::mark(response.extensions());
-                    return self.final_response(response.map(UpstreamIncoming::pooled));
+                    return self.final_response(response.map(UpstreamIncoming::Pooled));
                 }
                 Ok(Err(error)) => error,
             };
@@ -183,8 +186,8 @@ impl Upstream {
     }
 
     /// Sends a request whose response is expected to be a long stream: on a connection
-    /// of its own, driven by the response body (`dedicated.rs`), for a plain-HTTP
-    /// upstream; pooled for HTTPS. Same timeouts and errors as [`send`](Upstream::send).
+    /// of its own, read by the response body (`lean.rs`), for a plain-HTTP upstream;
+    /// pooled for HTTPS. Same timeouts and errors as [`send`](Upstream::send).
     pub(crate) async fn send_for_stream(
         &self,
         request: Request<UpstreamBody>,
@@ -207,9 +210,9 @@ impl Upstream {
         // Every event is its own small write upstream of us too: no Nagle delay.
         let _ = tcp.set_nodelay(true);
         let progress = body_progress(&request);
-        match tokio::time::timeout(self.header_timeout, dedicated::send(tcp, request)).await {
+        match tokio::time::timeout(self.header_timeout, lean::send(tcp, request)).await {
             Err(_) => Err(self.header_timeout_error(progress)),
-            Ok(Ok(response)) => self.final_response(response),
+            Ok(Ok(response)) => self.final_response(response.map(UpstreamIncoming::Lean)),
             Ok(Err(error)) => Err(self.classify(error.into(), false)),
         }
     }

@@ -328,3 +328,68 @@ async fn query_values_with_line_breaks_never_become_headers() {
     let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
     assert_eq!(body["q"], "hi\r\nX-Injected: 1\r\n\r\nGET /x");
 }
+
+/// One response as raw bytes from the upstream, then its close; what the client got.
+async fn through_gateway(
+    gateway: &TestGateway,
+    upstream: &ScriptedUpstream,
+    wire: &[u8],
+) -> (StatusCode, String) {
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.write(wire).await;
+    });
+    let status = response.status();
+    (status, body_text(response).await)
+}
+
+#[tokio::test]
+async fn malformed_upstream_responses_are_a_502_or_an_error_event() {
+    let (upstream, gateway) = setup().await;
+    for wire in [
+        &b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\ndata:",
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nBad Header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-le",
+    ] {
+        let (status, body) = through_gateway(&gateway, &upstream, wire).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{}: {body}", String::from_utf8_lossy(wire));
+        assert!(body.contains("\"type\":\"upstream_error\""), "{body}");
+    }
+    // The head was fine, the framing breaks mid-stream: what came before it is kept.
+    let bad_chunk =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+        f\r\ndata: {\"v\":1}\n\n\r\nZZ\r\ndata: 2\n\n\r\n";
+    let (status, body) = through_gateway(&gateway, &upstream, bad_chunk).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = client_events(&body);
+    assert_eq!(events[0].data, "{\"v\":1}", "{body}");
+    assert_eq!(events[1].event, "error", "{body}");
+    assert!(events[1].data.contains("invalid chunk size line"), "{body}");
+    assert_eq!(events[2].data, "[DONE]");
+}
+
+#[tokio::test]
+async fn event_streams_framed_by_length_or_by_the_close_are_read_whole() {
+    let (upstream, gateway) = setup().await;
+    let stream = "data: {\"v\":1}\n\ndata: {\"v\":2}\n\n";
+    let by_length = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{stream}",
+        stream.len()
+    );
+    let by_close = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{stream}"
+    );
+    for wire in [by_length, by_close] {
+        let (status, body) = through_gateway(&gateway, &upstream, wire.as_bytes()).await;
+        assert_eq!(status, StatusCode::OK);
+        let data: Vec<String> = client_events(&body).into_iter().map(|e| e.data).collect();
+        assert_eq!(data, ["{\"v\":1}", "{\"v\":2}", "[DONE]"], "{wire}: {body}");
+    }
+    let metrics = gateway
+        .metrics_until("both streams ended", |m| {
+            m.outcome_count("chat", "upstream_eof") == 2.0
+        })
+        .await;
+    assert_eq!(metrics.outcome_count("chat", "upstream_error"), 0.0);
+}

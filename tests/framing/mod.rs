@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod drive;
+pub mod read_response;
 
 use std::sync::Arc;
 

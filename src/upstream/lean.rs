@@ -1,0 +1,316 @@
+//! The streaming leg to a plain-HTTP upstream without hyper's client: the request is
+//! written as HTTP/1.1 bytes, and the response is read with [`ResponseDecoder`] into a
+//! buffer that exists only while bytes are arriving.
+//!
+//! Why: an open event stream spends most of its life waiting for the next token. On
+//! hyper's client connection it holds, all that time, a read buffer, a write buffer and
+//! the request dispatch channel, several pages of memory per stream. Here a stream
+//! waiting for its upstream holds its socket and the decoder's few counters: the read
+//! buffer is made when the socket is readable and given away, as the body's frames,
+//! when it has been decoded.
+//!
+//! HTTPS upstreams and requests that are not event streams keep hyper's pooled client.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderValue, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Either};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::error::BoxError;
+use super::response_decoder::{DecodeError, Decoded, ResponseDecoder};
+use super::UpstreamBody;
+
+/// The first read of a burst: one event of a token stream, with room to spare.
+const FIRST_READ: usize = 4 * 1024;
+
+/// The largest read: a fast upstream's reads grow to this, so a burst costs few
+/// syscalls and one frame carries many events.
+const MAX_READ: usize = 256 * 1024;
+
+/// Why the exchange with the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LeanError {
+    #[error("cannot write the request: {0}")]
+    Write(#[source] io::Error),
+    #[error("cannot read the response: {0}")]
+    Read(#[source] io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The client's body failed while it was being sent (too large, too slow, gone).
+    #[error("{0}")]
+    ClientBody(#[source] BoxError),
+}
+
+/// A response body read straight from the upstream's socket.
+#[derive(Debug)]
+pub(crate) struct LeanBody {
+    tcp: TcpStream,
+    decoder: ResponseDecoder,
+    /// Read but not yet decoded; empty, with nothing allocated, between bursts.
+    buf: BytesMut,
+    /// How much the next read asks for: doubles while reads fill it.
+    read_size: usize,
+    done: bool,
+}
+
+impl LeanBody {
+    /// Reads what the socket has into a buffer made for it; `Ready(Ok(0))` at the
+    /// upstream's close.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+                self.buf.reserve(self.read_size);
+            }
+            match self.tcp.try_read_buf(&mut self.buf) {
+                Ok(n) => {
+                    if n > 0 && self.buf.capacity() == self.buf.len() {
+                        self.read_size = (self.read_size * 2).min(MAX_READ);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                // Readiness was stale; the next poll registers for the next, and the
+                // wait holds no buffer.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.release(),
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+
+    /// Frees the read buffer when it holds nothing undecoded: what was decoded from it
+    /// lives on in the frames, and goes when they are written.
+    fn release(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    fn fail(&mut self, error: LeanError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.buf = BytesMut::new();
+        Poll::Ready(Some(Err(error.into())))
+    }
+}
+
+impl Body for LeanBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.decoder.decode(&mut this.buf) {
+                Ok(Some(Decoded::Data(data))) => {
+                    this.release();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Some(Decoded::End)) => {
+                    this.done = true;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(None);
+                }
+                // What is left (a chunk's CRLF, say) was framing: the wait for the
+                // next bytes holds no buffer.
+                Ok(None) => this.release(),
+                Err(error) => return this.fail(error.into()),
+            }
+            match ready!(this.poll_read(cx)) {
+                Ok(0) => match this.decoder.decode_eof() {
+                    Ok(_) => {
+                        this.done = true;
+                        return Poll::Ready(None);
+                    }
+                    Err(error) => return this.fail(error.into()),
+                },
+                Ok(_) => {}
+                Err(error) => return this.fail(LeanError::Read(error)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.decoder.is_done() && self.buf.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining_length() {
+            Some(remaining) => SizeHint::with_exact(remaining),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Sends `request` (absolute-form URI) on `tcp`, a new connection, and reads the
+/// response head. Timeouts are the caller's.
+pub(super) async fn send(
+    mut tcp: TcpStream,
+    request: Request<UpstreamBody>,
+) -> Result<Response<LeanBody>, LeanError> {
+    let head_request = request.method() == Method::HEAD;
+    let (parts, body) = request.into_parts();
+    write_request(&mut tcp, &parts, body).await?;
+
+    let mut decoder = ResponseDecoder::new(head_request);
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    let head = loop {
+        if let Some(head) = decoder.decode_head(&mut buf)? {
+            break head;
+        }
+        buf.reserve(FIRST_READ);
+        if tcp.read_buf(&mut buf).await.map_err(LeanError::Read)? == 0 {
+            return Err(decoder.decode_eof().unwrap_err().into());
+        }
+    };
+    if buf.is_empty() {
+        buf = BytesMut::new();
+    }
+    let mut response = Response::new(LeanBody {
+        tcp,
+        decoder,
+        buf,
+        read_size: FIRST_READ,
+        done: false,
+    });
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    Ok(response)
+}
+
+/// Writes the request head and body: a length when it is known, chunked otherwise.
+async fn write_request(
+    tcp: &mut TcpStream,
+    parts: &http::request::Parts,
+    body: UpstreamBody,
+) -> Result<(), LeanError> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |path| path.as_str())
+            .as_bytes(),
+    );
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    // On a connection of its own the request goes in origin form, with the Host the
+    // pooled client would have set.
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+    if let Some(host) = &host {
+        field(&mut head, HOST.as_str(), host.as_bytes());
+    }
+    for (name, value) in &parts.headers {
+        let framing = name == CONTENT_LENGTH || name == TRANSFER_ENCODING;
+        if framing || (name == HOST && host.is_some()) {
+            continue;
+        }
+        field(&mut head, name.as_str(), value.as_bytes());
+    }
+    match body {
+        Either::Right(full) => {
+            // A body the gateway made: whole, so its length is known.
+            let Ok(collected) = full.collect().await;
+            let bytes = collected.to_bytes();
+            field(
+                &mut head,
+                CONTENT_LENGTH.as_str(),
+                bytes.len().to_string().as_bytes(),
+            );
+            head.extend_from_slice(b"\r\n");
+            head.extend_from_slice(&bytes);
+            tcp.write_all(&head).await.map_err(LeanError::Write)
+        }
+        Either::Left(mut client) => {
+            let length = match client.size_hint().exact() {
+                Some(n) => Some(n),
+                None => parts
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|value| value.to_str().ok()?.parse().ok()),
+            };
+            let chunked = length.is_none();
+            match length {
+                Some(0) if !expects_body(&parts.method) => {}
+                Some(n) => field(&mut head, CONTENT_LENGTH.as_str(), n.to_string().as_bytes()),
+                None => field(&mut head, TRANSFER_ENCODING.as_str(), b"chunked"),
+            }
+            head.extend_from_slice(b"\r\n");
+            let sent = send_body(tcp, &head, &mut client, chunked).await;
+            if let Err(LeanError::Write(error)) = sent {
+                // The upstream may have closed because of what the client sent (a
+                // body over the limit is cut mid-way): if the rest of the body fails,
+                // that is the failure to report, not the closed socket.
+                while let Some(frame) = client.frame().await {
+                    frame.map_err(|error| LeanError::ClientBody(error.into()))?;
+                }
+                return Err(LeanError::Write(error));
+            }
+            sent
+        }
+    }
+}
+
+/// Writes the head, then the client's body as it arrives.
+async fn send_body(
+    tcp: &mut TcpStream,
+    head: &[u8],
+    client: &mut super::ClientBody,
+    chunked: bool,
+) -> Result<(), LeanError> {
+    tcp.write_all(head).await.map_err(LeanError::Write)?;
+    while let Some(frame) = client.frame().await {
+        let frame = frame.map_err(|error| LeanError::ClientBody(error.into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            let size = format!("{:X}\r\n", data.len());
+            tcp.write_all(size.as_bytes())
+                .await
+                .map_err(LeanError::Write)?;
+            tcp.write_all(&data).await.map_err(LeanError::Write)?;
+            tcp.write_all(b"\r\n").await.map_err(LeanError::Write)?;
+        } else {
+            tcp.write_all(&data).await.map_err(LeanError::Write)?;
+        }
+    }
+    if chunked {
+        tcp.write_all(b"0\r\n\r\n")
+            .await
+            .map_err(LeanError::Write)?;
+    }
+    Ok(())
+}
+
+/// Methods whose requests carry a body by definition: an empty one is said with
+/// `Content-Length: 0`, as hyper's client does.
+fn expects_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+fn field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
