@@ -154,6 +154,16 @@ impl Proxy {
             .as_ref()
             .map_or(Protocol::Sse, |plan| plan.protocol());
 
+        // Before anything is sent upstream; held by the response body until it ends.
+        let slot = match route.admission.as_ref().map(|a| a.admit(request.headers())) {
+            Some(Err(limit)) => {
+                let reply = crate::admission::refusal(limit, protocol, &route.name);
+                return (made(reply, log), route_name);
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
+
         let origin = Origin {
             peer,
             matched_len,
@@ -230,7 +240,7 @@ impl Proxy {
             }
             _ => ResponseBody::upstream(body, log),
         };
-        (Response::from_parts(parts, body), route_name)
+        (Response::from_parts(parts, body.holding(slot)), route_name)
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use http::Method;
 
+use crate::admission::Admission;
 use crate::config::{PathMatch, RequestPlan, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::shutdown::Shutdown;
@@ -28,6 +29,8 @@ pub(crate) struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// Set when the route has a `stream` section.
     pub stream: Option<Arc<StreamPlan>>,
+    /// Set when the route has `limits`.
+    pub admission: Option<Arc<Admission>>,
 }
 
 /// What the router needs to find a route: its path match and methods.
@@ -65,7 +68,12 @@ impl Route {
                 shutdown.clone(),
             ))
         });
+        let admission = config
+            .limits
+            .as_ref()
+            .map(|limits| Arc::new(Admission::new(&config.name, limits, metrics)));
         let route = Route {
+            admission,
             stream,
             metrics: route_metrics,
             name,
