@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use http::Method;
 
+use super::forward::Failover;
 use crate::admission::Admission;
 use crate::config::{PathMatch, RequestPlan, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::shutdown::Shutdown;
 use crate::supervise::StreamPlan;
-use crate::upstream::Upstream;
+use crate::upstream::{RetryBudget, Upstream};
 
 /// A route, compiled for serving.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub(crate) struct Route {
     pub stream: Option<Arc<StreamPlan>>,
     /// Set when the route has `limits`.
     pub admission: Option<Arc<Admission>>,
+    /// Endpoint choice and retries (`forward.rs`).
+    pub failover: Failover,
 }
 
 /// What the router needs to find a route: its path match and methods.
@@ -72,7 +75,14 @@ impl Route {
             .limits
             .as_ref()
             .map(|limits| Arc::new(Admission::new(&config.name, limits, metrics)));
+        let endpoints: Vec<&str> = upstream.endpoints().names().collect();
+        let failover = Failover {
+            retry: config.retry.clone(),
+            budget: RetryBudget::default(),
+            metrics: metrics.traffic.failover(&config.name, &endpoints),
+        };
         let route = Route {
+            failover,
             admission,
             stream,
             metrics: route_metrics,

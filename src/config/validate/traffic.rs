@@ -19,6 +19,9 @@ use crate::config::{
 /// upstream.
 const MAX_ATTEMPTS: u32 = 10;
 
+/// The most endpoints of one upstream: a request tracks the ones it tried in a `u64`.
+const MAX_ENDPOINTS: usize = 64;
+
 impl Validator<'_> {
     pub(super) fn limits(&mut self, path: &str, raw: raw::Limits) -> Option<LimitsConfig> {
         let mut ok = true;
@@ -115,8 +118,8 @@ impl Validator<'_> {
         ca_file: Option<&String>,
     ) -> Option<(UpstreamTarget, Vec<EndpointConfig>)> {
         let path = join(upstream_path, "endpoints");
-        if raw.is_empty() {
-            self.error_at_value(&path, "no endpoints: list at least one");
+        if raw.is_empty() || raw.len() > MAX_ENDPOINTS {
+            self.error_at_value(&path, format!("list 1 to {MAX_ENDPOINTS} endpoints"));
             return None;
         }
         let mut ok = true;
