@@ -67,7 +67,7 @@ pub(crate) struct Slot {
 impl Admission {
     /// The admission of `route` under `limits`.
     pub(crate) fn new(route: &str, limits: &LimitsConfig, metrics: &Metrics) -> Admission {
-        let (route_metrics, in_flight) = metrics.traffic.admission(route, limits.max_streams);
+        let (route_metrics, in_flight) = metrics.traffic().admission(route, limits.max_streams);
         Admission {
             max_streams: limits.max_streams,
             per_client: limits

@@ -17,8 +17,10 @@ use crate::engine::Outcome;
 use crate::protocol::UPSTREAM_ERROR_TYPES;
 use crate::upstream::{ClientErrorKind, UpstreamErrorKind};
 
-pub(crate) use traffic::{AdmissionMetrics, FailoverMetrics, InFlight};
-pub use traffic::{ATTEMPT_RESULTS, LIMITS, RETRY_REASONS, SKIP_REASONS};
+pub use traffic::{
+    AdmissionMetrics, FailoverMetrics, InFlight, TrafficFamilies, ATTEMPT_RESULTS, LIMITS,
+    RETRY_REASONS, SKIP_REASONS,
+};
 
 const NAMESPACE: &str = "sse_gateway";
 
@@ -57,7 +59,7 @@ pub struct Metrics {
     config_last_reload_success: IntGauge,
     config_last_reload_timestamp: Gauge,
     /// Admission and failover (`metrics/traffic.rs`).
-    pub(crate) traffic: traffic::Families,
+    traffic: TrafficFamilies,
 }
 
 /// One route's handles, resolved once and shared by all of its streams.
@@ -217,7 +219,7 @@ impl Metrics {
                 ))
                 .expect("valid metric"),
             ),
-            traffic: traffic::Families::new(&registry),
+            traffic: TrafficFamilies::new(&registry),
             registry,
         };
         let build_info = register(
@@ -293,6 +295,11 @@ impl Metrics {
                 })
                 .collect(),
         }
+    }
+
+    /// The admission and failover families.
+    pub fn traffic(&self) -> &TrafficFamilies {
+        &self.traffic
     }
 
     /// Counts an answered request. Unknown methods share one label value, so clients

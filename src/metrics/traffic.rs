@@ -46,7 +46,8 @@ pub const LIMITS: [&str; 2] = ["route", "per_client"];
 
 /// Requests in flight on one route, across config generations.
 #[derive(Debug, Default)]
-pub(crate) struct InFlight {
+pub struct InFlight {
+    /// Requests in flight on the route.
     pub route: std::sync::atomic::AtomicU32,
     /// Per client key (a keyed hash, never the header's value): requests in flight.
     /// Holds only clients with a request in flight.
@@ -55,7 +56,7 @@ pub(crate) struct InFlight {
 
 /// The families, registered once.
 #[derive(Debug)]
-pub(crate) struct Families {
+pub struct TrafficFamilies {
     admission_streams: IntGaugeVec,
     admission_max_streams: IntGaugeVec,
     admission_rejected: IntCounterVec,
@@ -68,7 +69,8 @@ pub(crate) struct Families {
 
 /// One route's admission handles.
 #[derive(Debug)]
-pub(crate) struct AdmissionMetrics {
+pub struct AdmissionMetrics {
+    /// `admission_streams`.
     pub streams: IntGauge,
     /// Indexed like [`LIMITS`].
     pub rejected: [IntCounter; 2],
@@ -76,7 +78,7 @@ pub(crate) struct AdmissionMetrics {
 
 /// One route's failover handles.
 #[derive(Debug)]
-pub(crate) struct FailoverMetrics {
+pub struct FailoverMetrics {
     /// Per endpoint (in the upstream's order), indexed like [`ATTEMPT_RESULTS`].
     pub attempts: Vec<Vec<IntCounter>>,
     /// Indexed like [`RETRY_REASONS`].
@@ -109,8 +111,8 @@ impl FailoverMetrics {
     }
 }
 
-impl Families {
-    pub(super) fn new(registry: &Registry) -> Families {
+impl TrafficFamilies {
+    pub(super) fn new(registry: &Registry) -> TrafficFamilies {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             register(
                 registry,
@@ -123,7 +125,7 @@ impl Families {
                 IntGaugeVec::new(opts(name, help), labels).expect("valid metric"),
             )
         };
-        Families {
+        TrafficFamilies {
             admission_streams: gauge(
                 "admission_streams",
                 "Requests in flight on a route with limits (each holds a stream slot until its response body ends).",
@@ -165,7 +167,7 @@ impl Families {
 
     /// The admission handles and in-flight counters of `route`; `max_streams` is
     /// exported as its limit.
-    pub(crate) fn admission(
+    pub fn admission(
         &self,
         route: &str,
         max_streams: Option<u32>,
@@ -193,7 +195,7 @@ impl Families {
     }
 
     /// The failover handles of `route`, whose upstream has `endpoints`.
-    pub(crate) fn failover(&self, route: &str, endpoints: &[&str]) -> FailoverMetrics {
+    pub fn failover(&self, route: &str, endpoints: &[&str]) -> FailoverMetrics {
         FailoverMetrics {
             attempts: endpoints
                 .iter()
@@ -216,7 +218,7 @@ impl Families {
     }
 
     /// The health gauge of one endpoint.
-    pub(crate) fn endpoint_healthy(&self, upstream: &str, endpoint: &str) -> IntGauge {
+    pub fn endpoint_healthy(&self, upstream: &str, endpoint: &str) -> IntGauge {
         self.endpoint_healthy
             .with_label_values(&[upstream, endpoint])
     }

@@ -79,7 +79,7 @@ impl Route {
         let failover = Failover {
             retry: config.retry.clone(),
             budget: RetryBudget::default(),
-            metrics: metrics.traffic.failover(&config.name, &endpoints),
+            metrics: metrics.traffic().failover(&config.name, &endpoints),
         };
         let route = Route {
             failover,

@@ -83,7 +83,7 @@ impl Endpoints {
                     base_path: config.base_path.clone(),
                     health: Health::new(
                         health,
-                        metrics.traffic.endpoint_healthy(upstream, &config.name),
+                        metrics.traffic().endpoint_healthy(upstream, &config.name),
                     ),
                     name: Arc::from(config.name.as_str()),
                 }
