@@ -6,7 +6,7 @@
 //! stream's end, when the client goes away, at a timeout or at the drain. Nothing to
 //! remember to release, no path that leaks.
 //!
-//! The per-client key is a keyed hash of the header's value (SipHash with a key drawn
+//! The per-client key is a keyed hash of the header's value (`SipHash` with a key drawn
 //! at random once per process): the value itself is never stored, logged or exported,
 //! and a client cannot aim collisions at another without the key. The map of keys
 //! holds only clients with a request in flight, so it is bounded by the requests in

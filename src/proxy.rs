@@ -227,7 +227,7 @@ impl Proxy {
             forward::Forwarded::Upstream(body) => body,
             forward::Forwarded::Started(held) => {
                 parts.headers.remove(CONTENT_LENGTH);
-                let body = SupervisedBody::resume(held, start, log);
+                let body = SupervisedBody::resume(*held, start, log);
                 return (
                     Response::from_parts(parts, ResponseBody::supervised(body).holding(slot)),
                     route_name,

@@ -30,10 +30,10 @@ async fn refused_url() -> String {
 /// One upstream `assistant` with `endpoints` (name, url), and the route `chat` with
 /// the openai-chat preset and `retry`.
 fn config(endpoints: &[(&str, &str)], upstream_extra: &str, retry: &str) -> String {
-    let list: String = endpoints
-        .iter()
-        .map(|(name, url)| format!("      - {{ name: {name}, url: \"{url}\" }}\n"))
-        .collect();
+    let mut list = String::new();
+    for (name, url) in endpoints {
+        list.push_str(&format!("      - {{ name: {name}, url: \"{url}\" }}\n"));
+    }
     format!(
         "upstreams:\n  assistant:\n    header_timeout: 1s\n    endpoints:\n{list}{upstream_extra}\
          routes:\n  - name: chat\n    match: {{ path_prefix: /api/stream }}\n    upstream: assistant\n\
@@ -233,7 +233,7 @@ async fn a_reset_after_content_is_not_retried_and_the_answer_is_truncated() {
         ScriptedUpstream::bind().await,
     );
     let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
-    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
         let mut first = a.accept().await;
         first.start_sse("").await;
         first.send_chunk(ROLE).await;

@@ -38,7 +38,8 @@ pub(crate) struct Failover {
 #[derive(Debug)]
 pub(super) enum Forwarded {
     Upstream(UpstreamIncoming),
-    Started(Started<UpstreamIncoming>),
+    /// Boxed: a held-back start is the rare, large case.
+    Started(Box<Started<UpstreamIncoming>>),
 }
 
 impl Failover {
@@ -92,7 +93,7 @@ pub(super) async fn forward(
                     Some(plan) => {
                         let (started, start_failure) = plan.start(body).await;
                         failure = start_failure;
-                        Ok((parts, Forwarded::Started(started)))
+                        Ok((parts, Forwarded::Started(Box::new(started))))
                     }
                     None => Ok((parts, Forwarded::Upstream(body))),
                 }
@@ -104,7 +105,7 @@ pub(super) async fn forward(
         }
         upstream.report(endpoint, failure);
         failover.count(endpoint, failure);
-        let Some(failure) = failure.filter(|f| f.retried_on(&retry.on)) else {
+        let Some(failure) = failure.filter(|f| f.retried_on(retry.on)) else {
             return forwarded;
         };
         if last {

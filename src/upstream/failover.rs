@@ -58,7 +58,7 @@ impl Failure {
     }
 
     /// Whether `on` retries it.
-    pub(crate) fn retried_on(self, on: &RetryOn) -> bool {
+    pub(crate) fn retried_on(self, on: RetryOn) -> bool {
         match self {
             Failure::Connect => on.connect,
             Failure::Timeout => on.timeout,
