@@ -168,3 +168,70 @@ fn plain_http(origin: &str) -> Option<String> {
             format!("{}:{port}", authority.host())
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn endpoints(balance: Balance, urls: &[&str]) -> Endpoints {
+        let configs: Vec<EndpointConfig> = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let uri: Uri = url.parse().unwrap();
+                EndpointConfig {
+                    name: format!("e{i}"),
+                    base_path: uri.path().trim_end_matches('/').to_owned(),
+                    uri,
+                }
+            })
+            .collect();
+        let health = HealthConfig {
+            failures: 1,
+            cooldown: Duration::from_secs(60),
+        };
+        Endpoints::new("up", &configs, balance, health, &Metrics::new())
+    }
+
+    #[test]
+    fn priority_takes_the_first_untried_endpoint_that_is_in() {
+        let list = endpoints(Balance::Priority, &["http://a", "http://b", "http://c"]);
+        let mut tried = Tried::default();
+        assert_eq!(list.pick(list.start(), tried), Some(0));
+        tried.add(0);
+        assert_eq!(list.pick(0, tried), Some(1));
+        list.get(1).health.failure(list.now());
+        assert_eq!(list.pick(0, tried), Some(2), "b is out");
+        tried.add(2);
+        assert_eq!(list.pick(0, tried), Some(1), "out, but the last one left");
+        tried.add(1);
+        assert_eq!(list.pick(0, tried), None);
+    }
+
+    #[test]
+    fn round_robin_starts_each_request_at_the_next_endpoint() {
+        let list = endpoints(Balance::RoundRobin, &["http://a", "http://b"]);
+        let starts: Vec<usize> = (0..4).map(|_| list.start()).collect();
+        assert_eq!(starts, [0, 1, 0, 1]);
+        let mut tried = Tried::default();
+        tried.add(1);
+        assert_eq!(list.pick(1, tried), Some(0), "then wraps around");
+    }
+
+    #[test]
+    fn a_uri_is_aimed_at_another_endpoint_with_its_base_path() {
+        let list = endpoints(
+            Balance::Priority,
+            &["http://a:8000/v1", "https://b.example/api/v1"],
+        );
+        let uri: Uri = "http://a:8000/v1/chat/completions?x=1".parse().unwrap();
+        assert_eq!(list.retarget(&uri, 0), uri);
+        assert_eq!(
+            list.retarget(&uri, 1).to_string(),
+            "https://b.example/api/v1/chat/completions?x=1"
+        );
+        assert_eq!(list.get(0).plain_http.as_deref(), Some("a:8000"));
+        assert_eq!(list.get(1).plain_http, None);
+    }
+}
