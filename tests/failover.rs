@@ -415,3 +415,74 @@ async fn round_robin_spreads_requests_over_the_endpoints() {
     assert_eq!(attempts(&metrics, "a", "success"), 2.0);
     assert_eq!(attempts(&metrics, "b", "success"), 2.0);
 }
+
+#[tokio::test]
+async fn a_start_that_goes_silent_before_content_is_a_timeout_and_retried() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}").replace(
+        "stream: { protocol: openai-chat }",
+        "stream: { protocol: openai-chat, idle_timeout: 300ms }",
+    );
+    let gateway = start_gateway(&yaml).await;
+    let (response, _silent, _) = tokio::join!(
+        get(gateway.addr, "/api/stream"),
+        async {
+            let mut exchange = a.accept().await;
+            exchange.start_sse("").await;
+            exchange.send_chunk(ROLE).await;
+            exchange
+        },
+        async {
+            let mut exchange = b.accept().await;
+            answer(&mut exchange).await;
+            exchange
+        }
+    );
+    assert_eq!(body_text(response).await, whole_answer());
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "timeout"), 1.0, "{}", metrics.text);
+    assert_eq!(retries(&metrics, "timeout"), 1.0);
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_is_sent_once_and_its_failure_not_retried() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(
+        &[("a", &a.url()), ("b", &b.url())],
+        "",
+        "{ max_body: 16B }",
+    ))
+    .await;
+    let body = "{\"messages\":\"longer than sixteen bytes\"}";
+    let request = Request::post("/api/stream")
+        .header("host", gateway.addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = a.accept().await;
+        exchange
+            .write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        exchange.request.clone()
+    });
+    assert_eq!(response.status(), 503);
+    assert_eq!(seen.body, body.as_bytes(), "streamed through whole");
+    assert!(!b.connection_within(Duration::from_millis(200)).await);
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_upstream_retries_skipped_total",
+            &[("route", "chat"), ("reason", "body_not_replayable")]
+        ),
+        1.0,
+        "{}",
+        metrics.text
+    );
+}
