@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::access_log::RequestLog;
+use crate::admission::Slot;
 use crate::shutdown::Shutdown;
 use crate::supervise::SupervisedBody;
 use crate::upstream::UpstreamIncoming;
@@ -29,6 +30,8 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 #[derive(Debug)]
 pub(crate) struct ResponseBody {
     kind: Kind,
+    /// The request's place under its route's `limits`, freed with the body.
+    slot: Option<Slot>,
 }
 
 #[derive(Debug)]
@@ -62,7 +65,15 @@ impl ResponseBody {
                 log,
                 drain: None,
             },
+            slot: None,
         }
+    }
+
+    /// Holds `slot` until the body is dropped: the end of the response, whichever way
+    /// it ends.
+    pub(crate) fn holding(mut self, slot: Option<Slot>) -> ResponseBody {
+        self.slot = slot;
+        self
     }
 
     /// Ends a passed-through body when `signal` fires (at the drain deadline); other
@@ -84,6 +95,7 @@ impl ResponseBody {
     pub(crate) fn supervised(body: SupervisedBody) -> ResponseBody {
         ResponseBody {
             kind: Kind::Supervised(Box::new(body)),
+            slot: None,
         }
     }
 
@@ -94,6 +106,7 @@ impl ResponseBody {
                 body: (!body.is_empty()).then_some(body),
                 log,
             },
+            slot: None,
         }
     }
 }

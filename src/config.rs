@@ -9,6 +9,7 @@ mod env;
 mod locate;
 pub(crate) mod raw;
 mod show;
+mod traffic;
 mod units;
 mod validate;
 
@@ -30,6 +31,10 @@ pub(crate) use crate::router::PathMatch;
 pub(crate) use locate::Position;
 pub(crate) use raw::{BodyMode, LogFormat, OnUpstreamEof};
 pub(crate) use units::HumanDuration;
+
+pub use traffic::{
+    Balance, EndpointConfig, HealthConfig, LimitsConfig, PerClientLimit, RetryConfig, RetryOn,
+};
 
 /// Defaults for keys an operator may leave out, in one place so the README can cite them.
 pub mod defaults {
@@ -67,6 +72,14 @@ pub mod defaults {
     /// After the drain, the longest wait for Prometheus's next scrape (which carries
     /// the drain's outcomes): one usual scrape interval (10s to 15s) at most.
     pub const FINAL_SCRAPE_WAIT: Duration = Duration::from_secs(10);
+    /// `retry.attempts`: the first request and one more, on another endpoint.
+    pub const RETRY_ATTEMPTS: u32 = 2;
+    /// `retry.max_body`: request bodies kept for another attempt.
+    pub const RETRY_MAX_BODY: u64 = 1 << 20;
+    /// `health.failures`: failures in a row that take an endpoint out.
+    pub const HEALTH_FAILURES: u32 = 3;
+    /// `health.cooldown`: how long an endpoint that is out is skipped.
+    pub const HEALTH_COOLDOWN: Duration = Duration::from_secs(30);
 }
 
 /// A complete, valid configuration.
@@ -116,6 +129,11 @@ pub struct UpstreamConfig {
     pub target: UpstreamTarget,
     pub connect_timeout: Duration,
     pub header_timeout: Duration,
+    /// The servers behind the upstream, in priority order; one for a `url`
+    /// (named `default`), none for the demo.
+    pub endpoints: Vec<EndpointConfig>,
+    pub balance: Balance,
+    pub health: HealthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +166,10 @@ pub struct RouteConfig {
     pub cors: Option<CorsConfig>,
     /// Header changes on every response of the route (the upstream's and the gateway's).
     pub response: ResponsePlan,
+    /// How many requests the route takes at once; `None`: no limit.
+    pub limits: Option<LimitsConfig>,
+    /// When a request is tried again on another endpoint; `None`: never.
+    pub retry: Option<RetryConfig>,
 }
 
 /// A route's `cors` section, validated: the gateway answers preflights itself and

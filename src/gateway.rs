@@ -125,7 +125,7 @@ fn compile(
 ) -> Result<Proxy, StartError> {
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
-        let upstream = Upstream::new(upstream, demo_origin)?;
+        let upstream = Upstream::new(upstream, demo_origin, metrics)?;
         upstreams.insert(name.clone(), Arc::new(upstream));
     }
     Ok(Proxy::new(config, &upstreams, metrics, shutdown))

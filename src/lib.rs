@@ -2,6 +2,7 @@
 //! Server-Sent Events.
 //!
 //! # Layout
+//! - `admission`: how many requests a route takes at once; the 429 when full.
 //! - `admin`: the admin listener: /metrics, /healthz, /readyz, /config.
 //! - [`cli`]: the `sse-gateway` command line: run, check, rewrite, completions, man;
 //!   exit codes; the stop signals.
@@ -31,6 +32,7 @@
 //! How they fit together, from accept to the last byte: `docs/architecture.md`.
 pub(crate) mod access_log;
 pub(crate) mod admin;
+pub(crate) mod admission;
 pub(crate) mod body;
 pub mod cli;
 pub mod config;

@@ -5,6 +5,8 @@
 //! per-event cost is an atomic add, with no label lookup and no lock. Label values are
 //! bounded: route and rule names (validated config), fixed enums, never request data.
 
+mod traffic;
+
 use http::{Method, StatusCode};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -14,6 +16,11 @@ use prometheus::{
 use crate::engine::Outcome;
 use crate::protocol::UPSTREAM_ERROR_TYPES;
 use crate::upstream::{ClientErrorKind, UpstreamErrorKind};
+
+pub use traffic::{
+    AdmissionMetrics, FailoverMetrics, InFlight, TrafficFamilies, ATTEMPT_RESULTS, LIMITS,
+    RETRY_REASONS, SKIP_REASONS,
+};
 
 const NAMESPACE: &str = "sse_gateway";
 
@@ -51,6 +58,8 @@ pub struct Metrics {
     config_read_errors: IntCounter,
     config_last_reload_success: IntGauge,
     config_last_reload_timestamp: Gauge,
+    /// Admission and failover (`metrics/traffic.rs`).
+    traffic: TrafficFamilies,
 }
 
 /// One route's handles, resolved once and shared by all of its streams.
@@ -210,6 +219,7 @@ impl Metrics {
                 ))
                 .expect("valid metric"),
             ),
+            traffic: TrafficFamilies::new(&registry),
             registry,
         };
         let build_info = register(
@@ -285,6 +295,11 @@ impl Metrics {
                 })
                 .collect(),
         }
+    }
+
+    /// The admission and failover families.
+    pub fn traffic(&self) -> &TrafficFamilies {
+        &self.traffic
     }
 
     /// Counts an answered request. Unknown methods share one label value, so clients

@@ -6,6 +6,7 @@
 //! error shape of [`crate::reply`].
 
 mod edge;
+mod forward;
 pub(crate) mod request;
 mod route;
 
@@ -155,6 +156,16 @@ impl Proxy {
         // The route's clients are the SDKs of its protocol: errors in their shape.
         let protocol = route.protocol();
 
+        // Before anything is sent upstream; held by the response body until it ends.
+        let slot = match route.admission.as_ref().map(|a| a.admit(request.headers())) {
+            Some(Err(limit)) => {
+                let reply = crate::admission::refusal(limit, protocol, &route.name);
+                return (made(reply, log), route_name);
+            }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
+        };
+
         let origin = Origin {
             peer,
             matched_len,
@@ -177,12 +188,8 @@ impl Proxy {
             }
         };
 
-        let sent = match route.stream {
-            Some(_) => route.upstream.send_for_stream(upstream_request).await,
-            None => route.upstream.send(upstream_request).await,
-        };
-        let response = match sent {
-            Ok(response) => response,
+        let (mut parts, body) = match forward::forward(route, upstream_request).await {
+            Ok(forwarded) => forwarded,
             Err(error) => {
                 match error.fault() {
                     Fault::Client(kind) => {
@@ -203,8 +210,6 @@ impl Proxy {
                 return (made(reply, log), route_name);
             }
         };
-
-        let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let event_stream = is_event_stream(parts.headers.get(CONTENT_TYPE));
         if event_stream {
@@ -219,6 +224,17 @@ impl Proxy {
                 .insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
         }
         log.set_status(parts.status);
+        let body = match body {
+            forward::Forwarded::Upstream(body) => body,
+            forward::Forwarded::Started(held) => {
+                parts.headers.remove(CONTENT_LENGTH);
+                let body = SupervisedBody::resume(*held, start, log);
+                return (
+                    Response::from_parts(parts, ResponseBody::supervised(body).holding(slot)),
+                    route_name,
+                );
+            }
+        };
         let body = match &route.stream {
             Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
                 // Events may be rewritten, dropped or added: the length is the body's own.
@@ -231,7 +247,7 @@ impl Proxy {
             }
             _ => ResponseBody::upstream(body, log),
         };
-        (Response::from_parts(parts, body), route_name)
+        (Response::from_parts(parts, body.holding(slot)), route_name)
     }
 }
 

@@ -35,12 +35,14 @@ pub(crate) enum ErrorType {
     UpstreamTimeout,
     /// The upstream broke the exchange (reset, malformed response).
     UpstreamError,
+    /// The route (or this client) has as many streams open as its `limits` allow.
+    TooManyRequests,
 }
 
 impl ErrorType {
     /// Every type, in declaration order (the tests hold each to a distinct label).
     #[cfg(test)]
-    pub(crate) const ALL: [ErrorType; 8] = [
+    pub(crate) const ALL: [ErrorType; 9] = [
         ErrorType::NotFound,
         ErrorType::MethodNotAllowed,
         ErrorType::BadRequest,
@@ -49,6 +51,7 @@ impl ErrorType {
         ErrorType::UpstreamUnavailable,
         ErrorType::UpstreamTimeout,
         ErrorType::UpstreamError,
+        ErrorType::TooManyRequests,
     ];
 
     /// The `type` of the JSON error object.
@@ -62,6 +65,7 @@ impl ErrorType {
             ErrorType::UpstreamUnavailable => "upstream_unavailable",
             ErrorType::UpstreamTimeout => "upstream_timeout",
             ErrorType::UpstreamError => "upstream_error",
+            ErrorType::TooManyRequests => "too_many_requests",
         }
     }
 
@@ -74,6 +78,7 @@ impl ErrorType {
             ErrorType::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorType::UpstreamUnavailable | ErrorType::UpstreamError => StatusCode::BAD_GATEWAY,
             ErrorType::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorType::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

@@ -21,6 +21,7 @@
 //! is re-armed (the lazy timer of pingora, with linkerd's re-check on wake-up), so no
 //! timer is touched per event.
 
+mod holdback;
 mod record;
 
 use std::error::Error as StdError;
@@ -44,6 +45,8 @@ use crate::shutdown::Shutdown;
 use crate::upstream::{UpstreamErrorKind, UpstreamIncoming};
 
 use record::Record;
+
+pub(crate) use holdback::Started;
 
 /// The comment sent when nothing else was sent for `heartbeat`.
 const HEARTBEAT: &[u8] = b": keep-alive\n\n";
@@ -97,6 +100,15 @@ impl StreamPlan {
 }
 
 impl StreamPlan {
+    /// A new engine for one of the route's streams.
+    fn engine(&self) -> Engine {
+        Engine::new(
+            self.pipeline.clone(),
+            self.max_event_size,
+            self.route.clone(),
+        )
+    }
+
     /// The protocol the route's upstream speaks.
     pub(crate) fn protocol(&self) -> crate::protocol::Protocol {
         self.pipeline.contract().protocol
@@ -123,6 +135,9 @@ pub(crate) struct SupervisedBody<B = UpstreamIncoming> {
     last_data: Instant,
     last_sent: Instant,
     record: Record,
+    /// Frames of a start held back until its first content event (`holdback.rs`),
+    /// sent before anything else; empty on routes without retry.
+    held: std::collections::VecDeque<Bytes>,
 }
 
 impl<B> SupervisedBody<B>
@@ -137,13 +152,27 @@ where
         started: Instant,
         log: RequestLog,
     ) -> Self {
+        let started_stream = Started {
+            engine: plan.engine(),
+            held: std::collections::VecDeque::new(),
+            upstream,
+            plan,
+        };
+        Self::resume(started_stream, started, log)
+    }
+
+    /// Supervises a stream whose start was held back (`holdback.rs`): its held frames
+    /// go first, then the engine goes on where the start left it.
+    pub(crate) fn resume(start: Started<B>, started: Instant, log: RequestLog) -> Self {
         let now = Instant::now();
-        let engine = Engine::new(
-            plan.pipeline.clone(),
-            plan.max_event_size,
-            plan.route.clone(),
-        );
+        let Started {
+            plan,
+            engine,
+            held,
+            upstream,
+        } = start;
         let mut body = SupervisedBody {
+            held,
             upstream: Some(upstream),
             engine,
             clock: Box::pin(sleep_until(now + PARKED)),
@@ -300,6 +329,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
         let this = &mut *self;
+        if let Some(frame) = this.held.pop_front() {
+            return this.send(frame);
+        }
         loop {
             let frame = this.engine.next_frame();
             this.account();
@@ -352,7 +384,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.engine.is_finished()
+        self.held.is_empty() && self.engine.is_finished()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -6,9 +6,13 @@
 //! plain-HTTP upstream take a connection of their own instead, read without hyper's
 //! client (`lean.rs`).
 
+mod budget;
 mod client_body;
 pub(crate) mod demo;
+mod endpoints;
 mod error;
+mod failover;
+mod health;
 mod incoming;
 mod lean;
 pub mod response_decoder;
@@ -30,12 +34,16 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use crate::config::{UpstreamConfig, UpstreamTarget};
+use crate::config::{EndpointConfig, UpstreamConfig, UpstreamTarget};
+use crate::metrics::Metrics;
 use error::{causes, BoxError};
 use reuse::{Answered, Tracking};
 
+pub(crate) use budget::RetryBudget;
 pub(crate) use client_body::{BodyProgress, ClientBody, ClientBodyError};
+pub(crate) use endpoints::{Endpoints, Tried};
 pub(crate) use error::{ClientErrorKind, Fault, UpstreamError, UpstreamErrorKind};
+pub(crate) use failover::Failure;
 pub(crate) use incoming::UpstreamIncoming;
 
 /// The body of an upstream request: the client's, streamed within the route's
@@ -55,12 +63,8 @@ pub const POOL_MAX_IDLE: usize = 64;
 #[derive(Debug)]
 pub(crate) struct Upstream {
     name: String,
-    /// `scheme://authority`
-    origin: String,
-    /// Where a dedicated connection goes: `host:port` of a plain-HTTP upstream; `None`
-    /// for HTTPS, whose streams use the pool.
-    plain_http: Option<String>,
-    base_path: String,
+    /// Where requests go, and the health of each place (`endpoints.rs`).
+    endpoints: Endpoints,
     connect_timeout: Duration,
     header_timeout: Duration,
     client: Client<Tracking<HttpsConnector<HttpConnector>>, UpstreamBody>,
@@ -72,26 +76,20 @@ impl Upstream {
     pub(crate) fn new(
         config: &UpstreamConfig,
         demo_origin: Option<&str>,
+        metrics: &Metrics,
     ) -> Result<Upstream, TlsError> {
-        let (origin, base_path, ca_file) = match &config.target {
-            UpstreamTarget::Url {
-                uri,
-                base_path,
-                ca_file,
-            } => {
-                let scheme = uri.scheme_str().unwrap_or("http");
-                let authority = uri.authority().map_or("", |a| a.as_str());
-                (
-                    format!("{scheme}://{authority}"),
-                    base_path.clone(),
-                    ca_file.as_deref(),
-                )
+        let (endpoints, ca_file) = match &config.target {
+            UpstreamTarget::Url { ca_file, .. } => (config.endpoints.clone(), ca_file.as_deref()),
+            UpstreamTarget::Demo { .. } => {
+                let origin = demo_origin.unwrap_or("http://127.0.0.1:9");
+                let endpoint = EndpointConfig {
+                    name: "default".to_owned(),
+                    uri: Uri::try_from(origin)
+                        .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1:9")),
+                    base_path: String::new(),
+                };
+                (vec![endpoint], None)
             }
-            UpstreamTarget::Demo { .. } => (
-                demo_origin.unwrap_or("http://127.0.0.1:9").to_owned(),
-                String::new(),
-                None,
-            ),
         };
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -109,38 +107,41 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(Tracking(https));
-        let plain_http = origin
-            .strip_prefix("http://")
-            .and_then(|authority| authority.parse::<http::uri::Authority>().ok())
-            .map(|authority| {
-                let port = authority.port_u16().unwrap_or(80);
-                format!("{}:{port}", authority.host())
-            });
         Ok(Upstream {
             name: config.name.clone(),
-            plain_http,
-            origin,
-            base_path,
+            endpoints: Endpoints::new(
+                &config.name,
+                &endpoints,
+                config.balance,
+                config.health,
+                metrics,
+            ),
             connect_timeout: config.connect_timeout,
             header_timeout: config.header_timeout,
             client,
         })
     }
 
+    pub(crate) fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    /// The absolute URI for an upstream path (which starts with `/`) and query.
+    /// The absolute URI for an upstream path (which starts with `/`) and query, at
+    /// the first endpoint ([`Endpoints::retarget`] aims it at another).
     pub(crate) fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let first = self.endpoints.get(0);
         let mut uri = String::with_capacity(
-            self.origin.len()
-                + self.base_path.len()
+            first.origin.len()
+                + first.base_path.len()
                 + path.len()
                 + query.map_or(0, |q| q.len() + 1),
         );
-        uri.push_str(&self.origin);
-        uri.push_str(&self.base_path);
+        uri.push_str(&first.origin);
+        uri.push_str(&first.base_path);
         uri.push_str(path);
         if let Some(query) = query {
             uri.push('?');
@@ -186,13 +187,15 @@ impl Upstream {
     }
 
     /// Sends a request whose response is expected to be a long stream: on a connection
-    /// of its own, read by the response body (`lean.rs`), for a plain-HTTP upstream;
+    /// of its own, read by the response body (`lean.rs`), for a plain-HTTP endpoint;
     /// pooled for HTTPS. Same timeouts and errors as [`send`](Upstream::send).
+    /// `endpoint` is where the request's URI points.
     pub(crate) async fn send_for_stream(
         &self,
         request: Request<UpstreamBody>,
+        endpoint: usize,
     ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        let Some(address) = &self.plain_http else {
+        let Some(address) = &self.endpoints.get(endpoint).plain_http else {
             return self.send(request).await;
         };
         let tcp =

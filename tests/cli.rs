@@ -109,6 +109,18 @@ const BROKEN: &[(&str, &[&str])] = &[
         &["bad_yaml.yaml:3:1: invalid YAML: did not find expected ',' or '}'"],
     ),
     (
+        "bad_traffic.yaml",
+        &[
+            "bad_traffic.yaml:3:5: upstreams.assistant: give one of `url`, `endpoints` or `demo`",
+            "bad_traffic.yaml:9:17: upstreams.pool.endpoints[1].name: duplicate endpoint name \"a\" (also endpoints[0])",
+            "bad_traffic.yaml:10:25: upstreams.pool.health.failures: failures must be at least 1",
+            "bad_traffic.yaml:15:28: routes[0].limits.max_streams: max_streams must be at least 1",
+            "bad_traffic.yaml:15:53: routes[0].limits.per_client.header: invalid header name \"bad header\"",
+            "bad_traffic.yaml:16:24: routes[0].retry.attempts: attempts counts the first request too: between 2 and 10",
+            "bad_traffic.yaml:16:41: routes[0].retry.on[1]: cannot retry on 500: use one of connect, timeout, 429, 502, 503, 504, before_content",
+        ],
+    ),
+    (
         "bad_log_level.yaml",
         &["bad_log_level.yaml:1:15: log.level: invalid log level \"inof\": `inof` is not a level (use error, warn, info, debug, trace or off); to log a target, write `inof=LEVEL`"],
     ),

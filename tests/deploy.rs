@@ -577,6 +577,7 @@ fn alerts_parse_with_the_expected_rules() {
             "SseGatewayErrorOutcomes",
             "SseGatewayReloadFailing",
             "SseGatewayUpstreamErrors",
+            "SseGatewayUpstreamNoHealthyEndpoint",
             "SseGatewayDown"
         ]
     );
@@ -619,6 +620,9 @@ struct Exported {
 fn exported() -> Exported {
     let metrics = sse_gateway::metrics::Metrics::new();
     let _route = metrics.route("chat", &["repair#0"]);
+    let _admission = metrics.traffic().admission("chat", Some(100));
+    let _failover = metrics.traffic().failover("chat", &["a"]);
+    let _healthy = metrics.traffic().endpoint_healthy("assistant", "a");
     metrics.count_request(Some("chat"), &http::Method::GET, http::StatusCode::OK);
     let exposition = metrics.encode();
     let sample = regex::Regex::new(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s").unwrap();
@@ -660,7 +664,7 @@ fn dashboard_and_alerts_name_only_metrics_labels_and_values_the_gateway_exports(
     let matcher =
         regex::Regex::new(r#"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*"([^"]*)""#).unwrap();
     // Labels whose values are a fixed set in the gateway: a typo there matches nothing.
-    let closed = ["outcome", "kind", "result", "direction"];
+    let closed = ["outcome", "kind", "result", "direction", "reason", "limit"];
     for expr in &exprs {
         for name in metric.find_iter(expr) {
             assert!(

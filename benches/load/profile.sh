@@ -21,6 +21,9 @@
 #   --streams N        override the scenario's stream count
 #   --seconds N        measured window (default 15)
 #   --gateway-bin PATH profile this binary instead of building the repo's
+#   --endpoints N      the upstream has N endpoints (the same server; the first takes
+#                      every request) and the route `retry: { attempts: N }` (as run.sh's
+#                      --gateway-endpoints; default 1: a `url`, no retry)
 #
 # Output (callgrind.out, massif.out, annotations) goes to $TARGET/load/profile-*/.
 set -euo pipefail
@@ -32,6 +35,7 @@ SCENARIO=throughput
 STREAMS=""
 SECONDS_WINDOW=15
 GATEWAY_BIN=""
+ENDPOINTS=1
 die() { echo "profile.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -40,7 +44,8 @@ while [ $# -gt 0 ]; do
         --streams) STREAMS=${2:?}; shift ;;
         --seconds) SECONDS_WINDOW=${2:?}; shift ;;
         --gateway-bin) GATEWAY_BIN=${2:?}; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --endpoints) ENDPOINTS=${2:?}; shift ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) die "unknown option $1" ;;
     esac
     shift
@@ -77,6 +82,13 @@ events_total() {
 }
 
 read -r UP PORT ADMIN < <("$LOAD" ports 3)
+TARGET="{ url: \"http://127.0.0.1:$UP\", connect_timeout: 2s, header_timeout: 30s }"
+RETRY=""
+if [ "$ENDPOINTS" -gt 1 ]; then
+    list=$(for i in $(seq "$ENDPOINTS"); do printf '{ name: e%s, url: "http://127.0.0.1:%s" }\n' "$i" "$UP"; done | paste -sd, -)
+    TARGET="{ endpoints: [$list], connect_timeout: 2s, header_timeout: 30s }"
+    RETRY="    retry: { attempts: $ENDPOINTS }"
+fi
 LIFETIME=$((WARMUP + SECONDS_WINDOW + 300))
 cat >"$OUT/gateway.yaml" <<EOF
 listen: 127.0.0.1:$PORT
@@ -84,7 +96,7 @@ admin: { listen: 127.0.0.1:$ADMIN }
 drain_timeout: 1s
 log: { format: json, level: warn }
 upstreams:
-  bench: { url: "http://127.0.0.1:$UP", connect_timeout: 2s, header_timeout: 30s }
+  bench: $TARGET
 routes:
   - name: bench
     match: { path_prefix: /v1/stream, methods: [GET, POST] }
@@ -96,6 +108,7 @@ $(design_stream_rules)
       heartbeat: 5m
       max_duration: 1h
       max_event_size: 1MiB
+$RETRY
 EOF
 
 timeout -k 5 "$LIFETIME" taskset -c 1 "$LOAD" upstream --listen "127.0.0.1:$UP" \

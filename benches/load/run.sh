@@ -19,6 +19,10 @@
 #   --gateway-protocol P    give the gateway's route `stream.protocol: P` (openai-chat,
 #   --baseline-protocol P   openai-responses, anthropic; default none, i.e. sse); with the
 #                           same binary as baseline, a preset's cost per event in one run
+#   --gateway-endpoints N   give the gateway's upstream N endpoints (all the same upstream,
+#   --baseline-endpoints N  priority order: the first takes every request) and the route
+#                           `retry: { attempts: N }` when N > 1 (default 1: `url`, no retry);
+#                           with the same binary as baseline, failover's cost in one run
 #   --output FILE           where the markdown goes
 #   --max-wait SECONDS      longest wait for a quiet machine before each run (default 600)
 #   --quiet-cores X         "quiet" means other processes use at most X cores (default 0.35)
@@ -42,6 +46,8 @@ BASELINE_BIN=""
 BASELINE_LABEL=""
 GATEWAY_PROTOCOL=""
 BASELINE_PROTOCOL=""
+GATEWAY_ENDPOINTS=1
+BASELINE_ENDPOINTS=1
 OUTPUT=""
 MAX_WAIT=600
 QUIET_CORES=0.35
@@ -59,10 +65,12 @@ while [ $# -gt 0 ]; do
         --baseline-label) BASELINE_LABEL=${2:?}; shift ;;
         --gateway-protocol) GATEWAY_PROTOCOL=${2:?}; shift ;;
         --baseline-protocol) BASELINE_PROTOCOL=${2:?}; shift ;;
+        --gateway-endpoints) GATEWAY_ENDPOINTS=${2:?}; shift ;;
+        --baseline-endpoints) BASELINE_ENDPOINTS=${2:?}; shift ;;
         --output) OUTPUT=${2:?}; shift ;;
         --max-wait) MAX_WAIT=${2:?}; shift ;;
         --quiet-cores) QUIET_CORES=${2:?}; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -250,7 +258,16 @@ EOF
 }
 
 write_gateway_conf() {
-    local dir=$1 port=$2 admin=$3 up=$4 bin=$5 protocol=${6:-}
+    local dir=$1 port=$2 admin=$3 up=$4 bin=$5 protocol=${6:-} endpoints=${7:-1}
+    local target="    url: http://127.0.0.1:$up" retry=""
+    if [ "$endpoints" -gt 1 ]; then
+        target="    endpoints:"
+        for i in $(seq "$endpoints"); do
+            target="$target
+      - { name: e$i, url: \"http://127.0.0.1:$up\" }"
+        done
+        retry="    retry: { attempts: $endpoints }"
+    fi
     cat >"$dir/gateway.yaml" <<EOF
 # The example route's rules (docs/architecture.md) on a GET/POST passthrough route; clocks on but long
 # enough never to fire; warn-level logs.
@@ -260,7 +277,7 @@ drain_timeout: 1s
 log: { format: json, level: warn }
 upstreams:
   bench:
-    url: http://127.0.0.1:$up
+$target
     connect_timeout: 2s
     header_timeout: 30s
 routes:
@@ -275,6 +292,7 @@ ${protocol:+      protocol: $protocol}
       heartbeat: 5m
       max_duration: 1h
       max_event_size: 1MiB
+$retry
 EOF
     "$bin" check --config "$dir/gateway.yaml" >/dev/null
 }
@@ -330,10 +348,10 @@ run_one() {
             wait_port "$port" || die "haproxy did not listen (see $dir/proxy.log)"
             url=http://127.0.0.1:$port/v1/stream ;;
         gateway|baseline)
-            local bin=$GATEWAY_BIN protocol=$GATEWAY_PROTOCOL
-            [ "$target" = baseline ] && bin=$BASELINE_BIN protocol=$BASELINE_PROTOCOL
+            local bin=$GATEWAY_BIN protocol=$GATEWAY_PROTOCOL endpoints=$GATEWAY_ENDPOINTS
+            [ "$target" = baseline ] && bin=$BASELINE_BIN protocol=$BASELINE_PROTOCOL endpoints=$BASELINE_ENDPOINTS
             [ -n "$bin" ] || die "target baseline needs --baseline-bin"
-            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin" "$protocol"
+            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin" "$protocol" "$endpoints"
             # One worker thread: tokio's multi-thread builder reads TOKIO_WORKER_THREADS.
             start_pinned "$dir/proxy.log" 0 "$lifetime" \
                 env TOKIO_WORKER_THREADS=1 "$bin" --config "$dir/gateway.yaml"

@@ -61,6 +61,10 @@ pub(crate) struct Upstream {
     pub connect_timeout: Option<HumanDuration>,
     pub header_timeout: Option<HumanDuration>,
     pub tls: Option<Tls>,
+    /// Instead of `url`: several servers, named.
+    pub endpoints: Option<Vec<Endpoint>>,
+    pub balance: Option<crate::config::Balance>,
+    pub health: Option<Health>,
 }
 
 /// TLS settings of an `https://` upstream.
@@ -95,6 +99,10 @@ pub(crate) struct Route {
     /// Changes to the headers of every response on the route.
     #[serde(default)]
     pub response: RouteResponse,
+    /// How many requests the route takes at once.
+    pub limits: Option<Limits>,
+    /// When a request is tried again on another endpoint.
+    pub retry: Option<Retry>,
 }
 
 /// A route's `cors` section.
@@ -238,4 +246,45 @@ pub(crate) enum OnUpstreamEof {
     Synthesize,
     /// End the response as the upstream did.
     None,
+}
+
+/// A route's `limits` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Limits {
+    pub max_streams: Option<u32>,
+    pub per_client: Option<PerClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PerClient {
+    pub header: String,
+    pub max_streams: u32,
+}
+
+/// One of an upstream's `endpoints`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Endpoint {
+    pub name: String,
+    pub url: String,
+}
+
+/// An upstream's `health` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Health {
+    pub failures: Option<u32>,
+    pub cooldown: Option<HumanDuration>,
+}
+
+/// A route's `retry` section. `on` takes names and status codes alike
+/// (`[connect, 503]`), so its items are read as plain YAML values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Retry {
+    pub attempts: Option<u32>,
+    pub on: Option<Vec<serde_yaml::Value>>,
+    pub max_body: Option<ByteSize>,
 }

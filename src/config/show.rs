@@ -41,6 +41,14 @@ impl GatewayConfig {
                         json!({ "demo": { "token_interval": duration(*token_interval) } })
                     }
                 };
+                if upstream.endpoints.len() > 1
+                    || upstream.endpoints.iter().any(|e| e.name != "default")
+                {
+                    entry.as_object_mut().map(|e| e.remove("url"));
+                    entry["endpoints"] = super::traffic::shown::endpoints(&upstream.endpoints);
+                }
+                entry["balance"] = upstream.balance.as_str().into();
+                entry["health"] = super::traffic::shown::health(upstream.health);
                 entry["connect_timeout"] = duration(upstream.connect_timeout).into();
                 entry["header_timeout"] = duration(upstream.header_timeout).into();
                 (name.clone(), entry)
@@ -92,6 +100,12 @@ impl GatewayConfig {
                 }
                 if let Some(cors) = &route.cors {
                     entry["cors"] = cors_json(cors);
+                }
+                if let Some(limits) = &route.limits {
+                    entry["limits"] = super::traffic::shown::limits(limits);
+                }
+                if let Some(retry) = &route.retry {
+                    entry["retry"] = super::traffic::shown::retry(retry);
                 }
                 // Response headers go to every client anyway: shown, not redacted
                 // (unless they came from `${VAR}`).

@@ -19,6 +19,7 @@ mod log;
 mod route;
 mod shutdown;
 mod stream;
+mod traffic;
 mod upstream;
 
 use super::env::{substitute, EnvError};

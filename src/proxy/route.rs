@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use http::Method;
 
+use super::forward::Failover;
+use crate::admission::Admission;
 use crate::config::{PathMatch, RequestPlan, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::protocol::Protocol;
 use crate::shutdown::Shutdown;
 use crate::supervise::StreamPlan;
-use crate::upstream::Upstream;
+use crate::upstream::{RetryBudget, Upstream};
 
 /// A route, compiled for serving.
 #[derive(Debug)]
@@ -29,6 +31,10 @@ pub(crate) struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// Set when the route has a `stream` section.
     pub stream: Option<Arc<StreamPlan>>,
+    /// Set when the route has `limits`.
+    pub admission: Option<Arc<Admission>>,
+    /// Endpoint choice and retries (`forward.rs`).
+    pub failover: Failover,
 }
 
 /// What the router needs to find a route: its path match and methods.
@@ -66,7 +72,19 @@ impl Route {
                 shutdown.clone(),
             ))
         });
+        let admission = config
+            .limits
+            .as_ref()
+            .map(|limits| Arc::new(Admission::new(&config.name, limits, metrics)));
+        let endpoints: Vec<&str> = upstream.endpoints().names().collect();
+        let failover = Failover {
+            retry: config.retry.clone(),
+            budget: RetryBudget::default(),
+            metrics: metrics.traffic().failover(&config.name, &endpoints),
+        };
         let route = Route {
+            failover,
+            admission,
             stream,
             metrics: route_metrics,
             name,

@@ -125,6 +125,7 @@ routes:
         - repair: orphan_lines
         - drop: { pattern: '^:', name: upstream-pings }
       terminator: { data: "[DONE]" }
+    limits: { max_streams: 100 }
   # idle (one event, then silence) and done (an early terminator)
   - name: flaky
     match: { path_prefix: /flaky }
@@ -384,6 +385,12 @@ e2e_check "$CONNECT_ERRORS requests to a closed upstream port get 502 (got:$code
 
 e2e_check "connect errors counted: upstream_errors_total{route=\"closed\",kind=\"connect\"} = $CONNECT_ERRORS" \
     prom wait-value 'sse_gateway_upstream_errors_total{route="closed",kind="connect"}' "$CONNECT_ERRORS" 10
+e2e_check "... and as attempts on its one endpoint: upstream_attempts_total{result=\"connect\"} = $CONNECT_ERRORS" \
+    prom wait-value 'sse_gateway_upstream_attempts_total{route="closed",endpoint="default",result="connect"}' "$CONNECT_ERRORS" 10
+e2e_check "the closed upstream's endpoint is out: upstream_endpoint_healthy = 0" \
+    prom wait-value 'sse_gateway_upstream_endpoint_healthy{upstream="closed",endpoint="default"}' 0 10
+e2e_check "the demo route's limit is exported, and its slots are all back" \
+    prom wait-value 'sse_gateway_admission_max_streams{route="demo"} - sse_gateway_admission_streams{route="demo"}' 100 10
 
 wait "$IDLE_CLIENT_PID" || true
 e2e_check "the idle stream ends with an upstream_idle_timeout error event, then [DONE]" \
@@ -434,7 +441,7 @@ e2e_check "the dashboard's route variable lists every route" \
 # Every alert's condition was driven, so each is pending (or firing, if it has no `for`).
 while IFS=$'\t' read -r name state; do
     e2e_check "alert $name is active ($state)" bash -c "[ '$state' = pending ] || [ '$state' = firing ]"
-done < <(prom wait-alerts SseGatewayStreamsStuck,SseGatewayErrorOutcomes,SseGatewayReloadFailing,SseGatewayUpstreamErrors 30)
+done < <(prom wait-alerts SseGatewayStreamsStuck,SseGatewayErrorOutcomes,SseGatewayReloadFailing,SseGatewayUpstreamErrors,SseGatewayUpstreamNoHealthyEndpoint 30)
 
 # --- 6. end the stuck stream; outcome counts -----------------------------------------
 kill -TERM "$STUCK_CLIENT_PID" 2>/dev/null || true

@@ -104,6 +104,7 @@ impl Validator<'_> {
             take("cors"),
             take("response"),
         );
+        let (limits, retry) = (take("limits"), take("retry"));
         let raw = self.section::<raw::Route>(Some(value), path);
         let mut whole = true;
         let request: Option<raw::Request> = self.part(path, "request", request, &mut whole);
@@ -111,7 +112,11 @@ impl Validator<'_> {
         let cors: Option<raw::Cors> = self.part(path, "cors", cors, &mut whole);
         let response: Option<raw::RouteResponse> =
             self.part(path, "response", response, &mut whole);
+        let limits: Option<raw::Limits> = self.part(path, "limits", limits, &mut whole);
+        let retry: Option<raw::Retry> = self.part(path, "retry", retry, &mut whole);
         let mut raw: raw::Route = raw?;
+        raw.limits = limits;
+        raw.retry = retry;
         raw.request = request.unwrap_or_default();
         raw.stream = stream;
         raw.cors = cors;
@@ -185,6 +190,14 @@ impl Validator<'_> {
             Some(cors) => self.cors(&join(path, "cors"), cors).map(Some),
         };
         let response = self.response_plan(&join(path, "response"), raw.response);
+        let limits = match raw.limits {
+            None => Some(None),
+            Some(limits) => self.limits(&join(path, "limits"), limits).map(Some),
+        };
+        let retry = match raw.retry {
+            None => Some(None),
+            Some(retry) => self.retry(&join(path, "retry"), retry).map(Some),
+        };
         if !ok {
             return None;
         }
@@ -197,6 +210,8 @@ impl Validator<'_> {
             stream: stream?,
             cors: cors?,
             response: response?,
+            limits: limits?,
+            retry: retry?,
         })
     }
 

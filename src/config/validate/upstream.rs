@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use http::Uri;
 use serde_yaml::Value;
 
-use super::{join, raw, Validator};
+use super::{join, raw, traffic, Validator};
 use crate::config::{defaults, UpstreamConfig, UpstreamTarget};
 
 impl Validator<'_> {
@@ -23,29 +23,36 @@ impl Validator<'_> {
             let Some(raw) = self.section::<raw::Upstream>(Some(value), &path) else {
                 continue;
             };
-            let target = match (raw.url, raw.demo) {
-                (Some(url), None) => {
-                    let ca_file = raw.tls.and_then(|tls| tls.ca_file);
-                    self.upstream_url(&path, &url, ca_file)
-                }
-                (None, Some(demo)) => Some(UpstreamTarget::Demo {
-                    token_interval: demo
-                        .token_interval
-                        .map_or(defaults::DEMO_TOKEN_INTERVAL, |d| d.0),
-                }),
-                (Some(_), Some(_)) => {
-                    self.error_at_value(&path, "give either `url` or `demo`, not both");
-                    None
-                }
-                (None, None) => {
+            let ca_file = raw.tls.and_then(|tls| tls.ca_file);
+            let health = self.health(&join(&path, "health"), raw.health);
+            let target = match (raw.url, raw.endpoints, raw.demo) {
+                (Some(url), None, None) => self
+                    .upstream_url(&path, &url, ca_file)
+                    .map(|target| (traffic::default_endpoint(&target), target)),
+                (None, Some(endpoints), None) => self
+                    .endpoints(&path, endpoints, ca_file.as_ref())
+                    .map(|(target, endpoints)| (endpoints, target)),
+                (None, None, Some(demo)) => Some((
+                    Vec::new(),
+                    UpstreamTarget::Demo {
+                        token_interval: demo
+                            .token_interval
+                            .map_or(defaults::DEMO_TOKEN_INTERVAL, |d| d.0),
+                    },
+                )),
+                (None, None, None) => {
                     self.error_at_value(
                         &path,
-                        "missing `url` (such as http://127.0.0.1:8000), or `demo: {}` for the built-in demo",
+                        "missing `url` (such as http://127.0.0.1:8000), `endpoints`, or `demo: {}` for the built-in demo",
                     );
                     None
                 }
+                _ => {
+                    self.error_at_value(&path, "give one of `url`, `endpoints` or `demo`");
+                    None
+                }
             };
-            if let Some(target) = target {
+            if let Some((endpoints, target)) = target {
                 upstreams.insert(
                     name.clone(),
                     UpstreamConfig {
@@ -57,6 +64,9 @@ impl Validator<'_> {
                         header_timeout: raw
                             .header_timeout
                             .map_or(defaults::HEADER_TIMEOUT, |d| d.0),
+                        endpoints,
+                        balance: raw.balance.unwrap_or_default(),
+                        health,
                     },
                 );
             }
@@ -67,7 +77,7 @@ impl Validator<'_> {
         upstreams
     }
 
-    fn upstream_url(
+    pub(super) fn upstream_url(
         &mut self,
         upstream_path: &str,
         url: &str,

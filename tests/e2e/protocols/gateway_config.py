@@ -22,6 +22,9 @@ Routes (the same in both variants):
   /browser/chat (GET)         -> llm POST /v1/chat/completions, query as JSON, openai-chat
   /page (GET)                 -> llm, the browser test's page (same origin)
   /down/...                   the same four, to an upstream that refuses connections (502)
+  /failover/v1/chat/completions  (presets) -> failover, openai-chat with retry: an upstream
+                              whose first endpoint refuses connections and whose second is
+                              llm (failover.py)
 The llm upstream's header_timeout is 2 s (the model `hang_headers` gets the 504), and
 every stream's idle_timeout is 2 s.
 """
@@ -104,10 +107,23 @@ def main():
            "    url: http://127.0.0.1:%d" % args.refused_port,
            "    connect_timeout: 2s",
            "    header_timeout: 2s",
-           "routes:"]
+           ]
+    if presets:
+        out += ["  failover:                          # the first endpoint refuses, the second is llm",
+                "    endpoints:",
+                "      - { name: down, url: \"http://127.0.0.1:%d\" }" % args.refused_port,
+                "      - { name: llm, url: \"http://127.0.0.1:%d\" }" % args.upstream_port,
+                "    connect_timeout: 2s",
+                "    header_timeout: 2s"]
+    out += ["routes:"]
     for name, prefix, protocol, browser in ROUTES:
         out += route(name, prefix, protocol, browser, "llm", presets, args.sse_key)
         out += route("down-" + name, "/down" + prefix, protocol, browser, "down", presets, args.sse_key)
+    if presets:
+        out += route("failover-chat", "/failover/v1/chat/completions", "openai-chat", False,
+                     "failover", presets, args.sse_key)
+        out += ["    request: { path_prefix: /v1/chat/completions }",
+                "    retry: { attempts: 2 }"]
     out += ["  - name: page                       # the browser's page, same origin as its EventSource",
             "    match: { path_prefix: /page, methods: [GET] }",
             "    upstream: llm"]

@@ -7,7 +7,9 @@
 #   - the Vercel AI SDK: streamText with @ai-sdk/openai (chat and responses models) and
 #     @ai-sdk/anthropic
 #   - Debian's Chromium (playwright-core): the native EventSource on the openai-chat route
-# for the scenarios clean, repaired, truncated, idle, reset, upstream_error, 502 and 504.
+# for the scenarios clean, repaired, truncated, idle, reset, upstream_error, 502 and 504;
+# and (failover.py) the openai SDK with max_retries=0 through a route whose first
+# endpoint refuses connections, answered whole by the gateway's retry on the second.
 # A truncated answer must reach every client as an error, never as a complete answer.
 #
 #   tests/e2e/protocols/run.sh                           routes with `stream.protocol`
@@ -178,6 +180,13 @@ for pid in "$PY_PID" "$AI_PID" "$BROWSER_PID"; do
     forget_pid "$pid"
 done
 
+# Failover: the openai SDK through a route whose first endpoint refuses connections.
+FAILOVER_STATUS=0
+if [ "$MODE" = presets ]; then
+    timeout 60 "$VENV/bin/python" "$HERE/failover.py" --base "$BASE" \
+        --admin "http://127.0.0.1:$ADMIN_PORT" --plan "$TMP/plan.json" || FAILOVER_STATUS=1
+fi
+
 # The outcomes by route; then the gateway is stopped, so its log is complete (once
 # scraped, it waits for a final scrape before it exits: it gets one).
 curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/metrics.txt" 2>/dev/null || true
@@ -202,6 +211,7 @@ python3 "$HERE/report.py" --plan "$TMP/plan.json" --mode "$MODE" --scenarios "$S
     --out "$ARTIFACTS/verdicts.json" --started "$STARTED" --tests-started "$TESTS_STARTED" "${REPORT_ARGS[@]}"
 STATUS=$?
 set -e
+[ "$FAILOVER_STATUS" = 0 ] || STATUS=1
 printf 'what each client did: %s\n' "$(cd "$ARTIFACTS" && pwd)/verdicts.json"
 [ "$STATUS" = 0 ] || E2E_FAILED=1
 exit "$STATUS"

@@ -1,0 +1,180 @@
+//! Forwarding a request to its upstream: which endpoint each attempt goes to, and,
+//! on a route with `retry`, the attempts after a failure that the client has not seen.
+//!
+//! A failure is retried when the route's `retry.on` names it, the request has
+//! attempts and untried endpoints left, its body could be kept (`retry.max_body`),
+//! and the route's retry budget allows. On a route with a `stream` section an event
+//! stream's start is held back until its first content event
+//! (`supervise::holdback`), so a start that fails is retried too, unseen; from the
+//! first content event on, the client holds part of the answer and nothing is
+//! retried. The last possible attempt is never held back: it streams as any
+//! request does.
+//!
+//! Without `retry` a request makes one attempt, to the endpoint that `balance` and
+//! health choose, exactly as a route did before retries existed.
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{response, Request};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full};
+
+use super::{is_event_stream, is_identity, Route};
+use crate::config::RetryConfig;
+use crate::metrics::FailoverMetrics;
+use crate::supervise::Started;
+use crate::upstream::{Failure, RetryBudget, Tried, UpstreamBody, UpstreamError, UpstreamIncoming};
+
+/// A route's failover state, built once per config.
+#[derive(Debug)]
+pub(crate) struct Failover {
+    pub retry: Option<RetryConfig>,
+    pub budget: RetryBudget,
+    pub metrics: FailoverMetrics,
+}
+
+/// The response's body: as the upstream sends it, or a stream whose start was held
+/// back and committed.
+#[derive(Debug)]
+pub(super) enum Forwarded {
+    Upstream(UpstreamIncoming),
+    /// Boxed: a held-back start is the rare, large case.
+    Started(Box<Started<UpstreamIncoming>>),
+}
+
+impl Failover {
+    fn count(&self, endpoint: usize, failure: Option<Failure>) {
+        self.metrics
+            .attempt(endpoint, failure.map_or("success", Failure::label));
+    }
+}
+
+/// Sends `request` on `route`, trying again where the route allows.
+pub(super) async fn forward(
+    route: &Route,
+    request: Request<UpstreamBody>,
+) -> Result<(response::Parts, Forwarded), UpstreamError> {
+    let upstream = &route.upstream;
+    let endpoints = upstream.endpoints();
+    let stream = route.stream.is_some();
+    let failover = &route.failover;
+    let start = endpoints.start();
+    let Some(retry) = &failover.retry else {
+        let endpoint = endpoints.pick(start, Tried::default()).unwrap_or(0);
+        let (result, failure) = upstream.attempt(request, endpoint, stream).await;
+        if !is_client_fault(&result) {
+            upstream.report(endpoint, failure);
+            failover.count(endpoint, failure);
+        }
+        let (parts, body) = result?.into_parts();
+        return Ok((parts, Forwarded::Upstream(body)));
+    };
+    failover.budget.request();
+    let mut request = replayable(request, retry.max_body).await?;
+    let mut tried = Tried::default();
+    let mut made = 0;
+    loop {
+        let endpoint = endpoints.pick(start, tried).unwrap_or(0);
+        tried.add(endpoint);
+        made += 1;
+        let last = made >= retry.attempts || endpoints.pick(start, tried).is_none();
+        let copy = if last { None } else { copy(&request) };
+        let (result, mut failure) = upstream.attempt(request, endpoint, stream).await;
+        let forwarded = match result {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let hold = !last
+                    && failure.is_none()
+                    && retry.on.before_content
+                    && parts.status.is_success()
+                    && is_event_stream(parts.headers.get(CONTENT_TYPE))
+                    && is_identity(parts.headers.get(CONTENT_ENCODING));
+                match route.stream.as_ref().filter(|_| hold) {
+                    Some(plan) => {
+                        let (started, start_failure) = plan.start(body).await;
+                        failure = start_failure;
+                        Ok((parts, Forwarded::Started(Box::new(started))))
+                    }
+                    None => Ok((parts, Forwarded::Upstream(body))),
+                }
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(UpstreamError::ClientBody { .. }) = forwarded {
+            return forwarded;
+        }
+        upstream.report(endpoint, failure);
+        failover.count(endpoint, failure);
+        let Some(failure) = failure.filter(|f| f.retried_on(retry.on)) else {
+            return forwarded;
+        };
+        if last {
+            return forwarded;
+        }
+        let Some(next) = copy else {
+            tracing::info!(route = %route.name, failure = failure.label(), max_body = retry.max_body, "not retried: the request body is larger than retry.max_body, or of unknown length");
+            failover.metrics.skipped("body_not_replayable");
+            return forwarded;
+        };
+        if !failover.budget.try_retry() {
+            tracing::warn!(route = %route.name, failure = failure.label(), "not retried: the route's retry budget is spent");
+            failover.metrics.skipped("budget");
+            return forwarded;
+        }
+        tracing::info!(route = %route.name, endpoint = %endpoints.get(endpoint).name, failure = failure.label(), "trying the request again on another endpoint");
+        failover.metrics.retry(failure.reason());
+        // The failed attempt's response, and anything held back of it, go unseen.
+        drop(forwarded);
+        request = next;
+    }
+}
+
+fn is_client_fault<T>(result: &Result<T, UpstreamError>) -> bool {
+    matches!(result, Err(UpstreamError::ClientBody { .. }))
+}
+
+/// `request` with a body that can be sent again: the gateway's own, or the client's
+/// read whole when its `Content-Length` is at most `max_body`. Any other body is sent
+/// as it streams, once.
+async fn replayable(
+    request: Request<UpstreamBody>,
+    max_body: u64,
+) -> Result<Request<UpstreamBody>, UpstreamError> {
+    let (parts, body) = request.into_parts();
+    let client = match body {
+        Either::Right(made) => return Ok(Request::from_parts(parts, Either::Right(made))),
+        Either::Left(client) => client,
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let fits = client.is_end_stream() || declared.is_some_and(|length| length <= max_body);
+    if !fits {
+        return Ok(Request::from_parts(parts, Either::Left(client)));
+    }
+    let bytes: Bytes = match client.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            return Err(UpstreamError::ClientBody {
+                kind: error.kind(),
+                source: Box::new(error),
+            })
+        }
+    };
+    Ok(Request::from_parts(parts, Either::Right(Full::new(bytes))))
+}
+
+/// A copy of a request whose body the gateway holds; `None` for a streamed body.
+fn copy(request: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    let Either::Right(body) = request.body() else {
+        return None;
+    };
+    let mut copy = Request::new(Either::Right(body.clone()));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}

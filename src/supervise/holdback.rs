@@ -1,0 +1,131 @@
+//! The start of an event stream on a route that retries: everything up to the first
+//! content event is held back, so that a start that fails can be thrown away and the
+//! request tried on another endpoint without the client seeing any of it.
+//!
+//! Role-only deltas, `response.created`, `message_start` and comments say nothing a
+//! second attempt would not say again; a client that saw them from two attempts would
+//! see two starts. So the engine runs as it always does, but its frames are kept
+//! here until one of them carries content (protocol presets decide what content is):
+//! then the stream is *committed*, the held frames go out first, and the live body
+//! (`SupervisedBody::resume`) takes over, with no retry possible from then on.
+//!
+//! Bounded: past [`MAX_HELD`] bytes without content the stream commits anyway. The
+//! response headers wait for the commitment; while waiting, the route's
+//! `idle_timeout` bounds each read and the drain ends the wait.
+
+use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::pin::pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use super::StreamPlan;
+use crate::engine::{Engine, Outcome, Stop};
+use crate::upstream::{Failure, UpstreamErrorKind};
+
+/// The most bytes held back before the first content event; past it the stream is
+/// committed (an upstream that sends this much before any content is not starting).
+pub(crate) const MAX_HELD: usize = 64 * 1024;
+
+/// A stream's start, held back: the engine that ran it, its frames, and the upstream
+/// body to go on reading.
+#[derive(Debug)]
+pub(crate) struct Started<B> {
+    pub(super) plan: Arc<StreamPlan>,
+    pub(super) engine: Engine,
+    pub(super) held: VecDeque<Bytes>,
+    pub(super) upstream: B,
+}
+
+impl StreamPlan {
+    /// Runs `upstream` until its first content event, or its end. Returns the start
+    /// and, when it ended before any content in a way another attempt may fix, the
+    /// failure (the start then holds the closing frames the client gets if nothing
+    /// is retried).
+    pub(crate) async fn start<B>(self: &Arc<Self>, mut upstream: B) -> (Started<B>, Option<Failure>)
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let mut engine = self.engine();
+        let mut held = VecDeque::new();
+        let mut held_bytes = 0;
+        let mut shutdown = pin!(self.shutdown.fired());
+        let mut timed_out = false;
+        loop {
+            while let Some(frame) = engine.next_frame() {
+                held_bytes += frame.len();
+                held.push_back(frame);
+            }
+            if engine.has_sent_content() || held_bytes > MAX_HELD {
+                return (
+                    Started {
+                        plan: self.clone(),
+                        engine,
+                        held,
+                        upstream,
+                    },
+                    None,
+                );
+            }
+            if let Some(outcome) = engine.outcome() {
+                let failed = matches!(
+                    outcome,
+                    Outcome::UpstreamError
+                        | Outcome::Truncated
+                        | Outcome::UpstreamErrorEvent
+                        | Outcome::IdleTimeout
+                );
+                let failure = match () {
+                    () if timed_out => Some(Failure::Timeout),
+                    () if failed => Some(Failure::BeforeContent),
+                    () => None,
+                };
+                return (
+                    Started {
+                        plan: self.clone(),
+                        engine,
+                        held,
+                        upstream,
+                    },
+                    failure,
+                );
+            }
+            let idle = self.clocks.idle_timeout;
+            let read = async {
+                if idle.is_zero() {
+                    Ok(upstream.frame().await)
+                } else {
+                    tokio::time::timeout(idle, upstream.frame()).await
+                }
+            };
+            tokio::select! {
+                biased;
+                () = &mut shutdown => engine.stop(Stop::Shutdown),
+                read = read => match read {
+                    Err(_) => {
+                        timed_out = true;
+                        engine.stop(Stop::IdleTimeout { after: idle });
+                    }
+                    Ok(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.metrics.bytes_upstream.inc_by(data.len() as u64);
+                            engine.push(data);
+                        }
+                    }
+                    Ok(Some(Err(error))) => {
+                        let error = error.into();
+                        let kind = UpstreamErrorKind::of_body_error(&*error);
+                        self.metrics.count_upstream_error(kind);
+                        tracing::warn!(route = %self.route, kind = kind.as_str(), %error, "upstream failed before the first content event");
+                        engine.upstream_failure(&error);
+                    }
+                    Ok(None) => engine.upstream_end(),
+                },
+            }
+        }
+    }
+}

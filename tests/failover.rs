@@ -1,0 +1,488 @@
+//! Endpoints, retries before the first content event, `Retry-After`, the retry budget
+//! and passive health, through the real proxy with two or three scripted upstreams on
+//! real sockets: what the client sees (bytes, events), what each upstream saw, and
+//! the counts in `/metrics`.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::*;
+
+const ROLE: &[u8] = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+const CONTENT: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\n";
+const FINISH: &[u8] =
+    b"data: {\"choices\":[{\"delta\":{\"content\":\"!\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+
+/// A port nothing listens on.
+async fn refused_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// One upstream `assistant` with `endpoints` (name, url), and the route `chat` with
+/// the openai-chat preset and `retry`.
+fn config(endpoints: &[(&str, &str)], upstream_extra: &str, retry: &str) -> String {
+    let mut list = String::new();
+    for (name, url) in endpoints {
+        list.push_str(&format!("      - {{ name: {name}, url: \"{url}\" }}\n"));
+    }
+    format!(
+        "upstreams:\n  assistant:\n    header_timeout: 1s\n    endpoints:\n{list}{upstream_extra}\
+         routes:\n  - name: chat\n    match: {{ path_prefix: /api/stream }}\n    upstream: assistant\n\
+         \x20   stream: {{ protocol: openai-chat }}\n    retry: {retry}\n"
+    )
+}
+
+/// Answers `exchange` with a whole, clean stream.
+async fn answer(exchange: &mut Exchange) {
+    exchange.start_sse("").await;
+    exchange.send_chunk(ROLE).await;
+    exchange.send_chunk(CONTENT).await;
+    exchange.send_chunk(FINISH).await;
+    exchange.end_chunks().await;
+}
+
+fn whole_answer() -> String {
+    [ROLE, CONTENT, FINISH]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b))
+        .collect()
+}
+
+fn attempts(metrics: &Metrics, endpoint: &str, result: &str) -> f64 {
+    metrics.get(
+        "sse_gateway_upstream_attempts_total",
+        &[
+            ("route", "chat"),
+            ("endpoint", endpoint),
+            ("result", result),
+        ],
+    )
+}
+
+fn retries(metrics: &Metrics, reason: &str) -> f64 {
+    metrics.get(
+        "sse_gateway_upstream_retries_total",
+        &[("route", "chat"), ("reason", reason)],
+    )
+}
+
+fn healthy(metrics: &Metrics, endpoint: &str) -> f64 {
+    metrics.get(
+        "sse_gateway_upstream_endpoint_healthy",
+        &[("upstream", "assistant"), ("endpoint", endpoint)],
+    )
+}
+
+#[tokio::test]
+async fn a_refused_first_endpoint_is_skipped_for_the_next() {
+    let b = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(
+        &[("a", &refused_url().await), ("b", &b.url())],
+        "",
+        "{}",
+    ))
+    .await;
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = b.accept().await;
+        answer(&mut exchange).await;
+        exchange
+    });
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_text(response).await, whole_answer());
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "connect"), 1.0, "{}", metrics.text);
+    assert_eq!(attempts(&metrics, "b", "success"), 1.0);
+    assert_eq!(retries(&metrics, "connect"), 1.0);
+}
+
+#[tokio::test]
+async fn slow_headers_are_a_timeout_and_retried() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (response, _silent, _) = tokio::join!(
+        get(gateway.addr, "/api/stream"),
+        // Takes the request and never answers.
+        a.accept(),
+        async {
+            let mut exchange = b.accept().await;
+            answer(&mut exchange).await;
+            exchange
+        }
+    );
+    assert_eq!(body_text(response).await, whole_answer());
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "timeout"), 1.0, "{}", metrics.text);
+    assert_eq!(retries(&metrics, "timeout"), 1.0);
+}
+
+#[tokio::test]
+async fn a_503_is_retried_and_the_client_sees_only_the_answer() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (response, _, _) = tokio::join!(
+        get(gateway.addr, "/api/stream"),
+        async {
+            let mut exchange = a.accept().await;
+            exchange
+                .write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
+                .await;
+            exchange
+        },
+        async {
+            let mut exchange = b.accept().await;
+            answer(&mut exchange).await;
+            exchange
+        }
+    );
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_text(response).await, whole_answer());
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "status_503"), 1.0);
+    assert_eq!(retries(&metrics, "status_503"), 1.0);
+}
+
+#[tokio::test]
+async fn a_429_retry_after_skips_that_endpoint_for_that_long() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (response, _, _) = tokio::join!(
+        get(gateway.addr, "/api/stream"),
+        async {
+            let mut exchange = a.accept().await;
+            exchange
+                .write(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 120\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            exchange
+        },
+        async {
+            let mut exchange = b.accept().await;
+            answer(&mut exchange).await;
+            exchange
+        }
+    );
+    assert_eq!(body_text(response).await, whole_answer());
+    // The next request goes straight to b: a asked for two minutes.
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = b.accept().await;
+        answer(&mut exchange).await;
+        exchange
+    });
+    assert_eq!(body_text(response).await, whole_answer());
+    assert!(!a.connection_within(Duration::from_millis(200)).await);
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "status_429"), 1.0);
+    assert_eq!(attempts(&metrics, "b", "success"), 2.0);
+    assert_eq!(retries(&metrics, "status_429"), 1.0);
+    assert_eq!(healthy(&metrics, "a"), 1.0, "busy is not broken");
+}
+
+#[tokio::test]
+async fn a_reset_after_a_role_only_delta_is_retried_and_the_client_sees_one_clean_stream() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut first = a.accept().await;
+        first.start_sse("").await;
+        first.send_chunk(b": warming up\n\n").await;
+        first.send_chunk(ROLE).await;
+        first.reset();
+        let mut second = b.accept().await;
+        answer(&mut second).await;
+        second
+    });
+    assert_eq!(response.status(), 200);
+    let text = body_text(response).await;
+    assert_eq!(text, whole_answer(), "only the second attempt's stream");
+    assert_eq!(text.matches("\"role\"").count(), 1);
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        attempts(&metrics, "a", "before_content"),
+        1.0,
+        "{}",
+        metrics.text
+    );
+    assert_eq!(retries(&metrics, "before_content"), 1.0);
+    assert_eq!(metrics.outcome_count("chat", "terminator"), 1.0);
+}
+
+#[tokio::test]
+async fn a_reset_after_content_is_not_retried_and_the_answer_is_truncated() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut first = a.accept().await;
+        first.start_sse("").await;
+        first.send_chunk(ROLE).await;
+        first.send_chunk(CONTENT).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.reset();
+    });
+    let text = body_text(response).await;
+    assert!(text.starts_with(&format!(
+        "{}{}",
+        String::from_utf8_lossy(ROLE),
+        String::from_utf8_lossy(CONTENT)
+    )));
+    assert!(text.contains("upstream_incomplete"), "{text}");
+    assert!(!b.connection_within(Duration::from_millis(200)).await);
+    let metrics = gateway.metrics().await;
+    assert_eq!(metrics.outcome_count("chat", "truncated"), 1.0);
+    assert_eq!(retries(&metrics, "before_content"), 0.0);
+}
+
+#[tokio::test]
+async fn a_post_body_is_replayed_byte_identical() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let body = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"héllo\"}],\"stream\":true}";
+    let request = Request::post("/api/stream/v1/chat")
+        .header("host", gateway.addr.to_string())
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer k")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let (response, first, second) = tokio::join!(
+        send(gateway.addr, request),
+        async {
+            let mut exchange = a.accept().await;
+            exchange
+                .write(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            exchange.request.clone()
+        },
+        async {
+            let mut exchange = b.accept().await;
+            answer(&mut exchange).await;
+            exchange.request.clone()
+        }
+    );
+    assert_eq!(body_text(response).await, whole_answer());
+    assert_eq!(first.body, body.as_bytes());
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.method, "POST");
+    assert_eq!(second.target, first.target);
+    assert_eq!(second.header("authorization"), Some("Bearer k"));
+    assert_eq!(second.header("content-type"), Some("application/json"));
+}
+
+/// Answers every connection with a 503; counts them.
+fn always_503(upstream: ScriptedUpstream, seen: Arc<AtomicUsize>) {
+    tokio::spawn(async move {
+        loop {
+            let mut exchange = upstream.accept().await;
+            seen.fetch_add(1, Ordering::SeqCst);
+            exchange
+                .write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+}
+
+#[tokio::test]
+async fn the_budget_stops_retries_when_every_endpoint_fails() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let upstreams = [
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    ];
+    let urls: Vec<String> = upstreams.iter().map(ScriptedUpstream::url).collect();
+    let gateway = start_gateway(&config(
+        &[("a", &urls[0]), ("b", &urls[1]), ("c", &urls[2])],
+        "",
+        "{ attempts: 3 }",
+    ))
+    .await;
+    for upstream in upstreams {
+        always_503(upstream, seen.clone());
+    }
+    let requests = 20;
+    for _ in 0..requests {
+        let response = get(gateway.addr, "/api/stream").await;
+        assert_eq!(response.status(), 503);
+        body_text(response).await;
+    }
+    let metrics = gateway.metrics().await;
+    let retried: f64 = ["status_503"].iter().map(|r| retries(&metrics, r)).sum();
+    // A fifth of the 20 requests (the floor of 3 is lower); without the budget, 40.
+    assert_eq!(retried, 4.0, "{}", metrics.text);
+    assert_eq!(seen.load(Ordering::SeqCst), requests + 4);
+    assert!(
+        metrics.get(
+            "sse_gateway_upstream_retries_skipped_total",
+            &[("route", "chat"), ("reason", "budget")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_that_fails_in_a_row_cools_down_then_returns_after_one_trial() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let health = "    health: { failures: 2, cooldown: 3s }\n";
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], health, "{}")).await;
+    // Two requests: a fails each (503), b answers each.
+    for _ in 0..2 {
+        let (response, _, _) = tokio::join!(
+            get(gateway.addr, "/api/stream"),
+            async {
+                let mut exchange = a.accept().await;
+                exchange
+                    .write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                exchange
+            },
+            async {
+                let mut exchange = b.accept().await;
+                answer(&mut exchange).await;
+                exchange
+            }
+        );
+        assert_eq!(body_text(response).await, whole_answer());
+    }
+    assert_eq!(healthy(&gateway.metrics().await, "a"), 0.0);
+    // During the cooldown a is skipped.
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = b.accept().await;
+        answer(&mut exchange).await;
+        exchange
+    });
+    assert_eq!(body_text(response).await, whole_answer());
+    assert!(!a.connection_within(Duration::from_millis(100)).await);
+    // After it, one trial request goes to a; it answers, and a is back.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = a.accept().await;
+        answer(&mut exchange).await;
+        exchange
+    });
+    assert_eq!(body_text(response).await, whole_answer());
+    let metrics = gateway.metrics().await;
+    assert_eq!(healthy(&metrics, "a"), 1.0, "{}", metrics.text);
+    assert_eq!(attempts(&metrics, "a", "success"), 1.0);
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_over_the_endpoints() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(
+        &[("a", &a.url()), ("b", &b.url())],
+        "    balance: round_robin\n",
+        "{}",
+    ))
+    .await;
+    for upstream in [&a, &b, &a, &b] {
+        let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+            let mut exchange = upstream.accept().await;
+            answer(&mut exchange).await;
+            exchange
+        });
+        assert_eq!(body_text(response).await, whole_answer());
+    }
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "success"), 2.0);
+    assert_eq!(attempts(&metrics, "b", "success"), 2.0);
+}
+
+#[tokio::test]
+async fn a_start_that_goes_silent_before_content_is_a_timeout_and_retried() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}").replace(
+        "stream: { protocol: openai-chat }",
+        "stream: { protocol: openai-chat, idle_timeout: 300ms }",
+    );
+    let gateway = start_gateway(&yaml).await;
+    let (response, _silent, _) = tokio::join!(
+        get(gateway.addr, "/api/stream"),
+        async {
+            let mut exchange = a.accept().await;
+            exchange.start_sse("").await;
+            exchange.send_chunk(ROLE).await;
+            exchange
+        },
+        async {
+            let mut exchange = b.accept().await;
+            answer(&mut exchange).await;
+            exchange
+        }
+    );
+    assert_eq!(body_text(response).await, whole_answer());
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "timeout"), 1.0, "{}", metrics.text);
+    assert_eq!(retries(&metrics, "timeout"), 1.0);
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_is_sent_once_and_its_failure_not_retried() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(
+        &[("a", &a.url()), ("b", &b.url())],
+        "",
+        "{ max_body: 16B }",
+    ))
+    .await;
+    let body = "{\"messages\":\"longer than sixteen bytes\"}";
+    let request = Request::post("/api/stream")
+        .header("host", gateway.addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = a.accept().await;
+        exchange
+            .write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        exchange.request.clone()
+    });
+    assert_eq!(response.status(), 503);
+    assert_eq!(seen.body, body.as_bytes(), "streamed through whole");
+    assert!(!b.connection_within(Duration::from_millis(200)).await);
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_upstream_retries_skipped_total",
+            &[("route", "chat"), ("reason", "body_not_replayable")]
+        ),
+        1.0,
+        "{}",
+        metrics.text
+    );
+}
