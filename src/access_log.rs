@@ -30,6 +30,11 @@ pub(crate) struct StreamSummary {
     pub events: u64,
     pub rules_hit: u64,
     pub stuck_ms: u64,
+    /// Request start to the first content event; absent when none was sent.
+    pub ttft_ms: Option<u64>,
+    /// The upstream's usage; absent when it reported none.
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
 }
 
 /// Collects a request's facts; writes them in one line when dropped.
@@ -136,6 +141,9 @@ impl Drop for RequestLog {
             events = stream.map(|s| s.events),
             rules_hit = stream.map(|s| s.rules_hit),
             stuck_ms = stream.map(|s| s.stuck_ms),
+            ttft_ms = stream.and_then(|s| s.ttft_ms),
+            input_tokens = stream.and_then(|s| s.input_tokens),
+            output_tokens = stream.and_then(|s| s.output_tokens),
             "{what}"
         );
     }

@@ -22,6 +22,7 @@
 //! timer is touched per event.
 
 mod record;
+mod tokens;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -230,6 +231,8 @@ where
             let elapsed = self.record.started().elapsed().as_secs_f64();
             metrics.first_event.observe(elapsed);
         }
+        let started = self.record.started();
+        self.record.tokens.account(&progress, started, metrics);
         if progress.content_seen {
             self.on_data(Instant::now());
         }

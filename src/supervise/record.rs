@@ -11,6 +11,8 @@ use crate::access_log::{RequestLog, StreamSummary};
 use crate::engine::Outcome;
 use crate::metrics::RouteMetrics;
 
+use super::tokens::Tokens;
+
 #[derive(Debug)]
 pub(super) struct Record {
     metrics: Arc<RouteMetrics>,
@@ -19,6 +21,7 @@ pub(super) struct Record {
     pub(super) outcome: Option<Outcome>,
     pub(super) events: u64,
     pub(super) rules_hit: u64,
+    pub(super) tokens: Tokens,
     stuck_since: Option<Instant>,
     stuck_for: Duration,
     log: RequestLog,
@@ -34,6 +37,7 @@ impl Record {
             outcome: None,
             events: 0,
             rules_hit: 0,
+            tokens: Tokens::default(),
             stuck_since: None,
             stuck_for: Duration::ZERO,
             log,
@@ -91,6 +95,12 @@ impl Drop for Record {
             events: self.events,
             rules_hit: self.rules_hit,
             stuck_ms: u64::try_from(self.stuck_for.as_millis()).unwrap_or(u64::MAX),
+            ttft_ms: self
+                .tokens
+                .time_to_first_token
+                .map(|ttft| u64::try_from(ttft.as_millis()).unwrap_or(u64::MAX)),
+            input_tokens: self.tokens.usage.input_tokens,
+            output_tokens: self.tokens.usage.output_tokens,
         });
     }
 }
