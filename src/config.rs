@@ -26,7 +26,7 @@ use crate::rewrite::Pipeline;
 pub(crate) use crate::router::PathMatch;
 
 pub(crate) use locate::Position;
-pub(crate) use raw::{BodyMode, LogFormat, OnUpstreamEof};
+pub(crate) use raw::{BodyMode, LogFormat, OnUpstreamEof, StreamUsage};
 pub(crate) use units::HumanDuration;
 
 /// Defaults for keys an operator may leave out, in one place so the README can cite them.
@@ -190,6 +190,8 @@ pub struct StreamConfig {
     pub idle_timeout: Duration,
     pub heartbeat: Duration,
     pub max_duration: Duration,
+    /// `openai-chat` only: whether the gateway asks the upstream for token usage.
+    pub usage: StreamUsage,
 }
 
 /// How a matched request is turned into the upstream request.

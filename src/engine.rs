@@ -140,9 +140,8 @@ impl Engine {
     /// Drops the Chat Completions usage-only chunk (`choices` empty) after its usage
     /// is read: the gateway added `stream_options.include_usage` to this request, and
     /// the client, which did not ask for it, must not see it.
-    pub fn remove_usage_chunk(mut self) -> Engine {
+    pub fn remove_usage_chunk(&mut self) {
         self.remove_usage_chunk = true;
-        self
     }
 
     /// The next upstream read, split anywhere. Ignored once the stream has ended.

@@ -6,6 +6,7 @@
 //! error shape of [`crate::reply`].
 
 mod edge;
+mod include_usage;
 pub(crate) mod request;
 mod route;
 
@@ -176,7 +177,19 @@ impl Proxy {
             }
         };
 
-        let sent = match route.stream {
+        // `stream.usage: request`: the upstream is asked for usage the client may not
+        // have asked for; the stream then keeps the usage chunk from that client.
+        let mut remove_usage_chunk = false;
+        let sent = match &route.stream {
+            Some(plan) if plan.requests_usage() => {
+                match include_usage::ask_for_usage(upstream_request).await {
+                    Ok((upstream_request, injected)) => {
+                        remove_usage_chunk = injected;
+                        route.upstream.send_for_stream(upstream_request).await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
             Some(_) => route.upstream.send_for_stream(upstream_request).await,
             None => route.upstream.send(upstream_request).await,
         };
@@ -222,7 +235,11 @@ impl Proxy {
             Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
                 // Events may be rewritten, dropped or added: the length is the body's own.
                 parts.headers.remove(CONTENT_LENGTH);
-                ResponseBody::supervised(SupervisedBody::new(body, plan.clone(), start, log))
+                let mut supervised = SupervisedBody::new(body, plan.clone(), start, log);
+                if remove_usage_chunk {
+                    supervised.remove_usage_chunk();
+                }
+                ResponseBody::supervised(supervised)
             }
             Some(_) if event_stream => {
                 tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");

@@ -59,6 +59,8 @@ pub(crate) struct StreamPlan {
     route: Arc<str>,
     pipeline: Arc<Pipeline>,
     max_event_size: usize,
+    /// `stream.usage: request`: the gateway asks the upstream for usage.
+    requests_usage: bool,
     clocks: Clocks,
     metrics: Arc<RouteMetrics>,
     /// Fired when the gateway's drain time has run out.
@@ -85,6 +87,7 @@ impl StreamPlan {
             route,
             pipeline: config.pipeline.clone(),
             max_event_size: config.max_event_size,
+            requests_usage: config.usage == crate::config::StreamUsage::Request,
             clocks: Clocks {
                 stuck_after: config.stuck_after,
                 idle_timeout: config.idle_timeout,
@@ -101,6 +104,11 @@ impl StreamPlan {
     /// The protocol the route's upstream speaks.
     pub(crate) fn protocol(&self) -> crate::protocol::Protocol {
         self.pipeline.contract().protocol
+    }
+
+    /// Whether the gateway asks the upstream for token usage (`stream.usage: request`).
+    pub(crate) fn requests_usage(&self) -> bool {
+        self.requests_usage
     }
 }
 
@@ -158,6 +166,12 @@ where
         let deadline = body.next_deadline();
         body.clock.as_mut().reset(deadline);
         body
+    }
+
+    /// The gateway added `include_usage` to this request: the usage-only chunk is
+    /// read, then kept from the client.
+    pub(crate) fn remove_usage_chunk(&mut self) {
+        self.engine.remove_usage_chunk();
     }
 
     /// The earliest instant at which a clock needs attention.

@@ -137,6 +137,8 @@ const BROKEN: &[(&str, &[&str])] = &[
             "bad_protocol.yaml:9:24: routes[0].stream.complete_when: protocol openai-chat brings its own completion evidence; complete_when is for protocol: sse",
             "bad_protocol.yaml:15:38: routes[1].stream.complete_when.data_matches: invalid regex \"(\": unclosed group",
             "bad_protocol.yaml:20:17: routes[2].stream.protocol: unknown variant `openai`, expected one of `openai-chat`, `openai-responses`, `anthropic`, `sse`",
+            "bad_protocol.yaml:24:43: routes[3].stream.usage: usage: request adds stream_options.include_usage, which only protocol: openai-chat has (this route's protocol is anthropic)",
+            "bad_protocol.yaml:28:45: routes[4].stream.usage: unknown variant `always`, expected `passthrough` or `request`",
         ],
     ),
     (

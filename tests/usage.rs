@@ -32,7 +32,7 @@ fn run(protocol: Protocol, input: &str, read: usize, remove_usage_chunk: bool) -
         Arc::new(Pipeline::new(Vec::new(), None).with_contract(Contract::preset(protocol)));
     let mut engine = Engine::new(pipeline, 1 << 20, Arc::from("chat"));
     if remove_usage_chunk {
-        engine = engine.remove_usage_chunk();
+        engine.remove_usage_chunk();
     }
     let mut run = Run {
         output: String::new(),

@@ -178,6 +178,21 @@ pub(crate) struct Stream {
     pub idle_timeout: Option<HumanDuration>,
     pub heartbeat: Option<HumanDuration>,
     pub max_duration: Option<HumanDuration>,
+    /// `openai-chat` only: whether the gateway asks the upstream for token usage.
+    pub usage: Option<StreamUsage>,
+}
+
+/// `stream.usage`: where an `openai-chat` route's token usage comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamUsage {
+    /// Whatever the client asked for: usage is counted when the client set
+    /// `stream_options.include_usage` itself.
+    #[default]
+    Passthrough,
+    /// The gateway adds `stream_options.include_usage: true` to a streaming request
+    /// that lacks it, reads the usage chunk, and keeps it from that client.
+    Request,
 }
 
 /// One rule: exactly one of `repair`, `replace`, `drop`. `name` may sit beside the

@@ -202,6 +202,7 @@ fn stream_json(stream: &StreamConfig) -> Value {
         "idle_timeout": duration(stream.idle_timeout),
         "heartbeat": duration(stream.heartbeat),
         "max_duration": duration(stream.max_duration),
+        "usage": stream.usage,
     })
 }
 
