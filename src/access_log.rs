@@ -49,6 +49,8 @@ pub(crate) struct RequestLog {
     bytes: u64,
     end: End,
     stream: Option<StreamSummary>,
+    /// The request's span (its id): the line is written inside it.
+    span: tracing::Span,
 }
 
 impl RequestLog {
@@ -63,7 +65,17 @@ impl RequestLog {
             bytes: 0,
             end: End::ClientGone,
             stream: None,
+            span: tracing::Span::none(),
         }
+    }
+
+    /// The request's span, which this line and the stream's warnings are written in.
+    pub(crate) fn set_span(&mut self, span: tracing::Span) {
+        self.span = span;
+    }
+
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     pub(crate) fn set_route(&mut self, route: &Arc<str>, upstream: &Arc<str>) {
@@ -111,6 +123,7 @@ impl Drop for RequestLog {
     fn drop(&mut self) {
         // Whole milliseconds as an integer field, so a JSON line has a number, not a
         // string (a field recorded through Display becomes a string).
+        let _span = self.span.enter();
         let duration_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let route = self.route.as_deref().unwrap_or(UNMATCHED_ROUTE);
         // No route, no upstream: the field is left out rather than given a placeholder.

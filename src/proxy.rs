@@ -19,6 +19,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
 use http::{HeaderName, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::access_log::RequestLog;
 use crate::body::ResponseBody;
@@ -26,6 +27,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 use crate::protocol::Protocol;
 use crate::reply::{self, ErrorType};
+use crate::request_id::{request_span, RequestId, X_REQUEST_ID};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
 use crate::upstream::{Fault, Upstream};
@@ -82,12 +84,23 @@ impl Proxy {
     /// Serves one request from `peer`.
     pub(crate) async fn serve(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
         let origin = request.headers().get(http::header::ORIGIN).cloned();
-        let (mut response, route) = self.route_and_forward(request, peer).await;
+        // The id goes upstream as a client header would, back to the client, and on
+        // every log line of the request through its span.
+        let id = RequestId::of(request.headers());
+        let id_header = id.header_value().clone();
+        request
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), id_header.clone());
+        let span = request_span(&id);
+        let (mut response, route) = self.route_and_forward(request, peer).instrument(span).await;
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), id_header);
         if let Some(edge) = route.as_ref().and_then(|name| self.edges.get(name)) {
             edge.finish(origin.as_ref(), response.headers_mut());
         }
@@ -103,6 +116,7 @@ impl Proxy {
     ) -> (Response<ResponseBody>, Option<Arc<str>>) {
         let start = Instant::now();
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
+        log.set_span(tracing::Span::current());
 
         if let Some(problem) = host_problem(&request) {
             let reply =

@@ -211,6 +211,7 @@ where
         }
         if !self.record.is_stuck() && due(c.stuck_after, self.last_data) {
             self.record.stick(now);
+            let _span = self.record.span().enter();
             tracing::warn!(
                 route = %self.plan.route,
                 path = self.record.path(),
@@ -252,6 +253,7 @@ where
         }
         if let Some(error_type) = progress.upstream_error_event {
             self.plan.metrics.count_upstream_error_event(error_type);
+            let _span = self.record.span().enter();
             tracing::warn!(
                 route = %self.plan.route,
                 path = self.record.path(),
@@ -348,6 +350,7 @@ where
                     let error = error.into();
                     let kind = UpstreamErrorKind::of_body_error(&*error);
                     this.plan.metrics.count_upstream_error(kind);
+                    let _span = this.record.span().enter();
                     tracing::warn!(route = %this.plan.route, kind = kind.as_str(), %error, "upstream failed mid-stream");
                     this.engine.upstream_failure(&error);
                     continue;

@@ -125,3 +125,145 @@ routes:
     }
     assert!(streamed["bytes"].as_u64().unwrap() > 0, "{streamed}");
 }
+
+/// Serves one canned event-stream response per connection, in order, from a thread;
+/// returns the port and a handle yielding each request's head.
+fn canned_upstream(bodies: Vec<String>) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let mut heads = Vec::new();
+        for body in bodies {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            heads.push(String::from_utf8_lossy(&head).into_owned());
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).unwrap();
+        }
+        heads
+    });
+    (port, handle)
+}
+
+#[test]
+fn every_line_of_a_request_names_its_request_id_and_the_stream_line_its_tokens() {
+    let capture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/usage/anthropic.sse"
+    ))
+    .unwrap();
+    let error_event = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
+    let (upstream_port, upstream) = canned_upstream(vec![capture, error_event.to_owned()]);
+    let port = free_port();
+    let config = format!(
+        "listen: 127.0.0.1:{port}
+admin: {{ listen: 127.0.0.1:0 }}
+log: {{ format: json, level: info }}
+upstreams:
+  claude: {{ url: \"http://127.0.0.1:{upstream_port}\" }}
+routes:
+  - name: messages
+    match: {{ path_prefix: /v1/messages }}
+    upstream: claude
+    stream: {{ protocol: anthropic }}
+"
+    );
+    let dir = std::env::temp_dir().join(format!("sse-gateway-ids-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sse-gateway"))
+        .args(["--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let with_id = exchange(
+        port,
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-request-id: edge-42\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+    );
+    let with_bad_id = exchange(
+        port,
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-request-id: not sane!\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut lines: Vec<String> = Vec::new();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        lines.extend(BufReader::new(pipe).lines().map_while(Result::ok));
+    }
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let heads = upstream.join().unwrap();
+
+    let response_id = |reply: &str| {
+        reply
+            .lines()
+            .find_map(|line| line.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("an x-request-id in {reply}"))
+            .to_owned()
+    };
+    assert_eq!(response_id(&with_id), "edge-42");
+    assert!(
+        heads[0].contains("x-request-id: edge-42\r\n"),
+        "{}",
+        heads[0]
+    );
+    let generated = response_id(&with_bad_id);
+    assert_eq!(generated.len(), 32, "{generated}");
+    assert!(
+        heads[1].contains(&format!("x-request-id: {generated}\r\n")),
+        "the upstream gets the id the client gets: {}",
+        heads[1]
+    );
+
+    let json: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let of_request = |id: &str| -> Vec<&serde_json::Value> {
+        json.iter()
+            .filter(|line| line["span"]["request_id"] == id)
+            .collect()
+    };
+    let first = of_request("edge-42");
+    let finished = first
+        .iter()
+        .find(|line| line["message"] == "stream finished")
+        .unwrap_or_else(|| panic!("a stream line for edge-42:\n{}", lines.join("\n")));
+    assert_eq!(finished["input_tokens"], 25, "{finished}");
+    assert_eq!(finished["output_tokens"], 15, "{finished}");
+    assert!(finished["ttft_ms"].is_u64(), "{finished}");
+    let second = of_request(&generated);
+    let messages: Vec<&str> = second
+        .iter()
+        .filter_map(|line| line["message"].as_str())
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.contains("error event")),
+        "the warning is the request's: {messages:?}\n{}",
+        lines.join("\n")
+    );
+    assert!(messages.contains(&"stream finished"), "{messages:?}");
+    let finished = second
+        .iter()
+        .find(|line| line["message"] == "stream finished")
+        .unwrap();
+    assert!(
+        finished.get("ttft_ms").is_none(),
+        "no content, no ttft: {finished}"
+    );
+}

@@ -52,6 +52,11 @@ impl Record {
         self.log.path()
     }
 
+    /// The request's span: the stream's log lines are written in it.
+    pub(super) fn span(&self) -> &tracing::Span {
+        self.log.span()
+    }
+
     pub(super) fn add_bytes(&mut self, bytes: usize) {
         self.log.add_bytes(bytes);
     }
