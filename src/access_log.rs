@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use crate::metrics::UNMATCHED_ROUTE;
+use crate::telemetry::{Finished, RequestTrace, StreamFacts};
 
 /// How the response body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub(crate) struct StreamSummary {
     pub stuck_ms: u64,
     /// Request start to the first content event; absent when none was sent.
     pub ttft_ms: Option<u64>,
+    /// The outcome is an error the client was told about.
+    pub error: bool,
     /// The upstream's usage; absent when it reported none.
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
@@ -51,6 +54,8 @@ pub(crate) struct RequestLog {
     stream: Option<StreamSummary>,
     /// The request's span (its id): the line is written inside it.
     span: tracing::Span,
+    /// The request's OpenTelemetry spans, ended with the line.
+    trace: Option<RequestTrace>,
 }
 
 impl RequestLog {
@@ -66,6 +71,34 @@ impl RequestLog {
             end: End::ClientGone,
             stream: None,
             span: tracing::Span::none(),
+            trace: None,
+        }
+    }
+
+    pub(crate) fn set_trace(&mut self, trace: Option<RequestTrace>) {
+        self.trace = trace;
+    }
+
+    /// The request is sent upstream: its client span starts, and its `traceparent`
+    /// goes into the request's headers.
+    pub(crate) fn trace_upstream<B>(&mut self, request: &mut http::Request<B>) {
+        if let (Some(trace), Some(upstream)) = (&mut self.trace, &self.upstream) {
+            let method = request.method().clone();
+            let url = request.uri().to_string();
+            trace.start_upstream(method.as_str(), upstream, &url, request.headers_mut());
+        }
+    }
+
+    pub(crate) fn trace_upstream_status(&self, status: StatusCode) {
+        if let Some(trace) = &self.trace {
+            trace.upstream_status(status.as_u16());
+        }
+    }
+
+    /// A span event of the stream (`stuck`, `terminator`, ...).
+    pub(crate) fn trace_event(&self, name: &'static str, attributes: Vec<opentelemetry::KeyValue>) {
+        if let Some(trace) = &self.trace {
+            trace.event(name, attributes);
         }
     }
 
@@ -79,6 +112,9 @@ impl RequestLog {
     }
 
     pub(crate) fn set_route(&mut self, route: &Arc<str>, upstream: &Arc<str>) {
+        if let Some(trace) = &self.trace {
+            trace.set_route(self.method.as_str(), route, upstream);
+        }
         self.route = Some(route.clone());
         self.upstream = Some(upstream.clone());
     }
@@ -159,5 +195,20 @@ impl Drop for RequestLog {
             output_tokens = stream.and_then(|s| s.output_tokens),
             "{what}"
         );
+        if let Some(trace) = self.trace.take() {
+            trace.finish(&Finished {
+                status: self.status.as_u16(),
+                bytes: self.bytes,
+                end: stream.map_or_else(|| end.unwrap_or_default(), |s| s.outcome),
+                stream: stream.map(|s| StreamFacts {
+                    events: s.events,
+                    rules_hit: s.rules_hit,
+                    input_tokens: s.input_tokens,
+                    output_tokens: s.output_tokens,
+                    time_to_first_chunk: s.ttft_ms.map(|ms| ms as f64 / 1000.0),
+                    error: s.error,
+                }),
+            });
+        }
     }
 }

@@ -49,5 +49,6 @@ pub(crate) mod router;
 pub mod shutdown;
 pub mod sse;
 pub(crate) mod supervise;
+pub(crate) mod telemetry;
 pub mod terminator;
 pub mod upstream;

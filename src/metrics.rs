@@ -59,6 +59,7 @@ pub struct Metrics {
     config_read_errors: IntCounter,
     config_last_reload_success: IntGauge,
     config_last_reload_timestamp: Gauge,
+    spans_dropped: IntCounterVec,
 }
 
 /// One route's handles, resolved once and shared by all of its streams.
@@ -251,6 +252,11 @@ impl Metrics {
                 ))
                 .expect("valid metric"),
             ),
+            spans_dropped: counter(
+                "trace_spans_dropped_total",
+                "Trace spans not exported: the export queue was full (queue_full) or the collector failed or timed out (export_failed).",
+                &["reason"],
+            ),
             registry,
         };
         let build_info = register(
@@ -278,6 +284,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
+        metrics.spans_dropped();
         metrics
     }
 
@@ -368,6 +375,14 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |since| since.as_secs_f64());
         self.config_last_reload_timestamp.set(now.floor());
+    }
+
+    /// The dropped-span counters the trace exporter increments.
+    pub(crate) fn spans_dropped(&self) -> crate::telemetry::Dropped {
+        crate::telemetry::Dropped {
+            queue_full: self.spans_dropped.with_label_values(&["queue_full"]),
+            export_failed: self.spans_dropped.with_label_values(&["export_failed"]),
+        }
     }
 
     /// Counts a failed read of the config file (descriptors, permissions, a missing

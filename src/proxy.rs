@@ -30,6 +30,7 @@ use crate::reply::{self, ErrorType};
 use crate::request_id::{request_span, RequestId, X_REQUEST_ID};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
+use crate::telemetry::{RequestTrace, Traces};
 use crate::upstream::{Fault, Upstream};
 
 pub(crate) use self::route::Route;
@@ -48,6 +49,8 @@ pub(crate) struct Proxy {
     metrics: Arc<Metrics>,
     /// CORS and response header changes, by route name; only routes that have some.
     edges: BTreeMap<Arc<str>, edge::Edge>,
+    /// `telemetry.otlp`: each request gets a trace.
+    traces: Option<Arc<Traces>>,
 }
 
 impl Proxy {
@@ -73,7 +76,14 @@ impl Proxy {
             routes,
             metrics: metrics.clone(),
             edges,
+            traces: None,
         }
+    }
+
+    /// Traces every request with `traces`.
+    pub(crate) fn with_traces(mut self, traces: Option<Arc<Traces>>) -> Proxy {
+        self.traces = traces;
+        self
     }
 
     /// The config this proxy serves.
@@ -97,7 +107,14 @@ impl Proxy {
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), id_header.clone());
         let span = request_span(&id);
-        let (mut response, route) = self.route_and_forward(request, peer).instrument(span).await;
+        let trace = self.traces.as_ref().map(|traces| {
+            let path = request.uri().path();
+            traces.request(method.as_str(), path, request.headers(), id.as_str())
+        });
+        let (mut response, route) = self
+            .route_and_forward(request, peer, trace)
+            .instrument(span)
+            .await;
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), id_header);
@@ -113,10 +130,12 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        trace: Option<RequestTrace>,
     ) -> (Response<ResponseBody>, Option<Arc<str>>) {
         let start = Instant::now();
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
         log.set_span(tracing::Span::current());
+        log.set_trace(trace);
 
         if let Some(problem) = host_problem(&request) {
             let reply =
@@ -176,7 +195,10 @@ impl Proxy {
             upstream: &route.upstream,
         };
         let upstream_request = match translate(request, origin) {
-            Ok(upstream_request) => upstream_request,
+            Ok(mut upstream_request) => {
+                log.trace_upstream(&mut upstream_request);
+                upstream_request
+            }
             Err(error) => {
                 if let Some(kind) = error.client_error_kind() {
                     route.metrics.count_client_error(kind);
@@ -245,6 +267,7 @@ impl Proxy {
                 .insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
         }
         log.set_status(parts.status);
+        log.trace_upstream_status(parts.status);
         let body = match &route.stream {
             Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
                 // Events may be rewritten, dropped or added: the length is the body's own.

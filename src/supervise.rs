@@ -253,6 +253,7 @@ where
         }
         if let Some(error_type) = progress.upstream_error_event {
             self.plan.metrics.count_upstream_error_event(error_type);
+            self.record.trace_upstream_error(error_type);
             let _span = self.record.span().enter();
             tracing::warn!(
                 route = %self.plan.route,
@@ -264,6 +265,9 @@ where
         if let Some(outcome) = self.engine.outcome() {
             // Dropping the upstream closes its connection at once.
             self.upstream = None;
+            if self.record.outcome.is_none() {
+                self.record.trace_end(outcome, self.engine.has_evidence());
+            }
             self.record.outcome = Some(outcome);
         }
     }

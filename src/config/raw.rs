@@ -24,6 +24,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
     "upstreams",
     "routes",
+    "telemetry",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +52,25 @@ pub(crate) struct Log {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// The `telemetry` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Telemetry {
+    pub otlp: Option<Otlp>,
+}
+
+/// `telemetry.otlp`: traces over OTLP/HTTP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Otlp {
+    /// The OTLP/HTTP base URL, as in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -114,6 +114,20 @@ impl GatewayConfig {
             "upstreams": upstreams,
             "routes": routes,
         });
+        if let Some(otlp) = &self.otlp {
+            // Export headers carry API keys: never shown.
+            let headers: Map<String, Value> = otlp
+                .headers
+                .keys()
+                .map(|name| (name.clone(), Value::from("<redacted>")))
+                .collect();
+            shown["telemetry"] = json!({ "otlp": {
+                "traces_url": otlp.traces_url,
+                "headers": headers,
+                "sample_ratio": otlp.sample_ratio,
+                "service_name": otlp.service_name,
+            }});
+        }
         redact_environment(&mut shown, "", &self.environment_paths());
         shown
     }

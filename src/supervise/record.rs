@@ -57,6 +57,27 @@ impl Record {
         self.log.span()
     }
 
+    /// The outcome was just decided: a span event says how the stream ended, when it
+    /// ended with its terminator or with an error event the gateway wrote.
+    pub(super) fn trace_end(&self, outcome: Outcome, complete: bool) {
+        let event = match outcome {
+            Outcome::Terminator => "terminator",
+            Outcome::UpstreamEof | Outcome::ClientClosed | Outcome::UpstreamErrorEvent => return,
+            Outcome::Truncated => "error_event",
+            _ if complete => return,
+            _ => "error_event",
+        };
+        let outcome = opentelemetry::KeyValue::new("outcome", outcome.as_str());
+        self.log.trace_event(event, vec![outcome]);
+    }
+
+    /// The upstream's own error event ended the stream.
+    pub(super) fn trace_upstream_error(&self, error_type: &'static str) {
+        let error_type = opentelemetry::KeyValue::new("error.type", error_type);
+        self.log
+            .trace_event("upstream_error_event", vec![error_type]);
+    }
+
     pub(super) fn add_bytes(&mut self, bytes: usize) {
         self.log.add_bytes(bytes);
     }
@@ -68,6 +89,7 @@ impl Record {
     /// The stream became stuck at `now`.
     pub(super) fn stick(&mut self, now: Instant) {
         self.stuck_since = Some(now);
+        self.log.trace_event("stuck", Vec::new());
         self.metrics.streams_stuck.inc();
         self.metrics.stuck_total.inc();
     }
@@ -76,6 +98,7 @@ impl Record {
     pub(super) fn unstick(&mut self, now: Instant) -> bool {
         match self.stuck_since.take() {
             Some(since) => {
+                self.log.trace_event("unstuck", Vec::new());
                 self.stuck_for += now - since;
                 self.metrics.streams_stuck.dec();
                 true
@@ -104,6 +127,10 @@ impl Drop for Record {
                 .tokens
                 .time_to_first_token
                 .map(|ttft| u64::try_from(ttft.as_millis()).unwrap_or(u64::MAX)),
+            error: !matches!(
+                outcome,
+                Outcome::Terminator | Outcome::UpstreamEof | Outcome::ClientClosed
+            ),
             input_tokens: self.tokens.usage.input_tokens,
             output_tokens: self.tokens.usage.output_tokens,
         });
