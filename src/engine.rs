@@ -111,9 +111,17 @@ pub struct Engine {
     evidence: bool,
     /// The last Responses `sequence_number` forwarded.
     sequence_number: Option<u64>,
-    /// The gateway asked the upstream for usage the client did not ask for: the
-    /// usage-only chunk is read, then dropped ([`Engine::remove_usage_chunk`]).
-    remove_usage_chunk: bool,
+    /// What becomes of a usage-only chunk ([`Engine::remove_usage_chunk`]).
+    usage_chunk: UsageChunk,
+}
+
+/// What the engine does with a Chat Completions usage-only chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UsageChunk {
+    /// The client asked for it (or nobody did): it is forwarded.
+    Forward,
+    /// The gateway asked the upstream for it: it is read, then dropped.
+    Remove,
 }
 
 impl Engine {
@@ -133,7 +141,7 @@ impl Engine {
             rule_hits: vec![0; rules].into_boxed_slice(),
             evidence: false,
             sequence_number: None,
-            remove_usage_chunk: false,
+            usage_chunk: UsageChunk::Forward,
         }
     }
 
@@ -141,7 +149,7 @@ impl Engine {
     /// is read: the gateway added `stream_options.include_usage` to this request, and
     /// the client, which did not ask for it, must not see it.
     pub fn remove_usage_chunk(&mut self) {
-        self.remove_usage_chunk = true;
+        self.usage_chunk = UsageChunk::Remove;
     }
 
     /// The next upstream read, split anywhere. Ignored once the stream has ended.
@@ -338,7 +346,7 @@ impl Engine {
         self.evidence |= class.evidence;
         if let Some(usage) = class.usage {
             self.progress.usage.get_or_insert_default().update(usage);
-            if class.usage_only && self.remove_usage_chunk {
+            if class.usage_only && self.usage_chunk == UsageChunk::Remove {
                 return true;
             }
         }

@@ -174,7 +174,7 @@ impl Validator<'_> {
             upstreams,
             routes,
             from_environment: std::mem::take(&mut self.from_environment),
-            otlp: otlp?,
+            otlp,
         })
     }
 

@@ -37,6 +37,8 @@ pub(crate) const UPSTREAM_ERROR_TYPES: &[&str] = &[
 ];
 
 /// What an event forwarded on a route meant.
+// Independent facts about one event, each read by a different consumer: not a state.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Class {
     /// The answer is complete (a finish reason, a stop reason, a terminal event, or

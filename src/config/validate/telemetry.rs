@@ -22,15 +22,13 @@ const DEFAULT_SERVICE_NAME: &str = "sse-gateway";
 const PATH: &str = "telemetry.otlp";
 
 impl Validator<'_> {
-    /// `Some(None)`: valid and off; `None`: invalid.
-    pub(super) fn telemetry(&mut self, value: Option<Value>) -> Option<Option<OtlpConfig>> {
+    /// `None` when off, or when invalid (the errors are recorded).
+    pub(super) fn telemetry(&mut self, value: Option<Value>) -> Option<OtlpConfig> {
         let telemetry: raw::Telemetry = match value {
-            None | Some(Value::Null) => return Some(None),
+            None | Some(Value::Null) => return None,
             Some(value) => self.section(Some(value), "telemetry")?,
         };
-        let Some(otlp) = telemetry.otlp else {
-            return Some(None);
-        };
+        let otlp = telemetry.otlp?;
         let env = |name: &str| (self.env)(name).filter(|value| !value.trim().is_empty());
         let (traces_url, endpoint_path) = match (
             otlp.endpoint,
@@ -85,13 +83,11 @@ impl Validator<'_> {
             self.error_at_value(&join(PATH, "service_name"), "service_name is empty");
             ok = false;
         }
-        ok.then(|| {
-            Some(OtlpConfig {
-                traces_url,
-                headers: otlp.headers.into_iter().collect::<BTreeMap<_, _>>(),
-                sample_ratio,
-                service_name,
-            })
+        ok.then(|| OtlpConfig {
+            traces_url,
+            headers: otlp.headers.into_iter().collect::<BTreeMap<_, _>>(),
+            sample_ratio,
+            service_name,
         })
     }
 }
