@@ -39,6 +39,45 @@ fn exchange(port: u16, request: &str) -> String {
     reply
 }
 
+/// Runs the binary on `config` (whose public listener is `port`), sends each raw
+/// request in turn, stops it with SIGTERM; returns the replies and every line it wrote.
+fn run_gateway(
+    name: &str,
+    port: u16,
+    config: &str,
+    requests: &[&str],
+) -> (Vec<String>, Vec<String>) {
+    let dir = std::env::temp_dir().join(format!("sse-gateway-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sse-gateway"))
+        .args(["--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let replies = requests
+        .iter()
+        .map(|request| exchange(port, request))
+        .collect();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut lines: Vec<String> = Vec::new();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        lines.extend(BufReader::new(pipe).lines().map_while(Result::ok));
+    }
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    (replies, lines)
+}
+
 #[test]
 fn json_request_lines_have_numbers_and_one_word_for_no_route() {
     let port = free_port();
@@ -55,43 +94,19 @@ routes:
     request: {{ path_prefix: /v1/assistant/stream, method: POST, body: query_as_json }}
 "
     );
-    let dir = std::env::temp_dir().join(format!("sse-gateway-logs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sse-gateway"))
-        .args(["--config", path.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-
-    let not_found = exchange(
+    let (replies, lines) = run_gateway(
+        "logs",
         port,
-        "GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        &config,
+        &[
+            "GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            "DELETE /api/stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            "GET /api/stream?q=hi HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        ],
     );
-    let not_allowed = exchange(
-        port,
-        "DELETE /api/stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    );
-    let stream = exchange(
-        port,
-        "GET /api/stream?q=hi HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut lines: Vec<String> = Vec::new();
-    for pipe in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn Read>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        lines.extend(BufReader::new(pipe).lines().map_while(Result::ok));
-    }
-    child.wait().unwrap();
-    std::fs::remove_dir_all(&dir).ok();
+    let [not_found, not_allowed, stream] = &replies[..] else {
+        panic!("three replies");
+    };
 
     assert!(not_found.starts_with("HTTP/1.1 404 "), "{not_found}");
     assert!(not_found.contains(r#""route":"unmatched""#), "{not_found}");
@@ -175,38 +190,18 @@ routes:
     stream: {{ protocol: anthropic }}
 "
     );
-    let dir = std::env::temp_dir().join(format!("sse-gateway-ids-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sse-gateway"))
-        .args(["--config", path.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let with_id = exchange(
+    let (replies, lines) = run_gateway(
+        "ids",
         port,
-        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-request-id: edge-42\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        &config,
+        &[
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-request-id: edge-42\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-request-id: not sane!\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        ],
     );
-    let with_bad_id = exchange(
-        port,
-        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-request-id: not sane!\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
-    );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut lines: Vec<String> = Vec::new();
-    for pipe in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn Read>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        lines.extend(BufReader::new(pipe).lines().map_while(Result::ok));
-    }
-    child.wait().unwrap();
-    std::fs::remove_dir_all(&dir).ok();
+    let [with_id, with_bad_id] = &replies[..] else {
+        panic!("two replies");
+    };
     let heads = upstream.join().unwrap();
 
     let response_id = |reply: &str| {

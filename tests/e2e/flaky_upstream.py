@@ -138,16 +138,25 @@ class Handler(BaseHTTPRequestHandler):
                 return
 
 
+def serve(handler, port_file, **attributes):
+    """Serves `handler` on 127.0.0.1:0, one thread per connection, after writing the
+    port to `port_file`; `attributes` are set on the server. Also used by other e2e
+    servers (tests/e2e/telemetry/receiver.py)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    for name, value in attributes.items():
+        setattr(server, name, value)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(server.server_address[1]))
+    # Renamed into place, so a reader never sees a half-written port.
+    os.replace(port_file + ".tmp", port_file)
+    server.serve_forever()
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: flaky_upstream.py PORT_FILE")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    with open(sys.argv[1] + ".tmp", "w") as f:
-        f.write(str(server.server_address[1]))
-    # Renamed into place, so a reader never sees a half-written port.
-    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-    server.serve_forever()
+    serve(Handler, sys.argv[1])
 
 
 if __name__ == "__main__":

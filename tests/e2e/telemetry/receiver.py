@@ -10,7 +10,10 @@ import json
 import os
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from flaky_upstream import serve  # noqa: E402 (the e2e servers' shared start)
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -71,14 +74,8 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: receiver.py PORT_FILE OUT_FILE")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.out = sys.argv[2]
-    open(server.out, "a").close()
-    with open(sys.argv[1] + ".tmp", "w") as f:
-        f.write(str(server.server_address[1]))
-    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-    server.serve_forever()
+    open(sys.argv[2], "a").close()
+    serve(Handler, sys.argv[1], out=sys.argv[2])
 
 
 if __name__ == "__main__":
