@@ -39,18 +39,21 @@ fn exchange(port: u16, request: &str) -> String {
     reply
 }
 
-/// Runs the binary on `config` (whose public listener is `port`), sends each raw
+/// Runs the binary with JSON logs on `upstreams_and_routes` (YAML), sends each raw
 /// request in turn, stops it with SIGTERM; returns the replies and every line it wrote.
 fn run_gateway(
     name: &str,
-    port: u16,
-    config: &str,
+    upstreams_and_routes: &str,
     requests: &[&str],
 ) -> (Vec<String>, Vec<String>) {
+    let port = free_port();
+    let config = format!(
+        "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:0 }}\nlog: {{ format: json, level: info }}\n{upstreams_and_routes}"
+    );
     let dir = std::env::temp_dir().join(format!("sse-gateway-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gateway.yaml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, &config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sse-gateway"))
         .args(["--config", path.to_str().unwrap()])
         .env_remove("RUST_LOG")
@@ -80,12 +83,8 @@ fn run_gateway(
 
 #[test]
 fn json_request_lines_have_numbers_and_one_word_for_no_route() {
-    let port = free_port();
     let config = format!(
-        "listen: 127.0.0.1:{port}
-admin: {{ listen: 127.0.0.1:0 }}
-log: {{ format: json, level: info }}
-upstreams:
+        "upstreams:
   demo: {{ demo: {{ token_interval: 1ms }} }}
 routes:
   - name: chat
@@ -96,7 +95,6 @@ routes:
     );
     let (replies, lines) = run_gateway(
         "logs",
-        port,
         &config,
         &[
             "GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
@@ -176,12 +174,8 @@ fn every_line_of_a_request_names_its_request_id_and_the_stream_line_its_tokens()
     .unwrap();
     let error_event = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
     let (upstream_port, upstream) = canned_upstream(vec![capture, error_event.to_owned()]);
-    let port = free_port();
     let config = format!(
-        "listen: 127.0.0.1:{port}
-admin: {{ listen: 127.0.0.1:0 }}
-log: {{ format: json, level: info }}
-upstreams:
+        "upstreams:
   claude: {{ url: \"http://127.0.0.1:{upstream_port}\" }}
 routes:
   - name: messages
@@ -192,7 +186,6 @@ routes:
     );
     let (replies, lines) = run_gateway(
         "ids",
-        port,
         &config,
         &[
             "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-request-id: edge-42\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",

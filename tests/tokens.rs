@@ -63,6 +63,32 @@ fn events(stream: &str) -> Vec<&str> {
     stream.split_inclusive("\n\n").collect()
 }
 
+/// What the route's metrics say once its `streams`-th stream is recorded: time to first
+/// token observations, inter-token observations, input and output tokens.
+async fn observed(gateway: &TestGateway, route: &str, streams: f64) -> (f64, f64, f64, f64) {
+    let metrics = gateway
+        .metrics_until("the stream is recorded", |m| {
+            m.outcome_count(route, "terminator") == streams
+        })
+        .await;
+    let value = |name: &str| metrics.route_value(name, route);
+    let tokens = |kind| {
+        metrics.get(
+            "sse_gateway_tokens_total",
+            &[("route", route), ("kind", kind)],
+        )
+    };
+    if value("sse_gateway_time_to_first_token_seconds_count") > 0.0 {
+        assert!(value("sse_gateway_time_to_first_token_seconds_sum") > 0.0);
+    }
+    (
+        value("sse_gateway_time_to_first_token_seconds_count"),
+        value("sse_gateway_inter_token_seconds_count"),
+        tokens("input"),
+        tokens("output"),
+    )
+}
+
 #[tokio::test]
 async fn each_preset_counts_one_first_token_its_gaps_and_the_upstreams_usage() {
     let upstream = ScriptedUpstream::bind().await;
@@ -76,33 +102,13 @@ async fn each_preset_counts_one_first_token_its_gaps_and_the_upstreams_usage() {
         let stream = capture(route);
         let received = lockstep(&gateway, &upstream, &format!("/{route}"), &events(&stream)).await;
         assert_eq!(received, stream, "{route}: passed through unchanged");
-        let metrics = gateway
-            .metrics_until("the stream is recorded", |m| {
-                m.outcome_count(route, "terminator") == 1.0
-            })
-            .await;
-        let value = |name: &str| metrics.route_value(name, route);
+        // One stream with content: one first token. Two content events in two reads:
+        // one gap. The tokens are the capture's usage.
         assert_eq!(
-            value("sse_gateway_time_to_first_token_seconds_count"),
-            1.0,
-            "{route}: one stream with content, one observation\n{}",
-            metrics.text
-        );
-        assert!(value("sse_gateway_time_to_first_token_seconds_sum") > 0.0);
-        // Each capture has two content events, in two reads: one gap.
-        assert_eq!(
-            value("sse_gateway_inter_token_seconds_count"),
-            1.0,
+            observed(&gateway, route, 1.0).await,
+            (1.0, 1.0, input, output),
             "{route}"
         );
-        let tokens = |kind| {
-            metrics.get(
-                "sse_gateway_tokens_total",
-                &[("route", route), ("kind", kind)],
-            )
-        };
-        assert_eq!(tokens("input"), input, "{route}");
-        assert_eq!(tokens("output"), output, "{route}");
     }
 }
 
@@ -116,37 +122,9 @@ async fn a_stream_without_content_observes_no_first_token_and_one_read_is_one_ar
     // The role-only chunk, the finish chunk and [DONE]: no content, no usage.
     let no_content = [chunks[0], chunks[3], "data: [DONE]\n\n"];
     lockstep(&gateway, &upstream, "/openai-chat", &no_content).await;
-    let metrics = gateway
-        .metrics_until("the stream is recorded", |m| {
-            m.outcome_count(route, "terminator") == 1.0
-        })
-        .await;
-    let value = |name: &str| metrics.route_value(name, route);
-    assert_eq!(value("sse_gateway_time_to_first_token_seconds_count"), 0.0);
-    assert_eq!(value("sse_gateway_inter_token_seconds_count"), 0.0);
-    let tokens = |kind| {
-        metrics.get(
-            "sse_gateway_tokens_total",
-            &[("route", route), ("kind", kind)],
-        )
-    };
-    assert_eq!((tokens("input"), tokens("output")), (0.0, 0.0));
+    assert_eq!(observed(&gateway, route, 1.0).await, (0.0, 0.0, 0.0, 0.0));
 
     // The whole capture in one read: its two content events are one arrival.
     lockstep(&gateway, &upstream, "/openai-chat", &[&stream]).await;
-    let metrics = gateway
-        .metrics_until("the second stream is recorded", |m| {
-            m.outcome_count(route, "terminator") == 2.0
-        })
-        .await;
-    let value = |name: &str| metrics.route_value(name, route);
-    assert_eq!(value("sse_gateway_time_to_first_token_seconds_count"), 1.0);
-    assert_eq!(value("sse_gateway_inter_token_seconds_count"), 0.0);
-    let tokens = |kind| {
-        metrics.get(
-            "sse_gateway_tokens_total",
-            &[("route", route), ("kind", kind)],
-        )
-    };
-    assert_eq!((tokens("input"), tokens("output")), (9.0, 2.0));
+    assert_eq!(observed(&gateway, route, 2.0).await, (1.0, 0.0, 9.0, 2.0));
 }
