@@ -95,7 +95,7 @@ pub struct OtlpConfig {
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is).
     pub traces_url: String,
     /// Sent with every export (an API key); the exporter adds
-    /// `OTEL_EXPORTER_OTLP_HEADERS`.
+    /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS` over them.
     pub headers: BTreeMap<String, String>,
     /// The share of new traces recorded, 0 to 1; a client's sampled flag wins.
     pub sample_ratio: f64,
