@@ -21,6 +21,8 @@
 #   --streams N        override the scenario's stream count
 #   --seconds N        measured window (default 15)
 #   --gateway-bin PATH profile this binary instead of building the repo's
+#   --otlp             trace every request (`telemetry.otlp`, sample_ratio 1.0) to an
+#                      OTLP/HTTP sink on loopback (otlp_sink.py, core 1)
 #
 # Output (callgrind.out, massif.out, annotations) goes to $TARGET/load/profile-*/.
 set -euo pipefail
@@ -32,6 +34,7 @@ SCENARIO=throughput
 STREAMS=""
 SECONDS_WINDOW=15
 GATEWAY_BIN=""
+OTLP=0
 die() { echo "profile.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
         --streams) STREAMS=${2:?}; shift ;;
         --seconds) SECONDS_WINDOW=${2:?}; shift ;;
         --gateway-bin) GATEWAY_BIN=${2:?}; shift ;;
+        --otlp) OTLP=1 ;;
         -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) die "unknown option $1" ;;
     esac
@@ -76,8 +80,14 @@ events_total() {
     curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^sse_gateway_stream_events_total/ { s += $2 } END { print s + 0 }'
 }
 
-read -r UP PORT ADMIN < <("$LOAD" ports 3)
+read -r UP PORT ADMIN OTLP_PORT < <("$LOAD" ports 4)
 LIFETIME=$((WARMUP + SECONDS_WINDOW + 300))
+TELEMETRY=""
+if [ "$OTLP" = 1 ]; then
+    timeout -k 5 "$LIFETIME" taskset -c 1 python3 "$REPO/benches/load/otlp_sink.py" "$OTLP_PORT" >"$OUT/otlp.log" 2>&1 &
+    STARTED+=($!)
+    TELEMETRY="telemetry: { otlp: { endpoint: \"http://127.0.0.1:$OTLP_PORT\", sample_ratio: 1.0 } }"
+fi
 cat >"$OUT/gateway.yaml" <<EOF
 listen: 127.0.0.1:$PORT
 admin: { listen: 127.0.0.1:$ADMIN }
@@ -96,6 +106,7 @@ $(design_stream_rules)
       heartbeat: 5m
       max_duration: 1h
       max_event_size: 1MiB
+$TELEMETRY
 EOF
 
 timeout -k 5 "$LIFETIME" taskset -c 1 "$LOAD" upstream --listen "127.0.0.1:$UP" \
