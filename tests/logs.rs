@@ -83,19 +83,17 @@ fn run_gateway(
 
 #[test]
 fn json_request_lines_have_numbers_and_one_word_for_no_route() {
-    let config = format!(
-        "upstreams:
-  demo: {{ demo: {{ token_interval: 1ms }} }}
+    let config = "upstreams:
+  demo: { demo: { token_interval: 1ms } }
 routes:
   - name: chat
-    match: {{ path_prefix: /api/stream, methods: [GET] }}
+    match: { path_prefix: /api/stream, methods: [GET] }
     upstream: demo
-    request: {{ path_prefix: /v1/assistant/stream, method: POST, body: query_as_json }}
-"
-    );
+    request: { path_prefix: /v1/assistant/stream, method: POST, body: query_as_json }
+";
     let (replies, lines) = run_gateway(
         "logs",
-        &config,
+        config,
         &[
             "GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
             "DELETE /api/stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
@@ -204,13 +202,13 @@ routes:
             .unwrap_or_else(|| panic!("an x-request-id in {reply}"))
             .to_owned()
     };
-    assert_eq!(response_id(&with_id), "edge-42");
+    assert_eq!(response_id(with_id), "edge-42");
     assert!(
         heads[0].contains("x-request-id: edge-42\r\n"),
         "{}",
         heads[0]
     );
-    let generated = response_id(&with_bad_id);
+    let generated = response_id(with_bad_id);
     assert_eq!(generated.len(), 32, "{generated}");
     assert!(
         heads[1].contains(&format!("x-request-id: {generated}\r\n")),
