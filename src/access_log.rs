@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use crate::metrics::UNMATCHED_ROUTE;
+use crate::telemetry::{Finished, RequestTrace, StreamFacts};
 
 /// How the response body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,13 @@ pub(crate) struct StreamSummary {
     pub events: u64,
     pub rules_hit: u64,
     pub stuck_ms: u64,
+    /// Request start to the first content event; absent when none was sent.
+    pub ttft_ms: Option<u64>,
+    /// The outcome is an error the client was told about.
+    pub error: bool,
+    /// The upstream's usage; absent when it reported none.
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
 }
 
 /// Collects a request's facts; writes them in one line when dropped.
@@ -44,6 +52,10 @@ pub(crate) struct RequestLog {
     bytes: u64,
     end: End,
     stream: Option<StreamSummary>,
+    /// The request's span (its id): the line is written inside it.
+    span: tracing::Span,
+    /// The request's OpenTelemetry spans, ended with the line.
+    trace: Option<RequestTrace>,
 }
 
 impl RequestLog {
@@ -58,10 +70,51 @@ impl RequestLog {
             bytes: 0,
             end: End::ClientGone,
             stream: None,
+            span: tracing::Span::none(),
+            trace: None,
         }
     }
 
+    pub(crate) fn set_trace(&mut self, trace: Option<RequestTrace>) {
+        self.trace = trace;
+    }
+
+    /// The request is sent upstream: its client span starts, and its `traceparent`
+    /// goes into the request's headers.
+    pub(crate) fn trace_upstream<B>(&mut self, request: &mut http::Request<B>) {
+        if let (Some(trace), Some(upstream)) = (&mut self.trace, &self.upstream) {
+            let method = request.method().clone();
+            let url = request.uri().to_string();
+            trace.start_upstream(method.as_str(), upstream, &url, request.headers_mut());
+        }
+    }
+
+    pub(crate) fn trace_upstream_status(&self, status: StatusCode) {
+        if let Some(trace) = &self.trace {
+            trace.upstream_status(status.as_u16());
+        }
+    }
+
+    /// A span event of the stream (`stuck`, `terminator`, ...).
+    pub(crate) fn trace_event(&self, name: &'static str, attributes: Vec<opentelemetry::KeyValue>) {
+        if let Some(trace) = &self.trace {
+            trace.event(name, attributes);
+        }
+    }
+
+    /// The request's span, which this line and the stream's warnings are written in.
+    pub(crate) fn set_span(&mut self, span: tracing::Span) {
+        self.span = span;
+    }
+
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
     pub(crate) fn set_route(&mut self, route: &Arc<str>, upstream: &Arc<str>) {
+        if let Some(trace) = &self.trace {
+            trace.set_route(self.method.as_str(), route, upstream);
+        }
         self.route = Some(route.clone());
         self.upstream = Some(upstream.clone());
     }
@@ -106,6 +159,7 @@ impl Drop for RequestLog {
     fn drop(&mut self) {
         // Whole milliseconds as an integer field, so a JSON line has a number, not a
         // string (a field recorded through Display becomes a string).
+        let _span = self.span.enter();
         let duration_ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let route = self.route.as_deref().unwrap_or(UNMATCHED_ROUTE);
         // No route, no upstream: the field is left out rather than given a placeholder.
@@ -136,7 +190,25 @@ impl Drop for RequestLog {
             events = stream.map(|s| s.events),
             rules_hit = stream.map(|s| s.rules_hit),
             stuck_ms = stream.map(|s| s.stuck_ms),
+            ttft_ms = stream.and_then(|s| s.ttft_ms),
+            input_tokens = stream.and_then(|s| s.input_tokens),
+            output_tokens = stream.and_then(|s| s.output_tokens),
             "{what}"
         );
+        if let Some(trace) = self.trace.take() {
+            trace.finish(&Finished {
+                status: self.status.as_u16(),
+                bytes: self.bytes,
+                end: stream.map_or_else(|| end.unwrap_or_default(), |s| s.outcome),
+                stream: stream.map(|s| StreamFacts {
+                    events: s.events,
+                    rules_hit: s.rules_hit,
+                    input_tokens: s.input_tokens,
+                    output_tokens: s.output_tokens,
+                    time_to_first_chunk: s.ttft_ms.map(|ms| ms as f64 / 1000.0),
+                    error: s.error,
+                }),
+            });
+        }
     }
 }

@@ -29,7 +29,7 @@ use crate::rewrite::Pipeline;
 pub(crate) use crate::router::PathMatch;
 
 pub(crate) use locate::Position;
-pub(crate) use raw::{BodyMode, LogFormat, OnUpstreamEof};
+pub(crate) use raw::{BodyMode, LogFormat, OnUpstreamEof, StreamUsage};
 pub(crate) use units::HumanDuration;
 
 pub use traffic::{
@@ -98,6 +98,23 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
     /// Key paths whose values came from `${VAR}` substitution, to redact when shown.
     pub from_environment: BTreeSet<String>,
+    /// `telemetry.otlp`: traces, off when absent.
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `telemetry.otlp`, resolved: the file's keys, else the standard `OTEL_*` variables,
+/// else the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// Where spans are sent: `endpoint` with `/v1/traces` appended (or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is).
+    pub traces_url: String,
+    /// Sent with every export (an API key); the exporter adds
+    /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS` over them.
+    pub headers: BTreeMap<String, String>,
+    /// The share of new traces recorded, 0 to 1; a client's sampled flag wins.
+    pub sample_ratio: f64,
+    pub service_name: String,
 }
 
 /// The `shutdown` section: how a stop ends, after `drain_timeout`.
@@ -214,6 +231,8 @@ pub struct StreamConfig {
     pub idle_timeout: Duration,
     pub heartbeat: Duration,
     pub max_duration: Duration,
+    /// `openai-chat` only: whether the gateway asks the upstream for token usage.
+    pub usage: StreamUsage,
 }
 
 /// How a matched request is turned into the upstream request.
@@ -430,6 +449,7 @@ impl GatewayConfig {
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
             from_environment: BTreeSet::new(),
+            otlp: None,
         }
     }
 

@@ -40,6 +40,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::HumanDuration;
+use crate::protocol::Usage;
 use crate::rewrite::Pipeline;
 use crate::sse::{FrameError, Framer, RawEvent};
 
@@ -82,6 +83,8 @@ pub struct Progress {
     pub first_content_event: bool,
     /// The upstream's own error event ended the stream: its error type, a bounded label.
     pub upstream_error_event: Option<&'static str>,
+    /// Token usage the upstream reported (the latest values; totals, not increments).
+    pub usage: Option<Usage>,
 }
 
 /// One event stream's framer, pipeline, frames and outcome.
@@ -108,6 +111,17 @@ pub struct Engine {
     evidence: bool,
     /// The last Responses `sequence_number` forwarded.
     sequence_number: Option<u64>,
+    /// What becomes of a usage-only chunk ([`Engine::remove_usage_chunk`]).
+    usage_chunk: UsageChunk,
+}
+
+/// What the engine does with a Chat Completions usage-only chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UsageChunk {
+    /// The client asked for it (or nobody did): it is forwarded.
+    Forward,
+    /// The gateway asked the upstream for it: it is read, then dropped.
+    Remove,
 }
 
 impl Engine {
@@ -127,7 +141,15 @@ impl Engine {
             rule_hits: vec![0; rules].into_boxed_slice(),
             evidence: false,
             sequence_number: None,
+            usage_chunk: UsageChunk::Forward,
         }
+    }
+
+    /// Drops the Chat Completions usage-only chunk (`choices` empty) after its usage
+    /// is read: the gateway added `stream_options.include_usage` to this request, and
+    /// the client, which did not ask for it, must not see it.
+    pub fn remove_usage_chunk(&mut self) {
+        self.usage_chunk = UsageChunk::Remove;
     }
 
     /// The next upstream read, split anywhere. Ignored once the stream has ended.
@@ -322,6 +344,12 @@ impl Engine {
         let terminal_events = self.pipeline.terminator().is_none();
         let class = self.pipeline.contract().classify(&output, terminal_events);
         self.evidence |= class.evidence;
+        if let Some(usage) = class.usage {
+            self.progress.usage.get_or_insert_default().update(usage);
+            if class.usage_only && self.usage_chunk == UsageChunk::Remove {
+                return true;
+            }
+        }
         if class.sequence_number.is_some() {
             self.sequence_number = class.sequence_number;
         }

@@ -26,6 +26,7 @@ use crate::listener::{self, Acceptor, ConnectionLimits, Connections};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::shutdown::{self, DrainPlan, Shutdown, StopNow};
+use crate::telemetry::Traces;
 use crate::upstream::demo::DemoServer;
 use crate::upstream::{TlsError, Upstream};
 
@@ -46,6 +47,8 @@ pub enum StartError {
     Demo(std::io::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Tracing(#[from] crate::telemetry::TracingError),
 }
 
 /// What outlives a generation: metrics, the demo server, the shutdown signal.
@@ -57,6 +60,9 @@ pub struct Gateway {
     demo: Mutex<Option<DemoServer>>,
     /// Fired when the drain time has run out: supervised streams end with `shutdown`.
     shutdown: Shutdown,
+    /// The trace exporter of the config in force; kept across reloads that do not
+    /// change `telemetry.otlp`.
+    traces: std::sync::Mutex<Option<Arc<Traces>>>,
 }
 
 impl Gateway {
@@ -67,6 +73,7 @@ impl Gateway {
     pub async fn apply(&self, config: GatewayConfig) -> Result<(), StartError> {
         let config = Arc::new(config);
         let demo_origin = self.demo_origin(&config).await?;
+        let traces = self.traces_for(&config)?;
         let (compiled, metrics, shutdown) =
             (config.clone(), self.metrics.clone(), self.shutdown.clone());
         // Thousands of routes (regexes, the route table, CA files read from disk) take
@@ -75,7 +82,8 @@ impl Gateway {
             compile(compiled, demo_origin.as_deref(), &metrics, shutdown)
         })
         .await
-        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?
+        .with_traces(traces);
         let replaced = self.current.send_replace(Arc::new(proxy));
         // Freeing thousands of routes takes a while too; requests still running keep
         // the old proxy alive, and whoever lets go of it last frees it.
@@ -91,6 +99,24 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The tracer for `config`'s `telemetry.otlp`: the running one when the section is
+    /// unchanged, a new one (for new requests) when it changed, none when absent.
+    fn traces_for(&self, config: &GatewayConfig) -> Result<Option<Arc<Traces>>, StartError> {
+        let mut running = self
+            .traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let traces = match &config.otlp {
+            None => None,
+            Some(otlp) => match running.as_ref().filter(|traces| traces.config() == otlp) {
+                Some(same) => Some(same.clone()),
+                None => Some(Arc::new(Traces::start(otlp, self.metrics.spans_dropped())?)),
+            },
+        };
+        running.clone_from(&traces);
+        Ok(traces)
     }
 
     /// The demo server's origin when `config` uses it, started on first use.
@@ -229,6 +255,7 @@ pub async fn start_with(
         current: watch::channel(placeholder).0,
         demo: Mutex::new(None),
         shutdown,
+        traces: std::sync::Mutex::new(None),
     });
     let routes = config.routes.len();
     gateway.apply(config).await?;

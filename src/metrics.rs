@@ -34,6 +34,11 @@ const FIRST_EVENT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Gaps between tokens: a few ms from a fast model to seconds from a stalled one.
+const INTER_TOKEN_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The one word for "no route", alike in the `route` metric label, the log line's
 /// `route` field and the error body's `route`, so one search finds them all.
 pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
@@ -48,6 +53,9 @@ pub struct Metrics {
     stuck_total: IntCounterVec,
     stream_duration: HistogramVec,
     first_event: HistogramVec,
+    time_to_first_token: HistogramVec,
+    inter_token: HistogramVec,
+    tokens: IntCounterVec,
     events: IntCounterVec,
     bytes: IntCounterVec,
     rule_hits: IntCounterVec,
@@ -60,6 +68,7 @@ pub struct Metrics {
     config_last_reload_timestamp: Gauge,
     /// Admission and failover (`metrics/traffic.rs`).
     traffic: TrafficFamilies,
+    spans_dropped: IntCounterVec,
 }
 
 /// One route's handles, resolved once and shared by all of its streams.
@@ -71,6 +80,10 @@ pub struct RouteMetrics {
     /// Indexed by [`Outcome::index`].
     stream_duration: Vec<Histogram>,
     pub first_event: Histogram,
+    pub time_to_first_token: Histogram,
+    pub inter_token: Histogram,
+    pub input_tokens: IntCounter,
+    pub output_tokens: IntCounter,
     pub events: IntCounter,
     pub bytes_upstream: IntCounter,
     pub bytes_downstream: IntCounter,
@@ -160,6 +173,35 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            time_to_first_token: register(
+                &registry,
+                HistogramVec::new(
+                    histogram(
+                        "time_to_first_token_seconds",
+                        "Time from request start to the first content event sent downstream (a non-empty text, refusal or tool-call delta).",
+                        FIRST_EVENT_BUCKETS,
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            inter_token: register(
+                &registry,
+                HistogramVec::new(
+                    histogram(
+                        "inter_token_seconds",
+                        "Gaps between upstream reads that carried content events, after the first (events of one read are one arrival).",
+                        INTER_TOKEN_BUCKETS,
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            tokens: counter(
+                "tokens_total",
+                "Tokens the upstream reported in its usage, by kind (input, output).",
+                &["route", "kind"],
+            ),
             events: counter(
                 "stream_events_total",
                 "Events forwarded downstream.",
@@ -220,6 +262,11 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             traffic: TrafficFamilies::new(&registry),
+            spans_dropped: counter(
+                "trace_spans_dropped_total",
+                "Trace spans not exported: the export queue was full (queue_full) or the collector failed or timed out (export_failed).",
+                &["reason"],
+            ),
             registry,
         };
         let build_info = register(
@@ -247,6 +294,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
         }
+        metrics.spans_dropped();
         metrics
     }
 
@@ -265,6 +313,10 @@ impl Metrics {
                 })
                 .collect(),
             first_event: self.first_event.with_label_values(&[route]),
+            time_to_first_token: self.time_to_first_token.with_label_values(&[route]),
+            inter_token: self.inter_token.with_label_values(&[route]),
+            input_tokens: self.tokens.with_label_values(&[route, "input"]),
+            output_tokens: self.tokens.with_label_values(&[route, "output"]),
             events: one(&self.events),
             bytes_upstream: self.bytes.with_label_values(&[route, "upstream"]),
             bytes_downstream: self.bytes.with_label_values(&[route, "downstream"]),
@@ -338,6 +390,14 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |since| since.as_secs_f64());
         self.config_last_reload_timestamp.set(now.floor());
+    }
+
+    /// The dropped-span counters the trace exporter increments.
+    pub(crate) fn spans_dropped(&self) -> crate::telemetry::Dropped {
+        crate::telemetry::Dropped {
+            queue_full: self.spans_dropped.with_label_values(&["queue_full"]),
+            export_failed: self.spans_dropped.with_label_values(&["export_failed"]),
+        }
     }
 
     /// Counts a failed read of the config file (descriptors, permissions, a missing

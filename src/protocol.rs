@@ -9,6 +9,7 @@
 
 mod classify;
 pub(crate) mod shape;
+mod usage;
 
 use bytes::Bytes;
 
@@ -17,6 +18,7 @@ use crate::terminator::{Terminator, TerminatorMatch};
 
 pub use classify::Class;
 pub(crate) use classify::UPSTREAM_ERROR_TYPES;
+pub use usage::Usage;
 
 /// The protocol a route's upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]

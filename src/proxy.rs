@@ -7,6 +7,7 @@
 
 mod edge;
 mod forward;
+mod include_usage;
 pub(crate) mod request;
 mod route;
 
@@ -19,14 +20,17 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH,
 use http::{HeaderName, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::access_log::RequestLog;
 use crate::body::ResponseBody;
 use crate::config::GatewayConfig;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 use crate::reply::{self, ErrorType};
+use crate::request_id::{request_span, RequestId, X_REQUEST_ID};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
+use crate::telemetry::{RequestTrace, Traces};
 use crate::upstream::{Fault, Upstream};
 
 pub(crate) use self::route::Route;
@@ -45,6 +49,8 @@ pub(crate) struct Proxy {
     metrics: Arc<Metrics>,
     /// CORS and response header changes, by route name; only routes that have some.
     edges: BTreeMap<Arc<str>, edge::Edge>,
+    /// `telemetry.otlp`: each request gets a trace.
+    traces: Option<Arc<Traces>>,
 }
 
 impl Proxy {
@@ -70,7 +76,14 @@ impl Proxy {
             routes,
             metrics: metrics.clone(),
             edges,
+            traces: None,
         }
+    }
+
+    /// Traces every request with `traces`.
+    pub(crate) fn with_traces(mut self, traces: Option<Arc<Traces>>) -> Proxy {
+        self.traces = traces;
+        self
     }
 
     /// The config this proxy serves.
@@ -81,12 +94,30 @@ impl Proxy {
     /// Serves one request from `peer`.
     pub(crate) async fn serve(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
         let origin = request.headers().get(http::header::ORIGIN).cloned();
-        let (mut response, route) = self.route_and_forward(request, peer).await;
+        // The id goes upstream as a client header would, back to the client, and on
+        // every log line of the request through its span.
+        let id = RequestId::of(request.headers());
+        let id_header = id.header_value().clone();
+        request
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), id_header.clone());
+        let span = request_span(&id);
+        let trace = self.traces.as_ref().map(|traces| {
+            let path = request.uri().path();
+            traces.request(method.as_str(), path, request.headers(), id.as_str())
+        });
+        let (mut response, route) = self
+            .route_and_forward(request, peer, trace)
+            .instrument(span)
+            .await;
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), id_header);
         if let Some(edge) = route.as_ref().and_then(|name| self.edges.get(name)) {
             edge.finish(origin.as_ref(), response.headers_mut());
         }
@@ -99,9 +130,12 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         peer: SocketAddr,
+        trace: Option<RequestTrace>,
     ) -> (Response<ResponseBody>, Option<Arc<str>>) {
         let start = Instant::now();
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
+        log.set_span(tracing::Span::current());
+        log.set_trace(trace);
 
         if let Some(problem) = host_problem(&request) {
             let reply =
@@ -173,7 +207,10 @@ impl Proxy {
             upstream: &route.upstream,
         };
         let upstream_request = match translate(request, origin) {
-            Ok(upstream_request) => upstream_request,
+            Ok(mut upstream_request) => {
+                log.trace_upstream(&mut upstream_request);
+                upstream_request
+            }
             Err(error) => {
                 if let Some(kind) = error.client_error_kind() {
                     route.metrics.count_client_error(kind);
@@ -188,7 +225,25 @@ impl Proxy {
             }
         };
 
-        let (mut parts, body) = match forward::forward(route, upstream_request).await {
+        // `stream.usage: request`: the upstream is asked for usage the client may not
+        // have asked for; the stream then keeps the usage chunk from that client.
+        let mut remove_usage_chunk = false;
+        let prepared = match &route.stream {
+            Some(plan) if plan.requests_usage() => include_usage::ask_for_usage(upstream_request)
+                .await
+                .map(|(upstream_request, injected)| {
+                    remove_usage_chunk = injected;
+                    upstream_request
+                }),
+            _ => Ok(upstream_request),
+        };
+        let forwarded = match prepared {
+            Ok(upstream_request) => {
+                forward::forward(route, upstream_request, remove_usage_chunk).await
+            }
+            Err(error) => Err(error),
+        };
+        let (mut parts, body) = match forwarded {
             Ok(forwarded) => forwarded,
             Err(error) => {
                 match error.fault() {
@@ -224,6 +279,7 @@ impl Proxy {
                 .insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
         }
         log.set_status(parts.status);
+        log.trace_upstream_status(parts.status);
         let body = match body {
             forward::Forwarded::Upstream(body) => body,
             forward::Forwarded::Started(held) => {
@@ -239,7 +295,11 @@ impl Proxy {
             Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
                 // Events may be rewritten, dropped or added: the length is the body's own.
                 parts.headers.remove(CONTENT_LENGTH);
-                ResponseBody::supervised(SupervisedBody::new(body, plan.clone(), start, log))
+                let mut supervised = SupervisedBody::new(body, plan.clone(), start, log);
+                if remove_usage_chunk {
+                    supervised.remove_usage_chunk();
+                }
+                ResponseBody::supervised(supervised)
             }
             Some(_) if event_stream => {
                 tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");

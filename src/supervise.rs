@@ -23,6 +23,7 @@
 
 mod holdback;
 mod record;
+mod tokens;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -61,6 +62,8 @@ pub(crate) struct StreamPlan {
     route: Arc<str>,
     pipeline: Arc<Pipeline>,
     max_event_size: usize,
+    /// `stream.usage: request`: the gateway asks the upstream for usage.
+    requests_usage: bool,
     clocks: Clocks,
     metrics: Arc<RouteMetrics>,
     /// Fired when the gateway's drain time has run out.
@@ -87,6 +90,7 @@ impl StreamPlan {
             route,
             pipeline: config.pipeline.clone(),
             max_event_size: config.max_event_size,
+            requests_usage: config.usage == crate::config::StreamUsage::Request,
             clocks: Clocks {
                 stuck_after: config.stuck_after,
                 idle_timeout: config.idle_timeout,
@@ -112,6 +116,11 @@ impl StreamPlan {
     /// The protocol the route's upstream speaks.
     pub(crate) fn protocol(&self) -> crate::protocol::Protocol {
         self.pipeline.contract().protocol
+    }
+
+    /// Whether the gateway asks the upstream for token usage (`stream.usage: request`).
+    pub(crate) fn requests_usage(&self) -> bool {
+        self.requests_usage
     }
 }
 
@@ -188,6 +197,12 @@ where
         body
     }
 
+    /// The gateway added `include_usage` to this request: the usage-only chunk is
+    /// read, then kept from the client.
+    pub(crate) fn remove_usage_chunk(&mut self) {
+        self.engine.remove_usage_chunk();
+    }
+
     /// The earliest instant at which a clock needs attention.
     fn next_deadline(&self) -> Instant {
         let c = &self.plan.clocks;
@@ -225,6 +240,7 @@ where
         }
         if !self.record.is_stuck() && due(c.stuck_after, self.last_data) {
             self.record.stick(now);
+            let _span = self.record.span().enter();
             tracing::warn!(
                 route = %self.plan.route,
                 path = self.record.path(),
@@ -259,11 +275,15 @@ where
             let elapsed = self.record.started().elapsed().as_secs_f64();
             metrics.first_event.observe(elapsed);
         }
+        let started = self.record.started();
+        self.record.tokens.account(&progress, started, metrics);
         if progress.content_seen {
             self.on_data(Instant::now());
         }
         if let Some(error_type) = progress.upstream_error_event {
             self.plan.metrics.count_upstream_error_event(error_type);
+            self.record.trace_upstream_error(error_type);
+            let _span = self.record.span().enter();
             tracing::warn!(
                 route = %self.plan.route,
                 path = self.record.path(),
@@ -274,6 +294,9 @@ where
         if let Some(outcome) = self.engine.outcome() {
             // Dropping the upstream closes its connection at once.
             self.upstream = None;
+            if self.record.outcome.is_none() {
+                self.record.trace_end(outcome, self.engine.has_evidence());
+            }
             self.record.outcome = Some(outcome);
         }
     }
@@ -363,6 +386,7 @@ where
                     let error = error.into();
                     let kind = UpstreamErrorKind::of_body_error(&*error);
                     this.plan.metrics.count_upstream_error(kind);
+                    let _span = this.record.span().enter();
                     tracing::warn!(route = %this.plan.route, kind = kind.as_str(), %error, "upstream failed mid-stream");
                     this.engine.upstream_failure(&error);
                     continue;

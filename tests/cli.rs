@@ -132,7 +132,7 @@ const BROKEN: &[(&str, &[&str])] = &[
         "unknown_top_level.yaml",
         &[
             "unknown_top_level.yaml:1:1: missing `routes`: define at least one route",
-            "unknown_top_level.yaml:3:1: route: unknown key `route` (expected one of: listen, admin, drain_timeout, shutdown, log, upstreams, routes)",
+            "unknown_top_level.yaml:3:1: route: unknown key `route` (expected one of: listen, admin, drain_timeout, shutdown, log, upstreams, routes, telemetry)",
         ],
     ),
     (
@@ -160,6 +160,8 @@ const BROKEN: &[(&str, &[&str])] = &[
             "bad_protocol.yaml:9:24: routes[0].stream.complete_when: protocol openai-chat brings its own completion evidence; complete_when is for protocol: sse",
             "bad_protocol.yaml:15:38: routes[1].stream.complete_when.data_matches: invalid regex \"(\": unclosed group",
             "bad_protocol.yaml:20:17: routes[2].stream.protocol: unknown variant `openai`, expected one of `openai-chat`, `openai-responses`, `anthropic`, `sse`",
+            "bad_protocol.yaml:24:43: routes[3].stream.usage: usage: request adds stream_options.include_usage, which only protocol: openai-chat has (this route's protocol is anthropic)",
+            "bad_protocol.yaml:28:45: routes[4].stream.usage: unknown variant `always`, expected `passthrough` or `request`",
         ],
     ),
     (

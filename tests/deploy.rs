@@ -575,6 +575,8 @@ fn alerts_parse_with_the_expected_rules() {
         [
             "SseGatewayStreamsStuck",
             "SseGatewayErrorOutcomes",
+            "SseGatewaySlowFirstToken",
+            "SseGatewayTruncatedAnswers",
             "SseGatewayReloadFailing",
             "SseGatewayUpstreamErrors",
             "SseGatewayUpstreamNoHealthyEndpoint",

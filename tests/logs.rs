@@ -39,26 +39,21 @@ fn exchange(port: u16, request: &str) -> String {
     reply
 }
 
-#[test]
-fn json_request_lines_have_numbers_and_one_word_for_no_route() {
+/// Runs the binary with JSON logs on `upstreams_and_routes` (YAML), sends each raw
+/// request in turn, stops it with SIGTERM; returns the replies and every line it wrote.
+fn run_gateway(
+    name: &str,
+    upstreams_and_routes: &str,
+    requests: &[&str],
+) -> (Vec<String>, Vec<String>) {
     let port = free_port();
     let config = format!(
-        "listen: 127.0.0.1:{port}
-admin: {{ listen: 127.0.0.1:0 }}
-log: {{ format: json, level: info }}
-upstreams:
-  demo: {{ demo: {{ token_interval: 1ms }} }}
-routes:
-  - name: chat
-    match: {{ path_prefix: /api/stream, methods: [GET] }}
-    upstream: demo
-    request: {{ path_prefix: /v1/assistant/stream, method: POST, body: query_as_json }}
-"
+        "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:0 }}\nlog: {{ format: json, level: info }}\n{upstreams_and_routes}"
     );
-    let dir = std::env::temp_dir().join(format!("sse-gateway-logs-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sse-gateway-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gateway.yaml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, &config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sse-gateway"))
         .args(["--config", path.to_str().unwrap()])
         .env_remove("RUST_LOG")
@@ -66,19 +61,10 @@ routes:
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-
-    let not_found = exchange(
-        port,
-        "GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    );
-    let not_allowed = exchange(
-        port,
-        "DELETE /api/stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    );
-    let stream = exchange(
-        port,
-        "GET /api/stream?q=hi HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    );
+    let replies = requests
+        .iter()
+        .map(|request| exchange(port, request))
+        .collect();
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -92,6 +78,31 @@ routes:
     }
     child.wait().unwrap();
     std::fs::remove_dir_all(&dir).ok();
+    (replies, lines)
+}
+
+#[test]
+fn json_request_lines_have_numbers_and_one_word_for_no_route() {
+    let config = "upstreams:
+  demo: { demo: { token_interval: 1ms } }
+routes:
+  - name: chat
+    match: { path_prefix: /api/stream, methods: [GET] }
+    upstream: demo
+    request: { path_prefix: /v1/assistant/stream, method: POST, body: query_as_json }
+";
+    let (replies, lines) = run_gateway(
+        "logs",
+        config,
+        &[
+            "GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            "DELETE /api/stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            "GET /api/stream?q=hi HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        ],
+    );
+    let [not_found, not_allowed, stream] = &replies[..] else {
+        panic!("three replies");
+    };
 
     assert!(not_found.starts_with("HTTP/1.1 404 "), "{not_found}");
     assert!(not_found.contains(r#""route":"unmatched""#), "{not_found}");
@@ -124,4 +135,121 @@ routes:
         assert!(line["bytes"].is_u64(), "{line}");
     }
     assert!(streamed["bytes"].as_u64().unwrap() > 0, "{streamed}");
+}
+
+/// Serves one canned event-stream response per connection, in order, from a thread;
+/// returns the port and a handle yielding each request's head.
+fn canned_upstream(bodies: Vec<String>) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let mut heads = Vec::new();
+        for body in bodies {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            heads.push(String::from_utf8_lossy(&head).into_owned());
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).unwrap();
+        }
+        heads
+    });
+    (port, handle)
+}
+
+#[test]
+fn every_line_of_a_request_names_its_request_id_and_the_stream_line_its_tokens() {
+    let capture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/usage/anthropic.sse"
+    ))
+    .unwrap();
+    let error_event = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}\n\n";
+    let (upstream_port, upstream) = canned_upstream(vec![capture, error_event.to_owned()]);
+    let config = format!(
+        "upstreams:
+  claude: {{ url: \"http://127.0.0.1:{upstream_port}\" }}
+routes:
+  - name: messages
+    match: {{ path_prefix: /v1/messages }}
+    upstream: claude
+    stream: {{ protocol: anthropic }}
+"
+    );
+    let (replies, lines) = run_gateway(
+        "ids",
+        &config,
+        &[
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-request-id: edge-42\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+            "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-request-id: not sane!\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+        ],
+    );
+    let [with_id, with_bad_id] = &replies[..] else {
+        panic!("two replies");
+    };
+    let heads = upstream.join().unwrap();
+
+    let response_id = |reply: &str| {
+        reply
+            .lines()
+            .find_map(|line| line.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("an x-request-id in {reply}"))
+            .to_owned()
+    };
+    assert_eq!(response_id(with_id), "edge-42");
+    assert!(
+        heads[0].contains("x-request-id: edge-42\r\n"),
+        "{}",
+        heads[0]
+    );
+    let generated = response_id(with_bad_id);
+    assert_eq!(generated.len(), 32, "{generated}");
+    assert!(
+        heads[1].contains(&format!("x-request-id: {generated}\r\n")),
+        "the upstream gets the id the client gets: {}",
+        heads[1]
+    );
+
+    let json: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let of_request = |id: &str| -> Vec<&serde_json::Value> {
+        json.iter()
+            .filter(|line| line["span"]["request_id"] == id)
+            .collect()
+    };
+    let first = of_request("edge-42");
+    let finished = first
+        .iter()
+        .find(|line| line["message"] == "stream finished")
+        .unwrap_or_else(|| panic!("a stream line for edge-42:\n{}", lines.join("\n")));
+    assert_eq!(finished["input_tokens"], 25, "{finished}");
+    assert_eq!(finished["output_tokens"], 15, "{finished}");
+    assert!(finished["ttft_ms"].is_u64(), "{finished}");
+    let second = of_request(&generated);
+    let messages: Vec<&str> = second
+        .iter()
+        .filter_map(|line| line["message"].as_str())
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.contains("error event")),
+        "the warning is the request's: {messages:?}\n{}",
+        lines.join("\n")
+    );
+    assert!(messages.contains(&"stream finished"), "{messages:?}");
+    let finished = second
+        .iter()
+        .find(|line| line["message"] == "stream finished")
+        .unwrap();
+    assert!(
+        finished.get("ttft_ms").is_none(),
+        "no content, no ttft: {finished}"
+    );
 }

@@ -161,7 +161,7 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
     let (response, seen) = tokio::join!(send(gateway.addr, request), async {
         let mut exchange = upstream.accept().await;
         exchange
-            .start_sse("connection: x-upstream-hop\r\nx-upstream-hop: 1\r\nkeep-alive: timeout=9\r\nproxy-authenticate: Basic\r\nx-request-id: abc\r\n")
+            .start_sse("connection: x-upstream-hop\r\nx-upstream-hop: 1\r\nkeep-alive: timeout=9\r\nproxy-authenticate: Basic\r\nx-upstream-id: abc\r\nx-request-id: upstream-own\r\n")
             .await;
         exchange.end_chunks().await;
         exchange.request
@@ -181,7 +181,13 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
     for name in ["x-upstream-hop", "keep-alive", "proxy-authenticate"] {
         assert!(!headers.contains_key(name), "client saw {name}");
     }
-    assert_eq!(headers["x-request-id"], "abc");
+    assert_eq!(headers["x-upstream-id"], "abc");
+    // The request's id is the gateway's (the one in its logs and sent upstream), not
+    // one the upstream made up.
+    assert_eq!(
+        Some(headers["x-request-id"].to_str().unwrap()),
+        seen.header("x-request-id")
+    );
     assert_eq!(headers["cache-control"], "no-cache, no-transform");
     assert_eq!(headers["x-accel-buffering"], "no");
 }

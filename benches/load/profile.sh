@@ -24,6 +24,8 @@
 #   --endpoints N      the upstream has N endpoints (the same server; the first takes
 #                      every request) and the route `retry: { attempts: N }` (as run.sh's
 #                      --gateway-endpoints; default 1: a `url`, no retry)
+#   --otlp             trace every request (`telemetry.otlp`, sample_ratio 1.0) to an
+#                      OTLP/HTTP sink on loopback (otlp_sink.py, core 1)
 #
 # Output (callgrind.out, massif.out, annotations) goes to $TARGET/load/profile-*/.
 set -euo pipefail
@@ -36,6 +38,7 @@ STREAMS=""
 SECONDS_WINDOW=15
 GATEWAY_BIN=""
 ENDPOINTS=1
+OTLP=0
 die() { echo "profile.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,7 +48,8 @@ while [ $# -gt 0 ]; do
         --seconds) SECONDS_WINDOW=${2:?}; shift ;;
         --gateway-bin) GATEWAY_BIN=${2:?}; shift ;;
         --endpoints) ENDPOINTS=${2:?}; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        --otlp) OTLP=1 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) die "unknown option $1" ;;
     esac
     shift
@@ -81,7 +85,7 @@ events_total() {
     curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^sse_gateway_stream_events_total/ { s += $2 } END { print s + 0 }'
 }
 
-read -r UP PORT ADMIN < <("$LOAD" ports 3)
+read -r UP PORT ADMIN OTLP_PORT < <("$LOAD" ports 4)
 TARGET="{ url: \"http://127.0.0.1:$UP\", connect_timeout: 2s, header_timeout: 30s }"
 RETRY=""
 if [ "$ENDPOINTS" -gt 1 ]; then
@@ -90,6 +94,12 @@ if [ "$ENDPOINTS" -gt 1 ]; then
     RETRY="    retry: { attempts: $ENDPOINTS }"
 fi
 LIFETIME=$((WARMUP + SECONDS_WINDOW + 300))
+TELEMETRY=""
+if [ "$OTLP" = 1 ]; then
+    timeout -k 5 "$LIFETIME" taskset -c 1 python3 "$REPO/benches/load/otlp_sink.py" "$OTLP_PORT" >"$OUT/otlp.log" 2>&1 &
+    STARTED+=($!)
+    TELEMETRY="telemetry: { otlp: { endpoint: \"http://127.0.0.1:$OTLP_PORT\", sample_ratio: 1.0 } }"
+fi
 cat >"$OUT/gateway.yaml" <<EOF
 listen: 127.0.0.1:$PORT
 admin: { listen: 127.0.0.1:$ADMIN }
@@ -109,6 +119,7 @@ $(design_stream_rules)
       max_duration: 1h
       max_event_size: 1MiB
 $RETRY
+$TELEMETRY
 EOF
 
 timeout -k 5 "$LIFETIME" taskset -c 1 "$LOAD" upstream --listen "127.0.0.1:$UP" \

@@ -23,6 +23,9 @@
 #   --baseline-endpoints N  priority order: the first takes every request) and the route
 #                           `retry: { attempts: N }` when N > 1 (default 1: `url`, no retry);
 #                           with the same binary as baseline, failover's cost in one run
+#   --gateway-otlp          trace the gateway's requests (`telemetry.otlp`, sample_ratio
+#   --baseline-otlp         1.0) to an OTLP/HTTP sink on loopback (otlp_sink.py, core 1);
+#                           with the same binary as baseline, tracing's cost in one run
 #   --output FILE           where the markdown goes
 #   --max-wait SECONDS      longest wait for a quiet machine before each run (default 600)
 #   --quiet-cores X         "quiet" means other processes use at most X cores (default 0.35)
@@ -48,6 +51,8 @@ GATEWAY_PROTOCOL=""
 BASELINE_PROTOCOL=""
 GATEWAY_ENDPOINTS=1
 BASELINE_ENDPOINTS=1
+GATEWAY_OTLP=0
+BASELINE_OTLP=0
 OUTPUT=""
 MAX_WAIT=600
 QUIET_CORES=0.35
@@ -67,6 +72,8 @@ while [ $# -gt 0 ]; do
         --baseline-protocol) BASELINE_PROTOCOL=${2:?}; shift ;;
         --gateway-endpoints) GATEWAY_ENDPOINTS=${2:?}; shift ;;
         --baseline-endpoints) BASELINE_ENDPOINTS=${2:?}; shift ;;
+        --gateway-otlp) GATEWAY_OTLP=1 ;;
+        --baseline-otlp) BASELINE_OTLP=1 ;;
         --output) OUTPUT=${2:?}; shift ;;
         --max-wait) MAX_WAIT=${2:?}; shift ;;
         --quiet-cores) QUIET_CORES=${2:?}; shift ;;
@@ -258,7 +265,7 @@ EOF
 }
 
 write_gateway_conf() {
-    local dir=$1 port=$2 admin=$3 up=$4 bin=$5 protocol=${6:-} endpoints=${7:-1}
+    local dir=$1 port=$2 admin=$3 up=$4 bin=$5 protocol=${6:-} endpoints=${7:-1} otlp=${8:-}
     local target="    url: http://127.0.0.1:$up" retry=""
     if [ "$endpoints" -gt 1 ]; then
         target="    endpoints:"
@@ -268,6 +275,8 @@ write_gateway_conf() {
         done
         retry="    retry: { attempts: $endpoints }"
     fi
+    local telemetry=""
+    [ -n "$otlp" ] && telemetry="telemetry: { otlp: { endpoint: \"http://127.0.0.1:$otlp\", sample_ratio: 1.0 } }"
     cat >"$dir/gateway.yaml" <<EOF
 # The example route's rules (docs/architecture.md) on a GET/POST passthrough route; clocks on but long
 # enough never to fire; warn-level logs.
@@ -293,6 +302,7 @@ ${protocol:+      protocol: $protocol}
       max_duration: 1h
       max_event_size: 1MiB
 $retry
+$telemetry
 EOF
     "$bin" check --config "$dir/gateway.yaml" >/dev/null
 }
@@ -318,7 +328,8 @@ run_one() {
     local bg
     bg=$(wait_quiet)
     local up port admin
-    read -r up port admin < <("$TOOL" ports 3)
+    local otlp_port
+    read -r up port admin otlp_port < <("$TOOL" ports 4)
     local lifetime=$((warmup + window + 180))
 
     start_pinned "$dir/upstream.log" 1 "$lifetime" \
@@ -348,10 +359,17 @@ run_one() {
             wait_port "$port" || die "haproxy did not listen (see $dir/proxy.log)"
             url=http://127.0.0.1:$port/v1/stream ;;
         gateway|baseline)
-            local bin=$GATEWAY_BIN protocol=$GATEWAY_PROTOCOL endpoints=$GATEWAY_ENDPOINTS
-            [ "$target" = baseline ] && bin=$BASELINE_BIN protocol=$BASELINE_PROTOCOL endpoints=$BASELINE_ENDPOINTS
+            local bin=$GATEWAY_BIN protocol=$GATEWAY_PROTOCOL endpoints=$GATEWAY_ENDPOINTS otlp=$GATEWAY_OTLP
+            [ "$target" = baseline ] && bin=$BASELINE_BIN protocol=$BASELINE_PROTOCOL endpoints=$BASELINE_ENDPOINTS otlp=$BASELINE_OTLP
             [ -n "$bin" ] || die "target baseline needs --baseline-bin"
-            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin" "$protocol" "$endpoints"
+            if [ "$otlp" = 1 ]; then
+                start_pinned "$dir/otlp.log" 1 "$lifetime" python3 "$REPO/benches/load/otlp_sink.py" "$otlp_port"
+                own+=(--own-pid "$BG_PID")
+                wait_port "$otlp_port" || die "the OTLP sink did not listen (see $dir/otlp.log)"
+            else
+                otlp_port=""
+            fi
+            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin" "$protocol" "$endpoints" "$otlp_port"
             # One worker thread: tokio's multi-thread builder reads TOKIO_WORKER_THREADS.
             start_pinned "$dir/proxy.log" 0 "$lifetime" \
                 env TOKIO_WORKER_THREADS=1 "$bin" --config "$dir/gateway.yaml"

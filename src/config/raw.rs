@@ -24,6 +24,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
     "upstreams",
     "routes",
+    "telemetry",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +52,25 @@ pub(crate) struct Log {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// The `telemetry` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Telemetry {
+    pub otlp: Option<Otlp>,
+}
+
+/// `telemetry.otlp`: traces over OTLP/HTTP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Otlp {
+    /// The OTLP/HTTP base URL, as in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +206,21 @@ pub(crate) struct Stream {
     pub idle_timeout: Option<HumanDuration>,
     pub heartbeat: Option<HumanDuration>,
     pub max_duration: Option<HumanDuration>,
+    /// `openai-chat` only: whether the gateway asks the upstream for token usage.
+    pub usage: Option<StreamUsage>,
+}
+
+/// `stream.usage`: where an `openai-chat` route's token usage comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamUsage {
+    /// Whatever the client asked for: usage is counted when the client set
+    /// `stream_options.include_usage` itself.
+    #[default]
+    Passthrough,
+    /// The gateway adds `stream_options.include_usage: true` to a streaming request
+    /// that lacks it, reads the usage chunk, and keeps it from that client.
+    Request,
 }
 
 /// One rule: exactly one of `repair`, `replace`, `drop`. `name` may sit beside the

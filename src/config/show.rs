@@ -128,6 +128,20 @@ impl GatewayConfig {
             "upstreams": upstreams,
             "routes": routes,
         });
+        if let Some(otlp) = &self.otlp {
+            // Export headers carry API keys: never shown.
+            let headers: Map<String, Value> = otlp
+                .headers
+                .keys()
+                .map(|name| (name.clone(), Value::from("<redacted>")))
+                .collect();
+            shown["telemetry"] = json!({ "otlp": {
+                "traces_url": otlp.traces_url,
+                "headers": headers,
+                "sample_ratio": otlp.sample_ratio,
+                "service_name": otlp.service_name,
+            }});
+        }
         redact_environment(&mut shown, "", &self.environment_paths());
         shown
     }
@@ -216,6 +230,7 @@ fn stream_json(stream: &StreamConfig) -> Value {
         "idle_timeout": duration(stream.idle_timeout),
         "heartbeat": duration(stream.heartbeat),
         "max_duration": duration(stream.max_duration),
+        "usage": stream.usage,
     })
 }
 

@@ -19,6 +19,7 @@ mod log;
 mod route;
 mod shutdown;
 mod stream;
+mod telemetry;
 mod traffic;
 mod upstream;
 
@@ -197,6 +198,7 @@ impl Validator<'_> {
             .unwrap_or_default();
         let upstreams = self.upstreams(upstreams_value);
         let routes = self.routes(sections.remove("routes"), &upstreams, &declared);
+        let otlp = self.telemetry(sections.remove("telemetry"));
 
         Some(GatewayConfig {
             source: source.to_owned(),
@@ -208,6 +210,7 @@ impl Validator<'_> {
             upstreams,
             routes,
             from_environment: std::mem::take(&mut self.from_environment),
+            otlp,
         })
     }
 

@@ -13,6 +13,7 @@ use std::sync::LazyLock;
 use memchr::memmem::Finder;
 use serde_json::Value;
 
+use super::usage::{self, Usage};
 use super::{CompleteWhen, Contract, Protocol};
 use crate::sse::Event;
 
@@ -36,6 +37,8 @@ pub(crate) const UPSTREAM_ERROR_TYPES: &[&str] = &[
 ];
 
 /// What an event forwarded on a route meant.
+// Independent facts about one event, each read by a different consumer: not a state.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Class {
     /// The answer is complete (a finish reason, a stop reason, a terminal event, or
@@ -53,6 +56,11 @@ pub struct Class {
     /// point are measured on these. On the `sse` protocol every data event that is no
     /// keep-alive counts.
     pub content: bool,
+    /// The upstream's token usage, where this event reports it (`protocol::usage`).
+    pub usage: Option<Usage>,
+    /// A Chat Completions chunk that carries only usage (`choices` empty): the one
+    /// `stream_options.include_usage` adds before `[DONE]`.
+    pub usage_only: bool,
 }
 
 static FINISH_REASON: LazyLock<Finder<'static>> =
@@ -107,6 +115,12 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
             .any(|key| non_empty_string_after(text, key)),
         ..Class::default()
     };
+    if usage::mentions_usage(text) {
+        if let Some((usage, usage_only)) = data_json(event).as_ref().and_then(usage::chat) {
+            class.usage = Some(usage);
+            class.usage_only = usage_only;
+        }
+    }
     let Some(at) = find_near_end(text, &FINISH_REASON) else {
         // An error chunk has no choices; a content chunk always has a finish_reason,
         // so it costs this one search.
@@ -137,16 +151,18 @@ fn responses(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
         ..Class::default()
     };
     match event_kind(event) {
-        Some(b"response.completed" | b"response.incomplete") => {
+        Some(kind @ (b"response.completed" | b"response.incomplete" | b"response.failed")) => {
             class.evidence = true;
             class.terminal = terminal_events;
-        }
-        Some(b"response.failed") => {
-            class.evidence = true;
-            class.terminal = terminal_events;
-            let json = data_json(event);
-            let error = json.as_ref().map(|json| &json["response"]["error"]);
-            class.upstream_error = Some(error.map_or("other", |error| label(error, &["code"])));
+            let failed = kind == b"response.failed";
+            let json = (failed || usage::mentions_usage(text))
+                .then(|| data_json(event))
+                .flatten();
+            class.usage = json.as_ref().and_then(usage::responses);
+            if failed {
+                let error = json.as_ref().map(|json| &json["response"]["error"]);
+                class.upstream_error = Some(error.map_or("other", |error| label(error, &["code"])));
+            }
         }
         Some(
             b"response.output_text.delta"
@@ -175,9 +191,18 @@ fn anthropic(text: &[u8], event: &Event<'_>) -> Class {
             class.content = non_empty_string_after(text, &TEXT_KEY)
                 || non_empty_string_after(text, &PARTIAL_JSON_KEY);
         }
-        Some(b"message_delta") if not_null_after(text, &STOP_REASON) => {
-            class.evidence =
-                data_json(event).is_some_and(|json| !json["delta"]["stop_reason"].is_null());
+        Some(b"message_start") if usage::mentions_input_tokens(text) => {
+            class.usage = data_json(event).as_ref().and_then(usage::anthropic_start);
+        }
+        Some(b"message_delta") => {
+            let stop = not_null_after(text, &STOP_REASON);
+            let tokens = usage::mentions_output_tokens(text);
+            if stop || tokens {
+                if let Some(json) = data_json(event) {
+                    class.evidence = stop && !json["delta"]["stop_reason"].is_null();
+                    class.usage = usage::anthropic_delta(&json);
+                }
+            }
         }
         Some(b"error") => {
             let json = data_json(event);
@@ -223,7 +248,7 @@ fn find_near_end(text: &[u8], needle: &Finder<'_>) -> Option<usize> {
 const TAIL: usize = 64;
 
 /// True when `key` occurs and the value after its colon is not `null`.
-fn not_null_after(text: &[u8], key: &Finder<'_>) -> bool {
+pub(super) fn not_null_after(text: &[u8], key: &Finder<'_>) -> bool {
     let mut rest = text;
     while let Some(at) = key.find(rest) {
         if not_null_at(&rest[at + key.needle().len()..]) {

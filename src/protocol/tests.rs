@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use super::classify::Class;
+use super::usage::Usage;
 use super::*;
 
 fn classify(protocol: Protocol, text: &str) -> Class {
@@ -189,4 +190,54 @@ fn sse_content_is_any_data_event() {
     assert!(classify(Protocol::Sse, "data: x\n\n").content);
     assert!(!classify(Protocol::Sse, ": comment\n\n").content);
     assert!(!classify(Protocol::Sse, "event: e\n\n").content);
+}
+
+#[test]
+fn usage_is_read_only_where_each_protocol_puts_it() {
+    let usage = |protocol, text: &str| classify(protocol, text).usage;
+    let tokens = |input, output| {
+        Some(Usage {
+            input_tokens: input,
+            output_tokens: output,
+        })
+    };
+    // Chat: `"usage":null` on every chunk but the last; the answer's text never counts.
+    let chunk =
+        r#"data: {"choices":[{"delta":{"content":"Hi"},"finish_reason":null}],"usage":null}"#;
+    assert_eq!(usage(Protocol::OpenaiChat, &format!("{chunk}\n\n")), None);
+    let quoted = r#"data: {"choices":[{"delta":{"content":"\"usage\":{\"prompt_tokens\":1}"},"finish_reason":null}]}"#;
+    assert_eq!(usage(Protocol::OpenaiChat, &format!("{quoted}\n\n")), None);
+    let last = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n";
+    let class = classify(Protocol::OpenaiChat, last);
+    assert_eq!(class.usage, tokens(Some(9), Some(2)));
+    assert!(class.usage_only && !class.content);
+    let with_choice = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n";
+    let class = classify(Protocol::OpenaiChat, with_choice);
+    assert_eq!(class.usage, tokens(Some(9), Some(2)));
+    assert!(!class.usage_only && class.evidence);
+    // Responses: only the terminal events' `response.usage`.
+    let created = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n";
+    assert_eq!(usage(Protocol::OpenaiResponses, created), None);
+    let done = "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":3}}}\n\n";
+    assert_eq!(
+        usage(Protocol::OpenaiResponses, done),
+        tokens(Some(12), Some(3))
+    );
+    let failed = "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"error\":{\"code\":\"server_error\"},\"usage\":{\"input_tokens\":4,\"output_tokens\":0}}}\n\n";
+    let class = classify(Protocol::OpenaiResponses, failed);
+    assert_eq!(class.usage, tokens(Some(4), Some(0)));
+    assert_eq!(class.upstream_error, Some("server_error"));
+    let delta = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"\\\"usage\\\":{}\"}\n\n";
+    assert_eq!(usage(Protocol::OpenaiResponses, delta), None);
+    // Anthropic: input from message_start, the output's running total from message_delta.
+    let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n";
+    assert_eq!(usage(Protocol::Anthropic, start), tokens(Some(25), None));
+    let delta = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":null},\"usage\":{\"output_tokens\":7}}\n\n";
+    let class = classify(Protocol::Anthropic, delta);
+    assert_eq!(class.usage, tokens(None, Some(7)));
+    assert!(!class.evidence);
+    let text = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"output_tokens\\\": 3\"}}\n\n";
+    assert_eq!(usage(Protocol::Anthropic, text), None);
+    // `sse` routes read no usage.
+    assert_eq!(usage(Protocol::Sse, last), None);
 }

@@ -50,9 +50,12 @@ impl Failover {
 }
 
 /// Sends `request` on `route`, trying again where the route allows.
+/// `remove_usage_chunk`: the gateway asked for the usage chunk, which a held-back
+/// stream's engine then keeps from the client.
 pub(super) async fn forward(
     route: &Route,
     request: Request<UpstreamBody>,
+    remove_usage_chunk: bool,
 ) -> Result<(response::Parts, Forwarded), UpstreamError> {
     let upstream = &route.upstream;
     let endpoints = upstream.endpoints();
@@ -91,7 +94,7 @@ pub(super) async fn forward(
                     && is_identity(parts.headers.get(CONTENT_ENCODING));
                 match route.stream.as_ref().filter(|_| hold) {
                     Some(plan) => {
-                        let (started, start_failure) = plan.start(body).await;
+                        let (started, start_failure) = plan.start(body, remove_usage_chunk).await;
                         failure = start_failure;
                         Ok((parts, Forwarded::Started(Box::new(started))))
                     }

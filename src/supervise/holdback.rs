@@ -45,12 +45,19 @@ impl StreamPlan {
     /// and, when it ended before any content in a way another attempt may fix, the
     /// failure (the start then holds the closing frames the client gets if nothing
     /// is retried).
-    pub(crate) async fn start<B>(self: &Arc<Self>, mut upstream: B) -> (Started<B>, Option<Failure>)
+    pub(crate) async fn start<B>(
+        self: &Arc<Self>,
+        mut upstream: B,
+        remove_usage_chunk: bool,
+    ) -> (Started<B>, Option<Failure>)
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         let mut engine = self.engine();
+        if remove_usage_chunk {
+            engine.remove_usage_chunk();
+        }
         let mut held = VecDeque::new();
         let mut held_bytes = 0;
         let mut shutdown = pin!(self.shutdown.fired());

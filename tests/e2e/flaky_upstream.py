@@ -8,11 +8,20 @@ Paths (matched by their last segment, so any route prefix in front works):
                       two data events, then only `: ping` comments every 200 ms for N
                       seconds (default 60): the gateway counts it stuck, never idle-free
   .../idle            one data event, then nothing at all until the gateway gives up
+  .../chat?first=S    (also .../chat/completions, the openai SDK's path)
+                      an OpenAI Chat Completions stream: a role-only chunk, S seconds
+                      (default 0) before the first token, two tokens 50 ms apart, the
+                      finish_reason, then the usage chunk (prompt_tokens 7,
+                      completion_tokens 2) only when the request body asked for it
+                      (stream_options.include_usage), then [DONE]
+  .../cut             a Chat Completions stream cut after its first token: no
+                      finish_reason, the connection closes
 Anything else is a 404.
 
 Usage: flaky_upstream.py PORT_FILE   binds 127.0.0.1:0 and writes the port to PORT_FILE.
 """
 
+import json
 import os
 import sys
 import time
@@ -36,15 +45,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
+        self.body = self.rfile.read(length) if length else b""
         self.serve()
+
+    body = b""
 
     def serve(self):
         url = urllib.parse.urlsplit(self.path)
         kind = url.path.rstrip("/").rsplit("/", 1)[-1]
+        if kind == "completions":  # the openai SDK's `/chat/completions`
+            kind = "chat"
         query = urllib.parse.parse_qs(url.query)
-        if kind not in ("done", "silent", "idle"):
+        if self.headers.get("traceparent"):
+            self.log_message("traceparent %s", self.headers["traceparent"])
+        if kind not in ("done", "silent", "idle", "chat", "cut"):
             self.send_error(404)
             return
         self.send_response(200)
@@ -66,6 +80,8 @@ class Handler(BaseHTTPRequestHandler):
                 while time.monotonic() < deadline:
                     time.sleep(0.2)
                     self.write(b": ping\n\n")
+            elif kind in ("chat", "cut"):
+                self.chat(kind == "cut", float(query.get("first", ["0"])[0]))
             else:  # idle
                 self.event('data: {"value":"one"}')
                 self.hold(LONGEST_STREAM_SECONDS)
@@ -73,6 +89,33 @@ class Handler(BaseHTTPRequestHandler):
             # The gateway dropped the upstream request: exactly what it should do
             # when its client leaves or a stream ends.
             pass
+
+    def chat(self, cut, first):
+        def chunk(delta, finish=None, choices=True, usage=None):
+            body = {"id": "chatcmpl-e2e", "object": "chat.completion.chunk", "created": 1,
+                    "model": "e2e", "choices": []}
+            if choices:
+                body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+            if usage is not None:
+                body["usage"] = usage
+            self.event("data: " + json.dumps(body))
+        try:
+            request = json.loads(self.body or b"{}")
+        except ValueError:
+            request = {}
+        options = request.get("stream_options") or {}
+        chunk({"role": "assistant", "content": ""})
+        time.sleep(min(first, LONGEST_STREAM_SECONDS))
+        chunk({"content": "Hel"})
+        if cut:
+            return
+        time.sleep(0.05)
+        chunk({"content": "lo"})
+        chunk({}, finish="stop")
+        if options.get("include_usage") is True:
+            chunk(None, choices=False,
+                  usage={"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9})
+        self.event("data: [DONE]")
 
     def event(self, text):
         self.write(text.encode() + b"\n\n")
@@ -95,16 +138,25 @@ class Handler(BaseHTTPRequestHandler):
                 return
 
 
+def serve(handler, port_file, **attributes):
+    """Serves `handler` on 127.0.0.1:0, one thread per connection, after writing the
+    port to `port_file`; `attributes` are set on the server. Also used by other e2e
+    servers (tests/e2e/telemetry/receiver.py)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    for name, value in attributes.items():
+        setattr(server, name, value)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(server.server_address[1]))
+    # Renamed into place, so a reader never sees a half-written port.
+    os.replace(port_file + ".tmp", port_file)
+    server.serve_forever()
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: flaky_upstream.py PORT_FILE")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    with open(sys.argv[1] + ".tmp", "w") as f:
-        f.write(str(server.server_address[1]))
-    # Renamed into place, so a reader never sees a half-written port.
-    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
-    server.serve_forever()
+    serve(Handler, sys.argv[1])
 
 
 if __name__ == "__main__":

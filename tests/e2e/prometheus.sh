@@ -149,6 +149,20 @@ routes:
   - name: closed
     match: { path_prefix: /closed }
     upstream: closed
+  # Chat Completions with usage asked for by the gateway: tokens, time to first token,
+  # and a truncated answer
+  - name: chat
+    match: { path_prefix: /chat }
+    upstream: flaky
+    stream:
+      protocol: openai-chat
+      usage: request
+  # an answer whose first token takes 11 s: the slow-first-token alert
+  - name: slow
+    match: { path_prefix: /slow }
+    upstream: flaky
+    stream:
+      protocol: openai-chat
 EOF
 }
 write_config >"$CONFIG"
@@ -354,6 +368,11 @@ STUCK_OUT="$E2E_TMP/stuck.out"
 e2e_spawn stuck-client curl -sN --max-time 100 -o "$STUCK_OUT" "$GW/stuck/silent?seconds=95"
 STUCK_CLIENT_PID=$E2E_LAST_PID
 
+# The slow answer: its first token after 11 s, past the alert's 10 s.
+SLOW_OUT="$E2E_TMP/slow.out"
+e2e_spawn slow-client curl -sN --max-time 40 -o "$SLOW_OUT" "$GW/slow/chat?first=11"
+SLOW_CLIENT_PID=$E2E_LAST_PID
+
 # The idle stream: one event, then silence until idle_timeout (3s) ends it.
 IDLE_OUT="$E2E_TMP/idle.out"
 e2e_spawn idle-client curl -sN --max-time 20 -o "$IDLE_OUT" "$GW/flaky/idle"
@@ -368,6 +387,23 @@ for i in $(seq "$DEMO_STREAMS"); do
     fi
 done
 e2e_check "$DEMO_STREAMS demo streams end with data:[DONE] ($demo_ok did)" test "$demo_ok" = "$DEMO_STREAMS"
+
+# Two Chat Completions answers from a client that did not ask for usage, and one cut
+# after its first token.
+CHAT_BODY='{"model":"e2e","messages":[{"role":"user","content":"hi"}],"stream":true}'
+chat_ok=0
+for i in 1 2; do
+    out="$E2E_TMP/chat-$i.out"
+    if curl -sN --max-time 30 -o "$out" -H 'content-type: application/json' -d "$CHAT_BODY" "$GW/chat/v1/chat/completions/chat" &&
+        grep -q '"content": "lo"' "$out" && [ "$(grep -v '^$' "$out" | tail -n 1)" = "data: [DONE]" ] &&
+        ! grep -q '"usage"' "$out"; then
+        chat_ok=$((chat_ok + 1))
+    fi
+done
+e2e_check "2 chat answers end with [DONE], without the usage chunk the gateway asked for ($chat_ok did)" test "$chat_ok" = 2
+curl -sN --max-time 30 -o "$E2E_TMP/cut.out" -H 'content-type: application/json' -d "$CHAT_BODY" "$GW/chat/v1/chat/completions/cut" || true
+e2e_check "the cut answer ends with an upstream_incomplete error event" \
+    grep -q 'upstream_incomplete' "$E2E_TMP/cut.out"
 
 done_started=$SECONDS
 curl -sN --max-time 15 -o "$E2E_TMP/done.out" "$GW/flaky/done" || true
@@ -412,6 +448,19 @@ e2e_check "sse_gateway_config_last_reload_timestamp_seconds holds the startup lo
 e2e_check "the running config stays: the closed route still answers 502 (not 404)" \
     bash -c "[ \"\$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' '$GW/closed/after-reload')\" = 502 ]"
 
+wait "$SLOW_CLIENT_PID" || true
+e2e_check "the slow answer arrives whole" bash -c "grep -q '^data: \[DONE\]' '$SLOW_OUT'"
+e2e_check "tokens: the upstream's usage, 7 input per chat answer" \
+    prom wait-value 'sse_gateway_tokens_total{route="chat",kind="input"}' 14 20
+e2e_check "tokens: 2 output per chat answer" \
+    prom wait-value 'sse_gateway_tokens_total{route="chat",kind="output"}' 4 10
+e2e_check "time to first token: one observation per chat stream with content (3)" \
+    prom wait-value 'sse_gateway_time_to_first_token_seconds_count{route="chat"}' 3 10
+e2e_check "inter-token gaps: one per chat answer that got its second token (2)" \
+    prom wait-value 'sse_gateway_inter_token_seconds_count{route="chat"}' 2 10
+e2e_check "the slow answer's time to first token is over 10 s" \
+    prom wait-value 'sse_gateway_time_to_first_token_seconds_sum{route="slow"} > bool 10' 1 10
+
 # Every rule loaded and healthy.
 rules=$(prom rules)
 rule_count=$(grep -c . <<<"$rules" || true)
@@ -436,12 +485,12 @@ while IFS=$'\t' read -r status detail; do
 done < <(prom quiet)
 
 e2e_check "the dashboard's route variable lists every route" \
-    bash -c "[ \"\$(timeout 20 python3 '$E2E_TMP/prom.py' label-values route sse_gateway_streams_active)\" = 'closed demo flaky stuck' ]"
+    bash -c "[ \"\$(timeout 20 python3 '$E2E_TMP/prom.py' label-values route sse_gateway_streams_active)\" = 'chat closed demo flaky slow stuck' ]"
 
 # Every alert's condition was driven, so each is pending (or firing, if it has no `for`).
 while IFS=$'\t' read -r name state; do
     e2e_check "alert $name is active ($state)" bash -c "[ '$state' = pending ] || [ '$state' = firing ]"
-done < <(prom wait-alerts SseGatewayStreamsStuck,SseGatewayErrorOutcomes,SseGatewayReloadFailing,SseGatewayUpstreamErrors,SseGatewayUpstreamNoHealthyEndpoint 30)
+done < <(prom wait-alerts SseGatewayStreamsStuck,SseGatewayErrorOutcomes,SseGatewaySlowFirstToken,SseGatewayTruncatedAnswers,SseGatewayReloadFailing,SseGatewayUpstreamErrors,SseGatewayUpstreamNoHealthyEndpoint 30)
 
 # --- 6. end the stuck stream; outcome counts -----------------------------------------
 kill -TERM "$STUCK_CLIENT_PID" 2>/dev/null || true
@@ -452,8 +501,8 @@ e2e_check "sse_gateway_streams_stuck{route=\"stuck\"} back to 0 once the client 
     prom wait-value 'sse_gateway_streams_stuck{route="stuck"}' 0 15
 e2e_check "sse_gateway_stuck_total{route=\"stuck\"} = 1" \
     prom wait-value 'sse_gateway_stuck_total{route="stuck"}' 1 10
-e2e_check "outcomes: demo terminator=$DEMO_STREAMS, flaky terminator=1 and idle_timeout=1, stuck client_closed=1, nothing else" \
-    prom outcomes "demo/terminator=$DEMO_STREAMS,flaky/terminator=1,flaky/idle_timeout=1,stuck/client_closed=1" 15
+e2e_check "outcomes: demo terminator=$DEMO_STREAMS, flaky terminator=1 and idle_timeout=1, stuck client_closed=1, chat terminator=2 and truncated=1, slow terminator=1, nothing else" \
+    prom outcomes "demo/terminator=$DEMO_STREAMS,flaky/terminator=1,flaky/idle_timeout=1,stuck/client_closed=1,chat/terminator=2,chat/truncated=1,slow/terminator=1" 15
 e2e_check "the demo's repair rule hit" \
     prom wait-value 'sse_gateway_rule_hits_total{route="demo",rule="repair#0"} > bool 0' 1 10
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{is_plain_name, join, Validator, MAX_NAME_LEN};
-use crate::config::{defaults, raw, HumanDuration, OnUpstreamEof, StreamConfig};
+use crate::config::{defaults, raw, HumanDuration, OnUpstreamEof, StreamConfig, StreamUsage};
 use crate::protocol::{CompleteWhen, Contract, Protocol};
 use crate::rewrite::{Pipeline, Rule, Scope, Terminator, TerminatorMatch};
 
@@ -105,6 +105,17 @@ impl Validator<'_> {
                 when
             }
         };
+        let usage = raw.usage.unwrap_or_default();
+        if usage == StreamUsage::Request && protocol != Protocol::OpenaiChat {
+            self.error_at_value(
+                &join(path, "usage"),
+                format!(
+                    "usage: request adds stream_options.include_usage, which only protocol: openai-chat has (this route's protocol is {})",
+                    protocol.as_str()
+                ),
+            );
+            ok = false;
+        }
         let contract = Contract {
             protocol,
             complete_when,
@@ -130,6 +141,7 @@ impl Validator<'_> {
             idle_timeout: clock(raw.idle_timeout, defaults::IDLE_TIMEOUT),
             heartbeat: clock(raw.heartbeat, defaults::HEARTBEAT),
             max_duration: clock(raw.max_duration, defaults::MAX_DURATION),
+            usage,
         })
     }
 

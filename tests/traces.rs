@@ -1,0 +1,306 @@
+//! OpenTelemetry traces through the real proxy to a real OTLP/HTTP receiver on
+//! loopback (a hyper server that decodes the protobuf): one server span per stream that
+//! lasts until the stream's end, with its attributes and events; a client span for the
+//! upstream request whose `traceparent` the upstream receives; the client's trace id
+//! continued; and a collector that is down never holds a stream up.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use support::*;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// A receiver that accepts `POST /v1/traces` and hands on every span it decodes.
+async fn receiver() -> (SocketAddr, mpsc::UnboundedReceiver<(String, Span)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (spans, received) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let spans = spans.clone();
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let spans = spans.clone();
+                async move {
+                    assert_eq!(request.uri().path(), "/v1/traces");
+                    assert_eq!(request.headers()["content-type"], "application/x-protobuf");
+                    let service_key = request
+                        .headers()
+                        .get("x-api-key")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    assert_eq!(service_key.as_deref(), Some("secret"));
+                    let body = request.into_body().collect().await.unwrap().to_bytes();
+                    let export = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                    for resource in export.resource_spans {
+                        let service = resource
+                            .resource
+                            .iter()
+                            .flat_map(|r| &r.attributes)
+                            .find(|kv| kv.key == "service.name")
+                            .and_then(|kv| kv.value.as_ref()?.value.clone());
+                        let Some(Value::StringValue(service)) = service else {
+                            panic!("a service.name");
+                        };
+                        for scope in resource.scope_spans {
+                            for span in scope.spans {
+                                let _ = spans.send((service.clone(), span));
+                            }
+                        }
+                    }
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, received)
+}
+
+/// The `chat` route on `openai-chat` with `usage: request` and `stream_extra` keys,
+/// traced to `otlp_base`.
+fn config(upstream_url: &str, otlp_base: &str, stream_extra: &str) -> String {
+    format!(
+        "{}    stream:\n      protocol: openai-chat\n      usage: request\n{stream_extra}telemetry:
+  otlp: {{ endpoint: \"{otlp_base}\", service_name: gateway-under-test, headers: {{ x-api-key: secret }} }}
+",
+        one_route_config(upstream_url, "")
+    )
+}
+
+fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+}
+
+fn int(span: &Span, key: &str) -> i64 {
+    match attribute(span, key) {
+        Some(Value::IntValue(value)) => *value,
+        other => panic!("{key} is {other:?}"),
+    }
+}
+
+fn string<'a>(span: &'a Span, key: &str) -> &'a str {
+    match attribute(span, key) {
+        Some(Value::StringValue(value)) => value,
+        other => panic!("{key} is {other:?}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+#[tokio::test]
+async fn one_server_span_per_stream_lasting_until_its_end_continuing_the_clients_trace() {
+    let (otlp, mut spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url(), &format!("http://{otlp}"), "")).await;
+    let capture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/usage/openai-chat.sse"
+    ))
+    .unwrap();
+    let events: Vec<&str> = capture.split_inclusive("\n\n").collect();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_parent = "00f067aa0ba902b7";
+    let request = Request::post("/api/stream")
+        .header("host", gateway.addr.to_string())
+        .header("traceparent", format!("00-{trace_id}-{client_parent}-01"))
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","messages":[],"stream":true}"#,
+        )))
+        .unwrap();
+    // The stream stays open this long between its first token and its end.
+    let open_for = Duration::from_millis(600);
+    let (response, traceparent) = tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = upstream.accept().await;
+        let traceparent = exchange.request.header("traceparent").unwrap().to_owned();
+        exchange.start_sse("").await;
+        exchange.send_chunk(events[..2].concat().as_bytes()).await;
+        tokio::time::sleep(open_for).await;
+        exchange.send_chunk(events[2..].concat().as_bytes()).await;
+        exchange.end_chunks().await;
+        traceparent
+    });
+    let text = body_text(response).await;
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
+    // The upstream got the same trace, under a span of the gateway's own.
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[1], trace_id);
+    assert_ne!(parts[2], client_parent);
+    assert_eq!(parts[3], "01");
+
+    let mut server = Vec::new();
+    let mut client = Vec::new();
+    while server.is_empty() || client.is_empty() {
+        let (service, span) = tokio::time::timeout(LIVENESS, spans.recv())
+            .await
+            .expect("spans arrive")
+            .unwrap();
+        assert_eq!(service, "gateway-under-test");
+        match SpanKind::try_from(span.kind) {
+            Ok(SpanKind::Server) => server.push(span),
+            Ok(SpanKind::Client) => client.push(span),
+            other => panic!("unexpected span kind {other:?}"),
+        }
+    }
+    // Nothing else arrives for this one request.
+    let more = tokio::time::timeout(Duration::from_millis(300), spans.recv()).await;
+    assert!(
+        more.is_err(),
+        "one server span and one client span only: {more:?}"
+    );
+    let (server, client) = (&server[0], &client[0]);
+    assert_eq!(hex(&server.trace_id), trace_id);
+    assert_eq!(
+        hex(&server.parent_span_id),
+        client_parent,
+        "the client's span is the parent"
+    );
+    assert_eq!(hex(&client.trace_id), trace_id);
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(
+        hex(&client.span_id),
+        parts[2],
+        "the upstream's parent is the client span"
+    );
+
+    let lasted = Duration::from_nanos(server.end_time_unix_nano - server.start_time_unix_nano);
+    assert!(lasted >= open_for, "the span covers the stream: {lasted:?}");
+    assert_eq!(server.name, "POST chat");
+    assert_eq!(string(server, "sse_gateway.route"), "chat");
+    assert_eq!(string(server, "sse_gateway.upstream"), "assistant");
+    assert_eq!(string(server, "sse_gateway.outcome"), "terminator");
+    assert_eq!(int(server, "http.response.status_code"), 200);
+    assert_eq!(
+        int(server, "sse_gateway.events"),
+        4,
+        "the usage chunk was the gateway's"
+    );
+    assert_eq!(
+        int(server, "sse_gateway.bytes"),
+        i64::try_from(text.len()).unwrap()
+    );
+    assert_eq!(int(server, "sse_gateway.rules_hit"), 0);
+    assert_eq!(int(server, "gen_ai.usage.input_tokens"), 9);
+    assert_eq!(int(server, "gen_ai.usage.output_tokens"), 2);
+    let Some(Value::DoubleValue(ttfc)) = attribute(server, "gen_ai.response.time_to_first_chunk")
+    else {
+        panic!("a time to first chunk");
+    };
+    assert!(*ttfc < lasted.as_secs_f64());
+    let request_id = string(server, "sse_gateway.request_id");
+    assert_eq!(request_id.len(), 32);
+    let names: Vec<&str> = server.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["terminator"]);
+    assert_eq!(int(client, "http.response.status_code"), 200);
+    assert_eq!(client.name, "POST assistant");
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_never_holds_a_stream_and_its_spans_are_counted() {
+    // A port nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url(), &format!("http://{closed}"), "")).await;
+    for _ in 0..3 {
+        let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+            let mut exchange = upstream.accept().await;
+            exchange.start_sse("").await;
+            exchange
+                .send_chunk(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n")
+                .await;
+        });
+        assert!(body_text(response).await.ends_with("data: [DONE]\n\n"));
+    }
+    let metrics = gateway
+        .metrics_until("the failed exports are counted", |m| {
+            m.get(
+                "sse_gateway_trace_spans_dropped_total",
+                &[("reason", "export_failed")],
+            ) >= 6.0
+        })
+        .await;
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_trace_spans_dropped_total",
+            &[("reason", "queue_full")]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_reload_with_another_endpoint_sends_new_streams_there_and_stalls_are_span_events() {
+    let (first, mut first_spans) = receiver().await;
+    let (second, mut second_spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url(), &format!("http://{first}"), "")).await;
+    let reloaded = config(
+        &upstream.url(),
+        &format!("http://{second}"),
+        "      stuck_after: 100ms\n",
+    );
+    let config = sse_gateway::config::GatewayConfig::parse(&reloaded, "reload.yaml", &|_| None)
+        .unwrap_or_else(|errors| panic!("{errors}\n{reloaded}"));
+    gateway.gateway().apply(config).await.unwrap();
+
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+            .send_chunk(
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n",
+            )
+            .await;
+        // Long past stuck_after: the stream is stuck, then data unsticks it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        exchange
+            .send_chunk(b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n")
+            .await;
+    });
+    assert!(body_text(response).await.ends_with("data: [DONE]\n\n"));
+    let server = loop {
+        let (_, span) = tokio::time::timeout(LIVENESS, second_spans.recv())
+            .await
+            .expect("spans reach the new endpoint")
+            .unwrap();
+        if span.kind == SpanKind::Server as i32 {
+            break span;
+        }
+    };
+    let names: Vec<&str> = server.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["stuck", "unstuck", "terminator"]);
+    assert!(
+        first_spans.try_recv().is_err(),
+        "nothing went to the old endpoint"
+    );
+}
