@@ -24,6 +24,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
     "upstreams",
     "routes",
+    "state",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +179,55 @@ pub(crate) struct Stream {
     pub idle_timeout: Option<HumanDuration>,
     pub heartbeat: Option<HumanDuration>,
     pub max_duration: Option<HumanDuration>,
+    /// Resumable streams (`Last-Event-ID`); absent: a reconnect is a new request.
+    pub resume: Option<Resume>,
+}
+
+/// A stream section's `resume`: a dropped client reconnects into the same answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Resume {
+    pub window: Option<HumanDuration>,
+    pub max_bytes: Option<ByteSize>,
+    pub store: Option<ResumeStore>,
+    pub on_unknown: Option<OnUnknown>,
+    pub max_detached: Option<u64>,
+    pub credential_header: Option<String>,
+}
+
+/// Where a resumable stream's replay buffer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeStore {
+    /// In this process: a reconnect must reach the same replica.
+    #[default]
+    Memory,
+    /// A Redis Stream per stream key (`state.redis`): any replica can resume.
+    Redis,
+}
+
+/// What a request with an unknown, expired or foreign id gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnknown {
+    /// A new upstream request, as without resume.
+    #[default]
+    Restart,
+    /// `204 No Content`, which tells `EventSource` to stop reconnecting.
+    Reject,
+}
+
+/// The top-level `state` section: shared state between replicas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct State {
+    pub redis: Option<Redis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Redis {
+    pub url: String,
 }
 
 /// One rule: exactly one of `repair`, `replace`, `drop`. `name` may sit beside the

@@ -16,6 +16,7 @@ use serde_yaml::Value;
 
 mod cors;
 mod log;
+mod resume;
 mod route;
 mod shutdown;
 mod stream;
@@ -37,6 +38,8 @@ struct Validator<'a> {
     /// Key paths whose `${VAR}` could not be substituted: that is their one problem,
     /// so the later check of the unsubstituted text does not report it twice.
     env_failed: BTreeSet<String>,
+    /// Whether `state.redis` is set: `resume.store: redis` needs it.
+    redis_configured: bool,
 }
 
 pub(super) fn validate(
@@ -51,6 +54,7 @@ pub(super) fn validate(
         env,
         from_environment: BTreeSet::new(),
         env_failed: BTreeSet::new(),
+        redis_configured: false,
     };
     let config = validator.document(text, source);
     match config {
@@ -148,6 +152,8 @@ impl Validator<'_> {
         };
         let shutdown = self.shutdown(sections.remove("shutdown"));
         let log = self.log(sections.remove("log"));
+        // Before the routes: a route's `store: redis` needs it.
+        let state = self.state(sections.remove("state"));
         let upstreams_value = sections.remove("upstreams");
         // Routes naming an upstream that is declared but broken get no second error.
         let declared: BTreeSet<String> = upstreams_value
@@ -171,6 +177,7 @@ impl Validator<'_> {
             log: log?,
             upstreams,
             routes,
+            state: state?,
             from_environment: std::mem::take(&mut self.from_environment),
         })
     }

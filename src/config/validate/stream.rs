@@ -117,6 +117,14 @@ impl Validator<'_> {
             );
             ok = false;
         }
+        let resume = match raw.resume {
+            None => None,
+            Some(resume) => {
+                let resume = self.resume(&join(path, "resume"), resume);
+                ok &= resume.is_some();
+                resume
+            }
+        };
         let clock = |value: Option<HumanDuration>, default| value.map_or(default, |d| d.0);
         let max_event_size = usize::try_from(max_event_size).unwrap_or(usize::MAX);
         ok.then(|| StreamConfig {
@@ -130,6 +138,7 @@ impl Validator<'_> {
             idle_timeout: clock(raw.idle_timeout, defaults::IDLE_TIMEOUT),
             heartbeat: clock(raw.heartbeat, defaults::HEARTBEAT),
             max_duration: clock(raw.max_duration, defaults::MAX_DURATION),
+            resume,
         })
     }
 
