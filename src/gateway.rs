@@ -57,6 +57,8 @@ pub struct Gateway {
     demo: Mutex<Option<DemoServer>>,
     /// Fired when the drain time has run out: supervised streams end with `shutdown`.
     shutdown: Shutdown,
+    /// Resumable streams by route: a reload must not forget them.
+    resume_tables: Arc<crate::resume::Tables>,
 }
 
 impl Gateway {
@@ -67,12 +69,22 @@ impl Gateway {
     pub async fn apply(&self, config: GatewayConfig) -> Result<(), StartError> {
         let config = Arc::new(config);
         let demo_origin = self.demo_origin(&config).await?;
-        let (compiled, metrics, shutdown) =
-            (config.clone(), self.metrics.clone(), self.shutdown.clone());
+        let (compiled, metrics, shutdown, tables) = (
+            config.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+            self.resume_tables.clone(),
+        );
         // Thousands of routes (regexes, the route table, CA files read from disk) take
         // long enough to stall every stream if compiled on the runtime.
         let proxy = tokio::task::spawn_blocking(move || {
-            compile(compiled, demo_origin.as_deref(), &metrics, shutdown)
+            compile(
+                compiled,
+                demo_origin.as_deref(),
+                &metrics,
+                shutdown,
+                &tables,
+            )
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
@@ -122,13 +134,20 @@ fn compile(
     demo_origin: Option<&str>,
     metrics: &Arc<Metrics>,
     shutdown: Shutdown,
+    resume_tables: &crate::resume::Tables,
 ) -> Result<Proxy, StartError> {
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
         let upstream = Upstream::new(upstream, demo_origin)?;
         upstreams.insert(name.clone(), Arc::new(upstream));
     }
-    Ok(Proxy::new(config, &upstreams, metrics, shutdown))
+    Ok(Proxy::new(
+        config,
+        &upstreams,
+        metrics,
+        shutdown,
+        resume_tables,
+    ))
 }
 
 /// A running gateway. Dropping it stops accepting connections.
@@ -218,17 +237,20 @@ pub async fn start_with(
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = Shutdown::new();
+    let resume_tables = Arc::new(crate::resume::Tables::new());
     let placeholder = Arc::new(Proxy::new(
         Arc::new(GatewayConfig::empty()),
         &BTreeMap::new(),
         &metrics,
         shutdown.clone(),
+        &resume_tables,
     ));
     let gateway = Arc::new(Gateway {
         metrics: metrics.clone(),
         current: watch::channel(placeholder).0,
         demo: Mutex::new(None),
         shutdown,
+        resume_tables,
     });
     let routes = config.routes.len();
     gateway.apply(config).await?;

@@ -51,6 +51,8 @@ pub struct Metrics {
     config_read_errors: IntCounter,
     config_last_reload_success: IntGauge,
     config_last_reload_timestamp: Gauge,
+    /// The resume families (`crate::resume::metrics`).
+    resume: crate::resume::ResumeFamilies,
 }
 
 /// One route's handles, resolved once and shared by all of its streams.
@@ -210,6 +212,7 @@ impl Metrics {
                 ))
                 .expect("valid metric"),
             ),
+            resume: crate::resume::ResumeFamilies::register(&registry, NAMESPACE),
             registry,
         };
         let build_info = register(
@@ -285,6 +288,11 @@ impl Metrics {
                 })
                 .collect(),
         }
+    }
+
+    /// The resume families, for resumable routes' handles.
+    pub(crate) fn resume(&self) -> &crate::resume::ResumeFamilies {
+        &self.resume
     }
 
     /// Counts an answered request. Unknown methods share one label value, so clients

@@ -7,6 +7,7 @@
 
 mod edge;
 pub(crate) mod request;
+mod resume;
 mod route;
 
 use std::collections::BTreeMap;
@@ -54,11 +55,12 @@ impl Proxy {
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Arc<Metrics>,
         shutdown: crate::shutdown::Shutdown,
+        resume_tables: &crate::resume::Tables,
     ) -> Proxy {
         let routes = config
             .routes
             .iter()
-            .filter_map(|route| Route::build(route, upstreams, metrics, &shutdown));
+            .filter_map(|route| Route::build(route, upstreams, metrics, &shutdown, resume_tables));
         let routes = RouteTable::new(routes);
         let edges = config
             .routes
@@ -97,7 +99,7 @@ impl Proxy {
 
     async fn route_and_forward(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> (Response<ResponseBody>, Option<Arc<str>>) {
         let start = Instant::now();
@@ -123,6 +125,10 @@ impl Proxy {
                 }
             }
         }
+        let mut log = match resume::stop(&self.routes, &mut request, log) {
+            Ok((answer, route)) => return (answer, Some(route)),
+            Err(log) => log,
+        };
         let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
             RouteMatch::NotFound => {
@@ -148,6 +154,10 @@ impl Proxy {
         };
         log.set_route(&route.name, &route.upstream_name);
         let route_name = Some(route.name.clone());
+        let (begin, mut log) = match resume::intercept(route, &mut request, log) {
+            Ok(forward) => forward,
+            Err(answer) => return (answer, route_name),
+        };
         // The route's clients are the SDKs of its protocol: errors in their shape.
         let protocol = route
             .stream
@@ -222,7 +232,8 @@ impl Proxy {
             Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
                 // Events may be rewritten, dropped or added: the length is the body's own.
                 parts.headers.remove(CONTENT_LENGTH);
-                ResponseBody::supervised(SupervisedBody::new(body, plan.clone(), start, log))
+                let supervised = SupervisedBody::new(body, plan.clone(), start, log);
+                resume::body(route, begin, supervised)
             }
             Some(_) if event_stream => {
                 tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");

@@ -13,6 +13,7 @@ use http::Method;
 
 use crate::config::{PathMatch, RequestPlan, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::resume::{ResumePlan, Tables};
 use crate::shutdown::Shutdown;
 use crate::supervise::StreamPlan;
 use crate::upstream::Upstream;
@@ -28,6 +29,8 @@ pub(crate) struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// Set when the route has a `stream` section.
     pub stream: Option<Arc<StreamPlan>>,
+    /// Set when the route's streams are resumable (`stream.resume`).
+    pub resume: Option<Arc<ResumePlan>>,
 }
 
 /// What the router needs to find a route: its path match and methods.
@@ -42,6 +45,7 @@ impl Route {
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Metrics,
         shutdown: &Shutdown,
+        resume_tables: &Tables,
     ) -> Option<RouterEntry> {
         let upstream = upstreams.get(&config.upstream)?.clone();
         let rule_names: Vec<&str> = config
@@ -65,8 +69,19 @@ impl Route {
                 shutdown.clone(),
             ))
         });
+        let resume = config.stream.as_ref().and_then(|stream| {
+            let resume = stream.resume.as_ref()?;
+            Some(Arc::new(ResumePlan::new(
+                name.clone(),
+                resume,
+                stream,
+                resume_tables,
+                metrics.resume(),
+            )))
+        });
         let route = Route {
             stream,
+            resume,
             metrics: route_metrics,
             name,
             upstream_name: Arc::from(upstream.name()),

@@ -135,7 +135,13 @@ mod tests {
     #[test]
     fn defaults_and_values() {
         let config = parse("", "{}").unwrap();
-        let resume = config.routes[0].stream.as_ref().unwrap().resume.clone().unwrap();
+        let resume = config.routes[0]
+            .stream
+            .as_ref()
+            .unwrap()
+            .resume
+            .clone()
+            .unwrap();
         assert_eq!(resume.window, Duration::from_secs(30));
         assert_eq!(resume.max_bytes, 1 << 20);
         assert_eq!(resume.store, ResumeStore::Memory);
@@ -149,7 +155,13 @@ mod tests {
             "{ window: 5s, max_bytes: 64KiB, store: redis, on_unknown: reject, max_detached: 3, credential_header: X-Api-Key }",
         )
         .unwrap();
-        let resume = config.routes[0].stream.as_ref().unwrap().resume.clone().unwrap();
+        let resume = config.routes[0]
+            .stream
+            .as_ref()
+            .unwrap()
+            .resume
+            .clone()
+            .unwrap();
         assert_eq!(resume.window, Duration::from_secs(5));
         assert_eq!(resume.max_bytes, 64 << 10);
         assert_eq!(resume.store, ResumeStore::Redis);
@@ -185,7 +197,9 @@ mod tests {
         );
         let unknown = parse("", "{ on_unknown: retry }").unwrap_err();
         assert!(
-            unknown.starts_with("g.yaml:7:29: routes[0].stream.resume.on_unknown: unknown variant `retry`"),
+            unknown.starts_with(
+                "g.yaml:7:29: routes[0].stream.resume.on_unknown: unknown variant `retry`"
+            ),
             "{unknown}"
         );
         assert_eq!(

@@ -1,0 +1,90 @@
+//! The proxy's side of resumable streams: a request on a resumable route is looked at
+//! for a stream id before anything is sent upstream; `DELETE` with an id stops a
+//! stream. What a resume is lives in `crate::resume`; this only turns its decisions
+//! into responses.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{made, Route};
+use crate::access_log::RequestLog;
+use crate::body::ResponseBody;
+use crate::reply::{self, ErrorType};
+use crate::resume::{Begin, Intercept};
+use crate::router::{RouteMatch, RouteTable};
+use crate::supervise::SupervisedBody;
+
+/// `DELETE` with a stream id on a resumable route's path (whatever methods the route
+/// takes): the stream is ended at once, `204`; `404` when no such stream is running.
+/// `None` when the request is not such a stop.
+pub(super) fn stop(
+    routes: &RouteTable<Route>,
+    request: &mut Request<Incoming>,
+    mut log: RequestLog,
+) -> Result<(Response<ResponseBody>, Arc<str>), RequestLog> {
+    if request.method() != Method::DELETE {
+        return Err(log);
+    }
+    let route = match routes.find(request.method(), request.uri().path()) {
+        RouteMatch::Found { route, .. } => route,
+        RouteMatch::MethodNotAllowed { owner, .. } => owner,
+        _ => return Err(log),
+    };
+    let Some(resume) = &route.resume else {
+        return Err(log);
+    };
+    let Some(status) = resume.stop(request) else {
+        return Err(log);
+    };
+    log.set_route(&route.name, &route.upstream_name);
+    let reply = if status == StatusCode::NO_CONTENT {
+        empty(status)
+    } else {
+        let protocol = route
+            .stream
+            .as_ref()
+            .map_or(crate::protocol::Protocol::Sse, |plan| plan.protocol());
+        reply::error_response_in(
+            protocol,
+            ErrorType::NotFound,
+            "no running stream has this id (or the credential is not its own)",
+            Some(&route.name),
+        )
+    };
+    Ok((made(reply, log), route.name.clone()))
+}
+
+/// On a resumable route: answers a resume or a rejection, or says how to forward.
+pub(super) fn intercept(
+    route: &Route,
+    request: &mut Request<Incoming>,
+    log: RequestLog,
+) -> Result<(Option<Begin>, RequestLog), Response<ResponseBody>> {
+    let Some(resume) = &route.resume else {
+        return Ok((None, log));
+    };
+    match resume.intercept(request) {
+        Intercept::Forward(begin) => Ok((begin, log)),
+        Intercept::Reject => Err(made(empty(StatusCode::NO_CONTENT), log)),
+        Intercept::Resume { slot, last_seen } => Err(resume
+            .replay(slot, last_seen, log)
+            .map(ResponseBody::resumable)),
+    }
+}
+
+/// The response body of a new event stream: resumable when `begin` says so.
+pub(super) fn body(route: &Route, begin: Option<Begin>, body: SupervisedBody) -> ResponseBody {
+    match (&route.resume, begin) {
+        (Some(resume), Some(begin)) => ResponseBody::resumable(resume.live(begin, body)),
+        _ => ResponseBody::supervised(body),
+    }
+}
+
+fn empty(status: StatusCode) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    *response.status_mut() = status;
+    response
+}

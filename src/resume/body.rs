@@ -1,0 +1,310 @@
+//! The response bodies of a resumable route, and the task that keeps a stream going
+//! once its client left.
+//!
+//! [`LiveBody`] is the first client's: it polls the supervised stream as hyper asks,
+//! stamps ids on the frames and keeps them for replay. When hyper drops it mid-stream
+//! (the client left), the supervised stream is handed to [`keep_reading`], a task
+//! that polls it on (same engine, same clocks, same metrics, same record) into the
+//! replay buffer, until it ends, a client stops it, or `window` passes with no client
+//! (then it is dropped: outcome `client_closed`). [`ReplayBody`] is a resuming
+//! client's: it reads the buffer from its cursor, replay and live alike.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{sleep_until, Instant};
+
+use super::slot::{Slot, Step};
+use super::stamp::Stamper;
+use super::ResumePlan;
+use crate::access_log::RequestLog;
+use crate::supervise::{is_heartbeat, Never, SupervisedBody, HEARTBEAT};
+
+type Polled = Poll<Option<Result<Frame<Bytes>, Never>>>;
+
+/// The body of a response on a resumable route: the first client's, or a resume's.
+#[derive(Debug)]
+pub(crate) enum ResumeBody {
+    Live(LiveBody),
+    Replay(ReplayBody),
+}
+
+impl Body for ResumeBody {
+    type Data = Bytes;
+    type Error = Never;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        match self.get_mut() {
+            ResumeBody::Live(body) => body.poll(cx),
+            ResumeBody::Replay(body) => body.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResumeBody::Live(body) => body.supervised.is_none(),
+            ResumeBody::Replay(body) => body.ended && body.closing.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// The first client's body.
+#[derive(Debug)]
+pub(crate) struct LiveBody {
+    /// `None` once the stream ended (or was handed to [`keep_reading`]).
+    supervised: Option<Box<SupervisedBody>>,
+    stamper: Stamper,
+    slot: Arc<Slot>,
+    plan: Arc<ResumePlan>,
+}
+
+impl LiveBody {
+    pub(super) fn new(supervised: SupervisedBody, slot: Arc<Slot>, plan: Arc<ResumePlan>) -> Self {
+        LiveBody {
+            supervised: Some(Box::new(supervised)),
+            stamper: Stamper::new(&slot.key),
+            slot,
+            plan,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Polled {
+        if self.slot.is_stopped() {
+            // Stopped by a client while this one still reads: it ends here too.
+            self.supervised = None;
+            return Poll::Ready(None);
+        }
+        let Some(supervised) = self.supervised.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut **supervised).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let data = frame.into_data().unwrap_or_default();
+                let sent = if is_heartbeat(&data) {
+                    data
+                } else {
+                    self.slot.publish(&mut self.stamper, &data)
+                };
+                if supervised.is_end_stream() {
+                    self.end();
+                }
+                Poll::Ready(Some(Ok(Frame::data(sent))))
+            }
+            Poll::Ready(None) => {
+                self.end();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn end(&mut self) {
+        self.supervised = None;
+        self.plan.table.finish(&self.slot, Instant::now());
+    }
+}
+
+impl Drop for LiveBody {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let plan = &self.plan;
+        let release = plan
+            .table
+            .release(&self.slot, now, plan.config.max_detached);
+        let Some(supervised) = self.supervised.take() else {
+            return;
+        };
+        // The client left mid-stream.
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if !self.slot.is_stopped() => {
+                tracing::debug!(route = %plan.route, release = ?release, "client left a resumable stream; reading on for a resume");
+                let stamper = std::mem::replace(&mut self.stamper, Stamper::new(&self.slot.key));
+                runtime.spawn(keep_reading(
+                    supervised,
+                    stamper,
+                    self.slot.clone(),
+                    plan.clone(),
+                ));
+            }
+            _ => {
+                // Stopped, over the cap, or no runtime: cancelled as without resume.
+                drop(supervised);
+                plan.table.remove(&self.slot, now, false);
+            }
+        }
+    }
+}
+
+/// Polls a stream whose first client left, into its replay buffer, until it ends, is
+/// stopped, or has had no client for its window.
+async fn keep_reading(
+    mut supervised: Box<SupervisedBody>,
+    mut stamper: Stamper,
+    slot: Arc<Slot>,
+    plan: Arc<ResumePlan>,
+) {
+    let table = &plan.table;
+    loop {
+        if slot.is_stopped() {
+            break;
+        }
+        let expires = {
+            let state = slot.state();
+            state
+                .lifetime
+                .is_detached()
+                .then(|| state.lifetime.expires_at())
+                .flatten()
+        };
+        let changed = slot.changed.notified();
+        let expiry = async {
+            match expires {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = changed => {}
+            () = expiry => {
+                let now = Instant::now();
+                if slot.state().lifetime.is_expired(now) {
+                    tracing::info!(route = %plan.route, "no client resumed the stream within its window; upstream dropped");
+                    drop(supervised);
+                    table.remove(&slot, now, true);
+                    return;
+                }
+            }
+            frame = poll_fn(|cx| Pin::new(&mut *supervised).poll_frame(cx)) => match frame {
+                Some(Ok(frame)) => {
+                    let data = frame.into_data().unwrap_or_default();
+                    if is_heartbeat(&data) {
+                        slot.heartbeat();
+                    } else {
+                        slot.publish(&mut stamper, &data);
+                    }
+                    if supervised.is_end_stream() {
+                        drop(supervised);
+                        table.finish(&slot, Instant::now());
+                        return;
+                    }
+                }
+                None => {
+                    drop(supervised);
+                    table.finish(&slot, Instant::now());
+                    return;
+                }
+                Some(Err(never)) => match never {},
+            }
+        }
+    }
+    // Stopped: dropping the undecided stream drops the upstream (`client_closed`).
+    drop(supervised);
+    table.remove(&slot, Instant::now(), false);
+}
+
+/// A resuming client's body.
+#[derive(Debug)]
+pub(crate) struct ReplayBody {
+    slot: Arc<Slot>,
+    plan: Arc<ResumePlan>,
+    /// The next event this client gets.
+    cursor: u64,
+    /// Events numbered below this were there when the client came back: replayed.
+    replay_until: u64,
+    seen_heartbeats: u64,
+    /// What is left to send after a gap: the closing, then the end.
+    closing: Option<Bytes>,
+    ended: bool,
+    log: RequestLog,
+}
+
+impl ReplayBody {
+    pub(super) fn new(
+        slot: Arc<Slot>,
+        plan: Arc<ResumePlan>,
+        last_seen: u64,
+        log: RequestLog,
+    ) -> ReplayBody {
+        let (replay_until, seen_heartbeats) = {
+            let state = slot.state();
+            (state.log.next_seq(), state.heartbeats)
+        };
+        ReplayBody {
+            slot,
+            plan,
+            cursor: last_seen + 1,
+            replay_until,
+            seen_heartbeats,
+            closing: None,
+            ended: false,
+            log,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Polled {
+        if let Some(closing) = self.closing.take() {
+            return self.send(closing);
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let before = self.cursor;
+        let mut out = BytesMut::new();
+        let step = self.slot.read(
+            &mut self.cursor,
+            &mut self.seen_heartbeats,
+            &mut out,
+            cx.waker(),
+        );
+        match step {
+            Step::Events(_) => {
+                let replayed = self.cursor.min(self.replay_until) - before.min(self.replay_until);
+                if replayed > 0 {
+                    self.plan.metrics.replayed_events.inc_by(replayed);
+                }
+                self.send(out.freeze())
+            }
+            Step::Gap { from, to } => {
+                // Counted as `expired` when the resume was looked up.
+                let (error, closing) = self.plan.gap(from, to);
+                self.ended = true;
+                self.closing = closing;
+                self.send(error)
+            }
+            Step::Heartbeat => self.send(Bytes::from_static(HEARTBEAT)),
+            Step::Wait => Poll::Pending,
+            Step::End => {
+                self.ended = true;
+                self.log.finished();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: Bytes) -> Polled {
+        if self.ended && self.closing.is_none() {
+            self.log.finished();
+        }
+        self.log.add_bytes(bytes.len());
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+}
+
+impl Drop for ReplayBody {
+    fn drop(&mut self) {
+        let plan = &self.plan;
+        plan.table
+            .release(&self.slot, Instant::now(), plan.config.max_detached);
+    }
+}
