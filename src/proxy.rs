@@ -57,6 +57,7 @@ impl Proxy {
         shutdown: crate::shutdown::Shutdown,
         resume_tables: &crate::resume::Tables,
     ) -> Proxy {
+        resume_tables.set_redis_url(config.state.redis_url.as_deref());
         let routes = config
             .routes
             .iter()
@@ -154,7 +155,7 @@ impl Proxy {
         };
         log.set_route(&route.name, &route.upstream_name);
         let route_name = Some(route.name.clone());
-        let (begin, mut log) = match resume::intercept(route, &mut request, log) {
+        let (begin, mut log) = match resume::intercept(route, &mut request, log).await {
             Ok(forward) => forward,
             Err(answer) => return (answer, route_name),
         };

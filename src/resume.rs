@@ -18,12 +18,14 @@
 //! Routes without `resume` never reach this module: no allocation, no id, no buffer.
 
 mod body;
+mod follow;
 pub mod id;
 mod lifetime;
 pub mod metrics;
 pub mod replay;
 mod slot;
 pub mod stamp;
+mod store;
 mod table;
 
 use std::sync::Arc;
@@ -43,6 +45,7 @@ use body::{LiveBody, ReplayBody};
 use id::{EventId, Fingerprint, StreamKey};
 pub use metrics::{ResumeFamilies, ResumeMetrics, ResumeResult};
 use slot::Slot;
+use store::{Mirror, RedisStore};
 pub use table::Tables;
 use table::{Lookup, Table};
 
@@ -62,6 +65,8 @@ pub(crate) struct ResumePlan {
     protocol: Protocol,
     /// Sent after a gap's error event where the protocol closes after errors.
     closing: Option<Bytes>,
+    /// `store: redis`: where events are mirrored for the other replicas.
+    store: Option<Arc<RedisStore>>,
 }
 
 /// What to do with a request on a resumable route.
@@ -73,6 +78,13 @@ pub(crate) enum Intercept {
     Resume { slot: Arc<Slot>, last_seen: u64 },
     /// `on_unknown: reject`: `204 No Content`.
     Reject,
+    /// Not known here; with `store: redis` another replica may own it.
+    Remote {
+        id: EventId,
+        credential: Option<Bytes>,
+    },
+    /// Answer it from Redis: another replica owns the stream.
+    ResumeRemote { redis_key: String, last_seen: u64 },
 }
 
 /// A new resumable stream's key and credential fingerprint.
@@ -97,6 +109,10 @@ impl ResumePlan {
             .closes_after_error()
             .then(|| stream.pipeline.synthesized_terminator())
             .flatten();
+        let store = match config.store {
+            crate::config::ResumeStore::Memory => None,
+            crate::config::ResumeStore::Redis => tables.redis(),
+        };
         ResumePlan {
             route,
             config: config.clone(),
@@ -104,6 +120,7 @@ impl ResumePlan {
             metrics,
             protocol,
             closing,
+            store,
         }
     }
 
@@ -133,17 +150,71 @@ impl ResumePlan {
                         last_seen: id.seq,
                     };
                 }
+                Lookup::Unknown if self.store.is_some() => {
+                    return Intercept::Remote {
+                        id,
+                        credential: credential.map(Bytes::copy_from_slice),
+                    };
+                }
                 Lookup::Unknown => ResumeResult::Unknown,
                 Lookup::Expired => ResumeResult::Expired,
                 Lookup::Forbidden => ResumeResult::Forbidden,
             },
         };
+        self.refused(result, credential)
+    }
+
+    /// A resume that cannot be served: counted, then `on_unknown`.
+    fn refused(&self, result: ResumeResult, credential: Option<&[u8]>) -> Intercept {
         self.metrics.count(result);
         tracing::info!(route = %self.route, result = result.as_str(), on_unknown = ?self.config.on_unknown, "resume refused");
         match self.config.on_unknown {
             OnUnknown::Restart => Intercept::Forward(self.begin(credential)),
             OnUnknown::Reject => Intercept::Reject,
         }
+    }
+
+    /// Looks an id this replica does not know up in Redis. Redis unreachable: the
+    /// resume falls back to `on_unknown` (and the error is counted).
+    pub(crate) async fn lookup_remote(&self, id: EventId, credential: Option<Bytes>) -> Intercept {
+        let credential = credential.as_deref();
+        let Some(store) = &self.store else {
+            return self.refused(ResumeResult::Unknown, credential);
+        };
+        let redis_key = store::stream_key(&self.route, &id.key);
+        let result = match store.fingerprint(&redis_key).await {
+            Ok(Some(fingerprint)) if fingerprint.matches(&id.key.fingerprint(credential)) => {
+                self.metrics.count(ResumeResult::Replayed);
+                return Intercept::ResumeRemote {
+                    redis_key,
+                    last_seen: id.seq,
+                };
+            }
+            Ok(Some(_)) => ResumeResult::Forbidden,
+            Ok(None) => ResumeResult::Unknown,
+            Err(error) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!(route = %self.route, %error, "cannot look a resume up in Redis");
+                ResumeResult::Unknown
+            }
+        };
+        self.refused(result, credential)
+    }
+
+    /// The response to a resume of a stream another replica owns.
+    pub(crate) fn replay_remote(
+        self: &Arc<Self>,
+        redis_key: String,
+        last_seen: u64,
+        mut log: RequestLog,
+    ) -> Response<ResumeBody> {
+        log.set_status(StatusCode::OK);
+        let Some(store) = self.store.clone() else {
+            // Never built without a store; an empty stream rather than a panic.
+            return event_stream(ResumeBody::Remote(follow::RemoteBody::closed(log)));
+        };
+        let body = follow::RemoteBody::start(store, redis_key, last_seen, self.clone(), log);
+        event_stream(ResumeBody::Remote(body))
     }
 
     fn begin(&self, credential: Option<&[u8]>) -> Option<Begin> {
@@ -168,7 +239,17 @@ impl ResumePlan {
             self.config.max_bytes,
         ));
         self.table.insert(slot.clone());
-        ResumeBody::Live(LiveBody::new(body, slot, self.clone()))
+        let mirror = self.store.as_ref().map(|store| {
+            Mirror::new(
+                store.clone(),
+                store::stream_key(&self.route, &begin.key),
+                self.config.window,
+                self.config.max_bytes,
+                begin.fingerprint,
+                self.metrics.store_errors.clone(),
+            )
+        });
+        ResumeBody::Live(LiveBody::new(body, slot, mirror, self.clone()))
     }
 
     /// The response to a resume: the stream's events after `last_seen`, then live.
@@ -180,15 +261,7 @@ impl ResumePlan {
     ) -> Response<ResumeBody> {
         log.set_status(StatusCode::OK);
         let body = ReplayBody::new(slot, self.clone(), last_seen, log);
-        let mut response = Response::new(ResumeBody::Replay(body));
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        headers.insert(
-            CACHE_CONTROL,
-            HeaderValue::from_static("no-cache, no-transform"),
-        );
-        headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
-        response
+        event_stream(ResumeBody::Replay(body))
     }
 
     /// `DELETE` with a stream id: ends that stream at once. `None` when the request
@@ -227,6 +300,19 @@ impl ResumePlan {
             .error_event("resume_gap", &message, &self.route, 0);
         (error, self.closing.clone())
     }
+}
+
+/// A `200 text/event-stream` response, with the headers of every event stream.
+fn event_stream(body: ResumeBody) -> Response<ResumeBody> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+    response
 }
 
 /// Removes the stream id from the request: the `Last-Event-ID` header and the

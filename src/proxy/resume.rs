@@ -58,7 +58,7 @@ pub(super) fn stop(
 }
 
 /// On a resumable route: answers a resume or a rejection, or says how to forward.
-pub(super) fn intercept(
+pub(super) async fn intercept(
     route: &Route,
     request: &mut Request<Incoming>,
     log: RequestLog,
@@ -66,12 +66,24 @@ pub(super) fn intercept(
     let Some(resume) = &route.resume else {
         return Ok((None, log));
     };
-    match resume.intercept(request) {
+    let intercept = match resume.intercept(request) {
+        Intercept::Remote { id, credential } => resume.lookup_remote(id, credential).await,
+        decided => decided,
+    };
+    match intercept {
         Intercept::Forward(begin) => Ok((begin, log)),
         Intercept::Reject => Err(made(empty(StatusCode::NO_CONTENT), log)),
         Intercept::Resume { slot, last_seen } => Err(resume
             .replay(slot, last_seen, log)
             .map(ResponseBody::resumable)),
+        Intercept::ResumeRemote {
+            redis_key,
+            last_seen,
+        } => Err(resume
+            .replay_remote(redis_key, last_seen, log)
+            .map(ResponseBody::resumable)),
+        // Looked up above: a second lookup would find nothing new.
+        Intercept::Remote { .. } => Ok((None, log)),
     }
 }
 

@@ -18,8 +18,10 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{sleep_until, Instant};
 
+use super::follow::RemoteBody;
 use super::slot::{Slot, Step};
 use super::stamp::Stamper;
+use super::store::Mirror;
 use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::supervise::{is_heartbeat, Never, SupervisedBody, HEARTBEAT};
@@ -31,6 +33,8 @@ type Polled = Poll<Option<Result<Frame<Bytes>, Never>>>;
 pub(crate) enum ResumeBody {
     Live(LiveBody),
     Replay(ReplayBody),
+    /// A resume served from Redis (`store: redis`, another replica's stream).
+    Remote(RemoteBody),
 }
 
 impl Body for ResumeBody {
@@ -41,6 +45,7 @@ impl Body for ResumeBody {
         match self.get_mut() {
             ResumeBody::Live(body) => body.poll(cx),
             ResumeBody::Replay(body) => body.poll(cx),
+            ResumeBody::Remote(body) => body.poll(cx),
         }
     }
 
@@ -48,6 +53,7 @@ impl Body for ResumeBody {
         match self {
             ResumeBody::Live(body) => body.supervised.is_none(),
             ResumeBody::Replay(body) => body.ended && body.closing.is_none(),
+            ResumeBody::Remote(body) => body.ended,
         }
     }
 
@@ -61,16 +67,53 @@ impl Body for ResumeBody {
 pub(crate) struct LiveBody {
     /// `None` once the stream ended (or was handed to [`keep_reading`]).
     supervised: Option<Box<SupervisedBody>>,
-    stamper: Stamper,
+    producer: Producer,
     slot: Arc<Slot>,
     plan: Arc<ResumePlan>,
 }
 
+/// What numbers a stream's events and hands them on: to the replay buffer, and to
+/// Redis with `store: redis`. Moves with the stream when its first client leaves.
+#[derive(Debug)]
+struct Producer {
+    stamper: Stamper,
+    mirror: Option<Mirror>,
+}
+
+impl Producer {
+    /// Publishes a frame from the supervised stream; returns the bytes to send.
+    fn publish(&mut self, slot: &Slot, frame: Bytes) -> Bytes {
+        if is_heartbeat(&frame) {
+            slot.heartbeat();
+            return frame;
+        }
+        let stamped = slot.publish(&mut self.stamper, &frame);
+        if let Some(mirror) = &mut self.mirror {
+            mirror.events(&stamped, self.stamper.spans());
+        }
+        stamped
+    }
+
+    fn end(&mut self) {
+        if let Some(mirror) = &mut self.mirror {
+            mirror.end();
+        }
+    }
+}
+
 impl LiveBody {
-    pub(super) fn new(supervised: SupervisedBody, slot: Arc<Slot>, plan: Arc<ResumePlan>) -> Self {
+    pub(super) fn new(
+        supervised: SupervisedBody,
+        slot: Arc<Slot>,
+        mirror: Option<Mirror>,
+        plan: Arc<ResumePlan>,
+    ) -> Self {
         LiveBody {
             supervised: Some(Box::new(supervised)),
-            stamper: Stamper::new(&slot.key),
+            producer: Producer {
+                stamper: Stamper::new(&slot.key),
+                mirror,
+            },
             slot,
             plan,
         }
@@ -88,11 +131,7 @@ impl LiveBody {
         match Pin::new(&mut **supervised).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let data = frame.into_data().unwrap_or_default();
-                let sent = if is_heartbeat(&data) {
-                    data
-                } else {
-                    self.slot.publish(&mut self.stamper, &data)
-                };
+                let sent = self.producer.publish(&self.slot, data);
                 if supervised.is_end_stream() {
                     self.end();
                 }
@@ -109,6 +148,7 @@ impl LiveBody {
 
     fn end(&mut self) {
         self.supervised = None;
+        self.producer.end();
         self.plan.table.finish(&self.slot, Instant::now());
     }
 }
@@ -128,10 +168,14 @@ impl Drop for LiveBody {
         match runtime {
             Ok(runtime) if !self.slot.is_stopped() => {
                 tracing::debug!(route = %plan.route, release = ?release, "client left a resumable stream; reading on for a resume");
-                let stamper = std::mem::replace(&mut self.stamper, Stamper::new(&self.slot.key));
+                let spent = Producer {
+                    stamper: Stamper::new(&self.slot.key),
+                    mirror: None,
+                };
+                let producer = std::mem::replace(&mut self.producer, spent);
                 runtime.spawn(keep_reading(
                     supervised,
-                    stamper,
+                    producer,
                     self.slot.clone(),
                     plan.clone(),
                 ));
@@ -149,7 +193,7 @@ impl Drop for LiveBody {
 /// stopped, or has had no client for its window.
 async fn keep_reading(
     mut supervised: Box<SupervisedBody>,
-    mut stamper: Stamper,
+    mut producer: Producer,
     slot: Arc<Slot>,
     plan: Arc<ResumePlan>,
 ) {
@@ -187,20 +231,17 @@ async fn keep_reading(
             }
             frame = poll_fn(|cx| Pin::new(&mut *supervised).poll_frame(cx)) => match frame {
                 Some(Ok(frame)) => {
-                    let data = frame.into_data().unwrap_or_default();
-                    if is_heartbeat(&data) {
-                        slot.heartbeat();
-                    } else {
-                        slot.publish(&mut stamper, &data);
-                    }
+                    producer.publish(&slot, frame.into_data().unwrap_or_default());
                     if supervised.is_end_stream() {
                         drop(supervised);
+                        producer.end();
                         table.finish(&slot, Instant::now());
                         return;
                     }
                 }
                 None => {
                     drop(supervised);
+                    producer.end();
                     table.finish(&slot, Instant::now());
                     return;
                 }

@@ -48,6 +48,11 @@ impl Stamper {
         self.next_seq
     }
 
+    /// The spans of the frame stamped last.
+    pub fn spans(&self) -> &[Span] {
+        &self.spans
+    }
+
     /// `frame` with an id on each event, and the spans of the numbered events. A stray
     /// blank line, or a tail that is not a whole event (which the engine never sends),
     /// is passed on unnumbered.

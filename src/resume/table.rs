@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::id::{EventId, StreamKey};
 use super::slot::Slot;
+use super::store::RedisStore;
 
 /// Keys of expired streams remembered at most (about 40 bytes each).
 const MAX_EXPIRED_KEYS: usize = 16 * 1024;
@@ -25,11 +26,45 @@ const MAX_EXPIRED_KEYS: usize = 16 * 1024;
 #[derive(Debug, Default)]
 pub struct Tables {
     tables: Mutex<HashMap<String, Arc<Table>>>,
+    /// `state.redis.url` of the config being compiled, and its store once started.
+    redis: Mutex<(Option<String>, Option<(String, Arc<RedisStore>)>)>,
 }
 
 impl Tables {
     pub fn new() -> Tables {
         Tables::default()
+    }
+
+    /// Sets the Redis URL of the config about to be compiled.
+    pub(crate) fn set_redis_url(&self, url: Option<&str>) {
+        self.redis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 = url.map(str::to_owned);
+    }
+
+    /// The store for the configured Redis, started on first use (one writer per URL).
+    pub(crate) fn redis(&self) -> Option<Arc<RedisStore>> {
+        let mut redis = self
+            .redis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let url = redis.0.clone()?;
+        if let Some((running, store)) = &redis.1 {
+            if *running == url {
+                return Some(store.clone());
+            }
+        }
+        match RedisStore::start(&url) {
+            Ok(store) => {
+                redis.1 = Some((url, store.clone()));
+                Some(store)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot use state.redis; resume across replicas is off");
+                None
+            }
+        }
     }
 
     /// The route's table, made on first use; `window` sets how often it is swept.

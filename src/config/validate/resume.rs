@@ -33,7 +33,9 @@ impl Validator<'_> {
                 let url = redis.url;
                 let rest = url.strip_prefix("redis://");
                 let host = rest.map(|rest| rest.rsplit('@').next().unwrap_or(rest));
-                if host.is_none_or(|host| host.is_empty() || host.starts_with('/')) {
+                let malformed = host.is_none_or(|host| host.is_empty() || host.starts_with('/'))
+                    || redis::Client::open(url.as_str()).is_err();
+                if malformed {
                     self.error_at_value(
                         path,
                         "expected redis://[USER:PASSWORD@]HOST[:PORT][/DB], such as redis://127.0.0.1:6379",
@@ -205,6 +207,11 @@ mod tests {
         assert_eq!(
             parse("state: { redis: { url: \"http://x\" } }\n", "{}").unwrap_err(),
             "g.yaml:2:24: state.redis.url: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB], such as redis://127.0.0.1:6379"
+        );
+        assert!(
+            parse("state: { redis: { url: \"redis://h:port\" } }\n", "{}")
+                .unwrap_err()
+                .starts_with("g.yaml:2:24: state.redis.url: expected redis://")
         );
     }
 }
