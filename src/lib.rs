@@ -43,7 +43,7 @@ pub mod protocol;
 pub(crate) mod proxy;
 pub mod reload;
 pub(crate) mod reply;
-pub(crate) mod resume;
+pub mod resume;
 pub mod rewrite;
 pub(crate) mod router;
 pub mod shutdown;

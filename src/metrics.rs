@@ -291,7 +291,7 @@ impl Metrics {
     }
 
     /// The resume families, for resumable routes' handles.
-    pub(crate) fn resume(&self) -> &crate::resume::ResumeFamilies {
+    pub fn resume(&self) -> &crate::resume::ResumeFamilies {
         &self.resume
     }
 

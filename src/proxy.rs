@@ -126,10 +126,10 @@ impl Proxy {
                 }
             }
         }
-        let mut log = match resume::stop(&self.routes, &mut request, log) {
-            Ok((answer, route)) => return (answer, Some(route)),
-            Err(log) => log,
-        };
+        if let Some((reply, route)) = resume::stop(&self.routes, &mut request) {
+            log.set_route(&route.name, &route.upstream_name);
+            return (made(reply, log), Some(route.name.clone()));
+        }
         let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
             RouteMatch::NotFound => {

@@ -135,7 +135,7 @@ impl ResumePlan {
         let Some(id) = id else {
             return Intercept::Forward(self.begin(credential));
         };
-        let result = match id.and_then(|id| EventId::parse(id.as_bytes())) {
+        let result = match EventId::parse(id.as_bytes()) {
             None => ResumeResult::Unknown,
             Some(id) => match self.table.lookup(&id, credential, Instant::now()) {
                 Lookup::Found(slot) => {
@@ -272,9 +272,8 @@ impl ResumePlan {
             .headers()
             .get(&self.config.credential_header)
             .map(HeaderValue::as_bytes);
-        let stopped = id
-            .and_then(|id| EventId::parse(id.as_bytes()))
-            .is_some_and(|id| self.table.stop(&id.key, credential));
+        let stopped =
+            EventId::parse(id.as_bytes()).is_some_and(|id| self.table.stop(&id.key, credential));
         tracing::info!(route = %self.route, stopped, "stream stop asked");
         Some(if stopped {
             StatusCode::NO_CONTENT
@@ -317,15 +316,15 @@ fn event_stream(body: ResumeBody) -> Response<ResumeBody> {
 
 /// Removes the stream id from the request: the `Last-Event-ID` header and the
 /// `lastEventId` query parameter (other parameters are kept byte for byte). `None`
-/// when neither was there; `Some(None)` when one was but is not text.
-fn take_id<B>(request: &mut Request<B>) -> Option<Option<String>> {
+/// when neither was there (bytes that are not text are kept lossily: no id of ours).
+fn take_id<B>(request: &mut Request<B>) -> Option<String> {
     let header = request
         .headers_mut()
         .remove(&LAST_EVENT_ID)
-        .map(|value| value.to_str().ok().map(str::to_owned));
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
     let from_query = strip_query_param(request.uri_mut(), LAST_EVENT_ID_PARAM);
     // The header is what browsers send; the parameter is the polyfill's fallback.
-    header.or(from_query.map(Some))
+    header.or(from_query)
 }
 
 /// Removes every `name=...` pair from the URI's query; returns the first value.
@@ -395,7 +394,7 @@ mod tests {
             .header("last-event-id", "from-header")
             .body(())
             .unwrap();
-        assert_eq!(take_id(&mut request), Some(Some("from-header".to_owned())));
+        assert_eq!(take_id(&mut request).as_deref(), Some("from-header"));
         assert!(request.headers().get("last-event-id").is_none());
         assert_eq!(request.uri().query(), Some("q=hi"));
         let mut plain = Request::builder().uri("/api?q=hi").body(()).unwrap();

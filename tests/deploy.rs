@@ -577,6 +577,7 @@ fn alerts_parse_with_the_expected_rules() {
             "SseGatewayErrorOutcomes",
             "SseGatewayReloadFailing",
             "SseGatewayUpstreamErrors",
+            "SseGatewayResumeStoreErrors",
             "SseGatewayDown"
         ]
     );
@@ -619,6 +620,7 @@ struct Exported {
 fn exported() -> Exported {
     let metrics = sse_gateway::metrics::Metrics::new();
     let _route = metrics.route("chat", &["repair#0"]);
+    let _resume = metrics.resume().route("chat");
     metrics.count_request(Some("chat"), &http::Method::GET, http::StatusCode::OK);
     let exposition = metrics.encode();
     let sample = regex::Regex::new(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s").unwrap();

@@ -77,6 +77,22 @@ async fn detached(gateway: &TestGateway, n: f64) {
         .await;
 }
 
+/// Opens a stream on `target` with [`BEARER`], lets one event through, and cuts the
+/// client: the upstream exchange (still open) and the id the client saw last.
+async fn one_event_then_cut(
+    upstream: &ScriptedUpstream,
+    gateway: &TestGateway,
+    target: &str,
+) -> (Exchange, String) {
+    let mut client = Client::open(gateway.addr, target, &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let id = last_id(&client.take(1).await);
+    drop(client);
+    (exchange, id)
+}
+
 fn resumes(metrics: &Metrics, result: &str) -> f64 {
     metrics.get(
         "sse_gateway_resumes_total",
@@ -231,15 +247,8 @@ async fn a_finished_stream_is_resumable_for_its_window() {
 #[tokio::test]
 async fn another_credential_is_unknown_and_restarts() {
     let (upstream, gateway) = setup("{ window: 10s }").await;
-    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
-    let mut exchange = upstream.accept().await;
-    exchange.start_sse("").await;
-    exchange.send_chunk(&event(1)).await;
-    let first = client.take(1).await;
-    drop(client);
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
     detached(&gateway, 1.0).await;
-
-    let id = last_id(&first);
     for credential in [vec![("authorization", "Bearer user-2")], vec![]] {
         let mut headers = credential.clone();
         headers.push(("last-event-id", &id));
@@ -313,12 +322,7 @@ async fn unknown_ids_restart_or_get_204_as_the_route_says() {
 #[tokio::test]
 async fn a_resume_from_events_dropped_for_room_gets_an_error_event_not_a_gap() {
     let (upstream, gateway) = setup("{ window: 10s, max_bytes: 300B }").await;
-    let mut client = Client::open(gateway.addr, "/api/stream", &[BEARER]).await;
-    let mut exchange = upstream.accept().await;
-    exchange.start_sse("").await;
-    exchange.send_chunk(&event(1)).await;
-    let first = client.take(1).await;
-    drop(client);
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream").await;
     detached(&gateway, 1.0).await;
     // About 60 bytes each with their ids: the first ones no longer fit in 300 bytes.
     for n in 2..=12 {
@@ -333,7 +337,7 @@ async fn a_resume_from_events_dropped_for_room_gets_an_error_event_not_a_gap() {
     let mut resumed = Client::open(
         gateway.addr,
         "/api/stream",
-        &[BEARER, ("last-event-id", &last_id(&first))],
+        &[BEARER, ("last-event-id", &id)],
     )
     .await;
     let events = resumed.rest().await;
@@ -353,12 +357,7 @@ async fn a_resume_from_events_dropped_for_room_gets_an_error_event_not_a_gap() {
 #[tokio::test]
 async fn delete_with_the_id_stops_a_detached_stream_at_once() {
     let (upstream, gateway) = setup("{ window: 30s }").await;
-    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
-    let mut exchange = upstream.accept().await;
-    exchange.start_sse("").await;
-    exchange.send_chunk(&event(1)).await;
-    let id = last_id(&client.take(1).await);
-    drop(client);
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
     detached(&gateway, 1.0).await;
 
     // Another credential cannot stop it.
@@ -390,12 +389,7 @@ async fn delete_with_the_id_stops_a_detached_stream_at_once() {
 #[tokio::test]
 async fn nobody_resuming_within_the_window_drops_the_upstream() {
     let (upstream, gateway) = setup("{ window: 300ms }").await;
-    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
-    let mut exchange = upstream.accept().await;
-    exchange.start_sse("").await;
-    exchange.send_chunk(&event(1)).await;
-    let id = last_id(&client.take(1).await);
-    drop(client);
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
     assert!(
         exchange.closed_within(LIVENESS).await,
         "the upstream is dropped after the window"
@@ -422,12 +416,8 @@ async fn beyond_max_detached_a_disconnect_cancels_as_without_resume() {
     let mut exchanges = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let mut client = Client::open(gateway.addr, "/api/stream", &[BEARER]).await;
-        let mut exchange = upstream.accept().await;
-        exchange.start_sse("").await;
-        exchange.send_chunk(&event(1)).await;
-        ids.push(last_id(&client.take(1).await));
-        drop(client);
+        let (exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream").await;
+        ids.push(id);
         exchanges.push(exchange);
         detached(&gateway, 1.0).await;
     }

@@ -3,8 +3,6 @@
 //! stream. What a resume is lives in `crate::resume`; this only turns its decisions
 //! into responses.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,26 +18,19 @@ use crate::supervise::SupervisedBody;
 /// `DELETE` with a stream id on a resumable route's path (whatever methods the route
 /// takes): the stream is ended at once, `204`; `404` when no such stream is running.
 /// `None` when the request is not such a stop.
-pub(super) fn stop(
-    routes: &RouteTable<Route>,
+pub(super) fn stop<'a>(
+    routes: &'a RouteTable<Route>,
     request: &mut Request<Incoming>,
-    mut log: RequestLog,
-) -> Result<(Response<ResponseBody>, Arc<str>), RequestLog> {
+) -> Option<(Response<Bytes>, &'a Route)> {
     if request.method() != Method::DELETE {
-        return Err(log);
+        return None;
     }
     let route = match routes.find(request.method(), request.uri().path()) {
         RouteMatch::Found { route, .. } => route,
         RouteMatch::MethodNotAllowed { owner, .. } => owner,
-        _ => return Err(log),
+        _ => return None,
     };
-    let Some(resume) = &route.resume else {
-        return Err(log);
-    };
-    let Some(status) = resume.stop(request) else {
-        return Err(log);
-    };
-    log.set_route(&route.name, &route.upstream_name);
+    let status = route.resume.as_ref()?.stop(request)?;
     let reply = if status == StatusCode::NO_CONTENT {
         empty(status)
     } else {
@@ -54,7 +45,7 @@ pub(super) fn stop(
             Some(&route.name),
         )
     };
-    Ok((made(reply, log), route.name.clone()))
+    Some((reply, route))
 }
 
 /// On a resumable route: answers a resume or a rejection, or says how to forward.

@@ -26,8 +26,15 @@ const MAX_EXPIRED_KEYS: usize = 16 * 1024;
 #[derive(Debug, Default)]
 pub struct Tables {
     tables: Mutex<HashMap<String, Arc<Table>>>,
-    /// `state.redis.url` of the config being compiled, and its store once started.
-    redis: Mutex<(Option<String>, Option<(String, Arc<RedisStore>)>)>,
+    redis: Mutex<RedisState>,
+}
+
+/// `state.redis.url` of the config being compiled, and the store once started (with
+/// the URL it was started for).
+#[derive(Debug, Default)]
+struct RedisState {
+    url: Option<String>,
+    running: Option<(String, Arc<RedisStore>)>,
 }
 
 impl Tables {
@@ -40,7 +47,7 @@ impl Tables {
         self.redis
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0 = url.map(str::to_owned);
+            .url = url.map(str::to_owned);
     }
 
     /// The store for the configured Redis, started on first use (one writer per URL).
@@ -49,15 +56,15 @@ impl Tables {
             .redis
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let url = redis.0.clone()?;
-        if let Some((running, store)) = &redis.1 {
+        let url = redis.url.clone()?;
+        if let Some((running, store)) = &redis.running {
             if *running == url {
                 return Some(store.clone());
             }
         }
         match RedisStore::start(&url) {
             Ok(store) => {
-                redis.1 = Some((url, store.clone()));
+                redis.running = Some((url, store.clone()));
                 Some(store)
             }
             Err(error) => {

@@ -78,7 +78,7 @@ impl Client {
                 };
                 for line in text.lines() {
                     if let Some(data) = line.strip_prefix("data:") {
-                        seen.data = data.trim_start().to_owned();
+                        data.trim_start().clone_into(&mut seen.data);
                     } else if let Some(id) = line.strip_prefix("id:") {
                         seen.id = Some(id.trim_start().to_owned());
                     } else if let Some(event) = line.strip_prefix("event:") {

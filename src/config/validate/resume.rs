@@ -118,7 +118,7 @@ impl Validator<'_> {
 mod tests {
     use std::time::Duration;
 
-    use crate::config::{GatewayConfig, OnUnknown, ResumeStore};
+    use crate::config::{GatewayConfig, OnUnknown, ResumeConfig, ResumeStore};
 
     fn parse(state: &str, resume: &str) -> Result<GatewayConfig, String> {
         let text = format!(
@@ -134,84 +134,67 @@ mod tests {
         GatewayConfig::parse(&text, "g.yaml", &|_| None).map_err(|errors| errors.to_string())
     }
 
+    fn resume_of(config: &GatewayConfig) -> ResumeConfig {
+        config.routes[0]
+            .stream
+            .as_ref()
+            .and_then(|stream| stream.resume.clone())
+            .expect("a resume section")
+    }
+
     #[test]
     fn defaults_and_values() {
-        let config = parse("", "{}").unwrap();
-        let resume = config.routes[0]
-            .stream
-            .as_ref()
-            .unwrap()
-            .resume
-            .clone()
-            .unwrap();
-        assert_eq!(resume.window, Duration::from_secs(30));
-        assert_eq!(resume.max_bytes, 1 << 20);
-        assert_eq!(resume.store, ResumeStore::Memory);
-        assert_eq!(resume.on_unknown, OnUnknown::Restart);
-        assert_eq!(resume.max_detached, 1000);
-        assert_eq!(resume.credential_header.as_str(), "authorization");
-        assert!(config.state.redis_url.is_none());
-
-        let config = parse(
-            "state: { redis: { url: \"redis://127.0.0.1:6379\" } }\n",
-            "{ window: 5s, max_bytes: 64KiB, store: redis, on_unknown: reject, max_detached: 3, credential_header: X-Api-Key }",
-        )
-        .unwrap();
-        let resume = config.routes[0]
-            .stream
-            .as_ref()
-            .unwrap()
-            .resume
-            .clone()
-            .unwrap();
-        assert_eq!(resume.window, Duration::from_secs(5));
-        assert_eq!(resume.max_bytes, 64 << 10);
-        assert_eq!(resume.store, ResumeStore::Redis);
-        assert_eq!(resume.on_unknown, OnUnknown::Reject);
-        assert_eq!(resume.max_detached, 3);
-        assert_eq!(resume.credential_header.as_str(), "x-api-key");
-        assert_eq!(
-            config.state.redis_url.as_deref(),
-            Some("redis://127.0.0.1:6379")
-        );
-        let shown = config.redacted_json();
-        assert_eq!(shown["routes"][0]["stream"]["resume"]["window"], "5s");
-        assert_eq!(shown["routes"][0]["stream"]["resume"]["store"], "redis");
+        let cases = [
+            (
+                "",
+                "{}",
+                (30, 1 << 20, ResumeStore::Memory, OnUnknown::Restart, 1000, "authorization"),
+            ),
+            (
+                "state: { redis: { url: \"redis://127.0.0.1:6379\" } }\n",
+                "{ window: 5s, max_bytes: 64KiB, store: redis, on_unknown: reject, max_detached: 3, credential_header: X-Api-Key }",
+                (5, 64 << 10, ResumeStore::Redis, OnUnknown::Reject, 3, "x-api-key"),
+            ),
+        ];
+        for (state, resume, (window, max_bytes, store, on_unknown, max_detached, header)) in cases {
+            let config = parse(state, resume).unwrap();
+            let got = resume_of(&config);
+            assert_eq!(got.window, Duration::from_secs(window), "{resume}");
+            assert_eq!(got.max_bytes, max_bytes, "{resume}");
+            assert_eq!(got.store, store, "{resume}");
+            assert_eq!(got.on_unknown, on_unknown, "{resume}");
+            assert_eq!(got.max_detached, max_detached, "{resume}");
+            assert_eq!(got.credential_header.as_str(), header, "{resume}");
+            let shown = config.redacted_json();
+            let store = if store == ResumeStore::Redis {
+                "redis"
+            } else {
+                "memory"
+            };
+            assert_eq!(shown["routes"][0]["stream"]["resume"]["store"], store);
+            let redis = if state.is_empty() {
+                None
+            } else {
+                Some("redis://127.0.0.1:6379")
+            };
+            assert_eq!(config.state.redis_url.as_deref(), redis);
+        }
     }
 
     #[test]
     fn problems_are_located() {
-        assert_eq!(
-            parse("", "{ store: redis }").unwrap_err(),
-            "g.yaml:7:24: routes[0].stream.resume.store: store: redis needs the top-level `state: { redis: { url: redis://HOST:PORT } }`"
-        );
-        assert_eq!(
-            parse("", "{ window: 0 }").unwrap_err(),
-            "g.yaml:7:25: routes[0].stream.resume.window: window must be more than 0 and at most 1h"
-        );
-        assert_eq!(
-            parse("", "{ max_bytes: 0 }").unwrap_err(),
-            "g.yaml:7:28: routes[0].stream.resume.max_bytes: max_bytes must be between 1B and 1GiB"
-        );
-        assert_eq!(
-            parse("", "{ credential_header: \"a b\" }").unwrap_err(),
-            "g.yaml:7:36: routes[0].stream.resume.credential_header: invalid header name \"a b\""
-        );
-        let unknown = parse("", "{ on_unknown: retry }").unwrap_err();
-        assert!(
-            unknown.starts_with(
-                "g.yaml:7:29: routes[0].stream.resume.on_unknown: unknown variant `retry`"
-            ),
-            "{unknown}"
-        );
-        assert_eq!(
-            parse("state: { redis: { url: \"http://x\" } }\n", "{}").unwrap_err(),
-            "g.yaml:2:24: state.redis.url: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB], such as redis://127.0.0.1:6379"
-        );
-        assert!(
-            parse("state: { redis: { url: \"redis://h:port\" } }\n", "{}")
-                .unwrap_err()
-                .starts_with("g.yaml:2:24: state.redis.url: expected redis://")
-        );
+        let cases = [
+            ("", "{ store: redis }", "g.yaml:7:24: routes[0].stream.resume.store: store: redis needs the top-level `state: { redis: { url: redis://HOST:PORT } }`"),
+            ("", "{ window: 0 }", "g.yaml:7:25: routes[0].stream.resume.window: window must be more than 0 and at most 1h"),
+            ("", "{ max_bytes: 0 }", "g.yaml:7:28: routes[0].stream.resume.max_bytes: max_bytes must be between 1B and 1GiB"),
+            ("", "{ credential_header: \"a b\" }", "g.yaml:7:36: routes[0].stream.resume.credential_header: invalid header name \"a b\""),
+            ("", "{ on_unknown: retry }", "g.yaml:7:29: routes[0].stream.resume.on_unknown: unknown variant `retry`"),
+            ("state: { redis: { url: \"http://x\" } }\n", "{}", "g.yaml:2:24: state.redis.url: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB], such as redis://127.0.0.1:6379"),
+            ("state: { redis: { url: \"redis://h:port\" } }\n", "{}", "g.yaml:2:24: state.redis.url: expected redis://"),
+        ];
+        for (state, resume, expected) in cases {
+            let error = parse(state, resume).unwrap_err();
+            assert!(error.starts_with(expected), "{error}\nwanted: {expected}");
+        }
     }
 }
