@@ -12,17 +12,32 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-/// A stream's numbered events, as sent (ids included).
+use super::stamp::Span;
+
+/// A stream's numbered events, as sent (ids included). The frames are kept whole and
+/// the events are offsets into them, so keeping and dropping an event is index
+/// arithmetic: no reference count moves per event, only per frame.
 #[derive(Debug)]
 pub struct ReplayLog {
-    /// Consecutive numbers, oldest first.
-    events: VecDeque<(u64, Bytes)>,
+    /// Consecutive numbers from `first_kept`, oldest first.
+    events: VecDeque<EventAt>,
+    /// The frames the events sit in; `frames[0]` is frame number `first_frame`.
+    frames: VecDeque<Bytes>,
+    first_frame: u64,
     bytes: usize,
     max_bytes: usize,
     /// The number the next appended event has.
     next_seq: u64,
     /// Events numbered below this were dropped for room.
     first_kept: u64,
+}
+
+/// Where an event sits: its frame's number and its bounds in that frame.
+#[derive(Debug, Clone, Copy)]
+struct EventAt {
+    frame: u64,
+    start: u32,
+    end: u32,
 }
 
 /// What a read found at a cursor.
@@ -43,6 +58,8 @@ impl ReplayLog {
     pub fn new(max_bytes: usize) -> ReplayLog {
         ReplayLog {
             events: VecDeque::new(),
+            frames: VecDeque::new(),
+            first_frame: 0,
             bytes: 0,
             max_bytes,
             next_seq: 1,
@@ -66,20 +83,42 @@ impl ReplayLog {
         self.bytes
     }
 
-    /// Appends the event numbered `seq` (the next number), dropping the oldest events
-    /// while the buffer is over its bound; an event larger than the whole bound is
-    /// dropped at once.
+    /// Appends one event numbered `seq` (the next number).
     pub fn append(&mut self, seq: u64, event: Bytes) {
-        debug_assert_eq!(seq, self.next_seq, "events are appended in order");
-        self.next_seq = seq + 1;
-        self.bytes += event.len();
-        self.events.push_back((seq, event));
+        let end = event.len();
+        self.append_frame(event, &[Span { seq, start: 0, end }]);
+    }
+
+    /// Appends a frame's numbered events (the next numbers, in order), dropping the
+    /// oldest events while the buffer is over its bound; an event larger than the
+    /// whole bound is dropped at once.
+    pub fn append_frame(&mut self, frame: Bytes, spans: &[Span]) {
+        if spans.is_empty() {
+            return;
+        }
+        let number = self.first_frame + self.frames.len() as u64;
+        for span in spans {
+            debug_assert_eq!(span.seq, self.next_seq, "events are appended in order");
+            self.next_seq = span.seq + 1;
+            self.bytes += span.end - span.start;
+            self.events.push_back(EventAt {
+                frame: number,
+                start: u32::try_from(span.start).unwrap_or(u32::MAX),
+                end: u32::try_from(span.end).unwrap_or(u32::MAX),
+            });
+        }
+        self.frames.push_back(frame);
         while self.bytes > self.max_bytes {
-            let Some((dropped, event)) = self.events.pop_front() else {
+            let Some(dropped) = self.events.pop_front() else {
                 break;
             };
-            self.bytes -= event.len();
-            self.first_kept = dropped + 1;
+            self.bytes -= (dropped.end - dropped.start) as usize;
+            self.first_kept += 1;
+        }
+        // Frames with no event left go (the reference count moves once per frame).
+        let oldest = self.events.front().map_or(number + 1, |event| event.frame);
+        while self.first_frame < oldest && self.frames.pop_front().is_some() {
+            self.first_frame += 1;
         }
     }
 
@@ -95,17 +134,18 @@ impl ReplayLog {
         if *cursor > self.next_seq {
             return Read::Ahead;
         }
-        let Some((front, _)) = self.events.front() else {
-            return Read::CaughtUp;
-        };
-        let skip = usize::try_from(*cursor - front).unwrap_or(usize::MAX);
+        let skip = usize::try_from(*cursor - self.first_kept).unwrap_or(usize::MAX);
         let mut count = 0;
-        for (seq, event) in self.events.iter().skip(skip) {
-            if count > 0 && out.len() + event.len() > limit {
+        for event in self.events.iter().skip(skip) {
+            let len = (event.end - event.start) as usize;
+            if count > 0 && out.len() + len > limit {
                 break;
             }
-            out.extend_from_slice(event);
-            *cursor = seq + 1;
+            let index = usize::try_from(event.frame - self.first_frame).unwrap_or(usize::MAX);
+            if let Some(frame) = self.frames.get(index) {
+                out.extend_from_slice(&frame[event.start as usize..event.end as usize]);
+            }
+            *cursor += 1;
             count += 1;
         }
         if count == 0 {
@@ -236,5 +276,44 @@ mod tests {
         assert_eq!(read_all(&log, &mut cursor).0, Read::CaughtUp);
         let mut cursor = 9;
         assert_eq!(read_all(&log, &mut cursor).0, Read::Ahead);
+    }
+
+    fn frame_of(seqs: std::ops::RangeInclusive<u64>) -> (Bytes, Vec<Span>) {
+        let mut bytes = Vec::new();
+        let mut spans = Vec::new();
+        for seq in seqs {
+            let start = bytes.len();
+            bytes.extend_from_slice(&event(seq));
+            spans.push(Span {
+                seq,
+                start,
+                end: bytes.len(),
+            });
+        }
+        (Bytes::from(bytes), spans)
+    }
+
+    #[test]
+    fn a_frame_is_kept_while_one_of_its_events_is_and_freed_after() {
+        let size = event(1).len();
+        let mut log = ReplayLog::new(3 * size);
+        for (frame, spans) in [frame_of(1..=2), frame_of(3..=4)] {
+            log.append_frame(frame, &spans);
+        }
+        assert_eq!((log.first_kept(), log.frames.len()), (2, 2));
+        let mut cursor = 2;
+        let (read, text) = read_all(&log, &mut cursor);
+        assert_eq!(read, Read::Events { count: 3, next: 5 });
+        assert!(text.starts_with("data: 2\n") && text.ends_with("id: k-4\n\n"));
+        let (frame, spans) = frame_of(5..=5);
+        log.append_frame(frame, &spans);
+        assert_eq!(
+            (log.first_kept(), log.frames.len()),
+            (3, 2),
+            "the first frame is freed"
+        );
+        let mut cursor = 3;
+        let (_, text) = read_all(&log, &mut cursor);
+        assert!(text.starts_with("data: 3\n") && text.ends_with("id: k-5\n\n"));
     }
 }

@@ -90,11 +90,7 @@ impl Slot {
     pub(crate) fn publish(&self, stamper: &mut Stamper, frame: &[u8]) -> Bytes {
         let (stamped, spans) = stamper.stamp(frame);
         let mut state = self.state();
-        for span in spans {
-            state
-                .log
-                .append(span.seq, stamped.slice(span.start..span.end));
-        }
+        state.log.append_frame(stamped.clone(), spans);
         state.wake_readers();
         stamped
     }

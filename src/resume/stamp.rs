@@ -25,6 +25,8 @@ pub struct Stamper {
     /// `id: ` and the key's hex digits and `-`.
     prefix: [u8; 4 + 32 + 1],
     next_seq: u64,
+    /// Reused per frame: where its events end, and where they sit once stamped.
+    ends: Vec<usize>,
     spans: Vec<Span>,
 }
 
@@ -38,6 +40,7 @@ impl Stamper {
         Stamper {
             prefix,
             next_seq: 1,
+            ends: Vec::new(),
             spans: Vec::new(),
         }
     }
@@ -57,19 +60,31 @@ impl Stamper {
     /// blank line, or a tail that is not a whole event (which the engine never sends),
     /// is passed on unnumbered.
     pub fn stamp(&mut self, frame: &[u8]) -> (Bytes, &[Span]) {
-        self.spans.clear();
-        let mut out = BytesMut::with_capacity(frame.len() + 64);
+        // First where the events end, so the buffer is allocated once at its size (a
+        // growing buffer would copy the frame again).
+        self.ends.clear();
         let mut start = 0;
         while start < frame.len() {
             if frame[start] == b'\n' {
-                out.put_u8(b'\n');
                 start += 1;
                 continue;
             }
             let Some(end) = event_end(frame, start) else {
-                out.extend_from_slice(&frame[start..]);
                 break;
             };
+            self.ends.push(end);
+            start = end;
+        }
+        let id_line = self.prefix.len() + 20 + 1;
+        let mut out = BytesMut::with_capacity(frame.len() + self.ends.len() * id_line);
+        self.spans.clear();
+        let mut start = 0;
+        for &end in &self.ends {
+            // Stray blank lines before the event pass as they are.
+            while frame[start] == b'\n' {
+                out.put_u8(b'\n');
+                start += 1;
+            }
             let at = out.len();
             // The event's lines, then the id line, then the blank line.
             out.extend_from_slice(&frame[start..end - 1]);
@@ -84,6 +99,8 @@ impl Stamper {
             self.next_seq += 1;
             start = end;
         }
+        // What follows the last event: blank lines, or a tail the engine never sends.
+        out.extend_from_slice(&frame[start..]);
         (out.freeze(), &self.spans)
     }
 }
