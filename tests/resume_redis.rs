@@ -67,6 +67,14 @@ async fn redis_holds(redis: &RedisServer, n: usize) {
     }
 }
 
+/// A redis-server, a scripted upstream and a gateway on both; `None` without Redis.
+async fn one_gateway() -> Option<(RedisServer, ScriptedUpstream, TestGateway)> {
+    let redis = RedisServer::start().await?;
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url(), &redis.url())).await;
+    Some((redis, upstream, gateway))
+}
+
 #[tokio::test]
 async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
     let Some(redis) = RedisServer::start().await else {
@@ -160,11 +168,9 @@ async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
 
 #[tokio::test]
 async fn redis_dying_mid_stream_never_harms_the_stream_and_is_counted() {
-    let Some(mut redis) = RedisServer::start().await else {
+    let Some((mut redis, upstream, gateway)) = one_gateway().await else {
         return;
     };
-    let upstream = ScriptedUpstream::bind().await;
-    let gateway = start_gateway(&config(&upstream.url(), &redis.url())).await;
     let mut client = Client::open(gateway.addr, "/api/stream", &[BEARER]).await;
     let mut exchange = upstream.accept().await;
     exchange.start_sse("").await;
@@ -200,11 +206,9 @@ async fn redis_dying_mid_stream_never_harms_the_stream_and_is_counted() {
 
 #[tokio::test]
 async fn redis_down_at_resume_time_falls_back_to_on_unknown() {
-    let Some(mut redis) = RedisServer::start().await else {
+    let Some((mut redis, upstream, gateway)) = one_gateway().await else {
         return;
     };
-    let upstream = ScriptedUpstream::bind().await;
-    let gateway = start_gateway(&config(&upstream.url(), &redis.url())).await;
     redis.kill();
     let unknown = format!("{}-3", "cd".repeat(16));
     let headers = [BEARER, ("last-event-id", &unknown)];

@@ -19,6 +19,10 @@
 #   --gateway-protocol P    give the gateway's route `stream.protocol: P` (openai-chat,
 #   --baseline-protocol P   openai-responses, anthropic; default none, i.e. sse); with the
 #                           same binary as baseline, a preset's cost per event in one run
+#   --gateway-resume R      give the gateway's route `stream.resume: R` (such as
+#   --baseline-resume R     "{ store: memory }"); with the same binary as baseline,
+#                           resume's cost per event in one run
+#   --redis-url URL         `state.redis.url` of the gateway configs (for store: redis)
 #   --output FILE           where the markdown goes
 #   --max-wait SECONDS      longest wait for a quiet machine before each run (default 600)
 #   --quiet-cores X         "quiet" means other processes use at most X cores (default 0.35)
@@ -42,6 +46,9 @@ BASELINE_BIN=""
 BASELINE_LABEL=""
 GATEWAY_PROTOCOL=""
 BASELINE_PROTOCOL=""
+GATEWAY_RESUME=""
+BASELINE_RESUME=""
+REDIS_URL=""
 OUTPUT=""
 MAX_WAIT=600
 QUIET_CORES=0.35
@@ -59,6 +66,9 @@ while [ $# -gt 0 ]; do
         --baseline-label) BASELINE_LABEL=${2:?}; shift ;;
         --gateway-protocol) GATEWAY_PROTOCOL=${2:?}; shift ;;
         --baseline-protocol) BASELINE_PROTOCOL=${2:?}; shift ;;
+        --gateway-resume) GATEWAY_RESUME=${2:?}; shift ;;
+        --baseline-resume) BASELINE_RESUME=${2:?}; shift ;;
+        --redis-url) REDIS_URL=${2:?}; shift ;;
         --output) OUTPUT=${2:?}; shift ;;
         --max-wait) MAX_WAIT=${2:?}; shift ;;
         --quiet-cores) QUIET_CORES=${2:?}; shift ;;
@@ -250,7 +260,11 @@ EOF
 }
 
 write_gateway_conf() {
-    local dir=$1 port=$2 admin=$3 up=$4 bin=$5 protocol=${6:-}
+    local dir=$1 port=$2 admin=$3 up=$4 bin=$5 protocol=${6:-} resume=${7:-}
+    # Whole lines, made here: a `}` inside ${VAR:+...} would end the expansion.
+    local state_line="" resume_line=""
+    [ -n "$REDIS_URL" ] && state_line="state: { redis: { url: $REDIS_URL } }"
+    [ -n "$resume" ] && resume_line="      resume: $resume"
     cat >"$dir/gateway.yaml" <<EOF
 # The example route's rules (docs/architecture.md) on a GET/POST passthrough route; clocks on but long
 # enough never to fire; warn-level logs.
@@ -258,6 +272,7 @@ listen: 127.0.0.1:$port
 admin: { listen: 127.0.0.1:$admin }
 drain_timeout: 1s
 log: { format: json, level: warn }
+$state_line
 upstreams:
   bench:
     url: http://127.0.0.1:$up
@@ -270,6 +285,7 @@ routes:
     stream:
 $(design_stream_rules)
 ${protocol:+      protocol: $protocol}
+$resume_line
       stuck_after: 5m
       idle_timeout: 10m
       heartbeat: 5m
@@ -330,10 +346,10 @@ run_one() {
             wait_port "$port" || die "haproxy did not listen (see $dir/proxy.log)"
             url=http://127.0.0.1:$port/v1/stream ;;
         gateway|baseline)
-            local bin=$GATEWAY_BIN protocol=$GATEWAY_PROTOCOL
-            [ "$target" = baseline ] && bin=$BASELINE_BIN protocol=$BASELINE_PROTOCOL
+            local bin=$GATEWAY_BIN protocol=$GATEWAY_PROTOCOL resume=$GATEWAY_RESUME
+            [ "$target" = baseline ] && bin=$BASELINE_BIN protocol=$BASELINE_PROTOCOL resume=$BASELINE_RESUME
             [ -n "$bin" ] || die "target baseline needs --baseline-bin"
-            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin" "$protocol"
+            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin" "$protocol" "$resume"
             # One worker thread: tokio's multi-thread builder reads TOKIO_WORKER_THREADS.
             start_pinned "$dir/proxy.log" 0 "$lifetime" \
                 env TOKIO_WORKER_THREADS=1 "$bin" --config "$dir/gateway.yaml"

@@ -4,7 +4,9 @@
 //! Layout, per stream: `sse-gateway:ROUTE:KEY` is a Redis Stream whose entries are the
 //! events as sent (field `d`), with the ids `1-SEQ`, and a last entry `2-0` when the
 //! stream ended; `sse-gateway:ROUTE:KEY:meta` holds the credential's fingerprint. Both
-//! expire `window` after the last write (`PEXPIRE` in every batch), and the stream is
+//! expire between `window` and 1.25 × `window` after the last write: a stream's writes
+//! carry a `PEXPIRE` of 1.25 × `window` at most every quarter `window` (and with its
+//! first and last write), so the expiry costs no command per event. The stream is
 //! trimmed with `MAXLEN ~` to about `max_bytes / 64` entries.
 //!
 //! **Never on the hot path.** A stream hands each frame's events to one writer task
@@ -49,7 +51,8 @@ pub(crate) struct RedisStore {
 #[derive(Debug)]
 struct Write {
     key: Arc<str>,
-    window_ms: u64,
+    /// `Some(ms)`: refresh the keys' expiry to this.
+    expire_ms: Option<u64>,
     max_entries: usize,
     fingerprint: Option<Fingerprint>,
     events: Vec<(u64, Bytes)>,
@@ -62,7 +65,9 @@ struct Write {
 pub(crate) struct Mirror {
     store: Arc<RedisStore>,
     key: Arc<str>,
-    window_ms: u64,
+    window: Duration,
+    /// When the keys' expiry is next refreshed.
+    next_refresh: tokio::time::Instant,
     max_entries: usize,
     /// The fingerprint, until the first write carries it.
     fingerprint: Option<Fingerprint>,
@@ -134,7 +139,8 @@ impl Mirror {
         Mirror {
             store,
             key: Arc::from(key),
-            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
+            window,
+            next_refresh: tokio::time::Instant::now(),
             max_entries: (max_bytes / BYTES_PER_ENTRY).max(16),
             fingerprint: Some(fingerprint),
             errors,
@@ -160,9 +166,16 @@ impl Mirror {
 
     fn queue(&mut self, events: Vec<(u64, Bytes)>, end: bool) {
         let count = events.len().max(1) as u64;
+        // One clock read per frame, not per event.
+        let now = tokio::time::Instant::now();
+        let expire_ms = (end || now >= self.next_refresh).then(|| {
+            self.next_refresh = now + self.window / 4;
+            let expiry = self.window + self.window / 4;
+            u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
         let write = Write {
             key: self.key.clone(),
-            window_ms: self.window_ms,
+            expire_ms,
             max_entries: self.max_entries,
             fingerprint: self.fingerprint.take(),
             events,
@@ -222,8 +235,6 @@ fn pipeline_of(batch: &[Write]) -> redis::Pipeline {
                 .cmd("SET")
                 .arg(&meta)
                 .arg(&fingerprint.0[..])
-                .arg("PX")
-                .arg(write.window_ms)
                 .ignore();
         }
         for (seq, event) in &write.events {
@@ -247,12 +258,10 @@ fn pipeline_of(batch: &[Write]) -> redis::Pipeline {
                 .arg("1")
                 .ignore();
         }
-        for key in [&*write.key, meta.as_str()] {
-            pipeline
-                .cmd("PEXPIRE")
-                .arg(key)
-                .arg(write.window_ms)
-                .ignore();
+        if let Some(expire_ms) = write.expire_ms {
+            for key in [&*write.key, meta.as_str()] {
+                pipeline.cmd("PEXPIRE").arg(key).arg(expire_ms).ignore();
+            }
         }
     }
     pipeline
