@@ -235,6 +235,7 @@ mod tests {
             &BTreeMap::new(),
             &metrics,
             Shutdown::new(),
+            &crate::resume::Tables::new(),
         );
         AdminState::new(metrics, watch::channel(Arc::new(proxy)).1)
     }

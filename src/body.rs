@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 
 use crate::access_log::RequestLog;
 use crate::admission::Slot;
+use crate::resume::ResumeBody;
 use crate::shutdown::Shutdown;
 use crate::supervise::SupervisedBody;
 use crate::upstream::UpstreamIncoming;
@@ -45,6 +46,8 @@ enum Kind {
     /// An event stream on a route with a `stream` section (boxed: it is the large
     /// variant, and one allocation per stream is nothing).
     Supervised(Box<SupervisedBody>),
+    /// A stream on a resumable route: the first client's, or a resume's.
+    Resumable(Box<ResumeBody>),
     /// An error reply.
     Made {
         body: Option<Bytes>,
@@ -99,6 +102,14 @@ impl ResponseBody {
         }
     }
 
+    /// A stream on a resumable route.
+    pub(crate) fn resumable(body: ResumeBody) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Resumable(Box::new(body)),
+            slot: None,
+        }
+    }
+
     /// A body the gateway made (an error reply).
     pub(crate) fn made(body: Bytes, log: RequestLog) -> ResponseBody {
         ResponseBody {
@@ -121,6 +132,9 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
             Kind::Supervised(body) => Pin::new(&mut **body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(BoxError::from))),
+            Kind::Resumable(body) => Pin::new(&mut **body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|result| result.map_err(BoxError::from))),
             Kind::Made { body, log } => {
@@ -173,6 +187,7 @@ impl Body for ResponseBody {
                 body.is_end_stream() || drain.as_ref().is_some_and(|d| d.ended)
             }
             Kind::Supervised(body) => body.is_end_stream(),
+            Kind::Resumable(body) => body.is_end_stream(),
             Kind::Made { body, .. } => body.is_none(),
         }
     }
@@ -181,6 +196,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Supervised(body) => body.size_hint(),
+            Kind::Resumable(body) => body.size_hint(),
             Kind::Made { body, .. } => {
                 SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
             }

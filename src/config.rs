@@ -29,7 +29,7 @@ use crate::rewrite::Pipeline;
 pub(crate) use crate::router::PathMatch;
 
 pub(crate) use locate::Position;
-pub(crate) use raw::{BodyMode, LogFormat, OnUpstreamEof, StreamUsage};
+pub(crate) use raw::{BodyMode, LogFormat, OnUnknown, OnUpstreamEof, ResumeStore, StreamUsage};
 pub(crate) use units::HumanDuration;
 
 pub use traffic::{
@@ -80,6 +80,15 @@ pub mod defaults {
     pub const HEALTH_FAILURES: u32 = 3;
     /// `health.cooldown`: how long an endpoint that is out is skipped.
     pub const HEALTH_COOLDOWN: Duration = Duration::from_secs(30);
+    /// How long a dropped stream waits for its client, and a finished one stays
+    /// resumable: longer than `EventSource`'s reconnect delay (3 s) plus a slow network.
+    pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
+    /// A resumable stream's replay buffer: a long answer's events, with room to spare.
+    pub const RESUME_MAX_BYTES: u64 = 1 << 20;
+    /// Detached streams a route keeps at most; beyond, a disconnect cancels.
+    pub const RESUME_MAX_DETACHED: usize = 1000;
+    /// The request header whose keyed hash a resume must match.
+    pub const RESUME_CREDENTIAL_HEADER: &str = "authorization";
 }
 
 /// A complete, valid configuration.
@@ -96,6 +105,8 @@ pub struct GatewayConfig {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// In file order; the router orders them by specificity.
     pub routes: Vec<RouteConfig>,
+    /// State shared between replicas (`state.redis`).
+    pub state: StateConfig,
     /// Key paths whose values came from `${VAR}` substitution, to redact when shown.
     pub from_environment: BTreeSet<String>,
     /// `telemetry.otlp`: traces, off when absent.
@@ -115,6 +126,13 @@ pub struct OtlpConfig {
     /// The share of new traces recorded, 0 to 1; a client's sampled flag wins.
     pub sample_ratio: f64,
     pub service_name: String,
+}
+
+/// The top-level `state` section.
+#[derive(Debug, Clone, Default)]
+pub struct StateConfig {
+    /// `state.redis.url`: where `resume.store: redis` keeps its streams.
+    pub redis_url: Option<String>,
 }
 
 /// The `shutdown` section: how a stop ends, after `drain_timeout`.
@@ -233,6 +251,24 @@ pub struct StreamConfig {
     pub max_duration: Duration,
     /// `openai-chat` only: whether the gateway asks the upstream for token usage.
     pub usage: StreamUsage,
+    /// Resumable streams; `None`: a reconnect is a new request, as it always was.
+    pub resume: Option<ResumeConfig>,
+}
+
+/// A stream section's `resume`, validated.
+#[derive(Debug, Clone)]
+pub struct ResumeConfig {
+    /// How long a detached stream waits for its client, and a finished one stays
+    /// resumable.
+    pub window: Duration,
+    /// The replay buffer's bound; the oldest events go first.
+    pub max_bytes: usize,
+    pub store: ResumeStore,
+    pub on_unknown: OnUnknown,
+    /// Detached streams the route keeps at most.
+    pub max_detached: usize,
+    /// The header whose keyed hash a resume must present again (lowercase).
+    pub credential_header: HeaderName,
 }
 
 /// How a matched request is turned into the upstream request.
@@ -448,6 +484,7 @@ impl GatewayConfig {
             },
             upstreams: BTreeMap::new(),
             routes: Vec::new(),
+            state: StateConfig::default(),
             from_environment: BTreeSet::new(),
             otlp: None,
         }

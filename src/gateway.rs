@@ -63,6 +63,8 @@ pub struct Gateway {
     /// The trace exporter of the config in force; kept across reloads that do not
     /// change `telemetry.otlp`.
     traces: std::sync::Mutex<Option<Arc<Traces>>>,
+    /// Resumable streams by route: a reload must not forget them.
+    resume_tables: Arc<crate::resume::Tables>,
 }
 
 impl Gateway {
@@ -74,12 +76,22 @@ impl Gateway {
         let config = Arc::new(config);
         let demo_origin = self.demo_origin(&config).await?;
         let traces = self.traces_for(&config)?;
-        let (compiled, metrics, shutdown) =
-            (config.clone(), self.metrics.clone(), self.shutdown.clone());
+        let (compiled, metrics, shutdown, tables) = (
+            config.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+            self.resume_tables.clone(),
+        );
         // Thousands of routes (regexes, the route table, CA files read from disk) take
         // long enough to stall every stream if compiled on the runtime.
         let proxy = tokio::task::spawn_blocking(move || {
-            compile(compiled, demo_origin.as_deref(), &metrics, shutdown)
+            compile(
+                compiled,
+                demo_origin.as_deref(),
+                &metrics,
+                shutdown,
+                &tables,
+            )
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?
@@ -148,13 +160,20 @@ fn compile(
     demo_origin: Option<&str>,
     metrics: &Arc<Metrics>,
     shutdown: Shutdown,
+    resume_tables: &crate::resume::Tables,
 ) -> Result<Proxy, StartError> {
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
         let upstream = Upstream::new(upstream, demo_origin, metrics)?;
         upstreams.insert(name.clone(), Arc::new(upstream));
     }
-    Ok(Proxy::new(config, &upstreams, metrics, shutdown))
+    Ok(Proxy::new(
+        config,
+        &upstreams,
+        metrics,
+        shutdown,
+        resume_tables,
+    ))
 }
 
 /// A running gateway. Dropping it stops accepting connections.
@@ -244,11 +263,13 @@ pub async fn start_with(
 
     let metrics = Arc::new(Metrics::new());
     let shutdown = Shutdown::new();
+    let resume_tables = Arc::new(crate::resume::Tables::new());
     let placeholder = Arc::new(Proxy::new(
         Arc::new(GatewayConfig::empty()),
         &BTreeMap::new(),
         &metrics,
         shutdown.clone(),
+        &resume_tables,
     ));
     let gateway = Arc::new(Gateway {
         metrics: metrics.clone(),
@@ -256,6 +277,7 @@ pub async fn start_with(
         demo: Mutex::new(None),
         shutdown,
         traces: std::sync::Mutex::new(None),
+        resume_tables,
     });
     let routes = config.routes.len();
     gateway.apply(config).await?;

@@ -46,6 +46,7 @@ pub(crate) mod proxy;
 pub mod reload;
 pub(crate) mod reply;
 pub(crate) mod request_id;
+pub mod resume;
 pub mod rewrite;
 pub(crate) mod router;
 pub mod shutdown;

@@ -69,6 +69,8 @@ pub struct Metrics {
     /// Admission and failover (`metrics/traffic.rs`).
     traffic: TrafficFamilies,
     spans_dropped: IntCounterVec,
+    /// The resume families (`crate::resume::metrics`).
+    resume: crate::resume::ResumeFamilies,
 }
 
 /// One route's handles, resolved once and shared by all of its streams.
@@ -267,6 +269,7 @@ impl Metrics {
                 "Trace spans not exported: the export queue was full (queue_full) or the collector failed or timed out (export_failed).",
                 &["reason"],
             ),
+            resume: crate::resume::ResumeFamilies::register(&registry, NAMESPACE),
             registry,
         };
         let build_info = register(
@@ -352,6 +355,11 @@ impl Metrics {
     /// The admission and failover families.
     pub fn traffic(&self) -> &TrafficFamilies {
         &self.traffic
+    }
+
+    /// The resume families, for resumable routes' handles.
+    pub fn resume(&self) -> &crate::resume::ResumeFamilies {
+        &self.resume
     }
 
     /// Counts an answered request. Unknown methods share one label value, so clients

@@ -9,6 +9,7 @@ mod edge;
 mod forward;
 mod include_usage;
 pub(crate) mod request;
+mod resume;
 mod route;
 
 use std::collections::BTreeMap;
@@ -60,11 +61,13 @@ impl Proxy {
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Arc<Metrics>,
         shutdown: crate::shutdown::Shutdown,
+        resume_tables: &crate::resume::Tables,
     ) -> Proxy {
+        resume_tables.set_redis_url(config.state.redis_url.as_deref());
         let routes = config
             .routes
             .iter()
-            .filter_map(|route| Route::build(route, upstreams, metrics, &shutdown));
+            .filter_map(|route| Route::build(route, upstreams, metrics, &shutdown, resume_tables));
         let routes = RouteTable::new(routes);
         let edges = config
             .routes
@@ -128,7 +131,7 @@ impl Proxy {
 
     async fn route_and_forward(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: SocketAddr,
         trace: Option<RequestTrace>,
     ) -> (Response<ResponseBody>, Option<Arc<str>>) {
@@ -156,6 +159,10 @@ impl Proxy {
                     return (made(answer, log), Some(route.name.clone()));
                 }
             }
+        }
+        if let Some((reply, route)) = resume::stop(&self.routes, &mut request) {
+            log.set_route(&route.name, &route.upstream_name);
+            return (made(reply, log), Some(route.name.clone()));
         }
         let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
@@ -187,6 +194,10 @@ impl Proxy {
         };
         log.set_route(&route.name, &route.upstream_name);
         let route_name = Some(route.name.clone());
+        let (begin, mut log) = match resume::intercept(route, &mut request, log).await {
+            Ok(forward) => forward,
+            Err(answer) => return (answer, route_name),
+        };
         // The route's clients are the SDKs of its protocol: errors in their shape.
         let protocol = route.protocol();
 
@@ -285,10 +296,8 @@ impl Proxy {
             forward::Forwarded::Started(held) => {
                 parts.headers.remove(CONTENT_LENGTH);
                 let body = SupervisedBody::resume(*held, start, log);
-                return (
-                    Response::from_parts(parts, ResponseBody::supervised(body).holding(slot)),
-                    route_name,
-                );
+                let body = resume::body(route, begin, body, slot);
+                return (Response::from_parts(parts, body), route_name);
             }
         };
         let body = match &route.stream {
@@ -299,15 +308,15 @@ impl Proxy {
                 if remove_usage_chunk {
                     supervised.remove_usage_chunk();
                 }
-                ResponseBody::supervised(supervised)
+                resume::body(route, begin, supervised, slot)
             }
             Some(_) if event_stream => {
                 tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");
-                ResponseBody::upstream(body, log)
+                ResponseBody::upstream(body, log).holding(slot)
             }
-            _ => ResponseBody::upstream(body, log),
+            _ => ResponseBody::upstream(body, log).holding(slot),
         };
-        (Response::from_parts(parts, body.holding(slot)), route_name)
+        (Response::from_parts(parts, body), route_name)
     }
 }
 

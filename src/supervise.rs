@@ -50,7 +50,13 @@ use record::Record;
 pub(crate) use holdback::Started;
 
 /// The comment sent when nothing else was sent for `heartbeat`.
-const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+pub(crate) const HEARTBEAT: &[u8] = b": keep-alive\n\n";
+
+/// Whether a frame is the supervisor's heartbeat: a resumable stream neither numbers
+/// nor keeps it.
+pub(crate) fn is_heartbeat(frame: &[u8]) -> bool {
+    frame == HEARTBEAT
+}
 
 /// When no clock is on, the sleep is parked this far out (about 30 years is what
 /// tokio accepts without overflow; a day is plenty and re-arms harmlessly).

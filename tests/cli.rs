@@ -132,7 +132,7 @@ const BROKEN: &[(&str, &[&str])] = &[
         "unknown_top_level.yaml",
         &[
             "unknown_top_level.yaml:1:1: missing `routes`: define at least one route",
-            "unknown_top_level.yaml:3:1: route: unknown key `route` (expected one of: listen, admin, drain_timeout, shutdown, log, upstreams, routes, telemetry)",
+            "unknown_top_level.yaml:3:1: route: unknown key `route` (expected one of: listen, admin, drain_timeout, shutdown, log, upstreams, routes, telemetry, state)",
         ],
     ),
     (

@@ -580,6 +580,7 @@ fn alerts_parse_with_the_expected_rules() {
             "SseGatewayReloadFailing",
             "SseGatewayUpstreamErrors",
             "SseGatewayUpstreamNoHealthyEndpoint",
+            "SseGatewayResumeStoreErrors",
             "SseGatewayDown"
         ]
     );
@@ -625,6 +626,7 @@ fn exported() -> Exported {
     let _admission = metrics.traffic().admission("chat", Some(100));
     let _failover = metrics.traffic().failover("chat", &["a"]);
     let _healthy = metrics.traffic().endpoint_healthy("assistant", "a");
+    let _resume = metrics.resume().route("chat");
     metrics.count_request(Some("chat"), &http::Method::GET, http::StatusCode::OK);
     let exposition = metrics.encode();
     let sample = regex::Regex::new(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s").unwrap();

@@ -26,6 +26,10 @@
 #   --gateway-otlp          trace the gateway's requests (`telemetry.otlp`, sample_ratio
 #   --baseline-otlp         1.0) to an OTLP/HTTP sink on loopback (otlp_sink.py, core 1);
 #                           with the same binary as baseline, tracing's cost in one run
+#   --gateway-resume R      give the gateway's route `stream.resume: R` (such as
+#   --baseline-resume R     "{ store: memory }"); with the same binary as baseline,
+#                           resume's cost per event in one run
+#   --redis-url URL         `state.redis.url` of the gateway configs (for store: redis)
 #   --output FILE           where the markdown goes
 #   --max-wait SECONDS      longest wait for a quiet machine before each run (default 600)
 #   --quiet-cores X         "quiet" means other processes use at most X cores (default 0.35)
@@ -53,6 +57,9 @@ GATEWAY_ENDPOINTS=1
 BASELINE_ENDPOINTS=1
 GATEWAY_OTLP=0
 BASELINE_OTLP=0
+GATEWAY_RESUME=""
+BASELINE_RESUME=""
+REDIS_URL=""
 OUTPUT=""
 MAX_WAIT=600
 QUIET_CORES=0.35
@@ -74,6 +81,9 @@ while [ $# -gt 0 ]; do
         --baseline-endpoints) BASELINE_ENDPOINTS=${2:?}; shift ;;
         --gateway-otlp) GATEWAY_OTLP=1 ;;
         --baseline-otlp) BASELINE_OTLP=1 ;;
+        --gateway-resume) GATEWAY_RESUME=${2:?}; shift ;;
+        --baseline-resume) BASELINE_RESUME=${2:?}; shift ;;
+        --redis-url) REDIS_URL=${2:?}; shift ;;
         --output) OUTPUT=${2:?}; shift ;;
         --max-wait) MAX_WAIT=${2:?}; shift ;;
         --quiet-cores) QUIET_CORES=${2:?}; shift ;;
@@ -265,7 +275,7 @@ EOF
 }
 
 write_gateway_conf() {
-    local dir=$1 port=$2 admin=$3 up=$4 bin=$5 protocol=${6:-} endpoints=${7:-1} otlp=${8:-}
+    local dir=$1 port=$2 admin=$3 up=$4 bin=$5 protocol=${6:-} endpoints=${7:-1} otlp=${8:-} resume=${9:-}
     local target="    url: http://127.0.0.1:$up" retry=""
     if [ "$endpoints" -gt 1 ]; then
         target="    endpoints:"
@@ -277,6 +287,10 @@ write_gateway_conf() {
     fi
     local telemetry=""
     [ -n "$otlp" ] && telemetry="telemetry: { otlp: { endpoint: \"http://127.0.0.1:$otlp\", sample_ratio: 1.0 } }"
+    # Whole lines, made here: a `}` inside ${VAR:+...} would end the expansion.
+    local state_line="" resume_line=""
+    [ -n "$REDIS_URL" ] && state_line="state: { redis: { url: $REDIS_URL } }"
+    [ -n "$resume" ] && resume_line="      resume: $resume"
     cat >"$dir/gateway.yaml" <<EOF
 # The example route's rules (docs/architecture.md) on a GET/POST passthrough route; clocks on but long
 # enough never to fire; warn-level logs.
@@ -284,6 +298,7 @@ listen: 127.0.0.1:$port
 admin: { listen: 127.0.0.1:$admin }
 drain_timeout: 1s
 log: { format: json, level: warn }
+$state_line
 upstreams:
   bench:
 $target
@@ -296,6 +311,7 @@ routes:
     stream:
 $(design_stream_rules)
 ${protocol:+      protocol: $protocol}
+$resume_line
       stuck_after: 5m
       idle_timeout: 10m
       heartbeat: 5m
@@ -359,8 +375,8 @@ run_one() {
             wait_port "$port" || die "haproxy did not listen (see $dir/proxy.log)"
             url=http://127.0.0.1:$port/v1/stream ;;
         gateway|baseline)
-            local bin=$GATEWAY_BIN protocol=$GATEWAY_PROTOCOL endpoints=$GATEWAY_ENDPOINTS otlp=$GATEWAY_OTLP
-            [ "$target" = baseline ] && bin=$BASELINE_BIN protocol=$BASELINE_PROTOCOL endpoints=$BASELINE_ENDPOINTS otlp=$BASELINE_OTLP
+            local bin=$GATEWAY_BIN protocol=$GATEWAY_PROTOCOL endpoints=$GATEWAY_ENDPOINTS otlp=$GATEWAY_OTLP resume=$GATEWAY_RESUME
+            [ "$target" = baseline ] && bin=$BASELINE_BIN protocol=$BASELINE_PROTOCOL endpoints=$BASELINE_ENDPOINTS otlp=$BASELINE_OTLP resume=$BASELINE_RESUME
             [ -n "$bin" ] || die "target baseline needs --baseline-bin"
             if [ "$otlp" = 1 ]; then
                 start_pinned "$dir/otlp.log" 1 "$lifetime" python3 "$REPO/benches/load/otlp_sink.py" "$otlp_port"
@@ -369,7 +385,7 @@ run_one() {
             else
                 otlp_port=""
             fi
-            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin" "$protocol" "$endpoints" "$otlp_port"
+            write_gateway_conf "$dir" "$port" "$admin" "$up" "$bin" "$protocol" "$endpoints" "$otlp_port" "$resume"
             # One worker thread: tokio's multi-thread builder reads TOKIO_WORKER_THREADS.
             start_pinned "$dir/proxy.log" 0 "$lifetime" \
                 env TOKIO_WORKER_THREADS=1 "$bin" --config "$dir/gateway.yaml"

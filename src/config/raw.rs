@@ -25,6 +25,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "upstreams",
     "routes",
     "telemetry",
+    "state",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +209,8 @@ pub(crate) struct Stream {
     pub max_duration: Option<HumanDuration>,
     /// `openai-chat` only: whether the gateway asks the upstream for token usage.
     pub usage: Option<StreamUsage>,
+    /// Resumable streams (`Last-Event-ID`); absent: a reconnect is a new request.
+    pub resume: Option<Resume>,
 }
 
 /// `stream.usage`: where an `openai-chat` route's token usage comes from.
@@ -221,6 +224,53 @@ pub enum StreamUsage {
     /// The gateway adds `stream_options.include_usage: true` to a streaming request
     /// that lacks it, reads the usage chunk, and keeps it from that client.
     Request,
+}
+
+/// A stream section's `resume`: a dropped client reconnects into the same answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Resume {
+    pub window: Option<HumanDuration>,
+    pub max_bytes: Option<ByteSize>,
+    pub store: Option<ResumeStore>,
+    pub on_unknown: Option<OnUnknown>,
+    pub max_detached: Option<u64>,
+    pub credential_header: Option<String>,
+}
+
+/// Where a resumable stream's replay buffer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeStore {
+    /// In this process: a reconnect must reach the same replica.
+    #[default]
+    Memory,
+    /// A Redis Stream per stream key (`state.redis`): any replica can resume.
+    Redis,
+}
+
+/// What a request with an unknown, expired or foreign id gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnknown {
+    /// A new upstream request, as without resume.
+    #[default]
+    Restart,
+    /// `204 No Content`, which tells `EventSource` to stop reconnecting.
+    Reject,
+}
+
+/// The top-level `state` section: shared state between replicas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct State {
+    pub redis: Option<Redis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Redis {
+    pub url: String,
 }
 
 /// One rule: exactly one of `repair`, `replace`, `drop`. `name` may sit beside the

@@ -127,6 +127,8 @@ impl GatewayConfig {
             "log": { "format": self.log.format, "level": self.log.level },
             "upstreams": upstreams,
             "routes": routes,
+            // The URL may carry a password: shown only as whether it is set.
+            "state": { "redis": self.state.redis_url.as_ref().map(|_| json!({ "url": REDACTED })) },
         });
         if let Some(otlp) = &self.otlp {
             // Export headers carry API keys: never shown.
@@ -231,6 +233,14 @@ fn stream_json(stream: &StreamConfig) -> Value {
         "heartbeat": duration(stream.heartbeat),
         "max_duration": duration(stream.max_duration),
         "usage": stream.usage,
+        "resume": stream.resume.as_ref().map(|resume| json!({
+            "window": duration(resume.window),
+            "max_bytes": resume.max_bytes,
+            "store": resume.store,
+            "on_unknown": resume.on_unknown,
+            "max_detached": resume.max_detached,
+            "credential_header": resume.credential_header.as_str(),
+        })),
     })
 }
 

@@ -16,6 +16,7 @@ use serde_yaml::Value;
 
 mod cors;
 mod log;
+mod resume;
 mod route;
 mod shutdown;
 mod stream;
@@ -43,6 +44,8 @@ struct Validator<'a> {
     /// Under [`MissingEnv::Warning`], the variables left unset, by key path; one that a
     /// later check then fails on becomes that path's error instead.
     unset: BTreeMap<String, ConfigError>,
+    /// Whether `state.redis` is set: `resume.store: redis` needs it.
+    redis_configured: bool,
 }
 
 /// What a `${VAR}` that is not set is: an error when the gateway is to run with the
@@ -71,6 +74,7 @@ pub(super) fn validate(
         env_failed: BTreeSet::new(),
         missing_env,
         unset: BTreeMap::new(),
+        redis_configured: false,
     };
     let config = validator.document(text, source);
     match config {
@@ -185,6 +189,8 @@ impl Validator<'_> {
         };
         let shutdown = self.shutdown(sections.remove("shutdown"));
         let log = self.log(sections.remove("log"));
+        // Before the routes: a route's `store: redis` needs it.
+        let state = self.state(sections.remove("state"));
         let upstreams_value = sections.remove("upstreams");
         // Routes naming an upstream that is declared but broken get no second error.
         let declared: BTreeSet<String> = upstreams_value
@@ -209,6 +215,7 @@ impl Validator<'_> {
             log: log?,
             upstreams,
             routes,
+            state: state?,
             from_environment: std::mem::take(&mut self.from_environment),
             otlp,
         })

@@ -16,6 +16,7 @@ use crate::admission::Admission;
 use crate::config::{PathMatch, RequestPlan, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::protocol::Protocol;
+use crate::resume::{ResumePlan, Tables};
 use crate::shutdown::Shutdown;
 use crate::supervise::StreamPlan;
 use crate::upstream::{RetryBudget, Upstream};
@@ -35,6 +36,8 @@ pub(crate) struct Route {
     pub admission: Option<Arc<Admission>>,
     /// Endpoint choice and retries (`forward.rs`).
     pub failover: Failover,
+    /// Set when the route's streams are resumable (`stream.resume`).
+    pub resume: Option<Arc<ResumePlan>>,
 }
 
 /// What the router needs to find a route: its path match and methods.
@@ -49,6 +52,7 @@ impl Route {
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Metrics,
         shutdown: &Shutdown,
+        resume_tables: &Tables,
     ) -> Option<RouterEntry> {
         let upstream = upstreams.get(&config.upstream)?.clone();
         let rule_names: Vec<&str> = config
@@ -82,10 +86,21 @@ impl Route {
             budget: RetryBudget::default(),
             metrics: metrics.traffic().failover(&config.name, &endpoints),
         };
+        let resume = config.stream.as_ref().and_then(|stream| {
+            let resume = stream.resume.as_ref()?;
+            Some(Arc::new(ResumePlan::new(
+                name.clone(),
+                resume,
+                stream,
+                resume_tables,
+                metrics.resume(),
+            )))
+        });
         let route = Route {
             failover,
             admission,
             stream,
+            resume,
             metrics: route_metrics,
             name,
             upstream_name: Arc::from(upstream.name()),

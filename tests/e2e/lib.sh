@@ -84,6 +84,16 @@ e2e_spawn() {
     E2E_PIDS+=("$E2E_LAST_PID")
 }
 
+# e2e_build_gateway: `cargo build --release` (CARGO_TARGET_DIR is honoured, relative to
+# the repository root, the working directory); sets GATEWAY to the binary's absolute path.
+e2e_build_gateway() {
+    local target_dir=${CARGO_TARGET_DIR:-target}
+    e2e_log "cargo build --release (target dir $target_dir)"
+    CARGO_TARGET_DIR=$target_dir timeout 1800 cargo build --release --quiet || return 1
+    GATEWAY="$target_dir/release/sse-gateway"
+    case $GATEWAY in /*) ;; *) GATEWAY="$(pwd)/$GATEWAY" ;; esac
+}
+
 # A TCP port free on 127.0.0.1 right now (the kernel picks it).
 e2e_free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

@@ -55,15 +55,11 @@ e2e_check "promtool test rules deploy/prometheus/alerts_test.yaml" \
     timeout 120 promtool test rules deploy/prometheus/alerts_test.yaml
 
 # --- 2. build ------------------------------------------------------------------------
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-e2e_log "cargo build --release (target dir $TARGET_DIR)"
-if ! CARGO_TARGET_DIR=$TARGET_DIR timeout 1800 cargo build --release --quiet; then
+if ! e2e_build_gateway; then
     e2e_fail "cargo build --release"
     e2e_finish
     exit 1
 fi
-GATEWAY="$TARGET_DIR/release/sse-gateway"
-case $GATEWAY in /*) ;; *) GATEWAY="$ROOT/$GATEWAY" ;; esac
 
 # From here on, a watchdog bounds the run.
 STARTED=$SECONDS
@@ -110,6 +106,9 @@ upstreams:
   closed:
     url: http://127.0.0.1:$CLOSED_PORT
     connect_timeout: 1s
+# Nothing listens there: every resume store write fails, and is counted.
+state:
+  redis: { url: "redis://127.0.0.1:$CLOSED_PORT" }
 routes:
   - name: demo
     match: { path_prefix: /api/stream, methods: [GET, POST] }
@@ -146,6 +145,19 @@ routes:
       stuck_after: 1s
       idle_timeout: 100s
       heartbeat: 500ms
+  # resumable, with a Redis that is down: the streams go on, the store errors count
+  - name: resumable
+    match: { path_prefix: /resumable }
+    upstream: demo
+    request:
+      path_prefix: /v1/assistant/stream
+      method: POST
+      body: query_as_json
+    stream:
+      rules:
+        - repair: orphan_lines
+      terminator: { data: "[DONE]" }
+      resume: { store: redis }
   - name: closed
     match: { path_prefix: /closed }
     upstream: closed
@@ -404,6 +416,18 @@ e2e_check "2 chat answers end with [DONE], without the usage chunk the gateway a
 curl -sN --max-time 30 -o "$E2E_TMP/cut.out" -H 'content-type: application/json' -d "$CHAT_BODY" "$GW/chat/v1/chat/completions/cut" || true
 e2e_check "the cut answer ends with an upstream_incomplete error event" \
     grep -q 'upstream_incomplete' "$E2E_TMP/cut.out"
+resumable_ok=0
+for i in 1 2 3; do
+    out="$E2E_TMP/resumable-$i.out"
+    if curl -sN --max-time 30 -o "$out" "$GW/resumable/x?q=hello+$i" &&
+        grep -q '^data: *\[DONE\]$' "$out" && grep -q '^id: [0-9a-f]\{32\}-[0-9]*$' "$out"; then
+        resumable_ok=$((resumable_ok + 1))
+    fi
+done
+e2e_check "3 resumable streams with Redis down end with data:[DONE], every event with an id ($resumable_ok did)" \
+    test "$resumable_ok" = 3
+e2e_check "the failed Redis writes are counted in resume_store_errors_total" \
+    prom wait-value 'sse_gateway_resume_store_errors_total{route="resumable"} > bool 0' 1 20
 
 done_started=$SECONDS
 curl -sN --max-time 15 -o "$E2E_TMP/done.out" "$GW/flaky/done" || true
@@ -485,12 +509,12 @@ while IFS=$'\t' read -r status detail; do
 done < <(prom quiet)
 
 e2e_check "the dashboard's route variable lists every route" \
-    bash -c "[ \"\$(timeout 20 python3 '$E2E_TMP/prom.py' label-values route sse_gateway_streams_active)\" = 'chat closed demo flaky slow stuck' ]"
+    bash -c "[ \"\$(timeout 20 python3 '$E2E_TMP/prom.py' label-values route sse_gateway_streams_active)\" = 'chat closed demo flaky resumable slow stuck' ]"
 
 # Every alert's condition was driven, so each is pending (or firing, if it has no `for`).
 while IFS=$'\t' read -r name state; do
     e2e_check "alert $name is active ($state)" bash -c "[ '$state' = pending ] || [ '$state' = firing ]"
-done < <(prom wait-alerts SseGatewayStreamsStuck,SseGatewayErrorOutcomes,SseGatewaySlowFirstToken,SseGatewayTruncatedAnswers,SseGatewayReloadFailing,SseGatewayUpstreamErrors,SseGatewayUpstreamNoHealthyEndpoint 30)
+done < <(prom wait-alerts SseGatewayStreamsStuck,SseGatewayErrorOutcomes,SseGatewaySlowFirstToken,SseGatewayTruncatedAnswers,SseGatewayReloadFailing,SseGatewayUpstreamErrors,SseGatewayUpstreamNoHealthyEndpoint,SseGatewayResumeStoreErrors 30)
 
 # --- 6. end the stuck stream; outcome counts -----------------------------------------
 kill -TERM "$STUCK_CLIENT_PID" 2>/dev/null || true
@@ -501,8 +525,8 @@ e2e_check "sse_gateway_streams_stuck{route=\"stuck\"} back to 0 once the client 
     prom wait-value 'sse_gateway_streams_stuck{route="stuck"}' 0 15
 e2e_check "sse_gateway_stuck_total{route=\"stuck\"} = 1" \
     prom wait-value 'sse_gateway_stuck_total{route="stuck"}' 1 10
-e2e_check "outcomes: demo terminator=$DEMO_STREAMS, flaky terminator=1 and idle_timeout=1, stuck client_closed=1, chat terminator=2 and truncated=1, slow terminator=1, nothing else" \
-    prom outcomes "demo/terminator=$DEMO_STREAMS,flaky/terminator=1,flaky/idle_timeout=1,stuck/client_closed=1,chat/terminator=2,chat/truncated=1,slow/terminator=1" 15
+e2e_check "outcomes: demo terminator=$DEMO_STREAMS, flaky terminator=1 and idle_timeout=1, stuck client_closed=1, chat terminator=2 and truncated=1, slow terminator=1, resumable terminator=3, nothing else" \
+    prom outcomes "demo/terminator=$DEMO_STREAMS,flaky/terminator=1,flaky/idle_timeout=1,stuck/client_closed=1,chat/terminator=2,chat/truncated=1,slow/terminator=1,resumable/terminator=3" 15
 e2e_check "the demo's repair rule hit" \
     prom wait-value 'sse_gateway_rule_hits_total{route="demo",rule="repair#0"} > bool 0' 1 10
 

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 mod process;
+pub mod raw_client;
+pub mod redis_server;
 #[allow(unused_imports)]
 pub use process::GatewayProcess;
 

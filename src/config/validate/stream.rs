@@ -128,6 +128,14 @@ impl Validator<'_> {
             );
             ok = false;
         }
+        let resume = match raw.resume {
+            None => None,
+            Some(resume) => {
+                let resume = self.resume(&join(path, "resume"), resume);
+                ok &= resume.is_some();
+                resume
+            }
+        };
         let clock = |value: Option<HumanDuration>, default| value.map_or(default, |d| d.0);
         let max_event_size = usize::try_from(max_event_size).unwrap_or(usize::MAX);
         ok.then(|| StreamConfig {
@@ -142,6 +150,7 @@ impl Validator<'_> {
             heartbeat: clock(raw.heartbeat, defaults::HEARTBEAT),
             max_duration: clock(raw.max_duration, defaults::MAX_DURATION),
             usage,
+            resume,
         })
     }
 

@@ -1,0 +1,97 @@
+//! The proxy's side of resumable streams: a request on a resumable route is looked at
+//! for a stream id before anything is sent upstream; `DELETE` with an id stops a
+//! stream. What a resume is lives in `crate::resume`; this only turns its decisions
+//! into responses.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{made, Route};
+use crate::access_log::RequestLog;
+use crate::admission;
+use crate::body::ResponseBody;
+use crate::reply::{self, ErrorType};
+use crate::resume::{Begin, Intercept};
+use crate::router::{RouteMatch, RouteTable};
+use crate::supervise::SupervisedBody;
+
+/// `DELETE` with a stream id on a resumable route's path (whatever methods the route
+/// takes): the stream is ended at once, `204`; `404` when no such stream is running.
+/// `None` when the request is not such a stop.
+pub(super) fn stop<'a>(
+    routes: &'a RouteTable<Route>,
+    request: &mut Request<Incoming>,
+) -> Option<(Response<Bytes>, &'a Route)> {
+    if request.method() != Method::DELETE {
+        return None;
+    }
+    let route = match routes.find(request.method(), request.uri().path()) {
+        RouteMatch::Found { route, .. } => route,
+        RouteMatch::MethodNotAllowed { owner, .. } => owner,
+        _ => return None,
+    };
+    let status = route.resume.as_ref()?.stop(request)?;
+    let reply = if status == StatusCode::NO_CONTENT {
+        empty(status)
+    } else {
+        reply::error_response_in(
+            route.protocol(),
+            ErrorType::NotFound,
+            "no running stream has this id (or the credential is not its own)",
+            Some(&route.name),
+        )
+    };
+    Some((reply, route))
+}
+
+/// On a resumable route: answers a resume or a rejection, or says how to forward.
+pub(super) async fn intercept(
+    route: &Route,
+    request: &mut Request<Incoming>,
+    log: RequestLog,
+) -> Result<(Option<Begin>, RequestLog), Response<ResponseBody>> {
+    let Some(resume) = &route.resume else {
+        return Ok((None, log));
+    };
+    let intercept = match resume.intercept(request) {
+        Intercept::Remote { id, credential } => resume.lookup_remote(id, credential).await,
+        decided => decided,
+    };
+    match intercept {
+        Intercept::Forward(begin) => Ok((begin, log)),
+        Intercept::Reject => Err(made(empty(StatusCode::NO_CONTENT), log)),
+        Intercept::Resume { slot, last_seen } => Err(resume
+            .replay(slot, last_seen, log)
+            .map(ResponseBody::resumable)),
+        Intercept::ResumeRemote {
+            redis_key,
+            last_seen,
+        } => Err(resume
+            .replay_remote(redis_key, last_seen, log)
+            .map(ResponseBody::resumable)),
+        // Looked up above: a second lookup would find nothing new.
+        Intercept::Remote { .. } => Ok((None, log)),
+    }
+}
+
+/// The response body of a new event stream: resumable when `begin` says so. The
+/// admission slot goes with the stream: a detached stream still reads its upstream,
+/// so it still counts against the route's limits until it ends.
+pub(super) fn body(
+    route: &Route,
+    begin: Option<Begin>,
+    body: SupervisedBody,
+    admission: Option<admission::Slot>,
+) -> ResponseBody {
+    match (&route.resume, begin) {
+        (Some(resume), Some(begin)) => ResponseBody::resumable(resume.live(begin, body, admission)),
+        _ => ResponseBody::supervised(body).holding(admission),
+    }
+}
+
+fn empty(status: StatusCode) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,359 @@
+//! The response bodies of a resumable route, and the task that keeps a stream going
+//! once its client left.
+//!
+//! [`LiveBody`] is the first client's: it polls the supervised stream as hyper asks,
+//! stamps ids on the frames and keeps them for replay. When hyper drops it mid-stream
+//! (the client left), the supervised stream is handed to [`keep_reading`], a task
+//! that polls it on (same engine, same clocks, same metrics, same record) into the
+//! replay buffer, until it ends, a client stops it, or `window` passes with no client
+//! (then it is dropped: outcome `client_closed`). [`ReplayBody`] is a resuming
+//! client's: it reads the buffer from its cursor, replay and live alike.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{sleep_until, Instant};
+
+use super::follow::RemoteBody;
+use super::slot::{Slot, Step};
+use super::stamp::Stamper;
+use super::store::Mirror;
+use super::ResumePlan;
+use crate::access_log::RequestLog;
+use crate::admission::Slot as Admission;
+use crate::supervise::{is_heartbeat, Never, SupervisedBody, HEARTBEAT};
+
+type Polled = Poll<Option<Result<Frame<Bytes>, Never>>>;
+
+/// The body of a response on a resumable route: the first client's, or a resume's.
+#[derive(Debug)]
+pub(crate) enum ResumeBody {
+    Live(LiveBody),
+    Replay(ReplayBody),
+    /// A resume served from Redis (`store: redis`, another replica's stream).
+    Remote(RemoteBody),
+}
+
+impl Body for ResumeBody {
+    type Data = Bytes;
+    type Error = Never;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        match self.get_mut() {
+            ResumeBody::Live(body) => body.poll(cx),
+            ResumeBody::Replay(body) => body.poll(cx),
+            ResumeBody::Remote(body) => body.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResumeBody::Live(body) => body.supervised.is_none(),
+            ResumeBody::Replay(body) => body.ended && body.closing.is_none(),
+            ResumeBody::Remote(body) => body.ended,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// The first client's body.
+#[derive(Debug)]
+pub(crate) struct LiveBody {
+    /// `None` once the stream ended (or was handed to [`keep_reading`]).
+    supervised: Option<Box<SupervisedBody>>,
+    producer: Producer,
+    slot: Arc<Slot>,
+    plan: Arc<ResumePlan>,
+    /// The route's admission slot (`limits`): held while the upstream is read, by this
+    /// body, then by [`keep_reading`] once the client left.
+    admission: Option<Admission>,
+}
+
+/// What numbers a stream's events and hands them on: to the replay buffer, and to
+/// Redis with `store: redis`. Moves with the stream when its first client leaves.
+#[derive(Debug)]
+struct Producer {
+    stamper: Stamper,
+    mirror: Option<Mirror>,
+}
+
+impl Producer {
+    /// Publishes a frame from the supervised stream; returns the bytes to send.
+    fn publish(&mut self, slot: &Slot, frame: Bytes) -> Bytes {
+        if is_heartbeat(&frame) {
+            slot.heartbeat();
+            return frame;
+        }
+        let stamped = slot.publish(&mut self.stamper, &frame);
+        if let Some(mirror) = &mut self.mirror {
+            mirror.events(&stamped, self.stamper.spans());
+        }
+        stamped
+    }
+
+    fn end(&mut self) {
+        if let Some(mirror) = &mut self.mirror {
+            mirror.end();
+        }
+    }
+}
+
+impl LiveBody {
+    pub(super) fn new(
+        supervised: SupervisedBody,
+        slot: Arc<Slot>,
+        mirror: Option<Mirror>,
+        plan: Arc<ResumePlan>,
+        admission: Option<Admission>,
+    ) -> Self {
+        LiveBody {
+            admission,
+            supervised: Some(Box::new(supervised)),
+            producer: Producer {
+                stamper: Stamper::new(&slot.key),
+                mirror,
+            },
+            slot,
+            plan,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Polled {
+        if self.slot.is_stopped() {
+            // Stopped by a client while this one still reads: it ends here too.
+            self.supervised = None;
+            return Poll::Ready(None);
+        }
+        let Some(supervised) = self.supervised.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut **supervised).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let data = frame.into_data().unwrap_or_default();
+                let sent = self.producer.publish(&self.slot, data);
+                if supervised.is_end_stream() {
+                    self.end();
+                }
+                Poll::Ready(Some(Ok(Frame::data(sent))))
+            }
+            Poll::Ready(None) => {
+                self.end();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn end(&mut self) {
+        self.supervised = None;
+        self.producer.end();
+        self.plan.table.finish(&self.slot, Instant::now());
+    }
+}
+
+impl Drop for LiveBody {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        let plan = &self.plan;
+        let release = plan
+            .table
+            .release(&self.slot, now, plan.config.max_detached);
+        let Some(supervised) = self.supervised.take() else {
+            return;
+        };
+        // The client left mid-stream.
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if !self.slot.is_stopped() => {
+                tracing::debug!(route = %plan.route, release = ?release, "client left a resumable stream; reading on for a resume");
+                let spent = Producer {
+                    stamper: Stamper::new(&self.slot.key),
+                    mirror: None,
+                };
+                let producer = std::mem::replace(&mut self.producer, spent);
+                runtime.spawn(keep_reading(
+                    supervised,
+                    producer,
+                    self.slot.clone(),
+                    plan.clone(),
+                    self.admission.take(),
+                ));
+            }
+            _ => {
+                // Stopped, over the cap, or no runtime: cancelled as without resume.
+                drop(supervised);
+                plan.table.remove(&self.slot, now, false);
+            }
+        }
+    }
+}
+
+/// Polls a stream whose first client left, into its replay buffer, until it ends, is
+/// stopped, or has had no client for its window. `_admission` is released on return.
+async fn keep_reading(
+    mut supervised: Box<SupervisedBody>,
+    mut producer: Producer,
+    slot: Arc<Slot>,
+    plan: Arc<ResumePlan>,
+    _admission: Option<Admission>,
+) {
+    let table = &plan.table;
+    loop {
+        if slot.is_stopped() {
+            break;
+        }
+        let expires = {
+            let state = slot.state();
+            state
+                .lifetime
+                .is_detached()
+                .then(|| state.lifetime.expires_at())
+                .flatten()
+        };
+        let changed = slot.changed.notified();
+        let expiry = async {
+            match expires {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = changed => {}
+            () = expiry => {
+                let now = Instant::now();
+                if slot.state().lifetime.is_expired(now) {
+                    tracing::info!(route = %plan.route, "no client resumed the stream within its window; upstream dropped");
+                    drop(supervised);
+                    table.remove(&slot, now, true);
+                    return;
+                }
+            }
+            frame = poll_fn(|cx| Pin::new(&mut *supervised).poll_frame(cx)) => match frame {
+                Some(Ok(frame)) => {
+                    producer.publish(&slot, frame.into_data().unwrap_or_default());
+                    if supervised.is_end_stream() {
+                        drop(supervised);
+                        producer.end();
+                        table.finish(&slot, Instant::now());
+                        return;
+                    }
+                }
+                None => {
+                    drop(supervised);
+                    producer.end();
+                    table.finish(&slot, Instant::now());
+                    return;
+                }
+                Some(Err(never)) => match never {},
+            }
+        }
+    }
+    // Stopped: dropping the undecided stream drops the upstream (`client_closed`).
+    drop(supervised);
+    table.remove(&slot, Instant::now(), false);
+}
+
+/// A resuming client's body.
+#[derive(Debug)]
+pub(crate) struct ReplayBody {
+    slot: Arc<Slot>,
+    plan: Arc<ResumePlan>,
+    /// The next event this client gets.
+    cursor: u64,
+    /// Events numbered below this were there when the client came back: replayed.
+    replay_until: u64,
+    seen_heartbeats: u64,
+    /// What is left to send after a gap: the closing, then the end.
+    closing: Option<Bytes>,
+    ended: bool,
+    log: RequestLog,
+}
+
+impl ReplayBody {
+    pub(super) fn new(
+        slot: Arc<Slot>,
+        plan: Arc<ResumePlan>,
+        last_seen: u64,
+        log: RequestLog,
+    ) -> ReplayBody {
+        let (replay_until, seen_heartbeats) = {
+            let state = slot.state();
+            (state.log.next_seq(), state.heartbeats)
+        };
+        ReplayBody {
+            slot,
+            plan,
+            cursor: last_seen + 1,
+            replay_until,
+            seen_heartbeats,
+            closing: None,
+            ended: false,
+            log,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Polled {
+        if let Some(closing) = self.closing.take() {
+            return self.send(closing);
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let before = self.cursor;
+        let mut out = BytesMut::new();
+        let step = self.slot.read(
+            &mut self.cursor,
+            &mut self.seen_heartbeats,
+            &mut out,
+            cx.waker(),
+        );
+        match step {
+            Step::Events(_) => {
+                let replayed = self.cursor.min(self.replay_until) - before.min(self.replay_until);
+                if replayed > 0 {
+                    self.plan.metrics.replayed_events.inc_by(replayed);
+                }
+                self.send(out.freeze())
+            }
+            Step::Gap { from, to } => {
+                // Counted as `expired` when the resume was looked up.
+                let (error, closing) = self.plan.gap(from, to);
+                self.ended = true;
+                self.closing = closing;
+                self.send(error)
+            }
+            Step::Heartbeat => self.send(Bytes::from_static(HEARTBEAT)),
+            Step::Wait => Poll::Pending,
+            Step::End => {
+                self.ended = true;
+                self.log.finished();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: Bytes) -> Polled {
+        if self.ended && self.closing.is_none() {
+            self.log.finished();
+        }
+        self.log.add_bytes(bytes.len());
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+}
+
+impl Drop for ReplayBody {
+    fn drop(&mut self) {
+        let plan = &self.plan;
+        plan.table
+            .release(&self.slot, Instant::now(), plan.config.max_detached);
+    }
+}

@@ -1,0 +1,284 @@
+//! A resume on a replica that does not own the stream (`store: redis`): the events
+//! after the client's id are read from the stream's Redis Stream, then followed live
+//! with `XREAD BLOCK` until its end entry.
+//!
+//! A task reads Redis and hands whole frames to the response body through a small
+//! channel; the body only forwards them. A hole in the numbers (entries trimmed, or
+//! writes dropped while Redis was unreachable) ends the resume with an error event
+//! saying which events are missing, never a silent gap.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use redis::Value;
+use tokio::sync::mpsc;
+
+use super::store::RedisStore;
+use super::ResumePlan;
+use crate::access_log::RequestLog;
+use crate::supervise::{Never, HEARTBEAT};
+
+/// Entries read per `XREAD`.
+const COUNT: usize = 256;
+/// How long one `XREAD` waits for new entries.
+const BLOCK: Duration = Duration::from_secs(2);
+/// A keep-alive comment after this many empty waits (about 16 s), like `heartbeat`.
+const IDLE_ROUNDS_PER_HEARTBEAT: u32 = 8;
+
+/// The body of a resume served from Redis.
+#[derive(Debug)]
+pub(crate) struct RemoteBody {
+    frames: mpsc::Receiver<Bytes>,
+    pub(crate) ended: bool,
+    log: RequestLog,
+}
+
+impl RemoteBody {
+    /// Starts following `redis_key` after event `last_seen`.
+    pub(super) fn start(
+        store: Arc<RedisStore>,
+        redis_key: String,
+        last_seen: u64,
+        plan: Arc<ResumePlan>,
+        log: RequestLog,
+    ) -> RemoteBody {
+        let (sender, frames) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let follower = Follower {
+                redis_key,
+                cursor: last_seen,
+                plan,
+                sender,
+            };
+            follower.run(&store).await;
+        });
+        RemoteBody {
+            frames,
+            ended: false,
+            log,
+        }
+    }
+
+    /// A body that ends at once.
+    pub(super) fn closed(log: RequestLog) -> RemoteBody {
+        let (_, frames) = mpsc::channel(1);
+        RemoteBody {
+            frames,
+            ended: false,
+            log,
+        }
+    }
+
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
+        match Pin::new(&mut self.frames).poll_recv(cx) {
+            Poll::Ready(Some(frame)) => {
+                self.log.add_bytes(frame.len());
+                Poll::Ready(Some(Ok(Frame::data(frame))))
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                self.log.finished();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+struct Follower {
+    redis_key: String,
+    /// The last event sent.
+    cursor: u64,
+    plan: Arc<ResumePlan>,
+    sender: mpsc::Sender<Bytes>,
+}
+
+/// What one read brought.
+enum Batch {
+    Events {
+        frame: BytesMut,
+        count: u64,
+        read: usize,
+    },
+    End(BytesMut),
+    Gap {
+        frame: BytesMut,
+        from: u64,
+        to: u64,
+    },
+}
+
+impl Follower {
+    async fn run(mut self, store: &RedisStore) {
+        let mut connection = match store.connect_blocking(BLOCK).await {
+            Ok(connection) => connection,
+            Err(error) => return self.fail(&error).await,
+        };
+        let mut catching_up = true;
+        let mut idle_rounds = 0;
+        loop {
+            let mut read = redis::cmd("XREAD");
+            read.arg("COUNT").arg(COUNT);
+            if !catching_up {
+                read.arg("BLOCK")
+                    .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(2000));
+            }
+            read.arg("STREAMS")
+                .arg(&self.redis_key)
+                .arg(format!("1-{}", self.cursor));
+            let reply: Value = match read.query_async(&mut connection).await {
+                Ok(reply) => reply,
+                Err(error) => return self.fail(&error).await,
+            };
+            match self.batch(&reply) {
+                Batch::Events { frame, count, read } => {
+                    if catching_up {
+                        self.plan.metrics.replayed_events.inc_by(count);
+                    }
+                    catching_up &= read == COUNT;
+                    if read == 0 {
+                        idle_rounds += 1;
+                        let exists: redis::RedisResult<bool> = redis::cmd("EXISTS")
+                            .arg(&self.redis_key)
+                            .query_async(&mut connection)
+                            .await;
+                        match exists {
+                            // Expired: its owner dropped it; nothing more will come.
+                            Ok(false) => return,
+                            Err(error) => return self.fail(&error).await,
+                            Ok(true) => {}
+                        }
+                        if idle_rounds % IDLE_ROUNDS_PER_HEARTBEAT == 0
+                            && !self.send(Bytes::from_static(HEARTBEAT)).await
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    idle_rounds = 0;
+                    if !self.send(frame.freeze()).await {
+                        return;
+                    }
+                }
+                Batch::End(frame) => {
+                    if !frame.is_empty() {
+                        self.send(frame.freeze()).await;
+                    }
+                    return;
+                }
+                Batch::Gap {
+                    mut frame,
+                    from,
+                    to,
+                } => {
+                    let (error, closing) = self.plan.gap(from, to);
+                    frame.extend_from_slice(&error);
+                    if let Some(closing) = closing {
+                        frame.extend_from_slice(&closing);
+                    }
+                    self.send(frame.freeze()).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The events of an `XREAD` reply after the cursor, checked for holes.
+    fn batch(&mut self, reply: &Value) -> Batch {
+        let mut frame = BytesMut::new();
+        let mut count = 0;
+        let entries = entries_of(reply);
+        let read = entries.len();
+        for (id, data) in entries {
+            if id == b"2-0" {
+                return Batch::End(frame);
+            }
+            let seq = id
+                .strip_prefix(b"1-")
+                .and_then(|seq| std::str::from_utf8(seq).ok()?.parse::<u64>().ok());
+            let Some(seq) = seq.filter(|&seq| seq == self.cursor + 1) else {
+                let to = seq.map_or(u64::MAX, |seq| seq - 1);
+                return Batch::Gap {
+                    frame,
+                    from: self.cursor + 1,
+                    to,
+                };
+            };
+            frame.extend_from_slice(data);
+            self.cursor = seq;
+            count += 1;
+        }
+        Batch::Events { frame, count, read }
+    }
+
+    async fn send(&self, frame: Bytes) -> bool {
+        self.sender.send(frame).await.is_ok()
+    }
+
+    /// Redis failed mid-resume: the client is told, in the route's error shape.
+    async fn fail(&self, error: &redis::RedisError) {
+        self.plan.metrics.store_errors.inc();
+        tracing::warn!(route = %self.plan.route, %error, "resume from Redis failed");
+        let message = format!("cannot resume: the resume store failed ({error})");
+        let mut frame = BytesMut::from(
+            &self.plan.protocol.error_event(
+                "resume_store_unavailable",
+                &message,
+                &self.plan.route,
+                0,
+            )[..],
+        );
+        if let Some(closing) = &self.plan.closing {
+            frame.extend_from_slice(closing);
+        }
+        self.send(frame.freeze()).await;
+    }
+}
+
+/// `(id, d)` of each entry of a one-stream `XREAD` reply (RESP2 arrays or RESP3
+/// maps); nothing for a timeout's nil.
+fn entries_of(reply: &Value) -> Vec<(&[u8], &[u8])> {
+    let streams: Vec<&Value> = match reply {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|stream| match stream {
+                Value::Array(pair) => pair.get(1),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.iter().map(|(_, entries)| entries).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(entry) = entry else { continue };
+            let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
+                (entry.first(), entry.get(1))
+            else {
+                continue;
+            };
+            let data = fields
+                .chunks(2)
+                .find_map(|pair| match pair {
+                    [Value::BulkString(name), Value::BulkString(value)] if name == b"d" => {
+                        Some(value.as_slice())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            out.push((id.as_slice(), data));
+        }
+    }
+    out
+}

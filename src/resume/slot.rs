@@ -1,0 +1,166 @@
+//! One resumable stream's shared state: its replay buffer, its lifetime, and the
+//! wakers of the clients reading it.
+//!
+//! Written by the stream's one producer (the first client's body, or the task that
+//! keeps reading the upstream once that client left) and read by resuming clients.
+//! One lock, taken once per frame (a whole upstream read), never per event.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::id::{Fingerprint, StreamKey};
+use super::lifetime::Lifetime;
+use super::replay::{Read, ReplayLog};
+use super::stamp::Stamper;
+
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) key: StreamKey,
+    fingerprint: Fingerprint,
+    state: Mutex<SlotState>,
+    /// A client asked to end the stream (`DELETE`), or it outlived its window: its
+    /// driver drops the upstream. Read without the lock, on every poll.
+    stopped: AtomicBool,
+    /// Wakes the task that keeps a detached stream going: a client came or left, or
+    /// a stop was asked.
+    pub(crate) changed: Notify,
+}
+
+#[derive(Debug)]
+pub(crate) struct SlotState {
+    pub(crate) log: ReplayLog,
+    pub(crate) lifetime: Lifetime,
+    /// Heartbeats the producer had to send; readers send one when this moves.
+    pub(crate) heartbeats: u64,
+    /// Readers waiting for more.
+    waiting: Vec<Waker>,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        key: StreamKey,
+        fingerprint: Fingerprint,
+        window: Duration,
+        max_bytes: usize,
+    ) -> Slot {
+        Slot {
+            key,
+            fingerprint,
+            state: Mutex::new(SlotState {
+                log: ReplayLog::new(max_bytes),
+                lifetime: Lifetime::new(window),
+                heartbeats: 0,
+                waiting: Vec::new(),
+            }),
+            stopped: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The state; a poisoned lock (a panic elsewhere) still holds consistent data.
+    pub(crate) fn state(&self) -> MutexGuard<'_, SlotState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ends the stream: its driver drops the upstream at its next step.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Whether `credential` is the one the stream was opened with.
+    pub(crate) fn admits(&self, credential: Option<&[u8]>) -> bool {
+        self.fingerprint.matches(&self.key.fingerprint(credential))
+    }
+
+    /// Numbers `frame`'s events, keeps them for replay, wakes waiting readers, and
+    /// returns the frame as sent.
+    pub(crate) fn publish(&self, stamper: &mut Stamper, frame: &[u8]) -> Bytes {
+        let (stamped, spans) = stamper.stamp(frame);
+        let mut state = self.state();
+        state.log.append_frame(stamped.clone(), spans);
+        state.wake_readers();
+        stamped
+    }
+
+    /// The producer had to send a heartbeat: readers send their own.
+    pub(crate) fn heartbeat(&self) {
+        let mut state = self.state();
+        state.heartbeats += 1;
+        state.wake_readers();
+    }
+
+    /// The stream's body ended at `now`; true if it was detached until now.
+    pub(crate) fn finish(&self, now: Instant) -> bool {
+        let mut state = self.state();
+        let was_detached = state.lifetime.finish(now);
+        state.wake_readers();
+        was_detached
+    }
+
+    /// A reader's next step from its cursor; registers its waker when there is
+    /// nothing yet.
+    pub(crate) fn read(
+        &self,
+        cursor: &mut u64,
+        seen_heartbeats: &mut u64,
+        out: &mut BytesMut,
+        waker: &Waker,
+    ) -> Step {
+        /// A frame of replay is cut near this size, so a long replay is streamed.
+        const READ_LIMIT: usize = 64 << 10;
+        let mut state = self.state();
+        match state.log.read(cursor, READ_LIMIT, out) {
+            Read::Events { count, .. } => Step::Events(count),
+            Read::Gap { from, to } => Step::Gap { from, to },
+            Read::Ahead => Step::End,
+            Read::CaughtUp if state.lifetime.is_finished() => Step::End,
+            Read::CaughtUp if state.heartbeats != *seen_heartbeats => {
+                *seen_heartbeats = state.heartbeats;
+                Step::Heartbeat
+            }
+            Read::CaughtUp => {
+                if !state.waiting.iter().any(|w| w.will_wake(waker)) {
+                    state.waiting.push(waker.clone());
+                }
+                Step::Wait
+            }
+        }
+    }
+}
+
+impl SlotState {
+    fn wake_readers(&mut self) {
+        for waker in self.waiting.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// What a reader does next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// This many events were copied out.
+    Events(u64),
+    /// Events `from..=to` are gone.
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    Heartbeat,
+    Wait,
+    /// The stream ended and everything was read.
+    End,
+}

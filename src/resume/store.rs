@@ -1,0 +1,278 @@
+//! `store: redis`: a resumable stream's events mirrored to a Redis Stream, so a
+//! reconnect that lands on another replica can resume it.
+//!
+//! Layout, per stream: `sse-gateway:ROUTE:KEY` is a Redis Stream whose entries are the
+//! events as sent (field `d`), with the ids `1-SEQ`, and a last entry `2-0` when the
+//! stream ended; `sse-gateway:ROUTE:KEY:meta` holds the credential's fingerprint. Both
+//! expire between `window` and 1.25 × `window` after the last write: a stream's writes
+//! carry a `PEXPIRE` of 1.25 × `window` at most every quarter `window` (and with its
+//! first and last write), so the expiry costs no command per event. The stream is
+//! trimmed with `MAXLEN ~` to about `max_bytes / 64` entries.
+//!
+//! **Never on the hot path.** A stream hands each frame's events to one writer task
+//! per process through a bounded channel (`try_send`: never a wait); the task sends
+//! whatever has queued up as one pipeline, one round trip for many events of many
+//! streams. When Redis is down or slow, the queue fills and writes are dropped,
+//! counted in `resume_store_errors_total` and logged: the user's stream is never
+//! delayed or failed (fail open). A reader on another replica sees the hole in the
+//! numbers and says so with an error event, never a silent gap.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus::IntCounter;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use tokio::sync::mpsc;
+
+use super::id::{Fingerprint, StreamKey};
+use super::stamp::Span;
+
+/// Writes queued at most; beyond, writes are dropped and counted.
+const QUEUE: usize = 8192;
+/// Writes sent in one pipeline at most.
+const BATCH: usize = 512;
+/// How long a connection attempt or a pipeline may take before it counts as failed.
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// Roughly the bytes of an event with its id: `max_bytes` in entries for `MAXLEN ~`.
+const BYTES_PER_ENTRY: usize = 64;
+
+/// A process's connection to the Redis in `state.redis`.
+#[derive(Debug)]
+pub(crate) struct RedisStore {
+    client: redis::Client,
+    queue: mpsc::Sender<Write>,
+}
+
+/// One stream's part of a batch: a frame's events, the first write's fingerprint,
+/// the end.
+#[derive(Debug)]
+struct Write {
+    key: Arc<str>,
+    /// `Some(ms)`: refresh the keys' expiry to this.
+    expire_ms: Option<u64>,
+    max_entries: usize,
+    fingerprint: Option<Fingerprint>,
+    events: Vec<(u64, Bytes)>,
+    end: bool,
+    errors: IntCounter,
+}
+
+/// A stream's handle on the store: where its events go, and how they are bounded.
+#[derive(Debug)]
+pub(crate) struct Mirror {
+    store: Arc<RedisStore>,
+    key: Arc<str>,
+    window: Duration,
+    /// When the keys' expiry is next refreshed.
+    next_refresh: tokio::time::Instant,
+    max_entries: usize,
+    /// The fingerprint, until the first write carries it.
+    fingerprint: Option<Fingerprint>,
+    errors: IntCounter,
+}
+
+/// The Redis key of a stream.
+pub(crate) fn stream_key(route: &str, key: &StreamKey) -> String {
+    format!(
+        "sse-gateway:{route}:{}",
+        String::from_utf8_lossy(&key.hex())
+    )
+}
+
+impl RedisStore {
+    /// Opens the client (no connection yet) and starts the writer task.
+    pub(crate) fn start(url: &str) -> Result<Arc<RedisStore>, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let (queue, writes) = mpsc::channel(QUEUE);
+        tokio::spawn(write_batches(client.clone(), writes));
+        Ok(Arc::new(RedisStore { client, queue }))
+    }
+
+    pub(crate) async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// A connection for a blocking read: its responses may take `block` longer.
+    pub(crate) async fn connect_blocking(
+        &self,
+        block: Duration,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT + block));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// The fingerprint a stream was opened with; `None` when Redis knows no such stream.
+    pub(crate) async fn fingerprint(
+        &self,
+        redis_key: &str,
+    ) -> redis::RedisResult<Option<Fingerprint>> {
+        let mut connection = self.connect().await?;
+        let meta: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(format!("{redis_key}:meta"))
+            .query_async(&mut connection)
+            .await?;
+        Ok(meta.and_then(|bytes| Some(Fingerprint(bytes.try_into().ok()?))))
+    }
+}
+
+impl Mirror {
+    pub(crate) fn new(
+        store: Arc<RedisStore>,
+        key: String,
+        window: Duration,
+        max_bytes: usize,
+        fingerprint: Fingerprint,
+        errors: IntCounter,
+    ) -> Mirror {
+        Mirror {
+            store,
+            key: Arc::from(key),
+            window,
+            next_refresh: tokio::time::Instant::now(),
+            max_entries: (max_bytes / BYTES_PER_ENTRY).max(16),
+            fingerprint: Some(fingerprint),
+            errors,
+        }
+    }
+
+    /// Queues a frame's numbered events (slices of `stamped`).
+    pub(crate) fn events(&mut self, stamped: &Bytes, spans: &[Span]) {
+        if spans.is_empty() {
+            return;
+        }
+        let events = spans
+            .iter()
+            .map(|span| (span.seq, stamped.slice(span.start..span.end)))
+            .collect();
+        self.queue(events, false);
+    }
+
+    /// Queues the stream's end.
+    pub(crate) fn end(&mut self) {
+        self.queue(Vec::new(), true);
+    }
+
+    fn queue(&mut self, events: Vec<(u64, Bytes)>, end: bool) {
+        let count = events.len().max(1) as u64;
+        // One clock read per frame, not per event.
+        let now = tokio::time::Instant::now();
+        let expire_ms = (end || now >= self.next_refresh).then(|| {
+            self.next_refresh = now + self.window / 4;
+            let expiry = self.window + self.window / 4;
+            u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        let write = Write {
+            key: self.key.clone(),
+            expire_ms,
+            max_entries: self.max_entries,
+            fingerprint: self.fingerprint.take(),
+            events,
+            end,
+            errors: self.errors.clone(),
+        };
+        if let Err(error) = self.store.queue.try_send(write) {
+            self.errors.inc_by(count);
+            warn_once(&format!("the Redis write queue is full or closed ({error}); events dropped, resume on other replicas may fail"));
+        }
+    }
+}
+
+/// The writer task: whatever is queued goes out as one pipeline.
+async fn write_batches(client: redis::Client, mut writes: mpsc::Receiver<Write>) {
+    let store_config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
+    let mut connection: Option<MultiplexedConnection> = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    while writes.recv_many(&mut batch, BATCH).await > 0 {
+        let pipeline = pipeline_of(&batch);
+        if connection.is_none() {
+            connection = client
+                .get_multiplexed_async_connection_with_config(&store_config)
+                .await
+                .map_err(|error| warn_once(&format!("cannot connect to Redis: {error}")))
+                .ok();
+        }
+        let sent = match connection.as_mut() {
+            Some(connection) => pipeline
+                .query_async::<()>(connection)
+                .await
+                .map_err(|error| warn_once(&format!("Redis write failed: {error}"))),
+            None => Err(()),
+        };
+        if sent.is_ok() {
+            if WARNED.swap(false, Ordering::Relaxed) {
+                tracing::info!("Redis writes succeed again; resume across replicas is back");
+            }
+        } else {
+            connection = None;
+            for write in &batch {
+                write.errors.inc_by(write.events.len().max(1) as u64);
+            }
+        }
+        batch.clear();
+    }
+}
+
+fn pipeline_of(batch: &[Write]) -> redis::Pipeline {
+    let mut pipeline = redis::pipe();
+    for write in batch {
+        let meta = format!("{}:meta", write.key);
+        if let Some(fingerprint) = &write.fingerprint {
+            pipeline
+                .cmd("SET")
+                .arg(&meta)
+                .arg(&fingerprint.0[..])
+                .ignore();
+        }
+        for (seq, event) in &write.events {
+            pipeline
+                .cmd("XADD")
+                .arg(&*write.key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(write.max_entries)
+                .arg(format!("1-{seq}"))
+                .arg("d")
+                .arg(&event[..])
+                .ignore();
+        }
+        if write.end {
+            pipeline
+                .cmd("XADD")
+                .arg(&*write.key)
+                .arg("2-0")
+                .arg("end")
+                .arg("1")
+                .ignore();
+        }
+        if let Some(expire_ms) = write.expire_ms {
+            for key in [&*write.key, meta.as_str()] {
+                pipeline.cmd("PEXPIRE").arg(key).arg(expire_ms).ignore();
+            }
+        }
+    }
+    pipeline
+}
+
+/// Whether a Redis problem was logged and not yet followed by a success.
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Logs a Redis problem once per outage, not once per batch.
+fn warn_once(message: &str) {
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("{message}; streams go on without resume across replicas (counted in resume_store_errors_total)");
+    }
+}

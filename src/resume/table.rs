@@ -1,0 +1,331 @@
+//! A route's resumable streams by key, kept across config reloads (a reload must not
+//! forget a stream a client is about to resume), and the count of detached streams
+//! that `max_detached` caps.
+//!
+//! A stream leaves the table when it expires (swept once a `tick`, and checked exactly
+//! on every lookup), when a client stops it, or when its upstream is dropped for lack
+//! of a client. Keys of expired streams are remembered for one more window, bounded,
+//! so a late resume is told `expired` rather than `unknown`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tokio::time::Instant;
+
+use super::id::{EventId, StreamKey};
+use super::slot::Slot;
+use super::store::RedisStore;
+
+/// Keys of expired streams remembered at most (about 40 bytes each).
+const MAX_EXPIRED_KEYS: usize = 16 * 1024;
+
+/// Every route's table, by route name: what outlives a config generation.
+#[derive(Debug, Default)]
+pub struct Tables {
+    tables: Mutex<HashMap<String, Arc<Table>>>,
+    redis: Mutex<RedisState>,
+}
+
+/// `state.redis.url` of the config being compiled, and the store once started (with
+/// the URL it was started for).
+#[derive(Debug, Default)]
+struct RedisState {
+    url: Option<String>,
+    running: Option<(String, Arc<RedisStore>)>,
+}
+
+impl Tables {
+    pub fn new() -> Tables {
+        Tables::default()
+    }
+
+    /// Sets the Redis URL of the config about to be compiled.
+    pub(crate) fn set_redis_url(&self, url: Option<&str>) {
+        self.redis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .url = url.map(str::to_owned);
+    }
+
+    /// The store for the configured Redis, started on first use (one writer per URL).
+    pub(crate) fn redis(&self) -> Option<Arc<RedisStore>> {
+        let mut redis = self
+            .redis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let url = redis.url.clone()?;
+        if let Some((running, store)) = &redis.running {
+            if *running == url {
+                return Some(store.clone());
+            }
+        }
+        match RedisStore::start(&url) {
+            Ok(store) => {
+                redis.running = Some((url, store.clone()));
+                Some(store)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot use state.redis; resume across replicas is off");
+                None
+            }
+        }
+    }
+
+    /// The route's table, made on first use; `window` sets how often it is swept.
+    pub(crate) fn table(&self, route: &str, window: Duration, detached: IntGauge) -> Arc<Table> {
+        let mut tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let table = tables
+            .entry(route.to_owned())
+            .or_insert_with(|| Arc::new(Table::new(detached)));
+        table.set_tick(window);
+        table.clone()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Table {
+    inner: Mutex<Inner>,
+    detached: AtomicUsize,
+    detached_gauge: IntGauge,
+    /// Milliseconds between sweeps.
+    tick_ms: AtomicU64,
+    sweeping: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    slots: HashMap<StreamKey, Arc<Slot>>,
+    /// Keys of expired streams, until when they are remembered.
+    expired: HashMap<StreamKey, Instant>,
+    expired_order: VecDeque<StreamKey>,
+}
+
+/// What a resume's id names.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// A live or finished stream the request may read; it is attached to it now.
+    Found(Arc<Slot>),
+    Unknown,
+    Expired,
+    /// Known, but the request's credential is not the stream's.
+    Forbidden,
+}
+
+/// What a client leaving did to its stream.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// Others still read it, or it has finished.
+    Kept,
+    /// Nobody reads it now: its upstream goes on for `window`.
+    Detached,
+    /// Nobody reads it, and the route already keeps `max_detached` such streams.
+    OverCap,
+}
+
+impl Table {
+    fn new(detached_gauge: IntGauge) -> Table {
+        Table {
+            inner: Mutex::default(),
+            detached: AtomicUsize::new(0),
+            detached_gauge,
+            tick_ms: AtomicU64::new(1000),
+            sweeping: AtomicBool::new(false),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sweeps often enough that a finished stream is freed soon after its window:
+    /// a quarter of the window, between 10 ms and 1 s.
+    fn set_tick(&self, window: Duration) {
+        let tick = (window / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let ms = u64::try_from(tick.as_millis()).unwrap_or(1000);
+        self.tick_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Streams without a client now.
+    pub(crate) fn detached(&self) -> usize {
+        self.detached.load(Ordering::Relaxed)
+    }
+
+    /// Adds a new stream (attached to its first client); starts the sweeper on first use.
+    pub(crate) fn insert(self: &Arc<Self>, slot: Arc<Slot>) {
+        self.inner().slots.insert(slot.key, slot);
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep_every_tick(Arc::downgrade(self)));
+        }
+    }
+
+    /// The stream an id names, checked against the request's credential; a found
+    /// stream has one more reader.
+    pub(crate) fn lookup(&self, id: &EventId, credential: Option<&[u8]>, now: Instant) -> Lookup {
+        let slot = {
+            let inner = self.inner();
+            match inner.slots.get(&id.key) {
+                Some(slot) => slot.clone(),
+                None if inner.is_remembered_expired(&id.key, now) => return Lookup::Expired,
+                None => return Lookup::Unknown,
+            }
+        };
+        if !slot.admits(credential) {
+            return Lookup::Forbidden;
+        }
+        let mut state = slot.state();
+        if state.lifetime.is_expired(now) {
+            drop(state);
+            self.remove(&slot, now, true);
+            return Lookup::Expired;
+        }
+        if id.seq >= state.log.next_seq() {
+            // Not an id this stream gave out: nothing to resume from.
+            return Lookup::Unknown;
+        }
+        if state.lifetime.attach() {
+            self.count_detached(-1);
+        }
+        drop(state);
+        slot.changed.notify_one();
+        Lookup::Found(slot)
+    }
+
+    /// A client stopped reading `slot` at `now`.
+    pub(crate) fn release(&self, slot: &Slot, now: Instant, max_detached: usize) -> Release {
+        let mut state = slot.state();
+        if !state.lifetime.release(now) {
+            return Release::Kept;
+        }
+        if self.detached() >= max_detached {
+            // Never counted: ended now, and its driver drops the upstream.
+            state.lifetime.finish(now);
+            drop(state);
+            slot.stop();
+            slot.changed.notify_one();
+            return Release::OverCap;
+        }
+        self.count_detached(1);
+        drop(state);
+        slot.changed.notify_one();
+        Release::Detached
+    }
+
+    /// `slot`'s body ended at `now`: it stays resumable for its window.
+    pub(crate) fn finish(&self, slot: &Slot, now: Instant) {
+        if slot.finish(now) {
+            self.count_detached(-1);
+        }
+    }
+
+    /// Takes `slot` out of the table; `expired` remembers its key as such.
+    pub(crate) fn remove(&self, slot: &Slot, now: Instant, expired: bool) {
+        let (was_detached, window) = {
+            let mut state = slot.state();
+            let detached = state.lifetime.is_detached();
+            // Ends it for any reader still attached, and uncounts it once.
+            state.lifetime.finish(now);
+            (detached, state.lifetime.window())
+        };
+        let mut inner = self.inner();
+        let removed = inner
+            .slots
+            .remove(&slot.key)
+            .is_some_and(|kept| std::ptr::eq(Arc::as_ptr(&kept), slot));
+        if removed && was_detached {
+            self.count_detached(-1);
+        }
+        if expired {
+            inner.remember_expired(slot.key, now + window);
+        }
+    }
+
+    /// Stops the stream `id` names, if the credential is its own; true if it was there.
+    pub(crate) fn stop(&self, key: &StreamKey, credential: Option<&[u8]>) -> bool {
+        let Some(slot) = self.inner().slots.get(key).cloned() else {
+            return false;
+        };
+        if !slot.admits(credential) {
+            return false;
+        }
+        slot.stop();
+        self.remove(&slot, Instant::now(), false);
+        true
+    }
+
+    /// Frees the streams whose window is over.
+    fn sweep(&self, now: Instant) {
+        let expired: Vec<Arc<Slot>> = self
+            .inner()
+            .slots
+            .values()
+            .filter(|slot| slot.state().lifetime.is_expired(now))
+            .cloned()
+            .collect();
+        for slot in expired {
+            // A detached one is also stopped: its driver drops the upstream.
+            slot.stop();
+            self.remove(&slot, now, true);
+        }
+        self.inner().forget_expired(now);
+    }
+
+    fn count_detached(&self, delta: isize) {
+        if delta > 0 {
+            self.detached.fetch_add(1, Ordering::Relaxed);
+            self.detached_gauge.inc();
+        } else {
+            self.detached.fetch_sub(1, Ordering::Relaxed);
+            self.detached_gauge.dec();
+        }
+    }
+}
+
+impl Inner {
+    fn is_remembered_expired(&self, key: &StreamKey, now: Instant) -> bool {
+        self.expired.get(key).is_some_and(|until| now < *until)
+    }
+
+    fn remember_expired(&mut self, key: StreamKey, until: Instant) {
+        if self.expired_order.len() >= MAX_EXPIRED_KEYS {
+            if let Some(oldest) = self.expired_order.pop_front() {
+                self.expired.remove(&oldest);
+            }
+        }
+        if self.expired.insert(key, until).is_none() {
+            self.expired_order.push_back(key);
+        }
+    }
+
+    fn forget_expired(&mut self, now: Instant) {
+        while let Some(key) = self.expired_order.front() {
+            if self.expired.get(key).is_some_and(|until| now < *until) {
+                break;
+            }
+            self.expired.remove(key);
+            self.expired_order.pop_front();
+        }
+    }
+}
+
+/// The sweeper of one table; ends when the table is gone.
+async fn sweep_every_tick(table: Weak<Table>) {
+    loop {
+        let tick = match table.upgrade() {
+            Some(table) => Duration::from_millis(table.tick_ms.load(Ordering::Relaxed)),
+            None => return,
+        };
+        tokio::time::sleep(tick).await;
+        let Some(table) = table.upgrade() else {
+            return;
+        };
+        table.sweep(Instant::now());
+    }
+}

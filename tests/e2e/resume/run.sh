@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# End to end: resumable streams with real clients, a real relay and a real Redis.
+#
+#   1. Chromium's native EventSource behind a TCP relay that cuts its connection
+#      mid-answer twice: the page gets every token exactly once, in order, then
+#      [DONE], and the upstream saw one request (store: memory).
+#   2. Two gateway replicas with store: redis and a real redis-server on a loopback
+#      port, behind a relay that sends each connection to the next replica: the
+#      reconnect lands on the other replica and resumes there; same checks.
+#   3. Redis killed mid-stream: the stream still completes, whole, and
+#      sse_gateway_resume_store_errors_total counts the lost writes.
+#
+#   bash tests/e2e/resume/run.sh       (from anywhere; CARGO_TARGET_DIR is honoured)
+#
+# Installs what is missing (chromium and redis-server with apt-get, playwright-core with
+# npm ci in tests/e2e/clients), builds the gateway with `cargo build --release`, starts
+# every server on a loopback port and stops it by its PID. Ends with `N passed, M failed`.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+HERE=tests/e2e/resume
+CLIENTS=tests/e2e/clients
+# shellcheck source=tests/e2e/lib.sh
+source tests/e2e/lib.sh
+e2e_init
+
+TOKENS=40
+INTERVAL=0.25        # 10 s of answer: the reconnects (3 s each) land mid-answer
+CUTS=8,16            # the first stream connection is cut after 8 events, the second after 16
+
+# --- tools ---------------------------------------------------------------------------
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v node >/dev/null || missing+=(nodejs npm)
+if [ "${#missing[@]}" -gt 0 ]; then
+    e2e_log "installing ${missing[*]} (apt-get)"
+    timeout 600 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    timeout 1200 $SUDO env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ! -f "$CLIENTS/node_modules/playwright-core/index.mjs" ]; then
+    e2e_log "installing playwright-core (npm ci in $CLIENTS)"
+    (cd "$CLIENTS" && timeout 300 npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
+if ! e2e_build_gateway; then
+    e2e_fail "cargo build --release"
+    e2e_finish
+    exit 1
+fi
+
+# --- servers ---------------------------------------------------------------------------
+e2e_spawn upstream python3 "$HERE/upstream.py" --port-file "$E2E_TMP/upstream.port" \
+    --log "$E2E_TMP/upstream.jsonl" --tokens "$TOKENS" --interval "$INTERVAL"
+e2e_wait 10 test -s "$E2E_TMP/upstream.port" || { e2e_fail "the upstream starts"; e2e_finish; exit 1; }
+UPSTREAM_PORT=$(cat "$E2E_TMP/upstream.port")
+
+# start_gateway NAME STORE [REDIS_URL]: a gateway on free ports; sets PORT_<NAME> and
+# ADMIN_<NAME>.
+start_gateway() {
+    local name=$1 store=$2 redis=${3:-} port admin state=""
+    port=$(e2e_free_port)
+    admin=$(e2e_free_port)
+    [ -n "$redis" ] && state="state: { redis: { url: \"$redis\" } }"
+    cat >"$E2E_TMP/$name.yaml" <<YAML
+listen: 127.0.0.1:$port
+admin: { listen: 127.0.0.1:$admin }
+drain_timeout: 0
+shutdown: { final_scrape_wait: 0 }
+log: { format: json }
+$state
+upstreams:
+  assistant: { url: "http://127.0.0.1:$UPSTREAM_PORT" }
+routes:
+  - name: chat
+    match: { path_prefix: /api/stream, methods: [GET] }
+    upstream: assistant
+    request: { path_prefix: /v1/answer, method: POST, body: query_as_json }
+    stream:
+      terminator: { data: "[DONE]" }
+      resume: { window: 30s, store: $store }
+  - name: page
+    match: { path_prefix: /page, methods: [GET] }
+    upstream: assistant
+YAML
+    e2e_spawn "$name" "$GATEWAY" --config "$E2E_TMP/$name.yaml"
+    if ! e2e_wait 15 e2e_http_ok "http://127.0.0.1:$admin/readyz"; then
+        e2e_fail "gateway $name becomes ready"
+        tail -n 20 "$E2E_TMP/$name.log"
+        e2e_finish
+        exit 1
+    fi
+    printf -v "PORT_$name" '%s' "$port"
+    printf -v "ADMIN_$name" '%s' "$admin"
+}
+
+# start_relay NAME BACKENDS: sets RELAY_<NAME> to its port.
+start_relay() {
+    local name=$1 backends=$2
+    e2e_spawn "relay-$name" python3 "$HERE/relay.py" --backends "$backends" --cut-after "$CUTS" \
+        --port-file "$E2E_TMP/relay-$name.port" --log "$E2E_TMP/relay-$name.jsonl"
+    e2e_wait 10 test -s "$E2E_TMP/relay-$name.port" || { e2e_fail "relay $name starts"; e2e_finish; exit 1; }
+    printf -v "RELAY_$name" '%s' "$(cat "$E2E_TMP/relay-$name.port")"
+}
+
+# metric ADMIN_PORT NAME LABELS: the sample's value, 0 when absent.
+metric() {
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" |
+        awk -v want="$2{$3}" '$1 == want { print $2; found = 1 } END { if (!found) print 0 }'
+}
+
+# check_page NAME Q JSON: every token once, in order, [DONE], the reconnects, ids, one
+# upstream request.
+check_page() {
+    local name=$1 q=$2 json=$3
+    python3 - "$json" "$q" "$E2E_TMP/upstream.jsonl" "$TOKENS" "$CUTS" <<'PY'
+import json, sys
+page = json.load(open(sys.argv[1]))
+q, log, tokens, cuts = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5].split(",")
+problems = list(page.get("problems", []))
+if not page.get("done"):
+    problems.append("no [DONE]")
+if page.get("tokens") != list(range(1, tokens + 1)):
+    problems.append(f"tokens {page.get('tokens')}")
+if page.get("opens") != len(cuts) + 1:
+    problems.append(f"opened {page.get('opens')} times (want {len(cuts) + 1}: {len(cuts)} reconnects)")
+ids = page.get("ids", [])
+key = ids[0].rsplit("-", 1)[0] if ids else ""
+if len(key) != 32 or ids != [f"{key}-{n}" for n in range(1, tokens + 1)]:
+    problems.append(f"ids {ids[:3]}...")
+requests = [json.loads(line) for line in open(log) if json.loads(line)["q"] == q]
+if len(requests) != 1:
+    problems.append(f"the upstream saw {len(requests)} requests (want 1)")
+elif requests[0]["last_event_id"] or "lastEventId" in requests[0]["body"]:
+    problems.append(f"the id reached the upstream: {requests[0]}")
+if problems:
+    print("; ".join(problems))
+    sys.exit(1)
+PY
+}
+
+# run_page NAME RELAY_PORT Q: Chromium's EventSource through the relay.
+run_page() {
+    local name=$1 relay=$2 q=$3
+    timeout 120 node "$HERE/browser.mjs" --base "http://127.0.0.1:$relay" --q "$q" \
+        --out "$E2E_TMP/page-$name.json" --profile "$E2E_TMP/chromium-$name" >&2 ||
+        e2e_log "browser.mjs exited with $?"
+}
+
+cuts_made() {
+    grep -c '"cut"' "$E2E_TMP/relay-$1.jsonl" || true
+}
+
+# page_through_relay NAME: Chromium's EventSource through relay NAME, and the checks
+# every such run shares.
+page_through_relay() {
+    local name=$1 relay_port="RELAY_$1"
+    run_page "$name" "${!relay_port}" "$name-run"
+    e2e_check "$name: the relay cut the stream twice ($(cuts_made "$name") cuts)" \
+        test "$(cuts_made "$name")" = 2
+    e2e_check "$name: every token once, in order, [DONE], 3 opens, ids KEY-1..KEY-$TOKENS, one upstream request" \
+        check_page "$name" "$name-run" "$E2E_TMP/page-$name.json"
+}
+
+# replayed ADMIN_PORT: resumes_total{result="replayed"} of the chat route.
+replayed() {
+    metric "$1" sse_gateway_resumes_total 'result="replayed",route="chat"'
+}
+
+# --- 1. one gateway, memory store, two cuts ------------------------------------------
+start_gateway memory memory
+start_relay memory "127.0.0.1:$PORT_memory"
+e2e_log "1. Chromium through a relay that cuts twice (store: memory)"
+page_through_relay memory
+e2e_check "memory: two resumes replayed (resumes_total{result=\"replayed\"})" \
+    test "$(replayed "$ADMIN_memory")" = 2
+
+# --- 2. two replicas sharing Redis, round robin ---------------------------------------
+REDIS_PORT=$(e2e_free_port)
+e2e_spawn redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no
+REDIS_PID=$E2E_LAST_PID
+e2e_wait 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT" || { e2e_fail "redis-server starts"; e2e_finish; exit 1; }
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+start_gateway a redis "$REDIS_URL"
+start_gateway b redis "$REDIS_URL"
+start_relay pair "127.0.0.1:$PORT_a,127.0.0.1:$PORT_b"
+e2e_log "2. Chromium through a round-robin relay over two replicas (store: redis)"
+page_through_relay pair
+e2e_check "pair: the first reconnect landed on replica b and resumed there from Redis" \
+    test "$(replayed "$ADMIN_b")" = 1
+e2e_check "pair: the second reconnect landed on replica a (the owner) and resumed" \
+    test "$(replayed "$ADMIN_a")" = 1
+e2e_check "pair: no store errors while Redis is up" \
+    test "$(metric "$ADMIN_a" sse_gateway_resume_store_errors_total 'route="chat"')" = 0
+
+# --- 3. Redis killed mid-stream --------------------------------------------------------
+e2e_log "3. Redis killed mid-stream"
+OUT="$E2E_TMP/killed.out"
+e2e_spawn killed-client curl -sN --max-time 60 -o "$OUT" "http://127.0.0.1:$PORT_a/api/stream/answer?q=killed-run"
+CLIENT_PID=$E2E_LAST_PID
+e2e_wait 10 grep -q '"token": 3' "$OUT"
+kill -KILL "$REDIS_PID"
+wait "$REDIS_PID" 2>/dev/null || true
+wait "$CLIENT_PID" || true
+e2e_check "the stream completes although Redis died: every token once, then [DONE]" \
+    python3 -c '
+import sys
+text = open(sys.argv[1]).read()
+data = [l[len("data: "):] for l in text.splitlines() if l.startswith("data: ")]
+want = ["{\"token\": %d}" % n for n in range(1, int(sys.argv[2]) + 1)] + ["[DONE]"]
+sys.exit(0 if data == want else "got %r" % data)
+' "$OUT" "$TOKENS"
+e2e_check "the lost Redis writes are counted in resume_store_errors_total" \
+    e2e_wait 10 bash -c "[ \"\$(curl -fsS 'http://127.0.0.1:$ADMIN_a/metrics' | awk '\$1 == \"sse_gateway_resume_store_errors_total{route=\\\"chat\\\"}\" { print (\$2 > 0) }')\" = 1 ]"
+
+e2e_finish

@@ -1,0 +1,461 @@
+//! Resumable streams through the real proxy, on real sockets: a client cut mid-answer
+//! comes back with `Last-Event-ID` (or `lastEventId`) and gets the rest of the same
+//! answer, exactly once, while the upstream saw one request; the refusals (wrong
+//! credential, unknown or expired ids, under both policies), the replay bound, the
+//! stop, and the cap on detached streams.
+//!
+//! The client (`support::raw_client`) speaks HTTP/1.0 on a raw socket, so cutting
+//! the connection is dropping the socket.
+
+mod support;
+
+use std::time::Duration;
+
+use support::raw_client::{Client, Seen};
+use support::*;
+
+const ROUTE: &str = "resumable";
+
+fn config(upstream: &str, resume: &str) -> String {
+    format!(
+        "upstreams:
+  assistant: {{ url: {upstream}, header_timeout: 2s }}
+routes:
+  - name: resumable
+    match: {{ path_prefix: /api/stream }}
+    upstream: assistant
+    request: {{ method: POST, body: query_as_json }}
+    stream:
+      terminator: {{ data: \"[DONE]\" }}
+      resume: {resume}
+  - name: strict
+    match: {{ path_prefix: /api/strict }}
+    upstream: assistant
+    stream:
+      terminator: {{ data: \"[DONE]\" }}
+      resume: {{ on_unknown: reject }}
+"
+    )
+}
+
+async fn setup(resume: &str) -> (ScriptedUpstream, TestGateway) {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url(), resume)).await;
+    (upstream, gateway)
+}
+
+fn token(n: usize) -> String {
+    format!("{{\"token\":{n}}}")
+}
+
+fn event(n: usize) -> Vec<u8> {
+    format!("data: {}\n\n", token(n)).into_bytes()
+}
+
+fn data(events: &[Seen]) -> Vec<String> {
+    events.iter().map(|e| e.data.clone()).collect()
+}
+
+fn tokens(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
+    range.map(token).collect()
+}
+
+fn last_id(events: &[Seen]) -> String {
+    events
+        .last()
+        .and_then(|e| e.id.clone())
+        .expect("events carry ids")
+}
+
+const BEARER: (&str, &str) = ("authorization", "Bearer user-1");
+
+async fn detached(gateway: &TestGateway, n: f64) {
+    gateway
+        .metrics_until(&format!("{n} detached streams"), |m| {
+            m.route_value("sse_gateway_streams_detached", ROUTE) == n
+        })
+        .await;
+}
+
+/// Opens a stream on `target` with [`BEARER`], lets one event through, and cuts the
+/// client: the upstream exchange (still open) and the id the client saw last.
+async fn one_event_then_cut(
+    upstream: &ScriptedUpstream,
+    gateway: &TestGateway,
+    target: &str,
+) -> (Exchange, String) {
+    let mut client = Client::open(gateway.addr, target, &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let id = last_id(&client.take(1).await);
+    drop(client);
+    (exchange, id)
+}
+
+fn resumes(metrics: &Metrics, result: &str) -> f64 {
+    metrics.get(
+        "sse_gateway_resumes_total",
+        &[("route", ROUTE), ("result", result)],
+    )
+}
+
+#[tokio::test]
+async fn a_client_cut_mid_answer_resumes_and_gets_the_whole_answer_once() {
+    let (upstream, gateway) = setup("{ window: 10s }").await;
+    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    for n in 1..=3 {
+        exchange.send_chunk(&event(n)).await;
+    }
+    let first = client.take(3).await;
+    assert_eq!(data(&first), tokens(1..=3));
+    // Ids: one stream key, numbered from 1.
+    let ids: Vec<String> = first.iter().map(|e| e.id.clone().unwrap()).collect();
+    let key = ids[0].rsplit_once('-').unwrap().0.to_owned();
+    assert_eq!(key.len(), 32, "128 bits in hex: {key}");
+    assert_eq!(
+        ids,
+        (1..=3).map(|n| format!("{key}-{n}")).collect::<Vec<_>>()
+    );
+
+    // The client is cut; the upstream goes on, into the replay buffer.
+    drop(client);
+    detached(&gateway, 1.0).await;
+    for n in 4..=6 {
+        exchange.send_chunk(&event(n)).await;
+    }
+
+    let mut resumed = Client::open(
+        gateway.addr,
+        "/api/stream?q=hi",
+        &[BEARER, ("last-event-id", &last_id(&first))],
+    )
+    .await;
+    assert_eq!(resumed.status().await, 200);
+    let head = resumed.head().await.to_owned();
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    let replayed = resumed.take(3).await;
+    assert_eq!(data(&replayed), tokens(4..=6));
+    detached(&gateway, 0.0).await;
+    // Live again: the rest, then the terminator, then the end.
+    exchange.send_chunk(&event(7)).await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    let live = resumed.rest().await;
+    let mut all = data(&first);
+    all.extend(data(&replayed));
+    all.extend(data(&live));
+    let mut expected = tokens(1..=7);
+    expected.push("[DONE]".into());
+    assert_eq!(all, expected, "every event once, in order");
+    let ids: Vec<String> = replayed
+        .iter()
+        .chain(&live)
+        .map(|e| e.id.clone().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (4..=8).map(|n| format!("{key}-{n}")).collect::<Vec<_>>()
+    );
+
+    assert!(
+        !upstream.connection_within(Duration::from_millis(300)).await,
+        "the resume did not call the upstream"
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(resumes(&metrics, "replayed"), 1.0);
+    assert_eq!(
+        metrics.route_value("sse_gateway_resume_replayed_events_total", ROUTE),
+        3.0
+    );
+    assert_eq!(metrics.outcome_count(ROUTE, "terminator"), 1.0);
+}
+
+#[tokio::test]
+async fn two_cuts_and_the_query_parameter_still_give_every_event_once() {
+    let (upstream, gateway) = setup("{ window: 10s }").await;
+    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&[event(1), event(2)].concat()).await;
+    let first = client.take(2).await;
+    drop(client);
+    detached(&gateway, 1.0).await;
+    exchange.send_chunk(&event(3)).await;
+
+    let mut second = Client::open(
+        gateway.addr,
+        "/api/stream?q=hi",
+        &[BEARER, ("last-event-id", &last_id(&first))],
+    )
+    .await;
+    let middle = second.take(1).await;
+    exchange.send_chunk(&event(4)).await;
+    let middle = [middle, second.take(1).await].concat();
+    // Cut again, in the live part this time.
+    drop(second);
+    detached(&gateway, 1.0).await;
+    exchange.send_chunk(&[event(5), event(6)].concat()).await;
+
+    // The polyfill's way: the id as a query parameter.
+    let target = format!("/api/stream?q=hi&lastEventId={}", last_id(&middle));
+    let mut third = Client::open(gateway.addr, &target, &[BEARER]).await;
+    let replayed = third.take(2).await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    let rest = third.rest().await;
+
+    let all = [first, middle, replayed, rest].concat();
+    let mut expected = tokens(1..=6);
+    expected.push("[DONE]".into());
+    assert_eq!(data(&all), expected);
+    assert!(!upstream.connection_within(Duration::from_millis(300)).await);
+    let metrics = gateway.metrics().await;
+    assert_eq!(resumes(&metrics, "replayed"), 2.0);
+    assert_eq!(
+        metrics.route_value("sse_gateway_resume_replayed_events_total", ROUTE),
+        3.0,
+        "event 3, then events 5 and 6"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_stream_is_resumable_for_its_window() {
+    let (upstream, gateway) = setup("{ window: 10s }").await;
+    let mut client = Client::open(gateway.addr, "/api/stream", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange
+        .send_chunk(&[event(1), event(2), event(3), b"data: [DONE]\n\n".to_vec()].concat())
+        .await;
+    let whole = client.rest().await;
+    assert_eq!(whole.len(), 4);
+    let id = whole[1].id.clone().unwrap();
+
+    let mut again = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[BEARER, ("last-event-id", &id)],
+    )
+    .await;
+    let rest = again.rest().await;
+    assert_eq!(data(&rest), [token(3), "[DONE]".into()]);
+    assert_eq!(rest, whole[2..].to_vec(), "the same bytes, ids included");
+    assert!(!upstream.connection_within(Duration::from_millis(300)).await);
+}
+
+#[tokio::test]
+async fn another_credential_is_unknown_and_restarts() {
+    let (upstream, gateway) = setup("{ window: 10s }").await;
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
+    detached(&gateway, 1.0).await;
+    for credential in [vec![("authorization", "Bearer user-2")], vec![]] {
+        let mut headers = credential.clone();
+        headers.push(("last-event-id", &id));
+        let restarted = Client::open(gateway.addr, "/api/stream?q=hi", &headers);
+        let (mut restarted, mut second) = tokio::join!(restarted, upstream.accept());
+        // A new upstream request, as without resume, with no trace of the id.
+        assert!(!second.request.has_header("last-event-id"));
+        assert_eq!(second.request.body, br#"{"q":"hi"}"#);
+        second.start_sse("").await;
+        second.send_chunk(b"data: fresh\n\ndata: [DONE]\n\n").await;
+        let events = restarted.rest().await;
+        assert_eq!(data(&events), ["fresh", "[DONE]"]);
+        assert_ne!(
+            last_id(&events).split('-').next(),
+            id.split('-').next(),
+            "a new key"
+        );
+    }
+    let metrics = gateway.metrics().await;
+    assert_eq!(resumes(&metrics, "forbidden"), 2.0);
+    assert_eq!(resumes(&metrics, "replayed"), 0.0);
+    // The rightful client still resumes.
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    let mut rightful = Client::open(
+        gateway.addr,
+        "/api/stream?q=hi",
+        &[BEARER, ("last-event-id", &id)],
+    )
+    .await;
+    assert_eq!(data(&rightful.rest().await), ["[DONE]"]);
+}
+
+#[tokio::test]
+async fn unknown_ids_restart_or_get_204_as_the_route_says() {
+    let (upstream, gateway) = setup("{ window: 10s }").await;
+    let unknown = format!("{}-3", "ab".repeat(16));
+    // restart: the id is removed everywhere, query_as_json body included.
+    let target = format!("/api/stream/x?q=hi&lastEventId={unknown}&n=1");
+    let client = Client::open(gateway.addr, &target, &[("last-event-id", "chatcmpl-42")]);
+    let (mut client, mut exchange) = tokio::join!(client, upstream.accept());
+    assert_eq!(exchange.request.target, "/api/stream/x");
+    assert!(!exchange.request.has_header("last-event-id"));
+    let body: serde_json::Value = serde_json::from_slice(&exchange.request.body).unwrap();
+    assert_eq!(body, serde_json::json!({"q": "hi", "n": "1"}));
+    exchange.start_sse("").await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(data(&client.rest().await), ["[DONE]"]);
+
+    // reject: 204 and no upstream request; EventSource stops reconnecting on it.
+    let mut rejected = Client::open(
+        gateway.addr,
+        "/api/strict?q=hi",
+        &[("last-event-id", &unknown)],
+    )
+    .await;
+    assert_eq!(rejected.status().await, 204);
+    assert_eq!(rejected.rest().await, []);
+    assert!(!upstream.connection_within(Duration::from_millis(300)).await);
+
+    let metrics = gateway.metrics().await;
+    assert_eq!(resumes(&metrics, "unknown"), 1.0, "a foreign id is unknown");
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_resumes_total",
+            &[("route", "strict"), ("result", "unknown")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_resume_from_events_dropped_for_room_gets_an_error_event_not_a_gap() {
+    let (upstream, gateway) = setup("{ window: 10s, max_bytes: 300B }").await;
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream").await;
+    detached(&gateway, 1.0).await;
+    // About 60 bytes each with their ids: the first ones no longer fit in 300 bytes.
+    for n in 2..=12 {
+        exchange.send_chunk(&event(n)).await;
+    }
+    // Bytes written are not bytes read: wait until the gateway has read them all.
+    gateway
+        .metrics_until("the events read", |m| {
+            m.route_value("sse_gateway_stream_events_total", ROUTE) >= 12.0
+        })
+        .await;
+    let mut resumed = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[BEARER, ("last-event-id", &id)],
+    )
+    .await;
+    let events = resumed.rest().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event.as_deref(), Some("error"));
+    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(error["error"]["type"], "resume_gap");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("cannot resume: events 2 to "),
+        "{message}"
+    );
+    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
+    assert_eq!(resumes(&gateway.metrics().await, "expired"), 1.0);
+}
+
+#[tokio::test]
+async fn delete_with_the_id_stops_a_detached_stream_at_once() {
+    let (upstream, gateway) = setup("{ window: 30s }").await;
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
+    detached(&gateway, 1.0).await;
+
+    // Another credential cannot stop it.
+    let target = format!("/api/stream?lastEventId={id}");
+    let mut other = Client::open_with(
+        gateway.addr,
+        "DELETE",
+        &target,
+        &[("authorization", "Bearer x")],
+    )
+    .await;
+    assert_eq!(other.status().await, 404);
+    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 204);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream connection is closed"
+    );
+    detached(&gateway, 0.0).await;
+    gateway
+        .metrics_until("the stream's outcome", |m| {
+            m.outcome_count(ROUTE, "client_closed") == 1.0
+        })
+        .await;
+    let mut again = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(again.status().await, 404, "nothing left to stop");
+}
+
+#[tokio::test]
+async fn nobody_resuming_within_the_window_drops_the_upstream() {
+    let (upstream, gateway) = setup("{ window: 300ms }").await;
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream is dropped after the window"
+    );
+    gateway
+        .metrics_until("the stream's outcome", |m| {
+            m.outcome_count(ROUTE, "client_closed") == 1.0
+                && m.route_value("sse_gateway_streams_detached", ROUTE) == 0.0
+        })
+        .await;
+    // A late resume is told `expired`, and restarts.
+    let headers = [BEARER, ("last-event-id", &id)];
+    let late = Client::open(gateway.addr, "/api/stream?q=hi", &headers);
+    let (mut late, mut second) = tokio::join!(late, upstream.accept());
+    second.start_sse("").await;
+    second.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(data(&late.rest().await), ["[DONE]"]);
+    assert_eq!(resumes(&gateway.metrics().await, "expired"), 1.0);
+}
+
+#[tokio::test]
+async fn beyond_max_detached_a_disconnect_cancels_as_without_resume() {
+    let (upstream, gateway) = setup("{ window: 30s, max_detached: 1 }").await;
+    let mut exchanges = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream").await;
+        ids.push(id);
+        exchanges.push(exchange);
+        detached(&gateway, 1.0).await;
+    }
+    // The first is kept; the second was cancelled at once.
+    assert!(exchanges[1].closed_within(LIVENESS).await);
+    exchanges[0].send_chunk(b"data: [DONE]\n\n").await;
+    let mut kept = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[BEARER, ("last-event-id", &ids[0])],
+    )
+    .await;
+    assert_eq!(data(&kept.rest().await), ["[DONE]"]);
+    let metrics = gateway.metrics().await;
+    assert_eq!(metrics.outcome_count(ROUTE, "client_closed"), 1.0);
+    assert_eq!(metrics.outcome_count(ROUTE, "terminator"), 1.0);
+}
+
+#[tokio::test]
+async fn routes_without_resume_carry_no_ids() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(
+        &upstream.url(),
+        "    stream: { terminator: { data: \"[DONE]\" } }\n",
+    );
+    let gateway = start_gateway(&yaml).await;
+    let mut client = Client::open(gateway.addr, "/api/stream", &[("last-event-id", "x-1")]).await;
+    let mut exchange = upstream.accept().await;
+    assert_eq!(
+        exchange.request.header("last-event-id"),
+        Some("x-1"),
+        "passed on as before"
+    );
+    exchange.start_sse("").await;
+    exchange
+        .send_chunk(b"id: up-1\ndata: a\n\ndata: [DONE]\n\n")
+        .await;
+    let events = client.rest().await;
+    assert_eq!(events[0].id.as_deref(), Some("up-1"));
+    assert_eq!(events[1].id, None);
+}

@@ -1,0 +1,230 @@
+//! `store: redis` against a real `redis-server` on a loopback port: a stream cut on one
+//! replica resumes on another (replayed from Redis, then followed live to its end),
+//! and Redis dying mid-stream never harms the stream, only the resume, and is counted.
+//!
+//! Skipped with a message when `redis-server` is not installed; CI installs it.
+
+mod support;
+
+use std::time::Duration;
+
+use support::raw_client::{Client, Seen};
+use support::redis_server::RedisServer;
+use support::*;
+
+const ROUTE: &str = "chat";
+const BEARER: (&str, &str) = ("authorization", "Bearer user-1");
+
+fn config(upstream: &str, redis: &str) -> String {
+    format!(
+        "upstreams:
+  assistant: {{ url: {upstream}, header_timeout: 2s }}
+state:
+  redis: {{ url: \"{redis}\" }}
+routes:
+  - name: chat
+    match: {{ path_prefix: /api/stream }}
+    upstream: assistant
+    stream:
+      terminator: {{ data: \"[DONE]\" }}
+      resume: {{ window: 10s, store: redis }}
+"
+    )
+}
+
+fn event(n: usize) -> Vec<u8> {
+    format!("data: {{\"token\":{n}}}\n\n").into_bytes()
+}
+
+fn data(events: &[Seen]) -> Vec<String> {
+    events.iter().map(|e| e.data.clone()).collect()
+}
+
+fn tokens(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
+    range.map(|n| format!("{{\"token\":{n}}}")).collect()
+}
+
+/// Waits until Redis holds `n` events of the one stream there is.
+async fn redis_holds(redis: &RedisServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let keys = redis.command(&["KEYS", "sse-gateway:chat:*"]).await;
+        let stream = keys
+            .lines()
+            .find(|line| line.starts_with("sse-gateway:") && !line.ends_with(":meta"))
+            .map(str::to_owned);
+        if let Some(stream) = stream {
+            let len = redis.command(&["XLEN", &stream]).await;
+            if len.trim().trim_start_matches(':').parse::<usize>() == Ok(n) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never held {n} events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A redis-server, a scripted upstream and a gateway on both; `None` without Redis.
+async fn one_gateway() -> Option<(RedisServer, ScriptedUpstream, TestGateway)> {
+    let redis = RedisServer::start().await?;
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url(), &redis.url())).await;
+    Some((redis, upstream, gateway))
+}
+
+#[tokio::test]
+async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = config(&upstream.url(), &redis.url());
+    let (owner, other) = (start_gateway(&yaml).await, start_gateway(&yaml).await);
+
+    let mut client = Client::open(owner.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&[event(1), event(2)].concat()).await;
+    let first = client.take(2).await;
+    drop(client);
+    owner
+        .metrics_until("the stream detached", |m| {
+            m.route_value("sse_gateway_streams_detached", ROUTE) == 1.0
+        })
+        .await;
+    // The owner keeps reading the upstream, into Redis.
+    exchange.send_chunk(&[event(3), event(4)].concat()).await;
+    redis_holds(&redis, 4).await;
+
+    let id = first.last().unwrap().id.clone().unwrap();
+    // Another credential is refused there too, and falls back to a new request.
+    let headers = [("authorization", "Bearer user-2"), ("last-event-id", &id)];
+    let foreign = Client::open(other.addr, "/api/stream?q=hi", &headers);
+    let (mut foreign, mut second) = tokio::join!(foreign, upstream.accept());
+    second.start_sse("").await;
+    second.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(data(&foreign.rest().await), ["[DONE]"]);
+
+    let mut resumed = Client::open(
+        other.addr,
+        "/api/stream?q=hi",
+        &[BEARER, ("last-event-id", &id)],
+    )
+    .await;
+    assert_eq!(resumed.status().await, 200);
+    let replayed = resumed.take(2).await;
+    assert_eq!(data(&replayed), tokens(3..=4));
+    // Live from the owner, through Redis.
+    exchange.send_chunk(&event(5)).await;
+    let live = resumed.take(1).await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    let rest = resumed.rest().await;
+
+    let all = [first, replayed, live, rest].concat();
+    let mut expected = tokens(1..=5);
+    expected.push("[DONE]".into());
+    assert_eq!(data(&all), expected, "every event once, in order");
+    let key = all[0]
+        .id
+        .clone()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_owned();
+    let ids: Vec<String> = all.iter().map(|e| e.id.clone().unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=6).map(|n| format!("{key}-{n}")).collect::<Vec<_>>()
+    );
+    assert!(
+        !upstream.connection_within(Duration::from_millis(300)).await,
+        "one upstream request for the answer (and one for the foreign credential)"
+    );
+    let metrics = other.metrics().await;
+    let resumes = |result: &str| {
+        metrics.get(
+            "sse_gateway_resumes_total",
+            &[("route", ROUTE), ("result", result)],
+        )
+    };
+    assert_eq!(resumes("replayed"), 1.0);
+    assert_eq!(resumes("forbidden"), 1.0);
+    assert_eq!(
+        metrics.route_value("sse_gateway_resume_replayed_events_total", ROUTE),
+        2.0
+    );
+    assert_eq!(
+        owner
+            .metrics()
+            .await
+            .route_value("sse_gateway_resume_store_errors_total", ROUTE),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn redis_dying_mid_stream_never_harms_the_stream_and_is_counted() {
+    let Some((mut redis, upstream, gateway)) = one_gateway().await else {
+        return;
+    };
+    let mut client = Client::open(gateway.addr, "/api/stream", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let mut seen = client.take(1).await;
+    redis_holds(&redis, 1).await;
+
+    redis.kill();
+    for n in 2..=20 {
+        exchange.send_chunk(&event(n)).await;
+        seen.extend(client.take(1).await);
+    }
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    seen.extend(client.rest().await);
+    let mut expected = tokens(1..=20);
+    expected.push("[DONE]".into());
+    assert_eq!(data(&seen), expected, "the stream went on, whole");
+    gateway
+        .metrics_until("the lost writes counted", |m| {
+            m.route_value("sse_gateway_resume_store_errors_total", ROUTE) >= 1.0
+        })
+        .await;
+    // A resume on this replica is still served from memory.
+    let id = seen[4].id.clone().unwrap();
+    let mut resumed = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[BEARER, ("last-event-id", &id)],
+    )
+    .await;
+    assert_eq!(data(&resumed.rest().await)[0], tokens(6..=6)[0]);
+}
+
+#[tokio::test]
+async fn redis_down_at_resume_time_falls_back_to_on_unknown() {
+    let Some((mut redis, upstream, gateway)) = one_gateway().await else {
+        return;
+    };
+    redis.kill();
+    let unknown = format!("{}-3", "cd".repeat(16));
+    let headers = [BEARER, ("last-event-id", &unknown)];
+    let client = Client::open(gateway.addr, "/api/stream", &headers);
+    let (mut client, mut exchange) = tokio::join!(client, upstream.accept());
+    assert!(!exchange.request.has_header("last-event-id"));
+    exchange.start_sse("").await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(data(&client.rest().await), ["[DONE]"]);
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_resumes_total",
+            &[("route", ROUTE), ("result", "unknown")]
+        ),
+        1.0
+    );
+    assert!(metrics.route_value("sse_gateway_resume_store_errors_total", ROUTE) >= 1.0);
+}

@@ -1,0 +1,127 @@
+//! A client on a raw socket: HTTP/1.0, so the response body is the event bytes
+//! themselves and cutting the connection mid-answer is dropping the socket.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{read_until, LIVENESS};
+
+/// One event as a client sees it: its data and the id it carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub data: String,
+    pub id: Option<String>,
+    pub event: Option<String>,
+}
+
+/// A client on a raw socket.
+pub struct Client {
+    /// The response head, once read.
+    head: Option<String>,
+    stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+impl Client {
+    /// Sends the request; the response is read as the test asks for it.
+    pub async fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Client {
+        Client::open_with(addr, "GET", target, headers).await
+    }
+
+    pub async fn open_with(
+        addr: SocketAddr,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Client {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut request = format!("{method} {target} HTTP/1.0\r\nhost: gateway\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        Client {
+            head: None,
+            stream,
+            buffered: Vec::new(),
+        }
+    }
+
+    pub async fn head(&mut self) -> &str {
+        if self.head.is_none() {
+            let head = read_until(&mut self.stream, b"\r\n\r\n").await;
+            let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            self.head = Some(String::from_utf8_lossy(&head[..end]).into_owned());
+            self.buffered = head[end..].to_vec();
+        }
+        self.head.as_deref().unwrap_or_default()
+    }
+
+    pub async fn status(&mut self) -> u16 {
+        self.head().await[9..12].parse().unwrap()
+    }
+
+    /// The next event (`None` at the end of the body); comments are skipped.
+    pub async fn next(&mut self) -> Option<Seen> {
+        self.head().await;
+        loop {
+            if let Some(end) = self.buffered.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.buffered.drain(..end + 2).collect();
+                let text = String::from_utf8(event).unwrap();
+                let mut seen = Seen {
+                    data: String::new(),
+                    id: None,
+                    event: None,
+                };
+                for line in text.lines() {
+                    if let Some(data) = line.strip_prefix("data:") {
+                        data.trim_start().clone_into(&mut seen.data);
+                    } else if let Some(id) = line.strip_prefix("id:") {
+                        seen.id = Some(id.trim_start().to_owned());
+                    } else if let Some(event) = line.strip_prefix("event:") {
+                        seen.event = Some(event.trim_start().to_owned());
+                    }
+                }
+                if text.starts_with(':') {
+                    continue;
+                }
+                return Some(seen);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(LIVENESS, self.stream.read(&mut chunk))
+                .await
+                .expect("bytes arrive in time")
+                .unwrap_or(0);
+            if n == 0 {
+                assert!(
+                    self.buffered.is_empty(),
+                    "the body ended inside an event: {:?}",
+                    String::from_utf8_lossy(&self.buffered)
+                );
+                return None;
+            }
+            self.buffered.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next `n` events.
+    pub async fn take(&mut self, n: usize) -> Vec<Seen> {
+        let mut events = Vec::new();
+        for _ in 0..n {
+            events.push(self.next().await.expect("one more event"));
+        }
+        events
+    }
+
+    /// Everything up to the end of the body.
+    pub async fn rest(&mut self) -> Vec<Seen> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        events
+    }
+}
