@@ -304,3 +304,66 @@ async fn a_reload_with_another_endpoint_sends_new_streams_there_and_stalls_are_s
         "nothing went to the old endpoint"
     );
 }
+
+#[tokio::test]
+async fn a_resume_is_a_span_event_on_the_request_that_resumed() {
+    use support::raw_client::Client;
+    let (otlp, mut spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let config = format!(
+        "{}    stream:\n      terminator: {{ data: \"[DONE]\" }}\n      resume: {{ window: 10s }}\ntelemetry:
+  otlp: {{ endpoint: \"http://{otlp}\", service_name: gateway-under-test, headers: {{ x-api-key: secret }} }}
+",
+        one_route_config(&upstream.url(), "")
+    );
+    let gateway = start_gateway(&config).await;
+    let bearer = ("authorization", "Bearer user-1");
+    let mut first = Client::open(gateway.addr, "/api/stream", &[bearer]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(b"data: a\n\n").await;
+    let seen = first.take(1).await;
+    let id = seen[0].id.clone().expect("an id");
+    drop(first);
+    gateway
+        .metrics_until("the stream detached", |m| {
+            m.route_value("sse_gateway_streams_detached", "chat") == 1.0
+        })
+        .await;
+    let mut resumed = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[bearer, ("last-event-id", &id)],
+    )
+    .await;
+    exchange.send_chunk(b"data: b\n\ndata: [DONE]\n\n").await;
+    exchange.end_chunks().await;
+    let rest: Vec<String> = resumed.rest().await.into_iter().map(|e| e.data).collect();
+    assert_eq!(rest, ["b", "[DONE]"]);
+
+    // Two server spans: the first request's, and the resume's with its event.
+    let mut resume_events = Vec::new();
+    let mut servers = 0;
+    while servers < 2 {
+        let (_, span) = tokio::time::timeout(LIVENESS, spans.recv())
+            .await
+            .expect("both requests' spans arrive")
+            .unwrap();
+        if span.kind != SpanKind::Server as i32 {
+            continue;
+        }
+        servers += 1;
+        resume_events.extend(span.events.into_iter().filter(|e| e.name == "resume"));
+    }
+    assert_eq!(
+        resume_events.len(),
+        1,
+        "one resume event, on the resume's span"
+    );
+    let after = resume_events[0]
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "sse_gateway.resume.after_event")
+        .and_then(|kv| kv.value.as_ref()?.value.clone());
+    assert_eq!(after, Some(Value::IntValue(1)));
+}

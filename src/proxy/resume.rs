@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use opentelemetry::KeyValue;
 
 use super::{made, Route};
 use crate::access_log::RequestLog;
@@ -61,15 +62,21 @@ pub(super) async fn intercept(
     match intercept {
         Intercept::Forward(begin) => Ok((begin, log)),
         Intercept::Reject => Err(made(empty(StatusCode::NO_CONTENT), log)),
-        Intercept::Resume { slot, last_seen } => Err(resume
-            .replay(slot, last_seen, log)
-            .map(ResponseBody::resumable)),
+        Intercept::Resume { slot, last_seen } => {
+            trace_resume(&log, last_seen, "memory");
+            Err(resume
+                .replay(slot, last_seen, log)
+                .map(ResponseBody::resumable))
+        }
         Intercept::ResumeRemote {
             redis_key,
             last_seen,
-        } => Err(resume
-            .replay_remote(redis_key, last_seen, log)
-            .map(ResponseBody::resumable)),
+        } => {
+            trace_resume(&log, last_seen, "redis");
+            Err(resume
+                .replay_remote(redis_key, last_seen, log)
+                .map(ResponseBody::resumable))
+        }
         // Looked up above: a second lookup would find nothing new.
         Intercept::Remote { .. } => Ok((None, log)),
     }
@@ -88,6 +95,21 @@ pub(super) fn body(
         (Some(resume), Some(begin)) => ResponseBody::resumable(resume.live(begin, body, admission)),
         _ => ResponseBody::supervised(body).holding(admission),
     }
+}
+
+/// The request's span says it resumed a stream (no upstream request of its own): after
+/// which event, and from where the replay comes.
+fn trace_resume(log: &RequestLog, last_seen: u64, store: &'static str) {
+    log.trace_event(
+        "resume",
+        vec![
+            KeyValue::new(
+                "sse_gateway.resume.after_event",
+                i64::try_from(last_seen).unwrap_or(i64::MAX),
+            ),
+            KeyValue::new("sse_gateway.resume.store", store),
+        ],
+    );
 }
 
 fn empty(status: StatusCode) -> Response<Bytes> {
