@@ -257,6 +257,24 @@ impl ResumePlan {
         ResumeBody::Live(LiveBody::new(body, slot, mirror, self.clone(), admission))
     }
 
+    /// Whether a client follows `slot`'s stream on another replica (`store: redis`),
+    /// so its window must not run out here. Redis unreachable: no (the stream is then
+    /// dropped at its window, as without Redis).
+    pub(crate) async fn followed_elsewhere(&self, slot: &Slot) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let redis_key = store::stream_key(&self.route, &slot.key);
+        match store.has_remote_reader(&redis_key).await {
+            Ok(followed) => followed,
+            Err(error) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!(route = %self.route, %error, "cannot ask Redis whether another replica follows a detached stream; dropping it at its window");
+                false
+            }
+        }
+    }
+
     /// The response to a resume: the stream's events after `last_seen`, then live.
     pub(crate) fn replay(
         self: &Arc<Self>,

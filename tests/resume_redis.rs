@@ -16,6 +16,10 @@ const ROUTE: &str = "chat";
 const BEARER: (&str, &str) = ("authorization", "Bearer user-1");
 
 fn config(upstream: &str, redis: &str) -> String {
+    config_with_window(upstream, redis, "10s")
+}
+
+fn config_with_window(upstream: &str, redis: &str, window: &str) -> String {
     format!(
         "upstreams:
   assistant: {{ url: {upstream}, header_timeout: 2s }}
@@ -27,7 +31,7 @@ routes:
     upstream: assistant
     stream:
       terminator: {{ data: \"[DONE]\" }}
-      resume: {{ window: 10s, store: redis }}
+      resume: {{ window: {window}, store: redis }}
 "
     )
 }
@@ -163,6 +167,46 @@ async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
             .await
             .route_value("sse_gateway_resume_store_errors_total", ROUTE),
         0.0
+    );
+}
+
+#[tokio::test]
+async fn the_owner_keeps_a_stream_followed_on_another_replica_past_its_window() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = config_with_window(&upstream.url(), &redis.url(), "1s");
+    let (owner, other) = (start_gateway(&yaml).await, start_gateway(&yaml).await);
+
+    let mut client = Client::open(owner.addr, "/api/stream", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let first = client.take(1).await;
+    drop(client);
+    redis_holds(&redis, 1).await;
+    let id = first[0].id.clone().unwrap();
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    assert_eq!(resumed.status().await, 200);
+
+    // Three of the owner's windows pass while the client reads on the other replica.
+    for n in 2..=4 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        exchange.send_chunk(&event(n)).await;
+        assert_eq!(
+            data(&resumed.take(1).await),
+            tokens(n..=n),
+            "event {n} still flows"
+        );
+    }
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(data(&resumed.rest().await), ["[DONE]"]);
+    assert_eq!(
+        owner.metrics().await.outcome_count(ROUTE, "client_closed"),
+        0.0,
+        "the owner never dropped the upstream"
     );
 }
 

@@ -230,6 +230,11 @@ async fn keep_reading(
             () = changed => {}
             () = expiry => {
                 let now = Instant::now();
+                if slot.state().lifetime.is_expired(now) && plan.followed_elsewhere(&slot).await {
+                    slot.state().lifetime.renew(Instant::now());
+                    continue;
+                }
+                let now = Instant::now();
                 if slot.state().lifetime.is_expired(now) {
                     tracing::info!(route = %plan.route, "no client resumed the stream within its window; upstream dropped");
                     drop(supervised);

@@ -17,7 +17,7 @@ use http_body::Frame;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use super::store::RedisStore;
+use super::store::{reader_key, RedisStore};
 use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::supervise::{Never, HEARTBEAT};
@@ -28,6 +28,11 @@ const COUNT: usize = 256;
 const BLOCK: Duration = Duration::from_secs(2);
 /// A keep-alive comment after this many empty waits (about 16 s), like `heartbeat`.
 const IDLE_ROUNDS_PER_HEARTBEAT: u32 = 8;
+/// How long the reader mark (`store::reader_key`) outlives the follower's last round;
+/// a round takes at most `BLOCK`.
+const READER_MARK: Duration = Duration::from_secs(6);
+/// The mark is renewed at most this often.
+const READER_MARK_EVERY: Duration = Duration::from_secs(1);
 
 /// The body of a resume served from Redis.
 #[derive(Debug)]
@@ -123,7 +128,23 @@ impl Follower {
         };
         let mut catching_up = true;
         let mut idle_rounds = 0;
+        let mut marked: Option<tokio::time::Instant> = None;
         loop {
+            if marked.is_none_or(|at| at.elapsed() >= READER_MARK_EVERY) {
+                // The owner checks the mark before it drops a stream whose own client
+                // left: this client still reads it.
+                let mark: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(reader_key(&self.redis_key))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(u64::try_from(READER_MARK.as_millis()).unwrap_or(6000))
+                    .query_async(&mut connection)
+                    .await;
+                if let Err(error) = mark {
+                    return self.fail(&error).await;
+                }
+                marked = Some(tokio::time::Instant::now());
+            }
             let mut read = redis::cmd("XREAD");
             read.arg("COUNT").arg(COUNT);
             if !catching_up {

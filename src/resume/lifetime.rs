@@ -55,6 +55,14 @@ impl Lifetime {
         self.detached_since.take().is_some()
     }
 
+    /// A client reads the stream elsewhere (on another replica, through Redis) at
+    /// `now`: a detached stream's window starts again from here.
+    pub fn renew(&mut self, now: Instant) {
+        if self.detached_since.is_some() {
+            self.detached_since = Some(now);
+        }
+    }
+
     pub fn window(&self) -> Duration {
         self.window
     }

@@ -82,6 +82,12 @@ pub(crate) fn stream_key(route: &str, key: &StreamKey) -> String {
     )
 }
 
+/// The key a follower on another replica sets, with a short expiry, while it reads
+/// the stream: the owner does not drop a stream someone still reads.
+pub(crate) fn reader_key(redis_key: &str) -> String {
+    format!("{redis_key}:reader")
+}
+
 impl RedisStore {
     /// Opens the client (no connection yet) and starts the writer task.
     pub(crate) fn start(url: &str) -> Result<Arc<RedisStore>, redis::RedisError> {
@@ -110,6 +116,16 @@ impl RedisStore {
             .set_response_timeout(Some(TIMEOUT + block));
         self.client
             .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// Whether a replica other than the owner follows the stream now: its follower
+    /// keeps [`reader_key`] alive while it reads.
+    pub(crate) async fn has_remote_reader(&self, redis_key: &str) -> redis::RedisResult<bool> {
+        let mut connection = self.connect().await?;
+        redis::cmd("EXISTS")
+            .arg(reader_key(redis_key))
+            .query_async(&mut connection)
             .await
     }
 
