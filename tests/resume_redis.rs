@@ -193,7 +193,7 @@ async fn the_owner_keeps_a_stream_followed_on_another_replica_past_its_window() 
 
     // Three of the owner's windows pass while the client reads on the other replica.
     for n in 2..=4 {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         exchange.send_chunk(&event(n)).await;
         assert_eq!(
             data(&resumed.take(1).await),
