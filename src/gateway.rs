@@ -115,6 +115,14 @@ impl Gateway {
 
     /// The tracer for `config`'s `telemetry.otlp`: the running one when the section is
     /// unchanged, a new one (for new requests) when it changed, none when absent.
+    /// The trace exporter of the config in force, if it traces.
+    fn current_traces(&self) -> Option<Arc<Traces>> {
+        self.traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     fn traces_for(&self, config: &GatewayConfig) -> Result<Option<Arc<Traces>>, StartError> {
         let mut running = self
             .traces
@@ -229,9 +237,26 @@ impl Running {
         // whoever sees the 503 also sees new connections refused.
         self.admin.ready.store(false, Ordering::Release);
         let admin = &self.admin;
-        shutdown::drain(&self.connections, &plan, &self.gateway.shutdown, |limit| {
-            admin.final_scrape(limit, shutdown::RECENT_SCRAPE)
-        })
+        let traces = self.gateway.current_traces();
+        shutdown::drain(
+            &self.connections,
+            &plan,
+            &self.gateway.shutdown,
+            |limits| async move {
+                // The last spans go out while Prometheus takes its last scrape.
+                let flushed = async {
+                    if let Some(traces) = traces {
+                        if !traces.flushed(limits.flush).await {
+                            tracing::warn!("trace spans still unsent at the stop are lost");
+                        }
+                    }
+                };
+                tokio::join!(
+                    admin.final_scrape(limits.scrape, shutdown::RECENT_SCRAPE),
+                    flushed
+                );
+            },
+        )
         .await;
     }
 }

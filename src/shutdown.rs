@@ -48,14 +48,23 @@ pub struct DrainPlan {
     pub stop_now: StopNow,
 }
 
-/// Drains the public connections, then waits for the final scrape where it helps. The
-/// listener has stopped accepting already. `final_scrape(limit)` waits up to `limit`
-/// for the scrape (the admin listener's, handed in by the composition root).
+/// How long the last steps of a stop may take from the moment they start: the wait
+/// for a final scrape (`shutdown.final_scrape_wait`), and the export of the last
+/// trace spans (the rest of [`after_drain`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LastSteps {
+    pub scrape: Duration,
+    pub flush: Duration,
+}
+
+/// Drains the public connections, then takes the last steps: the final scrape where it
+/// helps, the last spans' export (`last_steps`, handed in by the composition root).
+/// The listener has stopped accepting already.
 pub(crate) async fn drain<F: Future<Output = ()>>(
     connections: &Connections,
     plan: &DrainPlan,
     signal: &Shutdown,
-    final_scrape: impl FnOnce(Duration) -> F,
+    last_steps: impl FnOnce(LastSteps) -> F,
 ) {
     connections.start_draining();
     tracing::info!(
@@ -67,7 +76,9 @@ pub(crate) async fn drain<F: Future<Output = ()>>(
         closed = tokio::time::timeout(plan.drain, connections.all_closed()) => closed.is_ok(),
         () = plan.stop_now.requested() => false,
     };
-    let deadline = Instant::now() + plan.final_scrape_wait;
+    let drain_over = Instant::now();
+    let scrape_deadline = drain_over + plan.final_scrape_wait;
+    let flush_deadline = drain_over + after_drain(plan.final_scrape_wait);
     if !drained {
         if plan.stop_now.is_requested() {
             tracing::warn!("stopping now: ending the remaining responses");
@@ -86,9 +97,13 @@ pub(crate) async fn drain<F: Future<Output = ()>>(
     if plan.drain.is_zero() || plan.stop_now.is_requested() {
         return;
     }
-    let limit = deadline.saturating_duration_since(Instant::now());
+    let now = Instant::now();
+    let limits = LastSteps {
+        scrape: scrape_deadline.saturating_duration_since(now),
+        flush: flush_deadline.saturating_duration_since(now),
+    };
     tokio::select! {
-        () = final_scrape(limit) => {}
+        () = last_steps(limits) => {}
         () = plan.stop_now.requested() => {}
     }
 }

@@ -12,6 +12,8 @@ mod export;
 mod trace;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator;
@@ -42,6 +44,7 @@ pub(crate) struct Traces {
     /// Kept so the export task lives as long as any request may still end a span.
     _provider: SdkTracerProvider,
     tracer: SdkTracer,
+    unsent: Arc<export::Unsent>,
 }
 
 impl Traces {
@@ -67,8 +70,13 @@ impl Traces {
             .map_err(|error| fail(error.to_string()))?;
         // The processor owns the exporter from here on: it gets the resource now.
         exporter.set_resource(&resource);
+        let unsent = Arc::new(export::Unsent::default());
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(export::QueueProcessor::start(exporter, dropped))
+            .with_span_processor(export::QueueProcessor::start(
+                exporter,
+                dropped,
+                unsent.clone(),
+            ))
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sample_ratio,
             ))))
@@ -79,12 +87,19 @@ impl Traces {
             config: config.clone(),
             _provider: provider,
             tracer,
+            unsent,
         })
     }
 
     /// The section this was built from.
     pub(crate) fn config(&self) -> &OtlpConfig {
         &self.config
+    }
+
+    /// Waits, at most `limit`, until the spans ended so far are exported: at a stop,
+    /// the streams the drain ended still reach the collector.
+    pub(crate) async fn flushed(&self, limit: Duration) -> bool {
+        self.unsent.flushed(limit).await
     }
 
     /// Starts a request's server span, continuing the client's `traceparent` when it

@@ -367,3 +367,45 @@ async fn a_resume_is_a_span_event_on_the_request_that_resumed() {
         .and_then(|kv| kv.value.as_ref()?.value.clone());
     assert_eq!(after, Some(Value::IntValue(1)));
 }
+
+#[tokio::test]
+async fn a_stop_exports_the_spans_of_the_streams_the_drain_ended() {
+    let (otlp, mut spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url(), &format!("http://{otlp}"), "")).await;
+    let (response, exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+            .send_chunk(
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n",
+            )
+            .await;
+        exchange
+    });
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(first.starts_with(b"data: "), "the stream is open");
+    // The upstream never finishes: the drain time (1 s) ends the stream. Nothing
+    // scraped /metrics, so the stop waits for no final scrape.
+    let stopped = tokio::time::Instant::now();
+    gateway.shutdown().await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopped.elapsed()
+    );
+    // Exported before the stop returned, not after.
+    let mut outcomes = Vec::new();
+    while let Ok((_, span)) = spans.try_recv() {
+        if span.kind == SpanKind::Server as i32 {
+            outcomes.push(string(&span, "sse_gateway.outcome").to_owned());
+        }
+    }
+    assert_eq!(
+        outcomes,
+        ["truncated"],
+        "the drained stream's span, at once"
+    );
+    drop(exchange);
+}

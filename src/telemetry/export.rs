@@ -6,11 +6,15 @@
 //! request goes on. One export runs at a time, with a timeout and no retries (a retry
 //! would only hold the queue longer); a failed export's spans are counted as dropped
 //! too. The task ends once the provider is gone and the queue is empty: a reload that
-//! changes the endpoint lets the old exporter finish what it holds.
+//! changes the endpoint lets the old exporter finish what it holds. At a stop,
+//! [`Unsent::flushed`] waits (bounded) for what is queued, so the spans of the streams
+//! the drain ended are not lost with the process.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +27,7 @@ use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
 use prometheus::IntCounter;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Spans waiting for export, at most: a few seconds of a busy gateway, a few MB.
 pub(super) const QUEUE: usize = 2048;
@@ -41,11 +45,42 @@ pub(crate) struct Dropped {
     pub export_failed: IntCounter,
 }
 
+/// Spans queued or being exported: what a stop waits for.
+#[derive(Debug, Default)]
+pub(super) struct Unsent {
+    spans: AtomicUsize,
+    none_left: Notify,
+}
+
+impl Unsent {
+    /// Waits until every span handed over so far has been exported (or counted as
+    /// dropped), for at most `limit`; true when none is left.
+    pub(super) async fn flushed(&self, limit: Duration) -> bool {
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                let none_left = self.none_left.notified();
+                if self.spans.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                none_left.await;
+            }
+        });
+        waited.await.is_ok()
+    }
+
+    fn done(&self, count: usize) {
+        if self.spans.fetch_sub(count, Ordering::AcqRel) == count {
+            self.none_left.notify_waiters();
+        }
+    }
+}
+
 /// The span processor: hands each finished span to the export task, or drops it.
 #[derive(Debug)]
 pub(super) struct QueueProcessor {
     queue: mpsc::Sender<SpanData>,
     dropped: IntCounter,
+    unsent: Arc<Unsent>,
 }
 
 impl QueueProcessor {
@@ -53,12 +88,19 @@ impl QueueProcessor {
     pub(super) fn start(
         exporter: opentelemetry_otlp::SpanExporter,
         dropped: Dropped,
+        unsent: Arc<Unsent>,
     ) -> QueueProcessor {
         let (queue, spans) = mpsc::channel(QUEUE);
-        tokio::spawn(export(spans, exporter, dropped.export_failed));
+        tokio::spawn(export(
+            spans,
+            exporter,
+            dropped.export_failed,
+            unsent.clone(),
+        ));
         QueueProcessor {
             queue,
             dropped: dropped.queue_full,
+            unsent,
         }
     }
 }
@@ -67,7 +109,10 @@ impl SpanProcessor for QueueProcessor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
+        // Counted before the hand-over, so the export task never counts it off first.
+        self.unsent.spans.fetch_add(1, Ordering::AcqRel);
         if self.queue.try_send(span).is_err() {
+            self.unsent.done(1);
             self.dropped.inc();
         }
     }
@@ -87,10 +132,12 @@ async fn export(
     mut spans: mpsc::Receiver<SpanData>,
     exporter: opentelemetry_otlp::SpanExporter,
     failed: IntCounter,
+    unsent: Arc<Unsent>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while spans.recv_many(&mut batch, BATCH).await > 0 {
-        let count = batch.len() as u64;
+        let taken = batch.len();
+        let count = taken as u64;
         let sent =
             tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(std::mem::take(&mut batch)));
         match sent.await {
@@ -104,6 +151,7 @@ async fn export(
                 tracing::debug!(spans = count, "span export timed out");
             }
         }
+        unsent.done(taken);
     }
 }
 
