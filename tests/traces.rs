@@ -104,6 +104,18 @@ fn string<'a>(span: &'a Span, key: &str) -> &'a str {
     }
 }
 
+/// The upstream's next exchange, started with one Chat Completions content chunk.
+async fn first_token(upstream: &ScriptedUpstream) -> Exchange {
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange
+        .send_chunk(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n",
+        )
+        .await;
+    exchange
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut hex, b| {
@@ -274,13 +286,7 @@ async fn a_reload_with_another_endpoint_sends_new_streams_there_and_stalls_are_s
     gateway.gateway().apply(config).await.unwrap();
 
     let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
-        let mut exchange = upstream.accept().await;
-        exchange.start_sse("").await;
-        exchange
-            .send_chunk(
-                b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n",
-            )
-            .await;
+        let mut exchange = first_token(&upstream).await;
         // Long past stuck_after: the stream is stuck, then data unsticks it.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         exchange
@@ -373,16 +379,8 @@ async fn a_stop_exports_the_spans_of_the_streams_the_drain_ended() {
     let (otlp, mut spans) = receiver().await;
     let upstream = ScriptedUpstream::bind().await;
     let gateway = start_gateway(&config(&upstream.url(), &format!("http://{otlp}"), "")).await;
-    let (response, exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
-        let mut exchange = upstream.accept().await;
-        exchange.start_sse("").await;
-        exchange
-            .send_chunk(
-                b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n",
-            )
-            .await;
-        exchange
-    });
+    let (response, exchange) =
+        tokio::join!(get(gateway.addr, "/api/stream"), first_token(&upstream));
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert!(first.starts_with(b"data: "), "the stream is open");
