@@ -1,6 +1,7 @@
 //! Soak: 2,000 concurrent streams whose clients leave at random moments, for 60 s.
-//! Afterwards no stream counts as active or stuck, and no task or socket is left
-//! behind beyond the upstream pool's bounded idle connections.
+//! Afterwards no stream counts as active or stuck, no admission slot is held (the route
+//! has `limits`), and no task or socket is left behind beyond the upstream pool's
+//! bounded idle connections.
 //!
 //! A minute of load: `.ci/run` runs it in release mode with
 //! `cargo test --release --test soak -- --ignored`.
@@ -32,6 +33,7 @@ routes:
       terminator: { data: \"[DONE]\" }
       stuck_after: 100ms
       heartbeat: 50ms
+    limits: { max_streams: 100000, per_client: { header: authorization, max_streams: 100000 } }
 ";
 
 fn open_fds() -> usize {
@@ -88,6 +90,11 @@ async fn random_disconnects_across_2000_streams_leave_nothing_behind() {
     let clients: Vec<_> = (0..STREAMS as u64)
         .map(|seed| tokio::spawn(client(gateway.addr, seed, until)))
         .collect();
+    gateway
+        .metrics_until("streams hold admission slots", |m| {
+            m.route_value("sse_gateway_admission_streams", "chat") > 100.0
+        })
+        .await;
     let mut opened = 0;
     for client in clients {
         opened += client.await.unwrap();
@@ -95,9 +102,10 @@ async fn random_disconnects_across_2000_streams_leave_nothing_behind() {
     assert!(opened >= STREAMS as u64, "{opened} streams opened");
 
     let metrics = gateway
-        .metrics_until("every stream ended", |m| {
+        .metrics_until("every stream ended and gave back its slot", |m| {
             m.route_value("sse_gateway_streams_active", "chat") == 0.0
                 && m.route_value("sse_gateway_streams_stuck", "chat") == 0.0
+                && m.route_value("sse_gateway_admission_streams", "chat") == 0.0
         })
         .await;
     let ended: f64 = ["terminator", "client_closed", "upstream_eof"]
