@@ -11,6 +11,7 @@
 //!
 //! HTTPS upstreams and requests that are not event streams keep hyper's pooled client.
 
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -267,15 +268,31 @@ async fn write_request(
     }
 }
 
-/// Writes the head, then the client's body as it arrives.
+/// Writes the head, then the client's body as it arrives: what has arrived goes out
+/// in one write with the head (a request is one packet, as hyper sends it), and later
+/// pieces as they come.
 async fn send_body(
     tcp: &mut TcpStream,
     head: &[u8],
     client: &mut super::ClientBody,
     chunked: bool,
 ) -> Result<(), LeanError> {
-    tcp.write_all(head).await.map_err(LeanError::Write)?;
-    while let Some(frame) = client.frame().await {
+    /// Written at once when this much is waiting, whatever else has arrived.
+    const WRITE_AT: usize = 64 * 1024;
+    let mut out = head.to_vec();
+    loop {
+        let next = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *client).poll_frame(cx))).await {
+            Poll::Ready(next) => next,
+            Poll::Pending => {
+                // Nothing more yet: send what is waiting before waiting for the client.
+                tcp.write_all(&out).await.map_err(LeanError::Write)?;
+                out.clear();
+                poll_fn(|cx| Pin::new(&mut *client).poll_frame(cx)).await
+            }
+        };
+        let Some(frame) = next else {
+            break;
+        };
         let frame = frame.map_err(|error| LeanError::ClientBody(error.into()))?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -284,22 +301,21 @@ async fn send_body(
             continue;
         }
         if chunked {
-            let size = format!("{:X}\r\n", data.len());
-            tcp.write_all(size.as_bytes())
-                .await
-                .map_err(LeanError::Write)?;
-            tcp.write_all(&data).await.map_err(LeanError::Write)?;
-            tcp.write_all(b"\r\n").await.map_err(LeanError::Write)?;
+            out.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\r\n");
         } else {
-            tcp.write_all(&data).await.map_err(LeanError::Write)?;
+            out.extend_from_slice(&data);
+        }
+        if out.len() >= WRITE_AT {
+            tcp.write_all(&out).await.map_err(LeanError::Write)?;
+            out.clear();
         }
     }
     if chunked {
-        tcp.write_all(b"0\r\n\r\n")
-            .await
-            .map_err(LeanError::Write)?;
+        out.extend_from_slice(b"0\r\n\r\n");
     }
-    Ok(())
+    tcp.write_all(&out).await.map_err(LeanError::Write)
 }
 
 /// Methods whose requests carry a body by definition: an empty one is said with
