@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 
 use super::{join, raw, Validator};
 use crate::config::{AllowOrigins, CorsConfig, ResponsePlan};
@@ -82,31 +82,9 @@ impl Validator<'_> {
         raw: raw::RouteResponse,
     ) -> Option<ResponsePlan> {
         let mut ok = true;
-        let headers_path = join(path, "headers");
-        let mut set_headers = Vec::with_capacity(raw.headers.set.len());
-        for (name, value) in raw.headers.set {
-            let value_path = format!("{headers_path}.set.{name}");
-            let Some(header) = self.response_header(&value_path, &name) else {
-                ok = false;
-                continue;
-            };
-            if let Ok(header_value) = HeaderValue::from_str(&value) {
-                set_headers.push((header, header_value));
-            } else {
-                self.error_at_value(
-                    &value_path,
-                    format!("invalid value for header {name}: visible ASCII only, no line breaks"),
-                );
-                ok = false;
-            }
-        }
-        let mut remove_headers = Vec::with_capacity(raw.headers.remove.len());
-        for (i, name) in raw.headers.remove.iter().enumerate() {
-            match self.response_header(&format!("{headers_path}.remove[{i}]"), name) {
-                Some(header) => remove_headers.push(header),
-                None => ok = false,
-            }
-        }
+        let headers = self.header_edits(&join(path, "headers"), raw.headers, Self::response_header);
+        ok &= headers.is_some();
+        let (set_headers, remove_headers) = headers.unwrap_or_default();
         ok.then_some(ResponsePlan {
             set_headers,
             remove_headers,

@@ -12,6 +12,9 @@ use super::{join, raw, Validator};
 use crate::config::{defaults, PathMatch, RequestPlan, RouteConfig, UpstreamConfig};
 use crate::hop_by_hop::is_hop_by_hop;
 
+/// Headers to set (name, value) and to remove.
+type HeaderEdits = (Vec<(HeaderName, HeaderValue)>, Vec<HeaderName>);
+
 impl Validator<'_> {
     pub(super) fn routes(
         &mut self,
@@ -275,35 +278,9 @@ impl Validator<'_> {
             }
         };
 
-        let headers_path = join(path, "headers");
-        let mut set_headers = Vec::with_capacity(raw.headers.set.len());
-        for (name, value) in raw.headers.set {
-            let value_path = format!("{headers_path}.set.{name}");
-            match self.header_name(&value_path, &name) {
-                Some(header) => {
-                    if let Ok(mut header_value) = HeaderValue::from_str(&value) {
-                        if self.from_environment.contains(&value_path) {
-                            header_value.set_sensitive(true);
-                        }
-                        set_headers.push((header, header_value));
-                    } else {
-                        self.error_at_value(
-                        &value_path,
-                        format!("invalid value for header {name}: visible ASCII only, no line breaks"),
-                    );
-                        ok = false;
-                    }
-                }
-                None => ok = false,
-            }
-        }
-        let mut remove_headers = Vec::with_capacity(raw.headers.remove.len());
-        for (i, name) in raw.headers.remove.iter().enumerate() {
-            match self.header_name(&format!("{headers_path}.remove[{i}]"), name) {
-                Some(header) => remove_headers.push(header),
-                None => ok = false,
-            }
-        }
+        let headers = self.header_edits(&join(path, "headers"), raw.headers, Self::header_name);
+        ok &= headers.is_some();
+        let (set_headers, remove_headers) = headers.unwrap_or_default();
         ok.then(|| RequestPlan {
             path_prefix,
             method,
@@ -313,6 +290,44 @@ impl Validator<'_> {
             set_headers,
             remove_headers,
         })
+    }
+
+    /// A `headers: { set, remove }` section: each name checked by `check_name`, each
+    /// value visible ASCII; a value from the environment is marked sensitive (kept out
+    /// of debug output). `None` when anything is wrong (every problem is reported).
+    pub(super) fn header_edits(
+        &mut self,
+        path: &str,
+        raw: raw::Headers,
+        check_name: fn(&mut Self, &str, &str) -> Option<HeaderName>,
+    ) -> Option<HeaderEdits> {
+        let mut ok = true;
+        let mut set = Vec::with_capacity(raw.set.len());
+        for (name, value) in raw.set {
+            let value_path = format!("{path}.set.{name}");
+            let Some(header) = check_name(self, &value_path, &name) else {
+                ok = false;
+                continue;
+            };
+            if let Ok(mut header_value) = HeaderValue::from_str(&value) {
+                header_value.set_sensitive(self.from_environment.contains(&value_path));
+                set.push((header, header_value));
+            } else {
+                self.error_at_value(
+                    &value_path,
+                    format!("invalid value for header {name}: visible ASCII only, no line breaks"),
+                );
+                ok = false;
+            }
+        }
+        let mut remove = Vec::with_capacity(raw.remove.len());
+        for (i, name) in raw.remove.iter().enumerate() {
+            match check_name(self, &format!("{path}.remove[{i}]"), name) {
+                Some(header) => remove.push(header),
+                None => ok = false,
+            }
+        }
+        ok.then_some((set, remove))
     }
 
     pub(super) fn header_name(&mut self, path: &str, name: &str) -> Option<HeaderName> {
