@@ -75,6 +75,13 @@ _log_lock = threading.Lock()
 _ids = itertools.count(1)
 
 
+
+class Server(ThreadingHTTPServer):
+    # Python's listen backlog of 5 overflows when the clients fire every scenario at
+    # once; the kernel then resets connections that a model server (backlog in the
+    # thousands) would have taken. The suite tests the gateway, not that.
+    request_queue_size = 1024
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "flawed-llm-upstream/1"
@@ -342,7 +349,7 @@ def main():
         ap.error("--port-file and --log are required")
     Handler.log_path = args.log
     Handler.page_path = args.page
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     with open(args.port_file + ".tmp", "w") as f:
         f.write(str(server.server_address[1]))
