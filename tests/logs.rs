@@ -12,14 +12,6 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Sends one raw HTTP/1.1 request with `connection: close`; returns the whole reply.
 fn exchange(port: u16, request: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -46,9 +38,10 @@ fn run_gateway(
     upstreams_and_routes: &str,
     requests: &[&str],
 ) -> (Vec<String>, Vec<String>) {
-    let port = free_port();
+    // Port 0, and the port read from the gateway's own "listening" line: a port picked
+    // free beforehand could be taken by a parallel test before the child binds it.
     let config = format!(
-        "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:0 }}\nlog: {{ format: json, level: info }}\n{upstreams_and_routes}"
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nlog: {{ format: json, level: info }}\n{upstreams_and_routes}"
     );
     let dir = std::env::temp_dir().join(format!("sse-gateway-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -61,6 +54,30 @@ fn run_gateway(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines: Vec<String> = Vec::new();
+    let port = loop {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).unwrap();
+        assert!(
+            read > 0,
+            "the gateway exited before listening:\n{}",
+            lines.join("")
+        );
+        let listening = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .filter(|json| json["message"] == "gateway listening")
+            .and_then(|json| {
+                json["listen"]
+                    .as_str()?
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+            });
+        lines.push(line.trim_end().to_string());
+        if let Some(addr) = listening {
+            break addr.port();
+        }
+    };
     let replies = requests
         .iter()
         .map(|request| exchange(port, request))
@@ -69,13 +86,12 @@ fn run_gateway(
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let mut lines: Vec<String> = Vec::new();
-    for pipe in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn Read>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        lines.extend(BufReader::new(pipe).lines().map_while(Result::ok));
-    }
+    lines.extend(stderr.lines().map_while(Result::ok));
+    lines.extend(
+        BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok),
+    );
     child.wait().unwrap();
     std::fs::remove_dir_all(&dir).ok();
     (replies, lines)

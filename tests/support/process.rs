@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
 use super::{body_text, get, Metrics, LIVENESS};
 
 /// The gateway binary running on a config file in its own directory.
@@ -40,7 +38,27 @@ impl GatewayProcess {
     pub async fn start_limited(name: &str, config: &str, max_files: Option<u32>) -> GatewayProcess {
         let dir =
             std::env::temp_dir().join(format!("sse-gateway-ops-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // A port found free can be taken by a parallel test before the child binds it;
+        // the child then exits with a bind error, and a new pair of ports is tried.
+        for _ in 0..5 {
+            match GatewayProcess::spawn(&dir, config, max_files).await {
+                Ok(process) => return process,
+                Err(log) => assert!(
+                    log.contains("Address already in use"),
+                    "the gateway did not start:\n{log}"
+                ),
+            }
+        }
+        panic!("the gateway did not start: its ports were taken 5 times in a row");
+    }
+
+    /// One start on fresh ports: the running gateway, or its log when it exited.
+    async fn spawn(
+        dir: &std::path::Path,
+        config: &str,
+        max_files: Option<u32>,
+    ) -> Result<GatewayProcess, String> {
+        std::fs::create_dir_all(dir).unwrap();
         let (port, admin_port) = (free_port(), free_port());
         let config_path = dir.join("gateway.yaml");
         let log = dir.join("gateway.log");
@@ -67,23 +85,29 @@ impl GatewayProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let process = GatewayProcess {
+        let mut process = GatewayProcess {
             child,
-            dir,
+            dir: dir.to_path_buf(),
             config: config_path,
             log,
             addr: ([127, 0, 0, 1], port).into(),
             admin: ([127, 0, 0, 1], admin_port).into(),
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(process.admin).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the gateway did not start"
-            );
+        // Generous: a busy machine compiling other tests can be slow to start a process.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Its own "listening" line, not a connect: a connect could reach whatever took
+        // the port first.
+        while !process.log_text().contains("gateway listening") {
+            if process.child.try_wait().unwrap().is_some() {
+                return Err(process.log_text());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = process.child.kill();
+                return Err(format!("no answer within 30 s\n{}", process.log_text()));
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        process
+        Ok(process)
     }
 
     pub fn signal(&self, name: &str) {
