@@ -160,7 +160,7 @@ impl Proxy {
                 }
             }
         }
-        if let Some((reply, route)) = resume::stop(&self.routes, &mut request) {
+        if let Some((reply, route)) = resume::stop(&self.routes, &mut request).await {
             log.set_route(&route.name, &route.upstream_name);
             return (made(reply, log), Some(route.name.clone()));
         }

@@ -37,12 +37,14 @@ pub(crate) enum ErrorType {
     UpstreamError,
     /// The route (or this client) has as many streams open as its `limits` allow.
     TooManyRequests,
+    /// A resumable stream's shared store (Redis) cannot be reached for what it must do.
+    StoreUnavailable,
 }
 
 impl ErrorType {
     /// Every type, in declaration order (the tests hold each to a distinct label).
     #[cfg(test)]
-    pub(crate) const ALL: [ErrorType; 9] = [
+    pub(crate) const ALL: [ErrorType; 10] = [
         ErrorType::NotFound,
         ErrorType::MethodNotAllowed,
         ErrorType::BadRequest,
@@ -52,6 +54,7 @@ impl ErrorType {
         ErrorType::UpstreamTimeout,
         ErrorType::UpstreamError,
         ErrorType::TooManyRequests,
+        ErrorType::StoreUnavailable,
     ];
 
     /// The `type` of the JSON error object.
@@ -66,6 +69,7 @@ impl ErrorType {
             ErrorType::UpstreamTimeout => "upstream_timeout",
             ErrorType::UpstreamError => "upstream_error",
             ErrorType::TooManyRequests => "too_many_requests",
+            ErrorType::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -79,6 +83,7 @@ impl ErrorType {
             ErrorType::UpstreamUnavailable | ErrorType::UpstreamError => StatusCode::BAD_GATEWAY,
             ErrorType::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorType::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorType::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

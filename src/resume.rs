@@ -10,7 +10,7 @@
 //! `lastEventId` query parameter) whose stream is known and whose credential matches is
 //! answered from the buffer, then live, without calling the upstream; an unknown one
 //! restarts or gets `204` (`on_unknown`). `DELETE` on the route's path with the id ends
-//! a stream at once. Streams are kept per route in a `table` that outlives config
+//! a stream at once, on whichever replica owns it. Streams are kept per route in a `table` that outlives config
 //! reloads; `lifetime` says when each stops being resumable.
 //!
 //! The pure parts (`id`, `stamp`, `replay`, `lifetime`) hold no lock and read no clock;
@@ -85,6 +85,17 @@ pub(crate) enum Intercept {
     },
     /// Answer it from Redis: another replica owns the stream.
     ResumeRemote { redis_key: String, last_seen: u64 },
+}
+
+/// What a `DELETE` with a stream id did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The stream is stopped (here, or asked of the replica that owns it).
+    Stopped,
+    /// No stream with this id and credential is running.
+    Unknown,
+    /// The stream may run on another replica, and Redis cannot be reached to ask it.
+    StoreUnavailable,
 }
 
 /// A new resumable stream's key and credential fingerprint.
@@ -287,22 +298,49 @@ impl ResumePlan {
         event_stream(ResumeBody::Replay(body))
     }
 
-    /// `DELETE` with a stream id: ends that stream at once. `None` when the request
-    /// carries no id (it is not a stop, and is routed as usual).
-    pub(crate) fn stop<B>(&self, request: &mut Request<B>) -> Option<StatusCode> {
+    /// `DELETE` with a stream id: ends that stream at once, here or (`store: redis`)
+    /// on the replica that owns it. `None` when the request carries no id (it is not a
+    /// stop, and is routed as usual).
+    pub(crate) async fn stop<B>(&self, request: &mut Request<B>) -> Option<Stop> {
         let id = take_id(request)?;
         let credential = request
             .headers()
             .get(&self.config.credential_header)
             .map(HeaderValue::as_bytes);
-        let stopped =
-            EventId::parse(id.as_bytes()).is_some_and(|id| self.table.stop(&id.key, credential));
-        tracing::info!(route = %self.route, stopped, "stream stop asked");
-        Some(if stopped {
-            StatusCode::NO_CONTENT
+        let Some(id) = EventId::parse(id.as_bytes()) else {
+            return Some(Stop::Unknown);
+        };
+        let stop = if self.table.stop(&id.key, credential) {
+            Stop::Stopped
         } else {
-            StatusCode::NOT_FOUND
-        })
+            self.stop_elsewhere(&id.key, credential).await
+        };
+        tracing::info!(route = %self.route, stop = ?stop, "stream stop asked");
+        Some(stop)
+    }
+
+    /// A stop for a stream this replica does not hold: with `store: redis`, checked
+    /// against the stream's fingerprint there and handed to its owner.
+    async fn stop_elsewhere(&self, key: &StreamKey, credential: Option<&[u8]>) -> Stop {
+        let Some(store) = &self.store else {
+            return Stop::Unknown;
+        };
+        let redis_key = store::stream_key(&self.route, key);
+        let asked = match store.fingerprint(&redis_key).await {
+            Ok(Some(fingerprint)) if fingerprint.matches(&key.fingerprint(credential)) => {
+                store.publish_stop(&redis_key).await
+            }
+            Ok(_) => return Stop::Unknown,
+            Err(error) => Err(error),
+        };
+        match asked {
+            Ok(()) => Stop::Stopped,
+            Err(error) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!(route = %self.route, %error, "cannot hand a stream stop to the replica that owns the stream");
+                Stop::StoreUnavailable
+            }
+        }
     }
 
     /// The error event for events `from..=to` that the buffer no longer holds, and

@@ -1,6 +1,7 @@
 //! `store: redis` against a real `redis-server` on a loopback port: a stream cut on one
 //! replica resumes on another (replayed from Redis, then followed live to its end),
-//! and Redis dying mid-stream never harms the stream, only the resume, and is counted.
+//! a stop sent to another replica reaches the owner, and Redis dying mid-stream never
+//! harms the stream, only the resume, and is counted.
 //!
 //! Skipped with a message when `redis-server` is not installed; CI installs it.
 
@@ -71,6 +72,40 @@ async fn redis_holds(redis: &RedisServer, n: usize) {
     }
 }
 
+/// Two replicas on one Redis and one upstream; `None` without Redis.
+async fn two_replicas(
+    window: &str,
+) -> Option<(RedisServer, ScriptedUpstream, TestGateway, TestGateway)> {
+    let redis = RedisServer::start().await?;
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = config_with_window(&upstream.url(), &redis.url(), window);
+    let (owner, other) = (start_gateway(&yaml).await, start_gateway(&yaml).await);
+    Some((redis, upstream, owner, other))
+}
+
+/// A client on `owner` that gets events `1..=n` and leaves; returns what it got and
+/// the upstream exchange, which the owner reads on, detached.
+async fn cut_after(
+    owner: &TestGateway,
+    upstream: &ScriptedUpstream,
+    n: usize,
+) -> (Exchange, Vec<Seen>) {
+    let mut client = Client::open(owner.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange
+        .send_chunk(&(1..=n).flat_map(event).collect::<Vec<u8>>())
+        .await;
+    let first = client.take(n).await;
+    drop(client);
+    owner
+        .metrics_until("the stream detached", |m| {
+            m.route_value("sse_gateway_streams_detached", ROUTE) == 1.0
+        })
+        .await;
+    (exchange, first)
+}
+
 /// A redis-server, a scripted upstream and a gateway on both; `None` without Redis.
 async fn one_gateway() -> Option<(RedisServer, ScriptedUpstream, TestGateway)> {
     let redis = RedisServer::start().await?;
@@ -81,24 +116,10 @@ async fn one_gateway() -> Option<(RedisServer, ScriptedUpstream, TestGateway)> {
 
 #[tokio::test]
 async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
-    let Some(redis) = RedisServer::start().await else {
+    let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
         return;
     };
-    let upstream = ScriptedUpstream::bind().await;
-    let yaml = config(&upstream.url(), &redis.url());
-    let (owner, other) = (start_gateway(&yaml).await, start_gateway(&yaml).await);
-
-    let mut client = Client::open(owner.addr, "/api/stream?q=hi", &[BEARER]).await;
-    let mut exchange = upstream.accept().await;
-    exchange.start_sse("").await;
-    exchange.send_chunk(&[event(1), event(2)].concat()).await;
-    let first = client.take(2).await;
-    drop(client);
-    owner
-        .metrics_until("the stream detached", |m| {
-            m.route_value("sse_gateway_streams_detached", ROUTE) == 1.0
-        })
-        .await;
+    let (mut exchange, first) = cut_after(&owner, &upstream, 2).await;
     // The owner keeps reading the upstream, into Redis.
     exchange.send_chunk(&[event(3), event(4)].concat()).await;
     redis_holds(&redis, 4).await;
@@ -172,19 +193,10 @@ async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
 
 #[tokio::test]
 async fn the_owner_keeps_a_stream_followed_on_another_replica_past_its_window() {
-    let Some(redis) = RedisServer::start().await else {
+    let Some((redis, upstream, owner, other)) = two_replicas("1s").await else {
         return;
     };
-    let upstream = ScriptedUpstream::bind().await;
-    let yaml = config_with_window(&upstream.url(), &redis.url(), "1s");
-    let (owner, other) = (start_gateway(&yaml).await, start_gateway(&yaml).await);
-
-    let mut client = Client::open(owner.addr, "/api/stream", &[BEARER]).await;
-    let mut exchange = upstream.accept().await;
-    exchange.start_sse("").await;
-    exchange.send_chunk(&event(1)).await;
-    let first = client.take(1).await;
-    drop(client);
+    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
     redis_holds(&redis, 1).await;
     let id = first[0].id.clone().unwrap();
     let mut resumed =
@@ -271,4 +283,52 @@ async fn redis_down_at_resume_time_falls_back_to_on_unknown() {
         1.0
     );
     assert!(metrics.route_value("sse_gateway_resume_store_errors_total", ROUTE) >= 1.0);
+
+    // A stop this replica cannot hand on says so, rather than "no such stream".
+    let target = format!("/api/stream?lastEventId={unknown}");
+    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 503);
+    assert!(
+        stop.head().await.contains("store_unavailable"),
+        "named in the error header"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_sent_to_another_replica_ends_the_stream_at_its_owner() {
+    let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
+        return;
+    };
+    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
+    redis_holds(&redis, 1).await;
+    let id = first[0].id.clone().unwrap();
+    let target = format!("/api/stream?lastEventId={id}");
+
+    let foreign = [("authorization", "Bearer user-2")];
+    let mut refused = Client::open_with(other.addr, "DELETE", &target, &foreign).await;
+    assert_eq!(
+        refused.status().await,
+        404,
+        "another credential cannot stop it"
+    );
+    exchange.send_chunk(&event(2)).await;
+    redis_holds(&redis, 2).await;
+
+    let mut stop = Client::open_with(other.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 204);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the owner dropped the upstream"
+    );
+    owner
+        .metrics_until("the stream's outcome", |m| {
+            m.outcome_count(ROUTE, "client_closed") == 1.0
+                && m.route_value("sse_gateway_streams_detached", ROUTE) == 0.0
+        })
+        .await;
+    // A resume now finds a stream that ended: the owner wrote its end for followers.
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    assert_eq!(resumed.status().await, 200);
+    assert_eq!(data(&resumed.rest().await), tokens(2..=2));
 }

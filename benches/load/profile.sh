@@ -26,6 +26,8 @@
 #                      --gateway-endpoints; default 1: a `url`, no retry)
 #   --otlp             trace every request (`telemetry.otlp`, sample_ratio 1.0) to an
 #                      OTLP/HTTP sink on loopback (otlp_sink.py, core 1)
+#   --resume R         give the route `stream.resume: R` (such as "{ store: memory }"),
+#                      as run.sh's --gateway-resume
 #
 # Output (callgrind.out, massif.out, annotations) goes to $TARGET/load/profile-*/.
 set -euo pipefail
@@ -39,6 +41,7 @@ SECONDS_WINDOW=15
 GATEWAY_BIN=""
 ENDPOINTS=1
 OTLP=0
+RESUME=""
 die() { echo "profile.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -49,7 +52,8 @@ while [ $# -gt 0 ]; do
         --gateway-bin) GATEWAY_BIN=${2:?}; shift ;;
         --endpoints) ENDPOINTS=${2:?}; shift ;;
         --otlp) OTLP=1 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        --resume) RESUME=${2:?}; shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) die "unknown option $1" ;;
     esac
     shift
@@ -118,6 +122,7 @@ $(design_stream_rules)
       heartbeat: 5m
       max_duration: 1h
       max_event_size: 1MiB
+${RESUME:+      resume: $RESUME}
 $RETRY
 $TELEMETRY
 EOF

@@ -13,14 +13,15 @@ use crate::access_log::RequestLog;
 use crate::admission;
 use crate::body::ResponseBody;
 use crate::reply::{self, ErrorType};
-use crate::resume::{Begin, Intercept};
+use crate::resume::{Begin, Intercept, Stop};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
 
 /// `DELETE` with a stream id on a resumable route's path (whatever methods the route
-/// takes): the stream is ended at once, `204`; `404` when no such stream is running.
-/// `None` when the request is not such a stop.
-pub(super) fn stop<'a>(
+/// takes): the stream is ended at once, `204`; `404` when no such stream is running;
+/// `503` when it may run on another replica and Redis cannot be reached. `None` when
+/// the request is not such a stop.
+pub(super) async fn stop<'a>(
     routes: &'a RouteTable<Route>,
     request: &mut Request<Incoming>,
 ) -> Option<(Response<Bytes>, &'a Route)> {
@@ -32,17 +33,19 @@ pub(super) fn stop<'a>(
         RouteMatch::MethodNotAllowed { owner, .. } => owner,
         _ => return None,
     };
-    let status = route.resume.as_ref()?.stop(request)?;
-    let reply = if status == StatusCode::NO_CONTENT {
-        empty(status)
-    } else {
-        reply::error_response_in(
-            route.protocol(),
+    let stop = route.resume.as_ref()?.stop(request).await?;
+    let (error, message) = match stop {
+        Stop::Stopped => return Some((empty(StatusCode::NO_CONTENT), route)),
+        Stop::Unknown => (
             ErrorType::NotFound,
             "no running stream has this id (or the credential is not its own)",
-            Some(&route.name),
-        )
+        ),
+        Stop::StoreUnavailable => (
+            ErrorType::StoreUnavailable,
+            "the stream may run on another replica, and the shared store cannot be reached to stop it; try again",
+        ),
     };
+    let reply = reply::error_response_in(route.protocol(), error, message, Some(&route.name));
     Some((reply, route))
 }
 

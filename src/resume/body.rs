@@ -127,8 +127,11 @@ impl LiveBody {
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Polled {
         if self.slot.is_stopped() {
-            // Stopped by a client while this one still reads: it ends here too.
-            self.supervised = None;
+            // Stopped by a client while this one still reads: it ends here too, and
+            // for the clients that follow it on other replicas.
+            if self.supervised.take().is_some() {
+                self.producer.end();
+            }
             return Poll::Ready(None);
         }
         let Some(supervised) = self.supervised.as_mut() else {
@@ -262,8 +265,10 @@ async fn keep_reading(
             }
         }
     }
-    // Stopped: dropping the undecided stream drops the upstream (`client_closed`).
+    // Stopped: dropping the undecided stream drops the upstream (`client_closed`);
+    // clients following it on other replicas are told it ended.
     drop(supervised);
+    producer.end();
     table.remove(&slot, Instant::now(), false);
 }
 

@@ -47,7 +47,7 @@ impl StreamKey {
         out
     }
 
-    fn parse_hex(text: &[u8]) -> Option<StreamKey> {
+    pub(crate) fn parse_hex(text: &[u8]) -> Option<StreamKey> {
         if text.len() != 2 * KEY_LEN {
             return None;
         }

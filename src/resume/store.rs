@@ -16,6 +16,12 @@
 //! counted in `resume_store_errors_total` and logged: the user's stream is never
 //! delayed or failed (fail open). A reader on another replica sees the hole in the
 //! numbers and says so with an error event, never a silent gap.
+//!
+//! **Stops across replicas.** A `DELETE` that lands on a replica which does not own
+//! the stream checks the credential against the stream's `:meta` fingerprint, then
+//! publishes the stream's Redis key on [`STOP_CHANNEL`]. Every replica subscribes to it
+//! (one connection per process, re-established when it drops), and the owner stops the
+//! stream as if the `DELETE` had reached it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +35,7 @@ use tokio::sync::mpsc;
 
 use super::id::{Fingerprint, StreamKey};
 use super::stamp::Span;
+use super::table::Routes;
 
 /// Writes queued at most; beyond, writes are dropped and counted.
 const QUEUE: usize = 8192;
@@ -38,6 +45,10 @@ const BATCH: usize = 512;
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// Roughly the bytes of an event with its id: `max_bytes` in entries for `MAXLEN ~`.
 const BYTES_PER_ENTRY: usize = 64;
+/// The channel on which a replica asks the owner of a stream to stop it.
+const STOP_CHANNEL: &str = "sse-gateway:stop";
+/// How long the stop listener waits before it subscribes again after a failure.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 /// A process's connection to the Redis in `state.redis`.
 #[derive(Debug)]
@@ -82,6 +93,13 @@ pub(crate) fn stream_key(route: &str, key: &StreamKey) -> String {
     )
 }
 
+/// The route and stream key of a stream's Redis key (the inverse of [`stream_key`]).
+fn parse_stream_key(redis_key: &str) -> Option<(&str, StreamKey)> {
+    let rest = redis_key.strip_prefix("sse-gateway:")?;
+    let (route, key) = rest.rsplit_once(':')?;
+    Some((route, StreamKey::parse_hex(key.as_bytes())?))
+}
+
 /// The key a follower on another replica sets, with a short expiry, while it reads
 /// the stream: the owner does not drop a stream someone still reads.
 pub(crate) fn reader_key(redis_key: &str) -> String {
@@ -89,12 +107,25 @@ pub(crate) fn reader_key(redis_key: &str) -> String {
 }
 
 impl RedisStore {
-    /// Opens the client (no connection yet) and starts the writer task.
-    pub(crate) fn start(url: &str) -> Result<Arc<RedisStore>, redis::RedisError> {
+    /// Opens the client (no connection yet) and starts the writer task, and the
+    /// listener that stops `routes`' streams when another replica asks.
+    pub(crate) fn start(url: &str, routes: Routes) -> Result<Arc<RedisStore>, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let (queue, writes) = mpsc::channel(QUEUE);
         tokio::spawn(write_batches(client.clone(), writes));
+        tokio::spawn(listen_for_stops(client.clone(), routes));
         Ok(Arc::new(RedisStore { client, queue }))
+    }
+
+    /// Asks every replica to stop the stream at `redis_key` (its owner does).
+    pub(crate) async fn publish_stop(&self, redis_key: &str) -> redis::RedisResult<()> {
+        let mut connection = self.connect().await?;
+        redis::cmd("PUBLISH")
+            .arg(STOP_CHANNEL)
+            .arg(redis_key)
+            .query_async::<i64>(&mut connection)
+            .await
+            .map(drop)
     }
 
     pub(crate) async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
@@ -202,6 +233,47 @@ impl Mirror {
             self.errors.inc_by(count);
             warn_once(&format!("the Redis write queue is full or closed ({error}); events dropped, resume on other replicas may fail"));
         }
+    }
+}
+
+/// The stop listener: subscribed to [`STOP_CHANNEL`] for as long as the process runs,
+/// again after every failure, and stops the streams of `routes` it is asked to.
+async fn listen_for_stops(client: redis::Client, routes: Routes) {
+    loop {
+        let subscribed = async {
+            let mut pubsub = tokio::time::timeout(TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                })??;
+            pubsub.subscribe(STOP_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let mut pubsub = match subscribed.await {
+            Ok(pubsub) => pubsub,
+            Err(error) => {
+                tracing::debug!(%error, "cannot subscribe to stops from other replicas; retrying");
+                tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                continue;
+            }
+        };
+        let mut messages = std::pin::pin!(pubsub.on_message());
+        while let Some(message) =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(messages.as_mut(), cx)).await
+        {
+            let Ok(redis_key) = std::str::from_utf8(message.get_payload_bytes()) else {
+                continue;
+            };
+            let Some((route, key)) = parse_stream_key(redis_key) else {
+                continue;
+            };
+            let table = routes.get(route);
+            if table.is_some_and(|table| table.stop_checked_elsewhere(&key)) {
+                tracing::info!(route, "stream stopped at another replica's request");
+            }
+        }
+        tracing::debug!("the subscription to stops from other replicas ended; subscribing again");
+        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
     }
 }
 

@@ -2,9 +2,9 @@
 //! forget a stream a client is about to resume), and the count of detached streams
 //! that `max_detached` caps.
 //!
-//! A stream leaves the table when it expires (swept once a `tick`, and checked exactly
-//! on every lookup), when a client stops it, or when its upstream is dropped for lack
-//! of a client. Keys of expired streams are remembered for one more window, bounded,
+//! A finished stream leaves the table when its window is over (swept once a `tick`,
+//! and checked exactly on every lookup); a running one when a client stops it, or when
+//! its driver drops its upstream for lack of a client. Keys of expired streams are remembered for one more window, bounded,
 //! so a late resume is told `expired` rather than `unknown`.
 
 use std::collections::{HashMap, VecDeque};
@@ -25,8 +25,25 @@ const MAX_EXPIRED_KEYS: usize = 16 * 1024;
 /// Every route's table, by route name: what outlives a config generation.
 #[derive(Debug, Default)]
 pub struct Tables {
-    tables: Mutex<HashMap<String, Arc<Table>>>,
+    routes: Routes,
     redis: Mutex<RedisState>,
+}
+
+/// The tables by route name, shared with the Redis store's stop listener.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Routes(Arc<Mutex<HashMap<String, Arc<Table>>>>);
+
+impl Routes {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Table>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The table of `route`, if it has one.
+    pub(crate) fn get(&self, route: &str) -> Option<Arc<Table>> {
+        self.lock().get(route).cloned()
+    }
 }
 
 /// `state.redis.url` of the config being compiled, and the store once started (with
@@ -62,7 +79,7 @@ impl Tables {
                 return Some(store.clone());
             }
         }
-        match RedisStore::start(&url) {
+        match RedisStore::start(&url, self.routes.clone()) {
             Ok(store) => {
                 redis.running = Some((url, store.clone()));
                 Some(store)
@@ -76,10 +93,7 @@ impl Tables {
 
     /// The route's table, made on first use; `window` sets how often it is swept.
     pub(crate) fn table(&self, route: &str, window: Duration, detached: IntGauge) -> Arc<Table> {
-        let mut tables = self
-            .tables
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tables = self.routes.lock();
         let table = tables
             .entry(route.to_owned())
             .or_insert_with(|| Arc::new(Table::new(detached)));
@@ -247,7 +261,7 @@ impl Table {
         }
     }
 
-    /// Stops the stream `id` names, if the credential is its own; true if it was there.
+    /// Stops the stream `key` names, if the credential is its own; true if it was there.
     pub(crate) fn stop(&self, key: &StreamKey, credential: Option<&[u8]>) -> bool {
         let Some(slot) = self.inner().slots.get(key).cloned() else {
             return false;
@@ -255,23 +269,40 @@ impl Table {
         if !slot.admits(credential) {
             return false;
         }
-        slot.stop();
-        self.remove(&slot, Instant::now(), false);
+        self.stop_slot(&slot);
         true
     }
 
-    /// Frees the streams whose window is over.
+    /// Stops the stream `key` names for another replica, which checked the credential
+    /// against the fingerprint in Redis; true if it was here.
+    pub(crate) fn stop_checked_elsewhere(&self, key: &StreamKey) -> bool {
+        let Some(slot) = self.inner().slots.get(key).cloned() else {
+            return false;
+        };
+        self.stop_slot(&slot);
+        true
+    }
+
+    fn stop_slot(&self, slot: &Slot) {
+        slot.stop();
+        self.remove(slot, Instant::now(), false);
+    }
+
+    /// Frees the finished streams whose window is over. A detached stream that still
+    /// runs is left to its driver, which decides at its window's end, after asking
+    /// whether another replica follows it: stopping it here would race that question.
     fn sweep(&self, now: Instant) {
         let expired: Vec<Arc<Slot>> = self
             .inner()
             .slots
             .values()
-            .filter(|slot| slot.state().lifetime.is_expired(now))
+            .filter(|slot| {
+                let state = slot.state();
+                state.lifetime.is_finished() && state.lifetime.is_expired(now)
+            })
             .cloned()
             .collect();
         for slot in expired {
-            // A detached one is also stopped: its driver drops the upstream.
-            slot.stop();
             self.remove(&slot, now, true);
         }
         self.inner().forget_expired(now);
