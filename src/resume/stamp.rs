@@ -22,23 +22,75 @@ pub struct Span {
 /// Numbers a stream's events, frame after frame.
 #[derive(Debug)]
 pub struct Stamper {
-    /// `id: ` and the key's hex digits and `-`.
-    prefix: [u8; 4 + 32 + 1],
+    /// The next event's id line and the blank line that ends it, ready to copy:
+    /// `id: KEY-SEQ\n\n`. The number's digits are counted up in place, so stamping an
+    /// event is one copy of its lines and one of this, with no formatting.
+    line: IdLine,
     next_seq: u64,
     /// Reused per frame: where its events end, and where they sit once stamped.
     ends: Vec<usize>,
     spans: Vec<Span>,
 }
 
+/// `id: ` (4), the key's 32 hex digits, `-`: where the number's digits start.
+const DIGITS_AT: usize = 4 + 32 + 1;
+/// The longest number a `u64` has, in decimal.
+const MAX_DIGITS: usize = 20;
+
+/// An id line whose number is counted up as decimal digits.
+#[derive(Debug)]
+struct IdLine {
+    bytes: [u8; DIGITS_AT + MAX_DIGITS + 2],
+    /// Digits in the number now.
+    digits: usize,
+}
+
+impl IdLine {
+    /// The line of event 1.
+    fn new(key: &StreamKey) -> IdLine {
+        let mut bytes = [0; DIGITS_AT + MAX_DIGITS + 2];
+        bytes[..4].copy_from_slice(b"id: ");
+        bytes[4..DIGITS_AT - 1].copy_from_slice(&key.hex());
+        bytes[DIGITS_AT - 1] = b'-';
+        bytes[DIGITS_AT..DIGITS_AT + 3].copy_from_slice(b"1\n\n");
+        IdLine { bytes, digits: 1 }
+    }
+
+    /// The line, its blank line included.
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..DIGITS_AT + self.digits + 2]
+    }
+
+    /// The next number's line: the last digit goes up, nines roll over, and a number
+    /// of all nines grows a digit (numbers stop growing at `u64::MAX`'s 20 digits,
+    /// which no stream reaches).
+    fn advance(&mut self) {
+        let digits = &mut self.bytes[DIGITS_AT..DIGITS_AT + self.digits];
+        for digit in digits.iter_mut().rev() {
+            if *digit == b'9' {
+                *digit = b'0';
+            } else {
+                *digit += 1;
+                return;
+            }
+        }
+        if self.digits == MAX_DIGITS {
+            return;
+        }
+        // All nines: `1` and as many zeros, one digit longer.
+        self.bytes[DIGITS_AT] = b'1';
+        self.digits += 1;
+        let end = DIGITS_AT + self.digits;
+        self.bytes[DIGITS_AT + 1..end].fill(b'0');
+        self.bytes[end..end + 2].copy_from_slice(b"\n\n");
+    }
+}
+
 impl Stamper {
     /// Numbers from 1.
     pub fn new(key: &StreamKey) -> Stamper {
-        let mut prefix = [0; 37];
-        prefix[..4].copy_from_slice(b"id: ");
-        prefix[4..36].copy_from_slice(&key.hex());
-        prefix[36] = b'-';
         Stamper {
-            prefix,
+            line: IdLine::new(key),
             next_seq: 1,
             ends: Vec::new(),
             spans: Vec::new(),
@@ -75,8 +127,9 @@ impl Stamper {
             self.ends.push(end);
             start = end;
         }
-        let id_line = self.prefix.len() + 20 + 1;
-        let mut out = BytesMut::with_capacity(frame.len() + self.ends.len() * id_line);
+        // Sized for the longest line any of these numbers can have.
+        let longest_line = DIGITS_AT + MAX_DIGITS + 1;
+        let mut out = BytesMut::with_capacity(frame.len() + self.ends.len() * longest_line);
         self.spans.clear();
         let mut start = 0;
         for &end in &self.ends {
@@ -86,17 +139,17 @@ impl Stamper {
                 start += 1;
             }
             let at = out.len();
-            // The event's lines, then the id line, then the blank line.
+            // The event's lines (its blank line left off), then the id line and the
+            // blank line.
             out.extend_from_slice(&frame[start..end - 1]);
-            out.extend_from_slice(&self.prefix);
-            put_decimal(&mut out, self.next_seq);
-            out.extend_from_slice(b"\n\n");
+            out.extend_from_slice(self.line.as_bytes());
             self.spans.push(Span {
                 seq: self.next_seq,
                 start: at,
                 end: out.len(),
             });
             self.next_seq += 1;
+            self.line.advance();
             start = end;
         }
         // What follows the last event: blank lines, or a tail the engine never sends.
@@ -115,20 +168,6 @@ fn event_end(frame: &[u8], start: usize) -> Option<usize> {
         }
         at = newline + 1;
     }
-}
-
-fn put_decimal(out: &mut BytesMut, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + u8::try_from(value % 10).unwrap_or(0);
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -188,11 +227,17 @@ mod tests {
     }
 
     #[test]
-    fn decimals() {
-        for value in [0, 1, 9, 10, 12_345, u64::MAX] {
-            let mut out = BytesMut::new();
-            put_decimal(&mut out, value);
-            assert_eq!(out, value.to_string().as_bytes());
+    fn the_number_counts_up_through_every_carry() {
+        let key = StreamKey::generate().unwrap();
+        let k = key_hex(&key);
+        let mut line = IdLine::new(&key);
+        for seq in 1..=100_123_u64 {
+            assert_eq!(
+                line.as_bytes(),
+                format!("id: {k}-{seq}\n\n").as_bytes(),
+                "event {seq}"
+            );
+            line.advance();
         }
     }
 }
