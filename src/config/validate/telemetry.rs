@@ -5,8 +5,9 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as it is) or `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! (`/v1/traces` appended, as for `endpoint`), then `http://localhost:4318`;
 //! `service_name` to `OTEL_SERVICE_NAME`, then `sse-gateway`; `sample_ratio` to
-//! `OTEL_TRACES_SAMPLER_ARG`, then 1. Values are resolved here, so `check` and
-//! `/config` show what the gateway will use.
+//! `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, then 1. `OTEL_SDK_DISABLED=true`
+//! turns traces off whatever the file says, as it does in every OpenTelemetry SDK.
+//! Values are resolved here, so `check` and `/config` show what the gateway will use.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,9 @@ impl Validator<'_> {
         };
         let otlp = telemetry.otlp?;
         let env = |name: &str| (self.env)(name).filter(|value| !value.trim().is_empty());
+        if env("OTEL_SDK_DISABLED").is_some_and(|value| value.trim().eq_ignore_ascii_case("true")) {
+            return None;
+        }
         let (traces_url, endpoint_path) = match (
             otlp.endpoint,
             env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
@@ -62,11 +66,29 @@ impl Validator<'_> {
                 ok = false;
             }
         }
-        let sample_ratio = match otlp.sample_ratio {
-            Some(ratio) => ratio,
-            None => env("OTEL_TRACES_SAMPLER_ARG")
+        let ratio_arg = || {
+            env("OTEL_TRACES_SAMPLER_ARG")
                 .and_then(|arg| arg.trim().parse().ok())
-                .unwrap_or(1.0),
+                .unwrap_or(1.0)
+        };
+        let sample_ratio = match (otlp.sample_ratio, env("OTEL_TRACES_SAMPLER")) {
+            (Some(ratio), _) => ratio,
+            (None, None) => ratio_arg(),
+            // The gateway always follows a sampled flag the client sent, so the
+            // parent-based samplers and the plain ones are the same ratio here.
+            (None, Some(sampler)) => match sampler.trim() {
+                "always_on" | "parentbased_always_on" => 1.0,
+                "always_off" | "parentbased_always_off" => 0.0,
+                "traceidratio" | "parentbased_traceidratio" => ratio_arg(),
+                other => {
+                    self.error_at_value(
+                        PATH,
+                        format!("OTEL_TRACES_SAMPLER={other} is not supported: use always_on, always_off or traceidratio (parentbased_ forms too), or set sample_ratio"),
+                    );
+                    ok = false;
+                    1.0
+                }
+            },
         };
         if !(0.0..=1.0).contains(&sample_ratio) {
             self.error_at_value(
@@ -164,6 +186,40 @@ routes:
         assert_eq!(otlp.sample_ratio, 0.5);
         assert_eq!(otlp.service_name, "gw");
         assert_eq!(otlp.headers["x-api-key"], "k");
+    }
+
+    #[test]
+    fn the_standard_sampler_and_sdk_switches_are_honoured() {
+        let ratio = |env: &[(&str, &str)]| {
+            parse("telemetry: { otlp: {} }\n", env).map(|otlp| otlp.map(|otlp| otlp.sample_ratio))
+        };
+        assert_eq!(
+            ratio(&[("OTEL_TRACES_SAMPLER", "always_off")]),
+            Ok(Some(0.0))
+        );
+        assert_eq!(
+            ratio(&[("OTEL_TRACES_SAMPLER", "parentbased_always_on")]),
+            Ok(Some(1.0))
+        );
+        let ratio_of_arg = [
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ];
+        assert_eq!(ratio(&ratio_of_arg), Ok(Some(0.1)));
+        let unknown = ratio(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")]).unwrap_err();
+        assert!(
+            unknown.contains("OTEL_TRACES_SAMPLER=jaeger_remote is not supported"),
+            "{unknown}"
+        );
+        let file = "telemetry: { otlp: { sample_ratio: 0.5 } }\n";
+        let off = [("OTEL_TRACES_SAMPLER", "always_off")];
+        assert_eq!(
+            parse(file, &off).unwrap().unwrap().sample_ratio,
+            0.5,
+            "the file wins"
+        );
+        assert_eq!(ratio(&[("OTEL_SDK_DISABLED", "TRUE")]), Ok(None));
+        assert_eq!(ratio(&[("OTEL_SDK_DISABLED", "false")]), Ok(Some(1.0)));
     }
 
     #[test]
