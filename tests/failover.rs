@@ -158,6 +158,18 @@ async fn a_503_is_retried_and_the_client_sees_only_the_answer() {
 
 #[tokio::test]
 async fn a_429_retry_after_skips_that_endpoint_for_that_long() {
+    a_429_with_retry_after_skips_a("120").await;
+}
+
+#[tokio::test]
+async fn a_429_retry_after_as_an_http_date_skips_that_endpoint_until_then() {
+    let in_two_minutes = std::time::SystemTime::now() + Duration::from_secs(120);
+    a_429_with_retry_after_skips_a(&httpdate::fmt_http_date(in_two_minutes)).await;
+}
+
+/// Endpoint `a` answers `429` with `Retry-After: retry_after` (two minutes away): the
+/// request is retried on `b`, and the next one goes straight to `b`.
+async fn a_429_with_retry_after_skips_a(retry_after: &str) {
     let (a, b) = (
         ScriptedUpstream::bind().await,
         ScriptedUpstream::bind().await,
@@ -167,9 +179,8 @@ async fn a_429_retry_after_skips_that_endpoint_for_that_long() {
         get(gateway.addr, "/api/stream"),
         async {
             let mut exchange = a.accept().await;
-            exchange
-                .write(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 120\r\ncontent-length: 0\r\n\r\n")
-                .await;
+            let head = format!("HTTP/1.1 429 Too Many Requests\r\nretry-after: {retry_after}\r\ncontent-length: 0\r\n\r\n");
+            exchange.write(head.as_bytes()).await;
             exchange
         },
         async {

@@ -145,8 +145,16 @@ impl Upstream {
     }
 }
 
-/// A `Retry-After` in seconds (the HTTP-date form is not worth a clock parse here).
+/// A `Retry-After` in either of its forms: seconds, or an HTTP date (a date already
+/// past is no wait).
 fn retry_after(response: &Response<UpstreamIncoming>) -> Option<Duration> {
-    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
