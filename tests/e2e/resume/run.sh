@@ -195,6 +195,31 @@ e2e_check "pair: the second reconnect landed on replica a (the owner) and resume
 e2e_check "pair: no store errors while Redis is up" \
     test "$(metric "$ADMIN_a" sse_gateway_resume_store_errors_total 'route="chat"')" = 0
 
+# --- 2b. "stop" pressed: a DELETE that lands on the replica that does not own the stream -
+e2e_log "2b. a stop sent to the other replica ends the stream at its owner"
+STOP_OUT="$E2E_TMP/stop.out"
+# The client leaves after about 8 tokens: replica a reads on, detached.
+curl -sN --max-time 2 -o "$STOP_OUT" "http://127.0.0.1:$PORT_a/api/stream/answer?q=stop-run" || true
+STOP_ID=$(sed -n 's/^id: //p' "$STOP_OUT" | tail -n 1)
+e2e_check "stop: the cut client got events with ids" test -n "$STOP_ID"
+e2e_check "stop: replica a holds the detached stream" \
+    e2e_wait 10 bash -c "[ \"\$(curl -fsS 'http://127.0.0.1:$ADMIN_a/metrics' | awk '\$1 == \"sse_gateway_streams_detached{route=\\\"chat\\\"}\" { print \$2 }')\" = 1 ]"
+# client_closed_on_a: streams of route chat that replica a ended as client_closed.
+client_closed_on_a() {
+    curl -fsS --max-time 5 "http://127.0.0.1:$ADMIN_a/metrics" | awk '
+        $1 ~ /^sse_gateway_stream_duration_seconds_count[{]/ && /route="chat"/ && /outcome="client_closed"/ { n = $2 }
+        END { print n + 0 }'
+}
+export -f client_closed_on_a
+export ADMIN_a
+CLOSED_BEFORE=$(client_closed_on_a)
+STOP_STATUS=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE \
+    "http://127.0.0.1:$PORT_b/api/stream/answer?lastEventId=$STOP_ID")
+e2e_check "stop: DELETE on replica b answers 204 (got $STOP_STATUS)" test "$STOP_STATUS" = 204
+# Within 5 s: the answer would run on for another 7 s and end with [DONE] unstopped.
+e2e_check "stop: replica a dropped the upstream at once (one more client_closed outcome)" \
+    e2e_wait 5 bash -c "[ \"\$(client_closed_on_a)\" = $((CLOSED_BEFORE + 1)) ]"
+
 # --- 3. Redis killed mid-stream --------------------------------------------------------
 e2e_log "3. Redis killed mid-stream"
 OUT="$E2E_TMP/killed.out"
