@@ -17,7 +17,8 @@
 #   --tool massif      heap at its peak with every stream open, by allocation site; prints
 #                      heap bytes per open stream
 #   --scenario S       throughput (32 streams, as fast as read), latency (500 x 20/s),
-#                      idle (N streams, one event / 10 s)
+#                      idle (N streams, one event / 10 s), each-paced and each-fast
+#                      (as latency and throughput, every event its own upstream write)
 #   --streams N        override the scenario's stream count
 #   --seconds N        measured window (default 15)
 #   --gateway-bin PATH profile this binary instead of building the repo's
@@ -65,6 +66,8 @@ source "$REPO/benches/load/lib.sh"
 case "$SCENARIO" in
     throughput) STREAMS=${STREAMS:-32}; PACING=(--fast --batch 32); WARMUP=3 ;;
     latency) STREAMS=${STREAMS:-500}; PACING=(--events-per-sec 20); WARMUP=3 ;;
+    each-paced) STREAMS=${STREAMS:-500}; PACING=(--events-per-sec 20 --write-each); WARMUP=3 ;;
+    each-fast) STREAMS=${STREAMS:-32}; PACING=(--fast --write-each); WARMUP=3 ;;
     idle) STREAMS=${STREAMS:-5000}; PACING=(--events-per-sec 0.1); WARMUP=12 ;;
     *) die "unknown scenario $SCENARIO" ;;
 esac

@@ -9,7 +9,9 @@
 # Options:
 #   --quick                 shorter windows, fewer streams, 1 round
 #   --rounds N              rounds per scenario (default 3; quick 1)
-#   --scenarios a,b         among latency,throughput,idle (default all)
+#   --scenarios a,b         among latency,throughput,idle,each-paced,each-fast (default
+#                           latency,throughput,idle); the each-* scenarios have the
+#                           upstream write every event as its own write and HTTP chunk
 #   --targets a,b           among direct,nginx,haproxy,gateway (default all)
 #   --gateway-bin PATH      measure this sse-gateway binary instead of building the repo's
 #   --gateway-label TEXT    how the results name that binary (such as a commit)
@@ -30,6 +32,9 @@
 #   --baseline-resume R     "{ store: memory }"); with the same binary as baseline,
 #                           resume's cost per event in one run
 #   --redis-url URL         `state.redis.url` of the gateway configs (for store: redis)
+#   --syscalls              count the proxy's syscalls (perf stat, tracepoints) over the
+#                           middle of each window; per event in the log, syscalls.txt
+#                           in the run's directory and the result line (needs perf)
 #   --output FILE           where the markdown goes
 #   --max-wait SECONDS      longest wait for a quiet machine before each run (default 600)
 #   --quiet-cores X         "quiet" means other processes use at most X cores (default 0.35)
@@ -60,6 +65,7 @@ BASELINE_OTLP=0
 GATEWAY_RESUME=""
 BASELINE_RESUME=""
 REDIS_URL=""
+SYSCALLS=0
 OUTPUT=""
 MAX_WAIT=600
 QUIET_CORES=0.35
@@ -84,10 +90,11 @@ while [ $# -gt 0 ]; do
         --gateway-resume) GATEWAY_RESUME=${2:?}; shift ;;
         --baseline-resume) BASELINE_RESUME=${2:?}; shift ;;
         --redis-url) REDIS_URL=${2:?}; shift ;;
+        --syscalls) SYSCALLS=1 ;;
         --output) OUTPUT=${2:?}; shift ;;
         --max-wait) MAX_WAIT=${2:?}; shift ;;
         --quiet-cores) QUIET_CORES=${2:?}; shift ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
     shift
@@ -139,6 +146,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if [ "$SYSCALLS" = 1 ] && ! command -v perf >/dev/null 2>&1; then
+    log "installing linux-perf (Debian)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends linux-perf >/dev/null
 fi
 NGINX=$(command -v nginx)
 HAPROXY=$(command -v haproxy)
@@ -334,6 +346,13 @@ run_one() {
         throughput) streams=$THR_STREAMS; warmup=$THR_WARMUP; window=$THR_WINDOW
                  pacing=(--fast --batch 32)
                  desc="$streams streams, events as fast as they are read (32 per upstream write), $EVENT_SIZE-byte events, ${window}s window" ;;
+        # Token-shaped: every event is its own upstream write and its own chunk.
+        each-paced) streams=$LAT_STREAMS; warmup=$LAT_WARMUP; window=$LAT_WINDOW
+                 pacing=(--events-per-sec 20 --write-each)
+                 desc="$streams streams x 20 events/s, each event its own upstream write and chunk, $EVENT_SIZE-byte events, ${window}s window" ;;
+        each-fast) streams=$THR_STREAMS; warmup=$THR_WARMUP; window=$THR_WINDOW
+                 pacing=(--fast --write-each)
+                 desc="$streams streams, events as fast as they are read, each its own upstream write and chunk, $EVENT_SIZE-byte events, ${window}s window" ;;
         idle) streams=$IDLE_STREAMS; warmup=$IDLE_WARMUP; window=$IDLE_WINDOW
                  pacing=(--events-per-sec 0.1)
                  desc="$streams open streams, one $EVENT_SIZE-byte event every 10 s each, ${window}s window" ;;
@@ -398,6 +417,15 @@ run_one() {
     sleep 0.5
 
     log "$scenario round $round: $target ($streams streams; other load $bg cores)"
+    # Syscalls over the middle of the window (its first and last 2 s left out, so the
+    # count never reaches into the warm-up or the close): per event with the window's
+    # event rate.
+    local counter="" counted=$((window - 4))
+    if [ "$SYSCALLS" = 1 ] && [ -n "$proxy_pid" ] && [ "$counted" -gt 0 ]; then
+        (sleep $((warmup + 3)) && perf stat -x, -e "$SYSCALL_EVENTS" -p "$proxy_pid" \
+            -o "$dir/syscalls.txt" -- sleep "$counted") >/dev/null 2>&1 &
+        counter=$!
+    fi
     local line
     line=$(timeout -k 5 $((warmup + window + 120)) taskset -c 1 "$TOOL" client \
         --url "$url" --streams "$streams" --warmup "$warmup" --duration "$window" \
@@ -405,6 +433,22 @@ run_one() {
         --tag "scenario=$scenario" --tag "target=$target" --tag "round=$round" \
         --tag "mode=$MODE" --tag "desc=$desc" --tag "bg_cores=$bg" \
         2>"$dir/client.log" | tail -1) || true
+    [ -n "$counter" ] && wait "$counter"
+    if [[ "$line" == "{"* ]] && [ -n "$counter" ] && [ -s "$dir/syscalls.txt" ]; then
+        local rate per_event
+        rate=$(echo "$line" | grep -o '"events_per_s":[0-9.]*' | cut -d: -f2)
+        # "syscalls_per_event":X,"syscalls_read_per_event":Y,... (flat, as the report
+        # reads them) from perf's CSV lines (count,unit,event,...)
+        per_event=$(awk -F, -v r="$rate" -v s="$counted" '
+            $3 ~ /sys_enter/ && $1 ~ /^[0-9]+$/ && ($1 > 0 || $3 ~ /sys_enter$/) {
+                name = $3; sub(/.*sys_enter_?/, "", name)
+                key = (name == "" ? "syscalls_per_event" : "syscalls_" name "_per_event")
+                out = out sprintf("%s\"%s\":%.4f", (out == "" ? "" : ","), key, $1 / (r * s))
+            }
+            END { print out }' "$dir/syscalls.txt")
+        [ -n "$per_event" ] && line="${line%\}},$per_event}"
+        log "  syscalls per event: $per_event"
+    fi
     if [[ "$line" == "{"* ]]; then
         echo "$line" >>"$JSONL"
         log "  $(echo "$line" | grep -o '"events_per_s":[0-9.]*\|"p99_us":[0-9.]*\|"failures":[0-9]*\|"proxy_cpu_s_per_m_events":[0-9.]*\|"proxy_rss_per_stream_kib":[0-9.-]*' | tr '\n' ' ')"
@@ -415,6 +459,16 @@ run_one() {
     # Let the kernel settle the closed connections before the next run.
     sleep 1
 }
+
+# The syscalls --syscalls counts: all of them, and the ones a proxy's event loop makes.
+SYSCALL_EVENTS=raw_syscalls:sys_enter
+if [ "$SYSCALLS" = 1 ]; then
+    for call in read recvfrom readv write writev sendto sendmsg epoll_wait epoll_pwait epoll_ctl futex; do
+        if [ -d "/sys/kernel/tracing/events/syscalls/sys_enter_$call" ]; then
+            SYSCALL_EVENTS="$SYSCALL_EVENTS,syscalls:sys_enter_$call"
+        fi
+    done
+fi
 
 # --- the run -------------------------------------------------------------------------
 START_TIME=$(date +%s)

@@ -114,7 +114,7 @@ const FAILURES: Column = Column {
 
 fn scenario_columns(scenario: &str) -> Vec<Column> {
     match scenario {
-        "latency" => vec![
+        "latency" | "each-paced" => vec![
             col("events/s", "events_per_s", 1.0, 0),
             col("p50 µs", "p50_us", 1.0, 0),
             col("p90 µs", "p90_us", 1.0, 0),
@@ -126,7 +126,7 @@ fn scenario_columns(scenario: &str) -> Vec<Column> {
             col("of it in kernel %", "proxy_kernel_pct", 1.0, 0),
             FAILURES,
         ],
-        "throughput" => vec![
+        "throughput" | "each-fast" => vec![
             col("events/s", "events_per_s", 1.0, 0),
             col("MiB/s", "mib_per_s", 1.0, 1),
             col("proxy CPU % of a core", "proxy_cpu_share", 100.0, 1),
@@ -201,7 +201,24 @@ fn render(args: &Args, runs: &[Run]) -> String {
             "## {scenario}: {desc}\n\nMedian of {rounds} round{} per cell.\n",
             if rounds == 1 { "" } else { "s" }
         );
-        let columns = scenario_columns(scenario);
+        let mut columns = scenario_columns(scenario);
+        // run.sh --syscalls: the proxy's syscalls per event, all of them and its reads
+        // and writes
+        if runs
+            .iter()
+            .any(|r| &tag(r, "scenario") == scenario && r.contains_key("syscalls_per_event"))
+        {
+            columns.extend([
+                col("syscalls / event", "syscalls_per_event", 1.0, 2),
+                col("reads / event", "syscalls_recvfrom_per_event", 1.0, 2),
+                col(
+                    "epoll_wait / event",
+                    "syscalls_epoll_wait_per_event",
+                    1.0,
+                    2,
+                ),
+            ]);
+        }
         out.push_str("| target |");
         for c in &columns {
             let _ = write!(out, " {} |", c.head);

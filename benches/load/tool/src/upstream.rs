@@ -2,7 +2,10 @@
 //! response of stamped events, paced at `--events-per-sec` per stream (first event at a
 //! random phase, so streams do not all fire in the same millisecond), or with `--fast`
 //! as fast as the reader takes them, `--batch` events per write, each stamped when the
-//! write is made. One thread (the benchmark pins it to a core); exits after
+//! write is made. With `--write-each` every event is its own write and its own HTTP chunk,
+//! as a model server streams tokens: the body yields after each event, so hyper flushes
+//! it before asking for the next (without it, events that are ready together, late
+//! paced ticks or a fast stream's, share one write). One thread (the benchmark pins it to a core); exits after
 //! `--max-seconds`.
 //!
 //! Streams are endless unless `--end-after` is given: then each one sends a terminator
@@ -46,6 +49,10 @@ pub struct Args {
     /// With --fast: events per write.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Each event in its own write and its own chunk (implies one event per write with
+    /// --fast).
+    #[arg(long)]
+    write_each: bool,
     /// Exit after this many seconds, whatever is open.
     #[arg(long, default_value_t = 1800)]
     max_seconds: u64,
@@ -71,6 +78,7 @@ struct Config {
     template: Template,
     pace: Option<Duration>,
     batch: usize,
+    write_each: bool,
     end_after: u64,
     flawed_end_every: u64,
     /// Streams answered so far (which of them ends flawed).
@@ -90,7 +98,12 @@ pub fn run(args: Args) -> Result<(), String> {
     let config = Arc::new(Config {
         template,
         pace,
-        batch: args.batch.clamp(1, 4096),
+        batch: if args.write_each {
+            1
+        } else {
+            args.batch.clamp(1, 4096)
+        },
+        write_each: args.write_each,
         end_after: args.end_after,
         flawed_end_every: args.flawed_end_every,
         streams: AtomicU64::new(0),
@@ -159,6 +172,7 @@ fn respond(_request: Request<Incoming>, config: Arc<Config>) -> Response<EventBo
         pace,
         remaining,
         end,
+        flushed: true,
     });
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -176,6 +190,8 @@ struct EventBody {
     remaining: Option<u64>,
     /// The terminator still to send after the last event; taken when sent.
     end: Option<&'static [u8]>,
+    /// With --write-each: false right after an event, until hyper has flushed it.
+    flushed: bool,
 }
 
 impl Body for EventBody {
@@ -186,6 +202,13 @@ impl Body for EventBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if !self.flushed {
+            // Pending makes hyper's dispatcher flush what it holds (this event alone)
+            // before it polls the body again, right away: one write per event.
+            self.flushed = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         if self.remaining == Some(0) {
             // The terminator goes in its own write, right after the last event.
             return Poll::Ready(
@@ -215,6 +238,7 @@ impl Body for EventBody {
         for _ in 0..count {
             template.write(&mut out, now);
         }
+        self.flushed = !self.config.write_each;
         Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
     }
 
@@ -236,6 +260,7 @@ mod tests {
             template: Template::new(200).unwrap(),
             pace: None,
             batch,
+            write_each: false,
             end_after: remaining,
             flawed_end_every: 0,
             streams: AtomicU64::new(0),
@@ -245,6 +270,7 @@ mod tests {
             pace: None,
             remaining: Some(remaining),
             end: Some(end),
+            flushed: true,
         }
     }
 
