@@ -459,3 +459,52 @@ async fn routes_without_resume_carry_no_ids() {
     assert_eq!(events[0].id.as_deref(), Some("up-1"));
     assert_eq!(events[1].id, None);
 }
+
+#[tokio::test]
+async fn a_cut_in_the_middle_of_a_large_upstream_read_loses_nothing_on_resume() {
+    let (upstream, gateway) = setup("{ window: 10s }").await;
+    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    // 2,000 events of about 200 bytes in one write: frames of many events each.
+    let padded = |n: usize| {
+        let pad = "x".repeat(180);
+        format!("data: {{\"token\":{n},\"pad\":\"{pad}\"}}\n\n").into_bytes()
+    };
+    let answer: Vec<u8> = (1..=2000).flat_map(padded).collect();
+    exchange.send_chunk(&answer).await;
+    let first = client.take(150).await;
+    drop(client);
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    let id = last_id(&first);
+    let headers = [BEARER, ("last-event-id", id.as_str())];
+    let mut resumed = Client::open(gateway.addr, "/api/stream?q=hi", &headers).await;
+    assert_eq!(resumed.status().await, 200);
+    let all = [first, resumed.rest().await].concat();
+
+    let (done, answered) = all.split_last().expect("events");
+    assert_eq!(done.data, "[DONE]");
+    let numbers: Vec<u64> = answered
+        .iter()
+        .map(|event| {
+            let json: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+            json["token"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=2000).collect::<Vec<u64>>(),
+        "every event once, in order"
+    );
+    let key = id.split('-').next().unwrap();
+    for (n, event) in all.iter().enumerate() {
+        assert_eq!(
+            event.id.as_deref(),
+            Some(format!("{key}-{}", n + 1).as_str())
+        );
+    }
+    assert!(
+        !upstream.connection_within(Duration::from_millis(200)).await,
+        "one upstream request"
+    );
+}
