@@ -10,6 +10,7 @@
 //! deadlines here hold for h2c too. The drain closes connections through here as well.
 
 mod activity;
+mod signal;
 mod slots;
 
 use std::convert::Infallible;
@@ -28,9 +29,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use activity::Tracked;
+use signal::Signal;
 use slots::Slots;
 
 /// The deadlines and the cap connections live under. The defaults are what the
@@ -133,7 +134,7 @@ struct Inner {
     builders: Builders,
     limits: ConnectionLimits,
     open: watch::Sender<usize>,
-    draining: CancellationToken,
+    draining: Signal,
     slots: Option<Arc<Slots>>,
 }
 
@@ -151,7 +152,7 @@ impl Connections {
                 builders: Builders { http1, http2 },
                 limits,
                 open: watch::channel(0).0,
-                draining: CancellationToken::new(),
+                draining: Signal::default(),
                 slots: cap.map(|cap| Arc::new(Slots::new(cap))),
             }),
         }
@@ -160,7 +161,7 @@ impl Connections {
     /// Asks every connection to close: idle ones at once, busy ones after their
     /// responses (HTTP/1) or open streams (h2c).
     pub(crate) fn start_draining(&self) {
-        self.inner.draining.cancel();
+        self.inner.draining.fire();
     }
 
     /// Resolves once no connection is open.
@@ -219,7 +220,7 @@ async fn serve<S, B>(
     service: S,
     activity: activity::Activity,
     accepted: Instant,
-    evicted: Option<CancellationToken>,
+    evicted: Option<Arc<Signal>>,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
@@ -227,11 +228,12 @@ async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // A listener without a cap evicts nothing: a signal never fired.
     let evicted = evicted.unwrap_or_default();
     let protocol = tokio::select! {
         sniffed = tokio::time::timeout(inner.limits.header_read_timeout, sniff(&stream)) => sniffed,
-        () = inner.draining.cancelled() => return,
-        () = evicted.cancelled() => return,
+        () = inner.draining.fired() => return,
+        () = evicted.fired() => return,
     };
     let watch = Watch {
         activity: activity.subscribe(),
@@ -285,8 +287,8 @@ struct Watch<'a> {
     activity: watch::Receiver<usize>,
     limits: ConnectionLimits,
     accepted: Instant,
-    draining: &'a CancellationToken,
-    evicted: &'a CancellationToken,
+    draining: &'a Signal,
+    evicted: &'a Signal,
     peer: SocketAddr,
 }
 
@@ -311,11 +313,11 @@ impl Watch<'_> {
             let deadline = idle_since.map(|since| since + allowed);
             tokio::select! {
                 ended = connection.as_mut() => return ended,
-                () = self.evicted.cancelled() => {
+                () = self.evicted.fired() => {
                     tracing::debug!(peer = %self.peer, "closing an idle connection to make room");
                     return Ok(());
                 }
-                () = self.draining.cancelled(), if !closing => {
+                () = self.draining.fired(), if !closing => {
                     graceful(connection.as_mut());
                     closing = true;
                     allowed = CLOSE_GRACE;

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+
+use super::signal::Signal;
 
 /// The open connections of one listener, oldest first.
 #[derive(Debug)]
@@ -30,7 +31,7 @@ struct Open {
 #[derive(Debug)]
 struct Slot {
     activity: watch::Receiver<usize>,
-    evict: CancellationToken,
+    evict: Arc<Signal>,
 }
 
 /// A connection's place under the cap; dropping it frees the place.
@@ -38,8 +39,8 @@ struct Slot {
 pub(super) struct Admitted {
     slots: Arc<Slots>,
     id: u64,
-    /// Cancelled when the connection is closed to make room for a newer one.
-    pub(super) evicted: CancellationToken,
+    /// Fired when the connection is closed to make room for a newer one.
+    pub(super) evicted: Arc<Signal>,
 }
 
 impl Slots {
@@ -64,12 +65,12 @@ impl Slots {
                 .find(|(_, slot)| *slot.activity.borrow() == 0)
                 .map(|(id, _)| *id)?;
             if let Some(slot) = open.slots.remove(&idle) {
-                slot.evict.cancel();
+                slot.evict.fire();
             }
         }
         let id = open.next;
         open.next += 1;
-        let evicted = CancellationToken::new();
+        let evicted = Arc::new(Signal::default());
         open.slots.insert(
             id,
             Slot {
@@ -108,8 +109,8 @@ mod tests {
         let first = slots.admit(busy.clone()).unwrap();
         let second = slots.admit(idle.clone()).unwrap();
         let third = slots.admit(idle.clone()).unwrap();
-        assert!(!first.evicted.is_cancelled(), "a busy connection stays");
-        assert!(second.evicted.is_cancelled(), "the oldest idle one goes");
+        assert!(!first.evicted.is_fired(), "a busy connection stays");
+        assert!(second.evicted.is_fired(), "the oldest idle one goes");
         drop(second);
         // Every open connection busy: the new one is refused.
         busy_tx.send_replace(1);
