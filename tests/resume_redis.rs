@@ -332,3 +332,45 @@ async fn a_stop_sent_to_another_replica_ends_the_stream_at_its_owner() {
     assert_eq!(resumed.status().await, 200);
     assert_eq!(data(&resumed.rest().await), tokens(2..=2));
 }
+
+/// Subscribers to the stop channel that `redis` counts.
+async fn stop_listeners(redis: &RedisServer) -> String {
+    redis
+        .command(&["PUBSUB", "NUMSUB", "sse-gateway:stop"])
+        .await
+}
+
+#[tokio::test]
+async fn a_reload_to_another_redis_ends_the_stop_listener_on_the_old_one() {
+    let (Some(old), Some(new)) = (RedisServer::start().await, RedisServer::start().await) else {
+        return;
+    };
+    let upstream = ScriptedUpstream::bind().await;
+    let file = |redis: &RedisServer| {
+        format!(
+            "listen: LISTEN\nadmin: {{ listen: ADMIN }}\n{}",
+            config(&upstream.url(), &redis.url())
+        )
+    };
+    let gateway = GatewayProcess::start("stop-listener", &file(&old)).await;
+    let listening = |text: &str| text.trim_end().ends_with(":1");
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while !listening(&stop_listeners(&old).await) {
+        assert!(tokio::time::Instant::now() < deadline, "no stop listener");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.replace_config(&file(&new));
+    gateway.reloads_reach("success", 1.0).await;
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let (on_old, on_new) = (stop_listeners(&old).await, stop_listeners(&new).await);
+        if !listening(&on_old) && listening(&on_new) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old: {on_old:?}, new: {on_new:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -55,6 +55,8 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 pub(crate) struct RedisStore {
     client: redis::Client,
     queue: mpsc::Sender<Write>,
+    /// Ends the stop listener with the store (a reload to another Redis drops it).
+    _listener: tokio_util::sync::DropGuard,
 }
 
 /// One stream's part of a batch: a frame's events, the first write's fingerprint,
@@ -113,8 +115,20 @@ impl RedisStore {
         let client = redis::Client::open(url)?;
         let (queue, writes) = mpsc::channel(QUEUE);
         tokio::spawn(write_batches(client.clone(), writes));
-        tokio::spawn(listen_for_stops(client.clone(), routes));
-        Ok(Arc::new(RedisStore { client, queue }))
+        let listener = tokio_util::sync::CancellationToken::new();
+        let stopped = listener.clone();
+        let listening = listen_for_stops(client.clone(), routes);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = listening => {}
+            }
+        });
+        Ok(Arc::new(RedisStore {
+            client,
+            queue,
+            _listener: listener.drop_guard(),
+        }))
     }
 
     /// Asks every replica to stop the stream at `redis_key` (its owner does).
