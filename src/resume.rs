@@ -10,8 +10,9 @@
 //! `lastEventId` query parameter) whose stream is known and whose credential matches is
 //! answered from the buffer, then live, without calling the upstream; an unknown one
 //! restarts or gets `204` (`on_unknown`). `DELETE` on the route's path with the id ends
-//! a stream at once, on whichever replica owns it. Streams are kept per route in a `table` that outlives config
-//! reloads; `lifetime` says when each stops being resumable.
+//! a stream at once, on whichever replica owns it. Streams are kept per route in a
+//! `table` that outlives config reloads; `lifetime` says when each stops being
+//! resumable.
 //!
 //! The pure parts (`id`, `stamp`, `replay`, `lifetime`) hold no lock and read no clock;
 //! `slot`, `table` and `body` are the thin shared-state and I/O layer around them.

@@ -4,8 +4,9 @@
 //!
 //! A finished stream leaves the table when its window is over (swept once a `tick`,
 //! and checked exactly on every lookup); a running one when a client stops it, or when
-//! its driver drops its upstream for lack of a client. Keys of expired streams are remembered for one more window, bounded,
-//! so a late resume is told `expired` rather than `unknown`.
+//! its driver drops its upstream for lack of a client. Keys of expired streams are
+//! remembered for one more window, bounded, so a late resume is told `expired` rather
+//! than `unknown`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
