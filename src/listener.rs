@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use activity::Tracked;
+use activity::{Activity, Counter, Tracked};
 use signal::Signal;
 use slots::Slots;
 
@@ -187,11 +187,11 @@ impl Connections {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let activity = Arc::new(watch::channel(0).0);
+        let (activity, counter) = Activity::new();
         let admitted = match &self.inner.slots {
             None => None,
             Some(slots) => {
-                if let Some(admitted) = slots.admit(activity.subscribe()) {
+                if let Some(admitted) = slots.admit(activity.clone()) {
                     Some(admitted)
                 } else {
                     tracing::debug!(%peer, "every connection busy; refusing one");
@@ -205,6 +205,7 @@ impl Connections {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let evicted = admitted.as_ref().map(|a| a.evicted.clone());
+            let activity = (activity, counter);
             let served = serve(&inner, stream, peer, service, activity, accepted, evicted);
             served.await;
             drop(admitted);
@@ -218,7 +219,7 @@ async fn serve<S, B>(
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
-    activity: activity::Activity,
+    (activity, counter): (Arc<Activity>, Counter),
     accepted: Instant,
     evicted: Option<Arc<Signal>>,
 ) where
@@ -236,7 +237,8 @@ async fn serve<S, B>(
         () = evicted.fired() => return,
     };
     let watch = Watch {
-        activity: activity.subscribe(),
+        seen: activity.changes(),
+        activity: &activity,
         limits: inner.limits,
         accepted,
         draining: &inner.draining,
@@ -246,7 +248,7 @@ async fn serve<S, B>(
     let io = TokioIo::new(stream);
     let service = Tracked {
         inner: service,
-        activity,
+        activity: counter,
     };
     let ended = match protocol {
         Ok(Ok(Some(Protocol::Http1))) => {
@@ -284,7 +286,9 @@ async fn serve<S, B>(
 
 /// What one connection's deadlines watch.
 struct Watch<'a> {
-    activity: watch::Receiver<usize>,
+    activity: &'a Activity,
+    /// The activity's changes this watch has acted on.
+    seen: u64,
     limits: ConnectionLimits,
     accepted: Instant,
     draining: &'a Signal,
@@ -311,7 +315,10 @@ impl Watch<'_> {
         let mut closing = false;
         loop {
             let deadline = idle_since.map(|since| since + allowed);
+            // In order, without the random start: polled on every event, and the
+            // branches are never ready together in a way that starves one.
             tokio::select! {
+                biased;
                 ended = connection.as_mut() => return ended,
                 () = self.evicted.fired() => {
                     tracing::debug!(peer = %self.peer, "closing an idle connection to make room");
@@ -323,13 +330,14 @@ impl Watch<'_> {
                     allowed = CLOSE_GRACE;
                     idle_since = idle_since.map(|_| Instant::now());
                 }
-                changed = self.activity.changed() => {
-                    if changed.is_err() {
+                () = self.activity.change_after(self.seen) => {
+                    self.seen = self.activity.changes();
+                    if self.activity.has_ended() {
                         // The service is gone: hyper is finishing the connection.
                         idle_since = None;
                         continue;
                     }
-                    if *self.activity.borrow_and_update() == 0 {
+                    if self.activity.is_idle() {
                         idle_since = Some(Instant::now());
                     } else {
                         idle_since = None;

@@ -2,38 +2,151 @@
 //!
 //! hyper does not say when a connection is idle, so the service handed to it is
 //! wrapped: a request counts from the moment its head is complete (hyper calls the
-//! service) until its response body is dropped (written out, or the client left). The
-//! count lives in a `watch` channel, which wakes the connection's driver on each
-//! change; that is one notification per request, never per frame.
+//! service) until its response body is dropped (written out, or the client left).
+//!
+//! The connection's watch waits on the count beside the connection itself, so it is
+//! polled on every wake of the task: once per event of a streaming response. A
+//! `watch` channel took its `Notify`'s lock on each such poll; [`Change`] registers
+//! the task's waker once, and any other poll is one atomic load. The count changes
+//! once per request, never per frame.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::Service;
-use tokio::sync::watch;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
-/// Requests in flight on one connection.
-pub(super) type Activity = Arc<watch::Sender<usize>>;
+/// Requests in flight on one connection, as the connection's watch and the
+/// listener's slots read it.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    busy: AtomicUsize,
+    /// Counts every change of `busy`, and the end of the service.
+    changes: AtomicU64,
+    /// The service and every request of it are gone: hyper is finishing the
+    /// connection.
+    ended: AtomicBool,
+    notify: Notify,
+}
 
-/// One request in flight; dropping it ends the request.
-#[derive(Debug)]
-struct Busy(Activity);
+impl Activity {
+    /// A new connection's activity, and the handle its service counts requests with.
+    pub(super) fn new() -> (Arc<Activity>, Counter) {
+        let activity = Arc::new(Activity::default());
+        let counter = Counter(Arc::new(Ended(activity.clone())));
+        (activity, counter)
+    }
 
-impl Busy {
-    fn new(activity: &Activity) -> Busy {
-        activity.send_modify(|n| *n += 1);
-        Busy(activity.clone())
+    /// Whether no request is in flight.
+    pub(super) fn is_idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether the service and its requests are gone.
+    pub(super) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// How many changes there have been: what [`Activity::change_after`] waits past.
+    pub(super) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Resolves once there has been a change after the `seen`th. Meant to be polled
+    /// by one task at a time.
+    pub(super) fn change_after(&self, seen: u64) -> Change<'_> {
+        Change {
+            activity: self,
+            notified: self.notify.notified(),
+            seen,
+            registered: None,
+        }
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+        self.notify.notify_waiters();
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The future of [`Activity::change_after`].
+    pub(super) struct Change<'a> {
+        activity: &'a Activity,
+        // Created with the future: a change after this wakes it even before its
+        // first poll.
+        #[pin]
+        notified: Notified<'a>,
+        seen: u64,
+        // The waker the notification wakes; polled again only for another task.
+        registered: Option<Waker>,
+    }
+}
+
+impl Future for Change<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.activity.changes() != *this.seen {
+            return Poll::Ready(());
+        }
+        if this
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        if this.notified.poll(cx).is_ready() || this.activity.changes() != *this.seen {
+            return Poll::Ready(());
+        }
+        *this.registered = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Marks the activity ended when the last [`Counter`] goes.
+#[derive(Debug)]
+struct Ended(Arc<Activity>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Release);
+        self.0.changed();
+    }
+}
+
+/// What the service and its requests count with; the activity ends with the last.
+#[derive(Debug, Clone)]
+pub(super) struct Counter(Arc<Ended>);
+
+impl Counter {
+    /// Counts a request until the returned guard is dropped.
+    pub(super) fn request(&self) -> Busy {
+        let activity = &(self.0).0;
+        activity.busy.fetch_add(1, Ordering::AcqRel);
+        activity.changed();
+        Busy(self.clone())
+    }
+}
+
+/// One request in flight; dropping it ends the request.
+#[derive(Debug)]
+pub(super) struct Busy(Counter);
+
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        let activity = &(self.0 .0).0;
+        activity.busy.fetch_sub(1, Ordering::AcqRel);
+        activity.changed();
     }
 }
 
@@ -41,7 +154,7 @@ impl Drop for Busy {
 #[derive(Debug)]
 pub(super) struct Tracked<S> {
     pub(super) inner: S,
-    pub(super) activity: Activity,
+    pub(super) activity: Counter,
 }
 
 impl<S, B> Service<Request<Incoming>> for Tracked<S>
@@ -54,7 +167,7 @@ where
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         // Counted before the service runs: a request waiting for its upstream is busy.
-        let busy = Busy::new(&self.activity);
+        let busy = self.activity.request();
         TrackedFuture {
             inner: self.inner.call(request),
             busy: Some(busy),
@@ -111,5 +224,58 @@ impl<B: Body> Body for TrackedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_waiting_watch_wakes_on_each_request_and_on_the_end() {
+        let (activity, counter) = Activity::new();
+        assert!(activity.is_idle());
+        let seen = activity.changes();
+        let waiting = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.change_after(seen).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing changed yet");
+        let request = counter.request();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the request")
+            .unwrap();
+        assert!(!activity.is_idle());
+
+        let seen = activity.changes();
+        drop(request);
+        tokio::time::timeout(Duration::from_secs(5), activity.change_after(seen))
+            .await
+            .expect("a change before the wait is seen at once");
+        assert!(activity.is_idle() && !activity.has_ended());
+
+        let seen = activity.changes();
+        let copy = counter.clone();
+        drop(counter);
+        assert!(!activity.has_ended(), "a counter is left");
+        drop(copy);
+        tokio::time::timeout(Duration::from_secs(5), activity.change_after(seen))
+            .await
+            .expect("the end is a change");
+        assert!(activity.has_ended());
+    }
+
+    #[tokio::test]
+    async fn a_change_between_creation_and_first_poll_is_not_lost() {
+        let (activity, counter) = Activity::new();
+        let change = activity.change_after(activity.changes());
+        let _request = counter.request();
+        tokio::time::timeout(Duration::from_secs(5), change)
+            .await
+            .expect("seen");
     }
 }

@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
-
+use super::activity::Activity;
 use super::signal::Signal;
 
 /// The open connections of one listener, oldest first.
@@ -30,7 +29,7 @@ struct Open {
 
 #[derive(Debug)]
 struct Slot {
-    activity: watch::Receiver<usize>,
+    activity: Arc<Activity>,
     evict: Arc<Signal>,
 }
 
@@ -53,7 +52,7 @@ impl Slots {
 
     /// A place for a new connection, closing the oldest idle one if the cap is
     /// reached; `None` when every open connection has a request in flight.
-    pub(super) fn admit(self: &Arc<Self>, activity: watch::Receiver<usize>) -> Option<Admitted> {
+    pub(super) fn admit(self: &Arc<Self>, activity: Arc<Activity>) -> Option<Admitted> {
         let mut open = self
             .open
             .lock()
@@ -62,7 +61,7 @@ impl Slots {
             let idle = open
                 .slots
                 .iter()
-                .find(|(_, slot)| *slot.activity.borrow() == 0)
+                .find(|(_, slot)| slot.activity.is_idle())
                 .map(|(id, _)| *id)?;
             if let Some(slot) = open.slots.remove(&idle) {
                 slot.evict.fire();
@@ -104,8 +103,9 @@ mod tests {
     #[test]
     fn at_the_cap_the_oldest_idle_connection_makes_room() {
         let slots = Arc::new(Slots::new(2));
-        let (busy_tx, busy) = watch::channel(1usize);
-        let (_idle_tx, idle) = watch::channel(0usize);
+        let (busy, busy_counter) = Activity::new();
+        let _request = busy_counter.request();
+        let (idle, _idle_counter) = Activity::new();
         let first = slots.admit(busy.clone()).unwrap();
         let second = slots.admit(idle.clone()).unwrap();
         let third = slots.admit(idle.clone()).unwrap();
@@ -113,8 +113,8 @@ mod tests {
         assert!(second.evicted.is_fired(), "the oldest idle one goes");
         drop(second);
         // Every open connection busy: the new one is refused.
-        busy_tx.send_replace(1);
-        let (_tx, busy_too) = watch::channel(1usize);
+        let (busy_too, busy_too_counter) = Activity::new();
+        let _other_request = busy_too_counter.request();
         drop(third);
         let _fourth = slots.admit(busy_too.clone()).unwrap();
         assert!(slots.admit(busy_too).is_none());
