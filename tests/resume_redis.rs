@@ -156,9 +156,9 @@ async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
         .id
         .clone()
         .unwrap()
-        .split('-')
-        .next()
+        .rsplit_once('-')
         .unwrap()
+        .0
         .to_owned();
     let ids: Vec<String> = all.iter().map(|e| e.id.clone().unwrap()).collect();
     assert_eq!(

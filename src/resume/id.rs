@@ -1,9 +1,13 @@
 //! Stream keys, event ids and credential fingerprints.
 //!
 //! A resumable stream is named by a key of 128 random bits from the operating system's
-//! generator (`ring::rand::SystemRandom`), written as 32 lowercase hex digits: knowing a
-//! key is what lets a client read the stream, so it must be unguessable. Every event the
-//! gateway forwards on such a stream carries the id `KEY-SEQ`, `SEQ` counting from 1.
+//! generator (`ring::rand::SystemRandom`): knowing a key is what lets a client read the
+//! stream, so it must be unguessable. Every event the gateway forwards on such a stream
+//! carries the id `KEY-SEQ`, `SEQ` counting from 1, with the key as 22 characters of
+//! unpadded base64url: every event carries it, and 32 hex digits would be 10 bytes
+//! more per event on the wire and in the replay buffer. Ids with the key as 32 hex
+//! digits (what earlier versions sent) are still read; Redis names streams by the hex
+//! form, so replicas of either version share them.
 //!
 //! The credential a stream was opened with (the `Authorization` header, or the header
 //! the route names) is kept only as HMAC-SHA256 keyed by the stream key: never in
@@ -12,11 +16,15 @@
 
 use std::fmt;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Length of a key in bytes (128 bits).
 const KEY_LEN: usize = 16;
+/// Length of a key in an id: unpadded base64url of 16 bytes.
+pub(crate) const KEY_TEXT_LEN: usize = 22;
 
 /// An unguessable stream key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,7 +44,30 @@ impl StreamKey {
         Ok(StreamKey(key))
     }
 
-    /// The key as 32 lowercase hex digits.
+    /// The key as it is written in ids: 22 characters of unpadded base64url.
+    pub fn text(&self) -> [u8; KEY_TEXT_LEN] {
+        let mut out = [0; KEY_TEXT_LEN];
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(self.0, &mut out)
+            .unwrap_or_default();
+        debug_assert_eq!(written, KEY_TEXT_LEN);
+        out
+    }
+
+    /// A key as written in an id: base64url, or 32 hex digits from earlier versions.
+    /// The decoder refuses non-zero unused bits, so a key has one text of each form.
+    pub(crate) fn parse_text(text: &[u8]) -> Option<StreamKey> {
+        if text.len() != KEY_TEXT_LEN {
+            return StreamKey::parse_hex(text);
+        }
+        let mut key = [0; KEY_LEN];
+        match URL_SAFE_NO_PAD.decode_slice(text, &mut key) {
+            Ok(KEY_LEN) => Some(StreamKey(key)),
+            _ => None,
+        }
+    }
+
+    /// The key as 32 lowercase hex digits: how Redis names the stream.
     pub fn hex(&self) -> [u8; 2 * KEY_LEN] {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0; 2 * KEY_LEN];
@@ -85,8 +116,8 @@ impl StreamKey {
 impl fmt::Debug for StreamKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Only a prefix: a log line must not hand out a readable key.
-        let hex = self.hex();
-        write!(f, "StreamKey({}…)", String::from_utf8_lossy(&hex[..6]))
+        let text = self.text();
+        write!(f, "StreamKey({}…)", String::from_utf8_lossy(&text[..4]))
     }
 }
 
@@ -124,8 +155,9 @@ impl EventId {
     /// anything else, an upstream's own id included, is `None`.
     pub fn parse(text: &[u8]) -> Option<EventId> {
         let text = text.trim_ascii();
-        let dash = text.iter().position(|&b| b == b'-')?;
-        let key = StreamKey::parse_hex(&text[..dash])?;
+        // The last dash: base64url has dashes of its own.
+        let dash = text.iter().rposition(|&b| b == b'-')?;
+        let key = StreamKey::parse_text(&text[..dash])?;
         let seq = &text[dash + 1..];
         if seq.is_empty() || seq.len() > 19 || !seq.iter().all(u8::is_ascii_digit) {
             return None;
@@ -137,8 +169,8 @@ impl EventId {
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = self.key.hex();
-        write!(f, "{}-{}", String::from_utf8_lossy(&hex), self.seq)
+        let text = self.key.text();
+        write!(f, "{}-{}", String::from_utf8_lossy(&text), self.seq)
     }
 }
 
@@ -153,15 +185,33 @@ mod tests {
         assert_ne!(a, b, "two keys from the generator differ");
         let id = EventId { key: a, seq: 42 };
         let text = id.to_string();
-        assert_eq!(text.len(), 32 + 1 + 2);
-        assert!(text[..32].bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(text.len(), 22 + 1 + 2);
+        assert!(text[..22]
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert_eq!(EventId::parse(text.as_bytes()), Some(id));
         assert_eq!(EventId::parse(format!(" {text}\t").as_bytes()), Some(id));
     }
 
     #[test]
+    fn a_key_with_dashes_and_an_id_of_an_earlier_version_parse() {
+        // 0xfb bytes are `-` characters in base64url: `+-+-...`.
+        let key = StreamKey([0xfb; KEY_LEN]);
+        let text = String::from_utf8(key.text().to_vec()).unwrap();
+        assert!(text.contains('-'), "{text}");
+        let id = EventId { key, seq: 7 };
+        assert_eq!(EventId::parse(format!("{text}-7").as_bytes()), Some(id));
+        let hex = String::from_utf8(key.hex().to_vec()).unwrap();
+        assert_eq!(EventId::parse(format!("{hex}-7").as_bytes()), Some(id));
+    }
+
+    #[test]
     fn foreign_ids_are_not_ours() {
-        let key = String::from_utf8(StreamKey::generate().unwrap().hex().to_vec()).unwrap();
+        let key = String::from_utf8(StreamKey::generate().unwrap().text().to_vec()).unwrap();
+        let hex = String::from_utf8(StreamKey::generate().unwrap().hex().to_vec()).unwrap();
+        // The last character of 16 bytes in base64url carries 2 bits; `B` sets one of
+        // the 4 unused ones.
+        let unused_bits = format!("{}B", &key[..21]);
         for bad in [
             "",
             "42",
@@ -170,7 +220,12 @@ mod tests {
             &format!("{key}-x1"),
             &format!("{key}-99999999999999999999"),
             &format!("{}-1", &key[1..]),
-            &format!("{}-1", key.to_uppercase()),
+            &format!("{}-1", &key[..21]),
+            &format!("{key}=-1"),
+            &format!("{unused_bits}-1"),
+            &format!("{}-1", &hex[1..]),
+            &format!("{}-1", hex.to_uppercase()),
+            &format!("{}!-1", &key[..21]),
         ] {
             assert_eq!(EventId::parse(bad.as_bytes()), None, "{bad:?}");
         }

@@ -9,7 +9,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::id::StreamKey;
+use super::id::{StreamKey, KEY_TEXT_LEN};
 
 /// Where one numbered event sits in a stamped frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +32,8 @@ pub struct Stamper {
     spans: Vec<Span>,
 }
 
-/// `id: ` (4), the key's 32 hex digits, `-`: where the number's digits start.
-const DIGITS_AT: usize = 4 + 32 + 1;
+/// `id: ` (4), the key's text, `-`: where the number's digits start.
+const DIGITS_AT: usize = 4 + KEY_TEXT_LEN + 1;
 /// The longest number a `u64` has, in decimal.
 const MAX_DIGITS: usize = 20;
 
@@ -50,7 +50,7 @@ impl IdLine {
     fn new(key: &StreamKey) -> IdLine {
         let mut bytes = [0; DIGITS_AT + MAX_DIGITS + 2];
         bytes[..4].copy_from_slice(b"id: ");
-        bytes[4..DIGITS_AT - 1].copy_from_slice(&key.hex());
+        bytes[4..DIGITS_AT - 1].copy_from_slice(&key.text());
         bytes[DIGITS_AT - 1] = b'-';
         bytes[DIGITS_AT..DIGITS_AT + 3].copy_from_slice(b"1\n\n");
         IdLine { bytes, digits: 1 }
@@ -174,14 +174,14 @@ fn event_end(frame: &[u8], start: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn key_hex(key: &StreamKey) -> String {
-        String::from_utf8(key.hex().to_vec()).unwrap()
+    fn key_text(key: &StreamKey) -> String {
+        String::from_utf8(key.text().to_vec()).unwrap()
     }
 
     #[test]
     fn every_event_gets_the_next_id_as_its_last_line() {
         let key = StreamKey::generate().unwrap();
-        let k = key_hex(&key);
+        let k = key_text(&key);
         let mut stamper = Stamper::new(&key);
         let (bytes, spans) = stamper.stamp(b"data: a\n\nevent: x\ndata: b\n\n");
         let expected = format!("data: a\nid: {k}-1\n\nevent: x\ndata: b\nid: {k}-2\n\n");
@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn an_upstream_id_is_overridden_by_the_last_line() {
         let key = StreamKey::generate().unwrap();
-        let k = key_hex(&key);
+        let k = key_text(&key);
         let mut stamper = Stamper::new(&key);
         let (bytes, _) = stamper.stamp(b"id: up-7\ndata: a\n\n");
         assert_eq!(
@@ -214,7 +214,7 @@ mod tests {
     #[test]
     fn stray_blank_lines_and_tails_pass_unnumbered() {
         let key = StreamKey::generate().unwrap();
-        let k = key_hex(&key);
+        let k = key_text(&key);
         let mut stamper = Stamper::new(&key);
         let (bytes, spans) = stamper.stamp(b"\ndata: a\n\ndata: part");
         assert_eq!(
@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn the_number_counts_up_through_every_carry() {
         let key = StreamKey::generate().unwrap();
-        let k = key_hex(&key);
+        let k = key_text(&key);
         let mut line = IdLine::new(&key);
         for seq in 1..=100_123_u64 {
             assert_eq!(

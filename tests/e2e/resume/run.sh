@@ -128,7 +128,7 @@ if page.get("opens") != len(cuts) + 1:
     problems.append(f"opened {page.get('opens')} times (want {len(cuts) + 1}: {len(cuts)} reconnects)")
 ids = page.get("ids", [])
 key = ids[0].rsplit("-", 1)[0] if ids else ""
-if len(key) != 32 or ids != [f"{key}-{n}" for n in range(1, tokens + 1)]:
+if len(key) != 22 or ids != [f"{key}-{n}" for n in range(1, tokens + 1)]:
     problems.append(f"ids {ids[:3]}...")
 requests = [json.loads(line) for line in open(log) if json.loads(line)["q"] == q]
 if len(requests) != 1:
