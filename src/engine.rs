@@ -145,6 +145,21 @@ impl Engine {
         }
     }
 
+    /// Keep where the events of each frame end ([`Engine::event_ends`]), for a caller
+    /// that handles every event of a frame (resume's ids).
+    pub fn track_event_ends(&mut self) {
+        self.batch.track_ends();
+    }
+
+    /// Where the events of the frame [`Engine::next_frame`] returned last end
+    /// (exclusive offsets, in order), when the engine tracks them and that frame was
+    /// collected from a read; `None` for queued and closing frames, whose events the
+    /// caller finds itself.
+    pub fn event_ends(&self) -> Option<&[u32]> {
+        let ends = self.batch.taken_ends();
+        (!ends.is_empty()).then_some(ends)
+    }
+
     /// Drops the Chat Completions usage-only chunk (`choices` empty) after its usage
     /// is read: the gateway added `stream_options.include_usage` to this request, and
     /// the client, which did not ask for it, must not see it.
@@ -163,6 +178,8 @@ impl Engine {
     /// The next frame to send: queued frames first, then the events that the last
     /// read completed, as one frame. `None`: nothing to send until the next input.
     pub fn next_frame(&mut self) -> Option<Bytes> {
+        // Only a frame the batch hands over now has its ends.
+        self.batch.forget_taken_ends();
         if let Some(frame) = self.queue.pop_front() {
             return Some(frame);
         }

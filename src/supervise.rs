@@ -153,6 +153,8 @@ pub(crate) struct SupervisedBody<B = UpstreamIncoming> {
     /// Frames of a start held back until its first content event (`holdback.rs`),
     /// sent before anything else; empty on routes without retry.
     held: std::collections::VecDeque<Bytes>,
+    /// The frame returned last came straight from the engine ([`Self::event_ends`]).
+    last_from_engine: bool,
 }
 
 impl<B> SupervisedBody<B>
@@ -197,10 +199,27 @@ where
             last_sent: now,
             record: Record::new(plan.metrics.clone(), started, log),
             plan,
+            last_from_engine: false,
         };
         let deadline = body.next_deadline();
         body.clock.as_mut().reset(deadline);
         body
+    }
+
+    /// Keep where the events of each frame end ([`Self::event_ends`]).
+    pub(crate) fn track_event_ends(&mut self) {
+        self.engine.track_event_ends();
+    }
+
+    /// Where the events of the frame returned last end, when the engine vouches for
+    /// them; `None`: the caller finds them itself (held frames, heartbeats, frames a
+    /// rule wrote, closing frames).
+    pub(crate) fn event_ends(&self) -> Option<&[u32]> {
+        if self.last_from_engine {
+            self.engine.event_ends()
+        } else {
+            None
+        }
     }
 
     /// The gateway added `include_usage` to this request: the usage-only chunk is
@@ -358,6 +377,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
         let this = &mut *self;
+        this.last_from_engine = false;
         if let Some(frame) = this.held.pop_front() {
             return this.send(frame);
         }
@@ -365,6 +385,7 @@ where
             let frame = this.engine.next_frame();
             this.account();
             if let Some(frame) = frame {
+                this.last_from_engine = true;
                 return this.send(frame);
             }
             if this.engine.is_finished() {

@@ -16,6 +16,13 @@ pub(super) struct Batch {
     /// keep a read buffer alive.
     chunk: Option<Bytes>,
     run: Option<Run>,
+    /// With [`Batch::track_ends`]: where each event of a run of the chunk ends, from
+    /// the run's start. Those events are the framer's, untouched: LF line ends, one
+    /// blank line, at their end.
+    ends: Vec<u32>,
+    /// The ends of the frame [`Batch::take`] returned last.
+    taken_ends: Vec<u32>,
+    track_ends: bool,
 }
 
 #[derive(Debug)]
@@ -27,6 +34,24 @@ enum Run {
 }
 
 impl Batch {
+    /// Keep where each event of a frame ends, for [`Batch::taken_ends`]: a reader that
+    /// needs the events of a frame then does not search for them again.
+    pub(super) fn track_ends(&mut self) {
+        self.track_ends = true;
+    }
+
+    /// Where the events of the frame [`Batch::take`] returned last end (exclusive
+    /// offsets into it, in order); empty unless [`Batch::track_ends`] was called and
+    /// the frame was a run of the chunk.
+    pub(super) fn taken_ends(&self) -> &[u32] {
+        &self.taken_ends
+    }
+
+    /// The frame taken last was sent on: its ends no longer describe anything.
+    pub(super) fn forget_taken_ends(&mut self) {
+        self.taken_ends.clear();
+    }
+
     /// Events sliced from `chunk` may now join a run.
     pub(super) fn set_chunk(&mut self, chunk: &Bytes) {
         self.chunk = Some(chunk.clone());
@@ -43,23 +68,41 @@ impl Batch {
     /// sends it after [`take`](Batch::take)'s frame.
     pub(super) fn push(&mut self, piece: Bytes) -> Result<(), Bytes> {
         let at = self.offset_in_chunk(&piece);
-        match (&mut self.run, at) {
+        let len = piece.len();
+        let run_len = match (&mut self.run, at) {
             (None, Some(start)) => {
-                let end = start + piece.len();
-                self.run = Some(Run::InChunk { start, end });
+                self.run = Some(Run::InChunk {
+                    start,
+                    end: start + len,
+                });
+                len
             }
-            (None, None) => self.run = Some(Run::Piece(piece)),
-            (Some(Run::InChunk { end, .. }), Some(start)) if start == *end => {
-                *end += piece.len();
+            // A piece a rule wrote may hold anything: no end is vouched for, and the
+            // frame's reader finds its events itself.
+            (None, None) => {
+                self.run = Some(Run::Piece(piece));
+                return Ok(());
+            }
+            (Some(Run::InChunk { start, end }), Some(at)) if at == *end => {
+                *end += len;
+                *end - *start
             }
             (Some(_), _) => return Err(piece),
+        };
+        if self.track_ends {
+            self.ends.push(u32::try_from(run_len).unwrap_or(u32::MAX));
         }
         Ok(())
     }
 
     /// The collected frame, if anything was pushed; the batch is empty afterwards.
     pub(super) fn take(&mut self) -> Option<Bytes> {
-        match self.run.take()? {
+        let run = self.run.take()?;
+        if self.track_ends {
+            std::mem::swap(&mut self.ends, &mut self.taken_ends);
+            self.ends.clear();
+        }
+        match run {
             Run::Piece(piece) => Some(piece),
             // `release_chunk` turns a run into a piece, so the chunk is here.
             Run::InChunk { start, end } => self.chunk.as_ref().map(|c| c.slice(start..end)),
@@ -115,6 +158,25 @@ mod tests {
         batch.push(rewritten.clone()).expect("opens an empty batch");
         assert!(batch.push(chunk.slice(9..18)).is_err());
         assert_eq!(batch.take(), Some(rewritten));
+    }
+
+    #[test]
+    fn tracked_ends_say_where_each_event_of_the_taken_frame_ends() {
+        let chunk = chunk();
+        let mut batch = Batch::default();
+        batch.track_ends();
+        batch.set_chunk(&chunk);
+        batch.push(chunk.slice(0..9)).expect("first event");
+        batch.push(chunk.slice(9..18)).expect("adjacent event");
+        assert_eq!(batch.take(), Some(chunk.slice(0..18)));
+        assert_eq!(batch.taken_ends(), [9, 18]);
+        let rewritten = Bytes::from_static(b"data:x\n\n");
+        batch.push(rewritten.clone()).expect("opens the batch");
+        assert_eq!(batch.take(), Some(rewritten));
+        assert!(
+            batch.taken_ends().is_empty(),
+            "a rule's piece is not vouched for"
+        );
     }
 
     #[test]

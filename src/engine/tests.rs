@@ -56,6 +56,36 @@ fn untouched_events_of_one_read_leave_as_one_slice_of_it() {
 }
 
 #[test]
+fn tracked_ends_are_the_events_of_a_read_and_only_of_one() {
+    let mut engine = engine();
+    engine.track_event_ends();
+    // A ping is dropped, so `b` starts a new frame; `d` straddles two reads.
+    engine.push(Bytes::from_static(
+        b"data: a\n\nevent: x\ndata: bb\n\n: ping\n\ndata: c\n\ndata: d",
+    ));
+    let frame = engine.next_frame().expect("a frame");
+    assert_eq!(text(&frame), "data: a\n\nevent: x\ndata: bb\n\n");
+    assert_eq!(engine.event_ends(), Some(&[9_u32, 28][..]));
+    let frame = engine.next_frame().expect("the event after the gap");
+    assert_eq!(text(&frame), "data: c\n\n");
+    assert_eq!(
+        engine.event_ends(),
+        None,
+        "queued behind the gap: not vouched for"
+    );
+    engine.push(Bytes::from_static(b"\n\n"));
+    let frame = engine.next_frame().expect("the straddling event");
+    assert_eq!(text(&frame), "data: d\n\n");
+    assert_eq!(
+        engine.event_ends(),
+        None,
+        "copied from two reads: not vouched for"
+    );
+    assert_eq!(engine.next_frame(), None);
+    assert_eq!(engine.event_ends(), None);
+}
+
+#[test]
 fn the_terminator_ends_the_stream_and_nothing_after_it_is_sent() {
     let mut engine = engine();
     engine.push(Bytes::from_static(

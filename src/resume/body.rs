@@ -85,13 +85,14 @@ struct Producer {
 }
 
 impl Producer {
-    /// Publishes a frame from the supervised stream; returns the bytes to send.
-    fn publish(&mut self, slot: &Slot, frame: Bytes) -> Bytes {
+    /// Publishes a frame from the supervised stream (whose events end at `ends`, when
+    /// it knows); returns the bytes to send.
+    fn publish(&mut self, slot: &Slot, frame: Bytes, ends: Option<&[u32]>) -> Bytes {
         if is_heartbeat(&frame) {
             slot.heartbeat();
             return frame;
         }
-        let stamped = slot.publish(&mut self.stamper, &frame);
+        let stamped = slot.publish(&mut self.stamper, &frame, ends);
         if let Some(mirror) = &mut self.mirror {
             mirror.events(&stamped, self.stamper.spans());
         }
@@ -107,12 +108,14 @@ impl Producer {
 
 impl LiveBody {
     pub(super) fn new(
-        supervised: SupervisedBody,
+        mut supervised: SupervisedBody,
         slot: Arc<Slot>,
         mirror: Option<Mirror>,
         plan: Arc<ResumePlan>,
         admission: Option<Admission>,
     ) -> Self {
+        // The stamper numbers every event; the engine says where they end.
+        supervised.track_event_ends();
         LiveBody {
             admission,
             supervised: Some(Box::new(supervised)),
@@ -140,7 +143,9 @@ impl LiveBody {
         match Pin::new(&mut **supervised).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let data = frame.into_data().unwrap_or_default();
-                let sent = self.producer.publish(&self.slot, data);
+                let sent = self
+                    .producer
+                    .publish(&self.slot, data, supervised.event_ends());
                 if supervised.is_end_stream() {
                     self.end();
                 }
@@ -247,7 +252,8 @@ async fn keep_reading(
             }
             frame = poll_fn(|cx| Pin::new(&mut *supervised).poll_frame(cx)) => match frame {
                 Some(Ok(frame)) => {
-                    producer.publish(&slot, frame.into_data().unwrap_or_default());
+                    let ends = supervised.event_ends();
+                    producer.publish(&slot, frame.into_data().unwrap_or_default(), ends);
                     if supervised.is_end_stream() {
                         drop(supervised);
                         producer.end();

@@ -85,10 +85,15 @@ impl Slot {
         self.fingerprint.matches(&self.key.fingerprint(credential))
     }
 
-    /// Numbers `frame`'s events, keeps them for replay, wakes waiting readers, and
-    /// returns the frame as sent.
-    pub(crate) fn publish(&self, stamper: &mut Stamper, frame: &[u8]) -> Bytes {
-        let (stamped, spans) = stamper.stamp(frame);
+    /// Numbers `frame`'s events (which end at `ends`, when known), keeps them for
+    /// replay, wakes waiting readers, and returns the frame as sent.
+    pub(crate) fn publish(
+        &self,
+        stamper: &mut Stamper,
+        frame: &[u8],
+        ends: Option<&[u32]>,
+    ) -> Bytes {
+        let (stamped, spans) = stamper.stamp(frame, ends);
         let mut state = self.state();
         state.log.append_frame(stamped.clone(), spans);
         state.wake_readers();

@@ -110,22 +110,17 @@ impl Stamper {
 
     /// `frame` with an id on each event, and the spans of the numbered events. A stray
     /// blank line, or a tail that is not a whole event (which the engine never sends),
-    /// is passed on unnumbered.
-    pub fn stamp(&mut self, frame: &[u8]) -> (Bytes, &[Span]) {
+    /// is passed on unnumbered. `ends`: where the frame's events end, when the engine
+    /// knows (its untouched events), which spares a search through the frame.
+    pub fn stamp(&mut self, frame: &[u8], ends: Option<&[u32]>) -> (Bytes, &[Span]) {
         // First where the events end, so the buffer is allocated once at its size (a
         // growing buffer would copy the frame again).
         self.ends.clear();
-        let mut start = 0;
-        while start < frame.len() {
-            if frame[start] == b'\n' {
-                start += 1;
-                continue;
+        match ends {
+            Some(ends) if vouched(frame, ends) => {
+                self.ends.extend(ends.iter().map(|&end| end as usize));
             }
-            let Some(end) = event_end(frame, start) else {
-                break;
-            };
-            self.ends.push(end);
-            start = end;
+            _ => find_ends(frame, &mut self.ends),
         }
         // Sized for the longest line any of these numbers can have.
         let longest_line = DIGITS_AT + MAX_DIGITS + 1;
@@ -158,6 +153,37 @@ impl Stamper {
     }
 }
 
+/// Whether `ends` can stand for a search: in order, inside the frame, each just past a
+/// blank line, the last at the frame's end. Two byte compares per event, against the
+/// search's pass over every byte.
+fn vouched(frame: &[u8], ends: &[u32]) -> bool {
+    let mut previous = 0;
+    ends.last()
+        .is_some_and(|&last| last as usize == frame.len())
+        && ends.iter().all(|&end| {
+            let end = end as usize;
+            let fits = end >= previous + 2 && frame[end - 2..end] == *b"\n\n";
+            previous = end;
+            fits
+        })
+}
+
+/// Where the events of `frame` end, found by searching it.
+fn find_ends(frame: &[u8], ends: &mut Vec<usize>) {
+    let mut start = 0;
+    while start < frame.len() {
+        if frame[start] == b'\n' {
+            start += 1;
+            continue;
+        }
+        let Some(end) = event_end(frame, start) else {
+            break;
+        };
+        ends.push(end);
+        start = end;
+    }
+}
+
 /// The end (exclusive) of the event starting at `start`: just past its `\n\n`.
 fn event_end(frame: &[u8], start: usize) -> Option<usize> {
     let mut at = start;
@@ -183,7 +209,7 @@ mod tests {
         let key = StreamKey::generate().unwrap();
         let k = key_text(&key);
         let mut stamper = Stamper::new(&key);
-        let (bytes, spans) = stamper.stamp(b"data: a\n\nevent: x\ndata: b\n\n");
+        let (bytes, spans) = stamper.stamp(b"data: a\n\nevent: x\ndata: b\n\n", None);
         let expected = format!("data: a\nid: {k}-1\n\nevent: x\ndata: b\nid: {k}-2\n\n");
         assert_eq!(bytes, expected.as_bytes());
         assert_eq!(spans.len(), 2);
@@ -193,7 +219,7 @@ mod tests {
         );
         assert_eq!(spans[1].seq, 2);
         assert_eq!(spans[1].end, bytes.len());
-        let (bytes, spans) = stamper.stamp(b"data: [DONE]\n\n");
+        let (bytes, spans) = stamper.stamp(b"data: [DONE]\n\n", None);
         assert_eq!(bytes, format!("data: [DONE]\nid: {k}-3\n\n").as_bytes());
         assert_eq!(spans[0].seq, 3);
         assert_eq!(stamper.next_seq(), 4);
@@ -204,7 +230,7 @@ mod tests {
         let key = StreamKey::generate().unwrap();
         let k = key_text(&key);
         let mut stamper = Stamper::new(&key);
-        let (bytes, _) = stamper.stamp(b"id: up-7\ndata: a\n\n");
+        let (bytes, _) = stamper.stamp(b"id: up-7\ndata: a\n\n", None);
         assert_eq!(
             bytes,
             format!("id: up-7\ndata: a\nid: {k}-1\n\n").as_bytes()
@@ -216,14 +242,40 @@ mod tests {
         let key = StreamKey::generate().unwrap();
         let k = key_text(&key);
         let mut stamper = Stamper::new(&key);
-        let (bytes, spans) = stamper.stamp(b"\ndata: a\n\ndata: part");
+        let (bytes, spans) = stamper.stamp(b"\ndata: a\n\ndata: part", None);
         assert_eq!(
             bytes,
             format!("\ndata: a\nid: {k}-1\n\ndata: part").as_bytes()
         );
         assert_eq!(spans.len(), 1);
-        let (bytes, spans) = stamper.stamp(b"");
+        let (bytes, spans) = stamper.stamp(b"", None);
         assert!(bytes.is_empty() && spans.is_empty());
+    }
+
+    #[test]
+    fn the_engines_ends_give_the_same_frame_and_wrong_ones_are_not_trusted() {
+        let key = StreamKey::generate().unwrap();
+        let frame = b"data: a\n\nevent: x\ndata: b\n\n";
+        let mut searched = Stamper::new(&key);
+        let (expected, spans) = searched.stamp(frame, None);
+        let expected_spans = spans.to_vec();
+        for ends in [&[9_u32, 27][..], &[27], &[9], &[9, 26], &[10, 27], &[]] {
+            let mut given = Stamper::new(&key);
+            let (bytes, spans) = given.stamp(frame, Some(ends));
+            if ends == [9, 27] {
+                assert_eq!((&bytes, spans), (&expected, &expected_spans[..]));
+            } else if ends == [27] {
+                // Vouched for: one event as the engine saw it (the engine never joins
+                // two, and a search would have found the blank line).
+                assert_eq!(spans.len(), 1, "{ends:?}");
+            } else {
+                assert_eq!(
+                    (&bytes, spans),
+                    (&expected, &expected_spans[..]),
+                    "{ends:?}"
+                );
+            }
+        }
     }
 
     #[test]
