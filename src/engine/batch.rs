@@ -97,16 +97,20 @@ impl Batch {
 
     /// The collected frame, if anything was pushed; the batch is empty afterwards.
     pub(super) fn take(&mut self) -> Option<Bytes> {
-        let run = self.run.take()?;
-        if self.track_ends {
-            std::mem::swap(&mut self.ends, &mut self.taken_ends);
-            self.ends.clear();
-        }
-        match run {
+        let frame = match self.run.take()? {
             Run::Piece(piece) => Some(piece),
             // `release_chunk` turns a run into a piece, so the chunk is here.
             Run::InChunk { start, end } => self.chunk.as_ref().map(|c| c.slice(start..end)),
+        };
+        if self.track_ends {
+            // The ends go with the frame, or with nothing.
+            std::mem::swap(&mut self.ends, &mut self.taken_ends);
+            self.ends.clear();
+            if frame.is_none() {
+                self.taken_ends.clear();
+            }
         }
+        frame
     }
 
     /// Where `piece` starts inside `chunk`, if it lies wholly inside it. Bytes are

@@ -59,7 +59,7 @@ fn untouched_events_of_one_read_leave_as_one_slice_of_it() {
 fn tracked_ends_are_the_events_of_a_read_and_only_of_one() {
     let mut engine = engine();
     engine.track_event_ends();
-    // A ping is dropped, so `b` starts a new frame; `d` straddles two reads.
+    // A ping is dropped, so `c` starts a new frame; `d` straddles two reads.
     engine.push(Bytes::from_static(
         b"data: a\n\nevent: x\ndata: bb\n\n: ping\n\ndata: c\n\ndata: d",
     ));

@@ -80,8 +80,7 @@ pin_project_lite::pin_project! {
     /// The future of [`Activity::change_after`].
     pub(super) struct Change<'a> {
         activity: &'a Activity,
-        // Created with the future: a change after this wakes it even before its
-        // first poll.
+        // Created with the future: a change after this is seen by its first poll.
         #[pin]
         notified: Notified<'a>,
         seen: u64,

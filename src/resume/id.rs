@@ -6,8 +6,10 @@
 //! carries the id `KEY-SEQ`, `SEQ` counting from 1, with the key as 22 characters of
 //! unpadded base64url: every event carries it, and 32 hex digits would be 10 bytes
 //! more per event on the wire and in the replay buffer. Ids with the key as 32 hex
-//! digits (what earlier versions sent) are still read; Redis names streams by the hex
-//! form, so replicas of either version share them.
+//! digits (what earlier versions sent) are still read, and Redis names streams by the
+//! hex form, so streams opened before an upgrade resume after it; a replica of an
+//! earlier version cannot read the new form (a reconnect landing there mid-upgrade is
+//! an unknown id).
 //!
 //! The credential a stream was opened with (the `Authorization` header, or the header
 //! the route names) is kept only as HMAC-SHA256 keyed by the stream key: never in

@@ -162,7 +162,11 @@ fn vouched(frame: &[u8], ends: &[u32]) -> bool {
         .is_some_and(|&last| last as usize == frame.len())
         && ends.iter().all(|&end| {
             let end = end as usize;
-            let fits = end >= previous + 2 && frame[end - 2..end] == *b"\n\n";
+            // An event starts with a field, never a line end (the framer skips those),
+            // and is more than its blank line.
+            let fits = end > previous + 2
+                && frame.get(end - 2..end) == Some(b"\n\n")
+                && frame[previous] != b'\n';
             previous = end;
             fits
         })
@@ -259,7 +263,16 @@ mod tests {
         let mut searched = Stamper::new(&key);
         let (expected, spans) = searched.stamp(frame, None);
         let expected_spans = spans.to_vec();
-        for ends in [&[9_u32, 27][..], &[27], &[9], &[9, 26], &[10, 27], &[]] {
+        let wrong: [&[u32]; 7] = [
+            &[9],
+            &[9, 26],
+            &[10, 27],
+            &[],
+            &[30, 27],
+            &[9, 11, 27],
+            &[2, 27],
+        ];
+        for ends in [&[9_u32, 27][..], &[27]].into_iter().chain(wrong) {
             let mut given = Stamper::new(&key);
             let (bytes, spans) = given.stamp(frame, Some(ends));
             if ends == [9, 27] {
@@ -276,6 +289,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn ends_at_a_stray_blank_line_are_not_trusted() {
+        let key = StreamKey::generate().unwrap();
+        let frame = b"data: a\n\n\n\n";
+        let (expected, _) = Stamper::new(&key).stamp(frame, None);
+        let mut given = Stamper::new(&key);
+        let (bytes, spans) = given.stamp(frame, Some(&[9, 11]));
+        assert_eq!(bytes, expected);
+        assert_eq!(spans.len(), 1);
     }
 
     #[test]
