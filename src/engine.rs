@@ -183,7 +183,8 @@ impl Engine {
         if let Some(frame) = self.queue.pop_front() {
             return Some(frame);
         }
-        if self.outcome.is_some() {
+        // Polled several times per event; most polls find nothing new to frame.
+        if self.outcome.is_some() || self.framer.is_drained() {
             return None;
         }
         self.run(false).or_else(|| self.queue.pop_front())
@@ -262,6 +263,12 @@ impl Engine {
         self.outcome.is_some() && self.queue.is_empty()
     }
 
+    /// Whether [`Engine::take_progress`] has anything to report: all progress comes
+    /// from events read, so none were read means nothing happened.
+    pub fn has_progress(&self) -> bool {
+        self.progress.events_in > 0
+    }
+
     /// What happened since the last call.
     pub fn take_progress(&mut self) -> Progress {
         std::mem::take(&mut self.progress)
@@ -302,8 +309,9 @@ impl Engine {
             }
         }
         let frame = self.batch.take();
-        if self.outcome.is_some() {
-            // Nothing more will be sliced from the last read: let it go.
+        if self.outcome.is_some() || self.framer.is_drained() {
+            // Nothing more will be sliced from the last read (`next_frame` skips the
+            // run that would find that out): let it go.
             self.batch.release_chunk();
         }
         frame

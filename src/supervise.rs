@@ -19,7 +19,9 @@
 //! **Timers.** One `Sleep`, armed at the nearest deadline. Events only write
 //! timestamps; when the sleep fires, the deadlines are recomputed from them and the sleep
 //! is re-armed (the lazy timer of pingora, with linkerd's re-check on wake-up), so no
-//! timer is touched per event.
+//! timer is touched per event. The sleep is polled again only when it was re-armed or
+//! the task's waker changed, and the clock is read at most once per poll
+//! ([`PollTime`]): every event of one upstream read arrives, and is sent, at one instant.
 
 mod holdback;
 mod record;
@@ -130,6 +132,17 @@ impl StreamPlan {
     }
 }
 
+/// The instant of one `poll_frame`, read from the clock when first needed and then
+/// kept: a clock read per use was three per event.
+#[derive(Debug, Default)]
+struct PollTime(Option<Instant>);
+
+impl PollTime {
+    fn get(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
 /// Errors a supervised body never returns: every failure becomes an error event.
 pub(crate) type Never = std::convert::Infallible;
 
@@ -147,6 +160,8 @@ pub(crate) struct SupervisedBody<B = UpstreamIncoming> {
     /// The waker `shutdown` was last polled with: polling again with the same one
     /// would only take its lock to change nothing.
     shutdown_waker: Option<Waker>,
+    /// The waker the armed `clock` holds; `None` once it is re-armed.
+    clock_waker: Option<Waker>,
     last_data: Instant,
     last_sent: Instant,
     record: Record,
@@ -195,6 +210,7 @@ where
             clock: Box::pin(sleep_until(now + PARKED)),
             shutdown: Box::pin(plan.shutdown.fired()),
             shutdown_waker: None,
+            clock_waker: None,
             last_data: now,
             last_sent: now,
             record: Record::new(plan.metrics.clone(), started, log),
@@ -202,7 +218,7 @@ where
             last_from_engine: false,
         };
         let deadline = body.next_deadline();
-        body.clock.as_mut().reset(deadline);
+        body.rearm(deadline);
         body
     }
 
@@ -275,13 +291,53 @@ where
         }
         let heartbeat = due(c.heartbeat, self.last_sent).then(|| Bytes::from_static(HEARTBEAT));
         let deadline = self.next_deadline();
-        self.clock.as_mut().reset(deadline);
+        self.rearm(deadline);
         heartbeat
+    }
+
+    /// Arms the sleep for `deadline`; it is polled again before the stream waits.
+    fn rearm(&mut self, deadline: Instant) {
+        self.clock.as_mut().reset(deadline);
+        self.clock_waker = None;
+    }
+
+    /// Whether the sleep is still running; registers this task's waker with it once
+    /// per arming.
+    fn clock_pending(&mut self, cx: &mut Context<'_>) -> bool {
+        let registered = self.clock_waker.as_ref();
+        if registered.is_some_and(|waker| waker.will_wake(cx.waker())) {
+            return true;
+        }
+        // Outside the task's budget: a sleep polled over budget answers `Pending`
+        // without keeping the waker, and a wake-up skipped here would be lost.
+        let clock = self.clock.as_mut();
+        if std::pin::pin!(tokio::task::unconstrained(clock))
+            .poll(cx)
+            .is_ready()
+        {
+            return false;
+        }
+        self.clock_waker = Some(cx.waker().clone());
+        true
     }
 
     /// Turns what the engine did since the last call into metrics, the data clock and
     /// the stream's record; lets the upstream go once the outcome is decided.
-    fn account(&mut self) {
+    fn account(&mut self, now: &mut PollTime) {
+        if self.engine.has_progress() {
+            self.account_progress(now);
+        }
+        if let Some(outcome) = self.engine.outcome() {
+            // Dropping the upstream closes its connection at once.
+            self.upstream = None;
+            if self.record.outcome.is_none() {
+                self.record.trace_end(outcome, self.engine.has_evidence());
+            }
+            self.record.outcome = Some(outcome);
+        }
+    }
+
+    fn account_progress(&mut self, now: &mut PollTime) {
         let progress = self.engine.take_progress();
         let metrics = &self.plan.metrics;
         if progress.events_out > 0 {
@@ -296,14 +352,14 @@ where
                 }
             });
         }
-        if progress.first_data_event {
-            let elapsed = self.record.started().elapsed().as_secs_f64();
-            metrics.first_event.observe(elapsed);
-        }
         let started = self.record.started();
-        self.record.tokens.account(&progress, started, metrics);
+        if progress.first_data_event {
+            let elapsed = now.get() - started;
+            metrics.first_event.observe(elapsed.as_secs_f64());
+        }
+        self.record.tokens.account(&progress, started, now, metrics);
         if progress.content_seen {
-            self.on_data(Instant::now());
+            self.on_data(now.get());
         }
         if let Some(error_type) = progress.upstream_error_event {
             self.plan.metrics.count_upstream_error_event(error_type);
@@ -316,14 +372,6 @@ where
                 "the upstream sent an error event; passed through and the stream ended"
             );
         }
-        if let Some(outcome) = self.engine.outcome() {
-            // Dropping the upstream closes its connection at once.
-            self.upstream = None;
-            if self.record.outcome.is_none() {
-                self.record.trace_end(outcome, self.engine.has_evidence());
-            }
-            self.record.outcome = Some(outcome);
-        }
     }
 
     /// Upstream data arrived: restart the data clock, and the stream is no longer stuck.
@@ -332,13 +380,17 @@ where
         if self.record.unstick(now) {
             // The stuck deadline was left out of the armed sleep; bring it back.
             let deadline = self.next_deadline().min(self.clock.deadline());
-            self.clock.as_mut().reset(deadline);
+            self.rearm(deadline);
         }
     }
 
-    fn send(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
-        // Read once per frame, not per event: a frame carries a whole read's events.
-        self.last_sent = Instant::now();
+    fn send(
+        &mut self,
+        bytes: Bytes,
+        now: &mut PollTime,
+    ) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
+        // Once per frame, not per event: a frame carries a whole read's events.
+        self.last_sent = now.get();
         self.plan
             .metrics
             .bytes_downstream
@@ -377,23 +429,24 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
         let this = &mut *self;
+        let mut now = PollTime::default();
         this.last_from_engine = false;
         if let Some(frame) = this.held.pop_front() {
-            return this.send(frame);
+            return this.send(frame, &mut now);
         }
         loop {
             let frame = this.engine.next_frame();
-            this.account();
+            this.account(&mut now);
             if let Some(frame) = frame {
                 this.last_from_engine = true;
-                return this.send(frame);
+                return this.send(frame, &mut now);
             }
             if this.engine.is_finished() {
                 return Poll::Ready(None);
             }
             if this.clock.is_elapsed() {
-                if let Some(heartbeat) = this.on_clock(Instant::now()) {
-                    return this.send(heartbeat);
+                if let Some(heartbeat) = this.on_clock(now.get()) {
+                    return this.send(heartbeat, &mut now);
                 }
                 continue;
             }
@@ -428,7 +481,7 @@ where
                 this.engine.stop(Stop::Shutdown);
                 continue;
             }
-            if this.clock.as_mut().poll(cx).is_pending() {
+            if this.clock_pending(cx) {
                 return Poll::Pending;
             }
         }

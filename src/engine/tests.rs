@@ -56,6 +56,45 @@ fn untouched_events_of_one_read_leave_as_one_slice_of_it() {
 }
 
 #[test]
+fn a_read_is_let_go_once_its_events_are_taken_and_polls_without_input_find_nothing() {
+    let upper = Rule::replace(
+        "upper".into(),
+        Regex::new("b").unwrap(),
+        b"B".to_vec(),
+        Scope::Data,
+    );
+    let mut engine = Engine::new(
+        Arc::new(Pipeline::new(vec![upper], None)),
+        64,
+        "chat".into(),
+    );
+    let read = Bytes::from(b"data: a\n\ndata: b\n\n".to_vec());
+    engine.push(read.clone());
+    // The rewritten event cannot join the untouched one: the run stops with the read
+    // wholly framed, and the frame that follows is queued.
+    assert_eq!(text(&engine.next_frame().expect("a frame")), "data: a\n\n");
+    assert!(
+        read.is_unique(),
+        "the engine keeps no slice of a read it has framed"
+    );
+    assert_eq!(
+        text(&engine.next_frame().expect("the queued frame")),
+        "data: B\n\n"
+    );
+    for _ in 0..3 {
+        assert_eq!(engine.next_frame(), None, "nothing until the next read");
+    }
+    assert_eq!(engine.take_progress().events_in, 2);
+    assert!(!engine.has_progress(), "no read, no progress");
+    engine.push(Bytes::from_static(b"data: c\n\n"));
+    assert_eq!(
+        text(&engine.next_frame().expect("the next read")),
+        "data: c\n\n"
+    );
+    assert!(engine.has_progress());
+}
+
+#[test]
 fn tracked_ends_are_the_events_of_a_read_and_only_of_one() {
     let mut engine = engine();
     engine.track_event_ends();

@@ -151,6 +151,13 @@ impl Framer {
         }
     }
 
+    /// Whether [`Framer::next_event`] has nothing to give until the next push: no
+    /// unread input, no event set aside, no error to report. A partial event waits in
+    /// the carry, which only more input can complete.
+    pub fn is_drained(&self) -> bool {
+        self.input.is_empty() && self.ready.is_none() && self.failed.is_none()
+    }
+
     /// The next complete event; `Ok(None)` when more bytes are needed.
     ///
     /// Returns `Err(FrameError::Oversize)` once the current event exceeds `max_event_size`, and

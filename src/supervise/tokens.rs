@@ -20,6 +20,8 @@ use crate::engine::Progress;
 use crate::metrics::RouteMetrics;
 use crate::protocol::Usage;
 
+use super::PollTime;
+
 #[derive(Debug, Default)]
 pub(super) struct Tokens {
     /// Request start to the first content event sent.
@@ -35,10 +37,11 @@ impl Tokens {
         &mut self,
         progress: &Progress,
         started: Instant,
+        now: &mut PollTime,
         metrics: &RouteMetrics,
     ) {
         if progress.content_events > 0 {
-            let now = Instant::now();
+            let now = now.get();
             if progress.first_content_event {
                 let ttft = now - started;
                 self.time_to_first_token = Some(ttft);
