@@ -266,7 +266,13 @@ impl Engine {
     /// Whether [`Engine::take_progress`] has anything to report: all progress comes
     /// from events read, so none were read means nothing happened.
     pub fn has_progress(&self) -> bool {
-        self.progress.events_in > 0
+        let read_some = self.progress.events_in > 0;
+        debug_assert!(
+            read_some || self.progress == Progress::default(),
+            "progress without an event read: {:?}",
+            self.progress
+        );
+        read_some
     }
 
     /// What happened since the last call.

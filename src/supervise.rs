@@ -141,6 +141,14 @@ impl PollTime {
     fn get(&mut self) -> Instant {
         *self.0.get_or_insert_with(Instant::now)
     }
+
+    /// A fresh reading, kept from now on. The sleep's deadline can pass during the
+    /// poll (another worker turns the timer), after the time was first read: a clock
+    /// judged by that earlier time would find nothing due and re-arm the sleep at a
+    /// deadline already past, which fires at once, for ever.
+    fn read_again(&mut self) -> Instant {
+        *self.0.insert(Instant::now())
+    }
 }
 
 /// Errors a supervised body never returns: every failure becomes an error event.
@@ -445,7 +453,7 @@ where
                 return Poll::Ready(None);
             }
             if this.clock.is_elapsed() {
-                if let Some(heartbeat) = this.on_clock(now.get()) {
+                if let Some(heartbeat) = this.on_clock(now.read_again()) {
                     return this.send(heartbeat, &mut now);
                 }
                 continue;

@@ -44,9 +44,10 @@ struct Harness {
     start: Instant,
 }
 
-/// A supervised body on a route whose `stream` section has `clocks` (defaults when
-/// empty), the example route's rules (docs/architecture.md), and a synthesizing `[DONE]` terminator.
-fn harness(clocks: &str) -> Harness {
+/// The plan of a route whose `stream` section has `clocks` (defaults when empty), the
+/// example route's rules (docs/architecture.md), and a synthesizing `[DONE]`
+/// terminator; its metrics and shutdown.
+fn plan(clocks: &str) -> (Arc<StreamPlan>, Arc<RouteMetrics>, super::Shutdown) {
     let yaml = format!(
         "upstreams: {{ demo: {{ demo: {{}} }} }}
 routes:
@@ -70,6 +71,12 @@ routes:
         metrics.clone(),
         shutdown.clone(),
     ));
+    (plan, metrics, shutdown)
+}
+
+/// A supervised body over a channel, on [`plan`]'s route.
+fn harness(clocks: &str) -> Harness {
+    let (plan, metrics, shutdown) = plan(clocks);
     let (upstream, rx) = mpsc::unbounded_channel();
     let start = Instant::now();
     let log = RequestLog::new(start, http::Method::GET, "/s");
@@ -308,4 +315,71 @@ async fn the_events_of_one_read_leave_as_one_frame_without_a_copy() {
     assert_eq!(h.next().await.unwrap().0, "data:x\n\n");
     assert_eq!(h.metrics.events.get(), 4);
     assert_eq!(h.metrics.rule_hits[1].get(), 1, "the ping was dropped");
+}
+
+/// An upstream that never sends, and whose first poll from `at` on holds its worker
+/// thread for `hold`, as a slow poll on a busy machine does.
+struct HoldingBody {
+    created: Instant,
+    at: Duration,
+    hold: Duration,
+    held: bool,
+}
+
+impl Body for HoldingBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if !self.held && self.created.elapsed() >= self.at {
+            self.held = true;
+            // Blocking on purpose: the poll must not yield while the deadline passes.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(self.hold);
+        }
+        Poll::Pending
+    }
+}
+
+/// The poll that marks the stream stuck (50 ms) re-arms the sleep for the heartbeat
+/// (80 ms), then its upstream poll holds the thread until after that deadline, while
+/// the runtime's worker turns the timer. Judged by the time read at the start of that
+/// poll, the heartbeat was not due, and the sleep re-armed at a deadline already past
+/// fired at once, for ever: the poll spun and nothing was sent.
+#[test]
+fn a_deadline_passed_during_a_poll_is_judged_by_a_fresh_reading_of_the_clock() {
+    // One worker with nothing to run: it sleeps in the timer, and turns it at each
+    // deadline. The body is polled on a thread of its own (`Handle::block_on`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = runtime.handle().clone();
+    let (sent, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let frame = handle.block_on(async {
+            let (plan, _, _) = plan("      stuck_after: 50ms\n      heartbeat: 80ms\n");
+            let upstream = HoldingBody {
+                created: Instant::now(),
+                at: Duration::from_millis(40),
+                hold: Duration::from_millis(100),
+                held: false,
+            };
+            let start = Instant::now();
+            let log = RequestLog::new(start, http::Method::GET, "/s");
+            let mut body = SupervisedBody::new(upstream, plan, start, log);
+            body.frame().await.unwrap().unwrap()
+        });
+        let _ = sent.send(frame.into_data().unwrap());
+    });
+    // Waited for here: a poll that spins never returns.
+    let frame = received
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a heartbeat within 5 s");
+    assert_eq!(frame, ": keep-alive\n\n");
+    runtime.shutdown_background();
 }
