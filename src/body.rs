@@ -16,13 +16,13 @@ use std::task::{Context, Poll};
 
 use crate::access_log::RequestLog;
 use crate::admission::Slot;
+use crate::changes::OwnedChange;
 use crate::resume::ResumeBody;
 use crate::shutdown::Shutdown;
 use crate::supervise::SupervisedBody;
 use crate::upstream::UpstreamIncoming;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Errors a response body can end with.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -209,8 +209,8 @@ impl Body for ResponseBody {
 #[derive(Debug)]
 struct DrainEnd {
     signal: Shutdown,
-    /// Registered on the first quiet poll, then kept: one waker registration.
-    wake: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Made on the first quiet poll, then kept: one waker registration.
+    wake: Option<Pin<Box<OwnedChange>>>,
     ended: bool,
 }
 

@@ -34,6 +34,7 @@ pub(crate) mod access_log;
 pub(crate) mod admin;
 pub(crate) mod admission;
 pub(crate) mod body;
+pub(crate) mod changes;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -11,12 +11,13 @@
 //! scrape: streams still get their closing frames, at the next event boundary.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
+
+use crate::changes::{Changes, OwnedChange};
 
 use crate::listener::Connections;
 
@@ -135,19 +136,12 @@ impl StopNow {
 
 /// The gateway's "drain time is over" signal, as every stream watches it.
 ///
-/// A stream checks it each time its upstream has nothing to read, so once per event on a
-/// paced stream: an atomic flag makes that check free, where a `CancellationToken` takes a
-/// lock. The token is still there to wake streams that are waiting; each registers its
-/// waker once, not on every wait.
+/// A stream polls it each time its upstream has nothing to read, so once per event on
+/// a paced stream: a [`Change`](crate::changes::Change) makes that one atomic load,
+/// where a `CancellationToken` takes a lock.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Shutdown {
-    inner: Arc<ShutdownInner>,
-}
-
-#[derive(Debug, Default)]
-struct ShutdownInner {
-    fired: AtomicBool,
-    wake: CancellationToken,
+    changes: Arc<Changes>,
 }
 
 impl Shutdown {
@@ -157,16 +151,15 @@ impl Shutdown {
 
     /// Ends every supervised stream at its next event boundary.
     pub(crate) fn fire(&self) {
-        self.inner.fired.store(true, Ordering::Release);
-        self.inner.wake.cancel();
+        self.changes.bump();
     }
 
     pub(crate) fn has_fired(&self) -> bool {
-        self.inner.fired.load(Ordering::Acquire)
+        self.changes.count() > 0
     }
 
     /// A future that resolves once the signal has fired.
-    pub(crate) fn fired(&self) -> WaitForCancellationFutureOwned {
-        self.inner.wake.clone().cancelled_owned()
+    pub(crate) fn fired(&self) -> OwnedChange {
+        self.changes.after_owned(0)
     }
 }

@@ -37,9 +37,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{sleep_until, Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::access_log::RequestLog;
+use crate::changes::OwnedChange;
 use crate::config::{HumanDuration, StreamConfig};
 use crate::engine::{Engine, Stop};
 use crate::metrics::RouteMetrics;
@@ -164,10 +164,7 @@ pub(crate) struct SupervisedBody<B = UpstreamIncoming> {
     plan: Arc<StreamPlan>,
     clock: Pin<Box<Sleep>>,
     /// Wakes this stream when the gateway's drain time has run out.
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// The waker `shutdown` was last polled with: polling again with the same one
-    /// would only take its lock to change nothing.
-    shutdown_waker: Option<Waker>,
+    shutdown: Pin<Box<OwnedChange>>,
     /// The waker the armed `clock` holds; `None` once it is re-armed.
     clock_waker: Option<Waker>,
     last_data: Instant,
@@ -217,7 +214,6 @@ where
             engine,
             clock: Box::pin(sleep_until(now + PARKED)),
             shutdown: Box::pin(plan.shutdown.fired()),
-            shutdown_waker: None,
             clock_waker: None,
             last_data: now,
             last_sent: now,
@@ -406,22 +402,6 @@ where
         self.record.add_bytes(bytes.len());
         Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
-
-    /// Whether the drain time is over; registers this task's waker for it once.
-    fn shutdown_fired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.plan.shutdown.has_fired() {
-            return true;
-        }
-        let registered = self.shutdown_waker.as_ref();
-        if registered.is_some_and(|waker| waker.will_wake(cx.waker())) {
-            return false;
-        }
-        if self.shutdown.as_mut().poll(cx).is_ready() {
-            return true;
-        }
-        self.shutdown_waker = Some(cx.waker().clone());
-        false
-    }
 }
 
 impl<B> Body for SupervisedBody<B>
@@ -485,7 +465,8 @@ where
                 }
                 Poll::Pending => {}
             }
-            if this.shutdown_fired(cx) {
+            // One atomic load once its waker is registered: see `changes.rs`.
+            if this.shutdown.as_mut().poll(cx).is_ready() {
                 this.engine.stop(Stop::Shutdown);
                 continue;
             }

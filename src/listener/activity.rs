@@ -6,22 +6,23 @@
 //!
 //! The connection's watch waits on the count beside the connection itself, so it is
 //! polled on every wake of the task: once per event of a streaming response. A
-//! `watch` channel took its `Notify`'s lock on each such poll; [`Change`] registers
-//! the task's waker once, and any other poll is one atomic load. The count changes
-//! once per request, never per frame.
+//! `watch` channel took its `Notify`'s lock on each such poll; the wait is a
+//! [`Change`], one atomic load per poll. The count changes once per request, never
+//! per frame.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use tokio::sync::futures::Notified;
-use tokio::sync::Notify;
+
+use crate::changes::{Change, Changes};
 
 /// Requests in flight on one connection, as the connection's watch and the
 /// listener's slots read it.
@@ -29,11 +30,10 @@ use tokio::sync::Notify;
 pub(crate) struct Activity {
     busy: AtomicUsize,
     /// Counts every change of `busy`, and the end of the service.
-    changes: AtomicU64,
+    changes: Changes,
     /// The service and every request of it are gone: hyper is finishing the
     /// connection.
     ended: AtomicBool,
-    notify: Notify,
 }
 
 impl Activity {
@@ -56,59 +56,16 @@ impl Activity {
 
     /// How many changes there have been: what [`Activity::change_after`] waits past.
     pub(super) fn changes(&self) -> u64 {
-        self.changes.load(Ordering::Acquire)
+        self.changes.count()
     }
 
-    /// Resolves once there has been a change after the `seen`th. Meant to be polled
-    /// by one task at a time.
-    pub(super) fn change_after(&self, seen: u64) -> Change<'_> {
-        Change {
-            activity: self,
-            notified: self.notify.notified(),
-            seen,
-            registered: None,
-        }
+    /// Resolves once there has been a change after the `seen`th.
+    pub(super) fn change_after(&self, seen: u64) -> Change<&Changes, Notified<'_>> {
+        self.changes.after(seen)
     }
 
     fn changed(&self) {
-        self.changes.fetch_add(1, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The future of [`Activity::change_after`].
-    pub(super) struct Change<'a> {
-        activity: &'a Activity,
-        // Created with the future: a change after this is seen by its first poll.
-        #[pin]
-        notified: Notified<'a>,
-        seen: u64,
-        // The waker the notification wakes; polled again only for another task.
-        registered: Option<Waker>,
-    }
-}
-
-impl Future for Change<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        if this.activity.changes() != *this.seen {
-            return Poll::Ready(());
-        }
-        if this
-            .registered
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            return Poll::Pending;
-        }
-        if this.notified.poll(cx).is_ready() || this.activity.changes() != *this.seen {
-            return Poll::Ready(());
-        }
-        *this.registered = Some(cx.waker().clone());
-        Poll::Pending
+        self.changes.bump();
     }
 }
 
