@@ -39,7 +39,8 @@ impl Changes {
         self.notify.notify_waiters();
     }
 
-    /// Resolves once there has been a change after the `seen`th.
+    /// Resolves once there has been a change after the `seen`th; `seen` is a value
+    /// read from [`Changes::count`].
     pub(crate) fn after(&self, seen: u64) -> Change<&Changes, Notified<'_>> {
         Change {
             notified: self.notify.notified(),
@@ -145,6 +146,24 @@ mod tests {
         changes.bump();
         assert_eq!(second.wakes(), 1, "the task that polled last is woken");
         assert_eq!(first.wakes(), 0, "the task that moved on is not");
+        assert!(change.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_waiter_polled_again_by_the_same_task_is_still_woken_by_the_next_change() {
+        let changes = Changes::default();
+        let mut change = std::pin::pin!(changes.after(changes.count()));
+        let task = Arc::new(Counting::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Spurious wakes of the task poll it again and again; the registration made by
+        // the first poll must stand.
+        for _ in 0..5 {
+            assert!(change.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(task.wakes(), 0);
+        changes.bump();
+        assert_eq!(task.wakes(), 1, "the change wakes the task");
         assert!(change.as_mut().poll(&mut cx).is_ready());
     }
 
