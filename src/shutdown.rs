@@ -18,7 +18,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::changes::{Changes, OwnedChange};
-
 use crate::listener::Connections;
 
 /// Once the drain time is over and open responses were told to end, how long they

@@ -224,14 +224,4 @@ mod tests {
             .expect("the end is a change");
         assert!(activity.has_ended());
     }
-
-    #[tokio::test]
-    async fn a_change_between_creation_and_first_poll_is_not_lost() {
-        let (activity, counter) = Activity::new();
-        let change = activity.change_after(activity.changes());
-        let _request = counter.request();
-        tokio::time::timeout(Duration::from_secs(5), change)
-            .await
-            .expect("seen");
-    }
 }

@@ -51,14 +51,4 @@ mod tests {
             .await
             .expect("already fired");
     }
-
-    #[tokio::test]
-    async fn a_fire_between_creation_and_first_poll_is_not_lost() {
-        let signal = Signal::default();
-        let fired = signal.fired();
-        signal.fire();
-        tokio::time::timeout(Duration::from_secs(5), fired)
-            .await
-            .expect("seen");
-    }
 }
