@@ -14,7 +14,7 @@ mod signal;
 mod slots;
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
@@ -257,6 +257,7 @@ async fn serve<S, B>(
                 .drive(
                     connection,
                     hyper::server::conn::http1::Connection::graceful_shutdown,
+                    BodiesPolled::Inside,
                 )
                 .await
         }
@@ -266,6 +267,7 @@ async fn serve<S, B>(
             Box::pin(watch.drive(
                 connection,
                 hyper::server::conn::http2::Connection::graceful_shutdown,
+                BodiesPolled::Apart,
             ))
             .await
         }
@@ -282,6 +284,16 @@ async fn serve<S, B>(
     if let Err(error) = ended {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
+}
+
+/// Where hyper polls a connection's response bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodiesPolled {
+    /// Inside the connection's own poll (HTTP/1): the connection counts its polls,
+    /// so that a body need not be asked twice in one (see `activity`).
+    Inside,
+    /// On tasks of their own (h2, one per stream).
+    Apart,
 }
 
 /// What one connection's deadlines watch.
@@ -304,11 +316,14 @@ impl Watch<'_> {
         mut self,
         connection: C,
         graceful: impl Fn(Pin<&mut C>),
+        bodies: BodiesPolled,
     ) -> Result<(), hyper::Error>
     where
         C: Future<Output = Result<(), hyper::Error>>,
     {
         let mut connection = pin!(connection);
+        let activity = self.activity;
+        let count_polls = bodies == BodiesPolled::Inside;
         // Until the first request, the header deadline; after it, the idle timeout.
         let mut allowed = self.limits.header_read_timeout;
         let mut idle_since = Some(self.accepted);
@@ -319,7 +334,12 @@ impl Watch<'_> {
             // branches are never ready together in a way that starves one.
             tokio::select! {
                 biased;
-                ended = connection.as_mut() => return ended,
+                ended = poll_fn(|cx| {
+                    if count_polls {
+                        activity.polled();
+                    }
+                    connection.as_mut().poll(cx)
+                }) => return ended,
                 () = self.evicted.fired() => {
                     tracing::debug!(peer = %self.peer, "closing an idle connection to make room");
                     return Ok(());

@@ -32,7 +32,8 @@
 #   --baseline-resume R     "{ store: memory }"); with the same binary as baseline,
 #                           resume's cost per event in one run
 #   --redis-url URL         `state.redis.url` of the gateway configs (for store: redis)
-#   --syscalls              count the proxy's syscalls (perf stat, tracepoints) over the
+#   --syscalls              count the proxy's syscalls (perf stat, tracepoints), context
+#                           switches (wake-ups), page faults and core migrations over the
 #                           middle of each window; per event in the log, syscalls.txt
 #                           in the run's directory and the result line (needs perf)
 #   --output FILE           where the markdown goes
@@ -445,6 +446,12 @@ run_one() {
                 key = (name == "" ? "syscalls_per_event" : "syscalls_" name "_per_event")
                 out = out sprintf("%s\"%s\":%.4f", (out == "" ? "" : ","), key, $1 / (r * s))
             }
+            # the scheduler'"'"'s and the memory manager'"'"'s side: wake-ups (a thread that
+            # slept and ran again is one switch out), faults, moves to another core
+            $3 ~ /^(context-switches|page-faults|cpu-migrations)$/ && $1 ~ /^[0-9]+$/ {
+                key = $3; gsub(/-/, "_", key)
+                out = out sprintf("%s\"%s_per_event\":%.4f", (out == "" ? "" : ","), key, $1 / (r * s))
+            }
             END { print out }' "$dir/syscalls.txt")
         [ -n "$per_event" ] && line="${line%\}},$per_event}"
         log "  syscalls per event: $per_event"
@@ -461,7 +468,7 @@ run_one() {
 }
 
 # The syscalls --syscalls counts: all of them, and the ones a proxy's event loop makes.
-SYSCALL_EVENTS=raw_syscalls:sys_enter
+SYSCALL_EVENTS=raw_syscalls:sys_enter,context-switches,page-faults,cpu-migrations
 if [ "$SYSCALLS" = 1 ]; then
     for call in read recvfrom readv write writev sendto sendmsg epoll_wait epoll_pwait epoll_ctl futex; do
         if [ -d "/sys/kernel/tracing/events/syscalls/sys_enter_$call" ]; then

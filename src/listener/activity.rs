@@ -9,10 +9,19 @@
 //! `watch` channel took its `Notify`'s lock on each such poll; the wait is a
 //! [`Change`], one atomic load per poll. The count changes once per request, never
 //! per frame.
+//!
+//! The wrapped response body also answers hyper's repeated asks. On HTTP/1, hyper's
+//! write loop polls the body again after every frame, and once more after the flush
+//! that follows ("can it write again?"): three polls per event, the last two
+//! `Pending`. A body's `Pending` already stands for the rest of the connection's
+//! poll (the body has registered the task's waker for what it waits on), so the
+//! third goes down the whole stack (supervision, engine, upstream socket) to learn
+//! nothing. The connection counts its polls; a body that said `Pending` in this
+//! poll says it again without asking.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -34,6 +43,10 @@ pub(crate) struct Activity {
     /// The service and every request of it are gone: hyper is finishing the
     /// connection.
     ended: AtomicBool,
+    /// How many times the connection has been polled, counted only where the
+    /// response bodies are polled inside the connection's poll (HTTP/1; h2 polls each
+    /// stream's body on a task of its own). 0: not counted.
+    polls: AtomicU64,
 }
 
 impl Activity {
@@ -67,6 +80,19 @@ impl Activity {
     fn changed(&self) {
         self.changes.bump();
     }
+
+    /// Counts one poll of the connection; called before the connection is polled.
+    pub(super) fn polled(&self) {
+        // Only the connection's task writes it: a load and a store, no locked add.
+        let polls = self.polls.load(Ordering::Relaxed);
+        self.polls
+            .store(polls.wrapping_add(1).max(1), Ordering::Relaxed);
+    }
+
+    /// The current poll of the connection, or 0 where polls are not counted.
+    fn poll_count(&self) -> u64 {
+        self.polls.load(Ordering::Relaxed)
+    }
 }
 
 /// Marks the activity ended when the last [`Counter`] goes.
@@ -97,6 +123,12 @@ impl Counter {
 /// One request in flight; dropping it ends the request.
 #[derive(Debug)]
 pub(super) struct Busy(Counter);
+
+impl Busy {
+    fn activity(&self) -> &Activity {
+        &(self.0 .0).0
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -150,16 +182,25 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let busy = this.busy.take();
-        Poll::Ready(result.map(|response| response.map(|inner| TrackedBody { inner, busy })))
+        Poll::Ready(result.map(|response| {
+            response.map(|inner| TrackedBody {
+                inner,
+                busy,
+                pending_in: 0,
+            })
+        }))
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted until hyper drops it.
+    /// A response body that keeps its request counted until hyper drops it, and
+    /// says `Pending` again, without asking, in a connection poll where it said so.
     pub(super) struct TrackedBody<B> {
         #[pin]
         inner: B,
         busy: Option<Busy>,
+        // The connection poll in which `inner` last said `Pending`; 0: none.
+        pending_in: u64,
     }
 }
 
@@ -171,7 +212,19 @@ impl<B: Body> Body for TrackedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let poll = this
+            .busy
+            .as_ref()
+            .map_or(0, |busy| busy.activity().poll_count());
+        if poll != 0 && *this.pending_in == poll {
+            return Poll::Pending;
+        }
+        let frame = this.inner.poll_frame(cx);
+        if frame.is_pending() {
+            *this.pending_in = poll;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -185,9 +238,88 @@ impl<B: Body> Body for TrackedBody<B> {
 
 #[cfg(test)]
 mod tests {
+    use std::task::Waker;
     use std::time::Duration;
 
+    use bytes::Bytes;
+
     use super::*;
+
+    /// A body that says `Pending` until `ready` is set, counting how often it is asked.
+    #[derive(Default)]
+    struct Asked {
+        asks: usize,
+        ready: bool,
+    }
+
+    impl Body for Asked {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.asks += 1;
+            if self.ready {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data: x\n\n")))))
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    fn tracked(counter: &Counter) -> Pin<Box<TrackedBody<Asked>>> {
+        Box::pin(TrackedBody {
+            inner: Asked::default(),
+            busy: Some(counter.request()),
+            pending_in: 0,
+        })
+    }
+
+    #[test]
+    fn a_body_that_said_pending_is_not_asked_again_in_the_same_connection_poll() {
+        let (activity, counter) = Activity::new();
+        let mut body = tracked(&counter);
+        let mut cx = Context::from_waker(Waker::noop());
+
+        activity.polled();
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        assert_eq!(
+            body.inner.asks, 1,
+            "the second ask in one poll is answered here"
+        );
+
+        // The next poll of the connection asks it again, and gets what it has.
+        activity.polled();
+        body.as_mut().project().inner.ready = true;
+        assert!(matches!(
+            body.as_mut().poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(matches!(
+            body.as_mut().poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert_eq!(
+            body.inner.asks, 3,
+            "a body that gave a frame is always asked"
+        );
+    }
+
+    #[test]
+    fn where_polls_are_not_counted_every_ask_reaches_the_body() {
+        // h2: each stream's body is polled on a task of its own, so the connection's
+        // polls say nothing about the body's.
+        let (_activity, counter) = Activity::new();
+        let mut body = tracked(&counter);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..3 {
+            assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        }
+        assert_eq!(body.inner.asks, 3);
+    }
 
     #[tokio::test]
     async fn a_waiting_watch_wakes_on_each_request_and_on_the_end() {

@@ -217,6 +217,12 @@ fn render(args: &Args, runs: &[Run]) -> String {
                     1.0,
                     2,
                 ),
+                col(
+                    "context switches / event",
+                    "context_switches_per_event",
+                    1.0,
+                    3,
+                ),
             ]);
         }
         out.push_str("| target |");
