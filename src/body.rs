@@ -35,24 +35,31 @@ pub(crate) struct ResponseBody {
     slot: Option<Slot>,
 }
 
+/// What the body is. Every large variant is boxed: hyper keeps one box of the body's
+/// type per HTTP/1 connection, for as long as the connection is open, sized for the
+/// largest variant; inline, a passthrough's upstream body and log would make every
+/// open event stream carry some 500 bytes it never uses.
 #[derive(Debug)]
 enum Kind {
     /// Passed through untouched.
-    Upstream {
-        body: UpstreamIncoming,
-        log: RequestLog,
-        drain: Option<Box<DrainEnd>>,
-    },
-    /// An event stream on a route with a `stream` section (boxed: it is the large
-    /// variant, and one allocation per stream is nothing).
+    Upstream(Box<Passthrough>),
+    /// An event stream on a route with a `stream` section.
     Supervised(Box<SupervisedBody>),
     /// A stream on a resumable route: the first client's, or a resume's.
     Resumable(Box<ResumeBody>),
     /// An error reply.
     Made {
         body: Option<Bytes>,
-        log: RequestLog,
+        log: Box<RequestLog>,
     },
+}
+
+/// A response passed through untouched.
+#[derive(Debug)]
+struct Passthrough {
+    body: UpstreamIncoming,
+    log: RequestLog,
+    drain: Option<Box<DrainEnd>>,
 }
 
 impl ResponseBody {
@@ -63,11 +70,11 @@ impl ResponseBody {
             log.finished();
         }
         ResponseBody {
-            kind: Kind::Upstream {
+            kind: Kind::Upstream(Box::new(Passthrough {
                 body,
                 log,
                 drain: None,
-            },
+            })),
             slot: None,
         }
     }
@@ -82,9 +89,9 @@ impl ResponseBody {
     /// Ends a passed-through body when `signal` fires (at the drain deadline); other
     /// bodies watch it themselves or are never long.
     pub(crate) fn ends_at(mut self, signal: Shutdown) -> ResponseBody {
-        if let Kind::Upstream { body, drain, .. } = &mut self.kind {
-            if !body.is_end_stream() {
-                *drain = Some(Box::new(DrainEnd {
+        if let Kind::Upstream(passthrough) = &mut self.kind {
+            if !passthrough.body.is_end_stream() {
+                passthrough.drain = Some(Box::new(DrainEnd {
                     signal,
                     wake: None,
                     ended: false,
@@ -115,7 +122,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Made {
                 body: (!body.is_empty()).then_some(body),
-                log,
+                log: Box::new(log),
             },
             slot: None,
         }
@@ -146,7 +153,8 @@ impl Body for ResponseBody {
                     Ok(Frame::data(bytes))
                 }))
             }
-            Kind::Upstream { body, log, drain } => {
+            Kind::Upstream(passthrough) => {
+                let Passthrough { body, log, drain } = &mut **passthrough;
                 if drain.as_ref().is_some_and(|d| d.ended) {
                     return Poll::Ready(None);
                 }
@@ -183,8 +191,9 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { body, drain, .. } => {
-                body.is_end_stream() || drain.as_ref().is_some_and(|d| d.ended)
+            Kind::Upstream(passthrough) => {
+                passthrough.body.is_end_stream()
+                    || passthrough.drain.as_ref().is_some_and(|d| d.ended)
             }
             Kind::Supervised(body) => body.is_end_stream(),
             Kind::Resumable(body) => body.is_end_stream(),
@@ -194,7 +203,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Upstream(passthrough) => passthrough.body.size_hint(),
             Kind::Supervised(body) => body.size_hint(),
             Kind::Resumable(body) => body.size_hint(),
             Kind::Made { body, .. } => {
@@ -226,5 +235,21 @@ impl DrainEnd {
         }
         self.ended = true;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_hyper_keeps_per_connection_has_no_inline_passthrough_state() {
+        // hyper boxes one `Option<ResponseBody>` per HTTP/1 connection for its whole
+        // life: every open stream pays this size, whatever its kind.
+        let size = std::mem::size_of::<ResponseBody>();
+        assert!(
+            size <= 96,
+            "ResponseBody is {size} bytes; box its large variants"
+        );
     }
 }
