@@ -54,6 +54,46 @@ wait_port() {
     return 1
 }
 
+# write_nginx_conf DIR PORT UPSTREAM_PORT MAX_CONNECTIONS [MAIN_DIRECTIVES]: DIR/nginx.conf,
+# NGINX as run.sh compares it (NOFILE must be set); MAIN_DIRECTIVES go in the main
+# context (profile.sh: "master_process off;", one process for valgrind)
+write_nginx_conf() {
+    local dir=$1 port=$2 up=$3 max_conn=$4 main=${5:-}
+    mkdir -p "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+# 1 worker, proxy_buffering off: the usual SSE setup.
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+daemon off;
+$main
+pid $dir/nginx.pid;
+error_log stderr warn;
+events {
+    worker_connections $((3 * max_conn + 1000));
+}
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    upstream sse { server 127.0.0.1:$up; keepalive 64; }
+    server {
+        listen 127.0.0.1:$port backlog=4096;
+        location / {
+            proxy_pass http://sse;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }
+    }
+}
+EOF
+}
+
 # design_stream_rules [PINGS_RULE_NAME]: the example route's `rules` and `terminator`
 # of a route's `stream` section, indented for it
 design_stream_rules() {

@@ -6,6 +6,7 @@
 #   bash benches/load/profile.sh                         # callgrind, throughput scenario
 #   bash benches/load/profile.sh --tool callgrind --scenario latency
 #   bash benches/load/profile.sh --tool massif --scenario idle --streams 2000
+#   bash benches/load/profile.sh --scenario each-paced --target nginx --cache-sim
 #
 #   --tool callgrind   instructions per function over the measured window only
 #                      (instrumentation is switched on after warm-up and off after the
@@ -22,6 +23,12 @@
 #   --streams N        override the scenario's stream count
 #   --seconds N        measured window (default 15)
 #   --gateway-bin PATH profile this binary instead of building the repo's
+#   --target T         gateway (default) or nginx: NGINX as run.sh configures it, in one
+#                      process (master_process off); callgrind and the paced scenarios
+#                      only (each-paced, latency), where every event is one writev, so
+#                      the window's events are its calls to writev
+#   --cache-sim        callgrind simulates this machine's caches (L1d, and L2 as the last
+#                      level): misses per event, and per function in the annotations
 #   --endpoints N      the upstream has N endpoints (the same server; the first takes
 #                      every request) and the route `retry: { attempts: N }` (as run.sh's
 #                      --gateway-endpoints; default 1: a `url`, no retry)
@@ -43,6 +50,8 @@ GATEWAY_BIN=""
 ENDPOINTS=1
 OTLP=0
 RESUME=""
+TARGET_NAME=gateway
+CACHE_SIM=0
 die() { echo "profile.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -54,12 +63,22 @@ while [ $# -gt 0 ]; do
         --endpoints) ENDPOINTS=${2:?}; shift ;;
         --otlp) OTLP=1 ;;
         --resume) RESUME=${2:?}; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        --target) TARGET_NAME=${2:?}; shift ;;
+        --cache-sim) CACHE_SIM=1 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) die "unknown option $1" ;;
     esac
     shift
 done
 case "$TOOL_NAME" in callgrind|massif|perf) ;; *) die "--tool is callgrind, perf or massif" ;; esac
+case "$TARGET_NAME" in
+    gateway) ;;
+    nginx)
+        [ "$TOOL_NAME" = callgrind ] || die "--target nginx is for --tool callgrind"
+        case "$SCENARIO" in each-paced|latency) ;; *) die "--target nginx needs a paced scenario (each-paced, latency)" ;; esac ;;
+    *) die "--target is gateway or nginx" ;;
+esac
+[ "$CACHE_SIM" = 0 ] || [ "$TOOL_NAME" = callgrind ] || die "--cache-sim is for --tool callgrind"
 [[ "$SECONDS_WINDOW" =~ ^[0-9]+$ ]] && [ "$SECONDS_WINDOW" -le 300 ] || die "--seconds must be 0..300"
 source "$REPO/benches/load/lib.sh"
 
@@ -72,6 +91,7 @@ case "$SCENARIO" in
     *) die "unknown scenario $SCENARIO" ;;
 esac
 ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
 
 case "$TOOL_NAME" in perf) PKG=linux-perf; BIN=perf ;; *) PKG=valgrind; BIN=valgrind ;; esac
 command -v "$BIN" >/dev/null 2>&1 || {
@@ -79,17 +99,43 @@ command -v "$BIN" >/dev/null 2>&1 || {
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$PKG" >/dev/null
 }
-if [ -z "$GATEWAY_BIN" ]; then
+if [ "$TARGET_NAME" = nginx ]; then
+    command -v nginx >/dev/null 2>&1 || {
+        log "installing nginx (Debian)"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
+    }
+elif [ -z "$GATEWAY_BIN" ]; then
     (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet)
     GATEWAY_BIN=$TARGET_DIR/release/sse-gateway
 fi
 CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --quiet --manifest-path "$REPO/benches/load/tool/Cargo.toml"
 LOAD=$TARGET_DIR/release/sse-load
 
-OUT=$TARGET_DIR/load/profile-$TOOL_NAME-$SCENARIO-$(date +%Y%m%d-%H%M%S)
+OUT=$TARGET_DIR/load/profile-$TOOL_NAME-$SCENARIO-$TARGET_NAME-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 events_total() {
+    if [ "$TARGET_NAME" = nginx ]; then echo 0; return; fi
     curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^sse_gateway_stream_events_total/ { s += $2 } END { print s + 0 }'
+}
+# streams open through the proxy: the gateway counts them; NGINX's are its client
+# connections
+streams_open() {
+    if [ "$TARGET_NAME" = nginx ]; then
+        ss -Htn state established "( sport = :$PORT )" | wc -l
+    else
+        curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^sse_gateway_streams_active/ { s += $2 } END { print s + 0 }'
+    fi
+}
+# the level-N data (or unified) cache of core 0 as valgrind's SIZE,ASSOC,LINE
+cache_of() {
+    local index
+    for index in /sys/devices/system/cpu/cpu0/cache/index*; do
+        [ "$(cat "$index/level")" = "$1" ] && [ "$(cat "$index/type")" != Instruction ] || continue
+        echo "$(($(sed 's/K$//' "$index/size") * 1024)),$(cat "$index/ways_of_associativity"),$(cat "$index/coherency_line_size")"
+        return 0
+    done
+    return 1
 }
 
 read -r UP PORT ADMIN OTLP_PORT < <("$LOAD" ports 4)
@@ -137,26 +183,37 @@ case "$TOOL_NAME" in
     callgrind) VG=(--tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out") ;;
     massif) VG=(--tool=massif --threshold=0.5 --detailed-freq=1000000 --max-snapshots=200 --massif-out-file="$OUT/massif.out") ;;
 esac
+if [ "$CACHE_SIM" = 1 ]; then
+    D1=$(cache_of 1) && LL=$(cache_of 2) || die "cannot read the caches' sizes from /sys"
+    VG+=(--cache-sim=yes "--D1=$D1" "--LL=$LL")
+    log "cache simulation: D1 $D1, LL (this machine's L2) $LL (size,ways,line)"
+fi
 if [ "$TOOL_NAME" = perf ]; then VALGRIND=(); else VALGRIND=(valgrind "${VG[@]}"); fi
-timeout -k 5 "$LIFETIME" taskset -c 0 env TOKIO_WORKER_THREADS=1 \
-    "${VALGRIND[@]}" "$GATEWAY_BIN" --config "$OUT/gateway.yaml" >"$OUT/gateway.log" 2>&1 &
+if [ "$TARGET_NAME" = nginx ]; then
+    write_nginx_conf "$OUT" "$PORT" "$UP" "$STREAMS" "master_process off;"
+    timeout -k 5 "$LIFETIME" taskset -c 0 \
+        "${VALGRIND[@]}" "$(command -v nginx)" -p "$OUT" -c "$OUT/nginx.conf" -e stderr >"$OUT/nginx.log" 2>&1 &
+else
+    timeout -k 5 "$LIFETIME" taskset -c 0 env TOKIO_WORKER_THREADS=1 \
+        "${VALGRIND[@]}" "$GATEWAY_BIN" --config "$OUT/gateway.yaml" >"$OUT/gateway.log" 2>&1 &
+fi
 WRAPPER=$!
 STARTED+=("$WRAPPER")
 VG_PID=$(child_of "$WRAPPER") || die "valgrind did not start"
 STARTED+=("$VG_PID")
 wait_port "$UP" 30 || die "upstream did not listen"
-wait_port "$PORT" 30 || die "gateway did not listen (see $OUT/gateway.log)"
+wait_port "$PORT" 30 || die "$TARGET_NAME did not listen (see $OUT/$TARGET_NAME.log)"
 
-log "$TOOL_NAME, $SCENARIO: $STREAMS streams, warm-up ${WARMUP}s, window ${SECONDS_WINDOW}s (gateway pid $VG_PID)"
+log "$TOOL_NAME, $SCENARIO: $TARGET_NAME, $STREAMS streams, warm-up ${WARMUP}s, window ${SECONDS_WINDOW}s (pid $VG_PID)"
 # The client outlives the window; its own numbers are those of a gateway under valgrind.
 timeout -k 5 $((WARMUP + SECONDS_WINDOW + 200)) taskset -c 1 "$LOAD" client \
     --url "http://127.0.0.1:$PORT/v1/stream" --streams "$STREAMS" --connect-timeout 120 \
     --warmup 0 --duration $((WARMUP + SECONDS_WINDOW + 60)) >"$OUT/client.json" 2>"$OUT/client.log" &
 CLIENT=$!
 STARTED+=("$CLIENT")
-# wait until every stream is open (the gateway counts them), then the warm-up
+# wait until every stream is open, then the warm-up
 for _ in $(seq 1 600); do
-    open=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^sse_gateway_streams_active/ { s += $2 } END { print s + 0 }')
+    open=$(streams_open)
     [ "$open" -ge "$STREAMS" ] && break
     sleep 0.2
 done
@@ -188,7 +245,7 @@ esac
 T1=$(cpu_ticks)
 EV1=$(events_total)
 EVENTS=$((EV1 - EV0))
-log "$EVENTS events forwarded in the window"
+[ "$TARGET_NAME" = nginx ] || log "$EVENTS events forwarded in the window"
 if [ "$TOOL_NAME" = callgrind ]; then callgrind_control -d "$VG_PID" >/dev/null; sleep 1; fi
 kill -TERM "$CLIENT" 2>/dev/null || true
 kill -TERM "$VG_PID" 2>/dev/null || true
@@ -202,8 +259,8 @@ case "$TOOL_NAME" in
         callgrind_annotate "$FILE" >"$OUT/self.txt" 2>/dev/null || true
         callgrind_annotate --tree=caller --inclusive=yes "$FILE" >"$OUT/callers.txt" 2>/dev/null || true
         TOTAL=$(grep -m1 'PROGRAM TOTALS' "$OUT/self.txt" | awk '{gsub(",", "", $1); print $1}')
-        # calls to the C allocator in the window (callgrind compresses names: "(id) name"
-        # defines an id, later "(id)" alone refers to it)
+        # calls to the C allocator and to writev in the window (callgrind compresses
+        # names: "(id) name" defines an id, later "(id)" alone refers to it)
         ALLOC_CALLS=$(awk '
             /^c?fn=/ {
                 s = $0; sub(/^c?fn=/, "", s); nm = s
@@ -217,17 +274,37 @@ case "$TOOL_NAME" in
             }
             /^calls=/ {
                 split($0, a, /[= ]/)
-                if (callee == "malloc" || callee == "calloc" || callee == "realloc") n[callee] += a[2]
+                if (callee == "malloc" || callee == "calloc" || callee == "realloc" || callee == "writev") n[callee] += a[2]
                 callee = ""
             }
-            END { printf "%d %d %d", n["malloc"], n["calloc"], n["realloc"] }' "$FILE")
-        read -r MALLOC CALLOC REALLOC <<<"$ALLOC_CALLS"
+            END { printf "%d %d %d %d", n["malloc"], n["calloc"], n["realloc"], n["writev"] }' "$FILE")
+        read -r MALLOC CALLOC REALLOC WRITEV <<<"$ALLOC_CALLS"
+        if [ "$TARGET_NAME" = nginx ]; then
+            # one writev per event in the paced scenarios (NGINX writes each event as
+            # it reads it)
+            EVENTS=$WRITEV
+            log "$EVENTS events forwarded in the window (calls to writev)"
+        fi
         {
-            echo "window: $SECONDS_WINDOW s, $EVENTS events, $TOTAL instructions"
+            echo "window: $SECONDS_WINDOW s, $EVENTS events, $TOTAL instructions ($TARGET_NAME)"
             if [ "$EVENTS" -gt 0 ]; then
                 echo "instructions per event: $((TOTAL / EVENTS))"
-                awk -v m="$MALLOC" -v c="$CALLOC" -v r="$REALLOC" -v e="$EVENTS" 'BEGIN {
-                    printf "allocator calls per event: malloc %.2f, calloc %.2f, realloc %.2f\n", m / e, c / e, r / e }'
+                awk -v m="$MALLOC" -v c="$CALLOC" -v r="$REALLOC" -v w="$WRITEV" -v e="$EVENTS" 'BEGIN {
+                    printf "allocator calls per event: malloc %.2f, calloc %.2f, realloc %.2f; writev %.2f per event\n", m / e, c / e, r / e, w / e }'
+                if [ "$CACHE_SIM" = 1 ]; then
+                    # the totals line of every simulated event: Ir Dr Dw I1mr D1mr D1mw
+                    # ILmr DLmr DLmw (percentages dropped)
+                    awk -v e="$EVENTS" '
+                        /^Events shown:/ { for (i = 3; i <= NF; i++) name[i - 2] = $i; n = NF - 2 }
+                        /PROGRAM TOTALS/ {
+                            line = $0; gsub(/\([^)]*\)/, "", line); gsub(/,/, "", line)
+                            split(line, v, " ")
+                            for (i = 1; i <= n; i++) c[name[i]] = v[i]
+                            printf "per event: data reads %.0f, writes %.0f; L1d misses %.1f (read %.1f, write %.1f); L2 misses %.1f (read %.1f, write %.1f); L1i misses %.1f\n",
+                                c["Dr"] / e, c["Dw"] / e, (c["D1mr"] + c["D1mw"]) / e, c["D1mr"] / e, c["D1mw"] / e,
+                                (c["DLmr"] + c["DLmw"]) / e, c["DLmr"] / e, c["DLmw"] / e, c["I1mr"] / e
+                        }' "$OUT/self.txt"
+                fi
             fi
             echo
             echo "== top inclusive =="

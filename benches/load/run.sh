@@ -229,41 +229,6 @@ wait_quiet() {
 }
 
 # --- configs -----------------------------------------------------------------------
-write_nginx_conf() {
-    local dir=$1 port=$2 up=$3 max_conn=$4
-    mkdir -p "$dir/tmp"
-    cat >"$dir/nginx.conf" <<EOF
-# 1 worker, proxy_buffering off: the usual SSE setup.
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-daemon off;
-pid $dir/nginx.pid;
-error_log stderr warn;
-events {
-    worker_connections $((3 * max_conn + 1000));
-}
-http {
-    access_log off;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-    upstream sse { server 127.0.0.1:$up; keepalive 64; }
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / {
-            proxy_pass http://sse;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_read_timeout 1h;
-            proxy_send_timeout 1h;
-        }
-    }
-}
-EOF
-}
 
 write_haproxy_conf() {
     local dir=$1 port=$2 up=$3 max_conn=$4
