@@ -17,6 +17,8 @@
 #                      syscalls per forwarded event and the top symbols
 #   --tool massif      heap at its peak with every stream open, by allocation site; prints
 #                      heap bytes per open stream
+#   --tool none        the gateway runs natively with nothing attached: the scenario's
+#                      load alone, for a binary that records its own profile (pgo.sh)
 #   --scenario S       throughput (32 streams, as fast as read), latency (500 x 20/s),
 #                      idle (N streams, one event / 10 s), each-paced and each-fast
 #                      (as latency and throughput, every event its own upstream write)
@@ -36,6 +38,8 @@
 #                      OTLP/HTTP sink on loopback (otlp_sink.py, core 1)
 #   --resume R         give the route `stream.resume: R` (such as "{ store: memory }"),
 #                      as run.sh's --gateway-resume
+#   --protocol P       give the route `stream.protocol: P` (openai-chat: the upstream's
+#                      events are chat completion chunks), as run.sh's --gateway-protocol
 #
 # Output (callgrind.out, massif.out, annotations) goes to $TARGET/load/profile-*/.
 set -euo pipefail
@@ -50,6 +54,7 @@ GATEWAY_BIN=""
 ENDPOINTS=1
 OTLP=0
 RESUME=""
+PROTOCOL=""
 TARGET_NAME=gateway
 CACHE_SIM=0
 die() { echo "profile.sh: $*" >&2; exit 2; }
@@ -63,14 +68,15 @@ while [ $# -gt 0 ]; do
         --endpoints) ENDPOINTS=${2:?}; shift ;;
         --otlp) OTLP=1 ;;
         --resume) RESUME=${2:?}; shift ;;
+        --protocol) PROTOCOL=${2:?}; shift ;;
         --target) TARGET_NAME=${2:?}; shift ;;
         --cache-sim) CACHE_SIM=1 ;;
-        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
         *) die "unknown option $1" ;;
     esac
     shift
 done
-case "$TOOL_NAME" in callgrind|massif|perf) ;; *) die "--tool is callgrind, perf or massif" ;; esac
+case "$TOOL_NAME" in callgrind|massif|perf|none) ;; *) die "--tool is callgrind, perf, massif or none" ;; esac
 case "$TARGET_NAME" in
     gateway) ;;
     nginx)
@@ -93,7 +99,7 @@ esac
 ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)
 
-case "$TOOL_NAME" in perf) PKG=linux-perf; BIN=perf ;; *) PKG=valgrind; BIN=valgrind ;; esac
+case "$TOOL_NAME" in perf) PKG=linux-perf; BIN=perf ;; none) PKG=""; BIN=true ;; *) PKG=valgrind; BIN=valgrind ;; esac
 command -v "$BIN" >/dev/null 2>&1 || {
     log "installing $PKG (Debian)"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -172,6 +178,7 @@ $(design_stream_rules)
       max_duration: 1h
       max_event_size: 1MiB
 ${RESUME:+      resume: $RESUME}
+${PROTOCOL:+      protocol: $PROTOCOL}
 $RETRY
 $TELEMETRY
 EOF
@@ -188,7 +195,7 @@ if [ "$CACHE_SIM" = 1 ]; then
     VG+=(--cache-sim=yes "--D1=$D1" "--LL=$LL")
     log "cache simulation: D1 $D1, LL (this machine's L2) $LL (size,ways,line)"
 fi
-if [ "$TOOL_NAME" = perf ]; then VALGRIND=(); else VALGRIND=(valgrind "${VG[@]}"); fi
+case "$TOOL_NAME" in perf|none) VALGRIND=() ;; *) VALGRIND=(valgrind "${VG[@]}") ;; esac
 if [ "$TARGET_NAME" = nginx ]; then
     write_nginx_conf "$OUT" "$PORT" "$UP" "$STREAMS" "master_process off;"
     timeout -k 5 "$LIFETIME" taskset -c 0 \
@@ -199,7 +206,7 @@ else
 fi
 WRAPPER=$!
 STARTED+=("$WRAPPER")
-VG_PID=$(child_of "$WRAPPER") || die "valgrind did not start"
+VG_PID=$(child_of "$WRAPPER") || die "$TARGET_NAME did not start"
 STARTED+=("$VG_PID")
 wait_port "$UP" 30 || die "upstream did not listen"
 wait_port "$PORT" 30 || die "$TARGET_NAME did not listen (see $OUT/$TARGET_NAME.log)"
@@ -240,7 +247,7 @@ case "$TOOL_NAME" in
         perf record -e cpu-clock -F 2999 -p "$VG_PID" -o "$OUT/perf.data" -- sleep "$SECONDS_WINDOW" \
             >"$OUT/perf-record.log" 2>&1
         wait "$STAT" || true ;;
-    massif) sleep "$SECONDS_WINDOW" ;;
+    massif|none) sleep "$SECONDS_WINDOW" ;;
 esac
 T1=$(cpu_ticks)
 EV1=$(events_total)
@@ -342,5 +349,6 @@ case "$TOOL_NAME" in
             sed -n '/^--------------------------------------------------------------------------------$/,$p' "$OUT/massif.txt" | grep -m1 -B2 -A80 'heap allocation functions'
         } | tee "$OUT/summary.txt"
         ;;
+    none) echo "window: $SECONDS_WINDOW s, $EVENTS events" | tee "$OUT/summary.txt" ;;
 esac
 log "profile in $OUT"
