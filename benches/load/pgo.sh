@@ -13,10 +13,11 @@
 #   --out PATH    where the optimised binary is copied (default $TARGET/pgo/sse-gateway)
 #
 # Needs LLVM's profile tools of the Rust toolchain in use (`rustup component add
-# llvm-tools`; added when missing) and what profile.sh needs (taskset, curl). The
-# training runs on loopback, the gateway on core 0 and the load on core 1, as the
-# benchmarks do; the two builds are whole-program LTO and take about 5 minutes each on
-# 2 cores. The profile's raw data and both builds stay under $TARGET/pgo/.
+# llvm-tools`; added when missing), two cores or more, and what profile.sh needs
+# (taskset, curl). The training runs on loopback, the gateway on core 0 and the load
+# on core 1, as the benchmarks do; the two builds are whole-program LTO and take 3.5 to
+# 5 minutes each on 2 cores. The profile's raw data and both builds stay under
+# $TARGET/pgo/.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
