@@ -96,7 +96,7 @@ OPTIMISED=$WORK/use/$HOST/release/sse-gateway
 # The optimised binary must forward a paced load: a short run, which has to see events.
 log "checking the optimised gateway under load"
 summary=$(bash "$REPO/benches/load/profile.sh" --tool none --scenario latency --streams 50 \
-    --seconds 3 --gateway-bin "$OPTIMISED" 2>/dev/null | tail -n 1)
+    --seconds 3 --gateway-bin "$OPTIMISED" | tail -n 1)
 events=$(sed -n 's/^window: [0-9]* s, \([0-9]*\) events$/\1/p' <<<"$summary")
 [ "${events:-0}" -gt 0 ] || die "the optimised gateway forwarded no event in its check ($summary)"
 log "it forwarded $events events in 3 s"
