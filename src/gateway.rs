@@ -28,7 +28,7 @@ use crate::proxy::Proxy;
 use crate::shutdown::{self, DrainPlan, Shutdown, StopNow};
 use crate::telemetry::Traces;
 use crate::upstream::demo::DemoServer;
-use crate::upstream::{TlsError, Upstream};
+use crate::upstream::{HealthBook, HealthGeneration, TlsError, Upstream};
 
 /// Why the gateway could not start, or a config could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,9 @@ pub struct Gateway {
     traces: std::sync::Mutex<Option<Arc<Traces>>>,
     /// Resumable streams by route: a reload must not forget them.
     resume_tables: Arc<crate::resume::Tables>,
+    /// What the gateway has learned of each endpoint's health: kept across reloads
+    /// too, for the endpoints a reload leaves as they were.
+    health: Arc<HealthBook>,
 }
 
 impl Gateway {
@@ -82,21 +85,25 @@ impl Gateway {
             self.shutdown.clone(),
             self.resume_tables.clone(),
         );
+        let mut health = self.health.generation(&self.metrics);
         // Thousands of routes (regexes, the route table, CA files read from disk) take
         // long enough to stall every stream if compiled on the runtime.
-        let proxy = tokio::task::spawn_blocking(move || {
-            compile(
+        let (proxy, health) = tokio::task::spawn_blocking(move || {
+            let proxy = compile(
                 compiled,
                 demo_origin.as_deref(),
                 &metrics,
                 shutdown,
                 &tables,
-            )
+                &mut health,
+            );
+            proxy.map(|proxy| (proxy, health))
         })
         .await
-        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?
-        .with_traces(traces);
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+        let proxy = proxy.with_traces(traces);
         let replaced = self.current.send_replace(Arc::new(proxy));
+        health.commit();
         // Freeing thousands of routes takes a while too; requests still running keep
         // the old proxy alive, and whoever lets go of it last frees it.
         tokio::task::spawn_blocking(move || drop(replaced));
@@ -169,10 +176,11 @@ fn compile(
     metrics: &Arc<Metrics>,
     shutdown: Shutdown,
     resume_tables: &crate::resume::Tables,
+    health: &mut HealthGeneration,
 ) -> Result<Proxy, StartError> {
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
-        let upstream = Upstream::new(upstream, demo_origin, metrics)?;
+        let upstream = Upstream::new(upstream, demo_origin, health)?;
         upstreams.insert(name.clone(), Arc::new(upstream));
     }
     Ok(Proxy::new(
@@ -303,6 +311,7 @@ pub async fn start_with(
         shutdown,
         traces: std::sync::Mutex::new(None),
         resume_tables,
+        health: Arc::new(HealthBook::default()),
     });
     let routes = config.routes.len();
     gateway.apply(config).await?;

@@ -35,7 +35,6 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::config::{EndpointConfig, UpstreamConfig, UpstreamTarget};
-use crate::metrics::Metrics;
 use error::{causes, BoxError};
 use reuse::{Answered, Tracking};
 
@@ -44,6 +43,7 @@ pub(crate) use client_body::{BodyProgress, ClientBody, ClientBodyError};
 pub(crate) use endpoints::{Endpoints, Tried};
 pub(crate) use error::{ClientErrorKind, Fault, UpstreamError, UpstreamErrorKind};
 pub(crate) use failover::Failure;
+pub(crate) use health::{HealthBook, HealthGeneration};
 pub(crate) use incoming::UpstreamIncoming;
 
 /// The body of an upstream request: the client's, streamed within the route's
@@ -72,11 +72,12 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     /// Builds the client for `config`; a demo upstream is reached at `demo_origin`
-    /// (`http://127.0.0.1:PORT` of the running demo server).
+    /// (`http://127.0.0.1:PORT` of the running demo server). Its endpoints keep the
+    /// health they had in the config before, where they are unchanged (`health`).
     pub(crate) fn new(
         config: &UpstreamConfig,
         demo_origin: Option<&str>,
-        metrics: &Metrics,
+        health: &mut HealthGeneration,
     ) -> Result<Upstream, TlsError> {
         let (endpoints, ca_file) = match &config.target {
             UpstreamTarget::Url { ca_file, .. } => (config.endpoints.clone(), ca_file.as_deref()),
@@ -114,7 +115,7 @@ impl Upstream {
                 &endpoints,
                 config.balance,
                 config.health,
-                metrics,
+                health,
             ),
             connect_timeout: config.connect_timeout,
             header_timeout: config.header_timeout,

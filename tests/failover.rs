@@ -57,6 +57,41 @@ fn whole_answer() -> String {
         .collect()
 }
 
+/// A request that `upstream` answers whole; what the client read.
+async fn answered_by(gateway: &TestGateway, upstream: &ScriptedUpstream) -> String {
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        answer(&mut exchange).await;
+        exchange
+    });
+    body_text(response).await
+}
+
+/// A request that `failing` answers `503` and `answering` then answers whole; what the
+/// client read.
+async fn failed_over(
+    gateway: &TestGateway,
+    failing: &ScriptedUpstream,
+    answering: &ScriptedUpstream,
+) -> String {
+    let (response, _, _) = tokio::join!(
+        get(gateway.addr, "/api/stream"),
+        async {
+            let mut exchange = failing.accept().await;
+            exchange
+                .write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            exchange
+        },
+        async {
+            let mut exchange = answering.accept().await;
+            answer(&mut exchange).await;
+            exchange
+        }
+    );
+    body_text(response).await
+}
+
 fn attempts(metrics: &Metrics, endpoint: &str, result: &str) -> f64 {
     metrics.get(
         "sse_gateway_upstream_attempts_total",
@@ -363,43 +398,74 @@ async fn an_endpoint_that_fails_in_a_row_cools_down_then_returns_after_one_trial
     let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], health, "{}")).await;
     // Two requests: a fails each (503), b answers each.
     for _ in 0..2 {
-        let (response, _, _) = tokio::join!(
-            get(gateway.addr, "/api/stream"),
-            async {
-                let mut exchange = a.accept().await;
-                exchange
-                    .write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
-                    .await;
-                exchange
-            },
-            async {
-                let mut exchange = b.accept().await;
-                answer(&mut exchange).await;
-                exchange
-            }
-        );
-        assert_eq!(body_text(response).await, whole_answer());
+        assert_eq!(failed_over(&gateway, &a, &b).await, whole_answer());
     }
     assert_eq!(healthy(&gateway.metrics().await, "a"), 0.0);
     // During the cooldown a is skipped.
-    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
-        let mut exchange = b.accept().await;
-        answer(&mut exchange).await;
-        exchange
-    });
-    assert_eq!(body_text(response).await, whole_answer());
+    assert_eq!(answered_by(&gateway, &b).await, whole_answer());
     assert!(!a.connection_within(Duration::from_millis(100)).await);
     // After it, one trial request goes to a; it answers, and a is back.
     tokio::time::sleep(Duration::from_millis(3_200)).await;
-    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
-        let mut exchange = a.accept().await;
-        answer(&mut exchange).await;
-        exchange
-    });
-    assert_eq!(body_text(response).await, whole_answer());
+    assert_eq!(answered_by(&gateway, &a).await, whole_answer());
     let metrics = gateway.metrics().await;
     assert_eq!(healthy(&metrics, "a"), 1.0, "{}", metrics.text);
     assert_eq!(attempts(&metrics, "a", "success"), 1.0);
+}
+
+/// Applies `yaml` to the running gateway, as a reload does.
+async fn reload(gateway: &TestGateway, yaml: &str) {
+    let config = sse_gateway::config::GatewayConfig::parse(yaml, "reload.yaml", &|_| None)
+        .unwrap_or_else(|errors| panic!("{errors}\n{yaml}"));
+    gateway.gateway().apply(config).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_endpoint_out_and_a_moved_one_starts_afresh() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let health = "    health: { failures: 1, cooldown: 60s }\n";
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], health, "{}")).await;
+    // a fails once (503) and is out; b answers.
+    assert_eq!(failed_over(&gateway, &a, &b).await, whole_answer());
+    assert_eq!(healthy(&gateway.metrics().await, "a"), 0.0);
+
+    // A reload that changes the route's retry but not the endpoints: a stays out.
+    let same = config(
+        &[("a", &a.url()), ("b", &b.url())],
+        health,
+        "{ attempts: 3 }",
+    );
+    reload(&gateway, &same).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(healthy(&metrics, "a"), 0.0, "{}", metrics.text);
+    assert_eq!(answered_by(&gateway, &b).await, whole_answer());
+    assert!(
+        !a.connection_within(Duration::from_millis(200)).await,
+        "the reload sent a request back to an endpoint it had taken out"
+    );
+
+    // a moved to another address: a new endpoint as far as health goes, so in.
+    let moved = ScriptedUpstream::bind().await;
+    reload(
+        &gateway,
+        &config(&[("a", &moved.url()), ("b", &b.url())], health, "{}"),
+    )
+    .await;
+    assert_eq!(healthy(&gateway.metrics().await, "a"), 1.0);
+    assert_eq!(answered_by(&gateway, &moved).await, whole_answer());
+
+    // Without b, its health gauge leaves /metrics.
+    reload(&gateway, &config(&[("a", &moved.url())], health, "{}")).await;
+    let metrics = gateway.metrics().await;
+    let gauges: Vec<&str> = metrics
+        .text
+        .lines()
+        .filter(|line| line.starts_with("sse_gateway_upstream_endpoint_healthy{"))
+        .collect();
+    assert_eq!(gauges.len(), 1, "{gauges:?}");
+    assert!(gauges[0].contains("endpoint=\"a\""), "{gauges:?}");
 }
 
 #[tokio::test]

@@ -59,7 +59,7 @@ impl Balance {
 
 /// Passive health: an endpoint that failed `failures` times in a row is skipped for
 /// `cooldown`, then tried again with one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HealthConfig {
     pub failures: u32,
     pub cooldown: Duration,

@@ -222,4 +222,12 @@ impl TrafficFamilies {
         self.endpoint_healthy
             .with_label_values(&[upstream, endpoint])
     }
+
+    /// An endpoint no longer configured: its health gauge leaves `/metrics`, so a
+    /// dashboard does not count it among the endpoints that are in or out.
+    pub fn forget_endpoint(&self, upstream: &str, endpoint: &str) {
+        let _ = self
+            .endpoint_healthy
+            .remove_label_values(&[upstream, endpoint]);
+    }
 }

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use http::Uri;
 use tokio::time::Instant;
 
-use super::health::{millis, Health};
+use super::health::{millis, Health, HealthGeneration};
 use crate::config::{Balance, EndpointConfig, HealthConfig};
-use crate::metrics::Metrics;
 
 /// One endpoint, ready for requests.
 #[derive(Debug)]
@@ -28,7 +27,8 @@ pub(crate) struct Endpoint {
     /// `host:port` of a plain-HTTP endpoint, for dedicated stream connections.
     pub plain_http: Option<String>,
     pub base_path: String,
-    pub health: Health,
+    /// Shared with the generations before and after this one ([`HealthGeneration`]).
+    pub health: Arc<Health>,
 }
 
 /// An upstream's endpoints and the choice between them.
@@ -38,7 +38,7 @@ pub(crate) struct Endpoints {
     balance: Balance,
     /// Where the next `round_robin` request starts.
     next: AtomicUsize,
-    /// Time zero of the health clocks.
+    /// Time zero of the health clocks, the same in every generation.
     epoch: Instant,
 }
 
@@ -69,7 +69,7 @@ impl Endpoints {
         configs: &[EndpointConfig],
         balance: Balance,
         health: HealthConfig,
-        metrics: &Metrics,
+        generation: &mut HealthGeneration,
     ) -> Endpoints {
         let list = configs
             .iter()
@@ -79,12 +79,9 @@ impl Endpoints {
                 let origin = format!("{scheme}://{authority}");
                 Endpoint {
                     plain_http: plain_http(&origin),
+                    health: generation.health(upstream, &config.name, &origin, health),
                     origin,
                     base_path: config.base_path.clone(),
-                    health: Health::new(
-                        health,
-                        metrics.traffic().endpoint_healthy(upstream, &config.name),
-                    ),
                     name: Arc::from(config.name.as_str()),
                 }
             })
@@ -93,7 +90,7 @@ impl Endpoints {
             list,
             balance,
             next: AtomicUsize::new(0),
-            epoch: Instant::now(),
+            epoch: generation.epoch(),
         }
     }
 
@@ -172,6 +169,8 @@ fn plain_http(origin: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::upstream::health::HealthBook;
     use std::time::Duration;
 
     fn endpoints(balance: Balance, urls: &[&str]) -> Endpoints {
@@ -191,7 +190,14 @@ mod tests {
             failures: 1,
             cooldown: Duration::from_secs(60),
         };
-        Endpoints::new("up", &configs, balance, health, &Metrics::new())
+        let (book, metrics) = (Arc::new(HealthBook::default()), Arc::new(Metrics::new()));
+        Endpoints::new(
+            "up",
+            &configs,
+            balance,
+            health,
+            &mut book.generation(&metrics),
+        )
     }
 
     #[test]

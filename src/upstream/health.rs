@@ -5,14 +5,23 @@
 //! without counting as a failure: it is busy, not broken.
 //!
 //! Atomics only, touched once per attempt (never per event). Times are milliseconds
-//! since the upstream was built, so they fit an `AtomicU64`.
+//! since the gateway started ([`HealthBook`]'s epoch), so they fit an `AtomicU64`.
+//!
+//! A reload builds every upstream anew, but what the gateway has learned about an
+//! endpoint is not part of the config: [`HealthBook`] hands an endpoint that is still
+//! configured the same way the health it had, so a reload neither sends requests back
+//! to an endpoint it had taken out nor shows that endpoint as healthy on a dashboard.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::IntGauge;
+use tokio::time::Instant;
 
 use crate::config::HealthConfig;
+use crate::metrics::Metrics;
 
 /// The longest an upstream's `Retry-After` is honoured: a larger value is more likely
 /// a mistake than a plan, and would take the endpoint out for good.
@@ -34,8 +43,8 @@ pub(crate) struct Health {
 }
 
 impl Health {
-    pub(crate) fn new(config: HealthConfig, gauge: IntGauge) -> Health {
-        gauge.set(1);
+    /// An endpoint that is in; the gauge is set when its generation is committed.
+    fn new(config: HealthConfig, gauge: IntGauge) -> Health {
         Health {
             config,
             failures: AtomicU32::new(0),
@@ -108,6 +117,126 @@ pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// What makes two generations' endpoints the same one: its upstream, its name, where
+/// it is, and how its health is judged. Any change gives it a fresh health.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct HealthKey {
+    upstream: String,
+    endpoint: String,
+    origin: String,
+    config: HealthConfig,
+}
+
+/// The health of every configured endpoint, kept across reloads.
+#[derive(Debug)]
+pub(crate) struct HealthBook {
+    /// Time zero of every health clock: a health kept from one generation to the next
+    /// reads the same times in both.
+    epoch: Instant,
+    /// The endpoints of the config in force.
+    kept: Mutex<HashMap<HealthKey, Arc<Health>>>,
+}
+
+impl Default for HealthBook {
+    fn default() -> HealthBook {
+        HealthBook {
+            epoch: Instant::now(),
+            kept: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl HealthBook {
+    /// Collects the health of the endpoints of a config being built.
+    pub(crate) fn generation(self: &Arc<Self>, metrics: &Arc<Metrics>) -> HealthGeneration {
+        HealthGeneration {
+            book: self.clone(),
+            metrics: metrics.clone(),
+            health: HashMap::new(),
+            fresh: Vec::new(),
+        }
+    }
+}
+
+/// The endpoints of one config as it is built; [`HealthGeneration::commit`] once it is
+/// in force. A config that fails to build is dropped uncommitted and changes nothing.
+#[derive(Debug)]
+pub(crate) struct HealthGeneration {
+    book: Arc<HealthBook>,
+    metrics: Arc<Metrics>,
+    health: HashMap<HealthKey, Arc<Health>>,
+    /// Endpoints new in this generation, whose gauge says "in" at the commit.
+    fresh: Vec<Arc<Health>>,
+}
+
+impl HealthGeneration {
+    /// Time zero of the health clocks.
+    pub(crate) fn epoch(&self) -> Instant {
+        self.book.epoch
+    }
+
+    /// The health of `endpoint` of `upstream` at `origin`: the one it has had, when the
+    /// config in force has it the same way; otherwise a new one, in.
+    pub(crate) fn health(
+        &mut self,
+        upstream: &str,
+        endpoint: &str,
+        origin: &str,
+        config: HealthConfig,
+    ) -> Arc<Health> {
+        let key = HealthKey {
+            upstream: upstream.to_owned(),
+            endpoint: endpoint.to_owned(),
+            origin: origin.to_owned(),
+            config,
+        };
+        if let Some(health) = self.health.get(&key) {
+            return health.clone();
+        }
+        let kept = self
+            .book
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        let health = kept.unwrap_or_else(|| {
+            let gauge = self.metrics.traffic().endpoint_healthy(upstream, endpoint);
+            let health = Arc::new(Health::new(config, gauge));
+            self.fresh.push(health.clone());
+            health
+        });
+        self.health.insert(key, health.clone());
+        health
+    }
+
+    /// This generation is in force: its endpoints are the ones kept, the new ones show
+    /// as in, and the gauges of endpoints no longer configured go from `/metrics`.
+    pub(crate) fn commit(self) {
+        let mut kept = self
+            .book
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let configured: HashSet<(&str, &str)> = self
+            .health
+            .keys()
+            .map(|key| (key.upstream.as_str(), key.endpoint.as_str()))
+            .collect();
+        for key in kept.keys() {
+            if !configured.contains(&(key.upstream.as_str(), key.endpoint.as_str())) {
+                self.metrics
+                    .traffic()
+                    .forget_endpoint(&key.upstream, &key.endpoint);
+            }
+        }
+        for health in &self.fresh {
+            health.gauge.set(1);
+        }
+        *kept = self.health;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +246,9 @@ mod tests {
             failures: 2,
             cooldown: Duration::from_secs(10),
         };
-        Health::new(config, IntGauge::new("g", "g").unwrap())
+        let gauge = IntGauge::new("g", "g").unwrap();
+        gauge.set(1);
+        Health::new(config, gauge)
     }
 
     #[test]
@@ -160,5 +291,85 @@ mod tests {
         assert!(!health.admits(1_999));
         assert!(health.admits(2_000));
         assert_eq!(health.gauge.get(), 1);
+    }
+
+    fn config(failures: u32) -> HealthConfig {
+        HealthConfig {
+            failures,
+            cooldown: Duration::from_secs(60),
+        }
+    }
+
+    /// `sse_gateway_upstream_endpoint_healthy` of `up`/`endpoint` in `/metrics`.
+    fn gauge(metrics: &Metrics, endpoint: &str) -> Option<String> {
+        let series = format!(
+            "sse_gateway_upstream_endpoint_healthy{{endpoint=\"{endpoint}\",upstream=\"up\"}} "
+        );
+        metrics
+            .encode()
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()).map(str::to_owned))
+    }
+
+    #[test]
+    fn an_unchanged_endpoint_keeps_its_health_across_generations() {
+        let (book, metrics) = (Arc::new(HealthBook::default()), Arc::new(Metrics::new()));
+        let mut first = book.generation(&metrics);
+        let a = first.health("up", "a", "http://a:80", config(1));
+        first.commit();
+        assert_eq!(gauge(&metrics, "a").as_deref(), Some("1"));
+        assert!(a.failure(1_000), "one failure takes it out");
+
+        let mut second = book.generation(&metrics);
+        let again = second.health("up", "a", "http://a:80", config(1));
+        second.commit();
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(!again.admits(2_000), "still out after the reload");
+        assert_eq!(gauge(&metrics, "a").as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn a_moved_or_rejudged_endpoint_starts_afresh_and_a_removed_one_leaves_metrics() {
+        let (book, metrics) = (Arc::new(HealthBook::default()), Arc::new(Metrics::new()));
+        let mut first = book.generation(&metrics);
+        let a = first.health("up", "a", "http://a:80", config(1));
+        let b = first.health("up", "b", "http://b:80", config(1));
+        first.commit();
+        a.failure(0);
+        b.failure(0);
+
+        let mut second = book.generation(&metrics);
+        let moved = second.health("up", "a", "http://a2:80", config(1));
+        let rejudged = second.health("up", "b", "http://b:80", config(3));
+        second.commit();
+        assert!(moved.admits(1) && rejudged.admits(1));
+        assert_eq!(gauge(&metrics, "a").as_deref(), Some("1"));
+        assert_eq!(gauge(&metrics, "b").as_deref(), Some("1"));
+
+        let mut third = book.generation(&metrics);
+        third.health("up", "b", "http://b:80", config(3));
+        third.commit();
+        assert_eq!(gauge(&metrics, "a"), None, "a is no longer configured");
+        assert_eq!(gauge(&metrics, "b").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_generation_that_is_never_committed_changes_nothing() {
+        let (book, metrics) = (Arc::new(HealthBook::default()), Arc::new(Metrics::new()));
+        let mut first = book.generation(&metrics);
+        let a = first.health("up", "a", "http://a:80", config(1));
+        first.commit();
+        a.failure(0);
+
+        // A reload that moves a, then fails to build: a stays out, and says so.
+        let mut failed = book.generation(&metrics);
+        failed.health("up", "a", "http://elsewhere:80", config(1));
+        drop(failed);
+        assert_eq!(gauge(&metrics, "a").as_deref(), Some("0"));
+        let mut next = book.generation(&metrics);
+        assert!(Arc::ptr_eq(
+            &a,
+            &next.health("up", "a", "http://a:80", config(1))
+        ));
     }
 }
