@@ -68,6 +68,8 @@ pub struct Gateway {
     /// What the gateway has learned of each endpoint's health: kept across reloads
     /// too, for the endpoints a reload leaves as they were.
     health: Arc<HealthBook>,
+    /// Held through each [`Gateway::apply`].
+    applying: Mutex<()>,
 }
 
 impl Gateway {
@@ -76,6 +78,9 @@ impl Gateway {
     /// The first call (startup) and every reload go through here, so a reload is
     /// exercised by every start.
     pub async fn apply(&self, config: GatewayConfig) -> Result<(), StartError> {
+        // One at a time: what a generation keeps (endpoint health) is built from the
+        // one before it, and must describe the config in force.
+        let _applying = self.applying.lock().await;
         let config = Arc::new(config);
         let demo_origin = self.demo_origin(&config).await?;
         let traces = self.traces_for(&config)?;
@@ -102,8 +107,8 @@ impl Gateway {
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
         let proxy = proxy.with_traces(traces);
-        let replaced = self.current.send_replace(Arc::new(proxy));
         health.commit();
+        let replaced = self.current.send_replace(Arc::new(proxy));
         // Freeing thousands of routes takes a while too; requests still running keep
         // the old proxy alive, and whoever lets go of it last frees it.
         tokio::task::spawn_blocking(move || drop(replaced));
@@ -312,6 +317,7 @@ pub async fn start_with(
         traces: std::sync::Mutex::new(None),
         resume_tables,
         health: Arc::new(HealthBook::default()),
+        applying: Mutex::new(()),
     });
     let routes = config.routes.len();
     gateway.apply(config).await?;

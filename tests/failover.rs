@@ -110,11 +110,14 @@ fn retries(metrics: &Metrics, reason: &str) -> f64 {
     )
 }
 
+/// The endpoint's health gauge; the series must be exported.
 fn healthy(metrics: &Metrics, endpoint: &str) -> f64 {
-    metrics.get(
-        "sse_gateway_upstream_endpoint_healthy",
-        &[("upstream", "assistant"), ("endpoint", endpoint)],
-    )
+    metrics
+        .find(
+            "sse_gateway_upstream_endpoint_healthy",
+            &[("upstream", "assistant"), ("endpoint", endpoint)],
+        )
+        .unwrap_or_else(|| panic!("no health series for {endpoint}:\n{}", metrics.text))
 }
 
 #[tokio::test]

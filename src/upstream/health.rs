@@ -4,8 +4,9 @@
 //! cooldown. An upstream's `429` with `Retry-After` skips the endpoint for that long
 //! without counting as a failure: it is busy, not broken.
 //!
-//! Atomics only, touched once per attempt (never per event). Times are milliseconds
-//! since the gateway started ([`HealthBook`]'s epoch), so they fit an `AtomicU64`.
+//! Atomics, touched once per attempt (never per event); a lock only when the endpoint
+//! goes out or comes back, for its gauge. Times are milliseconds since the gateway
+//! started ([`HealthBook`]'s epoch), so they fit an `AtomicU64`.
 //!
 //! A reload builds every upstream anew, but what the gateway has learned about an
 //! endpoint is not part of the config: [`HealthBook`] hands an endpoint that is still
@@ -38,21 +39,38 @@ pub(crate) struct Health {
     trial_at: AtomicU64,
     /// Skipped until this time after a `429` with `Retry-After`.
     busy_until: AtomicU64,
-    /// `upstream_endpoint_healthy`.
-    gauge: IntGauge,
+    /// `upstream_endpoint_healthy`: none until the endpoint's config is about to be in
+    /// force, and none again once a reload has replaced it, so that a config that
+    /// never comes into force shows nothing and the requests a replaced endpoint still
+    /// finishes do not speak for its successor. Touched once per attempt.
+    gauge: Mutex<Option<IntGauge>>,
 }
 
 impl Health {
-    /// An endpoint that is in; the gauge is set when its generation is committed.
-    fn new(config: HealthConfig, gauge: IntGauge) -> Health {
+    /// An endpoint that is in; its gauge comes when its generation is committed.
+    fn new(config: HealthConfig) -> Health {
         Health {
             config,
             failures: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
             trial_at: AtomicU64::new(0),
             busy_until: AtomicU64::new(0),
-            gauge,
+            gauge: Mutex::new(None),
         }
+    }
+
+    fn show(&self, healthy: bool) {
+        if let Some(gauge) = &*self.gauge.lock().unwrap_or_else(PoisonError::into_inner) {
+            gauge.set(i64::from(healthy));
+        }
+    }
+
+    /// Shows the endpoint's health on `gauge` from now on, or on nothing.
+    fn attach(&self, gauge: Option<IntGauge>) {
+        if let Some(gauge) = &gauge {
+            gauge.set(i64::from(self.down_until.load(Ordering::Acquire) == 0));
+        }
+        *self.gauge.lock().unwrap_or_else(PoisonError::into_inner) = gauge;
     }
 
     /// Whether a request may go to the endpoint at `now` (ms). After a cooldown the
@@ -83,7 +101,7 @@ impl Health {
         self.failures.store(0, Ordering::Relaxed);
         self.trial_at.store(0, Ordering::Relaxed);
         if self.down_until.swap(0, Ordering::AcqRel) != 0 {
-            self.gauge.set(1);
+            self.show(true);
             tracing::info!("upstream endpoint answered its trial request: back in");
         }
     }
@@ -99,7 +117,7 @@ impl Health {
             let until = now.saturating_add(millis(self.config.cooldown)).max(1);
             self.down_until.store(until, Ordering::Release);
             self.failures.store(0, Ordering::Relaxed);
-            self.gauge.set(0);
+            self.show(false);
             return true;
         }
         false
@@ -158,15 +176,17 @@ impl HealthBook {
     }
 }
 
-/// The endpoints of one config as it is built; [`HealthGeneration::commit`] once it is
-/// in force. A config that fails to build is dropped uncommitted and changes nothing.
+/// The endpoints of one config as it is built; [`HealthGeneration::commit`] right
+/// before it comes into force. A config that fails to build is dropped uncommitted and
+/// changes nothing, in `/metrics` either.
 #[derive(Debug)]
 pub(crate) struct HealthGeneration {
     book: Arc<HealthBook>,
     metrics: Arc<Metrics>,
     health: HashMap<HealthKey, Arc<Health>>,
-    /// Endpoints new in this generation, whose gauge says "in" at the commit.
-    fresh: Vec<Arc<Health>>,
+    /// Endpoints new in this generation, with their gauge's labels (upstream,
+    /// endpoint): they get it at the commit.
+    fresh: Vec<(String, String, Arc<Health>)>,
 }
 
 impl HealthGeneration {
@@ -201,17 +221,20 @@ impl HealthGeneration {
             .get(&key)
             .cloned();
         let health = kept.unwrap_or_else(|| {
-            let gauge = self.metrics.traffic().endpoint_healthy(upstream, endpoint);
-            let health = Arc::new(Health::new(config, gauge));
-            self.fresh.push(health.clone());
+            let health = Arc::new(Health::new(config));
+            self.fresh
+                .push((upstream.to_owned(), endpoint.to_owned(), health.clone()));
             health
         });
         self.health.insert(key, health.clone());
         health
     }
 
-    /// This generation is in force: its endpoints are the ones kept, the new ones show
-    /// as in, and the gauges of endpoints no longer configured go from `/metrics`.
+    /// This generation is about to be in force (call it before any request can use
+    /// it): its endpoints become the ones kept. An endpoint it replaces (moved,
+    /// judged by other settings) or removes no longer shows on the gauge, though
+    /// requests of the config before may still report to it; a removed one's series
+    /// leaves `/metrics`; a new one shows as in.
     pub(crate) fn commit(self) {
         let mut kept = self
             .book
@@ -223,15 +246,21 @@ impl HealthGeneration {
             .keys()
             .map(|key| (key.upstream.as_str(), key.endpoint.as_str()))
             .collect();
-        for key in kept.keys() {
+        for (key, health) in kept.iter() {
+            if self.health.contains_key(key) {
+                continue;
+            }
+            health.attach(None);
             if !configured.contains(&(key.upstream.as_str(), key.endpoint.as_str())) {
                 self.metrics
                     .traffic()
                     .forget_endpoint(&key.upstream, &key.endpoint);
             }
         }
-        for health in &self.fresh {
-            health.gauge.set(1);
+        for (upstream, endpoint, health) in &self.fresh {
+            health.attach(Some(
+                self.metrics.traffic().endpoint_healthy(upstream, endpoint),
+            ));
         }
         *kept = self.health;
     }
@@ -246,9 +275,13 @@ mod tests {
             failures: 2,
             cooldown: Duration::from_secs(10),
         };
-        let gauge = IntGauge::new("g", "g").unwrap();
-        gauge.set(1);
-        Health::new(config, gauge)
+        let health = Health::new(config);
+        health.attach(Some(IntGauge::new("g", "g").unwrap()));
+        health
+    }
+
+    fn shown(health: &Health) -> i64 {
+        health.gauge.lock().unwrap().as_ref().unwrap().get()
     }
 
     #[test]
@@ -261,12 +294,12 @@ mod tests {
             "a success in between resets the count"
         );
         assert!(health.failure(1_000));
-        assert_eq!(health.gauge.get(), 0);
+        assert_eq!(shown(&health), 0);
         assert!(!health.admits(5_000), "skipped during the cooldown");
         assert!(health.admits(11_000), "one trial after it");
         assert!(!health.admits(11_001), "and only one");
         health.success();
-        assert_eq!(health.gauge.get(), 1);
+        assert_eq!(shown(&health), 1);
         assert!(health.admits(11_002) && health.admits(11_003));
     }
 
@@ -290,7 +323,7 @@ mod tests {
         health.busy(0, Duration::from_secs(2));
         assert!(!health.admits(1_999));
         assert!(health.admits(2_000));
-        assert_eq!(health.gauge.get(), 1);
+        assert_eq!(shown(&health), 1);
     }
 
     fn config(failures: u32) -> HealthConfig {
@@ -361,15 +394,35 @@ mod tests {
         first.commit();
         a.failure(0);
 
-        // A reload that moves a, then fails to build: a stays out, and says so.
+        // A reload that moves a and adds c, then fails to build: a stays out, and says
+        // so, and c never shows.
         let mut failed = book.generation(&metrics);
         failed.health("up", "a", "http://elsewhere:80", config(1));
+        failed.health("up", "c", "http://c:80", config(1));
         drop(failed);
         assert_eq!(gauge(&metrics, "a").as_deref(), Some("0"));
+        assert_eq!(gauge(&metrics, "c"), None);
         let mut next = book.generation(&metrics);
         assert!(Arc::ptr_eq(
             &a,
             &next.health("up", "a", "http://a:80", config(1))
         ));
+    }
+
+    #[test]
+    fn a_replaced_endpoint_no_longer_speaks_for_its_successor() {
+        let (book, metrics) = (Arc::new(HealthBook::default()), Arc::new(Metrics::new()));
+        let mut first = book.generation(&metrics);
+        let old = first.health("up", "a", "http://dying:80", config(1));
+        first.commit();
+
+        let mut second = book.generation(&metrics);
+        let new = second.health("up", "a", "http://a:80", config(1));
+        second.commit();
+        // A request of the config before fails late, on the old address.
+        assert!(old.failure(0));
+        assert_eq!(gauge(&metrics, "a").as_deref(), Some("1"));
+        assert!(new.failure(0));
+        assert_eq!(gauge(&metrics, "a").as_deref(), Some("0"));
     }
 }

@@ -165,6 +165,11 @@ impl Metrics {
 
     /// The value of the series `name` with exactly `labels` (any order); 0 when absent.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels).unwrap_or(0.0)
+    }
+
+    /// The value of the series `name` with exactly `labels` (any order), if exported.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples
             .iter()
             .find(|(n, l, _)| {
@@ -174,7 +179,7 @@ impl Metrics {
                         .iter()
                         .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
             })
-            .map_or(0.0, |(_, _, value)| *value)
+            .map(|(_, _, value)| *value)
     }
 
     /// `stream_duration_seconds_count` for a route and outcome.
