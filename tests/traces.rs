@@ -281,9 +281,7 @@ async fn a_reload_with_another_endpoint_sends_new_streams_there_and_stalls_are_s
         &format!("http://{second}"),
         "      stuck_after: 100ms\n",
     );
-    let config = sse_gateway::config::GatewayConfig::parse(&reloaded, "reload.yaml", &|_| None)
-        .unwrap_or_else(|errors| panic!("{errors}\n{reloaded}"));
-    gateway.gateway().apply(config).await.unwrap();
+    gateway.reload(&reloaded).await;
 
     let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
         let mut exchange = first_token(&upstream).await;

@@ -42,7 +42,8 @@ pub(crate) struct Health {
     /// `upstream_endpoint_healthy`: none until the endpoint's config is about to be in
     /// force, and none again once a reload has replaced it, so that a config that
     /// never comes into force shows nothing and the requests a replaced endpoint still
-    /// finishes do not speak for its successor. Touched once per attempt.
+    /// finishes do not speak for its successor. Locked when the endpoint goes out or
+    /// comes back, and at a commit.
     gauge: Mutex<Option<IntGauge>>,
 }
 
@@ -171,22 +172,19 @@ impl HealthBook {
             book: self.clone(),
             metrics: metrics.clone(),
             health: HashMap::new(),
-            fresh: Vec::new(),
         }
     }
 }
 
 /// The endpoints of one config as it is built; [`HealthGeneration::commit`] right
 /// before it comes into force. A config that fails to build is dropped uncommitted and
-/// changes nothing, in `/metrics` either.
+/// changes nothing, in `/metrics` either. Configs are built and committed one at a
+/// time (`Gateway::apply`), so what the book keeps is the config before this one.
 #[derive(Debug)]
 pub(crate) struct HealthGeneration {
     book: Arc<HealthBook>,
     metrics: Arc<Metrics>,
     health: HashMap<HealthKey, Arc<Health>>,
-    /// Endpoints new in this generation, with their gauge's labels (upstream,
-    /// endpoint): they get it at the commit.
-    fresh: Vec<(String, String, Arc<Health>)>,
 }
 
 impl HealthGeneration {
@@ -210,22 +208,14 @@ impl HealthGeneration {
             origin: origin.to_owned(),
             config,
         };
-        if let Some(health) = self.health.get(&key) {
-            return health.clone();
-        }
-        let kept = self
+        let health = self
             .book
             .kept
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
-            .cloned();
-        let health = kept.unwrap_or_else(|| {
-            let health = Arc::new(Health::new(config));
-            self.fresh
-                .push((upstream.to_owned(), endpoint.to_owned(), health.clone()));
-            health
-        });
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Health::new(config)));
         self.health.insert(key, health.clone());
         health
     }
@@ -257,10 +247,14 @@ impl HealthGeneration {
                     .forget_endpoint(&key.upstream, &key.endpoint);
             }
         }
-        for (upstream, endpoint, health) in &self.fresh {
-            health.attach(Some(
-                self.metrics.traffic().endpoint_healthy(upstream, endpoint),
-            ));
+        for (key, health) in &self.health {
+            if !kept.contains_key(key) {
+                health.attach(Some(
+                    self.metrics
+                        .traffic()
+                        .endpoint_healthy(&key.upstream, &key.endpoint),
+                ));
+            }
         }
         *kept = self.health;
     }
@@ -333,6 +327,10 @@ mod tests {
         }
     }
 
+    fn book() -> (Arc<HealthBook>, Arc<Metrics>) {
+        (Arc::new(HealthBook::default()), Arc::new(Metrics::new()))
+    }
+
     /// `sse_gateway_upstream_endpoint_healthy` of `up`/`endpoint` in `/metrics`.
     fn gauge(metrics: &Metrics, endpoint: &str) -> Option<String> {
         let series = format!(
@@ -346,7 +344,7 @@ mod tests {
 
     #[test]
     fn an_unchanged_endpoint_keeps_its_health_across_generations() {
-        let (book, metrics) = (Arc::new(HealthBook::default()), Arc::new(Metrics::new()));
+        let (book, metrics) = book();
         let mut first = book.generation(&metrics);
         let a = first.health("up", "a", "http://a:80", config(1));
         first.commit();
@@ -363,7 +361,7 @@ mod tests {
 
     #[test]
     fn a_moved_or_rejudged_endpoint_starts_afresh_and_a_removed_one_leaves_metrics() {
-        let (book, metrics) = (Arc::new(HealthBook::default()), Arc::new(Metrics::new()));
+        let (book, metrics) = book();
         let mut first = book.generation(&metrics);
         let a = first.health("up", "a", "http://a:80", config(1));
         let b = first.health("up", "b", "http://b:80", config(1));
@@ -388,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_generation_that_is_never_committed_changes_nothing() {
-        let (book, metrics) = (Arc::new(HealthBook::default()), Arc::new(Metrics::new()));
+        let (book, metrics) = book();
         let mut first = book.generation(&metrics);
         let a = first.health("up", "a", "http://a:80", config(1));
         first.commit();
@@ -411,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_replaced_endpoint_no_longer_speaks_for_its_successor() {
-        let (book, metrics) = (Arc::new(HealthBook::default()), Arc::new(Metrics::new()));
+        let (book, metrics) = book();
         let mut first = book.generation(&metrics);
         let old = first.health("up", "a", "http://dying:80", config(1));
         first.commit();

@@ -71,6 +71,13 @@ impl TestGateway {
     pub fn gateway(&self) -> &std::sync::Arc<sse_gateway::gateway::Gateway> {
         self.running.gateway()
     }
+
+    /// Applies `yaml` to the running gateway, as a reload does.
+    pub async fn reload(&self, yaml: &str) {
+        let config = sse_gateway::config::GatewayConfig::parse(yaml, "reload.yaml", &|_| None)
+            .unwrap_or_else(|errors| panic!("{errors}\n{yaml}"));
+        self.gateway().apply(config).await.unwrap();
+    }
 }
 
 /// Starts a gateway on `yaml` (its `listen` is replaced by `127.0.0.1:0`), with
