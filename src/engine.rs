@@ -20,7 +20,11 @@
 //! asks for: an error event in the route's protocol's error shape when the end is an
 //! error, then the synthesized terminator when the route synthesizes one. A partial
 //! event is never sent: what the framer holds when the stream is cut is dropped, except
-//! at a clean upstream end, where the unterminated tail is completed and sent.
+//! at a clean upstream end, where the unterminated tail is completed and sent. On a
+//! protocol preset's route the tail is sent only when its data is whole JSON: a cut
+//! there (most likely in the largest event, the Responses API's `response.completed`
+//! repeating the whole answer) would reach the SDK as a JSON error, or as the
+//! terminal event with its body missing; a browser would not dispatch it either.
 //!
 //! **Protocols.** A route whose protocol asks for completion evidence
 //! ([`crate::protocol`]) never ends without it looking like a success: whatever cut
@@ -40,7 +44,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::HumanDuration;
-use crate::protocol::Usage;
+use crate::protocol::{Choices, Usage};
 use crate::rewrite::Pipeline;
 use crate::sse::{FrameError, Framer, RawEvent};
 
@@ -88,6 +92,8 @@ pub struct Progress {
 }
 
 /// One event stream's framer, pipeline, frames and outcome.
+// Its flags are independent facts about the stream so far, each read by one decision.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub struct Engine {
     framer: Framer,
@@ -109,6 +115,11 @@ pub struct Engine {
     rule_hits: Box<[u32]>,
     /// The route's protocol saw the answer complete.
     evidence: bool,
+    /// Chat Completions choices seen and finished: with `n` above 1, the evidence
+    /// waits for the last choice to finish.
+    choices: Choices,
+    /// The upstream's clean end cut an event, which was not sent.
+    tail_cut: bool,
     /// The last Responses `sequence_number` forwarded.
     sequence_number: Option<u64>,
     /// What becomes of a usage-only chunk ([`Engine::remove_usage_chunk`]).
@@ -140,6 +151,8 @@ impl Engine {
             content_sent: false,
             rule_hits: vec![0; rules].into_boxed_slice(),
             evidence: false,
+            choices: Choices::default(),
+            tail_cut: false,
             sequence_number: None,
             usage_chunk: UsageChunk::Forward,
         }
@@ -203,7 +216,11 @@ impl Engine {
         }
         if self.outcome.is_none() {
             if self.lacks_evidence() {
-                self.truncated("the upstream closed the stream");
+                self.truncated(if self.tail_cut {
+                    "the upstream closed the stream in the middle of an event"
+                } else {
+                    "the upstream closed the stream"
+                });
             } else {
                 self.end(Outcome::UpstreamEof, None);
             }
@@ -280,6 +297,13 @@ impl Engine {
         std::mem::take(&mut self.progress)
     }
 
+    /// Whether a data event (no keep-alive) arrived since the last call or
+    /// [`Engine::take_progress`]; clears it. For a caller that keeps the data clock
+    /// before the progress is taken (a held-back start).
+    pub fn take_content_seen(&mut self) -> bool {
+        std::mem::take(&mut self.progress.content_seen)
+    }
+
     /// Calls `f(rule, hits)` for each rule that hit since the last call.
     pub fn take_rule_hits(&mut self, mut f: impl FnMut(usize, u64)) {
         for (rule, hits) in self.rule_hits.iter_mut().enumerate() {
@@ -299,7 +323,7 @@ impl Engine {
     /// the upstream has ended, and its unterminated tail is taken too.
     fn run(&mut self, at_eof: bool) -> Option<Bytes> {
         loop {
-            let event = match self.next_event(at_eof) {
+            let (event, is_tail) = match self.next_event(at_eof) {
                 Ok(Some(event)) => event,
                 Ok(None) => {
                     self.batch.release_chunk();
@@ -310,7 +334,7 @@ impl Engine {
                     break;
                 }
             };
-            if !self.apply(event) {
+            if !self.apply(event, is_tail) {
                 break;
             }
         }
@@ -323,22 +347,24 @@ impl Engine {
         frame
     }
 
-    /// The next complete event; at the upstream's end, then its completed tail.
-    fn next_event(&mut self, at_eof: bool) -> Result<Option<RawEvent>, FrameError> {
+    /// The next complete event; at the upstream's end, then its completed tail (the
+    /// flag).
+    fn next_event(&mut self, at_eof: bool) -> Result<Option<(RawEvent, bool)>, FrameError> {
         match self.framer.next_event()? {
-            Some(event) => Ok(Some(event)),
+            Some(event) => Ok(Some((event, false))),
             None if at_eof => match self.framer.finish() {
-                Some(tail) => Ok(Some(tail)),
+                Some(tail) => Ok(Some((tail, true))),
                 // `finish` may leave a last complete event for `next_event`.
-                None => self.framer.next_event(),
+                None => Ok(self.framer.next_event()?.map(|event| (event, false))),
             },
             None => Ok(None),
         }
     }
 
     /// One event through the pipeline; false when the frame is complete (the event
-    /// could not join it, or it ended the stream).
-    fn apply(&mut self, event: RawEvent) -> bool {
+    /// could not join it, or it ended the stream). `is_tail`: the event was completed
+    /// at the upstream's end.
+    fn apply(&mut self, event: RawEvent, is_tail: bool) -> bool {
         let had_data = event.has_data();
         let contract = self.pipeline.contract();
         let content = had_data && !contract.is_keep_alive(&event.view());
@@ -372,9 +398,14 @@ impl Engine {
         let Some(output) = verdict.output else {
             return true;
         };
-        let terminal_events = self.pipeline.terminator().is_none();
-        let class = self.pipeline.contract().classify(&output, terminal_events);
-        self.evidence |= class.evidence;
+        let contract = self.pipeline.contract();
+        if is_tail && contract.protocol.has_json_data() && !has_json_data(&output) {
+            self.tail_cut = true;
+            return true;
+        }
+        let class = contract.classify(&output, self.pipeline.terminator().is_none());
+        self.choices.add(class.choices);
+        self.evidence = (self.evidence || class.evidence) && self.choices.all_finished();
         if let Some(usage) = class.usage {
             self.progress.usage.get_or_insert_default().update(usage);
             if class.usage_only && self.usage_chunk == UsageChunk::Remove {
@@ -482,6 +513,13 @@ impl Engine {
             }
         }
     }
+}
+
+/// Whether an event's data is one whole JSON value.
+fn has_json_data(event: &[u8]) -> bool {
+    crate::sse::Event::new(event)
+        .data()
+        .is_some_and(|data| serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok())
 }
 
 /// The `type` of an error event the engine writes into a stream.

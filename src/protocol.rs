@@ -16,8 +16,8 @@ use bytes::Bytes;
 use crate::sse::writer;
 use crate::terminator::{Terminator, TerminatorMatch};
 
-pub use classify::Class;
 pub(crate) use classify::UPSTREAM_ERROR_TYPES;
+pub use classify::{Choices, Class};
 pub use usage::Usage;
 
 /// The protocol a route's upstream speaks.
@@ -82,6 +82,13 @@ impl Protocol {
             forward: true,
             synthesize_on_eof: true,
         })
+    }
+
+    /// Whether every event's data is JSON (`[DONE]`, the terminator, aside): the
+    /// three assistant protocols. An event cut at the upstream's end is told by its
+    /// data not parsing.
+    pub fn has_json_data(self) -> bool {
+        self != Protocol::Sse
     }
 
     /// Whether the gateway's closing (the synthesized terminator) follows an error

@@ -250,7 +250,7 @@ impl Proxy {
         };
         let forwarded = match prepared {
             Ok(upstream_request) => {
-                forward::forward(route, upstream_request, remove_usage_chunk).await
+                forward::forward(route, upstream_request, remove_usage_chunk, start).await
             }
             Err(error) => Err(error),
         };

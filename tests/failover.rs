@@ -524,6 +524,44 @@ async fn a_start_that_goes_silent_before_content_is_a_timeout_and_retried() {
 }
 
 #[tokio::test]
+async fn a_start_that_only_keeps_alive_before_content_is_a_timeout_and_retried() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}").replace(
+        "stream: { protocol: openai-chat }",
+        "stream: { protocol: openai-chat, idle_timeout: 300ms, heartbeat: 0s }",
+    );
+    let gateway = start_gateway(&yaml).await;
+    let exchange = async {
+        let (response, (), ()) = tokio::join!(
+            get(gateway.addr, "/api/stream"),
+            async {
+                // Comments three times per idle timeout: none is data.
+                let mut exchange = a.accept().await;
+                exchange.start_sse("").await;
+                exchange.send_chunk(ROLE).await;
+                while exchange.try_send_chunk(b": keep-alive\n\n").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            async {
+                let mut exchange = b.accept().await;
+                answer(&mut exchange).await;
+            }
+        );
+        body_text(response).await
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("keep-alives do not hold the start past the idle timeout");
+    assert_eq!(text, whole_answer());
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "timeout"), 1.0, "{}", metrics.text);
+}
+
+#[tokio::test]
 async fn a_body_over_max_body_is_sent_once_and_its_failure_not_retried() {
     let (a, b) = (
         ScriptedUpstream::bind().await,

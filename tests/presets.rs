@@ -239,3 +239,74 @@ fn sse_without_complete_when_is_unchanged_and_with_it_asks() {
     );
     assert_eq!(done.outcome, Some(Outcome::UpstreamEof));
 }
+
+#[test]
+fn chat_with_two_choices_is_complete_only_when_both_finish() {
+    let chunk = |choice: &str| format!("data: {{\"choices\":[{choice}]}}\n\n");
+    let start = [
+        chunk(r#"{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}"#),
+        chunk(r#"{"index":1,"delta":{"role":"assistant","content":""},"finish_reason":null}"#),
+        chunk(r#"{"index":0,"delta":{"content":"Hi."},"finish_reason":null}"#),
+        chunk(r#"{"index":1,"delta":{"content":"Hello, I am wri"},"finish_reason":null}"#),
+        chunk(r#"{"index":0,"delta":{},"finish_reason":"stop"}"#),
+    ]
+    .concat();
+    let cut = run(Protocol::OpenaiChat, &start, End::Clean);
+    assert_eq!(cut.outcome, Some(Outcome::Truncated));
+    assert!(text(&cut).contains("upstream_incomplete"));
+    let both = format!(
+        "{start}{}",
+        chunk(r#"{"index":1,"delta":{},"finish_reason":"length"}"#)
+    );
+    let done = run(Protocol::OpenaiChat, &both, End::Clean);
+    assert_eq!(done.outcome, Some(Outcome::UpstreamEof));
+    assert_eq!(text(&done), format!("{both}data: [DONE]\n\n"));
+}
+
+#[test]
+fn an_event_the_upstreams_end_cuts_is_not_sent_on_a_protocol_route() {
+    let completed = "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":6,\"response\":{\"status\":\"completed\"}}";
+    let cut_at = completed.find("\"status\"").unwrap();
+    for tail in [&completed[..cut_at], "event: response.completed\n"] {
+        let run = run(
+            Protocol::OpenaiResponses,
+            &format!("{RESP_DELTA}{tail}"),
+            End::Clean,
+        );
+        assert_eq!(run.outcome, Some(Outcome::Truncated), "{tail:?}");
+        let out = text(&run);
+        assert!(out.starts_with(RESP_DELTA), "{out}");
+        assert!(!out.contains("response.completed"), "{out}");
+        assert!(
+            out.contains("the upstream closed the stream in the middle of an event"),
+            "{out}"
+        );
+    }
+    // Whole, it is sent, blank line added, and it completes the answer.
+    let whole = run(
+        Protocol::OpenaiResponses,
+        &format!("{RESP_DELTA}{completed}"),
+        End::Clean,
+    );
+    assert_eq!(whole.outcome, Some(Outcome::Terminator));
+    assert_eq!(text(&whole), format!("{RESP_DELTA}{completed}\n\n"));
+    // So is `[DONE]` without its blank line: the terminator, not JSON.
+    let done = run(
+        Protocol::OpenaiChat,
+        &format!("{CHAT_HALF}{CHAT_STOP}data: [DONE]"),
+        End::Clean,
+    );
+    assert_eq!(done.outcome, Some(Outcome::Terminator));
+}
+
+#[test]
+fn chat_error_as_text_generation_inference_writes_it_ends_the_stream() {
+    let error = "data: {\"error\":\"Request failed during generation: CUDA out of memory\",\"error_type\":\"generation\"}\n\n";
+    let run = run(
+        Protocol::OpenaiChat,
+        &format!("{CHAT_HALF}{error}data: [DONE]\n\n"),
+        End::Clean,
+    );
+    assert_eq!(run.outcome, Some(Outcome::UpstreamErrorEvent));
+    assert_eq!(text(&run), format!("{CHAT_HALF}{error}data: [DONE]\n\n"));
+}

@@ -99,6 +99,46 @@ async fn anthropic_pings_do_not_keep_a_stalled_answer_alive() {
 }
 
 #[tokio::test]
+async fn a_terminal_event_cut_by_the_upstreams_close_is_not_a_completion() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(
+        &upstream.url(),
+        &route("openai-responses"),
+    ))
+    .await;
+    let delta = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"delta\":\"Hello\"}\n\n";
+    let cut = "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":2,\"response\":{\"status\":\"compl";
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(delta.as_bytes()).await;
+        exchange.send_chunk(cut.as_bytes()).await;
+        exchange.end_chunks().await;
+    });
+    let text = body_text(response).await;
+    let events = client_events(&text);
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(events[0].event, "response.output_text.delta");
+    assert_eq!(events[1].event, "error");
+    let error: serde_json::Value = serde_json::from_str(&events[1].data).unwrap();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["code"], "upstream_incomplete");
+    assert_eq!(error["sequence_number"], 2);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("in the middle of an event"),
+        "{error}"
+    );
+    gateway
+        .metrics_until("a truncated stream", |m| {
+            m.outcome_count("chat", "truncated") == 1.0
+        })
+        .await;
+}
+
+#[tokio::test]
 async fn an_upstream_error_event_is_passed_through_and_counted() {
     let upstream = ScriptedUpstream::bind().await;
     let gateway = start_gateway(&one_route_config(&upstream.url(), &route("anthropic"))).await;

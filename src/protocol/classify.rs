@@ -61,15 +61,49 @@ pub struct Class {
     /// A Chat Completions chunk that carries only usage (`choices` empty): the one
     /// `stream_options.include_usage` adds before `[DONE]`.
     pub usage_only: bool,
+    /// The Chat Completions choices this chunk speaks for, and those it finishes: with
+    /// `n` above 1 the answer is complete only when every choice seen has finished.
+    pub choices: Choices,
+}
+
+/// A set of Chat Completions choices by `index`, and which of them have finished.
+///
+/// Choices past index 127 are not tracked (the API allows `n` up to 128); a chunk
+/// without an `index` speaks for choice 0.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Choices {
+    seen: u128,
+    finished: u128,
+}
+
+impl Choices {
+    /// Adds what one chunk said.
+    pub fn add(&mut self, other: Choices) {
+        self.seen |= other.seen;
+        self.finished |= other.finished;
+    }
+
+    /// Whether every choice seen has finished (true when none was seen).
+    pub fn all_finished(&self) -> bool {
+        self.seen & !self.finished == 0
+    }
+
+    fn bit(index: u64) -> u128 {
+        1u128
+            .checked_shl(u32::try_from(index).unwrap_or(u32::MAX))
+            .unwrap_or(0)
+    }
 }
 
 static FINISH_REASON: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"finish_reason\""));
 static STOP_REASON: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"stop_reason\""));
 static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
-static TYPE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"type\":\""));
+static TYPE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"type\""));
 static SEQUENCE_NUMBER: LazyLock<Finder<'static>> =
-    LazyLock::new(|| Finder::new(b"\"sequence_number\":"));
+    LazyLock::new(|| Finder::new(b"\"sequence_number\""));
+static INDEX_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"index\""));
+static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
 static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\""));
 static REFUSAL_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"refusal\""));
 static ARGUMENTS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"arguments\""));
@@ -113,6 +147,10 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
         content: [&*CONTENT_KEY, &*ARGUMENTS_KEY, &*REFUSAL_KEY]
             .into_iter()
             .any(|key| non_empty_string_after(text, key)),
+        choices: Choices {
+            seen: choice_indices(text),
+            finished: 0,
+        },
         ..Class::default()
     };
     if usage::mentions_usage(text) {
@@ -125,24 +163,60 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
         // An error chunk has no choices; a content chunk always has a finish_reason,
         // so it costs this one search.
         if ERROR_KEY.find(text).is_some() {
-            // What the openai SDKs raise on: a top-level `error` object.
-            class.upstream_error = data_json(event)
-                .filter(|json| json["error"].is_object())
-                .map(|json| label(&json["error"], &["type", "code"]));
+            class.upstream_error = data_json(event).as_ref().and_then(chat_error);
         }
         return class;
     };
     // The last choice's reason: a chunk carries one choice, or all of them finishing.
     if not_null_at(&text[at + FINISH_REASON.needle().len()..]) {
-        class.evidence = data_json(event).is_some_and(|json| {
-            json["choices"].as_array().is_some_and(|choices| {
-                choices
-                    .iter()
-                    .any(|choice| !choice["finish_reason"].is_null())
-            })
-        });
+        if let Some(json) = data_json(event) {
+            let choices = json["choices"].as_array().map_or(&[][..], Vec::as_slice);
+            for (position, choice) in (0u64..).zip(choices) {
+                let bit = Choices::bit(choice["index"].as_u64().unwrap_or(position));
+                class.choices.seen |= bit;
+                if !choice["finish_reason"].is_null() {
+                    class.choices.finished |= bit;
+                    class.evidence = true;
+                }
+            }
+        }
     }
     class
+}
+
+/// The `index` of each choice a chunk holds, as bits: every `"index"` key ahead of the
+/// chunk's first `tool_calls` (a tool call's own `index` sits inside it, and every
+/// writer puts a choice's `index` before its `delta`).
+fn choice_indices(text: &[u8]) -> u128 {
+    let mut bits = 0;
+    let mut tools_at = None;
+    for at in INDEX_KEY.find_iter(text) {
+        let tools =
+            *tools_at.get_or_insert_with(|| TOOL_CALLS_KEY.find(text).unwrap_or(text.len()));
+        if at > tools {
+            break;
+        }
+        if let Some(index) = number_after(&text[at + INDEX_KEY.needle().len()..]) {
+            bits |= Choices::bit(index);
+        }
+    }
+    bits
+}
+
+/// The upstream's error in a chunk, as the openai SDKs see one: a top-level `error`
+/// that Python holds true (not null, false, 0 or empty). An object names its type;
+/// anything else (text-generation-inference writes a string) is `other`.
+fn chat_error(json: &Value) -> Option<&'static str> {
+    let error = json.get("error")?;
+    let truthy = match error {
+        Value::Null => false,
+        Value::Bool(set) => *set,
+        Value::Number(number) => number.as_f64() != Some(0.0),
+        Value::String(text) => !text.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(fields) => !fields.is_empty(),
+    };
+    truthy.then(|| label(error, &["type", "code"]))
 }
 
 fn responses(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
@@ -216,21 +290,72 @@ fn anthropic(text: &[u8], event: &Event<'_>) -> Class {
     class
 }
 
-/// The event's type: its `event:` line, else the `type` its data starts with (clients
-/// that ignore event names read that one).
+/// The event's type: its `event:` line, else the `type` of its data's top-level
+/// object (clients that ignore event names read that one).
 fn event_kind<'a>(event: &Event<'a>) -> Option<&'a [u8]> {
     if let Some(kind) = event.event_type() {
         return Some(kind);
     }
-    let data = match event.data()? {
-        Cow::Borrowed(data) => data,
+    match event.data()? {
+        Cow::Borrowed(data) => top_level_string(data, &TYPE_KEY),
         // A multi-line payload is no event of these protocols' own writers.
-        Cow::Owned(_) => return None,
-    };
-    let start = TYPE_KEY.find(data)? + TYPE_KEY.needle().len();
-    let rest = &data[start..];
-    let end = memchr::memchr(b'"', rest)?;
-    Some(&rest[..end])
+        Cow::Owned(_) => None,
+    }
+}
+
+/// The string value of `key` (quoted) in the top-level object of `json`, with any
+/// spaces around its colon. A nested object's key of that name is skipped: the scan
+/// keeps the depth of every byte it passes, and only goes as far as the key found.
+fn top_level_string<'a>(json: &'a [u8], key: &Finder<'_>) -> Option<&'a [u8]> {
+    let mut depth = Depth::default();
+    let mut scanned = 0;
+    for at in key.find_iter(json) {
+        depth.scan(&json[scanned..at]);
+        scanned = at;
+        if depth.open != 1 || depth.in_string {
+            continue;
+        }
+        let value = json[at + key.needle().len()..]
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .map(<[u8]>::trim_ascii_start)
+            .and_then(|value| value.strip_prefix(b"\""));
+        if let Some(value) = value {
+            return memchr::memchr(b'"', value).map(|end| &value[..end]);
+        }
+    }
+    None
+}
+
+/// How deep a JSON text is at the end of what [`Depth::scan`] was given.
+#[derive(Debug, Default)]
+struct Depth {
+    /// Objects and arrays open.
+    open: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Depth {
+    fn scan(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if self.in_string {
+                match byte {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+            } else {
+                match byte {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.open += 1,
+                    b'}' | b']' => self.open = self.open.saturating_sub(1),
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 /// Where `needle` occurs, looking at the end of `text` first: a chunk's
@@ -288,8 +413,18 @@ fn non_empty_string_after(text: &[u8], key: &Finder<'_>) -> bool {
 }
 
 fn sequence_number(text: &[u8]) -> Option<u64> {
-    let start = SEQUENCE_NUMBER.find(text)? + SEQUENCE_NUMBER.needle().len();
-    let digits = text[start..].trim_ascii_start();
+    SEQUENCE_NUMBER
+        .find_iter(text)
+        .find_map(|at| number_after(&text[at + SEQUENCE_NUMBER.needle().len()..]))
+}
+
+/// The unsigned integer after a quoted key: its colon, then digits, spaces allowed
+/// around the colon.
+fn number_after(after_key: &[u8]) -> Option<u64> {
+    let digits = after_key
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
     let end = digits
         .iter()
         .position(|b| !b.is_ascii_digit())

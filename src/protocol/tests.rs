@@ -41,6 +41,71 @@ fn chat_error_is_a_top_level_error_object() {
 }
 
 #[test]
+fn chat_error_is_any_error_the_sdk_raises_on() {
+    // text-generation-inference's shape: a string, and its own type beside it.
+    let text = "data: {\"error\":\"Request failed during generation: CUDA out of memory\",\"error_type\":\"generation\"}\n\n";
+    assert_eq!(
+        classify(Protocol::OpenaiChat, text).upstream_error,
+        Some("other")
+    );
+    // What Python holds false is no error: the SDK reads such a chunk as data.
+    for value in ["null", "false", "\"\"", "{}", "[]", "0"] {
+        let chunk = format!("data: {{\"error\":{value},\"choices\":[]}}\n\n");
+        assert_eq!(
+            classify(Protocol::OpenaiChat, &chunk).upstream_error,
+            None,
+            "{value}"
+        );
+    }
+}
+
+#[test]
+fn chat_choices_are_read_by_index_and_a_tool_calls_index_is_not_a_choice() {
+    let chunk = |choice: &str| format!("data: {{\"choices\":[{choice}]}}\n\n");
+    let mut choices = Choices::default();
+    let second = chunk(r#"{"index":1,"delta":{"content":"Hi"},"finish_reason":null}"#);
+    let class = classify(Protocol::OpenaiChat, &second);
+    choices.add(class.choices);
+    assert!(!class.evidence && !choices.all_finished());
+    let tool = chunk(
+        r#"{"index":0,"delta":{"tool_calls":[{"index":5,"function":{"arguments":"{"}}]},"finish_reason":null}"#,
+    );
+    choices.add(classify(Protocol::OpenaiChat, &tool).choices);
+    let first_done = chunk(r#"{"index":0,"delta":{},"finish_reason":"tool_calls"}"#);
+    let class = classify(Protocol::OpenaiChat, &first_done);
+    choices.add(class.choices);
+    assert!(class.evidence, "a choice finished");
+    assert!(
+        !choices.all_finished(),
+        "choice 1 has not; choice 5 was a tool call's"
+    );
+    let second_done = chunk(r#"{"finish_reason":"stop" , "index" : 1,"delta":{}}"#);
+    choices.add(classify(Protocol::OpenaiChat, &second_done).choices);
+    assert!(choices.all_finished());
+    // Without `index`, a finishing chunk speaks for its choices by position.
+    let mut plain = Choices::default();
+    plain.add(classify(Protocol::OpenaiChat, CHAT_WITHOUT_INDEX).choices);
+    assert!(plain.all_finished());
+}
+
+const CHAT_WITHOUT_INDEX: &str =
+    "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+
+#[test]
+fn an_event_type_without_an_event_line_is_the_top_level_type_spaced_or_not() {
+    let spaced = "data: {\"type\": \"response.completed\", \"sequence_number\" : 7}\n\n";
+    let class = classify(Protocol::OpenaiResponses, spaced);
+    assert!(class.evidence && class.terminal);
+    assert_eq!(class.sequence_number, Some(7));
+    // A nested object's `type` comes first; the event's own is the top level's.
+    let nested = "data: {\"item\":{\"type\":\"response.completed\",\"s\":\"}{\\\"\"},\"type\":\"response.output_item.added\"}\n\n";
+    let class = classify(Protocol::OpenaiResponses, nested);
+    assert!(!class.evidence && !class.terminal);
+    let anthropic = "data: {\"delta\":{\"stop_reason\":null},\"type\" :\"message_stop\"}\n\n";
+    assert!(classify(Protocol::Anthropic, anthropic).evidence);
+}
+
+#[test]
 fn responses_terminal_events_errors_and_sequence_numbers() {
     let delta = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":4}\n\n";
     let class = classify(Protocol::OpenaiResponses, delta);

@@ -18,6 +18,7 @@ use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{response, Request};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
+use tokio::time::Instant;
 
 use super::{is_event_stream, is_identity, Route};
 use crate::config::RetryConfig;
@@ -51,11 +52,13 @@ impl Failover {
 
 /// Sends `request` on `route`, trying again where the route allows.
 /// `remove_usage_chunk`: the gateway asked for the usage chunk, which a held-back
-/// stream's engine then keeps from the client.
+/// stream's engine then keeps from the client. `started`: when the request came (a
+/// held-back start's `max_duration` counts from it).
 pub(super) async fn forward(
     route: &Route,
     request: Request<UpstreamBody>,
     remove_usage_chunk: bool,
+    started: Instant,
 ) -> Result<(response::Parts, Forwarded), UpstreamError> {
     let upstream = &route.upstream;
     let endpoints = upstream.endpoints();
@@ -94,7 +97,8 @@ pub(super) async fn forward(
                     && is_identity(parts.headers.get(CONTENT_ENCODING));
                 match route.stream.as_ref().filter(|_| hold) {
                     Some(plan) => {
-                        let (started, start_failure) = plan.start(body, remove_usage_chunk).await;
+                        let (started, start_failure) =
+                            plan.start(body, remove_usage_chunk, started).await;
                         failure = start_failure;
                         Ok((parts, Forwarded::Started(Box::new(started))))
                     }

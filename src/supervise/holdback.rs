@@ -10,17 +10,22 @@
 //! (`SupervisedBody::resume`) takes over, with no retry possible from then on.
 //!
 //! Bounded: past [`MAX_HELD`] bytes without content the stream commits anyway. The
-//! response headers wait for the commitment; while waiting, the route's
-//! `idle_timeout` bounds each read and the drain ends the wait.
+//! response headers wait for the commitment; while waiting, the route's clocks hold as
+//! they do for a live stream: `idle_timeout` counts from the last data event (a ping
+//! or a comment does not restart it, or an upstream that only keeps the connection
+//! alive would hold the start, and its retry, for hours), `max_duration` from the
+//! request, and the drain ends the wait.
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
+use tokio::time::Instant;
 
 use super::StreamPlan;
 use crate::engine::{Engine, Outcome, Stop};
@@ -44,11 +49,13 @@ impl StreamPlan {
     /// Runs `upstream` until its first content event, or its end. Returns the start
     /// and, when it ended before any content in a way another attempt may fix, the
     /// failure (the start then holds the closing frames the client gets if nothing
-    /// is retried).
+    /// is retried). `started`: when the request came, where `max_duration` counts
+    /// from.
     pub(crate) async fn start<B>(
         self: &Arc<Self>,
         mut upstream: B,
         remove_usage_chunk: bool,
+        started: Instant,
     ) -> (Started<B>, Option<Failure>)
     where
         B: Body<Data = Bytes> + Unpin,
@@ -62,10 +69,15 @@ impl StreamPlan {
         let mut held_bytes = 0;
         let mut shutdown = pin!(self.shutdown.fired());
         let mut timed_out = false;
+        let clocks = self.clocks;
+        let mut last_data = Instant::now();
         loop {
             while let Some(frame) = engine.next_frame() {
                 held_bytes += frame.len();
                 held.push_back(frame);
+            }
+            if engine.take_content_seen() {
+                last_data = Instant::now();
             }
             if engine.has_sent_content() || held_bytes > MAX_HELD {
                 return (
@@ -101,38 +113,43 @@ impl StreamPlan {
                     failure,
                 );
             }
-            let idle = self.clocks.idle_timeout;
-            let read = async {
-                if idle.is_zero() {
-                    Ok(upstream.frame().await)
-                } else {
-                    tokio::time::timeout(idle, upstream.frame()).await
-                }
-            };
+            let idle = clocks.idle_timeout;
+            let limit = clocks.max_duration;
+            let on = |clock: Duration, from: Instant| (!clock.is_zero()).then(|| from + clock);
+            let (idle_at, limit_at) = (on(idle, last_data), on(limit, started));
             tokio::select! {
                 biased;
                 () = &mut shutdown => engine.stop(Stop::Shutdown),
-                read = read => match read {
-                    Err(_) => {
-                        timed_out = true;
-                        engine.stop(Stop::IdleTimeout { after: idle });
-                    }
-                    Ok(Some(Ok(frame))) => {
+                () = sleep_until(limit_at) => engine.stop(Stop::MaxDuration { limit }),
+                () = sleep_until(idle_at) => {
+                    timed_out = true;
+                    engine.stop(Stop::IdleTimeout { after: idle });
+                }
+                read = upstream.frame() => match read {
+                    Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
                             self.metrics.bytes_upstream.inc_by(data.len() as u64);
                             engine.push(data);
                         }
                     }
-                    Ok(Some(Err(error))) => {
+                    Some(Err(error)) => {
                         let error = error.into();
                         let kind = UpstreamErrorKind::of_body_error(&*error);
                         self.metrics.count_upstream_error(kind);
                         tracing::warn!(route = %self.route, kind = kind.as_str(), %error, "upstream failed before the first content event");
                         engine.upstream_failure(&error);
                     }
-                    Ok(None) => engine.upstream_end(),
+                    None => engine.upstream_end(),
                 },
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`; never resolves without one (a clock that is off).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
