@@ -49,6 +49,13 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// At most this many admin connections are open at once.
     pub admin_max_connections: usize,
+    /// How long bytes sent to a client may go unacknowledged before its connection is
+    /// closed: a client gone without a FIN or RST (a phone off the network, a laptop
+    /// closed) or one that reads nothing. NGINX's `send_timeout` has the same 60 s.
+    /// Without it such a connection holds its stream, and on a resumable route the
+    /// upstream, until the kernel gives up retransmitting, about 15 minutes later. Set
+    /// as `TCP_USER_TIMEOUT` (Linux; elsewhere the kernel's own limit holds).
+    pub send_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -57,6 +64,7 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
             admin_max_connections: 64,
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -187,6 +195,7 @@ impl Connections {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
+        set_send_timeout(&stream, self.inner.limits.send_timeout);
         let (activity, counter) = Activity::new();
         let admitted = match &self.inner.slots {
             None => None,
@@ -216,6 +225,18 @@ impl Connections {
         ));
     }
 }
+
+/// Bounds how long a client's unacknowledged bytes may wait (`send_timeout`): the
+/// kernel then fails the connection's next write or wait, and hyper ends it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_send_timeout(stream: &TcpStream, timeout: Duration) {
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+        tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_send_timeout(_stream: &TcpStream, _timeout: Duration) {}
 
 /// One open connection, as the listener counts it: uncounted, and its place under
 /// the cap freed, when dropped (the connection's end, or its task's).

@@ -508,3 +508,73 @@ async fn a_cut_in_the_middle_of_a_large_upstream_read_loses_nothing_on_resume() 
         "one upstream request"
     );
 }
+
+/// A phone that lost its network: its first connection stays open but takes no more
+/// bytes, and no FIN comes. The reconnect resumes while that connection still drives
+/// the upstream; the send timeout closes it, the stream is read on without it, and
+/// the resumed client gets every event.
+#[tokio::test]
+async fn a_resume_while_the_first_connection_hangs_gets_every_event_after_the_send_timeout() {
+    use sse_gateway::config::GatewayConfig;
+    use sse_gateway::listener::ConnectionLimits;
+    use tokio::io::AsyncWriteExt;
+
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = config(&upstream.url(), "{ window: 30s, max_bytes: 64MiB }");
+    let limits = ConnectionLimits {
+        send_timeout: Duration::from_secs(1),
+        ..ConnectionLimits::default()
+    };
+    let config = GatewayConfig::parse(&yaml, "test.yaml", &|_| None).unwrap();
+    let gateway = start_config_with_limits(config, limits).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut first = socket.connect(gateway.addr).await.unwrap();
+    first
+        .write_all(b"POST /api/stream HTTP/1.0\r\nhost: gateway\r\nauthorization: Bearer user-1\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    let pad = "x".repeat(180);
+    let padded = move |n: usize| format!("data: {{\"token\":{n},\"pad\":\"{pad}\"}}\n\n");
+    exchange.send_chunk(padded(1).as_bytes()).await;
+    let seen = String::from_utf8(read_until(&mut first, b"\n\n").await).unwrap();
+    let id = seen
+        .lines()
+        .find_map(|line| line.strip_prefix("id: "))
+        .expect("an id")
+        .to_owned();
+    let mut resumed = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[
+            ("authorization", "Bearer user-1"),
+            ("last-event-id", id.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(resumed.status().await, 200);
+    // About 4 MB: more than the first connection's buffers hold.
+    const TOTAL: usize = 20_000;
+    let writer = tokio::spawn(async move {
+        for batch in (2..=TOTAL).collect::<Vec<_>>().chunks(100) {
+            let chunk: String = batch.iter().map(|&n| padded(n)).collect();
+            exchange.send_chunk(chunk.as_bytes()).await;
+        }
+        exchange.send_chunk(b"data: [DONE]\n\n").await;
+        exchange
+    });
+    let events = tokio::time::timeout(Duration::from_secs(30), resumed.rest())
+        .await
+        .expect("the resumed client is not held at the first connection's pace");
+    assert_eq!(
+        events.len(),
+        TOTAL,
+        "every event after the first, then [DONE]"
+    );
+    assert_eq!(events.last().map(|e| e.data.as_str()), Some("[DONE]"));
+    assert!(events[0].data.starts_with("{\"token\":2,"));
+    drop(writer.await.unwrap());
+    drop(first);
+}

@@ -163,6 +163,48 @@ async fn an_idle_h2c_connection_is_closed_but_one_with_an_open_stream_is_not() {
 }
 
 #[tokio::test]
+async fn a_client_that_takes_no_bytes_is_closed_at_the_send_timeout_and_its_stream_ends() {
+    let upstream = ScriptedUpstream::bind().await;
+    let limits = ConnectionLimits {
+        send_timeout: Duration::from_secs(1),
+        ..ConnectionLimits::default()
+    };
+    let yaml = one_route_config(&upstream.url(), "    stream: { heartbeat: 0s }\n");
+    let config = GatewayConfig::parse(&yaml, "test.yaml", &|_| None).unwrap();
+    let gateway = start_config_with_limits(config, limits).await;
+    // A client gone without a word: a small receive buffer it never reads past the
+    // first event, and no FIN.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(b"data: first\n\n").await;
+    read_until(&mut client, b"data: first\n\n").await;
+    // The upstream goes on writing; the gateway must let go of it, not hold it for
+    // the kernel's quarter of an hour.
+    let event = format!("data: {}\n\n", "x".repeat(1000)).into_bytes();
+    let upstream_released = async {
+        while exchange.try_send_chunk(&event).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), upstream_released)
+        .await
+        .expect("the upstream connection is closed soon after the send timeout");
+    gateway
+        .metrics_until("the stream ended as the client's", |m| {
+            m.outcome_count("chat", "client_closed") == 1.0
+        })
+        .await;
+    drop(client);
+}
+
+#[tokio::test]
 async fn admin_healthz_answers_while_hundreds_of_idle_admin_connections_are_open() {
     let upstream = ScriptedUpstream::bind().await;
     // The real deadlines: the idle connections stay until the cap makes room.
