@@ -2,7 +2,13 @@
 //!
 //! The file is re-read every `POLL_INTERVAL` and compared by content, which also
 //! catches the atomic symlink swap Kubernetes does for a mounted `ConfigMap` (the path
-//! stays, the file behind it changes) without depending on inotify semantics. A valid
+//! stays, the file behind it changes) without depending on inotify semantics. A change
+//! is applied only once it holds still: a file rewritten in place (a slow
+//! `cat > gateway.yaml`, a network filesystem) can be read cut between two routes,
+//! which is often valid YAML, and applying that would drop a route until the next
+//! write. So a changed content is read again after `SETTLE` and applied only when both
+//! reads agree; while it keeps changing it is read every `SETTLE` until it stops. A
+//! rename over the file is seen whole at once and costs just the one `SETTLE`. A valid
 //! file is applied through the same path as startup; an invalid one keeps the running
 //! config, logs every error with its location, and counts a failure.
 //!
@@ -23,16 +29,31 @@ use crate::gateway::Gateway;
 /// How often the config file is compared with the last one read.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a changed file must read the same before it is applied. A writer that
+/// streams the file (a shell redirect fed by a pipe, `kubectl exec ... cat`, a network
+/// filesystem flushing its cache) pauses between its writes for milliseconds to a
+/// few hundred; half a second outlasts those pauses, while a change still takes
+/// effect within about one and a half `POLL_INTERVAL`s. A writer that stalls longer
+/// than this in the middle of the file can still be read cut: writing aside and
+/// renaming over the file is the way to be safe from that.
+pub(crate) const SETTLE: Duration = Duration::from_millis(500);
+
 /// Watches `path` and `hangup` until the runtime stops; `loaded` is the content the
 /// running config was loaded from.
 pub async fn watch(path: PathBuf, gateway: Arc<Gateway>, mut hangup: Hangup, loaded: Vec<u8>) {
     let mut last = Arc::new(loaded);
+    // A content that differs from `last`, read once and waiting for a second read
+    // `SETTLE` later to agree with it.
+    let mut settling: Option<Arc<Vec<u8>>> = None;
     let mut unreadable = false;
-    let mut ticks = tokio::time::interval(POLL_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let wait = if settling.is_some() {
+            SETTLE
+        } else {
+            POLL_INTERVAL
+        };
         let trigger = tokio::select! {
-            _ = ticks.tick() => "file change",
+            () = tokio::time::sleep(wait) => "file change",
             Some(()) = recv(&mut hangup) => "SIGHUP",
         };
         let now = match read(&path).await {
@@ -43,6 +64,8 @@ pub async fn watch(path: PathBuf, gateway: Arc<Gateway>, mut hangup: Hangup, loa
                     tracing::warn!(trigger, %error, "config file unreadable; the running config stays, retrying every second");
                 }
                 unreadable = true;
+                // Whatever was read before the failure is no proof of a still file.
+                settling = None;
                 continue;
             }
         };
@@ -50,10 +73,22 @@ pub async fn watch(path: PathBuf, gateway: Arc<Gateway>, mut hangup: Hangup, loa
             tracing::info!("the config file is readable again");
             unreadable = false;
         }
-        // SIGHUP reloads even an unchanged file: a CA file it names may have changed.
-        if trigger != "SIGHUP" && now == last {
-            continue;
+        // SIGHUP reloads at once, even an unchanged file: the operator says the file is
+        // ready, and a CA file it names may have changed.
+        if trigger != "SIGHUP" {
+            if now == last {
+                settling = None;
+                continue;
+            }
+            match settling.take() {
+                Some(before) if before == now => {}
+                _ => {
+                    settling = Some(now);
+                    continue;
+                }
+            }
         }
+        settling = None;
         last = now.clone();
         reload(&path, now, &gateway, trigger).await;
     }

@@ -1,6 +1,7 @@
 //! Operating the real binary as a child process: reload on file change and on SIGHUP
 //! (new streams get the new rules, running streams keep theirs, a broken file keeps
-//! the old config), and draining on SIGTERM.
+//! the old config, a file still being written is not applied cut), and draining on
+//! SIGTERM.
 
 mod support;
 
@@ -117,6 +118,76 @@ async fn reload_applies_new_rules_to_new_streams_and_keeps_the_old_ones_running(
     );
     let applied_at = metrics.get("sse_gateway_config_last_reload_timestamp_seconds", &[]);
     assert!(applied_at >= loaded_at, "{applied_at} < {loaded_at}");
+}
+
+/// Two routes on an upstream that refuses connections: a route that exists answers
+/// 502, one that does not 404.
+const TWO_ROUTES: &str = "listen: LISTEN
+admin: { listen: ADMIN }
+upstreams:
+  assistant: { url: \"http://127.0.0.1:1\", connect_timeout: 200ms }
+routes:
+  - name: a
+    match: { path_prefix: /api/a }
+    upstream: assistant
+  - name: b
+    match: { path_prefix: /api/b }
+    upstream: assistant
+";
+
+#[tokio::test]
+async fn a_file_rewritten_in_place_is_applied_only_once_it_holds_still() {
+    use std::io::Write;
+
+    let gateway = GatewayProcess::start("in-place", TWO_ROUTES).await;
+    assert_eq!(
+        get(gateway.addr, "/api/b").await.status(),
+        502,
+        "route b exists"
+    );
+    let current = std::fs::read_to_string(&gateway.config).unwrap();
+    let cut = current.find("  - name: b").unwrap();
+    let (head, tail) = (current[..cut].to_owned(), current[cut..].to_owned());
+
+    // Rewritten in place by a slow writer: route `a`, then comment lines for more than
+    // two polls, then route `b`. Every cut in between is valid YAML without `b`; the
+    // writes come far more often than the settle time, so no two reads agree until the
+    // file is whole.
+    let path = gateway.config.clone();
+    let writer = tokio::spawn(async move {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        file.write_all(head.as_bytes()).unwrap();
+        for line in 0..50 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            file.write_all(format!("# written slowly, line {line}\n").as_bytes())
+                .unwrap();
+        }
+        file.write_all(tail.as_bytes()).unwrap();
+    });
+    let mut statuses = Vec::new();
+    while !writer.is_finished() {
+        statuses.push(get(gateway.addr, "/api/b").await.status().as_u16());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.await.unwrap();
+    assert!(
+        statuses.iter().all(|&status| status == 502),
+        "route b was missing while the file was written: {statuses:?}\n{}",
+        gateway.log_text()
+    );
+
+    // The whole file, once still, is applied: one reload, route `b` in it.
+    gateway.reloads_reach("success", 1.0).await;
+    assert_eq!(get(gateway.addr, "/api/b").await.status(), 502);
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.get("sse_gateway_config_reloads_total", &[("result", "failure")]),
+        0.0
+    );
 }
 
 #[tokio::test]
