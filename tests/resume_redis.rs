@@ -1,7 +1,9 @@
 //! `store: redis` against a real `redis-server` on a loopback port: a stream cut on one
 //! replica resumes on another (replayed from Redis, then followed live to its end),
 //! a stop sent to another replica reaches the owner, and Redis dying mid-stream never
-//! harms the stream, only the resume, and is counted.
+//! harms the stream, only the resume, and is counted. A stream's keys outlive an
+//! upstream silence longer than their expiry and come back after a Redis restart; a
+//! follower whose stream vanishes from Redis is told so.
 //!
 //! Skipped with a message when `redis-server` is not installed; CI installs it.
 
@@ -373,4 +375,140 @@ async fn a_reload_to_another_redis_ends_the_stop_listener_on_the_old_one() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_follower_on_another_replica_outlasts_an_upstream_silence_longer_than_the_keys_expiry() {
+    let Some((redis, upstream, owner, other)) = two_replicas("1s").await else {
+        return;
+    };
+    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
+    redis_holds(&redis, 1).await;
+    let id = first[0].id.clone().unwrap();
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    assert_eq!(resumed.status().await, 200);
+
+    // The model "thinks" for twice the keys' expiry (1.25 s) with nothing to write.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    exchange.send_chunk(&event(2)).await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(
+        data(&resumed.rest().await),
+        [&tokens(2..=2)[0], "[DONE]"],
+        "the rest of the answer, after the silence"
+    );
+}
+
+#[tokio::test]
+async fn a_follower_whose_stream_vanishes_from_redis_gets_an_error_event_not_a_clean_end() {
+    let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
+        return;
+    };
+    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
+    redis_holds(&redis, 1).await;
+    let id = first[0].id.clone().unwrap();
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    assert_eq!(resumed.status().await, 200);
+    exchange.send_chunk(&event(2)).await;
+    assert_eq!(data(&resumed.take(1).await), tokens(2..=2));
+
+    // Redis loses the stream (as when the owner died and its keys expired), no end
+    // entry written: the rest of the answer will not come, and the client must know.
+    assert!(redis.command(&["FLUSHALL"]).await.starts_with("+OK"));
+    let events = resumed.rest().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event.as_deref(), Some("error"));
+    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(error["error"]["type"], "resume_store_unavailable");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("cannot resume: the events after 2 "),
+        "{message}"
+    );
+    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
+}
+
+#[tokio::test]
+async fn after_redis_restarts_empty_a_running_stream_is_resumable_and_stoppable_elsewhere_again() {
+    let Some((mut redis, upstream, owner, other)) = two_replicas("10s").await else {
+        return;
+    };
+    let mut client = Client::open(owner.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let mut seen = client.take(1).await;
+    redis_holds(&redis, 1).await;
+
+    // Redis restarts without persistence: the fingerprint the first write carried is
+    // gone. The owner writes it again (with its next write after a lost one, or its
+    // next refresh), while the stream runs.
+    redis.restart().await;
+    for n in 2..=3 {
+        exchange.send_chunk(&event(n)).await;
+        seen.extend(client.take(1).await);
+    }
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    let redis_key = loop {
+        let keys = redis.command(&["KEYS", "sse-gateway:chat:*:meta"]).await;
+        if let Some(meta) = keys.lines().find(|line| line.ends_with(":meta")) {
+            break meta.trim_end_matches(":meta").to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fingerprint never came back to Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // An event written now, on the writer's new connection, is there to resume from.
+    exchange.send_chunk(&event(4)).await;
+    seen.extend(client.take(1).await);
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while !redis
+        .command(&["XRANGE", &redis_key, "1-4", "1-4"])
+        .await
+        .contains("token")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "event 4 never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+    owner
+        .metrics_until("the stream detached", |m| {
+            m.route_value("sse_gateway_streams_detached", ROUTE) == 1.0
+        })
+        .await;
+
+    // Another replica resumes it from Redis, without a new upstream request...
+    let id = seen[3].id.clone().unwrap();
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    assert_eq!(resumed.status().await, 200);
+    assert!(
+        !upstream.connection_within(Duration::from_millis(500)).await,
+        "served from Redis, not asked of the upstream again"
+    );
+    exchange.send_chunk(&event(5)).await;
+    assert_eq!(data(&resumed.take(1).await), tokens(5..=5));
+    // ...and stops it at its owner, once the replicas listen for stops on the new
+    // Redis (they subscribe again a second after the old one went away).
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while !stop_listeners(&redis).await.trim_end().ends_with(":2") {
+        assert!(tokio::time::Instant::now() < deadline, "no stop listeners");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let target = format!("/api/stream?lastEventId={id}");
+    let mut stop = Client::open_with(other.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 204);
+    resumed.rest().await;
+    owner
+        .metrics_until("the owner dropped the upstream", |m| {
+            m.outcome_count(ROUTE, "client_closed") == 1.0
+        })
+        .await;
 }

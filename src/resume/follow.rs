@@ -5,7 +5,10 @@
 //! A task reads Redis and hands whole frames to the response body through a small
 //! channel; the body only forwards them. A hole in the numbers (entries trimmed, or
 //! writes dropped while Redis was unreachable) ends the resume with an error event
-//! saying which events are missing, never a silent gap.
+//! saying which events are missing, never a silent gap. So does a stream whose keys
+//! are gone without an end entry: its owner keeps them alive while the stream runs
+//! and writes the end on every way a stream ends, so the keys are gone only when the
+//! owner died or Redis lost them, and the rest of the answer will not come.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -171,8 +174,7 @@ impl Follower {
                             .query_async(&mut connection)
                             .await;
                         match exists {
-                            // Expired: its owner dropped it; nothing more will come.
-                            Ok(false) => return,
+                            Ok(false) => return self.lost().await,
                             Err(error) => return self.fail(&error).await,
                             Ok(true) => {}
                         }
@@ -247,11 +249,29 @@ impl Follower {
     async fn fail(&self, error: &redis::RedisError) {
         self.plan.metrics.store_errors.inc();
         tracing::warn!(route = %self.plan.route, %error, "resume from Redis failed");
-        let message = format!("cannot resume: the resume store failed ({error})");
+        self.tell(&format!("cannot resume: the resume store failed ({error})"))
+            .await;
+    }
+
+    /// The stream's keys are gone without an end entry: the client is told, as for a
+    /// failed store, rather than ended as if the answer were complete.
+    async fn lost(&self) {
+        self.plan.metrics.store_errors.inc();
+        tracing::warn!(route = %self.plan.route, after = self.cursor, "a stream followed from Redis is gone from it without an end");
+        let message = format!(
+            "cannot resume: the events after {} of this stream are no longer in the resume store; reload the answer",
+            self.cursor
+        );
+        self.tell(&message).await;
+    }
+
+    /// Sends the route's error event of type `resume_store_unavailable` saying
+    /// `message`, then the protocol's closing.
+    async fn tell(&self, message: &str) {
         let mut frame = BytesMut::from(
             &self.plan.protocol.error_event(
                 "resume_store_unavailable",
-                &message,
+                message,
                 &self.plan.route,
                 0,
             )[..],

@@ -4,10 +4,16 @@
 //! Layout, per stream: `sse-gateway:ROUTE:KEY` is a Redis Stream whose entries are the
 //! events as sent (field `d`), with the ids `1-SEQ`, and a last entry `2-0` when the
 //! stream ended; `sse-gateway:ROUTE:KEY:meta` holds the credential's fingerprint. Both
-//! expire between `window` and 1.25 × `window` after the last write: a stream's writes
-//! carry a `PEXPIRE` of 1.25 × `window` at most every quarter `window` (and with its
-//! first and last write), so the expiry costs no command per event. The stream is
-//! trimmed with `MAXLEN ~` to about `max_bytes / 64` entries.
+//! live while the stream runs and expire between `window` and 1.25 × `window` after it
+//! ended: a stream's writes carry a refresh (the fingerprint written again, and a
+//! `PEXPIRE` of 1.25 × `window`) at most every quarter `window` (and with its first
+//! and last write, and the write after one was lost), so the expiry costs no command
+//! per event; while the upstream is silent, a keeper task sends the refresh alone every
+//! quarter `window`. Without it the keys of a stream whose model pauses longer than
+//! 1.25 × `window` would expire under a running stream, and a stream whose Redis
+//! restarted empty would never get its fingerprint back (no resume, no stop, on any
+//! other replica). The stream is trimmed with `MAXLEN ~` to about `max_bytes / 64`
+//! entries.
 //!
 //! **Never on the hot path.** A stream hands each frame's events to one writer task
 //! per process through a bounded channel (`try_send`: never a wait); the task sends
@@ -31,7 +37,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::id::{Fingerprint, StreamKey};
 use super::stamp::Span;
@@ -59,18 +65,35 @@ pub(crate) struct RedisStore {
     _listener: tokio_util::sync::DropGuard,
 }
 
-/// One stream's part of a batch: a frame's events, the first write's fingerprint,
-/// the end.
+/// One stream's part of a batch: a frame's events, a refresh of its keys, the end.
 #[derive(Debug)]
 struct Write {
     key: Arc<str>,
-    /// `Some(ms)`: refresh the keys' expiry to this.
-    expire_ms: Option<u64>,
+    refresh: Option<Refresh>,
     max_entries: usize,
-    fingerprint: Option<Fingerprint>,
     events: Vec<(u64, Bytes)>,
     end: bool,
     errors: IntCounter,
+    /// Told when this write is lost.
+    freshness: Arc<Freshness>,
+}
+
+/// What keeps a stream's keys alive: the fingerprint written again to `:meta` (Redis
+/// may have lost it), and both keys' expiry.
+#[derive(Debug, Clone, Copy)]
+struct Refresh {
+    fingerprint: Fingerprint,
+    expire_ms: u64,
+}
+
+/// Shared by a stream's [`Mirror`], its keeper task and the writer task.
+#[derive(Debug, Default)]
+struct Freshness {
+    /// A write carried a refresh since the keeper last looked: it need not send one.
+    refreshed: AtomicBool,
+    /// A write was lost (queue full, Redis failed): Redis may have restarted empty,
+    /// so the next write refreshes at once rather than up to a quarter window later.
+    lost: AtomicBool,
 }
 
 /// A stream's handle on the store: where its events go, and how they are bounded.
@@ -82,8 +105,10 @@ pub(crate) struct Mirror {
     /// When the keys' expiry is next refreshed.
     next_refresh: tokio::time::Instant,
     max_entries: usize,
-    /// The fingerprint, until the first write carries it.
-    fingerprint: Option<Fingerprint>,
+    fingerprint: Fingerprint,
+    freshness: Arc<Freshness>,
+    /// Dropped when the stream ends (or is dropped): the keeper task then stops.
+    keeper: Option<oneshot::Sender<()>>,
     errors: IntCounter,
 }
 
@@ -197,13 +222,33 @@ impl Mirror {
         fingerprint: Fingerprint,
         errors: IntCounter,
     ) -> Mirror {
+        let key: Arc<str> = Arc::from(key);
+        let max_entries = (max_bytes / BYTES_PER_ENTRY).max(16);
+        let freshness = Arc::new(Freshness::default());
+        let (keeper, stopped) = oneshot::channel();
+        let refresh = Refresh {
+            fingerprint,
+            expire_ms: expire_ms(window),
+        };
+        let write = Write {
+            key: key.clone(),
+            refresh: Some(refresh),
+            max_entries,
+            events: Vec::new(),
+            end: false,
+            errors: errors.clone(),
+            freshness: freshness.clone(),
+        };
+        tokio::spawn(keep_alive(store.queue.clone(), write, window / 4, stopped));
         Mirror {
             store,
-            key: Arc::from(key),
+            key,
             window,
             next_refresh: tokio::time::Instant::now(),
-            max_entries: (max_bytes / BYTES_PER_ENTRY).max(16),
-            fingerprint: Some(fingerprint),
+            max_entries,
+            fingerprint,
+            freshness,
+            keeper: Some(keeper),
             errors,
         }
     }
@@ -220,32 +265,86 @@ impl Mirror {
         self.queue(events, false);
     }
 
-    /// Queues the stream's end.
+    /// Queues the stream's end (once: every path that ends a stream may call it), and
+    /// stops the keeper: from here the keys expire after 1.25 × `window`.
     pub(crate) fn end(&mut self) {
-        self.queue(Vec::new(), true);
+        if self.keeper.take().is_some() {
+            self.queue(Vec::new(), true);
+        }
     }
 
     fn queue(&mut self, events: Vec<(u64, Bytes)>, end: bool) {
         let count = events.len().max(1) as u64;
         // One clock read per frame, not per event.
         let now = tokio::time::Instant::now();
-        let expire_ms = (end || now >= self.next_refresh).then(|| {
+        // A plain load per frame; the swap only after a loss.
+        let lost = self.freshness.lost.load(Ordering::Relaxed)
+            && self.freshness.lost.swap(false, Ordering::Relaxed);
+        let refresh = (end || lost || now >= self.next_refresh).then(|| {
             self.next_refresh = now + self.window / 4;
-            let expiry = self.window + self.window / 4;
-            u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX).max(1)
+            self.freshness.refreshed.store(true, Ordering::Relaxed);
+            Refresh {
+                fingerprint: self.fingerprint,
+                expire_ms: expire_ms(self.window),
+            }
         });
         let write = Write {
             key: self.key.clone(),
-            expire_ms,
+            refresh,
             max_entries: self.max_entries,
-            fingerprint: self.fingerprint.take(),
             events,
             end,
             errors: self.errors.clone(),
+            freshness: self.freshness.clone(),
         };
         if let Err(error) = self.store.queue.try_send(write) {
             self.errors.inc_by(count);
+            self.freshness.lost.store(true, Ordering::Relaxed);
             warn_once(&format!("the Redis write queue is full or closed ({error}); events dropped, resume on other replicas may fail"));
+        }
+    }
+}
+
+/// The keys' expiry after a refresh: 1.25 × `window`, so refreshes a quarter window
+/// apart leave a whole window of slack for a slow or lost one.
+fn expire_ms(window: Duration) -> u64 {
+    let expiry = window + window / 4;
+    u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A stream's keeper: every `every` in which no write of the stream carried a refresh,
+/// queues `refresh` alone, until `stopped` (the stream ended, or its mirror was
+/// dropped). An upstream silent for longer than the keys' expiry (a model thinking)
+/// then does not lose them under a follower on another replica.
+async fn keep_alive(
+    queue: mpsc::Sender<Write>,
+    refresh: Write,
+    every: Duration,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let every = every.max(Duration::from_millis(1));
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let refreshed = refresh.freshness.refreshed.swap(false, Ordering::Relaxed);
+        if refreshed && !refresh.freshness.lost.load(Ordering::Relaxed) {
+            continue;
+        }
+        let write = Write {
+            key: refresh.key.clone(),
+            refresh: refresh.refresh,
+            max_entries: refresh.max_entries,
+            events: Vec::new(),
+            end: false,
+            errors: refresh.errors.clone(),
+            freshness: refresh.freshness.clone(),
+        };
+        if let Err(error) = queue.try_send(write) {
+            refresh.errors.inc();
+            refresh.freshness.lost.store(true, Ordering::Relaxed);
+            warn_once(&format!("the Redis write queue is full or closed ({error}); a stream's keys were not refreshed, resume on other replicas may fail"));
         }
     }
 }
@@ -322,6 +421,7 @@ async fn write_batches(client: redis::Client, mut writes: mpsc::Receiver<Write>)
             connection = None;
             for write in &batch {
                 write.errors.inc_by(write.events.len().max(1) as u64);
+                write.freshness.lost.store(true, Ordering::Relaxed);
             }
         }
         batch.clear();
@@ -331,12 +431,14 @@ async fn write_batches(client: redis::Client, mut writes: mpsc::Receiver<Write>)
 fn pipeline_of(batch: &[Write]) -> redis::Pipeline {
     let mut pipeline = redis::pipe();
     for write in batch {
-        let meta = format!("{}:meta", write.key);
-        if let Some(fingerprint) = &write.fingerprint {
+        if let Some(refresh) = &write.refresh {
+            // Written again with every refresh: after a restart Redis has it back.
             pipeline
                 .cmd("SET")
-                .arg(&meta)
-                .arg(&fingerprint.0[..])
+                .arg(format!("{}:meta", write.key))
+                .arg(&refresh.fingerprint.0[..])
+                .arg("PX")
+                .arg(refresh.expire_ms)
                 .ignore();
         }
         for (seq, event) in &write.events {
@@ -360,10 +462,14 @@ fn pipeline_of(batch: &[Write]) -> redis::Pipeline {
                 .arg("1")
                 .ignore();
         }
-        if let Some(expire_ms) = write.expire_ms {
-            for key in [&*write.key, meta.as_str()] {
-                pipeline.cmd("PEXPIRE").arg(key).arg(expire_ms).ignore();
-            }
+        if let Some(refresh) = &write.refresh {
+            // After the entries, so a stream they create expires too. A refresh alone
+            // on a stream Redis lost is a no-op: the next entry creates it again.
+            pipeline
+                .cmd("PEXPIRE")
+                .arg(&*write.key)
+                .arg(refresh.expire_ms)
+                .ignore();
         }
     }
     pipeline

@@ -63,6 +63,33 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server and starts an empty one on the same port (a restart without
+    /// persistence); returns once it listens.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.addr.port().to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts again");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + LIVENESS;
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server listens again in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `redis-cli`-free: one RESP command, the raw reply.
     pub async fn command(&self, args: &[&str]) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
