@@ -46,7 +46,7 @@ use body::{LiveBody, ReplayBody};
 use id::{EventId, Fingerprint, StreamKey};
 pub use metrics::{ResumeFamilies, ResumeMetrics, ResumeResult};
 use slot::Slot;
-use store::{Mirror, RedisStore};
+use store::{Ending, Mirror, RedisStore};
 pub use table::Tables;
 use table::{Lookup, Table};
 
@@ -187,23 +187,28 @@ impl ResumePlan {
     }
 
     /// Looks an id this replica does not know up in Redis. Redis unreachable: the
-    /// resume falls back to `on_unknown` (and the error is counted).
+    /// resume falls back to `on_unknown` (and the error is counted). A stream its
+    /// owner dropped before its end is refused as the owner would refuse it: `expired`
+    /// when dropped at its window, `unknown` when dropped over `max_detached`.
     pub(crate) async fn lookup_remote(&self, id: EventId, credential: Option<Bytes>) -> Intercept {
         let credential = credential.as_deref();
         let Some(store) = &self.store else {
             return self.refused(ResumeResult::Unknown, credential);
         };
         let redis_key = store::stream_key(&self.route, &id.key);
-        let result = match store.fingerprint(&redis_key).await {
-            Ok(Some(fingerprint)) if fingerprint.matches(&id.key.fingerprint(credential)) => {
+        let result = match store.resumable(&redis_key).await {
+            Ok(Some((fingerprint, _))) if !fingerprint.matches(&id.key.fingerprint(credential)) => {
+                ResumeResult::Forbidden
+            }
+            Ok(Some((_, Some(Ending::Expired)))) => ResumeResult::Expired,
+            Ok(Some((_, None | Some(Ending::Ended)))) => {
                 self.metrics.count(ResumeResult::Replayed);
                 return Intercept::ResumeRemote {
                     redis_key,
                     last_seen: id.seq,
                 };
             }
-            Ok(Some(_)) => ResumeResult::Forbidden,
-            Ok(None) => ResumeResult::Unknown,
+            Ok(None | Some((_, Some(Ending::Cancelled)))) => ResumeResult::Unknown,
             Err(error) => {
                 self.metrics.store_errors.inc();
                 tracing::warn!(route = %self.route, %error, "cannot look a resume up in Redis");

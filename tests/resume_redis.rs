@@ -3,7 +3,8 @@
 //! a stop sent to another replica reaches the owner, and Redis dying mid-stream never
 //! harms the stream, only the resume, and is counted. A stream's keys outlive an
 //! upstream silence longer than their expiry and come back after a Redis restart; a
-//! follower whose stream vanishes from Redis is told so.
+//! follower whose stream vanishes from Redis, or is dropped by its owner, is told so,
+//! and a late resume of a dropped stream is refused as its owner would refuse it.
 //!
 //! Skipped with a message when `redis-server` is not installed; CI installs it.
 
@@ -511,4 +512,77 @@ async fn after_redis_restarts_empty_a_running_stream_is_resumable_and_stoppable_
             m.outcome_count(ROUTE, "client_closed") == 1.0
         })
         .await;
+}
+
+#[tokio::test]
+async fn a_stream_dropped_at_its_window_is_expired_on_another_replica_too() {
+    let Some((_redis, upstream, owner, other)) = two_replicas("1s").await else {
+        return;
+    };
+    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
+    let id = first[0].id.clone().unwrap();
+    // The upstream keeps generating; nobody resumes within the window.
+    let mut n = 2;
+    while exchange.try_send_chunk(&event(n)).await.is_ok() {
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(n < 200, "the owner never dropped the upstream");
+    }
+    owner
+        .metrics_until("the owner dropped the stream", |m| {
+            m.outcome_count(ROUTE, "client_closed") == 1.0
+        })
+        .await;
+
+    // The client comes back now, on the other replica: `expired`, as on the owner,
+    // and `on_unknown: restart` sends a new request.
+    let headers = [BEARER, ("last-event-id", &id)];
+    let late = Client::open(other.addr, "/api/stream", &headers);
+    let (mut late, mut again) = tokio::join!(late, upstream.accept());
+    again.start_sse("").await;
+    again.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(data(&late.rest().await), ["[DONE]"]);
+    let expired = other.metrics().await.get(
+        "sse_gateway_resumes_total",
+        &[("route", ROUTE), ("result", "expired")],
+    );
+    assert_eq!(expired, 1.0);
+}
+
+#[tokio::test]
+async fn a_follower_is_told_at_once_when_the_owner_cancels_the_stream() {
+    // `max_detached: 0`: the owner cancels the stream as soon as its client leaves.
+    let Some((redis, upstream, owner, other)) = two_replicas("10s, max_detached: 0").await else {
+        return;
+    };
+    let mut client = Client::open(owner.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let first = client.take(1).await;
+    redis_holds(&redis, 1).await;
+    let id = first[0].id.clone().unwrap();
+    let mut follower =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    assert_eq!(follower.status().await, 200);
+    exchange.send_chunk(&event(2)).await;
+    assert_eq!(data(&follower.take(1).await), tokens(2..=2));
+
+    // Its first client leaves: the owner drops the upstream. The follower learns it
+    // from the end entry, long before the keys would expire (12.5 s).
+    drop(client);
+    let events = follower.rest().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event.as_deref(), Some("error"));
+    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("cannot resume: the stream was dropped after event 2 "),
+        "{message}"
+    );
+    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
+    assert_eq!(
+        owner.metrics().await.outcome_count(ROUTE, "client_closed"),
+        1.0
+    );
 }

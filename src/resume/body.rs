@@ -21,7 +21,8 @@ use tokio::time::{sleep_until, Instant};
 use super::follow::RemoteBody;
 use super::slot::{Slot, Step};
 use super::stamp::Stamper;
-use super::store::Mirror;
+use super::store::{Ending, Mirror};
+use super::table::Release;
 use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::admission::Slot as Admission;
@@ -99,9 +100,11 @@ impl Producer {
         stamped
     }
 
-    fn end(&mut self) {
+    /// Tells followers on other replicas how the stream ended (once; later calls do
+    /// nothing).
+    fn end(&mut self, ending: Ending) {
         if let Some(mirror) = &mut self.mirror {
-            mirror.end();
+            mirror.end(ending);
         }
     }
 }
@@ -133,7 +136,7 @@ impl LiveBody {
             // Stopped by a client while this one still reads: it ends here too, and
             // for the clients that follow it on other replicas.
             if self.supervised.take().is_some() {
-                self.producer.end();
+                self.producer.end(Ending::Ended);
             }
             return Poll::Ready(None);
         }
@@ -162,7 +165,7 @@ impl LiveBody {
 
     fn end(&mut self) {
         self.supervised = None;
-        self.producer.end();
+        self.producer.end(Ending::Ended);
         self.plan.table.finish(&self.slot, Instant::now());
     }
 }
@@ -197,7 +200,15 @@ impl Drop for LiveBody {
             }
             _ => {
                 // Stopped, over the cap, or no runtime: cancelled as without resume.
+                // Followers on other replicas get the end at once, not when the keys
+                // expire; a stop is an end they share, a cancel one they are told of.
+                let ending = if release == Release::OverCap || !self.slot.is_stopped() {
+                    Ending::Cancelled
+                } else {
+                    Ending::Ended
+                };
                 drop(supervised);
+                self.producer.end(ending);
                 plan.table.remove(&self.slot, now, false);
             }
         }
@@ -246,6 +257,8 @@ async fn keep_reading(
                 if slot.state().lifetime.is_expired(now) {
                     tracing::info!(route = %plan.route, "no client resumed the stream within its window; upstream dropped");
                     drop(supervised);
+                    // A late resume on another replica is `expired` there too.
+                    producer.end(Ending::Expired);
                     table.remove(&slot, now, true);
                     return;
                 }
@@ -256,14 +269,14 @@ async fn keep_reading(
                     producer.publish(&slot, frame.into_data().unwrap_or_default(), ends);
                     if supervised.is_end_stream() {
                         drop(supervised);
-                        producer.end();
+                        producer.end(Ending::Ended);
                         table.finish(&slot, Instant::now());
                         return;
                     }
                 }
                 None => {
                     drop(supervised);
-                    producer.end();
+                    producer.end(Ending::Ended);
                     table.finish(&slot, Instant::now());
                     return;
                 }
@@ -274,7 +287,7 @@ async fn keep_reading(
     // Stopped: dropping the undecided stream drops the upstream (`client_closed`);
     // clients following it on other replicas are told it ended.
     drop(supervised);
-    producer.end();
+    producer.end(Ending::Ended);
     table.remove(&slot, Instant::now(), false);
 }
 

@@ -8,7 +8,9 @@
 //! saying which events are missing, never a silent gap. So does a stream whose keys
 //! are gone without an end entry: its owner keeps them alive while the stream runs
 //! and writes the end on every way a stream ends, so the keys are gone only when the
-//! owner died or Redis lost them, and the rest of the answer will not come.
+//! owner died or Redis lost them, and the rest of the answer will not come. An end
+//! entry saying the owner dropped the stream (at its window, or over `max_detached`)
+//! ends the resume with the same error event: the answer is not complete.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use http_body::Frame;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use super::store::{reader_key, RedisStore};
+use super::store::{reader_key, Ending, RedisStore};
 use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::supervise::{Never, HEARTBEAT};
@@ -115,7 +117,7 @@ enum Batch {
         count: u64,
         read: usize,
     },
-    End(BytesMut),
+    End(BytesMut, Ending),
     Gap {
         frame: BytesMut,
         from: u64,
@@ -190,11 +192,17 @@ impl Follower {
                         return;
                     }
                 }
-                Batch::End(frame) => {
+                Batch::End(frame, Ending::Ended) => {
                     if !frame.is_empty() {
                         self.send(frame.freeze()).await;
                     }
                     return;
+                }
+                Batch::End(frame, dropped) => {
+                    if !frame.is_empty() && !self.send(frame.freeze()).await {
+                        return;
+                    }
+                    return self.dropped(dropped).await;
                 }
                 Batch::Gap {
                     mut frame,
@@ -221,7 +229,7 @@ impl Follower {
         let read = entries.len();
         for (id, data) in entries {
             if id == b"2-0" {
-                return Batch::End(frame);
+                return Batch::End(frame, Ending::parse(data));
             }
             let seq = id
                 .strip_prefix(b"1-")
@@ -265,6 +273,21 @@ impl Follower {
         self.tell(&message).await;
     }
 
+    /// The owner dropped the stream before its end: the rest of the answer will not
+    /// come, and the client is told so rather than ended as if it were complete.
+    async fn dropped(&self, ending: Ending) {
+        let why = match ending {
+            Ending::Expired => "no client came back within its window",
+            _ => "the route kept as many streams without a client as it may",
+        };
+        tracing::info!(route = %self.plan.route, after = self.cursor, why, "a stream followed from Redis was dropped by its replica");
+        let message = format!(
+            "cannot resume: the stream was dropped after event {} before its end ({why}); reload the answer",
+            self.cursor
+        );
+        self.tell(&message).await;
+    }
+
     /// Sends the route's error event of type `resume_store_unavailable` saying
     /// `message`, then the protocol's closing.
     async fn tell(&self, message: &str) {
@@ -283,8 +306,9 @@ impl Follower {
     }
 }
 
-/// `(id, d)` of each entry of a one-stream `XREAD` reply (RESP2 arrays or RESP3
-/// maps); nothing for a timeout's nil.
+/// `(id, value)` of each entry of a one-stream `XREAD` reply (RESP2 arrays or RESP3
+/// maps); nothing for a timeout's nil. The value is an event's field `d`, or an end
+/// entry's field `end`.
 fn entries_of(reply: &Value) -> Vec<(&[u8], &[u8])> {
     let streams: Vec<&Value> = match reply {
         Value::Array(streams) => streams
@@ -297,29 +321,34 @@ fn entries_of(reply: &Value) -> Vec<(&[u8], &[u8])> {
         Value::Map(streams) => streams.iter().map(|(_, entries)| entries).collect(),
         _ => Vec::new(),
     };
+    streams.into_iter().flat_map(entries_of_range).collect()
+}
+
+/// `(id, value)` of each entry of an `XRANGE` reply, as [`entries_of`].
+pub(super) fn entries_of_range(entries: &Value) -> Vec<(&[u8], &[u8])> {
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    for entries in streams {
-        let Value::Array(entries) = entries else {
+    for entry in entries {
+        let Value::Array(entry) = entry else { continue };
+        let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
+            (entry.first(), entry.get(1))
+        else {
             continue;
         };
-        for entry in entries {
-            let Value::Array(entry) = entry else { continue };
-            let (Some(Value::BulkString(id)), Some(Value::Array(fields))) =
-                (entry.first(), entry.get(1))
-            else {
-                continue;
-            };
-            let data = fields
-                .chunks(2)
-                .find_map(|pair| match pair {
-                    [Value::BulkString(name), Value::BulkString(value)] if name == b"d" => {
-                        Some(value.as_slice())
-                    }
-                    _ => None,
-                })
-                .unwrap_or_default();
-            out.push((id.as_slice(), data));
-        }
+        let value = fields
+            .chunks(2)
+            .find_map(|pair| match pair {
+                [Value::BulkString(name), Value::BulkString(value)]
+                    if name == b"d" || name == b"end" =>
+                {
+                    Some(value.as_slice())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        out.push((id.as_slice(), value));
     }
     out
 }

@@ -3,7 +3,9 @@
 //!
 //! Layout, per stream: `sse-gateway:ROUTE:KEY` is a Redis Stream whose entries are the
 //! events as sent (field `d`), with the ids `1-SEQ`, and a last entry `2-0` when the
-//! stream ended; `sse-gateway:ROUTE:KEY:meta` holds the credential's fingerprint. Both
+//! stream ended, whose field `end` says how ([`Ending`]): every way a stream ends
+//! writes it, so a follower never waits for events that will not come;
+//! `sse-gateway:ROUTE:KEY:meta` holds the credential's fingerprint. Both
 //! live while the stream runs and expire between `window` and 1.25 × `window` after it
 //! ended: a stream's writes carry a refresh (the fingerprint written again, and a
 //! `PEXPIRE` of 1.25 × `window`) at most every quarter `window` (and with its first
@@ -65,6 +67,40 @@ pub(crate) struct RedisStore {
     _listener: tokio_util::sync::DropGuard,
 }
 
+/// How a stream ended, as its end entry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The upstream's answer ended, or a client stopped it: followers end with it.
+    Ended,
+    /// Dropped at its window, no client having come back: on the owner its id is
+    /// `expired`.
+    Expired,
+    /// Dropped when its client left (the route kept `max_detached` streams already):
+    /// on the owner its id is unknown.
+    Cancelled,
+}
+
+impl Ending {
+    /// The end entry's `end` field; `1` for [`Ending::Ended`], as before endings were
+    /// told apart, so a replica not yet upgraded reads every end entry as an end.
+    fn field(self) -> &'static [u8] {
+        match self {
+            Ending::Ended => b"1",
+            Ending::Expired => b"expired",
+            Ending::Cancelled => b"cancelled",
+        }
+    }
+
+    /// The ending an end entry's `end` field names (anything unknown is an end).
+    pub(crate) fn parse(field: &[u8]) -> Ending {
+        match field {
+            b"expired" => Ending::Expired,
+            b"cancelled" => Ending::Cancelled,
+            _ => Ending::Ended,
+        }
+    }
+}
+
 /// One stream's part of a batch: a frame's events, a refresh of its keys, the end.
 #[derive(Debug)]
 struct Write {
@@ -72,7 +108,7 @@ struct Write {
     refresh: Option<Refresh>,
     max_entries: usize,
     events: Vec<(u64, Bytes)>,
-    end: bool,
+    end: Option<Ending>,
     errors: IntCounter,
     /// Told when this write is lost.
     freshness: Arc<Freshness>,
@@ -199,6 +235,32 @@ impl RedisStore {
             .await
     }
 
+    /// The fingerprint a stream was opened with, and how it ended if it did; `None`
+    /// when Redis knows no such stream. One round trip.
+    pub(crate) async fn resumable(
+        &self,
+        redis_key: &str,
+    ) -> redis::RedisResult<Option<(Fingerprint, Option<Ending>)>> {
+        let mut connection = self.connect().await?;
+        let (meta, end): (Option<Vec<u8>>, redis::Value) = redis::pipe()
+            .cmd("GET")
+            .arg(format!("{redis_key}:meta"))
+            .cmd("XRANGE")
+            .arg(redis_key)
+            .arg("2-0")
+            .arg("2-0")
+            .query_async(&mut connection)
+            .await?;
+        let Some(fingerprint) = meta.and_then(|bytes| Some(Fingerprint(bytes.try_into().ok()?)))
+        else {
+            return Ok(None);
+        };
+        let ending = super::follow::entries_of_range(&end)
+            .first()
+            .map(|&(_, field)| Ending::parse(field));
+        Ok(Some((fingerprint, ending)))
+    }
+
     /// The fingerprint a stream was opened with; `None` when Redis knows no such stream.
     pub(crate) async fn fingerprint(
         &self,
@@ -235,7 +297,7 @@ impl Mirror {
             refresh: Some(refresh),
             max_entries,
             events: Vec::new(),
-            end: false,
+            end: None,
             errors: errors.clone(),
             freshness: freshness.clone(),
         };
@@ -262,25 +324,25 @@ impl Mirror {
             .iter()
             .map(|span| (span.seq, stamped.slice(span.start..span.end)))
             .collect();
-        self.queue(events, false);
+        self.queue(events, None);
     }
 
     /// Queues the stream's end (once: every path that ends a stream may call it), and
     /// stops the keeper: from here the keys expire after 1.25 × `window`.
-    pub(crate) fn end(&mut self) {
+    pub(crate) fn end(&mut self, ending: Ending) {
         if self.keeper.take().is_some() {
-            self.queue(Vec::new(), true);
+            self.queue(Vec::new(), Some(ending));
         }
     }
 
-    fn queue(&mut self, events: Vec<(u64, Bytes)>, end: bool) {
+    fn queue(&mut self, events: Vec<(u64, Bytes)>, end: Option<Ending>) {
         let count = events.len().max(1) as u64;
         // One clock read per frame, not per event.
         let now = tokio::time::Instant::now();
         // A plain load per frame; the swap only after a loss.
         let lost = self.freshness.lost.load(Ordering::Relaxed)
             && self.freshness.lost.swap(false, Ordering::Relaxed);
-        let refresh = (end || lost || now >= self.next_refresh).then(|| {
+        let refresh = (end.is_some() || lost || now >= self.next_refresh).then(|| {
             self.next_refresh = now + self.window / 4;
             self.freshness.refreshed.store(true, Ordering::Relaxed);
             Refresh {
@@ -337,7 +399,7 @@ async fn keep_alive(
             refresh: refresh.refresh,
             max_entries: refresh.max_entries,
             events: Vec::new(),
-            end: false,
+            end: None,
             errors: refresh.errors.clone(),
             freshness: refresh.freshness.clone(),
         };
@@ -453,13 +515,13 @@ fn pipeline_of(batch: &[Write]) -> redis::Pipeline {
                 .arg(&event[..])
                 .ignore();
         }
-        if write.end {
+        if let Some(ending) = write.end {
             pipeline
                 .cmd("XADD")
                 .arg(&*write.key)
                 .arg("2-0")
                 .arg("end")
-                .arg("1")
+                .arg(ending.field())
                 .ignore();
         }
         if let Some(refresh) = &write.refresh {
