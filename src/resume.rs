@@ -340,7 +340,15 @@ impl ResumePlan {
             Err(error) => Err(error),
         };
         match asked {
-            Ok(()) => Stop::Stopped,
+            Ok(0) => {
+                // Not even this replica's listener heard it: every listener is between
+                // a lost Redis and its next subscription. A 204 would be a stop that
+                // reached nobody; 503 asks the client to try again.
+                self.metrics.store_errors.inc();
+                tracing::warn!(route = %self.route, "no replica listens for stops right now (Redis came back a moment ago); the stop was not delivered");
+                Stop::StoreUnavailable
+            }
+            Ok(_) => Stop::Stopped,
             Err(error) => {
                 self.metrics.store_errors.inc();
                 tracing::warn!(route = %self.route, %error, "cannot hand a stream stop to the replica that owns the stream");

@@ -336,6 +336,39 @@ async fn a_stop_sent_to_another_replica_ends_the_stream_at_its_owner() {
     assert_eq!(data(&resumed.rest().await), tokens(2..=2));
 }
 
+#[tokio::test]
+async fn a_stop_that_no_replica_can_hear_is_a_503_not_a_204() {
+    let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
+        return;
+    };
+    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
+    redis_holds(&redis, 1).await;
+    let id = first[0].id.clone().unwrap();
+    let target = format!("/api/stream?lastEventId={id}");
+    // Both replicas lose their subscription; each subscribes again a second later.
+    redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    let mut unheard = Client::open_with(other.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(
+        unheard.status().await,
+        503,
+        "a stop that reached nobody is not a 204"
+    );
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while !stop_listeners(&redis).await.trim_end().ends_with(":2") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listeners came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stop = Client::open_with(other.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 204);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the owner dropped the upstream"
+    );
+}
+
 /// Subscribers to the stop channel that `redis` counts.
 async fn stop_listeners(redis: &RedisServer) -> String {
     redis

@@ -192,15 +192,16 @@ impl RedisStore {
         }))
     }
 
-    /// Asks every replica to stop the stream at `redis_key` (its owner does).
-    pub(crate) async fn publish_stop(&self, redis_key: &str) -> redis::RedisResult<()> {
+    /// Asks every replica to stop the stream at `redis_key` (its owner does); how
+    /// many replicas heard it. 0 when none listens right now (each subscribes again a
+    /// second after losing Redis), so the stop reached nobody.
+    pub(crate) async fn publish_stop(&self, redis_key: &str) -> redis::RedisResult<i64> {
         let mut connection = self.connect().await?;
         redis::cmd("PUBLISH")
             .arg(STOP_CHANNEL)
             .arg(redis_key)
             .query_async::<i64>(&mut connection)
             .await
-            .map(drop)
     }
 
     pub(crate) async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
