@@ -221,6 +221,10 @@ where
             plan,
             last_from_engine: false,
         };
+        // What the start did (events, first event and token, usage, and the outcome
+        // when the whole answer came while it was held) is the stream's: accounted now,
+        // for hyper may take the held frames and drop the body without polling again.
+        body.account(&mut PollTime(Some(now)));
         let deadline = body.next_deadline();
         body.rearm(deadline);
         body

@@ -600,3 +600,54 @@ async fn a_body_over_max_body_is_sent_once_and_its_failure_not_retried() {
         metrics.text
     );
 }
+
+/// A start that holds the whole answer (a short or cached one: it all came before the
+/// gateway could commit) is the stream's: its outcome, events, first token and usage
+/// are recorded as on a route without retry.
+#[tokio::test]
+async fn an_answer_complete_while_held_back_is_recorded_as_complete() {
+    let usage: &[u8] = b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2,\"total_tokens\":9}}\n\n";
+    let whole = [ROLE, CONTENT, FINISH].concat();
+    let whole = [
+        &whole[..whole.len() - b"data: [DONE]\n\n".len()],
+        usage,
+        b"data: [DONE]\n\n",
+    ]
+    .concat();
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = a.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(&whole).await;
+        exchange.end_chunks().await;
+        exchange
+    });
+    assert_eq!(body_text(response).await.as_bytes(), &whole[..]);
+    let metrics = gateway
+        .metrics_until("the stream's outcome", |m| {
+            m.outcome_count("chat", "terminator") == 1.0
+        })
+        .await;
+    assert_eq!(metrics.outcome_count("chat", "client_closed"), 0.0);
+    let value = |name: &str| metrics.route_value(name, "chat");
+    assert_eq!(
+        value("sse_gateway_stream_events_total"),
+        4.0,
+        "{}",
+        metrics.text
+    );
+    assert_eq!(value("sse_gateway_stream_first_event_seconds_count"), 1.0);
+    assert_eq!(value("sse_gateway_time_to_first_token_seconds_count"), 1.0);
+    let tokens = |kind| {
+        metrics.get(
+            "sse_gateway_tokens_total",
+            &[("route", "chat"), ("kind", kind)],
+        )
+    };
+    assert_eq!((tokens("input"), tokens("output")), (7.0, 2.0));
+    assert_eq!(value("sse_gateway_streams_active"), 0.0);
+}
