@@ -651,3 +651,44 @@ async fn an_answer_complete_while_held_back_is_recorded_as_complete() {
     assert_eq!((tokens("input"), tokens("output")), (7.0, 2.0));
     assert_eq!(value("sse_gateway_streams_active"), 0.0);
 }
+
+/// `max_duration` counts from the request: reached while the start is held back, no
+/// other attempt could do better, and the endpoint did nothing wrong.
+#[tokio::test]
+async fn max_duration_reached_while_held_back_ends_the_stream_without_a_retry() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}").replace(
+        "stream: { protocol: openai-chat }",
+        "stream: { protocol: openai-chat, max_duration: 400ms, heartbeat: 0s }",
+    );
+    let gateway = start_gateway(&yaml).await;
+    let (response, _silent) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = a.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(ROLE).await;
+        exchange
+    });
+    assert_eq!(response.status(), 200);
+    let text = body_text(response).await;
+    assert!(
+        text.starts_with(std::str::from_utf8(ROLE).unwrap()),
+        "{text}"
+    );
+    assert!(text.contains("max_duration"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        !b.connection_within(Duration::from_millis(300)).await,
+        "not retried"
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        attempts(&metrics, "a", "before_content"),
+        0.0,
+        "{}",
+        metrics.text
+    );
+    assert_eq!(healthy(&metrics, "a"), 1.0);
+}

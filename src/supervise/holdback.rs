@@ -69,6 +69,9 @@ impl StreamPlan {
         let mut held_bytes = 0;
         let mut shutdown = pin!(self.shutdown.fired());
         let mut timed_out = false;
+        // The route's own limits (max_duration, the drain) ended the start: another
+        // attempt cannot do better, and the endpoint is not to blame.
+        let mut limited = false;
         let clocks = self.clocks;
         let mut last_data = Instant::now();
         loop {
@@ -99,6 +102,7 @@ impl StreamPlan {
                         | Outcome::IdleTimeout
                 );
                 let failure = match () {
+                    () if limited => None,
                     () if timed_out => Some(Failure::Timeout),
                     () if failed => Some(Failure::BeforeContent),
                     () => None,
@@ -119,8 +123,14 @@ impl StreamPlan {
             let (idle_at, limit_at) = (on(idle, last_data), on(limit, started));
             tokio::select! {
                 biased;
-                () = &mut shutdown => engine.stop(Stop::Shutdown),
-                () = sleep_until(limit_at) => engine.stop(Stop::MaxDuration { limit }),
+                () = &mut shutdown => {
+                    limited = true;
+                    engine.stop(Stop::Shutdown);
+                }
+                () = sleep_until(limit_at) => {
+                    limited = true;
+                    engine.stop(Stop::MaxDuration { limit });
+                }
                 () = sleep_until(idle_at) => {
                     timed_out = true;
                     engine.stop(Stop::IdleTimeout { after: idle });
