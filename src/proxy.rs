@@ -146,11 +146,19 @@ impl Proxy {
             return (made(reply, log), None);
         }
         // A CORS preflight asks about another method: the route that would take that
-        // method answers it, when it has a `cors` section.
+        // method answers it, when it has a `cors` section. A resumable route takes
+        // `DELETE` for its streams' stop whatever its methods, so it answers for that.
         if let Some(requested) = edge::preflight_method(&request) {
-            if let RouteMatch::Found { route, .. } =
-                self.routes.find(&requested, request.uri().path())
-            {
+            let route = match self.routes.find(&requested, request.uri().path()) {
+                RouteMatch::Found { route, .. } => Some(route),
+                RouteMatch::MethodNotAllowed { owner, .. }
+                    if requested == http::Method::DELETE && owner.resume.is_some() =>
+                {
+                    Some(owner)
+                }
+                _ => None,
+            };
+            if let Some(route) = route {
                 let edge = self.edges.get(&route.name);
                 let answer =
                     edge.and_then(|e| e.preflight(request.headers(), &requested, &route.name));

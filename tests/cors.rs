@@ -252,6 +252,30 @@ async fn the_gateways_own_errors_carry_the_cors_and_response_headers() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(header(&response, "access-control-allow-origin"), Some(APP));
     assert_eq!(header(&response, "x-content-type-options"), Some("nosniff"));
+    // The page may read the error's type and request id (and a 429's Retry-After):
+    // none is a CORS-safelisted response header.
+    assert_eq!(
+        header(&response, "access-control-expose-headers"),
+        Some("retry-after, x-request-id, x-sse-gateway-error")
+    );
+}
+
+#[tokio::test]
+async fn a_resumable_routes_stop_can_be_preflighted_from_another_origin() {
+    let upstream = ScriptedUpstream::bind().await;
+    let route = format!("{EDGE}    stream: {{ resume: {{}} }}\n");
+    let gateway = start_gateway(&config(&upstream.url(), &route)).await;
+    // The route takes GET and POST; a stop is a DELETE with the stream's id, which a
+    // page on another origin may send only after its preflight.
+    let stop = preflight(&gateway, APP, "DELETE", "content-type").await;
+    assert_eq!(stop.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&stop, "access-control-allow-origin"), Some(APP));
+    assert_eq!(
+        header(&stop, "access-control-allow-methods"),
+        Some("DELETE")
+    );
+    let other = preflight(&gateway, APP, "PUT", "").await;
+    assert_eq!(other.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[tokio::test]

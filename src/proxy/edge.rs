@@ -12,13 +12,17 @@ use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS,
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD,
-    CONTENT_TYPE, ORIGIN, VARY,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
+    ACCESS_CONTROL_REQUEST_METHOD, CONTENT_TYPE, ORIGIN, VARY,
 };
 use http::{Method, Request, Response, StatusCode};
 
 use crate::config::{AllowOrigins, CorsConfig, ResponsePlan, RouteConfig};
 use crate::reply::{error_json, ERROR_HEADER};
+
+/// The gateway's own response headers a page on another origin may read.
+static EXPOSED: HeaderValue =
+    HeaderValue::from_static("retry-after, x-request-id, x-sse-gateway-error");
 
 /// The `type` of a refused preflight's error body.
 pub(super) const CORS_REFUSED: &str = "cors_refused";
@@ -134,6 +138,10 @@ impl Edge {
                     HeaderValue::from_static("true"),
                 );
             }
+            // None of these is a CORS-safelisted response header: without this a
+            // page's script reads no `Retry-After` on a 429, no error type, no request
+            // id. Appended, so an upstream's own list stays.
+            headers.append(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED.clone());
         }
         let varies = matches!(cors.allow_origins, AllowOrigins::List(_));
         let has_vary_origin = headers
