@@ -13,6 +13,10 @@ use tokio::time::Instant;
 use crate::metrics::UNMATCHED_ROUTE;
 use crate::telemetry::{Finished, RequestTrace, StreamFacts};
 
+/// The log line's status for a request whose client left before any response: NGINX's
+/// 499 ("client closed request"), which log pipelines and dashboards already know.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// How the response body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum End {
@@ -48,7 +52,9 @@ pub(crate) struct RequestLog {
     path: String,
     route: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
-    status: StatusCode,
+    /// The status sent; `None` while no response has been (a client that leaves
+    /// before the headers never gets one).
+    status: Option<StatusCode>,
     bytes: u64,
     end: End,
     stream: Option<StreamSummary>,
@@ -66,7 +72,7 @@ impl RequestLog {
             path: path.to_owned(),
             route: None,
             upstream: None,
-            status: StatusCode::OK,
+            status: None,
             bytes: 0,
             end: End::ClientGone,
             stream: None,
@@ -125,7 +131,7 @@ impl RequestLog {
     }
 
     pub(crate) fn set_status(&mut self, status: StatusCode) {
-        self.status = status;
+        self.status = Some(status);
     }
 
     pub(crate) fn add_bytes(&mut self, n: usize) {
@@ -180,7 +186,7 @@ impl Drop for RequestLog {
             route,
             method = %self.method,
             path = %self.path,
-            status = self.status.as_u16(),
+            status = self.status.map_or(CLIENT_CLOSED_REQUEST, |status| status.as_u16()),
             upstream,
             duration_ms,
             bytes = self.bytes,
@@ -197,7 +203,7 @@ impl Drop for RequestLog {
         );
         if let Some(trace) = self.trace.take() {
             trace.finish(&Finished {
-                status: self.status.as_u16(),
+                status: self.status.map(|status| status.as_u16()),
                 bytes: self.bytes,
                 end: stream.map_or_else(|| end.unwrap_or_default(), |s| s.outcome),
                 stream: stream.map(|s| StreamFacts {

@@ -405,3 +405,37 @@ async fn a_stop_exports_the_spans_of_the_streams_the_drain_ended() {
     );
     drop(exchange);
 }
+
+/// The client gives up while the gateway still waits for the upstream's headers: no
+/// response was sent, so the span has no status, and it is no 200.
+#[tokio::test]
+async fn a_client_that_left_before_the_headers_has_no_status_on_its_span() {
+    let (otlp, mut spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url(), &format!("http://{otlp}"), "")).await;
+    let request = Request::post("/api/stream")
+        .header("host", gateway.addr.to_string())
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"m","messages":[],"stream":true}"#,
+        )))
+        .unwrap();
+    let ((), _silent) = tokio::join!(
+        async {
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(300), send(gateway.addr, request)).await;
+            assert!(gave_up.is_err(), "the upstream never answered");
+        },
+        upstream.accept()
+    );
+    let server = loop {
+        let (_, span) = tokio::time::timeout(LIVENESS, spans.recv())
+            .await
+            .expect("the server span")
+            .unwrap();
+        if span.kind == SpanKind::Server as i32 {
+            break span;
+        }
+    };
+    assert_eq!(attribute(&server, "http.response.status_code"), None);
+    assert_eq!(string(&server, "sse_gateway.outcome"), "client_gone");
+}

@@ -16,7 +16,8 @@ use opentelemetry_sdk::trace::SdkTracer;
 /// The facts of a finished request, as its log line has them.
 #[derive(Debug, Default)]
 pub(crate) struct Finished<'a> {
-    pub status: u16,
+    /// The status sent; `None` when the client left before any response.
+    pub status: Option<u16>,
     pub bytes: u64,
     /// How a plain request ended, or a stream's outcome.
     pub end: &'a str,
@@ -125,11 +126,17 @@ impl RequestTrace {
     pub(crate) fn finish(self, facts: &Finished<'_>) {
         let span = self.server.span();
         let mut attributes = vec![
-            KeyValue::new("http.response.status_code", i64::from(facts.status)),
             KeyValue::new("sse_gateway.bytes", saturating(facts.bytes)),
             KeyValue::new("sse_gateway.outcome", facts.end.to_owned()),
         ];
-        let mut error = facts.status >= 500;
+        // Only a status that was sent: semantic conventions leave it out otherwise.
+        if let Some(status) = facts.status {
+            attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        let mut error = facts.status.is_some_and(|status| status >= 500);
         if let Some(stream) = facts.stream {
             error |= stream.error;
             attributes.push(KeyValue::new(
