@@ -95,6 +95,14 @@ impl RequestLog {
         }
     }
 
+    /// The request goes to another endpoint than the one its client span named:
+    /// `url` is asked for only when the request is traced.
+    pub(crate) fn trace_upstream_url(&mut self, url: impl FnOnce() -> http::Uri) {
+        if let Some(trace) = &mut self.trace {
+            trace.upstream_url(url().to_string());
+        }
+    }
+
     pub(crate) fn trace_upstream_status(&self, status: StatusCode) {
         if let Some(trace) = &self.trace {
             trace.upstream_status(status.as_u16());

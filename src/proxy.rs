@@ -258,7 +258,7 @@ impl Proxy {
         };
         let forwarded = match prepared {
             Ok(upstream_request) => {
-                forward::forward(route, upstream_request, remove_usage_chunk, start).await
+                forward::forward(route, upstream_request, remove_usage_chunk, start, &mut log).await
             }
             Err(error) => Err(error),
         };

@@ -439,3 +439,45 @@ async fn a_client_that_left_before_the_headers_has_no_status_on_its_span() {
     assert_eq!(attribute(&server, "http.response.status_code"), None);
     assert_eq!(string(&server, "sse_gateway.outcome"), "client_gone");
 }
+
+/// The first endpoint refuses connections and the request is retried on the second:
+/// the client span names the endpoint that answered.
+#[tokio::test]
+async fn the_client_span_names_the_endpoint_that_answered() {
+    let (otlp, mut spans) = receiver().await;
+    let refused = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let b = ScriptedUpstream::bind().await;
+    let yaml = format!(
+        "upstreams:\n  assistant:\n    header_timeout: 1s\n    endpoints:\n      - {{ name: a, url: \"{refused}\" }}\n      - {{ name: b, url: \"{}\" }}\n\
+         routes:\n  - name: chat\n    match: {{ path_prefix: /api/stream }}\n    upstream: assistant\n\
+         \x20   stream: {{ protocol: openai-chat }}\n    retry: {{}}\n\
+         telemetry:\n  otlp: {{ endpoint: \"http://{otlp}\", service_name: gateway-under-test, headers: {{ x-api-key: secret }} }}\n",
+        b.url()
+    );
+    let gateway = start_gateway(&yaml).await;
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = b.accept().await;
+        exchange.start_sse("").await;
+        exchange
+            .send_chunk(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n")
+            .await;
+        exchange.end_chunks().await;
+        exchange
+    });
+    assert!(body_text(response).await.ends_with("data: [DONE]\n\n"));
+    let client = loop {
+        let (_, span) = tokio::time::timeout(LIVENESS, spans.recv())
+            .await
+            .expect("the client span")
+            .unwrap();
+        if span.kind == SpanKind::Client as i32 {
+            break span;
+        }
+    };
+    let url = string(&client, "url.full");
+    assert_eq!(url, format!("{}/api/stream", b.url()));
+    assert_eq!(int(&client, "http.response.status_code"), 200);
+}

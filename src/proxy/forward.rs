@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, Either, Full};
 use tokio::time::Instant;
 
 use super::{is_event_stream, is_identity, Route};
+use crate::access_log::RequestLog;
 use crate::config::RetryConfig;
 use crate::metrics::FailoverMetrics;
 use crate::supervise::Started;
@@ -53,12 +54,14 @@ impl Failover {
 /// Sends `request` on `route`, trying again where the route allows.
 /// `remove_usage_chunk`: the gateway asked for the usage chunk, which a held-back
 /// stream's engine then keeps from the client. `started`: when the request came (a
-/// held-back start's `max_duration` counts from it).
+/// held-back start's `max_duration` counts from it). `log`'s client span is told
+/// which endpoint each attempt goes to.
 pub(super) async fn forward(
     route: &Route,
     request: Request<UpstreamBody>,
     remove_usage_chunk: bool,
     started: Instant,
+    log: &mut RequestLog,
 ) -> Result<(response::Parts, Forwarded), UpstreamError> {
     let upstream = &route.upstream;
     let endpoints = upstream.endpoints();
@@ -67,6 +70,9 @@ pub(super) async fn forward(
     let start = endpoints.start();
     let Some(retry) = &failover.retry else {
         let endpoint = endpoints.pick(start, Tried::default()).unwrap_or(0);
+        if endpoint != 0 {
+            log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
+        }
         let (result, failure) = upstream.attempt(request, endpoint, stream).await;
         if !is_client_fault(&result) {
             upstream.report(endpoint, failure);
@@ -85,6 +91,9 @@ pub(super) async fn forward(
         made += 1;
         let last = made >= retry.attempts || endpoints.pick(start, tried).is_none();
         let copy = if last { None } else { copy(&request) };
+        if endpoint != 0 || made > 1 {
+            log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
+        }
         let (result, mut failure) = upstream.attempt(request, endpoint, stream).await;
         let forwarded = match result {
             Ok(response) => {

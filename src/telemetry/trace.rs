@@ -46,6 +46,10 @@ pub(crate) struct RequestTrace {
     server: Context,
     /// Holds the client span, once the upstream request is sent.
     client: Option<Context>,
+    /// The client span's `url.full`, written when it ends: a retry or the balance may
+    /// send the request to another endpoint than the one it started for, and a span
+    /// attribute set twice is exported twice.
+    client_url: Option<String>,
 }
 
 impl RequestTrace {
@@ -69,6 +73,7 @@ impl RequestTrace {
             tracer: tracer.clone(),
             server: parent.with_span(span),
             client: None,
+            client_url: None,
         }
     }
 
@@ -97,13 +102,20 @@ impl RequestTrace {
             .with_kind(SpanKind::Client)
             .with_attributes([
                 KeyValue::new("http.request.method", method.to_owned()),
-                KeyValue::new("url.full", url.to_owned()),
                 KeyValue::new("sse_gateway.upstream", upstream.to_owned()),
             ])
             .start_with_context(&self.tracer, &self.server);
         let client = self.server.with_span(span);
         TraceContextPropagator::new().inject_context(&client, &mut HeaderInjector(headers));
         self.client = Some(client);
+        self.client_url = Some(url.to_owned());
+    }
+
+    /// The request went to `url` instead: another endpoint than the first.
+    pub(crate) fn upstream_url(&mut self, url: String) {
+        if self.client.is_some() {
+            self.client_url = Some(url);
+        }
     }
 
     /// The upstream answered with `status` (its response headers).
@@ -171,6 +183,11 @@ impl RequestTrace {
             span.set_status(Status::error(facts.end.to_owned()));
         }
         if let Some(client) = &self.client {
+            if let Some(url) = &self.client_url {
+                client
+                    .span()
+                    .set_attribute(KeyValue::new("url.full", url.clone()));
+            }
             if error {
                 client
                     .span()
