@@ -230,6 +230,13 @@ where
         body
     }
 
+    /// The layer above sent `extra` bytes more than the frame it took from here
+    /// (resume's `id:` lines): they count as sent to the client too.
+    pub(crate) fn sent_extra(&mut self, extra: usize) {
+        self.plan.metrics.bytes_downstream.inc_by(extra as u64);
+        self.record.add_bytes(extra);
+    }
+
     /// Keep where the events of each frame end ([`Self::event_ends`]).
     pub(crate) fn track_event_ends(&mut self) {
         self.engine.track_event_ends();

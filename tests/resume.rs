@@ -578,3 +578,28 @@ async fn a_resume_while_the_first_connection_hangs_gets_every_event_after_the_se
     drop(writer.await.unwrap());
     drop(first);
 }
+
+#[tokio::test]
+async fn the_downstream_bytes_of_a_resumable_stream_count_its_id_lines() {
+    let (upstream, gateway) = setup("{ window: 10s }").await;
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(b"data: a\n\ndata: b\n\n").await;
+        exchange.send_chunk(b"data: [DONE]\n\n").await;
+        exchange.end_chunks().await;
+        exchange
+    });
+    let text = body_text(response).await;
+    assert_eq!(text.matches("id: ").count(), 3, "{text}");
+    let metrics = gateway
+        .metrics_until("the stream's end", |m| {
+            m.outcome_count(ROUTE, "terminator") == 1.0
+        })
+        .await;
+    let downstream = metrics.get(
+        "sse_gateway_stream_bytes_total",
+        &[("route", ROUTE), ("direction", "downstream")],
+    );
+    assert_eq!(downstream, text.len() as f64, "{text}");
+}

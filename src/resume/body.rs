@@ -146,9 +146,11 @@ impl LiveBody {
         match Pin::new(&mut **supervised).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let data = frame.into_data().unwrap_or_default();
+                let taken = data.len();
                 let sent = self
                     .producer
                     .publish(&self.slot, data, supervised.event_ends());
+                supervised.sent_extra(sent.len().saturating_sub(taken));
                 if supervised.is_end_stream() {
                     self.end();
                 }
