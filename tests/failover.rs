@@ -692,3 +692,43 @@ async fn max_duration_reached_while_held_back_ends_the_stream_without_a_retry() 
     );
     assert_eq!(healthy(&metrics, "a"), 1.0);
 }
+
+/// While its start is held back the stream is active; a client that leaves then ends
+/// it as `client_closed`, as it would after the commit.
+#[tokio::test]
+async fn a_client_that_leaves_while_the_start_is_held_back_is_a_client_closed_stream() {
+    use tokio::io::AsyncWriteExt;
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut exchange = a.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(ROLE).await;
+    gateway
+        .metrics_until("the held stream is active", |m| {
+            m.route_value("sse_gateway_streams_active", "chat") == 1.0
+        })
+        .await;
+    drop(client);
+    let metrics = gateway
+        .metrics_until("the stream's outcome", |m| {
+            m.outcome_count("chat", "client_closed") == 1.0
+        })
+        .await;
+    assert_eq!(
+        metrics.route_value("sse_gateway_streams_active", "chat"),
+        0.0
+    );
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream let go"
+    );
+    assert!(!b.connection_within(Duration::from_millis(200)).await);
+}

@@ -106,8 +106,9 @@ pub(super) async fn forward(
                     && is_identity(parts.headers.get(CONTENT_ENCODING));
                 match route.stream.as_ref().filter(|_| hold) {
                     Some(plan) => {
-                        let (started, start_failure) =
-                            plan.start(body, remove_usage_chunk, started).await;
+                        let (started, start_failure) = plan
+                            .start(body, remove_usage_chunk, started, &mut *log)
+                            .await;
                         failure = start_failure;
                         Ok((parts, Forwarded::Started(Box::new(started))))
                     }

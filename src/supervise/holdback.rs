@@ -9,6 +9,10 @@
 //! then the stream is *committed*, the held frames go out first, and the live body
 //! (`SupervisedBody::resume`) takes over, with no retry possible from then on.
 //!
+//! While held, the stream counts in `streams_active`; a client that leaves then (the
+//! request's future is dropped) ends it as `client_closed`, in the duration histogram
+//! and the log line, as it would after the commit.
+//!
 //! Bounded: past [`MAX_HELD`] bytes without content the stream commits anyway. The
 //! response headers wait for the commitment; while waiting, the route's clocks hold as
 //! they do for a live stream: `idle_timeout` counts from the last data event (a ping
@@ -28,7 +32,9 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::StreamPlan;
+use crate::access_log::{RequestLog, StreamSummary};
 use crate::engine::{Engine, Outcome, Stop};
+use crate::metrics::RouteMetrics;
 use crate::upstream::{Failure, UpstreamErrorKind};
 
 /// The most bytes held back before the first content event; past it the stream is
@@ -50,17 +56,19 @@ impl StreamPlan {
     /// and, when it ended before any content in a way another attempt may fix, the
     /// failure (the start then holds the closing frames the client gets if nothing
     /// is retried). `started`: when the request came, where `max_duration` counts
-    /// from.
+    /// from; `log`, the request's, is told the outcome if the client leaves first.
     pub(crate) async fn start<B>(
         self: &Arc<Self>,
         mut upstream: B,
         remove_usage_chunk: bool,
         started: Instant,
+        log: &mut RequestLog,
     ) -> (Started<B>, Option<Failure>)
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
+        let mut waiting = Waiting::new(&self.metrics, started, log);
         let mut engine = self.engine();
         if remove_usage_chunk {
             engine.remove_usage_chunk();
@@ -83,6 +91,7 @@ impl StreamPlan {
                 last_data = Instant::now();
             }
             if engine.has_sent_content() || held_bytes > MAX_HELD {
+                waiting.done = true;
                 return (
                     Started {
                         plan: self.clone(),
@@ -107,6 +116,7 @@ impl StreamPlan {
                     () if failed => Some(Failure::BeforeContent),
                     () => None,
                 };
+                waiting.done = true;
                 return (
                     Started {
                         plan: self.clone(),
@@ -161,5 +171,50 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A held start in `streams_active`, ended as `client_closed` if the request's future
+/// is dropped before the start returns (the client left). A start that returns is the
+/// live body's to record from then on.
+struct Waiting<'a> {
+    metrics: &'a RouteMetrics,
+    started: Instant,
+    log: &'a mut RequestLog,
+    done: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(metrics: &'a RouteMetrics, started: Instant, log: &'a mut RequestLog) -> Self {
+        metrics.streams_active.inc();
+        Waiting {
+            metrics,
+            started,
+            log,
+            done: false,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.metrics.streams_active.dec();
+        if std::thread::panicking() || self.done {
+            return;
+        }
+        let outcome = Outcome::ClientClosed;
+        self.metrics
+            .stream_duration(outcome)
+            .observe(self.started.elapsed().as_secs_f64());
+        self.log.set_stream(StreamSummary {
+            outcome: outcome.as_str(),
+            events: 0,
+            rules_hit: 0,
+            stuck_ms: 0,
+            ttft_ms: None,
+            error: false,
+            input_tokens: None,
+            output_tokens: None,
+        });
     }
 }
