@@ -7,14 +7,13 @@
 //! writes it, so a follower never waits for events that will not come;
 //! `sse-gateway:ROUTE:KEY:meta` holds the credential's fingerprint. Both
 //! live while the stream runs and expire between `window` and 1.25 × `window` after it
-//! ended: a stream's writes carry a refresh (the fingerprint written again, and a
-//! `PEXPIRE` of 1.25 × `window`) at most every quarter `window` (and with its first
-//! and last write, and the write after one was lost), so the expiry costs no command
-//! per event; while the upstream is silent, a keeper task sends the refresh alone every
-//! quarter `window`. Without it the keys of a stream whose model pauses longer than
-//! 1.25 × `window` would expire under a running stream, and a stream whose Redis
-//! restarted empty would never get its fingerprint back (no resume, no stop, on any
-//! other replica). The stream is trimmed with `MAXLEN ~` to about `max_bytes / 64`
+//! ended: a refresh (the fingerprint written again, and a `PEXPIRE` of 1.25 × `window`)
+//! is sent by the stream's keeper task every quarter `window` while it runs, and
+//! carried by its first write, its end and the first write after a lost one; the
+//! expiry costs no command per event. Refreshed only by writes, the keys of a stream
+//! whose model pauses longer than 1.25 × `window` would expire under a running stream,
+//! and a stream whose Redis restarted empty would never get its fingerprint back (no
+//! resume, no stop, on any other replica). The stream is trimmed with `MAXLEN ~` to about `max_bytes / 64`
 //! entries.
 //!
 //! **Never on the hot path.** A stream hands each frame's events to one writer task
@@ -102,7 +101,7 @@ impl Ending {
 }
 
 /// One stream's part of a batch: a frame's events, a refresh of its keys, the end.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Write {
     key: Arc<str>,
     refresh: Option<Refresh>,
@@ -110,8 +109,8 @@ struct Write {
     events: Vec<(u64, Bytes)>,
     end: Option<Ending>,
     errors: IntCounter,
-    /// Told when this write is lost.
-    freshness: Arc<Freshness>,
+    /// The stream's [`Mirror::lost`], set when this write is lost.
+    lost: Arc<AtomicBool>,
 }
 
 /// What keeps a stream's keys alive: the fingerprint written again to `:meta` (Redis
@@ -122,27 +121,17 @@ struct Refresh {
     expire_ms: u64,
 }
 
-/// Shared by a stream's [`Mirror`], its keeper task and the writer task.
-#[derive(Debug, Default)]
-struct Freshness {
-    /// A write carried a refresh since the keeper last looked: it need not send one.
-    refreshed: AtomicBool,
-    /// A write was lost (queue full, Redis failed): Redis may have restarted empty,
-    /// so the next write refreshes at once rather than up to a quarter window later.
-    lost: AtomicBool,
-}
-
 /// A stream's handle on the store: where its events go, and how they are bounded.
 #[derive(Debug)]
 pub(crate) struct Mirror {
     store: Arc<RedisStore>,
     key: Arc<str>,
-    window: Duration,
-    /// When the keys' expiry is next refreshed.
-    next_refresh: tokio::time::Instant,
+    refresh: Refresh,
     max_entries: usize,
-    fingerprint: Fingerprint,
-    freshness: Arc<Freshness>,
+    /// Redis may not hold the stream's keys: set at first, and when a write is lost
+    /// (queue full, Redis failed, maybe restarted empty). The next write then carries
+    /// the refresh, rather than the keeper up to a quarter window later.
+    lost: Arc<AtomicBool>,
     /// Dropped when the stream ends (or is dropped): the keeper task then stops.
     keeper: Option<oneshot::Sender<()>>,
     errors: IntCounter,
@@ -287,7 +276,7 @@ impl Mirror {
     ) -> Mirror {
         let key: Arc<str> = Arc::from(key);
         let max_entries = (max_bytes / BYTES_PER_ENTRY).max(16);
-        let freshness = Arc::new(Freshness::default());
+        let lost = Arc::new(AtomicBool::new(true));
         let (keeper, stopped) = oneshot::channel();
         let refresh = Refresh {
             fingerprint,
@@ -300,17 +289,15 @@ impl Mirror {
             events: Vec::new(),
             end: None,
             errors: errors.clone(),
-            freshness: freshness.clone(),
+            lost: lost.clone(),
         };
         tokio::spawn(keep_alive(store.queue.clone(), write, window / 4, stopped));
         Mirror {
             store,
             key,
-            window,
-            next_refresh: tokio::time::Instant::now(),
+            refresh,
             max_entries,
-            fingerprint,
-            freshness,
+            lost,
             keeper: Some(keeper),
             errors,
         }
@@ -338,31 +325,20 @@ impl Mirror {
 
     fn queue(&mut self, events: Vec<(u64, Bytes)>, end: Option<Ending>) {
         let count = events.len().max(1) as u64;
-        // One clock read per frame, not per event.
-        let now = tokio::time::Instant::now();
         // A plain load per frame; the swap only after a loss.
-        let lost = self.freshness.lost.load(Ordering::Relaxed)
-            && self.freshness.lost.swap(false, Ordering::Relaxed);
-        let refresh = (end.is_some() || lost || now >= self.next_refresh).then(|| {
-            self.next_refresh = now + self.window / 4;
-            self.freshness.refreshed.store(true, Ordering::Relaxed);
-            Refresh {
-                fingerprint: self.fingerprint,
-                expire_ms: expire_ms(self.window),
-            }
-        });
+        let lost = self.lost.load(Ordering::Relaxed) && self.lost.swap(false, Ordering::Relaxed);
         let write = Write {
             key: self.key.clone(),
-            refresh,
+            refresh: (end.is_some() || lost).then_some(self.refresh),
             max_entries: self.max_entries,
             events,
             end,
             errors: self.errors.clone(),
-            freshness: self.freshness.clone(),
+            lost: self.lost.clone(),
         };
         if let Err(error) = self.store.queue.try_send(write) {
             self.errors.inc_by(count);
-            self.freshness.lost.store(true, Ordering::Relaxed);
+            self.lost.store(true, Ordering::Relaxed);
             warn_once(&format!("the Redis write queue is full or closed ({error}); events dropped, resume on other replicas may fail"));
         }
     }
@@ -375,10 +351,10 @@ fn expire_ms(window: Duration) -> u64 {
     u64::try_from(expiry.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// A stream's keeper: every `every` in which no write of the stream carried a refresh,
-/// queues `refresh` alone, until `stopped` (the stream ended, or its mirror was
-/// dropped). An upstream silent for longer than the keys' expiry (a model thinking)
-/// then does not lose them under a follower on another replica.
+/// A stream's keeper: queues `refresh` (a write with no events) every `every`, until
+/// `stopped` (the stream ended, or its mirror was dropped). An upstream silent for
+/// longer than the keys' expiry (a model thinking) then does not lose them under a
+/// follower on another replica.
 async fn keep_alive(
     queue: mpsc::Sender<Write>,
     refresh: Write,
@@ -391,22 +367,9 @@ async fn keep_alive(
             _ = &mut stopped => return,
             () = tokio::time::sleep(every) => {}
         }
-        let refreshed = refresh.freshness.refreshed.swap(false, Ordering::Relaxed);
-        if refreshed && !refresh.freshness.lost.load(Ordering::Relaxed) {
-            continue;
-        }
-        let write = Write {
-            key: refresh.key.clone(),
-            refresh: refresh.refresh,
-            max_entries: refresh.max_entries,
-            events: Vec::new(),
-            end: None,
-            errors: refresh.errors.clone(),
-            freshness: refresh.freshness.clone(),
-        };
-        if let Err(error) = queue.try_send(write) {
+        if let Err(error) = queue.try_send(refresh.clone()) {
             refresh.errors.inc();
-            refresh.freshness.lost.store(true, Ordering::Relaxed);
+            refresh.lost.store(true, Ordering::Relaxed);
             warn_once(&format!("the Redis write queue is full or closed ({error}); a stream's keys were not refreshed, resume on other replicas may fail"));
         }
     }
@@ -484,7 +447,7 @@ async fn write_batches(client: redis::Client, mut writes: mpsc::Receiver<Write>)
             connection = None;
             for write in &batch {
                 write.errors.inc_by(write.events.len().max(1) as u64);
-                write.freshness.lost.store(true, Ordering::Relaxed);
+                write.lost.store(true, Ordering::Relaxed);
             }
         }
         batch.clear();
