@@ -31,10 +31,10 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
+use super::record::Held;
 use super::StreamPlan;
-use crate::access_log::{RequestLog, StreamSummary};
+use crate::access_log::RequestLog;
 use crate::engine::{Engine, Outcome, Stop};
-use crate::metrics::RouteMetrics;
 use crate::upstream::{Failure, UpstreamErrorKind};
 
 /// The most bytes held back before the first content event; past it the stream is
@@ -68,7 +68,7 @@ impl StreamPlan {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let mut waiting = Waiting::new(&self.metrics, started, log);
+        let mut held_start = Held::new(&self.metrics, started, log);
         let mut engine = self.engine();
         if remove_usage_chunk {
             engine.remove_usage_chunk();
@@ -91,7 +91,7 @@ impl StreamPlan {
                 last_data = Instant::now();
             }
             if engine.has_sent_content() || held_bytes > MAX_HELD {
-                waiting.done = true;
+                held_start.handed_on();
                 return (
                     Started {
                         plan: self.clone(),
@@ -116,7 +116,7 @@ impl StreamPlan {
                     () if failed => Some(Failure::BeforeContent),
                     () => None,
                 };
-                waiting.done = true;
+                held_start.handed_on();
                 return (
                     Started {
                         plan: self.clone(),
@@ -171,50 +171,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// A held start in `streams_active`, ended as `client_closed` if the request's future
-/// is dropped before the start returns (the client left). A start that returns is the
-/// live body's to record from then on.
-struct Waiting<'a> {
-    metrics: &'a RouteMetrics,
-    started: Instant,
-    log: &'a mut RequestLog,
-    done: bool,
-}
-
-impl<'a> Waiting<'a> {
-    fn new(metrics: &'a RouteMetrics, started: Instant, log: &'a mut RequestLog) -> Self {
-        metrics.streams_active.inc();
-        Waiting {
-            metrics,
-            started,
-            log,
-            done: false,
-        }
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.metrics.streams_active.dec();
-        if std::thread::panicking() || self.done {
-            return;
-        }
-        let outcome = Outcome::ClientClosed;
-        self.metrics
-            .stream_duration(outcome)
-            .observe(self.started.elapsed().as_secs_f64());
-        self.log.set_stream(StreamSummary {
-            outcome: outcome.as_str(),
-            events: 0,
-            rules_hit: 0,
-            stuck_ms: 0,
-            ttft_ms: None,
-            error: false,
-            input_tokens: None,
-            output_tokens: None,
-        });
     }
 }

@@ -1,6 +1,8 @@
 //! A stream's record: the facts the stream leaves behind, written once when its body
 //! is dropped. The one place that updates `streams_active`, the stuck gauge at the
-//! end, the duration histogram, and the stream's part of the request's log line.
+//! end, the duration histogram, and the stream's part of the request's log line; also
+//! for a start held back on a retrying route ([`Held`]), which a client may leave
+//! before any body exists.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,12 +115,7 @@ impl Drop for Record {
         let now = Instant::now();
         self.unstick(now);
         let outcome = *self.outcome.get_or_insert(Outcome::ClientClosed);
-        let metrics = &self.metrics;
-        metrics.streams_active.dec();
-        metrics
-            .stream_duration(outcome)
-            .observe((now - self.started).as_secs_f64());
-        self.log.set_stream(StreamSummary {
+        let summary = StreamSummary {
             outcome: outcome.as_str(),
             events: self.events,
             rules_hit: self.rules_hit,
@@ -133,6 +130,89 @@ impl Drop for Record {
             ),
             input_tokens: self.tokens.usage.input_tokens,
             output_tokens: self.tokens.usage.output_tokens,
-        });
+        };
+        end(
+            &self.metrics,
+            now - self.started,
+            outcome,
+            &mut self.log,
+            summary,
+        );
+    }
+}
+
+/// A stream leaves `streams_active`, its duration is observed under its outcome, and
+/// its part of the log line is written.
+fn end(
+    metrics: &RouteMetrics,
+    lasted: Duration,
+    outcome: Outcome,
+    log: &mut RequestLog,
+    summary: StreamSummary,
+) {
+    metrics.streams_active.dec();
+    metrics
+        .stream_duration(outcome)
+        .observe(lasted.as_secs_f64());
+    log.set_stream(summary);
+}
+
+/// A start held back on a retrying route (`holdback.rs`): active from now, and ended
+/// as `client_closed`, with nothing sent, if dropped before [`Held::handed_on`] (the
+/// request's future was dropped: the client left). A start handed on is recorded by
+/// the [`Record`] of the body that goes on with it, or by the next attempt's.
+#[derive(Debug)]
+pub(super) struct Held<'a> {
+    metrics: &'a RouteMetrics,
+    started: Instant,
+    log: &'a mut RequestLog,
+    handed_on: bool,
+}
+
+impl<'a> Held<'a> {
+    pub(super) fn new(
+        metrics: &'a RouteMetrics,
+        started: Instant,
+        log: &'a mut RequestLog,
+    ) -> Self {
+        metrics.streams_active.inc();
+        Held {
+            metrics,
+            started,
+            log,
+            handed_on: false,
+        }
+    }
+
+    /// The start returns to its caller, which records what becomes of it.
+    pub(super) fn handed_on(&mut self) {
+        self.handed_on = true;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.handed_on || std::thread::panicking() {
+            self.metrics.streams_active.dec();
+            return;
+        }
+        let outcome = Outcome::ClientClosed;
+        let summary = StreamSummary {
+            outcome: outcome.as_str(),
+            events: 0,
+            rules_hit: 0,
+            stuck_ms: 0,
+            ttft_ms: None,
+            error: false,
+            input_tokens: None,
+            output_tokens: None,
+        };
+        end(
+            self.metrics,
+            self.started.elapsed(),
+            outcome,
+            self.log,
+            summary,
+        );
     }
 }
