@@ -90,13 +90,12 @@ impl RequestLog {
     pub(crate) fn trace_upstream<B>(&mut self, request: &mut http::Request<B>) {
         if let (Some(trace), Some(upstream)) = (&mut self.trace, &self.upstream) {
             let method = request.method().clone();
-            let url = request.uri().to_string();
-            trace.start_upstream(method.as_str(), upstream, &url, request.headers_mut());
+            trace.start_upstream(method.as_str(), upstream, request.headers_mut());
         }
     }
 
-    /// The request goes to another endpoint than the one its client span named:
-    /// `url` is asked for only when the request is traced.
+    /// An attempt of the request goes to `url` (its endpoint's): the client span
+    /// names the last. `url` is asked for only when the request is traced.
     pub(crate) fn trace_upstream_url(&mut self, url: impl FnOnce() -> http::Uri) {
         if let Some(trace) = &mut self.trace {
             trace.upstream_url(url().to_string());

@@ -70,9 +70,7 @@ pub(super) async fn forward(
     let start = endpoints.start();
     let Some(retry) = &failover.retry else {
         let endpoint = endpoints.pick(start, Tried::default()).unwrap_or(0);
-        if endpoint != 0 {
-            log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
-        }
+        log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
         let (result, failure) = upstream.attempt(request, endpoint, stream).await;
         if !is_client_fault(&result) {
             upstream.report(endpoint, failure);
@@ -91,9 +89,7 @@ pub(super) async fn forward(
         made += 1;
         let last = made >= retry.attempts || endpoints.pick(start, tried).is_none();
         let copy = if last { None } else { copy(&request) };
-        if endpoint != 0 || made > 1 {
-            log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
-        }
+        log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
         let (result, mut failure) = upstream.attempt(request, endpoint, stream).await;
         let forwarded = match result {
             Ok(response) => {

@@ -46,9 +46,8 @@ pub(crate) struct RequestTrace {
     server: Context,
     /// Holds the client span, once the upstream request is sent.
     client: Option<Context>,
-    /// The client span's `url.full`, written when it ends: a retry or the balance may
-    /// send the request to another endpoint than the one it started for, and a span
-    /// attribute set twice is exported twice.
+    /// The client span's `url.full`, written when it ends: each attempt of a retry
+    /// goes to its own endpoint, and a span attribute set twice is exported twice.
     client_url: Option<String>,
 }
 
@@ -89,13 +88,7 @@ impl RequestTrace {
 
     /// Starts the client span of the upstream request and writes its `traceparent`
     /// (and the client's `tracestate`) into the upstream request's headers.
-    pub(crate) fn start_upstream(
-        &mut self,
-        method: &str,
-        upstream: &str,
-        url: &str,
-        headers: &mut HeaderMap,
-    ) {
+    pub(crate) fn start_upstream(&mut self, method: &str, upstream: &str, headers: &mut HeaderMap) {
         let span = self
             .tracer
             .span_builder(format!("{method} {upstream}"))
@@ -108,10 +101,9 @@ impl RequestTrace {
         let client = self.server.with_span(span);
         TraceContextPropagator::new().inject_context(&client, &mut HeaderInjector(headers));
         self.client = Some(client);
-        self.client_url = Some(url.to_owned());
     }
 
-    /// The request went to `url` instead: another endpoint than the first.
+    /// An attempt of the request goes to `url`.
     pub(crate) fn upstream_url(&mut self, url: String) {
         if self.client.is_some() {
             self.client_url = Some(url);
