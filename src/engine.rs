@@ -399,7 +399,7 @@ impl Engine {
             return true;
         };
         let contract = self.pipeline.contract();
-        if is_tail && contract.protocol.has_json_data() && !has_json_data(&output) {
+        if is_tail && contract.protocol.has_json_data() && !is_whole_json(&output) {
             self.tail_cut = true;
             return true;
         }
@@ -516,7 +516,7 @@ impl Engine {
 }
 
 /// Whether an event's data is one whole JSON value.
-fn has_json_data(event: &[u8]) -> bool {
+fn is_whole_json(event: &[u8]) -> bool {
     crate::sse::Event::new(event)
         .data()
         .is_some_and(|data| serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok())

@@ -230,6 +230,10 @@ async fn one_server_span_per_stream_lasting_until_its_end_continuing_the_clients
     let names: Vec<&str> = server.events.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["terminator"]);
     assert_eq!(int(client, "http.response.status_code"), 200);
+    assert_eq!(
+        string(client, "url.full"),
+        format!("{}/api/stream", upstream.url())
+    );
     assert_eq!(client.name, "POST assistant");
 }
 

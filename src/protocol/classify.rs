@@ -319,10 +319,7 @@ fn top_level_string<'a>(json: &'a [u8], key: &Finder<'_>) -> Option<&'a [u8]> {
         if depth.open != 1 || depth.in_string {
             continue;
         }
-        let value = json[at + key.needle().len()..]
-            .trim_ascii_start()
-            .strip_prefix(b":")
-            .map(<[u8]>::trim_ascii_start)
+        let value = value_after(&json[at + key.needle().len()..])
             .and_then(|value| value.strip_prefix(b"\""));
         if let Some(value) = value {
             return memchr::memchr(b'"', value).map(|end| &value[..end]);
@@ -388,13 +385,21 @@ pub(super) fn not_null_after(text: &[u8], key: &Finder<'_>) -> bool {
     false
 }
 
+/// The value after a quoted key: what follows its colon, spaces around the colon
+/// skipped; `None` when no colon follows (the quoted text was no key).
+fn value_after(after_key: &[u8]) -> Option<&[u8]> {
+    Some(
+        after_key
+            .trim_ascii_start()
+            .strip_prefix(b":")?
+            .trim_ascii_start(),
+    )
+}
+
 /// True when `after_key` (what follows a quoted key) is a colon and a value other
 /// than `null`.
 fn not_null_at(after_key: &[u8]) -> bool {
-    after_key
-        .trim_ascii_start()
-        .strip_prefix(b":")
-        .is_some_and(|value| !value.trim_ascii_start().starts_with(b"null"))
+    value_after(after_key).is_some_and(|value| !value.starts_with(b"null"))
 }
 
 /// True when `key` occurs as a key whose value is a string of at least one
@@ -403,10 +408,7 @@ fn not_null_at(after_key: &[u8]) -> bool {
 fn non_empty_string_after(text: &[u8], key: &Finder<'_>) -> bool {
     let mut rest = text;
     while let Some(at) = key.find(rest) {
-        let value = rest[at + key.needle().len()..]
-            .trim_ascii_start()
-            .strip_prefix(b":")
-            .map(<[u8]>::trim_ascii_start)
+        let value = value_after(&rest[at + key.needle().len()..])
             .and_then(|value| value.strip_prefix(b"\""));
         if value.is_some_and(|string| string.first().is_some_and(|b| *b != b'"')) {
             return true;
@@ -422,13 +424,9 @@ fn sequence_number(text: &[u8]) -> Option<u64> {
         .find_map(|at| number_after(&text[at + SEQUENCE_NUMBER.needle().len()..]))
 }
 
-/// The unsigned integer after a quoted key: its colon, then digits, spaces allowed
-/// around the colon; `None` past `u64`.
+/// The unsigned integer after a quoted key; `None` past `u64`.
 fn number_after(after_key: &[u8]) -> Option<u64> {
-    let digits = after_key
-        .trim_ascii_start()
-        .strip_prefix(b":")?
-        .trim_ascii_start();
+    let digits = value_after(after_key)?;
     let end = digits
         .iter()
         .position(|b| !b.is_ascii_digit())
