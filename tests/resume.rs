@@ -515,25 +515,11 @@ async fn a_cut_in_the_middle_of_a_large_upstream_read_loses_nothing_on_resume() 
 /// the resumed client gets every event.
 #[tokio::test]
 async fn a_resume_while_the_first_connection_hangs_gets_every_event_after_the_send_timeout() {
-    use sse_gateway::config::GatewayConfig;
-    use sse_gateway::listener::ConnectionLimits;
-    use tokio::io::AsyncWriteExt;
-
     let upstream = ScriptedUpstream::bind().await;
     let yaml = config(&upstream.url(), "{ window: 30s, max_bytes: 64MiB }");
-    let limits = ConnectionLimits {
-        send_timeout: Duration::from_secs(1),
-        ..ConnectionLimits::default()
-    };
-    let config = GatewayConfig::parse(&yaml, "test.yaml", &|_| None).unwrap();
-    let gateway = start_config_with_limits(config, limits).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut first = socket.connect(gateway.addr).await.unwrap();
-    first
-        .write_all(b"POST /api/stream HTTP/1.0\r\nhost: gateway\r\nauthorization: Bearer user-1\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .unwrap();
+    let gateway = start_with_send_timeout_1s(&yaml).await;
+    let request = b"POST /api/stream HTTP/1.0\r\nhost: gateway\r\nauthorization: Bearer user-1\r\ncontent-length: 0\r\n\r\n";
+    let mut first = client_that_will_stop_reading(gateway.addr, request).await;
     let mut exchange = upstream.accept().await;
     exchange.start_sse("").await;
     let pad = "x".repeat(180);

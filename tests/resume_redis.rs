@@ -109,6 +109,17 @@ async fn cut_after(
     (exchange, first)
 }
 
+/// [`cut_after`] one event, once Redis holds it; returns event 1's id.
+async fn cut_after_one_mirrored(
+    redis: &RedisServer,
+    owner: &TestGateway,
+    upstream: &ScriptedUpstream,
+) -> (Exchange, String) {
+    let (exchange, first) = cut_after(owner, upstream, 1).await;
+    redis_holds(redis, 1).await;
+    (exchange, first[0].id.clone().unwrap())
+}
+
 /// A redis-server, a scripted upstream and a gateway on both; `None` without Redis.
 async fn one_gateway() -> Option<(RedisServer, ScriptedUpstream, TestGateway)> {
     let redis = RedisServer::start().await?;
@@ -199,9 +210,7 @@ async fn the_owner_keeps_a_stream_followed_on_another_replica_past_its_window() 
     let Some((redis, upstream, owner, other)) = two_replicas("1s").await else {
         return;
     };
-    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
-    redis_holds(&redis, 1).await;
-    let id = first[0].id.clone().unwrap();
+    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
     let mut resumed =
         Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
     assert_eq!(resumed.status().await, 200);
@@ -302,9 +311,7 @@ async fn a_stop_sent_to_another_replica_ends_the_stream_at_its_owner() {
     let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
         return;
     };
-    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
-    redis_holds(&redis, 1).await;
-    let id = first[0].id.clone().unwrap();
+    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
     let target = format!("/api/stream?lastEventId={id}");
 
     let foreign = [("authorization", "Bearer user-2")];
@@ -341,9 +348,7 @@ async fn a_stop_that_no_replica_can_hear_is_a_503_not_a_204() {
     let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
         return;
     };
-    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
-    redis_holds(&redis, 1).await;
-    let id = first[0].id.clone().unwrap();
+    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
     let target = format!("/api/stream?lastEventId={id}");
     // Both replicas lose their subscription; each subscribes again a second later.
     redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
@@ -416,9 +421,7 @@ async fn a_follower_on_another_replica_outlasts_an_upstream_silence_longer_than_
     let Some((redis, upstream, owner, other)) = two_replicas("1s").await else {
         return;
     };
-    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
-    redis_holds(&redis, 1).await;
-    let id = first[0].id.clone().unwrap();
+    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
     let mut resumed =
         Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
     assert_eq!(resumed.status().await, 200);
@@ -439,9 +442,7 @@ async fn a_follower_whose_stream_vanishes_from_redis_gets_an_error_event_not_a_c
     let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
         return;
     };
-    let (mut exchange, first) = cut_after(&owner, &upstream, 1).await;
-    redis_holds(&redis, 1).await;
-    let id = first[0].id.clone().unwrap();
+    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
     let mut resumed =
         Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
     assert_eq!(resumed.status().await, 200);

@@ -165,22 +165,12 @@ async fn an_idle_h2c_connection_is_closed_but_one_with_an_open_stream_is_not() {
 #[tokio::test]
 async fn a_client_that_takes_no_bytes_is_closed_at_the_send_timeout_and_its_stream_ends() {
     let upstream = ScriptedUpstream::bind().await;
-    let limits = ConnectionLimits {
-        send_timeout: Duration::from_secs(1),
-        ..ConnectionLimits::default()
-    };
     let yaml = one_route_config(&upstream.url(), "    stream: { heartbeat: 0s }\n");
-    let config = GatewayConfig::parse(&yaml, "test.yaml", &|_| None).unwrap();
-    let gateway = start_config_with_limits(config, limits).await;
-    // A client gone without a word: a small receive buffer it never reads past the
-    // first event, and no FIN.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut client = socket.connect(gateway.addr).await.unwrap();
-    client
-        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
-        .await
-        .unwrap();
+    let gateway = start_with_send_timeout_1s(&yaml).await;
+    // A client gone without a word: it never reads past the first event, and sends no
+    // FIN.
+    let request = b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n";
+    let mut client = client_that_will_stop_reading(gateway.addr, request).await;
     let mut exchange = upstream.accept().await;
     exchange.start_sse("").await;
     exchange.send_chunk(b"data: first\n\n").await;

@@ -118,6 +118,28 @@ pub async fn start_config_with_limits(
     }
 }
 
+/// The gateway on `yaml` with a client send timeout of one second (60 s in the
+/// gateway), for tests of clients that stop reading.
+pub async fn start_with_send_timeout_1s(yaml: &str) -> TestGateway {
+    let config = GatewayConfig::parse(yaml, "test.yaml", &|_| None).unwrap();
+    let limits = ConnectionLimits {
+        send_timeout: Duration::from_secs(1),
+        ..ConnectionLimits::default()
+    };
+    start_config_with_limits(config, limits).await
+}
+
+/// A client that will stop reading, as one gone without a FIN: a 4 KiB receive
+/// buffer, so the bytes it leaves unread soon fill the gateway's socket. `request` is
+/// written at once.
+pub async fn client_that_will_stop_reading(addr: SocketAddr, request: &[u8]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(addr).await.unwrap();
+    client.write_all(request).await.unwrap();
+    client
+}
+
 /// A config with one route `chat` on `/api/stream` to `upstream_url`, plus `extra`
 /// route YAML (indented as a list item) appended.
 pub fn one_route_config(upstream_url: &str, route_extra: &str) -> String {
