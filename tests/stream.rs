@@ -250,3 +250,81 @@ async fn a_stream_request_reaches_the_upstream_in_origin_form_with_its_body() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body_text(response).await, "data: ok\n\ndata: [DONE]\n\n");
 }
+
+/// Reads that start a burst share one buffer per worker thread, and a read that cut a
+/// chunk leaves its rest there only until the stream waits. Several streams at once,
+/// their upstreams' chunked bytes written in pieces cut inside a chunk-size line,
+/// between CR and LF, and inside data, each piece its own read: every client gets its
+/// own events, byte for byte.
+#[tokio::test]
+async fn streams_read_at_once_with_chunks_cut_anywhere_keep_their_own_bytes() {
+    const STREAMS: usize = 6;
+    const EVENTS: usize = 12;
+    let (upstream, gateway) = setup().await;
+    let event = |stream: usize, n: usize| {
+        format!(
+            "data: {{\"s\":{stream},\"n\":{n},\"pad\":\"{}\"}}\n\n",
+            "x".repeat(n * 3)
+        )
+    };
+    let addr = gateway.addr;
+    let clients: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let response = get(addr, "/api/stream").await;
+                assert_eq!(response.status(), StatusCode::OK);
+                body_text(response).await
+            })
+        })
+        .collect();
+    let upstreams = async {
+        let mut exchanges = Vec::new();
+        for _ in 0..STREAMS {
+            let mut exchange = upstream.accept().await;
+            exchange.start_sse("").await;
+            exchanges.push(exchange);
+        }
+        for n in 0..EVENTS {
+            for (stream, exchange) in exchanges.iter_mut().enumerate() {
+                let data = event(stream, n);
+                let mut raw = format!("{:x}\r\n", data.len()).into_bytes();
+                raw.extend_from_slice(data.as_bytes());
+                raw.extend_from_slice(b"\r\n");
+                // Cut after the size's first digit, between its CR and LF, in the
+                // data, and between the data's CR and LF; a different cut per event.
+                let size_end = raw.iter().position(|&b| b == b'\r').unwrap();
+                let cuts = match n % 4 {
+                    0 => vec![1, size_end + 1],
+                    1 => vec![size_end + 1, size_end + 9],
+                    2 => vec![raw.len() - 1],
+                    _ => vec![size_end + 2 + data.len() / 2],
+                };
+                let mut at = 0;
+                for cut in cuts.into_iter().chain([raw.len()]) {
+                    exchange.write(&raw[at..cut]).await;
+                    at = cut;
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        }
+        for exchange in &mut exchanges {
+            exchange.send_chunk(b"data: [DONE]\n\n").await;
+        }
+        exchanges
+    };
+    let _exchanges = upstreams.await;
+    let mut seen: Vec<usize> = Vec::new();
+    for client in clients {
+        let text = client.await.expect("the client finishes");
+        let first = client_events(&text)[0].data.clone();
+        let stream: usize = first["{\"s\":".len()..first.find(',').unwrap()]
+            .parse()
+            .unwrap();
+        let expected: String =
+            (0..EVENTS).map(|n| event(stream, n)).collect::<String>() + "data: [DONE]\n\n";
+        assert_eq!(text, expected, "stream {stream}");
+        seen.push(stream);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..STREAMS).collect::<Vec<_>>());
+}

@@ -9,8 +9,14 @@
 //! buffer is made when the socket is readable and given away, as the body's frames,
 //! when it has been decoded.
 //!
+//! A token stream's read is one event of a few hundred bytes. Reads that start a burst go
+//! into a buffer shared by every stream on the worker thread and are split off it, so an
+//! event costs no allocation of its own; the part of a chunk a read cut off, which would
+//! keep the shared buffer alive while the stream waits, is copied out first.
+//!
 //! HTTPS upstreams and requests that are not event streams keep hyper's pooled client.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -36,6 +42,17 @@ const FIRST_READ: usize = 4 * 1024;
 /// syscalls and one frame carries many events.
 const MAX_READ: usize = 256 * 1024;
 
+/// The worker's shared read buffer: a new one is made when less than [`FIRST_READ`] is
+/// left, so one allocation serves dozens of token-sized reads. Small, because a frame a
+/// slow client has not taken yet keeps its whole buffer alive.
+const SHARED_READ_BUFFER: usize = 16 * 1024;
+
+thread_local! {
+    /// Room for the next read that starts a burst on this worker thread; what a read
+    /// fills is split off it. Always empty between reads.
+    static SHARED_READS: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
+}
+
 /// Why the exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LeanError {
@@ -59,6 +76,8 @@ pub(crate) struct LeanBody {
     buf: BytesMut,
     /// How much the next read asks for: doubles while reads fill it.
     read_size: usize,
+    /// `buf` is a piece of the worker's shared read buffer.
+    buf_shared: bool,
     done: bool,
 }
 
@@ -68,6 +87,9 @@ impl LeanBody {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         // No buffer while the socket has nothing to read.
         ready!(self.tcp.poll_read_ready(cx))?;
+        if self.buf.is_empty() && self.read_size == FIRST_READ {
+            return SHARED_READS.with_borrow_mut(|shared| self.poll_read_shared(cx, shared));
+        }
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
             self.buf.reserve(self.read_size);
         }
@@ -86,10 +108,33 @@ impl LeanBody {
             // Readiness was stale: tokio waits for the next, and the wait holds no
             // buffer.
             Poll::Pending => {
-                self.release();
+                self.release_for_wait();
                 Poll::Pending
             }
         }
+    }
+
+    /// Reads into the worker's shared buffer and takes what the read filled as `buf`.
+    fn poll_read_shared(
+        &mut self,
+        cx: &mut Context<'_>,
+        shared: &mut Option<BytesMut>,
+    ) -> Poll<io::Result<usize>> {
+        let shared = match shared {
+            Some(shared) if shared.capacity() >= FIRST_READ => shared,
+            _ => shared.insert(BytesMut::with_capacity(SHARED_READ_BUFFER)),
+        };
+        let room = shared.capacity();
+        let read = ready!(poll_read_buf(Pin::new(&mut self.tcp), cx, shared));
+        // Whatever happened, nothing read stays in the shared buffer.
+        self.buf = shared.split();
+        self.buf_shared = true;
+        let n = read?;
+        if n == room {
+            // A burst: it goes on in buffers of the stream's own, which grow.
+            self.read_size = (FIRST_READ * 2).min(MAX_READ);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Frees the read buffer when it holds nothing undecoded: what was decoded from it
@@ -97,12 +142,25 @@ impl LeanBody {
     fn release(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
+            self.buf_shared = false;
+        }
+    }
+
+    /// Before a wait for more bytes: frees the read buffer, or copies what is left of a
+    /// piece of the shared buffer (a cut chunk-size line, a CR) into one of its own, so
+    /// the wait keeps no shared buffer alive.
+    fn release_for_wait(&mut self) {
+        self.release();
+        if self.buf_shared {
+            self.buf = BytesMut::from(&self.buf[..]);
+            self.buf_shared = false;
         }
     }
 
     fn fail(&mut self, error: LeanError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         self.buf = BytesMut::new();
+        self.buf_shared = false;
         Poll::Ready(Some(Err(error.into())))
     }
 }
@@ -128,11 +186,12 @@ impl Body for LeanBody {
                 Ok(Some(Decoded::End)) => {
                     this.done = true;
                     this.buf = BytesMut::new();
+                    this.buf_shared = false;
                     return Poll::Ready(None);
                 }
                 // What is left (a chunk's CRLF, say) was framing: the wait for the
                 // next bytes holds no buffer.
-                Ok(None) => this.release(),
+                Ok(None) => this.release_for_wait(),
                 Err(error) => return this.fail(error.into()),
             }
             match ready!(this.poll_read(cx)) {
@@ -190,6 +249,7 @@ pub(super) async fn send(
         decoder,
         buf,
         read_size: FIRST_READ,
+        buf_shared: false,
         done: false,
     });
     *response.status_mut() = head.status;
@@ -336,4 +396,87 @@ fn field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A body reading a chunked response from `tcp`, its head already decoded.
+    fn chunked_body(tcp: TcpStream) -> LeanBody {
+        let mut decoder = ResponseDecoder::new(false);
+        let mut head =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"[..]);
+        assert!(decoder
+            .decode_head(&mut head)
+            .expect("a valid head")
+            .is_some());
+        LeanBody {
+            tcp,
+            decoder,
+            buf: BytesMut::new(),
+            read_size: FIRST_READ,
+            buf_shared: false,
+            done: false,
+        }
+    }
+
+    async fn poll_once(body: &mut LeanBody) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
+    }
+
+    fn data(polled: Poll<Option<Result<Frame<Bytes>, BoxError>>>) -> Option<Bytes> {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
+            _ => None,
+        }
+    }
+
+    /// A read that cut a chunk-size line: the stream waits for the rest holding a copy
+    /// of the cut bytes, not a piece of the worker's shared buffer, and reads on.
+    #[tokio::test]
+    async fn a_wait_after_a_cut_chunk_keeps_no_shared_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tcp, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (mut upstream, _) = accepted.unwrap();
+        let mut body = chunked_body(tcp.unwrap());
+        upstream.write_all(b"5\r\nhello\r\n1").await.unwrap();
+
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut got = Vec::new();
+            loop {
+                match poll_once(&mut body).await {
+                    Poll::Pending if got == b"hello" && body.buf[..] == b"1"[..] => break got,
+                    Poll::Pending => tokio::time::sleep(Duration::from_millis(5)).await,
+                    polled @ Poll::Ready(_) => {
+                        got.extend_from_slice(&data(polled).expect("a data frame"));
+                    }
+                }
+            }
+        })
+        .await;
+        assert_eq!(waited.expect("the bytes arrive within 5 s"), b"hello");
+        assert!(
+            !body.buf_shared,
+            "the wait holds a piece of the shared buffer"
+        );
+
+        upstream.write_all(b"\r\nx\r\n0\r\n\r\n").await.unwrap();
+        let rest = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut got = Vec::new();
+            while let Some(frame) = body.frame().await {
+                got.extend_from_slice(&frame.expect("no error").into_data().unwrap());
+            }
+            got
+        })
+        .await;
+        assert_eq!(rest.expect("the body ends within 5 s"), b"x");
+    }
 }
