@@ -26,6 +26,21 @@ const TRANSLATING_ROUTE: &str = "    request:
         remove: [cookie]
 ";
 
+/// Sends `request` through `gateway` while `upstream` answers it with `answer`; the
+/// response and the request as the upstream received it.
+async fn answered(
+    gateway: &TestGateway,
+    upstream: &ScriptedUpstream,
+    request: Request<Full<Bytes>>,
+    answer: &[u8],
+) -> (http::Response<hyper::body::Incoming>, RecordedRequest) {
+    tokio::join!(send(gateway.addr, request), async {
+        let mut exchange = upstream.accept().await;
+        exchange.write(answer).await;
+        exchange.request
+    })
+}
+
 #[tokio::test]
 async fn eventsource_get_becomes_the_upstream_post() {
     let upstream = ScriptedUpstream::bind().await;
@@ -88,13 +103,13 @@ async fn request_body_streams_through_untranslated() {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(payload)))
         .unwrap();
-    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
-        let mut exchange = upstream.accept().await;
-        exchange
-            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await;
-        exchange.request
-    });
+    let (response, seen) = answered(
+        &gateway,
+        &upstream,
+        request,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.target, "/api/stream?keep=1");
     assert_eq!(seen.body, payload.as_bytes());
@@ -114,13 +129,13 @@ async fn query_as_json_keeps_a_posted_body() {
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(payload)))
         .unwrap();
-    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
-        let mut exchange = upstream.accept().await;
-        exchange
-            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await;
-        exchange.request
-    });
+    let (response, seen) = answered(
+        &gateway,
+        &upstream,
+        request,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.target, "/v1/assistant/stream?trace=1");
     assert_eq!(seen.body, payload.as_bytes());
@@ -132,16 +147,51 @@ async fn query_as_json_keeps_a_posted_body() {
         .header("host", "gw")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let (response, seen) = tokio::join!(send(gateway.addr, request), async {
-        let mut exchange = upstream.accept().await;
-        exchange
-            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await;
-        exchange.request
-    });
+    let (response, seen) = answered(
+        &gateway,
+        &upstream,
+        request,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
     assert_eq!(seen.target, "/v1/assistant/stream");
     assert_eq!(seen.body, br#"{"q":"hi"}"#);
     assert_eq!(body_text(response).await, "ok");
+}
+
+/// A `HEAD` (a load balancer's probe, a link checker) asks only for the headers a
+/// `GET` would get: turned into the route's `POST`, it would start a generation, and
+/// its billing, for an answer that is thrown away.
+#[tokio::test]
+async fn head_is_not_turned_into_the_upstream_post() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(&upstream.url(), TRANSLATING_ROUTE);
+    let gateway = start_gateway_with_env(&yaml, &[("ASSISTANT_API_KEY", "k")]).await;
+    let request = Request::head("/api/stream?q=hi")
+        .header("host", "gw")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // The head a GET would get: the answer to a HEAD has no body, whatever it says.
+    let (response, seen) = answered(
+        &gateway,
+        &upstream,
+        request,
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await;
+    assert_eq!(seen.method, "HEAD");
+    assert_eq!(seen.target, "/v1/assistant/stream?q=hi");
+    assert!(
+        seen.body.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&seen.body)
+    );
+    assert_eq!(seen.header("content-type"), None);
+    assert_eq!(seen.header("x-api-key"), Some("k"));
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(body_text(response).await, "");
 }
 
 #[tokio::test]

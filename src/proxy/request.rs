@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
 };
-use http::{Request, Version};
+use http::{Method, Request, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -120,11 +120,16 @@ pub(crate) fn translate(
         }
     };
 
+    // A HEAD asks only for the headers a GET would get: the route's method (a POST
+    // that starts a paid generation) would answer it with a body nobody reads, and a
+    // body on a HEAD may be refused as a smuggling attempt (RFC 9110 section 9.3.2).
+    let head = parts.method == Method::HEAD;
     let query = parts.uri.query();
     // A client that sends a body (a `Content-Length` above 0, or a chunked body) can
     // speak the upstream's API itself: its body goes through untouched, with the query
     // on the URL. Replacing it with the query would silently lose what it sent.
-    let query_body = plan.body == BodyMode::QueryAsJson && hyper::body::Body::is_end_stream(&body);
+    let query_body =
+        !head && plan.body == BodyMode::QueryAsJson && hyper::body::Body::is_end_stream(&body);
     let (query, body) = if query_body {
         let json = query_as_json(query.unwrap_or(""));
         parts
@@ -160,7 +165,7 @@ pub(crate) fn translate(
     }
 
     parts.uri = uri;
-    if let Some(method) = &plan.method {
+    if let Some(method) = plan.method.as_ref().filter(|_| !head) {
         parts.method = method.clone();
     }
     // The upstream connection's protocol is the pool's choice (ALPN), not the
