@@ -270,9 +270,9 @@ impl Proxy {
                         tracing::info!(route = %route.name, kind = kind.as_str(), %error, "request refused");
                         route.metrics.count_client_error(kind);
                     }
+                    // Counted by its attempt (`forward`), as every failed attempt is.
                     Fault::Upstream(kind) => {
                         tracing::warn!(route = %route.name, kind = kind.as_str(), %error, "upstream request failed");
-                        route.metrics.count_upstream_error(kind);
                     }
                 }
                 let reply = reply::error_response_in(

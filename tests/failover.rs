@@ -120,6 +120,15 @@ fn healthy(metrics: &Metrics, endpoint: &str) -> f64 {
         .unwrap_or_else(|| panic!("no health series for {endpoint}:\n{}", metrics.text))
 }
 
+fn upstream_errors(metrics: &Metrics, kind: &str) -> f64 {
+    metrics.get(
+        "sse_gateway_upstream_errors_total",
+        &[("route", "chat"), ("kind", kind)],
+    )
+}
+
+/// The client never sees the refused endpoint, but the operator must: a failover hides
+/// the failure from the request, not from the upstream errors an alert watches.
 #[tokio::test]
 async fn a_refused_first_endpoint_is_skipped_for_the_next() {
     let b = ScriptedUpstream::bind().await;
@@ -140,6 +149,12 @@ async fn a_refused_first_endpoint_is_skipped_for_the_next() {
     assert_eq!(attempts(&metrics, "a", "connect"), 1.0, "{}", metrics.text);
     assert_eq!(attempts(&metrics, "b", "success"), 1.0);
     assert_eq!(retries(&metrics, "connect"), 1.0);
+    assert_eq!(
+        upstream_errors(&metrics, "connect"),
+        1.0,
+        "{}",
+        metrics.text
+    );
 }
 
 #[tokio::test]
@@ -163,6 +178,7 @@ async fn slow_headers_are_a_timeout_and_retried() {
     let metrics = gateway.metrics().await;
     assert_eq!(attempts(&metrics, "a", "timeout"), 1.0, "{}", metrics.text);
     assert_eq!(retries(&metrics, "timeout"), 1.0);
+    assert_eq!(upstream_errors(&metrics, "header_timeout"), 1.0);
 }
 
 #[tokio::test]

@@ -25,7 +25,9 @@ use crate::access_log::RequestLog;
 use crate::config::RetryConfig;
 use crate::metrics::FailoverMetrics;
 use crate::supervise::Started;
-use crate::upstream::{Failure, RetryBudget, Tried, UpstreamBody, UpstreamError, UpstreamIncoming};
+use crate::upstream::{
+    Failure, Fault, RetryBudget, Tried, UpstreamBody, UpstreamError, UpstreamIncoming,
+};
 
 /// A route's failover state, built once per config.
 #[derive(Debug)]
@@ -44,10 +46,19 @@ pub(super) enum Forwarded {
     Started(Box<Started<UpstreamIncoming>>),
 }
 
-impl Failover {
-    fn count(&self, endpoint: usize, failure: Option<Failure>) {
-        self.metrics
-            .attempt(endpoint, failure.map_or("success", Failure::label));
+/// What an attempt tells, once its verdict is final: the endpoint's health, the
+/// attempts by result, and an error by its kind. A failure a retry then recovers is
+/// counted as an upstream error all the same: the endpoint failed, and only the
+/// client was spared it. An attempt the client's body spoiled tells nothing about the
+/// upstream and is not settled here.
+fn settle(route: &Route, endpoint: usize, failure: Option<Failure>, error: Option<&UpstreamError>) {
+    route.upstream.report(endpoint, failure);
+    route
+        .failover
+        .metrics
+        .attempt(endpoint, failure.map_or("success", Failure::label));
+    if let Some(Fault::Upstream(kind)) = error.map(UpstreamError::fault) {
+        route.metrics.count_upstream_error(kind);
     }
 }
 
@@ -73,8 +84,7 @@ pub(super) async fn forward(
         log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
         let (result, failure) = upstream.attempt(request, endpoint, stream).await;
         if !is_client_fault(&result) {
-            upstream.report(endpoint, failure);
-            failover.count(endpoint, failure);
+            settle(route, endpoint, failure, result.as_ref().err());
         }
         let (parts, body) = result?.into_parts();
         return Ok((parts, Forwarded::Upstream(body)));
@@ -113,11 +123,10 @@ pub(super) async fn forward(
             }
             Err(error) => Err(error),
         };
-        if let Err(UpstreamError::ClientBody { .. }) = forwarded {
+        if is_client_fault(&forwarded) {
             return forwarded;
         }
-        upstream.report(endpoint, failure);
-        failover.count(endpoint, failure);
+        settle(route, endpoint, failure, forwarded.as_ref().err());
         let Some(failure) = failure.filter(|f| f.retried_on(retry.on)) else {
             return forwarded;
         };
