@@ -135,9 +135,10 @@ impl StopNow {
 
 /// The gateway's "drain time is over" signal, as every stream watches it.
 ///
-/// A stream polls it each time its upstream has nothing to read, so once per event on
-/// a paced stream: a [`Change`](crate::changes::Change) makes that one atomic load,
-/// where a `CancellationToken` takes a lock.
+/// A stream looks at it before each upstream read and polls it each time its upstream
+/// has nothing to read, so once or twice per event: [`Shutdown::has_fired`] and a
+/// [`Change`](crate::changes::Change) make each one atomic load, where a
+/// `CancellationToken` takes a lock.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Shutdown {
     changes: Arc<Changes>,

@@ -449,6 +449,12 @@ where
                 }
                 continue;
             }
+            // Checked before every read, not only when the upstream is quiet: one that
+            // never pauses would otherwise run past the drain deadline.
+            if this.plan.shutdown.has_fired() {
+                this.engine.stop(Stop::Shutdown);
+                continue;
+            }
             let Some(upstream) = this.upstream.as_mut() else {
                 // Unreachable while undecided; end rather than spin if it ever is.
                 return Poll::Ready(None);
@@ -476,7 +482,8 @@ where
                 }
                 Poll::Pending => {}
             }
-            // One atomic load once its waker is registered: see `changes.rs`.
+            // Registers the waker, so that a quiet stream hears the drain deadline too;
+            // then one atomic load per poll: see `changes.rs`.
             if this.shutdown.as_mut().poll(cx).is_ready() {
                 this.engine.stop(Stop::Shutdown);
                 continue;

@@ -423,6 +423,14 @@ impl Exchange {
         self.write(b"0\r\n\r\n").await;
     }
 
+    /// The connection as a blocking socket, for a writer on a thread of its own that
+    /// keeps the gateway's side full whatever the test's runtime is doing.
+    pub fn into_blocking(self) -> std::net::TcpStream {
+        let stream = self.stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    }
+
     /// Closes the connection with a TCP reset instead of an orderly close.
     pub fn reset(self) {
         // A zero linger makes close() send RST at once; it cannot block.
