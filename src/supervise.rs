@@ -40,14 +40,14 @@ use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::access_log::RequestLog;
 use crate::changes::OwnedChange;
-use crate::config::{HumanDuration, StreamConfig};
+use crate::config::StreamConfig;
 use crate::engine::{Engine, Stop};
 use crate::metrics::RouteMetrics;
 use crate::rewrite::Pipeline;
 use crate::shutdown::Shutdown;
 use crate::upstream::{UpstreamErrorKind, UpstreamIncoming};
 
-use record::Record;
+use record::{Record, Stuck};
 
 pub(crate) use holdback::Started;
 
@@ -194,6 +194,7 @@ where
             held: std::collections::VecDeque::new(),
             upstream,
             plan,
+            stuck: Stuck::default(),
         };
         Self::resume(started_stream, started, log)
     }
@@ -207,6 +208,7 @@ where
             engine,
             held,
             upstream,
+            stuck,
         } = start;
         let mut body = SupervisedBody {
             held,
@@ -217,7 +219,7 @@ where
             clock_waker: None,
             last_data: now,
             last_sent: now,
-            record: Record::new(plan.metrics.clone(), started, log),
+            record: Record::new(plan.metrics.clone(), started, log, stuck),
             plan,
             last_from_engine: false,
         };
@@ -295,14 +297,7 @@ where
             return None;
         }
         if !self.record.is_stuck() && due(c.stuck_after, self.last_data) {
-            self.record.stick(now);
-            let _span = self.record.span().enter();
-            tracing::warn!(
-                route = %self.plan.route,
-                path = self.record.path(),
-                stuck_after = %HumanDuration(c.stuck_after),
-                "stream stuck: no data from upstream"
-            );
+            self.record.stick(now, &self.plan.route, c.stuck_after);
         }
         let heartbeat = due(c.heartbeat, self.last_sent).then(|| Bytes::from_static(HEARTBEAT));
         let deadline = self.next_deadline();

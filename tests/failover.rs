@@ -41,6 +41,21 @@ fn config(endpoints: &[(&str, &str)], upstream_extra: &str, retry: &str) -> Stri
     )
 }
 
+/// Endpoints `a` and `b`, and a gateway whose route retries with `clocks` (flow-style
+/// keys of its `stream` section) beside the preset.
+async fn two_endpoints(clocks: &str) -> (ScriptedUpstream, ScriptedUpstream, TestGateway) {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}").replace(
+        "stream: { protocol: openai-chat }",
+        &format!("stream: {{ protocol: openai-chat, {clocks} }}"),
+    );
+    let gateway = start_gateway(&yaml).await;
+    (a, b, gateway)
+}
+
 /// Answers `exchange` with a whole, clean stream.
 async fn answer(exchange: &mut Exchange) {
     exchange.start_sse("").await;
@@ -510,15 +525,7 @@ async fn round_robin_spreads_requests_over_the_endpoints() {
 
 #[tokio::test]
 async fn a_start_that_goes_silent_before_content_is_a_timeout_and_retried() {
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}").replace(
-        "stream: { protocol: openai-chat }",
-        "stream: { protocol: openai-chat, idle_timeout: 300ms }",
-    );
-    let gateway = start_gateway(&yaml).await;
+    let (a, b, gateway) = two_endpoints("stuck_after: 100ms, idle_timeout: 300ms").await;
     let (response, _silent, _) = tokio::join!(
         get(gateway.addr, "/api/stream"),
         async {
@@ -537,19 +544,17 @@ async fn a_start_that_goes_silent_before_content_is_a_timeout_and_retried() {
     let metrics = gateway.metrics().await;
     assert_eq!(attempts(&metrics, "a", "timeout"), 1.0, "{}", metrics.text);
     assert_eq!(retries(&metrics, "timeout"), 1.0);
+    // Stuck before it timed out: the attempt thrown away ends its stuck period.
+    assert_eq!(metrics.route_value("sse_gateway_stuck_total", "chat"), 1.0);
+    assert_eq!(
+        metrics.route_value("sse_gateway_streams_stuck", "chat"),
+        0.0
+    );
 }
 
 #[tokio::test]
 async fn a_start_that_only_keeps_alive_before_content_is_a_timeout_and_retried() {
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}").replace(
-        "stream: { protocol: openai-chat }",
-        "stream: { protocol: openai-chat, idle_timeout: 300ms, heartbeat: 0s }",
-    );
-    let gateway = start_gateway(&yaml).await;
+    let (a, b, gateway) = two_endpoints("idle_timeout: 300ms, heartbeat: 0s").await;
     let exchange = async {
         let (response, (), ()) = tokio::join!(
             get(gateway.addr, "/api/stream"),
@@ -672,15 +677,7 @@ async fn an_answer_complete_while_held_back_is_recorded_as_complete() {
 /// other attempt could do better, and the endpoint did nothing wrong.
 #[tokio::test]
 async fn max_duration_reached_while_held_back_ends_the_stream_without_a_retry() {
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}").replace(
-        "stream: { protocol: openai-chat }",
-        "stream: { protocol: openai-chat, max_duration: 400ms, heartbeat: 0s }",
-    );
-    let gateway = start_gateway(&yaml).await;
+    let (a, b, gateway) = two_endpoints("max_duration: 400ms, heartbeat: 0s").await;
     let (response, _silent) = tokio::join!(get(gateway.addr, "/api/stream"), async {
         let mut exchange = a.accept().await;
         exchange.start_sse("").await;
@@ -709,16 +706,13 @@ async fn max_duration_reached_while_held_back_ends_the_stream_without_a_retry() 
     assert_eq!(healthy(&metrics, "a"), 1.0);
 }
 
-/// While its start is held back the stream is active; a client that leaves then ends
-/// it as `client_closed`, as it would after the commit.
+/// While its start is held back the stream is active, and stuck once no data came for
+/// `stuck_after`; a client that leaves then ends it as `client_closed`, as it would
+/// after the commit, and its stuck period with it.
 #[tokio::test]
 async fn a_client_that_leaves_while_the_start_is_held_back_is_a_client_closed_stream() {
     use tokio::io::AsyncWriteExt;
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (a, b, gateway) = two_endpoints("stuck_after: 200ms, heartbeat: 0s").await;
     let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     client
         .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
@@ -727,9 +721,11 @@ async fn a_client_that_leaves_while_the_start_is_held_back_is_a_client_closed_st
     let mut exchange = a.accept().await;
     exchange.start_sse("").await;
     exchange.send_chunk(ROLE).await;
+    let route = |m: &Metrics, name: &str| m.route_value(name, "chat");
     gateway
-        .metrics_until("the held stream is active", |m| {
-            m.route_value("sse_gateway_streams_active", "chat") == 1.0
+        .metrics_until("the held stream is active and stuck", |m| {
+            route(m, "sse_gateway_streams_active") == 1.0
+                && route(m, "sse_gateway_streams_stuck") == 1.0
         })
         .await;
     drop(client);
@@ -738,13 +734,36 @@ async fn a_client_that_leaves_while_the_start_is_held_back_is_a_client_closed_st
             m.outcome_count("chat", "client_closed") == 1.0
         })
         .await;
-    assert_eq!(
-        metrics.route_value("sse_gateway_streams_active", "chat"),
-        0.0
-    );
+    assert_eq!(route(&metrics, "sse_gateway_streams_active"), 0.0);
+    assert_eq!(route(&metrics, "sse_gateway_streams_stuck"), 0.0);
+    assert_eq!(route(&metrics, "sse_gateway_stuck_total"), 1.0);
     assert!(
         exchange.closed_within(LIVENESS).await,
         "the upstream let go"
     );
     assert!(!b.connection_within(Duration::from_millis(200)).await);
+}
+
+/// A held-back start with no data for `stuck_after` is stuck, as a live stream is,
+/// until data comes.
+#[tokio::test]
+async fn a_held_start_is_stuck_until_data_comes() {
+    let (a, _b, gateway) = two_endpoints("stuck_after: 200ms, heartbeat: 0s").await;
+    let stuck = |m: &Metrics| m.route_value("sse_gateway_streams_stuck", "chat");
+    let request = tokio::spawn(get(gateway.addr, "/api/stream"));
+    let mut exchange = a.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(ROLE).await;
+    let metrics = gateway
+        .metrics_until("the held start stuck", |m| stuck(m) == 1.0)
+        .await;
+    assert_eq!(metrics.route_value("sse_gateway_stuck_total", "chat"), 1.0);
+    exchange.send_chunk(CONTENT).await;
+    gateway
+        .metrics_until("data ends the stuck period", |m| stuck(m) == 0.0)
+        .await;
+    exchange.send_chunk(FINISH).await;
+    exchange.end_chunks().await;
+    let response = request.await.unwrap();
+    assert_eq!(body_text(response).await, whole_answer());
 }

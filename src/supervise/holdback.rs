@@ -9,9 +9,11 @@
 //! then the stream is *committed*, the held frames go out first, and the live body
 //! (`SupervisedBody::resume`) takes over, with no retry possible from then on.
 //!
-//! While held, the stream counts in `streams_active`; a client that leaves then (the
-//! request's future is dropped) ends it as `client_closed`, in the duration histogram
-//! and the log line, as it would after the commit.
+//! While held, the stream counts in `streams_active`, and in `streams_stuck` once no
+//! data came for `stuck_after`, as a live stream does (a stuck period still open at
+//! the commit goes on in the live body); a client that leaves then (the request's
+//! future is dropped) ends it as `client_closed`, in the duration histogram and the
+//! log line, as it would after the commit.
 //!
 //! Bounded: past [`MAX_HELD`] bytes without content the stream commits anyway. The
 //! response headers wait for the commitment; while waiting, the route's clocks hold as
@@ -31,7 +33,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::record::Held;
+use super::record::{Held, Stuck};
 use super::StreamPlan;
 use crate::access_log::RequestLog;
 use crate::engine::{Engine, Outcome, Stop};
@@ -41,14 +43,15 @@ use crate::upstream::{Failure, UpstreamErrorKind};
 /// committed (an upstream that sends this much before any content is not starting).
 pub(crate) const MAX_HELD: usize = 64 * 1024;
 
-/// A stream's start, held back: the engine that ran it, its frames, and the upstream
-/// body to go on reading.
+/// A stream's start, held back: the engine that ran it, its frames, the upstream
+/// body to go on reading, and its stuck periods.
 #[derive(Debug)]
 pub(crate) struct Started<B> {
     pub(super) plan: Arc<StreamPlan>,
     pub(super) engine: Engine,
     pub(super) held: VecDeque<Bytes>,
     pub(super) upstream: B,
+    pub(super) stuck: Stuck,
 }
 
 impl StreamPlan {
@@ -89,15 +92,16 @@ impl StreamPlan {
             }
             if engine.take_content_seen() {
                 last_data = Instant::now();
+                held_start.unstick(last_data);
             }
             if engine.has_sent_content() || held_bytes > MAX_HELD {
-                held_start.handed_on();
                 return (
                     Started {
                         plan: self.clone(),
                         engine,
                         held,
                         upstream,
+                        stuck: held_start.hand_on(),
                     },
                     None,
                 );
@@ -116,13 +120,13 @@ impl StreamPlan {
                     () if failed => Some(Failure::BeforeContent),
                     () => None,
                 };
-                held_start.handed_on();
                 return (
                     Started {
                         plan: self.clone(),
                         engine,
                         held,
                         upstream,
+                        stuck: held_start.hand_on(),
                     },
                     failure,
                 );
@@ -131,6 +135,8 @@ impl StreamPlan {
             let limit = clocks.max_duration;
             let on = |clock: Duration, from: Instant| (!clock.is_zero()).then(|| from + clock);
             let (idle_at, limit_at) = (on(idle, last_data), on(limit, started));
+            let stuck_after = clocks.stuck_after;
+            let stuck_at = on(stuck_after, last_data).filter(|_| !held_start.is_stuck());
             tokio::select! {
                 biased;
                 () = &mut shutdown => {
@@ -144,6 +150,9 @@ impl StreamPlan {
                 () = sleep_until(idle_at) => {
                     timed_out = true;
                     engine.stop(Stop::IdleTimeout { after: idle });
+                }
+                () = sleep_until(stuck_at) => {
+                    held_start.stick(Instant::now(), &self.route, stuck_after);
                 }
                 read = upstream.frame() => match read {
                     Some(Ok(frame)) => {

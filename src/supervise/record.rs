@@ -1,15 +1,17 @@
 //! A stream's record: the facts the stream leaves behind, written once when its body
-//! is dropped. The one place that updates `streams_active`, the stuck gauge at the
-//! end, the duration histogram, and the stream's part of the request's log line; also
-//! for a start held back on a retrying route ([`Held`]), which a client may leave
-//! before any body exists.
+//! is dropped. The one place that updates `streams_active`, the stuck gauge
+//! ([`Stuck`]), the duration histogram, and the stream's part of the request's log
+//! line; also for a start held back on a retrying route ([`Held`]), which a client may
+//! leave before any body exists.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntGauge;
 use tokio::time::Instant;
 
 use crate::access_log::{RequestLog, StreamSummary};
+use crate::config::HumanDuration;
 use crate::engine::Outcome;
 use crate::metrics::RouteMetrics;
 
@@ -24,14 +26,19 @@ pub(super) struct Record {
     pub(super) events: u64,
     pub(super) rules_hit: u64,
     pub(super) tokens: Tokens,
-    stuck_since: Option<Instant>,
-    stuck_for: Duration,
+    stuck: Stuck,
     log: RequestLog,
 }
 
 impl Record {
     /// The record of a stream that started at `started`; it counts as active now.
-    pub(super) fn new(metrics: Arc<RouteMetrics>, started: Instant, log: RequestLog) -> Record {
+    /// `stuck`: what its held-back start was (a period still open goes on).
+    pub(super) fn new(
+        metrics: Arc<RouteMetrics>,
+        started: Instant,
+        log: RequestLog,
+        stuck: Stuck,
+    ) -> Record {
         metrics.streams_active.inc();
         Record {
             metrics,
@@ -40,8 +47,7 @@ impl Record {
             events: 0,
             rules_hit: 0,
             tokens: Tokens::default(),
-            stuck_since: None,
-            stuck_for: Duration::ZERO,
+            stuck,
             log,
         }
     }
@@ -85,28 +91,18 @@ impl Record {
     }
 
     pub(super) fn is_stuck(&self) -> bool {
-        self.stuck_since.is_some()
+        self.stuck.is_stuck()
     }
 
-    /// The stream became stuck at `now`.
-    pub(super) fn stick(&mut self, now: Instant) {
-        self.stuck_since = Some(now);
-        self.log.trace_event("stuck", Vec::new());
-        self.metrics.streams_stuck.inc();
-        self.metrics.stuck_total.inc();
+    /// The stream of `route` had no data for `stuck_after` at `now`.
+    pub(super) fn stick(&mut self, now: Instant, route: &str, stuck_after: Duration) {
+        self.stuck
+            .stick(now, &self.metrics, &self.log, route, stuck_after);
     }
 
     /// Ends a stuck period; true if the stream was stuck.
     pub(super) fn unstick(&mut self, now: Instant) -> bool {
-        match self.stuck_since.take() {
-            Some(since) => {
-                self.log.trace_event("unstuck", Vec::new());
-                self.stuck_for += now - since;
-                self.metrics.streams_stuck.dec();
-                true
-            }
-            None => false,
-        }
+        self.stuck.unstick(now, &self.log)
     }
 }
 
@@ -119,7 +115,7 @@ impl Drop for Record {
             outcome: outcome.as_str(),
             events: self.events,
             rules_hit: self.rules_hit,
-            stuck_ms: u64::try_from(self.stuck_for.as_millis()).unwrap_or(u64::MAX),
+            stuck_ms: self.stuck.millis(),
             ttft_ms: self
                 .tokens
                 .time_to_first_token
@@ -157,8 +153,69 @@ fn end(
     log.set_stream(summary);
 }
 
+/// A stream's stuck periods: an open one counts in `streams_stuck`, and all of them in
+/// the log line's `stuck_ms`. A period still open when this is dropped ends then, so a
+/// start thrown away for another attempt cannot leave the gauge up.
+#[derive(Debug, Default)]
+pub(super) struct Stuck {
+    /// Since when, and the gauge it counts in.
+    open: Option<(Instant, IntGauge)>,
+    total: Duration,
+}
+
+impl Stuck {
+    fn is_stuck(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// A period opens at `now`: the stream of `route` had no data for `stuck_after`.
+    fn stick(
+        &mut self,
+        now: Instant,
+        metrics: &RouteMetrics,
+        log: &RequestLog,
+        route: &str,
+        stuck_after: Duration,
+    ) {
+        metrics.streams_stuck.inc();
+        metrics.stuck_total.inc();
+        self.open = Some((now, metrics.streams_stuck.clone()));
+        log.trace_event("stuck", Vec::new());
+        let _span = log.span().enter();
+        tracing::warn!(
+            route = %route,
+            path = log.path(),
+            stuck_after = %HumanDuration(stuck_after),
+            "stream stuck: no data from upstream"
+        );
+    }
+
+    /// Ends the open period at `now`; true if there was one.
+    fn unstick(&mut self, now: Instant, log: &RequestLog) -> bool {
+        let Some((since, gauge)) = self.open.take() else {
+            return false;
+        };
+        log.trace_event("unstuck", Vec::new());
+        self.total += now - since;
+        gauge.dec();
+        true
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.total.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Drop for Stuck {
+    fn drop(&mut self) {
+        if let Some((_, gauge)) = self.open.take() {
+            gauge.dec();
+        }
+    }
+}
+
 /// A start held back on a retrying route (`holdback.rs`): active from now, and ended
-/// as `client_closed`, with nothing sent, if dropped before [`Held::handed_on`] (the
+/// as `client_closed`, with nothing sent, if dropped before [`Held::hand_on`] (the
 /// request's future was dropped: the client left). A start handed on is recorded by
 /// the [`Record`] of the body that goes on with it, or by the next attempt's.
 #[derive(Debug)]
@@ -166,6 +223,7 @@ pub(super) struct Held<'a> {
     metrics: &'a RouteMetrics,
     started: Instant,
     log: &'a mut RequestLog,
+    stuck: Stuck,
     handed_on: bool,
 }
 
@@ -180,13 +238,31 @@ impl<'a> Held<'a> {
             metrics,
             started,
             log,
+            stuck: Stuck::default(),
             handed_on: false,
         }
     }
 
-    /// The start returns to its caller, which records what becomes of it.
-    pub(super) fn handed_on(&mut self) {
+    pub(super) fn is_stuck(&self) -> bool {
+        self.stuck.is_stuck()
+    }
+
+    /// The start on `route` had no data for `stuck_after` at `now`.
+    pub(super) fn stick(&mut self, now: Instant, route: &str, stuck_after: Duration) {
+        self.stuck
+            .stick(now, self.metrics, self.log, route, stuck_after);
+    }
+
+    /// Data came at `now`.
+    pub(super) fn unstick(&mut self, now: Instant) {
+        self.stuck.unstick(now, self.log);
+    }
+
+    /// The start returns to its caller, which records what becomes of it; a stuck
+    /// period still open goes with it.
+    pub(super) fn hand_on(&mut self) -> Stuck {
         self.handed_on = true;
+        std::mem::take(&mut self.stuck)
     }
 }
 
@@ -196,23 +272,19 @@ impl Drop for Held<'_> {
             self.metrics.streams_active.dec();
             return;
         }
+        let now = Instant::now();
+        self.stuck.unstick(now, self.log);
         let outcome = Outcome::ClientClosed;
         let summary = StreamSummary {
             outcome: outcome.as_str(),
             events: 0,
             rules_hit: 0,
-            stuck_ms: 0,
+            stuck_ms: self.stuck.millis(),
             ttft_ms: None,
             error: false,
             input_tokens: None,
             output_tokens: None,
         };
-        end(
-            self.metrics,
-            self.started.elapsed(),
-            outcome,
-            self.log,
-            summary,
-        );
+        end(self.metrics, now - self.started, outcome, self.log, summary);
     }
 }
