@@ -155,13 +155,20 @@ impl Body for ResponseBody {
             }
             Kind::Upstream(passthrough) => {
                 let Passthrough { body, log, drain } = &mut **passthrough;
-                if drain.as_ref().is_some_and(|d| d.ended) {
-                    return Poll::Ready(None);
+                if let Some(drain) = drain {
+                    if drain.ended {
+                        return Poll::Ready(None);
+                    }
+                    // Checked before every read, as supervised streams do: an upstream
+                    // that never pauses would otherwise run past the drain deadline.
+                    if drain.has_fired() {
+                        log.ended_by_shutdown();
+                        return Poll::Ready(None);
+                    }
                 }
                 let polled = match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Pending => {
-                        // Checked only while the upstream is quiet, as supervised
-                        // streams do: a busy body ends at its next quiet moment.
+                        // A quiet upstream waits on the signal too.
                         if let Some(drain) = drain {
                             if drain.poll_fired(cx) {
                                 log.ended_by_shutdown();
@@ -224,6 +231,13 @@ struct DrainEnd {
 }
 
 impl DrainEnd {
+    /// Whether the signal has fired (one atomic load, no waker); if so, the body ends.
+    fn has_fired(&mut self) -> bool {
+        self.ended = self.signal.has_fired();
+        self.ended
+    }
+
+    /// The same, for a quiet upstream: registers the waker (once) if it has not fired.
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.signal.has_fired() {
             let wake = self

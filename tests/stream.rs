@@ -224,6 +224,30 @@ async fn other_responses_on_a_stream_route_pass_through_byte_identical() {
 }
 
 #[tokio::test]
+async fn the_drain_ends_a_passed_through_body_whose_upstream_never_pauses() {
+    let (upstream, gateway) = setup().await;
+    // Not an event stream: passed through untouched, though read as a stream route's
+    // upstream is, from a connection of its own.
+    let (response, exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        exchange
+    });
+    let line = "{\"value\":\"token\"}\n";
+    let tail =
+        drain_while_the_upstream_never_pauses(gateway, response, exchange, &line.repeat(512)).await;
+    // The body ends where it is, with the final chunk: nothing is added, and the end
+    // may fall inside a line.
+    assert!(!tail.is_empty());
+    assert!(
+        line.repeat(tail.len() / line.len() + 2).contains(&tail),
+        "{tail}"
+    );
+}
+
+#[tokio::test]
 async fn a_stream_request_reaches_the_upstream_in_origin_form_with_its_body() {
     let (upstream, gateway) = setup().await;
     let request = http::Request::post("/api/stream?model=m1")

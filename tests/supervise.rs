@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -422,46 +421,14 @@ async fn a_silent_upstream_gets_heartbeats_at_about_the_interval() {
 #[tokio::test]
 async fn the_drain_ends_a_stream_whose_upstream_never_pauses() {
     let (upstream, gateway) = setup("      heartbeat: 0\n").await;
-    let (response, mut exchange) = open_stream(&upstream, &gateway).await;
-    // Whole events in every chunk, written from a thread as fast as the gateway takes
-    // them: its reads of the upstream always find bytes waiting.
-    let events = "data: {\"value\":\"token\"}\n\n".repeat(512);
-    let chunk = format!("{:x}\r\n{events}\r\n", events.len());
-    exchange.write(chunk.as_bytes()).await;
-    let mut socket = exchange.into_blocking();
-    let writer = std::thread::spawn(move || {
-        use std::io::Write;
-        while socket.write_all(chunk.as_bytes()).is_ok() {}
-    });
-    let mut body = response.into_body();
-    let first = tokio::time::timeout(LIVENESS, body.frame())
-        .await
-        .expect("the stream flows")
-        .unwrap()
-        .unwrap();
-    assert!(first.is_data());
-    let reader = tokio::spawn(async move {
-        // Only the end matters; the stream is far too long to keep.
-        let mut tail = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let data = frame.expect("the body ends cleanly").into_data().unwrap();
-            tail.extend_from_slice(&data);
-            tail.drain(..tail.len().saturating_sub(4096));
-        }
-        String::from_utf8(tail).unwrap()
-    });
+    let (response, exchange) = open_stream(&upstream, &gateway).await;
     let metrics = gateway.gateway().metrics().clone();
-    // Nothing scraped /metrics, so the stop waits for no final scrape.
-    let stop = tokio::spawn(gateway.shutdown());
-    let tail = tokio::time::timeout(Duration::from_secs(1) + LIVENESS, reader)
-        .await
-        .expect("the drain time (1 s) ends the stream")
-        .unwrap();
+    // Whole events in every chunk.
+    let events = "data: {\"value\":\"token\"}\n\n".repeat(512);
+    let tail = drain_while_the_upstream_never_pauses(gateway, response, exchange, &events).await;
     let error = error_event(&tail[tail.find("event: error").expect("an error event")..]);
     assert_eq!(error["error"]["type"], "shutdown", "{tail}");
     assert!(tail.ends_with("data: [DONE]\n\n"), "{tail}");
-    stop.await.unwrap();
-    writer.join().unwrap();
     let parsed = Metrics::parse(&metrics.encode());
     assert_eq!(
         parsed.outcome_count("chat", "shutdown"),

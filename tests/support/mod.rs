@@ -462,6 +462,54 @@ impl Exchange {
     }
 }
 
+/// Drains `gateway` (1 s of drain time) while `exchange`'s upstream writes `events`
+/// again and again, as one chunk of a chunked body, from a thread of its own, as fast
+/// as the gateway takes them; the client takes a frame a millisecond, slower than that,
+/// so the gateway's reads of the upstream always find bytes waiting and its body is
+/// never quiet. `response` is the client's side, flowing before the drain starts; its
+/// body must end cleanly within the drain time and [`LIVENESS`]. Returns the body's
+/// last 4 KiB (the stream is far too long to keep).
+pub async fn drain_while_the_upstream_never_pauses(
+    gateway: TestGateway,
+    response: Response<Incoming>,
+    mut exchange: Exchange,
+    events: &str,
+) -> String {
+    let chunk = format!("{:x}\r\n{events}\r\n", events.len());
+    exchange.write(chunk.as_bytes()).await;
+    let mut socket = exchange.into_blocking();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        while socket.write_all(chunk.as_bytes()).is_ok() {}
+    });
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(LIVENESS, body.frame())
+        .await
+        .expect("the stream flows")
+        .unwrap()
+        .unwrap();
+    assert!(first.is_data());
+    let reader = tokio::spawn(async move {
+        let mut tail = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.expect("the body ends cleanly").into_data().unwrap();
+            tail.extend_from_slice(&data);
+            tail.drain(..tail.len().saturating_sub(4096));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        String::from_utf8(tail).unwrap()
+    });
+    // Nothing scraped /metrics, so the stop waits for no final scrape.
+    let stop = tokio::spawn(gateway.shutdown());
+    let tail = tokio::time::timeout(Duration::from_secs(1) + LIVENESS, reader)
+        .await
+        .expect("the drain time (1 s) ends the stream")
+        .unwrap();
+    stop.await.unwrap();
+    writer.join().unwrap();
+    tail
+}
+
 // === clients ===
 
 /// Sends one request over a new HTTP/1.1 connection; the body streams.
