@@ -228,7 +228,9 @@ pub(super) async fn send(
 ) -> Result<Response<LeanBody>, LeanError> {
     let head_request = request.method() == Method::HEAD;
     let (parts, body) = request.into_parts();
-    write_request(&mut tcp, &parts, body).await?;
+    // Boxed: done before the head is read, it would otherwise size the future that
+    // waits for the head.
+    Box::pin(write_request(&mut tcp, &parts, body)).await?;
 
     let mut decoder = ResponseDecoder::new(head_request);
     let mut buf = BytesMut::with_capacity(FIRST_READ);
