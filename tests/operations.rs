@@ -283,6 +283,20 @@ async fn draining(gateway: &GatewayProcess) {
     }
 }
 
+/// Waits until the gateway's log has `line` (within [`LIVENESS`]); `missing` says
+/// what its absence means.
+async fn logged(gateway: &GatewayProcess, line: &str, missing: &str) {
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    while !gateway.log_text().contains(line) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing}:\n{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_second_signal_ends_the_drain_at_once_and_streams_still_get_their_end() {
     let upstream = ScriptedUpstream::bind().await;
@@ -294,13 +308,13 @@ async fn a_second_signal_ends_the_drain_at_once_and_streams_still_get_their_end(
 
     gateway.signal("TERM");
     draining(&gateway).await;
-    assert!(
-        gateway
-            .log_text()
-            .contains("press Ctrl-C again (or send SIGTERM again) to stop now"),
-        "the first signal says how to stop at once:\n{}",
-        gateway.log_text()
-    );
+    // `/readyz` turns 503 a moment before the drain's first line is written.
+    logged(
+        &gateway,
+        "press Ctrl-C again (or send SIGTERM again) to stop now",
+        "the first signal says how to stop at once",
+    )
+    .await;
     gateway.signal("INT");
 
     // Long before the 10m drain time: the error event, the terminator, the end.
@@ -356,18 +370,12 @@ async fn a_recent_scraper_gets_its_final_scrape_before_the_exit() {
     gateway.metrics().await;
     gateway.signal("TERM");
     draining(&gateway).await;
-    let deadline = tokio::time::Instant::now() + LIVENESS;
-    while !gateway
-        .log_text()
-        .contains("waiting for a final metrics scrape")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no wait for a final scrape:\n{}",
-            gateway.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    logged(
+        &gateway,
+        "waiting for a final metrics scrape",
+        "no wait for a final scrape",
+    )
+    .await;
     assert!(gateway.child.try_wait().unwrap().is_none(), "still waiting");
     gateway.metrics().await;
     assert_eq!(gateway.exit_code(Duration::from_secs(5)).await, Some(0));
