@@ -26,6 +26,15 @@ const TRANSLATING_ROUTE: &str = "    request:
         remove: [cookie]
 ";
 
+/// An upstream and a gateway whose one route is [`TRANSLATING_ROUTE`], its API key
+/// `api_key`.
+async fn translating_gateway(api_key: &str) -> (ScriptedUpstream, TestGateway) {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(&upstream.url(), TRANSLATING_ROUTE);
+    let gateway = start_gateway_with_env(&yaml, &[("ASSISTANT_API_KEY", api_key)]).await;
+    (upstream, gateway)
+}
+
 /// Sends `request` through `gateway` while `upstream` answers it with `answer`; the
 /// response and the request as the upstream received it.
 async fn answered(
@@ -43,9 +52,7 @@ async fn answered(
 
 #[tokio::test]
 async fn eventsource_get_becomes_the_upstream_post() {
-    let upstream = ScriptedUpstream::bind().await;
-    let yaml = one_route_config(&upstream.url(), TRANSLATING_ROUTE);
-    let gateway = start_gateway_with_env(&yaml, &[("ASSISTANT_API_KEY", "sk-test-123")]).await;
+    let (upstream, gateway) = translating_gateway("sk-test-123").await;
 
     let request = Request::get("/api/stream/sub?q=hi&conversation=7")
         .header("host", "chat.example")
@@ -120,9 +127,7 @@ async fn request_body_streams_through_untranslated() {
 /// POSTs its own body keeps it (and its query), never replaced by the query's `{}`.
 #[tokio::test]
 async fn query_as_json_keeps_a_posted_body() {
-    let upstream = ScriptedUpstream::bind().await;
-    let yaml = one_route_config(&upstream.url(), TRANSLATING_ROUTE);
-    let gateway = start_gateway_with_env(&yaml, &[("ASSISTANT_API_KEY", "k")]).await;
+    let (upstream, gateway) = translating_gateway("k").await;
     let payload = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
     let request = Request::post("/api/stream?trace=1")
         .header("host", "gw")
@@ -164,9 +169,7 @@ async fn query_as_json_keeps_a_posted_body() {
 /// its billing, for an answer that is thrown away.
 #[tokio::test]
 async fn head_is_not_turned_into_the_upstream_post() {
-    let upstream = ScriptedUpstream::bind().await;
-    let yaml = one_route_config(&upstream.url(), TRANSLATING_ROUTE);
-    let gateway = start_gateway_with_env(&yaml, &[("ASSISTANT_API_KEY", "k")]).await;
+    let (upstream, gateway) = translating_gateway("k").await;
     let request = Request::head("/api/stream?q=hi")
         .header("host", "gw")
         .body(Full::new(Bytes::new()))

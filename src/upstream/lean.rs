@@ -141,9 +141,14 @@ impl LeanBody {
     /// lives on in the frames, and goes when they are written.
     fn release(&mut self) {
         if self.buf.is_empty() {
-            self.buf = BytesMut::new();
-            self.buf_shared = false;
+            self.drop_buf();
         }
+    }
+
+    /// Lets go of the read buffer, whatever it holds.
+    fn drop_buf(&mut self) {
+        self.buf = BytesMut::new();
+        self.buf_shared = false;
     }
 
     /// Before a wait for more bytes: frees the read buffer, or copies what is left of a
@@ -159,8 +164,7 @@ impl LeanBody {
 
     fn fail(&mut self, error: LeanError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
-        self.buf = BytesMut::new();
-        self.buf_shared = false;
+        self.drop_buf();
         Poll::Ready(Some(Err(error.into())))
     }
 }
@@ -185,8 +189,7 @@ impl Body for LeanBody {
                 }
                 Ok(Some(Decoded::End)) => {
                     this.done = true;
-                    this.buf = BytesMut::new();
-                    this.buf_shared = false;
+                    this.drop_buf();
                     return Poll::Ready(None);
                 }
                 // What is left (a chunk's CRLF, say) was framing: the wait for the
