@@ -167,3 +167,60 @@ fn data_is_split_off_the_read_with_no_copy() {
     assert_eq!(decoder.decode(&mut buf).unwrap(), Some(Decoded::End));
     assert!(decoder.is_done() && buf.is_empty());
 }
+
+/// The data piece `decoder` gives next from `buf`.
+fn next_piece(decoder: &mut ResponseDecoder, buf: &mut BytesMut) -> bytes::Bytes {
+    match decoder.decode(buf) {
+        Ok(Some(Decoded::Data(data))) => data,
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_chunks_of_one_read_leave_as_one_piece_of_that_read() {
+    let mut decoder = ResponseDecoder::new(false);
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+        9\r\ndata: a\n\n\r\n9;ext=1\r\ndata: b\n\n\r\n9\r\ndata: c"[..],
+    );
+    let start = buf.as_ptr() as usize;
+    let end = start + buf.len();
+    decoder.decode_head(&mut buf).unwrap().unwrap();
+    // Two whole chunks and the start of a third: one piece, in the read's own memory.
+    let data = next_piece(&mut decoder, &mut buf);
+    assert_eq!(&data[..], b"data: a\n\ndata: b\n\ndata: c");
+    let at = data.as_ptr() as usize;
+    assert!(at >= start && at + data.len() <= end, "a slice of the read");
+    assert!(buf.is_empty());
+    // The third chunk's rest, then the next chunk, joined again; the last chunk ends.
+    buf.extend_from_slice(b"\n\n\r\n3\r\nx\n\n\r\n0\r\n\r\n");
+    assert_eq!(&next_piece(&mut decoder, &mut buf)[..], b"\n\nx\n\n");
+    assert_eq!(decoder.decode(&mut buf), Ok(Some(Decoded::End)));
+}
+
+#[test]
+fn a_joined_piece_stops_before_what_is_cut_or_malformed() {
+    let head = &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..];
+    // A size line cut in the read: the piece stops before it, and it is read whole
+    // from the next read.
+    let mut decoder = ResponseDecoder::new(false);
+    let mut buf = BytesMut::from(&[head, b"2\r\nab\r\n2\r\ncd\r\n1"].concat()[..]);
+    decoder.decode_head(&mut buf).unwrap().unwrap();
+    assert_eq!(&next_piece(&mut decoder, &mut buf)[..], b"abcd");
+    assert_eq!(decoder.decode(&mut buf), Ok(None));
+    buf.extend_from_slice(b"0\r\n0123456789abcdef\r\n0\r\n\r\n");
+    assert_eq!(&next_piece(&mut decoder, &mut buf)[..], b"0123456789abcdef");
+    assert_eq!(decoder.decode(&mut buf), Ok(Some(Decoded::End)));
+    // A chunk with no CRLF after its data: what came before is delivered, then the error.
+    let mut decoder = ResponseDecoder::new(false);
+    let mut buf = BytesMut::from(&[head, b"2\r\nab\r\n2\r\ncdXX2\r\nef\r\n"].concat()[..]);
+    decoder.decode_head(&mut buf).unwrap().unwrap();
+    assert_eq!(&next_piece(&mut decoder, &mut buf)[..], b"abcd");
+    assert_eq!(decoder.decode(&mut buf), Err(DecodeError::ChunkEnd));
+    // A malformed size line after a chunk: the same.
+    let mut decoder = ResponseDecoder::new(false);
+    let mut buf = BytesMut::from(&[head, b"2\r\nab\r\nzz\r\ncd\r\n"].concat()[..]);
+    decoder.decode_head(&mut buf).unwrap().unwrap();
+    assert_eq!(&next_piece(&mut decoder, &mut buf)[..], b"ab");
+    assert_eq!(decoder.decode(&mut buf), Err(DecodeError::ChunkSize));
+}

@@ -5,7 +5,8 @@
 //! hyper's per-connection read and write buffers and its dispatch channel the whole
 //! time, several pages per open stream. This decoder keeps nothing between reads but
 //! a few counters: the caller owns the bytes, each body piece is split off them with
-//! no copy, and once a read is decoded the caller's buffer can be empty and freed.
+//! no copy (the chunks of one read joined in place into one piece), and once a read is
+//! decoded the caller's buffer can be empty and freed.
 //!
 //! The head is parsed by `httparse`, the parser hyper itself uses (chunk sizes too), so
 //! what this module decides is only what RFC 9112 section 6 says a response's body is.
@@ -245,11 +246,11 @@ impl ResponseDecoder {
                         return Ok(None);
                     }
                     let take = take_len(remaining, buf.len());
-                    self.state = match remaining - take as u64 {
-                        0 => State::ChunkDataEnd,
-                        left => State::ChunkData(left),
-                    };
-                    return Ok(Some(Decoded::Data(buf.split_to(take).freeze())));
+                    self.state = after_chunk_data(remaining, take);
+                    let (len, read) = self.join_chunks(buf, take);
+                    let data = buf.split_to(len).freeze();
+                    buf.advance(read - len);
+                    return Ok(Some(Decoded::Data(data)));
                 }
                 State::ChunkDataEnd => match buf.first() {
                     None => return Ok(None),
@@ -277,6 +278,42 @@ impl ResponseDecoder {
                 }
             }
         }
+    }
+
+    /// Joins the chunks that follow the `len` data bytes at the start of `buf`, as far
+    /// as their framing is whole in `buf`, by moving their data back over the framing:
+    /// a read that holds several chunks (a token stream writes one per event) becomes
+    /// one body piece, and its events leave as one frame with one chunk header instead
+    /// of one each. The bytes move within the read; nothing is allocated.
+    ///
+    /// Returns how long the joined data is and how much of `buf` it used up. A chunk
+    /// is joined only with at least one of its data bytes; anything else (the last
+    /// chunk, a cut or malformed size line or CRLF) is left to the next [`decode`]
+    /// call, which reports it after this piece.
+    ///
+    /// [`decode`]: ResponseDecoder::decode
+    fn join_chunks(&mut self, buf: &mut [u8], mut len: usize) -> (usize, usize) {
+        let mut read = len;
+        while self.state == State::ChunkDataEnd {
+            let Some(after_crlf) = buf[read..].strip_prefix(b"\r\n") else {
+                break;
+            };
+            let Ok(httparse::Status::Complete((line, size))) =
+                httparse::parse_chunk_size(after_crlf)
+            else {
+                break;
+            };
+            let data_at = read + 2 + line;
+            if size == 0 || data_at == buf.len() {
+                break;
+            }
+            let take = take_len(size, buf.len() - data_at);
+            buf.copy_within(data_at..data_at + take, len);
+            len += take;
+            read = data_at + take;
+            self.state = after_chunk_data(size, take);
+        }
+        (len, read)
     }
 
     /// The connection closed: the end of a body read to the close, or an error for a
@@ -309,6 +346,14 @@ impl ResponseDecoder {
     /// The body is complete: the connection holds nothing more of this response.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+}
+
+/// The state once `take` of a chunk's `remaining` data bytes are read.
+fn after_chunk_data(remaining: u64, take: usize) -> State {
+    match remaining - take as u64 {
+        0 => State::ChunkDataEnd,
+        left => State::ChunkData(left),
     }
 }
 
