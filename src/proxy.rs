@@ -13,6 +13,7 @@ mod resume;
 mod route;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ use crate::request_id::{request_span, RequestId, X_REQUEST_ID};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
 use crate::telemetry::{RequestTrace, Traces};
-use crate::upstream::{Fault, Upstream};
+use crate::upstream::{Fault, Upstream, UpstreamError};
 
 pub(crate) use self::route::Route;
 
@@ -95,60 +96,194 @@ impl Proxy {
     }
 
     /// Serves one request from `peer`.
-    pub(crate) async fn serve(
+    ///
+    /// Neither this nor [`route_and_forward`](Proxy::route_and_forward) is an `async
+    /// fn`: that keeps a by-value argument twice in the future, as the argument and as
+    /// the local it moves into. The future lives until the response head is out, and
+    /// its size sets the allocator size class every request takes.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn serve(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Response<ResponseBody> {
-        let method = request.method().clone();
-        let origin = request.headers().get(http::header::ORIGIN).cloned();
-        // The id goes upstream as a client header would, back to the client, and on
-        // every log line of the request through its span.
-        let id = RequestId::of(request.headers());
-        let id_header = id.header_value().clone();
-        request
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), id_header.clone());
-        let span = request_span(&id);
-        let trace = self.traces.as_ref().map(|traces| {
-            let path = request.uri().path();
-            traces.request(method.as_str(), path, request.headers(), id.as_str())
-        });
-        let (mut response, route) = self
-            .route_and_forward(request, peer, trace)
-            .instrument(span)
-            .await;
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), id_header);
-        if let Some(edge) = route.as_ref().and_then(|name| self.edges.get(name)) {
-            edge.finish(origin.as_ref(), response.headers_mut());
+    ) -> impl Future<Output = Response<ResponseBody>> + '_ {
+        async move {
+            let method = request.method().clone();
+            let origin = request.headers().get(http::header::ORIGIN).cloned();
+            // The id goes upstream as a client header would, back to the client, and on
+            // every log line of the request through its span.
+            let id = RequestId::of(request.headers());
+            let id_header = id.header_value().clone();
+            request
+                .headers_mut()
+                .insert(X_REQUEST_ID.clone(), id_header.clone());
+            let span = request_span(&id);
+            let trace = self.traces.as_ref().map(|traces| {
+                let path = request.uri().path();
+                traces.request(method.as_str(), path, request.headers(), id.as_str())
+            });
+            let (mut response, route) = self
+                .route_and_forward(request, peer, trace)
+                .instrument(span)
+                .await;
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID.clone(), id_header);
+            if let Some(edge) = route.as_ref().and_then(|name| self.edges.get(name)) {
+                edge.finish(origin.as_ref(), response.headers_mut());
+            }
+            self.metrics
+                .count_request(route.as_deref(), &method, response.status());
+            response
         }
-        self.metrics
-            .count_request(route.as_deref(), &method, response.status());
-        response
     }
 
-    async fn route_and_forward(
+    /// Routes the request and forwards it upstream, or answers it where it is.
+    #[allow(clippy::manual_async_fn)]
+    fn route_and_forward(
         &self,
         mut request: Request<Incoming>,
         peer: SocketAddr,
         trace: Option<RequestTrace>,
-    ) -> (Response<ResponseBody>, Option<Arc<str>>) {
-        let start = Instant::now();
+    ) -> impl Future<Output = Answer> + '_ {
+        async move {
+            let start = Instant::now();
+            let Routed {
+                route,
+                matched_len,
+                begin,
+                mut log,
+            } = match self.route(&mut request, trace, start).await {
+                Ok(routed) => routed,
+                Err(answer) => return answer,
+            };
+            let route_name = Some(route.name.clone());
+            // The route's clients are the SDKs of its protocol: errors in their shape.
+            let protocol = route.protocol();
+
+            // Before anything is sent upstream; held by the response body until it ends.
+            let slot = match route.admission.as_ref().map(|a| a.admit(request.headers())) {
+                Some(Err(limit)) => {
+                    let reply = crate::admission::refusal(limit, protocol, &route.name);
+                    return (made(reply, log), route_name);
+                }
+                Some(Ok(slot)) => Some(slot),
+                None => None,
+            };
+
+            let origin = Origin {
+                peer,
+                matched_len,
+                plan: &route.request,
+                upstream: &route.upstream,
+            };
+            let upstream_request = match translate(request, origin) {
+                Ok(mut upstream_request) => {
+                    log.trace_upstream(&mut upstream_request);
+                    upstream_request
+                }
+                Err(error) => {
+                    if let Some(kind) = error.client_error_kind() {
+                        route.metrics.count_client_error(kind);
+                    }
+                    let reply = reply::error_response_in(
+                        protocol,
+                        error.error_type(),
+                        &error.to_string(),
+                        Some(&route.name),
+                    );
+                    return (made(reply, log), route_name);
+                }
+            };
+
+            // `stream.usage: request`: the upstream is asked for usage the client may not
+            // have asked for; the stream then keeps the usage chunk from that client.
+            // Matched whole, not kept as a `Result`: what a match moves out of a named
+            // local leaves the local's storage in the future across the upstream's wait.
+            let (upstream_request, remove_usage_chunk) = match &route.stream {
+                Some(plan) if plan.requests_usage() => {
+                    match include_usage::ask_for_usage(upstream_request).await {
+                        Ok(prepared) => prepared,
+                        Err(error) => return (not_forwarded(route, &error, log), route_name),
+                    }
+                }
+                _ => (upstream_request, false),
+            };
+            let forwarded =
+                forward::forward(route, upstream_request, remove_usage_chunk, start, &mut log)
+                    .await;
+            let (mut parts, body) = match forwarded {
+                Ok(forwarded) => forwarded,
+                Err(error) => return (not_forwarded(route, &error, log), route_name),
+            };
+            strip_hop_by_hop(&mut parts.headers);
+            let event_stream = is_event_stream(parts.headers.get(CONTENT_TYPE));
+            if event_stream {
+                // Tell every cache and buffering proxy between here and the browser to
+                // pass events through as they come.
+                parts.headers.insert(
+                    CACHE_CONTROL,
+                    HeaderValue::from_static("no-cache, no-transform"),
+                );
+                parts
+                    .headers
+                    .insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+            }
+            log.set_status(parts.status);
+            log.trace_upstream_status(parts.status);
+            let body = match body {
+                forward::Forwarded::Upstream(body) => body,
+                forward::Forwarded::Started(held) => {
+                    parts.headers.remove(CONTENT_LENGTH);
+                    let body = SupervisedBody::resume(*held, start, log);
+                    let body = resume::body(route, begin, body, slot);
+                    return (Response::from_parts(parts, body), route_name);
+                }
+            };
+            let body = match &route.stream {
+                Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
+                    // Events may be rewritten, dropped or added: the length is the body's own.
+                    parts.headers.remove(CONTENT_LENGTH);
+                    let mut supervised = SupervisedBody::new(body, plan.clone(), start, log);
+                    if remove_usage_chunk {
+                        supervised.remove_usage_chunk();
+                    }
+                    resume::body(route, begin, supervised, slot)
+                }
+                Some(_) if event_stream => {
+                    tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");
+                    ResponseBody::upstream(body, log).holding(slot)
+                }
+                _ => ResponseBody::upstream(body, log).holding(slot),
+            };
+            (Response::from_parts(parts, body), route_name)
+        }
+    }
+
+    /// Finds the request's route. What needs no upstream is answered here: a bad
+    /// `Host`, a CORS preflight, a resumable stream's stop, no route or method, a
+    /// resumption. Its own future: the log it starts would otherwise keep its storage
+    /// in the forwarding future beside the log that goes on (see
+    /// [`serve`](Proxy::serve)).
+    async fn route(
+        &self,
+        request: &mut Request<Incoming>,
+        trace: Option<RequestTrace>,
+        start: Instant,
+    ) -> Result<Routed<'_>, Answer> {
         let mut log = RequestLog::new(start, request.method().clone(), request.uri().path());
         log.set_span(tracing::Span::current());
         log.set_trace(trace);
 
-        if let Some(problem) = host_problem(&request) {
+        if let Some(problem) = host_problem(request) {
             let reply =
                 reply::error_response(ErrorType::BadRequest, problem, Some(UNMATCHED_ROUTE));
-            return (made(reply, log), None);
+            return Err((made(reply, log), None));
         }
         // A CORS preflight asks about another method: the route that would take that
         // method answers it, when it has a `cors` section. A resumable route takes
         // `DELETE` for its streams' stop whatever its methods, so it answers for that.
-        if let Some(requested) = edge::preflight_method(&request) {
+        if let Some(requested) = edge::preflight_method(request) {
             let route = match self.routes.find(&requested, request.uri().path()) {
                 RouteMatch::Found { route, .. } => Some(route),
                 RouteMatch::MethodNotAllowed { owner, .. }
@@ -164,13 +299,13 @@ impl Proxy {
                     edge.and_then(|e| e.preflight(request.headers(), &requested, &route.name));
                 if let Some(answer) = answer {
                     log.set_route(&route.name, &route.upstream_name);
-                    return (made(answer, log), Some(route.name.clone()));
+                    return Err((made(answer, log), Some(route.name.clone())));
                 }
             }
         }
-        if let Some((reply, route)) = resume::stop(&self.routes, &mut request).await {
+        if let Some((reply, route)) = resume::stop(&self.routes, request).await {
             log.set_route(&route.name, &route.upstream_name);
-            return (made(reply, log), Some(route.name.clone()));
+            return Err((made(reply, log), Some(route.name.clone())));
         }
         let (route, matched_len) = match self.routes.find(request.method(), request.uri().path()) {
             RouteMatch::Found { route, matched_len } => (route, matched_len),
@@ -178,14 +313,14 @@ impl Proxy {
                 let message = format!("no route for {}", request.uri().path());
                 let reply =
                     reply::error_response(ErrorType::NotFound, &message, Some(UNMATCHED_ROUTE));
-                return (made(reply, log), None);
+                return Err((made(reply, log), None));
             }
             RouteMatch::UnsafePath => {
                 let message =
                     "the path contains dot segments, encoded separators or ambiguous encodings";
                 let reply =
                     reply::error_response(ErrorType::BadRequest, message, Some(UNMATCHED_ROUTE));
-                return (made(reply, log), None);
+                return Err((made(reply, log), None));
             }
             RouteMatch::MethodNotAllowed { allow, owner } => {
                 // The path is the route's even if the method is not: the 405 is
@@ -197,134 +332,19 @@ impl Proxy {
                     &allow,
                     Some(&owner.name),
                 );
-                return (made(reply, log), Some(owner.name.clone()));
+                return Err((made(reply, log), Some(owner.name.clone())));
             }
         };
         log.set_route(&route.name, &route.upstream_name);
-        let route_name = Some(route.name.clone());
-        let (begin, mut log) = match resume::intercept(route, &mut request, log).await {
-            Ok(forward) => forward,
-            Err(answer) => return (answer, route_name),
-        };
-        // The route's clients are the SDKs of its protocol: errors in their shape.
-        let protocol = route.protocol();
-
-        // Before anything is sent upstream; held by the response body until it ends.
-        let slot = match route.admission.as_ref().map(|a| a.admit(request.headers())) {
-            Some(Err(limit)) => {
-                let reply = crate::admission::refusal(limit, protocol, &route.name);
-                return (made(reply, log), route_name);
-            }
-            Some(Ok(slot)) => Some(slot),
-            None => None,
-        };
-
-        let origin = Origin {
-            peer,
-            matched_len,
-            plan: &route.request,
-            upstream: &route.upstream,
-        };
-        let upstream_request = match translate(request, origin) {
-            Ok(mut upstream_request) => {
-                log.trace_upstream(&mut upstream_request);
-                upstream_request
-            }
-            Err(error) => {
-                if let Some(kind) = error.client_error_kind() {
-                    route.metrics.count_client_error(kind);
-                }
-                let reply = reply::error_response_in(
-                    protocol,
-                    error.error_type(),
-                    &error.to_string(),
-                    Some(&route.name),
-                );
-                return (made(reply, log), route_name);
-            }
-        };
-
-        // `stream.usage: request`: the upstream is asked for usage the client may not
-        // have asked for; the stream then keeps the usage chunk from that client.
-        let mut remove_usage_chunk = false;
-        let prepared = match &route.stream {
-            Some(plan) if plan.requests_usage() => include_usage::ask_for_usage(upstream_request)
-                .await
-                .map(|(upstream_request, injected)| {
-                    remove_usage_chunk = injected;
-                    upstream_request
-                }),
-            _ => Ok(upstream_request),
-        };
-        let forwarded = match prepared {
-            Ok(upstream_request) => {
-                forward::forward(route, upstream_request, remove_usage_chunk, start, &mut log).await
-            }
-            Err(error) => Err(error),
-        };
-        let (mut parts, body) = match forwarded {
-            Ok(forwarded) => forwarded,
-            Err(error) => {
-                match error.fault() {
-                    Fault::Client(kind) => {
-                        tracing::info!(route = %route.name, kind = kind.as_str(), %error, "request refused");
-                        route.metrics.count_client_error(kind);
-                    }
-                    // Counted by its attempt (`forward`), as every failed attempt is.
-                    Fault::Upstream(kind) => {
-                        tracing::warn!(route = %route.name, kind = kind.as_str(), %error, "upstream request failed");
-                    }
-                }
-                let reply = reply::error_response_in(
-                    protocol,
-                    error.error_type(),
-                    &error.to_string(),
-                    Some(&route.name),
-                );
-                return (made(reply, log), route_name);
-            }
-        };
-        strip_hop_by_hop(&mut parts.headers);
-        let event_stream = is_event_stream(parts.headers.get(CONTENT_TYPE));
-        if event_stream {
-            // Tell every cache and buffering proxy between here and the browser to
-            // pass events through as they come.
-            parts.headers.insert(
-                CACHE_CONTROL,
-                HeaderValue::from_static("no-cache, no-transform"),
-            );
-            parts
-                .headers
-                .insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+        match resume::intercept(route, request, log).await {
+            Ok((begin, log)) => Ok(Routed {
+                route,
+                matched_len,
+                begin,
+                log,
+            }),
+            Err(answer) => Err((answer, Some(route.name.clone()))),
         }
-        log.set_status(parts.status);
-        log.trace_upstream_status(parts.status);
-        let body = match body {
-            forward::Forwarded::Upstream(body) => body,
-            forward::Forwarded::Started(held) => {
-                parts.headers.remove(CONTENT_LENGTH);
-                let body = SupervisedBody::resume(*held, start, log);
-                let body = resume::body(route, begin, body, slot);
-                return (Response::from_parts(parts, body), route_name);
-            }
-        };
-        let body = match &route.stream {
-            Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
-                // Events may be rewritten, dropped or added: the length is the body's own.
-                parts.headers.remove(CONTENT_LENGTH);
-                let mut supervised = SupervisedBody::new(body, plan.clone(), start, log);
-                if remove_usage_chunk {
-                    supervised.remove_usage_chunk();
-                }
-                resume::body(route, begin, supervised, slot)
-            }
-            Some(_) if event_stream => {
-                tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");
-                ResponseBody::upstream(body, log).holding(slot)
-            }
-            _ => ResponseBody::upstream(body, log).holding(slot),
-        };
-        (Response::from_parts(parts, body), route_name)
     }
 }
 
@@ -339,6 +359,41 @@ pub(crate) fn is_event_stream(content_type: Option<&HeaderValue>) -> bool {
 /// No `Content-Encoding`, or `identity`: the bytes are the events themselves.
 fn is_identity(encoding: Option<&HeaderValue>) -> bool {
     encoding.is_none_or(|value| value.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// A response and the route it is counted under (none when no route matched).
+type Answer = (Response<ResponseBody>, Option<Arc<str>>);
+
+/// A request matched to its route, to be forwarded.
+struct Routed<'a> {
+    route: &'a Route,
+    /// How much of the path the route's prefix matched.
+    matched_len: usize,
+    /// A resumable stream's start, when the route resumes.
+    begin: Option<crate::resume::Begin>,
+    log: RequestLog,
+}
+
+/// The answer to a request that got no upstream response: the client's fault is
+/// logged and counted here; an upstream failure was counted by its attempt
+/// (`forward`), as every failed attempt is.
+fn not_forwarded(route: &Route, error: &UpstreamError, log: RequestLog) -> Response<ResponseBody> {
+    match error.fault() {
+        Fault::Client(kind) => {
+            tracing::info!(route = %route.name, kind = kind.as_str(), %error, "request refused");
+            route.metrics.count_client_error(kind);
+        }
+        Fault::Upstream(kind) => {
+            tracing::warn!(route = %route.name, kind = kind.as_str(), %error, "upstream request failed");
+        }
+    }
+    let reply = reply::error_response_in(
+        route.protocol(),
+        error.error_type(),
+        &error.to_string(),
+        Some(&route.name),
+    );
+    made(reply, log)
 }
 
 fn made(response: Response<Bytes>, mut log: RequestLog) -> Response<ResponseBody> {

@@ -18,6 +18,7 @@ mod lean;
 pub mod response_decoder;
 mod reuse;
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -191,16 +192,22 @@ impl Upstream {
     /// of its own, read by the response body (`lean.rs`), for a plain-HTTP endpoint;
     /// pooled for HTTPS. Same timeouts and errors as [`send`](Upstream::send).
     /// `endpoint` is where the request's URI points.
-    pub(crate) async fn send_for_stream(
+    ///
+    /// Not an `async fn`, which would keep the request twice in its future while the
+    /// head is awaited (see [`attempt`](Upstream::attempt)).
+    #[allow(clippy::manual_async_fn)] // Why: in the doc comment above.
+    pub(crate) fn send_for_stream(
         &self,
         request: Request<UpstreamBody>,
         endpoint: usize,
-    ) -> Result<Response<UpstreamIncoming>, UpstreamError> {
-        let Some(address) = &self.endpoints.get(endpoint).plain_http else {
-            return self.send(request).await;
-        };
-        let tcp =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+    ) -> impl Future<Output = Result<Response<UpstreamIncoming>, UpstreamError>> + '_ {
+        async move {
+            let Some(address) = &self.endpoints.get(endpoint).plain_http else {
+                return self.send(request).await;
+            };
+            let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+                .await
+            {
                 Err(_) => {
                     return Err(UpstreamError::ConnectTimeout {
                         upstream: self.name.clone(),
@@ -211,13 +218,14 @@ impl Upstream {
                 Ok(Err(error)) => return Err(self.classify(error.into(), true)),
                 Ok(Ok(tcp)) => tcp,
             };
-        // Every event is its own small write upstream of us too: no Nagle delay.
-        let _ = tcp.set_nodelay(true);
-        let progress = body_progress(&request);
-        match tokio::time::timeout(self.header_timeout, lean::send(tcp, request)).await {
-            Err(_) => Err(self.header_timeout_error(progress)),
-            Ok(Ok(response)) => self.final_response(response.map(UpstreamIncoming::Lean)),
-            Ok(Err(error)) => Err(self.classify(error.into(), false)),
+            // Every event is its own small write upstream of us too: no Nagle delay.
+            let _ = tcp.set_nodelay(true);
+            let progress = body_progress(&request);
+            match tokio::time::timeout(self.header_timeout, lean::send(tcp, request)).await {
+                Err(_) => Err(self.header_timeout_error(progress)),
+                Ok(Ok(response)) => self.final_response(response.map(UpstreamIncoming::Lean)),
+                Ok(Err(error)) => Err(self.classify(error.into(), false)),
+            }
         }
     }
 

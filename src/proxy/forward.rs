@@ -13,6 +13,8 @@
 //! Without `retry` a request makes one attempt, to the endpoint that `balance` and
 //! health choose, exactly as a route did before retries existed.
 
+use std::future::Future;
+
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{response, Request};
@@ -67,87 +69,95 @@ fn settle(route: &Route, endpoint: usize, failure: Option<Failure>, error: Optio
 /// stream's engine then keeps from the client. `started`: when the request came (a
 /// held-back start's `max_duration` counts from it). `log`'s client span is told
 /// which endpoint each attempt goes to.
-pub(super) async fn forward(
-    route: &Route,
+///
+/// Not an `async fn`, which would keep the request twice in its future while the
+/// response head is awaited (see `Upstream::attempt`).
+#[allow(clippy::manual_async_fn)] // Why: in the doc comment above.
+pub(super) fn forward<'a>(
+    route: &'a Route,
     request: Request<UpstreamBody>,
     remove_usage_chunk: bool,
     started: Instant,
-    log: &mut RequestLog,
-) -> Result<(response::Parts, Forwarded), UpstreamError> {
-    let upstream = &route.upstream;
-    let endpoints = upstream.endpoints();
-    let stream = route.stream.is_some();
-    let failover = &route.failover;
-    let start = endpoints.start();
-    let Some(retry) = &failover.retry else {
-        let endpoint = endpoints.pick(start, Tried::default()).unwrap_or(0);
-        log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
-        let (result, failure) = upstream.attempt(request, endpoint, stream).await;
-        if !is_client_fault(&result) {
-            settle(route, endpoint, failure, result.as_ref().err());
-        }
-        let (parts, body) = result?.into_parts();
-        return Ok((parts, Forwarded::Upstream(body)));
-    };
-    failover.budget.request();
-    let mut request = replayable(request, retry.max_body).await?;
-    let mut tried = Tried::default();
-    let mut made = 0;
-    loop {
-        let endpoint = endpoints.pick(start, tried).unwrap_or(0);
-        tried.add(endpoint);
-        made += 1;
-        let last = made >= retry.attempts || endpoints.pick(start, tried).is_none();
-        let copy = if last { None } else { copy(&request) };
-        log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
-        let (result, mut failure) = upstream.attempt(request, endpoint, stream).await;
-        let forwarded = match result {
-            Ok(response) => {
-                let (parts, body) = response.into_parts();
-                let hold = !last
-                    && failure.is_none()
-                    && retry.on.before_content
-                    && parts.status.is_success()
-                    && is_event_stream(parts.headers.get(CONTENT_TYPE))
-                    && is_identity(parts.headers.get(CONTENT_ENCODING));
-                match route.stream.as_ref().filter(|_| hold) {
-                    Some(plan) => {
-                        let (started, start_failure) = plan
-                            .start(body, remove_usage_chunk, started, &mut *log)
-                            .await;
-                        failure = start_failure;
-                        Ok((parts, Forwarded::Started(Box::new(started))))
-                    }
-                    None => Ok((parts, Forwarded::Upstream(body))),
-                }
+    log: &'a mut RequestLog,
+) -> impl Future<Output = Result<(response::Parts, Forwarded), UpstreamError>> + 'a {
+    async move {
+        let upstream = &route.upstream;
+        let endpoints = upstream.endpoints();
+        let stream = route.stream.is_some();
+        let failover = &route.failover;
+        let start = endpoints.start();
+        let Some(retry) = &failover.retry else {
+            let endpoint = endpoints.pick(start, Tried::default()).unwrap_or(0);
+            log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
+            let result = upstream.attempt(request, endpoint, stream).await;
+            let (result, failure) = upstream.judge(result, endpoint);
+            if !is_client_fault(&result) {
+                settle(route, endpoint, failure, result.as_ref().err());
             }
-            Err(error) => Err(error),
+            let (parts, body) = result?.into_parts();
+            return Ok((parts, Forwarded::Upstream(body)));
         };
-        if is_client_fault(&forwarded) {
-            return forwarded;
+        failover.budget.request();
+        let mut request = replayable(request, retry.max_body).await?;
+        let mut tried = Tried::default();
+        let mut made = 0;
+        loop {
+            let endpoint = endpoints.pick(start, tried).unwrap_or(0);
+            tried.add(endpoint);
+            made += 1;
+            let last = made >= retry.attempts || endpoints.pick(start, tried).is_none();
+            let copy = if last { None } else { copy(&request) };
+            log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
+            let result = upstream.attempt(request, endpoint, stream).await;
+            let (result, mut failure) = upstream.judge(result, endpoint);
+            let forwarded = match result {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let hold = !last
+                        && failure.is_none()
+                        && retry.on.before_content
+                        && parts.status.is_success()
+                        && is_event_stream(parts.headers.get(CONTENT_TYPE))
+                        && is_identity(parts.headers.get(CONTENT_ENCODING));
+                    match route.stream.as_ref().filter(|_| hold) {
+                        Some(plan) => {
+                            let (started, start_failure) = plan
+                                .start(body, remove_usage_chunk, started, &mut *log)
+                                .await;
+                            failure = start_failure;
+                            Ok((parts, Forwarded::Started(Box::new(started))))
+                        }
+                        None => Ok((parts, Forwarded::Upstream(body))),
+                    }
+                }
+                Err(error) => Err(error),
+            };
+            if is_client_fault(&forwarded) {
+                return forwarded;
+            }
+            settle(route, endpoint, failure, forwarded.as_ref().err());
+            let Some(failure) = failure.filter(|f| f.retried_on(retry.on)) else {
+                return forwarded;
+            };
+            if last {
+                return forwarded;
+            }
+            let Some(next) = copy else {
+                tracing::info!(route = %route.name, failure = failure.label(), max_body = retry.max_body, "not retried: the request body is larger than retry.max_body, or of unknown length");
+                failover.metrics.skipped("body_not_replayable");
+                return forwarded;
+            };
+            if !failover.budget.try_retry() {
+                tracing::warn!(route = %route.name, failure = failure.label(), "not retried: the route's retry budget is spent");
+                failover.metrics.skipped("budget");
+                return forwarded;
+            }
+            tracing::info!(route = %route.name, endpoint = %endpoints.get(endpoint).name, failure = failure.label(), "trying the request again on another endpoint");
+            failover.metrics.retry(failure.reason());
+            // The failed attempt's response, and anything held back of it, go unseen.
+            drop(forwarded);
+            request = next;
         }
-        settle(route, endpoint, failure, forwarded.as_ref().err());
-        let Some(failure) = failure.filter(|f| f.retried_on(retry.on)) else {
-            return forwarded;
-        };
-        if last {
-            return forwarded;
-        }
-        let Some(next) = copy else {
-            tracing::info!(route = %route.name, failure = failure.label(), max_body = retry.max_body, "not retried: the request body is larger than retry.max_body, or of unknown length");
-            failover.metrics.skipped("body_not_replayable");
-            return forwarded;
-        };
-        if !failover.budget.try_retry() {
-            tracing::warn!(route = %route.name, failure = failure.label(), "not retried: the route's retry budget is spent");
-            failover.metrics.skipped("budget");
-            return forwarded;
-        }
-        tracing::info!(route = %route.name, endpoint = %endpoints.get(endpoint).name, failure = failure.label(), "trying the request again on another endpoint");
-        failover.metrics.retry(failure.reason());
-        // The failed attempt's response, and anything held back of it, go unseen.
-        drop(forwarded);
-        request = next;
     }
 }
 

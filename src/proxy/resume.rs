@@ -33,7 +33,9 @@ pub(super) async fn stop<'a>(
         RouteMatch::MethodNotAllowed { owner, .. } => owner,
         _ => return None,
     };
-    let stop = route.resume.as_ref()?.stop(request).await?;
+    // Boxed, as the lookup below: a stop is rare, and its store's future would
+    // otherwise size every request's.
+    let stop = Box::pin(route.resume.as_ref()?.stop(request)).await?;
     let (error, message) = match stop {
         Stop::Stopped => return Some((empty(StatusCode::NO_CONTENT), route)),
         Stop::Unknown => (
@@ -59,7 +61,11 @@ pub(super) async fn intercept(
         return Ok((None, log));
     };
     let intercept = match resume.intercept(request) {
-        Intercept::Remote { id, credential } => resume.lookup_remote(id, credential).await,
+        // Boxed: only a resumption through the shared store waits for it, and inline
+        // its future would size every request's future (`Proxy::serve`).
+        Intercept::Remote { id, credential } => {
+            Box::pin(resume.lookup_remote(id, credential)).await
+        }
         decided => decided,
     };
     match intercept {

@@ -6,10 +6,12 @@
 //! event stream failed *before its first content event* needs the route's stream
 //! engine, which the upstream layer does not know.
 
+use std::future::Future;
 use std::time::Duration;
 
 use http::header::RETRY_AFTER;
 use http::{Request, Response, StatusCode};
+use tokio_util::either::Either;
 
 use super::{Upstream, UpstreamBody, UpstreamError, UpstreamIncoming};
 use crate::config::RetryOn;
@@ -89,26 +91,41 @@ impl Failure {
 
 impl Upstream {
     /// Sends `request` (its URI made for the first endpoint) to `endpoint`, as a
-    /// stream when `stream`; returns the result and the failure it is, if any. The
-    /// caller [`report`](Upstream::report)s the verdict once it is final (a stream's
-    /// start may still fail before its first content event).
-    pub(crate) async fn attempt(
+    /// stream when `stream`. What the result means for a retry and for the endpoint's
+    /// health is [`judge`](Upstream::judge)'s; the caller [`report`](Upstream::report)s
+    /// the verdict once it is final (a stream's start may still fail before its first
+    /// content event).
+    ///
+    /// Not an `async fn`, and the judging is not awaited here: either would keep the
+    /// request, or the send's future, twice in this future while the response head is
+    /// awaited (an argument and the local it moves into). That future lives until the
+    /// head is read, and its size sets the allocator size class of every request's.
+    pub(crate) fn attempt(
         &self,
         mut request: Request<UpstreamBody>,
         endpoint: usize,
         stream: bool,
+    ) -> impl Future<Output = Result<Response<UpstreamIncoming>, UpstreamError>> + '_ {
+        if endpoint != 0 {
+            *request.uri_mut() = self.endpoints.retarget(request.uri(), endpoint);
+        }
+        if stream {
+            Either::Left(self.send_for_stream(request, endpoint))
+        } else {
+            Either::Right(self.send(request))
+        }
+    }
+
+    /// The failure an attempt's result is, if any; a `429`'s `Retry-After` marks
+    /// `endpoint` busy for that long.
+    pub(crate) fn judge(
+        &self,
+        result: Result<Response<UpstreamIncoming>, UpstreamError>,
+        endpoint: usize,
     ) -> (
         Result<Response<UpstreamIncoming>, UpstreamError>,
         Option<Failure>,
     ) {
-        if endpoint != 0 {
-            *request.uri_mut() = self.endpoints.retarget(request.uri(), endpoint);
-        }
-        let result = if stream {
-            self.send_for_stream(request, endpoint).await
-        } else {
-            self.send(request).await
-        };
         let failure = match &result {
             Ok(response) => Failure::of_status(response.status()),
             Err(error) => Failure::of_error(error),
