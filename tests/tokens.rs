@@ -28,6 +28,19 @@ fn config(upstream_url: &str) -> String {
     yaml
 }
 
+/// A stream on `path` whose upstream has sent its event-stream head.
+async fn open(
+    gateway: &TestGateway,
+    upstream: &ScriptedUpstream,
+    path: &str,
+) -> (http::Response<hyper::body::Incoming>, Exchange) {
+    tokio::join!(get(gateway.addr, path), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+    })
+}
+
 /// Streams `reads`, each only after the client received the one before; returns what
 /// the client received.
 async fn lockstep(
@@ -36,11 +49,7 @@ async fn lockstep(
     path: &str,
     reads: &[&str],
 ) -> String {
-    let (response, mut exchange) = tokio::join!(get(gateway.addr, path), async {
-        let mut exchange = upstream.accept().await;
-        exchange.start_sse("").await;
-        exchange
-    });
+    let (response, mut exchange) = open(gateway, upstream, path).await;
     let mut received = String::new();
     let mut body = Events::new(response.into_body());
     for read in reads {
@@ -127,4 +136,28 @@ async fn a_stream_without_content_observes_no_first_token_and_one_read_is_one_ar
     // The whole capture in one read: its two content events are one arrival.
     lockstep(&gateway, &upstream, "/openai-chat", &[&stream]).await;
     assert_eq!(observed(&gateway, route, 2.0).await, (1.0, 0.0, 9.0, 2.0));
+}
+
+#[tokio::test]
+async fn chunks_the_upstream_wrote_together_are_one_arrival() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url())).await;
+    let route = "openai-chat";
+    let stream = capture(route);
+    let (response, mut exchange) = open(&gateway, &upstream, "/openai-chat").await;
+    // Each event its own chunk, as a token stream sends them, but all in one write:
+    // the gateway reads them at once, so its two content events are one arrival.
+    let mut wire = Vec::new();
+    for event in events(&stream) {
+        wire.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+    }
+    exchange.write(&wire).await;
+    exchange.end_chunks().await;
+    let mut received = String::new();
+    let mut body = Events::new(response.into_body());
+    while let Some(more) = next_data(&mut body).await {
+        received.push_str(std::str::from_utf8(&more).unwrap());
+    }
+    assert_eq!(received, stream);
+    assert_eq!(observed(&gateway, route, 1.0).await, (1.0, 0.0, 9.0, 2.0));
 }
