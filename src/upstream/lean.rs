@@ -74,7 +74,8 @@ pub(crate) struct LeanBody {
     decoder: ResponseDecoder,
     /// Read but not yet decoded; empty, with nothing allocated, between bursts.
     buf: BytesMut,
-    /// How much the next read asks for: doubles while reads fill it.
+    /// How much the next read asks for: doubles while reads fill it, and goes back to
+    /// [`FIRST_READ`] (the shared buffer) once one does not.
     read_size: usize,
     /// `buf` is a piece of the worker's shared read buffer.
     buf_shared: bool,
@@ -101,6 +102,11 @@ impl LeanBody {
             Poll::Ready(Ok(n)) => {
                 if n > 0 && self.buf.capacity() == self.buf.len() {
                     self.read_size = (self.read_size * 2).min(MAX_READ);
+                } else if n > 0 {
+                    // The read left room: the socket is drained and the burst over. The
+                    // next burst starts in the shared buffer again, not in a buffer of
+                    // the stream's own for every read from now on.
+                    self.read_size = FIRST_READ;
                 }
                 Poll::Ready(Ok(n))
             }
@@ -483,5 +489,52 @@ mod tests {
         })
         .await;
         assert_eq!(rest.expect("the body ends within 5 s"), b"x");
+    }
+
+    /// Reads until `want` body bytes have come, within 5 s; the largest read size seen
+    /// on the way.
+    async fn read_body(body: &mut LeanBody, want: usize) -> (Vec<u8>, usize) {
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut got = Vec::new();
+            let mut largest = body.read_size;
+            while got.len() < want {
+                match poll_once(body).await {
+                    Poll::Pending => tokio::time::sleep(Duration::from_millis(5)).await,
+                    polled @ Poll::Ready(_) => {
+                        got.extend_from_slice(&data(polled).expect("a data frame"));
+                    }
+                }
+                largest = largest.max(body.read_size);
+            }
+            (got, largest)
+        })
+        .await;
+        read.expect("the bytes arrive within 5 s")
+    }
+
+    /// A burst grows the reads into buffers of the stream's own; once a read leaves
+    /// room, the next event is read into the worker's shared buffer again.
+    #[tokio::test]
+    async fn after_a_burst_the_reads_go_back_to_the_shared_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tcp, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (mut upstream, _) = accepted.unwrap();
+        let mut body = chunked_body(tcp.unwrap());
+        let burst = vec![b'x'; 4 * SHARED_READ_BUFFER];
+        let mut wire = format!("{:x}\r\n", burst.len()).into_bytes();
+        wire.extend_from_slice(&burst);
+        wire.extend_from_slice(b"\r\n");
+        upstream.write_all(&wire).await.unwrap();
+        let (got, largest) = read_body(&mut body, burst.len()).await;
+        assert_eq!(got, burst);
+        assert!(largest > FIRST_READ, "the burst's reads grew");
+
+        upstream.write_all(b"5\r\nhello\r\n").await.unwrap();
+        let (got, _) = read_body(&mut body, 5).await;
+        assert_eq!(got, b"hello");
+        assert_eq!(body.read_size, FIRST_READ, "the next burst starts shared");
     }
 }
