@@ -417,6 +417,17 @@ mod tests {
 
     use super::*;
 
+    /// A body reading a chunked response over loopback, and the upstream's end of its
+    /// connection.
+    async fn connected_body() -> (LeanBody, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tcp, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        (chunked_body(tcp.unwrap()), accepted.unwrap().0)
+    }
+
     /// A body reading a chunked response from `tcp`, its head already decoded.
     fn chunked_body(tcp: TcpStream) -> LeanBody {
         let mut decoder = ResponseDecoder::new(false);
@@ -451,13 +462,7 @@ mod tests {
     /// of the cut bytes, not a piece of the worker's shared buffer, and reads on.
     #[tokio::test]
     async fn a_wait_after_a_cut_chunk_keeps_no_shared_buffer() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (tcp, accepted) = tokio::join!(
-            TcpStream::connect(listener.local_addr().unwrap()),
-            listener.accept()
-        );
-        let (mut upstream, _) = accepted.unwrap();
-        let mut body = chunked_body(tcp.unwrap());
+        let (mut body, mut upstream) = connected_body().await;
         upstream.write_all(b"5\r\nhello\r\n1").await.unwrap();
 
         let waited = tokio::time::timeout(Duration::from_secs(5), async {
@@ -516,13 +521,7 @@ mod tests {
     /// room, the next event is read into the worker's shared buffer again.
     #[tokio::test]
     async fn after_a_burst_the_reads_go_back_to_the_shared_buffer() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (tcp, accepted) = tokio::join!(
-            TcpStream::connect(listener.local_addr().unwrap()),
-            listener.accept()
-        );
-        let (mut upstream, _) = accepted.unwrap();
-        let mut body = chunked_body(tcp.unwrap());
+        let (mut body, mut upstream) = connected_body().await;
         let burst = vec![b'x'; 4 * SHARED_READ_BUFFER];
         let mut wire = format!("{:x}\r\n", burst.len()).into_bytes();
         wire.extend_from_slice(&burst);
