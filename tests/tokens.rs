@@ -62,7 +62,13 @@ async fn lockstep(
         received.push_str(read);
     }
     exchange.end_chunks().await;
-    while let Some(more) = next_data(&mut body).await {
+    received + &rest(&mut body).await
+}
+
+/// What `body` brings until it ends.
+async fn rest(body: &mut Events) -> String {
+    let mut received = String::new();
+    while let Some(more) = next_data(body).await {
         received.push_str(std::str::from_utf8(&more).unwrap());
     }
     received
@@ -136,28 +142,16 @@ async fn a_stream_without_content_observes_no_first_token_and_one_read_is_one_ar
     // The whole capture in one read: its two content events are one arrival.
     lockstep(&gateway, &upstream, "/openai-chat", &[&stream]).await;
     assert_eq!(observed(&gateway, route, 2.0).await, (1.0, 0.0, 9.0, 2.0));
-}
 
-#[tokio::test]
-async fn chunks_the_upstream_wrote_together_are_one_arrival() {
-    let upstream = ScriptedUpstream::bind().await;
-    let gateway = start_gateway(&config(&upstream.url())).await;
-    let route = "openai-chat";
-    let stream = capture(route);
+    // Each event its own chunk, as a token stream sends them, all in one write: still
+    // one read, so one arrival.
     let (response, mut exchange) = open(&gateway, &upstream, "/openai-chat").await;
-    // Each event its own chunk, as a token stream sends them, but all in one write:
-    // the gateway reads them at once, so its two content events are one arrival.
     let mut wire = Vec::new();
     for event in events(&stream) {
         wire.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
     }
     exchange.write(&wire).await;
     exchange.end_chunks().await;
-    let mut received = String::new();
-    let mut body = Events::new(response.into_body());
-    while let Some(more) = next_data(&mut body).await {
-        received.push_str(std::str::from_utf8(&more).unwrap());
-    }
-    assert_eq!(received, stream);
-    assert_eq!(observed(&gateway, route, 1.0).await, (1.0, 0.0, 9.0, 2.0));
+    assert_eq!(rest(&mut Events::new(response.into_body())).await, stream);
+    assert_eq!(observed(&gateway, route, 3.0).await, (2.0, 0.0, 18.0, 4.0));
 }
