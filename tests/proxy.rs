@@ -197,6 +197,36 @@ async fn head_is_not_turned_into_the_upstream_post() {
     assert_eq!(body_text(response).await, "");
 }
 
+/// On a route without `match.methods`, only a `GET` (`EventSource`) and a `POST` (an
+/// SDK) become the route's method: a `DELETE`, `PUT`, `PATCH` or `OPTIONS` means
+/// something of its own, and turned into the `POST` it would start a generation.
+#[tokio::test]
+async fn other_methods_are_not_turned_into_the_upstream_post() {
+    let (upstream, gateway) = translating_gateway("k").await;
+    for method in ["DELETE", "PUT", "PATCH", "OPTIONS"] {
+        let request = Request::builder()
+            .method(method)
+            .uri("/api/stream?q=hi")
+            .header("host", "gw")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (response, seen) = answered(
+            &gateway,
+            &upstream,
+            request,
+            b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 4\r\n\r\nnope",
+        )
+        .await;
+        assert_eq!(seen.method, method);
+        // No `query_as_json` body either: the query stays on the URL.
+        assert_eq!(seen.target, "/v1/assistant/stream?q=hi", "{method}");
+        assert!(seen.body.is_empty(), "{method}: {:?}", seen.body);
+        assert_eq!(seen.header("x-api-key"), Some("k"));
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body_text(response).await, "nope");
+    }
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_are_stripped_both_ways() {
     let upstream = ScriptedUpstream::bind().await;

@@ -120,16 +120,20 @@ pub(crate) fn translate(
         }
     };
 
-    // A HEAD asks only for the headers a GET would get: the route's method (a POST
-    // that starts a paid generation) would answer it with a body nobody reads, and a
-    // body on a HEAD may be refused as a smuggling attempt (RFC 9110 section 9.3.2).
-    let head = parts.method == Method::HEAD;
+    // Only the requests a streaming client makes, an `EventSource` GET and an SDK's
+    // POST, are translated to the route's method and `query_as_json` body. A HEAD
+    // asks only for the headers a GET would get: the route's method (a POST that
+    // starts a paid generation) would answer it with a body nobody reads, and a body
+    // on a HEAD may be refused as a smuggling attempt (RFC 9110 section 9.3.2). A
+    // DELETE, PUT, PATCH or a preflight OPTIONS on a route without `match.methods`
+    // means something of its own: turned into the POST, it would start a generation.
+    let translated = matches!(parts.method, Method::GET | Method::POST);
     let query = parts.uri.query();
     // A client that sends a body (a `Content-Length` above 0, or a chunked body) can
     // speak the upstream's API itself: its body goes through untouched, with the query
     // on the URL. Replacing it with the query would silently lose what it sent.
     let query_body =
-        !head && plan.body == BodyMode::QueryAsJson && hyper::body::Body::is_end_stream(&body);
+        translated && plan.body == BodyMode::QueryAsJson && hyper::body::Body::is_end_stream(&body);
     let (query, body) = if query_body {
         let json = query_as_json(query.unwrap_or(""));
         parts
@@ -165,7 +169,7 @@ pub(crate) fn translate(
     }
 
     parts.uri = uri;
-    if let Some(method) = plan.method.as_ref().filter(|_| !head) {
+    if let Some(method) = plan.method.as_ref().filter(|_| translated) {
         parts.method = method.clone();
     }
     // The upstream connection's protocol is the pool's choice (ALPN), not the
