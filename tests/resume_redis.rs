@@ -86,6 +86,18 @@ async fn two_replicas(
     Some((redis, upstream, owner, other))
 }
 
+/// What a follower got once the owner dropped the stream after event `n`: the error
+/// event saying so, then the route's closing.
+fn told_dropped_after(events: &[Seen], n: usize) {
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event.as_deref(), Some("error"));
+    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    let expected = format!("cannot resume: the stream was dropped after event {n} ");
+    assert!(message.starts_with(&expected), "{message}");
+    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
+}
+
 /// A client on `owner` that gets events `1..=n` and leaves; returns what it got and
 /// the upstream exchange, which the owner reads on, detached.
 async fn cut_after(
@@ -605,18 +617,35 @@ async fn a_follower_is_told_at_once_when_the_owner_cancels_the_stream() {
     // Its first client leaves: the owner drops the upstream. The follower learns it
     // from the end entry, long before the keys would expire (12.5 s).
     drop(client);
-    let events = follower.rest().await;
-    assert_eq!(events.len(), 2, "{events:?}");
-    assert_eq!(events[0].event.as_deref(), Some("error"));
-    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
-    let message = error["error"]["message"].as_str().unwrap();
-    assert!(
-        message.starts_with("cannot resume: the stream was dropped after event 2 "),
-        "{message}"
-    );
-    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
+    told_dropped_after(&follower.rest().await, 2);
     assert_eq!(
         owner.metrics().await.outcome_count(ROUTE, "client_closed"),
         1.0
     );
+}
+
+/// A stream resumed on its owner whose resumed client leaves when the route already
+/// keeps its `max_detached` streams without a client is cancelled: a follower on
+/// another replica is told the answer was cut, not ended as if it were complete.
+#[tokio::test]
+async fn a_follower_is_told_the_stream_was_cut_when_a_resumed_client_leaves_over_the_cap() {
+    let Some((redis, upstream, owner, other)) = two_replicas("10s, max_detached: 1").await else {
+        return;
+    };
+    // Stream A's first client leaves after event 1, and comes back on the owner.
+    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
+    let resume = [BEARER, ("last-event-id", id.as_str())];
+    let mut resumed = Client::open(owner.addr, "/api/stream", &resume).await;
+    assert_eq!(resumed.status().await, 200);
+    let mut follower = Client::open(other.addr, "/api/stream", &resume).await;
+    assert_eq!(follower.status().await, 200);
+    exchange.send_chunk(&event(2)).await;
+    assert_eq!(data(&resumed.take(1).await), tokens(2..=2));
+    assert_eq!(data(&follower.take(1).await), tokens(2..=2));
+
+    // Stream B's client leaves: the route now keeps its one stream without a client.
+    let (_other_exchange, _) = cut_after(&owner, &upstream, 1).await;
+    // A's resumed client leaves too: over the cap, the owner drops A's upstream.
+    drop(resumed);
+    told_dropped_after(&follower.rest().await, 2);
 }

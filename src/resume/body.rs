@@ -136,7 +136,7 @@ impl LiveBody {
             // Stopped by a client while this one still reads: it ends here too, and
             // for the clients that follow it on other replicas.
             if self.supervised.take().is_some() {
-                self.producer.end(Ending::Ended);
+                self.producer.end(self.slot.stopped_ending());
             }
             return Poll::Ready(None);
         }
@@ -286,10 +286,11 @@ async fn keep_reading(
             }
         }
     }
-    // Stopped: dropping the undecided stream drops the upstream (`client_closed`);
-    // clients following it on other replicas are told it ended.
+    // Stopped or cancelled: dropping the undecided stream drops the upstream
+    // (`client_closed`); clients following it on other replicas are told it ended
+    // (a stop) or was cut (over `max_detached`, once a resumed client left).
     drop(supervised);
-    producer.end(Ending::Ended);
+    producer.end(slot.stopped_ending());
     table.remove(&slot, Instant::now(), false);
 }
 

@@ -5,7 +5,7 @@
 //! keeps reading the upstream once that client left) and read by resuming clients.
 //! One lock, taken once per frame (a whole upstream read), never per event.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -18,15 +18,23 @@ use super::id::{Fingerprint, StreamKey};
 use super::lifetime::Lifetime;
 use super::replay::{Read, ReplayLog};
 use super::stamp::Stamper;
+use super::store::Ending;
+
+/// [`Slot::stopped`]'s values.
+const RUNNING: u8 = 0;
+const STOPPED: u8 = 1;
+const CANCELLED: u8 = 2;
 
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) key: StreamKey,
     fingerprint: Fingerprint,
     state: Mutex<SlotState>,
-    /// A client asked to end the stream (`DELETE`), or it outlived its window: its
-    /// driver drops the upstream. Read without the lock, on every poll.
-    stopped: AtomicBool,
+    /// [`RUNNING`], or why the stream's driver drops the upstream: a client asked to
+    /// end it ([`STOPPED`]), or its last client left with the route's `max_detached`
+    /// streams already kept ([`CANCELLED`]). The first reason given stays. Read
+    /// without the lock, on every poll.
+    stopped: AtomicU8,
     /// Wakes the task that keeps a detached stream going: a client came or left, or
     /// a stop was asked.
     pub(crate) changed: Notify,
@@ -58,7 +66,7 @@ impl Slot {
                 heartbeats: 0,
                 waiting: Vec::new(),
             }),
-            stopped: AtomicBool::new(false),
+            stopped: AtomicU8::new(RUNNING),
             changed: Notify::new(),
         }
     }
@@ -70,14 +78,38 @@ impl Slot {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Ends the stream: its driver drops the upstream at its next step.
+    /// Ends the stream at a client's request: its driver drops the upstream at its
+    /// next step, and followers end with it.
     pub(crate) fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
+        self.end_with(STOPPED);
+    }
+
+    /// Drops the stream that nobody reads, over the route's `max_detached`: its
+    /// driver drops the upstream at its next step, and followers are told the answer
+    /// was cut, not that it ended.
+    pub(crate) fn cancel(&self) {
+        self.end_with(CANCELLED);
+    }
+
+    fn end_with(&self, reason: u8) {
+        // A later reason does not overwrite the first: a stop that comes after the
+        // cancel must not turn it into an end.
+        let _ = self
+            .stopped
+            .compare_exchange(RUNNING, reason, Ordering::AcqRel, Ordering::Acquire);
         self.changed.notify_one();
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
+        self.stopped.load(Ordering::Acquire) != RUNNING
+    }
+
+    /// How a stopped stream ended, for its end entry.
+    pub(crate) fn stopped_ending(&self) -> Ending {
+        match self.stopped.load(Ordering::Acquire) {
+            CANCELLED => Ending::Cancelled,
+            _ => Ending::Ended,
+        }
     }
 
     /// Whether `credential` is the one the stream was opened with.

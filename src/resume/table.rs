@@ -223,8 +223,7 @@ impl Table {
             // Never counted: ended now, and its driver drops the upstream.
             state.lifetime.finish(now);
             drop(state);
-            slot.stop();
-            slot.changed.notify_one();
+            slot.cancel();
             return Release::OverCap;
         }
         self.count_detached(1);
