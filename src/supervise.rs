@@ -47,9 +47,10 @@ use crate::rewrite::Pipeline;
 use crate::shutdown::Shutdown;
 use crate::upstream::{UpstreamErrorKind, UpstreamIncoming};
 
-use record::{Record, Stuck};
+use record::Record;
 
 pub(crate) use holdback::Started;
+pub(crate) use record::Stuck;
 
 /// The comment sent when nothing else was sent for `heartbeat`.
 pub(crate) const HEARTBEAT: &[u8] = b": keep-alive\n\n";
@@ -189,14 +190,8 @@ where
         started: Instant,
         log: RequestLog,
     ) -> Self {
-        let started_stream = Started {
-            engine: plan.engine(),
-            held: std::collections::VecDeque::new(),
-            upstream,
-            plan,
-            stuck: Stuck::default(),
-        };
-        Self::resume(started_stream, started, log)
+        let unheld = Started::unheld(plan, upstream, false, Stuck::default());
+        Self::resume(unheld, started, log)
     }
 
     /// Supervises a stream whose start was held back (`holdback.rs`): its held frames

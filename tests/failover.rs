@@ -767,3 +767,43 @@ async fn a_held_start_is_stuck_until_data_comes() {
     let response = request.await.unwrap();
     assert_eq!(body_text(response).await, whole_answer());
 }
+
+/// The client waits through every attempt: a start stuck and then thrown away for a
+/// retry keeps its stuck period open in the attempt that goes on. One wait is one
+/// stuck period (`stuck_total` 1, not one per attempt), and `streams_stuck` stays up
+/// until data comes.
+#[tokio::test]
+async fn a_stuck_period_goes_on_through_a_retry_until_data_comes() {
+    let (a, b, gateway) = two_endpoints("stuck_after: 100ms").await;
+    let stuck = |m: &Metrics| m.route_value("sse_gateway_streams_stuck", "chat");
+    let stuck_total = |m: &Metrics| m.route_value("sse_gateway_stuck_total", "chat");
+    let request = tokio::spawn(get(gateway.addr, "/api/stream"));
+    // a sends its role chunk and nothing more until the start is stuck, then breaks
+    // off before any content: retried.
+    let mut broken = a.accept().await;
+    broken.start_sse("").await;
+    broken.send_chunk(ROLE).await;
+    gateway
+        .metrics_until("a's start stuck", |m| stuck(m) == 1.0)
+        .await;
+    drop(broken);
+    // b, the retry, sends its head and then nothing for longer than stuck_after.
+    let mut exchange = b.accept().await;
+    exchange.start_sse("").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(retries(&metrics, "before_content"), 1.0, "{}", metrics.text);
+    assert_eq!(stuck(&metrics), 1.0);
+    assert_eq!(stuck_total(&metrics), 1.0, "a second period opened on b");
+
+    exchange.send_chunk(ROLE).await;
+    exchange.send_chunk(CONTENT).await;
+    let metrics = gateway
+        .metrics_until("data ends the stuck period", |m| stuck(m) == 0.0)
+        .await;
+    assert_eq!(stuck_total(&metrics), 1.0);
+    exchange.send_chunk(FINISH).await;
+    exchange.end_chunks().await;
+    let response = request.await.unwrap();
+    assert_eq!(body_text(response).await, whole_answer());
+}

@@ -26,7 +26,7 @@ use super::{is_event_stream, is_identity, Route};
 use crate::access_log::RequestLog;
 use crate::config::RetryConfig;
 use crate::metrics::FailoverMetrics;
-use crate::supervise::Started;
+use crate::supervise::{Started, Stuck};
 use crate::upstream::{
     Failure, Fault, RetryBudget, Tried, UpstreamBody, UpstreamError, UpstreamIncoming,
 };
@@ -101,6 +101,9 @@ pub(super) fn forward<'a>(
         let mut request = replayable(request, retry.max_body).await?;
         let mut tried = Tried::default();
         let mut made = 0;
+        // The stuck periods of the starts thrown away: the client waited through
+        // them, so the attempt that goes on counts them as its own.
+        let mut stuck = Stuck::default();
         loop {
             let endpoint = endpoints.pick(start, tried).unwrap_or(0);
             tried.add(endpoint);
@@ -110,24 +113,31 @@ pub(super) fn forward<'a>(
             log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
             let result = upstream.attempt(request, endpoint, stream).await;
             let (result, mut failure) = upstream.judge(result, endpoint);
-            let forwarded = match result {
+            let mut forwarded = match result {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
+                    let supervised = is_event_stream(parts.headers.get(CONTENT_TYPE))
+                        && is_identity(parts.headers.get(CONTENT_ENCODING));
                     let hold = !last
                         && failure.is_none()
                         && retry.on.before_content
-                        && parts.status.is_success()
-                        && is_event_stream(parts.headers.get(CONTENT_TYPE))
-                        && is_identity(parts.headers.get(CONTENT_ENCODING));
-                    match route.stream.as_ref().filter(|_| hold) {
-                        Some(plan) => {
+                        && parts.status.is_success();
+                    match route.stream.as_ref().filter(|_| supervised) {
+                        Some(plan) if hold => {
+                            let carried = std::mem::take(&mut stuck);
                             let (started, start_failure) = plan
-                                .start(body, remove_usage_chunk, started, &mut *log)
+                                .start(body, remove_usage_chunk, started, &mut *log, carried)
                                 .await;
                             failure = start_failure;
                             Ok((parts, Forwarded::Started(Box::new(started))))
                         }
-                        None => Ok((parts, Forwarded::Upstream(body))),
+                        Some(plan) if stuck.was_stuck() => {
+                            let carried = std::mem::take(&mut stuck);
+                            let unheld =
+                                Started::unheld(plan.clone(), body, remove_usage_chunk, carried);
+                            Ok((parts, Forwarded::Started(Box::new(unheld))))
+                        }
+                        _ => Ok((parts, Forwarded::Upstream(body))),
                     }
                 }
                 Err(error) => Err(error),
@@ -155,6 +165,9 @@ pub(super) fn forward<'a>(
             tracing::info!(route = %route.name, endpoint = %endpoints.get(endpoint).name, failure = failure.label(), "trying the request again on another endpoint");
             failover.metrics.retry(failure.reason());
             // The failed attempt's response, and anything held back of it, go unseen.
+            if let Ok((_, Forwarded::Started(start))) = &mut forwarded {
+                stuck = start.take_stuck();
+            }
             drop(forwarded);
             request = next;
         }

@@ -54,24 +54,54 @@ pub(crate) struct Started<B> {
     pub(super) stuck: Stuck,
 }
 
+impl<B> Started<B> {
+    /// A start with nothing held, for a response not held back after attempts whose
+    /// starts were: it goes on with their stuck periods.
+    pub(crate) fn unheld(
+        plan: Arc<StreamPlan>,
+        upstream: B,
+        remove_usage_chunk: bool,
+        stuck: Stuck,
+    ) -> Self {
+        let mut engine = plan.engine();
+        if remove_usage_chunk {
+            engine.remove_usage_chunk();
+        }
+        Started {
+            plan,
+            engine,
+            held: VecDeque::new(),
+            upstream,
+            stuck,
+        }
+    }
+
+    /// The stuck periods, out of a start that is thrown away for another attempt.
+    pub(crate) fn take_stuck(&mut self) -> Stuck {
+        std::mem::take(&mut self.stuck)
+    }
+}
+
 impl StreamPlan {
     /// Runs `upstream` until its first content event, or its end. Returns the start
     /// and, when it ended before any content in a way another attempt may fix, the
     /// failure (the start then holds the closing frames the client gets if nothing
     /// is retried). `started`: when the request came, where `max_duration` counts
-    /// from; `log`, the request's, is told the outcome if the client leaves first.
+    /// from; `log`, the request's, is told the outcome if the client leaves first;
+    /// `stuck`: the stuck periods of the attempts before this one.
     pub(crate) async fn start<B>(
         self: &Arc<Self>,
         mut upstream: B,
         remove_usage_chunk: bool,
         started: Instant,
         log: &mut RequestLog,
+        stuck: Stuck,
     ) -> (Started<B>, Option<Failure>)
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let mut held_start = Held::new(&self.metrics, started, log);
+        let mut held_start = Held::new(&self.metrics, started, log, stuck);
         let mut engine = self.engine();
         if remove_usage_chunk {
             engine.remove_usage_chunk();

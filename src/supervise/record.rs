@@ -157,7 +157,7 @@ fn end(
 /// the log line's `stuck_ms`. A period still open when this is dropped ends then, so a
 /// start thrown away for another attempt cannot leave the gauge up.
 #[derive(Debug, Default)]
-pub(super) struct Stuck {
+pub(crate) struct Stuck {
     /// Since when, and the gauge it counts in.
     open: Option<(Instant, IntGauge)>,
     total: Duration,
@@ -166,6 +166,11 @@ pub(super) struct Stuck {
 impl Stuck {
     fn is_stuck(&self) -> bool {
         self.open.is_some()
+    }
+
+    /// Whether any period opened: one still open, or time already counted.
+    pub(crate) fn was_stuck(&self) -> bool {
+        self.open.is_some() || !self.total.is_zero()
     }
 
     /// A period opens at `now`: the stream of `route` had no data for `stuck_after`.
@@ -228,17 +233,20 @@ pub(super) struct Held<'a> {
 }
 
 impl<'a> Held<'a> {
+    /// `stuck`: the periods of the attempts before this one, whose starts were
+    /// thrown away for it; the client has waited through them all the same.
     pub(super) fn new(
         metrics: &'a RouteMetrics,
         started: Instant,
         log: &'a mut RequestLog,
+        stuck: Stuck,
     ) -> Self {
         metrics.streams_active.inc();
         Held {
             metrics,
             started,
             log,
-            stuck: Stuck::default(),
+            stuck,
             handed_on: false,
         }
     }
