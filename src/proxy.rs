@@ -244,10 +244,8 @@ impl Proxy {
                 Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
                     // Events may be rewritten, dropped or added: the length is the body's own.
                     parts.headers.remove(CONTENT_LENGTH);
-                    let mut supervised = SupervisedBody::new(body, plan.clone(), start, log);
-                    if remove_usage_chunk {
-                        supervised.remove_usage_chunk();
-                    }
+                    let supervised =
+                        SupervisedBody::new(body, plan.clone(), start, log, remove_usage_chunk);
                     resume::body(route, begin, supervised, slot)
                 }
                 Some(_) if event_stream => {

@@ -113,13 +113,19 @@ impl StreamPlan {
 }
 
 impl StreamPlan {
-    /// A new engine for one of the route's streams.
-    fn engine(&self) -> Engine {
-        Engine::new(
+    /// A new engine for one of the route's streams. `remove_usage_chunk`: the
+    /// gateway added `include_usage` to the request, so the usage-only chunk is read,
+    /// then kept from the client.
+    fn engine(&self, remove_usage_chunk: bool) -> Engine {
+        let mut engine = Engine::new(
             self.pipeline.clone(),
             self.max_event_size,
             self.route.clone(),
-        )
+        );
+        if remove_usage_chunk {
+            engine.remove_usage_chunk();
+        }
+        engine
     }
 
     /// The protocol the route's upstream speaks.
@@ -183,14 +189,16 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    /// Supervises `upstream`; `started` is when the request arrived.
+    /// Supervises `upstream`; `started` is when the request arrived;
+    /// `remove_usage_chunk` as for [`StreamPlan::start`].
     pub(crate) fn new(
         upstream: B,
         plan: Arc<StreamPlan>,
         started: Instant,
         log: RequestLog,
+        remove_usage_chunk: bool,
     ) -> Self {
-        let unheld = Started::unheld(plan, upstream, false, Stuck::default());
+        let unheld = Started::unheld(plan, upstream, remove_usage_chunk, Stuck::default());
         Self::resume(unheld, started, log)
     }
 
@@ -248,12 +256,6 @@ where
         } else {
             None
         }
-    }
-
-    /// The gateway added `include_usage` to this request: the usage-only chunk is
-    /// read, then kept from the client.
-    pub(crate) fn remove_usage_chunk(&mut self) {
-        self.engine.remove_usage_chunk();
     }
 
     /// The earliest instant at which a clock needs attention.

@@ -50,6 +50,16 @@ async fn answered(
     })
 }
 
+/// A `method` request to `uri` on host `gw`, without a body.
+fn bodiless(method: &str, uri: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "gw")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn eventsource_get_becomes_the_upstream_post() {
     let (upstream, gateway) = translating_gateway("sk-test-123").await;
@@ -148,10 +158,7 @@ async fn query_as_json_keeps_a_posted_body() {
     assert_eq!(body_text(response).await, "ok");
 
     // The same route, a POST without a body: the query becomes the body.
-    let request = Request::post("/api/stream?q=hi")
-        .header("host", "gw")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let request = bodiless("POST", "/api/stream?q=hi");
     let (response, seen) = answered(
         &gateway,
         &upstream,
@@ -170,10 +177,7 @@ async fn query_as_json_keeps_a_posted_body() {
 #[tokio::test]
 async fn head_is_not_turned_into_the_upstream_post() {
     let (upstream, gateway) = translating_gateway("k").await;
-    let request = Request::head("/api/stream?q=hi")
-        .header("host", "gw")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let request = bodiless("HEAD", "/api/stream?q=hi");
     // The head a GET would get: the answer to a HEAD has no body, whatever it says.
     let (response, seen) = answered(
         &gateway,
@@ -204,12 +208,7 @@ async fn head_is_not_turned_into_the_upstream_post() {
 async fn other_methods_are_not_turned_into_the_upstream_post() {
     let (upstream, gateway) = translating_gateway("k").await;
     for method in ["DELETE", "PUT", "PATCH", "OPTIONS"] {
-        let request = Request::builder()
-            .method(method)
-            .uri("/api/stream?q=hi")
-            .header("host", "gw")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let request = bodiless(method, "/api/stream?q=hi");
         let (response, seen) = answered(
             &gateway,
             &upstream,

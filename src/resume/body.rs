@@ -22,7 +22,6 @@ use super::follow::RemoteBody;
 use super::slot::{Slot, Step};
 use super::stamp::Stamper;
 use super::store::{Ending, Mirror};
-use super::table::Release;
 use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::admission::Slot as Admission;
@@ -204,10 +203,10 @@ impl Drop for LiveBody {
                 // Stopped, over the cap, or no runtime: cancelled as without resume.
                 // Followers on other replicas get the end at once, not when the keys
                 // expire; a stop is an end they share, a cancel one they are told of.
-                let ending = if release == Release::OverCap || !self.slot.is_stopped() {
-                    Ending::Cancelled
+                let ending = if self.slot.is_stopped() {
+                    self.slot.stopped_ending()
                 } else {
-                    Ending::Ended
+                    Ending::Cancelled
                 };
                 drop(supervised);
                 self.producer.end(ending);

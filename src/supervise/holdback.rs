@@ -63,13 +63,9 @@ impl<B> Started<B> {
         remove_usage_chunk: bool,
         stuck: Stuck,
     ) -> Self {
-        let mut engine = plan.engine();
-        if remove_usage_chunk {
-            engine.remove_usage_chunk();
-        }
         Started {
+            engine: plan.engine(remove_usage_chunk),
             plan,
-            engine,
             held: VecDeque::new(),
             upstream,
             stuck,
@@ -102,10 +98,7 @@ impl StreamPlan {
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         let mut held_start = Held::new(&self.metrics, started, log, stuck);
-        let mut engine = self.engine();
-        if remove_usage_chunk {
-            engine.remove_usage_chunk();
-        }
+        let mut engine = self.engine(remove_usage_chunk);
         let mut held = VecDeque::new();
         let mut held_bytes = 0;
         let mut shutdown = pin!(self.shutdown.fired());

@@ -81,7 +81,7 @@ fn harness(clocks: &str) -> Harness {
     let start = Instant::now();
     let log = RequestLog::new(start, http::Method::GET, "/s");
     Harness {
-        body: SupervisedBody::new(ChannelBody(rx), plan, start, log),
+        body: SupervisedBody::new(ChannelBody(rx), plan, start, log, false),
         shutdown,
         upstream,
         metrics,
@@ -371,7 +371,7 @@ fn a_deadline_passed_during_a_poll_is_judged_by_a_fresh_reading_of_the_clock() {
             };
             let start = Instant::now();
             let log = RequestLog::new(start, http::Method::GET, "/s");
-            let mut body = SupervisedBody::new(upstream, plan, start, log);
+            let mut body = SupervisedBody::new(upstream, plan, start, log, false);
             body.frame().await.unwrap().unwrap()
         });
         let _ = sent.send(frame.into_data().unwrap());
