@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub(crate) use activity::ClientConnection;
 use activity::{Activity, Counter, Tracked};
 use signal::Signal;
 use slots::{Admitted, Slots};
@@ -289,6 +290,7 @@ async fn serve<S, B>(
     let service = Tracked {
         inner: service,
         activity: counter,
+        closable: matches!(protocol, Ok(Ok(Some(Protocol::Http1)))),
     };
     let ended = match protocol {
         Ok(Ok(Some(Protocol::Http1))) => {
@@ -395,6 +397,10 @@ impl Watch<'_> {
                 }
                 () = self.activity.change_after(self.seen) => {
                     self.seen = self.activity.changes();
+                    if self.activity.is_close_asked() {
+                        tracing::debug!(peer = %self.peer, "closing: a resume on another connection took its stream over");
+                        return Ok(());
+                    }
                     if self.activity.has_ended() {
                         // The service is gone: hyper is finishing the connection.
                         idle_since = None;

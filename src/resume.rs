@@ -38,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::access_log::RequestLog;
 use crate::config::{OnUnknown, ResumeConfig, StreamConfig};
+use crate::listener::ClientConnection;
 use crate::protocol::Protocol;
 use crate::supervise::SupervisedBody;
 
@@ -88,6 +89,14 @@ pub(crate) enum Intercept {
     ResumeRemote { redis_key: String, last_seen: u64 },
 }
 
+impl Begin {
+    /// The stream's first client is on `connection` (`None` on h2).
+    pub(crate) fn on(mut self, connection: Option<ClientConnection>) -> Begin {
+        self.connection = connection;
+        self
+    }
+}
+
 /// What a `DELETE` with a stream id did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
@@ -104,6 +113,8 @@ pub(crate) enum Stop {
 pub(crate) struct Begin {
     key: StreamKey,
     fingerprint: Fingerprint,
+    /// The first client's connection, which a resume closes if it still hangs on it.
+    connection: Option<ClientConnection>,
 }
 
 impl ResumePlan {
@@ -239,6 +250,7 @@ impl ResumePlan {
             Ok(key) => Some(Begin {
                 fingerprint: key.fingerprint(credential),
                 key,
+                connection: None,
             }),
             Err(error) => {
                 tracing::warn!(route = %self.route, %error, "stream served without resume");
@@ -259,6 +271,7 @@ impl ResumePlan {
             begin.fingerprint,
             self.config.window,
             self.config.max_bytes,
+            begin.connection,
         ));
         self.table.insert(slot.clone());
         let mirror = self.store.as_ref().map(|store| {

@@ -11,6 +11,8 @@ mod support;
 
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
+
 use support::raw_client::{Client, Seen};
 use support::*;
 
@@ -511,13 +513,14 @@ async fn a_cut_in_the_middle_of_a_large_upstream_read_loses_nothing_on_resume() 
 
 /// A phone that lost its network: its first connection stays open but takes no more
 /// bytes, and no FIN comes. The reconnect resumes while that connection still drives
-/// the upstream; the send timeout closes it, the stream is read on without it, and
-/// the resumed client gets every event.
+/// the upstream: the resume takes the stream over at once (the first connection is
+/// closed, the stream read on without it), not after the send timeout (60 s here, the
+/// default), and the resumed client gets every event.
 #[tokio::test]
-async fn a_resume_while_the_first_connection_hangs_gets_every_event_after_the_send_timeout() {
+async fn a_resume_takes_the_stream_over_from_a_first_connection_that_hangs() {
     let upstream = ScriptedUpstream::bind().await;
     let yaml = config(&upstream.url(), "{ window: 30s, max_bytes: 64MiB }");
-    let gateway = start_with_send_timeout_1s(&yaml).await;
+    let gateway = start_gateway(&yaml).await;
     let request = b"POST /api/stream HTTP/1.0\r\nhost: gateway\r\nauthorization: Bearer user-1\r\ncontent-length: 0\r\n\r\n";
     let mut first = client_that_will_stop_reading(gateway.addr, request).await;
     let mut exchange = upstream.accept().await;
@@ -531,6 +534,17 @@ async fn a_resume_while_the_first_connection_hangs_gets_every_event_after_the_se
         .find_map(|line| line.strip_prefix("id: "))
         .expect("an id")
         .to_owned();
+    // About 4 MB: more than the first connection's buffers hold, so the first
+    // connection stops taking bytes long before the answer's end.
+    const TOTAL: usize = 20_000;
+    let writer = tokio::spawn(async move {
+        for batch in (2..=TOTAL).collect::<Vec<_>>().chunks(100) {
+            let chunk: String = batch.iter().map(|&n| padded(n)).collect();
+            exchange.send_chunk(chunk.as_bytes()).await;
+        }
+        exchange.send_chunk(b"data: [DONE]\n\n").await;
+        exchange
+    });
     let mut resumed = Client::open(
         gateway.addr,
         "/api/stream",
@@ -541,17 +555,7 @@ async fn a_resume_while_the_first_connection_hangs_gets_every_event_after_the_se
     )
     .await;
     assert_eq!(resumed.status().await, 200);
-    // About 4 MB: more than the first connection's buffers hold.
-    const TOTAL: usize = 20_000;
-    let writer = tokio::spawn(async move {
-        for batch in (2..=TOTAL).collect::<Vec<_>>().chunks(100) {
-            let chunk: String = batch.iter().map(|&n| padded(n)).collect();
-            exchange.send_chunk(chunk.as_bytes()).await;
-        }
-        exchange.send_chunk(b"data: [DONE]\n\n").await;
-        exchange
-    });
-    let events = tokio::time::timeout(Duration::from_secs(30), resumed.rest())
+    let events = tokio::time::timeout(Duration::from_secs(20), resumed.rest())
         .await
         .expect("the resumed client is not held at the first connection's pace");
     assert_eq!(
@@ -562,7 +566,17 @@ async fn a_resume_while_the_first_connection_hangs_gets_every_event_after_the_se
     assert_eq!(events.last().map(|e| e.data.as_str()), Some("[DONE]"));
     assert!(events[0].data.starts_with("{\"token\":2,"));
     drop(writer.await.unwrap());
-    drop(first);
+    // The first connection was closed: what it had not read, then its end.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the first connection ends (EOF or reset) within 5 s"
+    );
+    assert!(
+        !upstream.connection_within(Duration::from_millis(200)).await,
+        "one upstream request"
+    );
 }
 
 #[tokio::test]

@@ -47,6 +47,8 @@ pub(crate) struct Activity {
     /// response bodies are polled inside the connection's poll (HTTP/1; h2 polls each
     /// stream's body on a task of its own). 0: not counted.
     polls: AtomicU64,
+    /// Someone asked for the connection to be closed ([`ClientConnection::close`]).
+    close_asked: AtomicBool,
 }
 
 impl Activity {
@@ -93,6 +95,32 @@ impl Activity {
     fn poll_count(&self) -> u64 {
         self.polls.load(Ordering::Relaxed)
     }
+
+    /// Whether [`ClientConnection::close`] was called: the watch closes the connection.
+    pub(super) fn is_close_asked(&self) -> bool {
+        self.close_asked.load(Ordering::Acquire)
+    }
+}
+
+/// The HTTP/1 connection a request came on, in the request's extensions: what lets a
+/// resume close the connection a stream's first client hangs on (a phone that lost its
+/// network sends no FIN), so that the stream is read on without it. h2 requests carry
+/// none: closing their connection would cut every other stream on it.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientConnection(Arc<Activity>);
+
+impl ClientConnection {
+    /// Closes the connection at once, whatever it is doing; its response body is
+    /// dropped as when the client leaves.
+    pub(crate) fn close(&self) {
+        self.0.close_asked.store(true, Ordering::Release);
+        self.0.changed();
+    }
+
+    /// Whether both are the same connection.
+    pub(crate) fn is(&self, other: &ClientConnection) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Marks the activity ended when the last [`Counter`] goes.
@@ -128,6 +156,10 @@ impl Busy {
     fn activity(&self) -> &Activity {
         &(self.0 .0).0
     }
+
+    fn activity_handle(&self) -> Arc<Activity> {
+        (self.0 .0).0.clone()
+    }
 }
 
 impl Drop for Busy {
@@ -143,6 +175,8 @@ impl Drop for Busy {
 pub(super) struct Tracked<S> {
     pub(super) inner: S,
     pub(super) activity: Counter,
+    /// Whether requests carry their [`ClientConnection`] (HTTP/1).
+    pub(super) closable: bool,
 }
 
 impl<S, B> Service<Request<Incoming>> for Tracked<S>
@@ -153,9 +187,13 @@ where
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         // Counted before the service runs: a request waiting for its upstream is busy.
         let busy = self.activity.request();
+        if self.closable {
+            let activity = busy.activity_handle();
+            request.extensions_mut().insert(ClientConnection(activity));
+        }
         TrackedFuture {
             inner: self.inner.call(request),
             busy: Some(busy),

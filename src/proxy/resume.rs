@@ -12,6 +12,7 @@ use super::{made, Route};
 use crate::access_log::RequestLog;
 use crate::admission;
 use crate::body::ResponseBody;
+use crate::listener::ClientConnection;
 use crate::reply::{self, ErrorType};
 use crate::resume::{Begin, Intercept, Stop};
 use crate::router::{RouteMatch, RouteTable};
@@ -68,11 +69,13 @@ pub(super) async fn intercept(
         }
         decided => decided,
     };
+    let connection = request.extensions().get::<ClientConnection>();
     match intercept {
-        Intercept::Forward(begin) => Ok((begin, log)),
+        Intercept::Forward(begin) => Ok((begin.map(|b| b.on(connection.cloned())), log)),
         Intercept::Reject => Err(made(empty(StatusCode::NO_CONTENT), log)),
         Intercept::Resume { slot, last_seen } => {
             trace_resume(&log, last_seen, "memory");
+            slot.take_over(connection);
             Err(resume
                 .replay(slot, last_seen, log)
                 .map(ResponseBody::resumable))

@@ -166,6 +166,7 @@ impl LiveBody {
 
     fn end(&mut self) {
         self.supervised = None;
+        self.slot.first_client_gone();
         self.producer.end(Ending::Ended);
         self.plan.table.finish(&self.slot, Instant::now());
     }
@@ -175,6 +176,7 @@ impl Drop for LiveBody {
     fn drop(&mut self) {
         let now = Instant::now();
         let plan = &self.plan;
+        self.slot.first_client_gone();
         let release = plan
             .table
             .release(&self.slot, now, plan.config.max_detached);

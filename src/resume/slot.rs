@@ -19,6 +19,7 @@ use super::lifetime::Lifetime;
 use super::replay::{Read, ReplayLog};
 use super::stamp::Stamper;
 use super::store::Ending;
+use crate::listener::ClientConnection;
 
 /// [`Slot::stopped`]'s values.
 const RUNNING: u8 = 0;
@@ -48,6 +49,9 @@ pub(crate) struct SlotState {
     pub(crate) heartbeats: u64,
     /// Readers waiting for more.
     waiting: Vec<Waker>,
+    /// The HTTP/1 connection of the client whose response drives the stream, while it
+    /// does ([`Slot::take_over`]).
+    first_client: Option<ClientConnection>,
 }
 
 impl Slot {
@@ -56,6 +60,7 @@ impl Slot {
         fingerprint: Fingerprint,
         window: Duration,
         max_bytes: usize,
+        first_client: Option<ClientConnection>,
     ) -> Slot {
         Slot {
             key,
@@ -65,6 +70,7 @@ impl Slot {
                 lifetime: Lifetime::new(window),
                 heartbeats: 0,
                 waiting: Vec::new(),
+                first_client,
             }),
             stopped: AtomicU8::new(RUNNING),
             changed: Notify::new(),
@@ -110,6 +116,31 @@ impl Slot {
             CANCELLED => Ending::Cancelled,
             _ => Ending::Ended,
         }
+    }
+
+    /// A client resumes the stream (on `connection`) while its first client's
+    /// response still drives it: that client's connection is closed, and the stream
+    /// is read on without it, as when a client leaves. A client that comes back with
+    /// the stream's id has given up that connection; one that went without a FIN (a
+    /// phone that lost its network) would otherwise hold the stream at the pace of a
+    /// socket nobody reads, until the send timeout.
+    pub(crate) fn take_over(&self, connection: Option<&ClientConnection>) {
+        let mut state = self.state();
+        let Some(first) = state.first_client.take() else {
+            return;
+        };
+        if connection.is_some_and(|resuming| resuming.is(&first)) {
+            state.first_client = Some(first);
+            return;
+        }
+        drop(state);
+        first.close();
+    }
+
+    /// The first client's response no longer drives the stream (it ended, or the
+    /// client left): its connection may carry other requests now.
+    pub(crate) fn first_client_gone(&self) {
+        self.state().first_client = None;
     }
 
     /// Whether `credential` is the one the stream was opened with.
