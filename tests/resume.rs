@@ -388,6 +388,67 @@ async fn delete_with_the_id_stops_a_detached_stream_at_once() {
     assert_eq!(again.status().await, 404, "nothing left to stop");
 }
 
+/// The user presses stop while a resumed client waits for the next token: that
+/// client's response ends too, instead of waiting for events that will not come.
+#[tokio::test]
+async fn a_stop_ends_the_response_of_a_resumed_client_waiting_for_more() {
+    let (upstream, gateway) = setup("{ window: 30s }").await;
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
+    detached(&gateway, 1.0).await;
+    let mut resumed = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[BEARER, ("last-event-id", id.as_str())],
+    )
+    .await;
+    assert_eq!(resumed.status().await, 200);
+    exchange.send_chunk(&event(2)).await;
+    let seen = resumed.take(1).await;
+    assert_eq!(data(&seen), tokens(2..=2));
+
+    let target = format!("/api/stream?lastEventId={}", last_id(&seen));
+    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 204);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream is dropped"
+    );
+    let rest = tokio::time::timeout(LIVENESS, resumed.rest())
+        .await
+        .expect("the resumed client's response ends within 5 s");
+    assert!(rest.is_empty(), "nothing after the stop: {rest:?}");
+}
+
+/// The user presses stop while the first client still reads and the model thinks
+/// (nothing from the upstream): the upstream is dropped at once, not at the next
+/// token or clock.
+#[tokio::test]
+async fn a_stop_drops_a_quiet_upstream_whose_first_client_still_reads() {
+    let (upstream, gateway) = setup("{ window: 30s }").await;
+    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let id = last_id(&client.take(1).await);
+
+    let target = format!("/api/stream?lastEventId={id}");
+    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 204);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream is dropped within 5 s"
+    );
+    let rest = tokio::time::timeout(LIVENESS, client.rest())
+        .await
+        .expect("the first client's response ends within 5 s");
+    assert!(rest.is_empty(), "nothing after the stop: {rest:?}");
+    gateway
+        .metrics_until("the stream's outcome", |m| {
+            m.outcome_count(ROUTE, "client_closed") == 1.0
+        })
+        .await;
+}
+
 #[tokio::test]
 async fn nobody_resuming_within_the_window_drops_the_upstream() {
     let (upstream, gateway) = setup("{ window: 300ms }").await;

@@ -9,7 +9,7 @@
 //! (then it is dropped: outcome `client_closed`). [`ReplayBody`] is a resuming
 //! client's: it reads the buffer from its cursor, replay and live alike.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,6 +25,7 @@ use super::store::{Ending, Mirror};
 use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::admission::Slot as Admission;
+use crate::changes::OwnedChange;
 use crate::supervise::{is_heartbeat, Never, SupervisedBody, HEARTBEAT};
 
 type Polled = Poll<Option<Result<Frame<Bytes>, Never>>>;
@@ -74,6 +75,8 @@ pub(crate) struct LiveBody {
     /// The route's admission slot (`limits`): held while the upstream is read, by this
     /// body, then by [`keep_reading`] once the client left.
     admission: Option<Admission>,
+    /// Wakes this body when a client stops the stream while its upstream is quiet.
+    stopped: Pin<Box<OwnedChange>>,
 }
 
 /// What numbers a stream's events and hands them on: to the replay buffer, and to
@@ -120,6 +123,7 @@ impl LiveBody {
         supervised.track_event_ends();
         LiveBody {
             admission,
+            stopped: Box::pin(slot.stopped()),
             supervised: Some(Box::new(supervised)),
             producer: Producer {
                 stamper: Stamper::new(&slot.key),
@@ -160,6 +164,8 @@ impl LiveBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(never))) => match never {},
+            // Registers the waker once; then one atomic load per poll (`changes.rs`).
+            Poll::Pending if self.stopped.as_mut().poll(cx).is_ready() => self.poll(cx),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -6,7 +6,7 @@
 //! One lock, taken once per frame (a whole upstream read), never per event.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use super::lifetime::Lifetime;
 use super::replay::{Read, ReplayLog};
 use super::stamp::Stamper;
 use super::store::Ending;
+use crate::changes::{Changes, OwnedChange};
 use crate::listener::ClientConnection;
 
 /// [`Slot::stopped`]'s values.
@@ -36,6 +37,9 @@ pub(crate) struct Slot {
     /// streams already kept ([`CANCELLED`]). The first reason given stays. Read
     /// without the lock, on every poll.
     stopped: AtomicU8,
+    /// Bumped once, when the stream is stopped: wakes the first client's body, which
+    /// may be waiting on a quiet upstream.
+    stops: Arc<Changes>,
     /// Wakes the task that keeps a detached stream going: a client came or left, or
     /// a stop was asked.
     pub(crate) changed: Notify,
@@ -73,6 +77,7 @@ impl Slot {
                 first_client,
             }),
             stopped: AtomicU8::new(RUNNING),
+            stops: Arc::default(),
             changed: Notify::new(),
         }
     }
@@ -100,10 +105,19 @@ impl Slot {
     fn end_with(&self, reason: u8) {
         // A later reason does not overwrite the first: a stop that comes after the
         // cancel must not turn it into an end.
-        let _ = self
+        let first = self
             .stopped
-            .compare_exchange(RUNNING, reason, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(RUNNING, reason, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            self.stops.bump();
+        }
         self.changed.notify_one();
+    }
+
+    /// Resolves once the stream is stopped (or at once if it is).
+    pub(crate) fn stopped(&self) -> OwnedChange {
+        self.stops.after_owned(0)
     }
 
     pub(crate) fn is_stopped(&self) -> bool {

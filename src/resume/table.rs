@@ -241,13 +241,10 @@ impl Table {
 
     /// Takes `slot` out of the table; `expired` remembers its key as such.
     pub(crate) fn remove(&self, slot: &Slot, now: Instant, expired: bool) {
-        let (was_detached, window) = {
-            let mut state = slot.state();
-            let detached = state.lifetime.is_detached();
-            // Ends it for any reader still attached, and uncounts it once.
-            state.lifetime.finish(now);
-            (detached, state.lifetime.window())
-        };
+        let window = slot.state().lifetime.window();
+        // Ends it for any reader still attached (woken to see it: a resumed client
+        // waiting for more would otherwise wait for ever), and uncounts it once.
+        let was_detached = slot.finish(now);
         let mut inner = self.inner();
         let removed = inner
             .slots
