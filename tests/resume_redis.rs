@@ -649,3 +649,76 @@ async fn a_follower_is_told_the_stream_was_cut_when_a_resumed_client_leaves_over
     drop(resumed);
     told_dropped_after(&follower.rest().await, 2);
 }
+
+/// A Redis that accepts connections and never answers (one that is partitioned or
+/// stalled): every command the gateway sends waits for its own timeout.
+async fn unanswering_redis() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("redis://{addr}")
+}
+
+/// A late resume that comes while the owner asks Redis (slow) whether another
+/// replica follows the stream at its window's end: the resume is `expired`, and the
+/// owner drops the upstream then, instead of reading it on for nobody with nothing
+/// to bound it (holding its place under `max_streams`).
+#[tokio::test]
+async fn a_resume_as_the_window_runs_out_leaves_no_stream_running_unbounded() {
+    let upstream = ScriptedUpstream::bind().await;
+    let redis = unanswering_redis().await;
+    let yaml = format!(
+        "upstreams:
+  assistant: {{ url: {}, header_timeout: 2s }}
+state:
+  redis: {{ url: \"{redis}\" }}
+routes:
+  - name: chat
+    match: {{ path_prefix: /api/stream }}
+    upstream: assistant
+    limits: {{ max_streams: 1 }}
+    stream:
+      terminator: {{ data: \"[DONE]\" }}
+      resume: {{ window: 600ms, store: redis, on_unknown: reject }}
+",
+        upstream.url()
+    );
+    let gateway = start_gateway(&yaml).await;
+    let mut client = Client::open(gateway.addr, "/api/stream", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let id = client
+        .take(1)
+        .await
+        .last()
+        .and_then(|e| e.id.clone())
+        .expect("an id");
+    drop(client);
+    // Past the window, while the owner waits on Redis to know whether to keep it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut late = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[BEARER, ("last-event-id", id.as_str())],
+    )
+    .await;
+    assert_eq!(late.status().await, 204, "expired, and the route rejects");
+    assert!(
+        exchange.closed_within(Duration::from_secs(8)).await,
+        "the upstream is dropped once the owner hears from Redis (or gives up)"
+    );
+    let mut fresh = Client::open(gateway.addr, "/api/stream", &[BEARER]).await;
+    let mut again = upstream.accept().await;
+    again.start_sse("").await;
+    assert_eq!(
+        fresh.status().await,
+        200,
+        "the dropped stream's place under max_streams is free"
+    );
+}

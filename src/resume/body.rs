@@ -238,14 +238,25 @@ async fn keep_reading(
         if slot.is_stopped() {
             break;
         }
-        let expires = {
+        let (expires, finished) = {
             let state = slot.state();
-            state
+            let expires = state
                 .lifetime
                 .is_detached()
                 .then(|| state.lifetime.expires_at())
-                .flatten()
+                .flatten();
+            (expires, state.lifetime.is_finished())
         };
+        if finished {
+            // Only this task finishes a stream it reads, when it returns; finished
+            // now, the stream was ended elsewhere: a resume that came as the window
+            // ran out found it expired and took it out of the table. Reading on would
+            // be reading for nobody, with nothing left to bound it.
+            tracing::info!(route = %plan.route, "no client resumed the stream within its window; upstream dropped");
+            drop(supervised);
+            producer.end(Ending::Expired);
+            return;
+        }
         let changed = slot.changed.notified();
         let expiry = async {
             match expires {
