@@ -47,6 +47,7 @@ use crate::config::HumanDuration;
 use crate::protocol::{Choices, Usage};
 use crate::rewrite::Pipeline;
 use crate::sse::{FrameError, Framer, RawEvent};
+use crate::terminator::TerminatorMatch;
 
 use batch::Batch;
 
@@ -390,6 +391,14 @@ impl Engine {
         };
         if verdict.is_terminator {
             if let Some(output) = verdict.output {
+                if is_tail && self.is_cut_event_terminator(&output) {
+                    // Named by its `event:` line alone, it would end the stream as
+                    // complete and reach the client with its JSON cut (or no data at
+                    // all), which SDKs fail to parse. It is dropped; the stream's
+                    // evidence, or its lack, decides the ending as for any cut tail.
+                    self.tail_cut = true;
+                    return true;
+                }
                 self.push_output(output);
             }
             self.end(Outcome::Terminator, None);
@@ -440,6 +449,17 @@ impl Engine {
             }
         }
         self.push_output(output)
+    }
+
+    /// A terminator completed at the upstream's clean close that the route knows by
+    /// its event name, on a protocol whose data is JSON, without its whole JSON (a
+    /// terminator known by its data matched that data whole).
+    fn is_cut_event_terminator(&self, output: &[u8]) -> bool {
+        let by_event = self
+            .pipeline
+            .terminator()
+            .is_some_and(|t| matches!(t.matcher, TerminatorMatch::Event(_)));
+        by_event && self.pipeline.contract().protocol.has_json_data() && !is_whole_json(output)
     }
 
     /// Adds `output` to the frame; false when it had to be queued behind it instead,

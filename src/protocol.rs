@@ -149,15 +149,20 @@ impl Contract {
         }
     }
 
-    /// The terminator as the gateway synthesizes it on this protocol: Anthropic's SDKs
-    /// parse every event's data, so an event terminator carries `{"type":NAME}` there.
-    pub fn encode_terminator(&self, terminator: &Terminator) -> Bytes {
+    /// The terminator as the gateway synthesizes it on this protocol, if it does:
+    /// Anthropic's SDKs parse every event's data, so an event terminator carries
+    /// `{"type":NAME}` there. On the `openai-*` protocols an event terminator is not
+    /// synthesized: their events' data is a whole object the SDKs parse (a Responses
+    /// `response.completed` carries the response), which the gateway cannot write,
+    /// and the answer's own terminal event has already told the client how it ended.
+    pub fn encode_terminator(&self, terminator: &Terminator) -> Option<Bytes> {
         match (&terminator.matcher, self.protocol) {
             (TerminatorMatch::Event(name), Protocol::Anthropic) => {
                 let data = serde_json::json!({ "type": String::from_utf8_lossy(name) });
-                writer::event(Some(name), data.to_string().as_bytes())
+                Some(writer::event(Some(name), data.to_string().as_bytes()))
             }
-            _ => terminator.encode(),
+            (TerminatorMatch::Event(_), Protocol::OpenaiChat | Protocol::OpenaiResponses) => None,
+            _ => Some(terminator.encode()),
         }
     }
 }

@@ -209,7 +209,7 @@ impl Pipeline {
         self.terminator
             .as_ref()
             .filter(|t| t.synthesize_on_eof && t.forward)
-            .map(|t| self.contract.encode_terminator(t))
+            .and_then(|t| self.contract.encode_terminator(t))
     }
 }
 

@@ -11,7 +11,7 @@ use framing::drive::{self, End, Run};
 use framing::{bytewise, MAX};
 use sse_gateway::engine::Outcome;
 use sse_gateway::protocol::{CompleteWhen, Contract, Protocol};
-use sse_gateway::rewrite::{Pipeline, Rule};
+use sse_gateway::rewrite::{Pipeline, Rule, Terminator, TerminatorMatch};
 
 fn pipeline(protocol: Protocol) -> Arc<Pipeline> {
     let repair = vec![Rule::repair_orphan_lines("repair".into())];
@@ -20,20 +20,24 @@ fn pipeline(protocol: Protocol) -> Arc<Pipeline> {
 
 /// The stream whole and byte by byte: the same run, and both keep the promises.
 fn run(protocol: Protocol, input: &str, end: End) -> Run {
-    let pipeline = pipeline(protocol);
+    run_on(&pipeline(protocol), input, end)
+}
+
+/// [`run`] on a pipeline of the test's own.
+fn run_on(pipeline: &Arc<Pipeline>, input: &str, end: End) -> Run {
     let whole = drive::drive(
-        &pipeline,
+        pipeline,
         MAX,
         [Bytes::copy_from_slice(input.as_bytes())],
         end,
         End::Clean,
     );
-    drive::check(&pipeline, end, &whole);
+    drive::check(pipeline, end, &whole);
     let reads = bytewise(input.as_bytes())
         .into_iter()
         .map(Bytes::copy_from_slice);
-    let pieces = drive::drive(&pipeline, MAX, reads, end, End::Clean);
-    drive::check(&pipeline, end, &pieces);
+    let pieces = drive::drive(pipeline, MAX, reads, end, End::Clean);
+    drive::check(pipeline, end, &pieces);
     assert_eq!(whole, pieces, "chunking changed the run");
     whole
 }
@@ -309,4 +313,105 @@ fn chat_error_as_text_generation_inference_writes_it_ends_the_stream() {
     );
     assert_eq!(run.outcome, Some(Outcome::UpstreamErrorEvent));
     assert_eq!(text(&run), format!("{CHAT_HALF}{error}data: [DONE]\n\n"));
+}
+
+/// Every event's data in `out`, where it has some, parses as JSON: what the SDKs of
+/// the JSON protocols do with each event.
+fn assert_every_data_parses(out: &str) {
+    for event in out.split("\n\n").filter(|e| !e.is_empty()) {
+        let data = event.lines().find_map(|l| l.strip_prefix("data:"));
+        let data = data.map(str::trim_start).unwrap_or_default();
+        assert!(
+            serde_json::from_str::<serde_json::Value>(data).is_ok(),
+            "an event an SDK cannot parse: {event:?} in {out}"
+        );
+    }
+}
+
+#[test]
+fn a_chat_error_chunk_that_names_a_finish_reason_is_the_upstreams_error() {
+    // OpenRouter's mid-stream error: a top-level `error`, and `finish_reason: "error"`.
+    let error = "data: {\"id\":\"gen-1\",\"object\":\"chat.completion.chunk\",\"error\":{\"code\":\"server_error\",\"message\":\"Provider disconnected unexpectedly\"},\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}\n\n";
+    let run = run(
+        Protocol::OpenaiChat,
+        &format!("{CHAT_HALF}{error}data: [DONE]\n\n"),
+        End::Clean,
+    );
+    assert_eq!(run.outcome, Some(Outcome::UpstreamErrorEvent));
+    assert!(!run.evidence, "an error is no finish");
+    assert_eq!(text(&run), format!("{CHAT_HALF}{error}data: [DONE]\n\n"));
+}
+
+#[test]
+fn an_anthropic_message_stop_cut_by_the_upstreams_close_is_not_sent_cut() {
+    for tail in [
+        "event: message_stop\ndata: {\"type\":\"mess",
+        "event: message_stop\n",
+        "event: message_stop",
+    ] {
+        // After the stop reason: complete, and the client gets a whole message_stop.
+        let done = run(
+            Protocol::Anthropic,
+            &format!("{MSG_START}{MSG_DELTA}{MSG_STOP_REASON}{tail}"),
+            End::Clean,
+        );
+        assert_eq!(done.outcome, Some(Outcome::UpstreamEof), "{tail:?}");
+        let out = text(&done);
+        assert_eq!(
+            out,
+            format!(
+                "{MSG_START}{MSG_DELTA}{MSG_STOP_REASON}event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+            ),
+            "{tail:?}"
+        );
+        // Without it: the answer was cut, and the client is told.
+        let cut = run(
+            Protocol::Anthropic,
+            &format!("{MSG_START}{MSG_DELTA}{tail}"),
+            End::Clean,
+        );
+        assert_eq!(cut.outcome, Some(Outcome::Truncated), "{tail:?}");
+        let out = text(&cut);
+        assert!(out.contains("in the middle of an event"), "{out}");
+        assert_every_data_parses(out);
+    }
+}
+
+/// An openai-responses route that names `response.completed` as its terminator.
+fn responses_ending_at_completed() -> Arc<Pipeline> {
+    let completed = Terminator {
+        matcher: TerminatorMatch::Event(Bytes::from_static(b"response.completed")),
+        forward: true,
+        synthesize_on_eof: true,
+    };
+    Arc::new(
+        Pipeline::new(vec![], Some(completed))
+            .with_contract(Contract::preset(Protocol::OpenaiResponses)),
+    )
+}
+
+#[test]
+fn responses_with_an_event_terminator_neither_takes_a_cut_one_nor_writes_an_empty_one() {
+    let pipeline = responses_ending_at_completed();
+    let cut = "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":6,\"resp";
+    let run = run_on(&pipeline, &format!("{RESP_DELTA}{cut}"), End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::Truncated));
+    assert!(!text(&run).contains("response.completed"), "{}", text(&run));
+    assert_every_data_parses(text(&run));
+
+    // Ended by `response.incomplete` and the upstream's close: what the upstream said
+    // stands, and no `response.completed` without its response follows it.
+    let incomplete = "event: response.incomplete\ndata: {\"type\":\"response.incomplete\",\"sequence_number\":6,\"response\":{\"status\":\"incomplete\"}}\n\n";
+    let run = run_on(&pipeline, &format!("{RESP_DELTA}{incomplete}"), End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::UpstreamEof));
+    assert_eq!(text(&run), format!("{RESP_DELTA}{incomplete}"));
+}
+
+#[test]
+fn chat_with_two_choices_finishing_in_one_chunk_and_then_the_other() {
+    let both = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"},{\"index\":1,\"delta\":{\"content\":\"x\"},\"finish_reason\":null}]}\n\n";
+    let last = "data: {\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+    let run = run(Protocol::OpenaiChat, &format!("{both}{last}"), End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::UpstreamEof));
+    assert_eq!(text(&run), format!("{both}{last}data: [DONE]\n\n"));
 }

@@ -167,9 +167,18 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
         }
         return class;
     };
-    // The last choice's reason: a chunk carries one choice, or all of them finishing.
-    if not_null_at(&text[at + FINISH_REASON.needle().len()..]) {
+    // The last choice's reason: a chunk carries one choice, or (with `n` above 1) any
+    // of them, so there every reason is looked at.
+    let reason_set = |at: usize| not_null_at(&text[at + FINISH_REASON.needle().len()..]);
+    let several = class.choices.seen & !1 != 0;
+    if reason_set(at) || several && FINISH_REASON.find_iter(text).any(reason_set) {
         if let Some(json) = data_json(event) {
+            // An error chunk may name a finish_reason too (OpenRouter's says "error"):
+            // the SDKs raise on its `error`, so it is no finish.
+            if let Some(error) = chat_error(&json) {
+                class.upstream_error = Some(error);
+                return class;
+            }
             let choices = json["choices"].as_array().map_or(&[][..], Vec::as_slice);
             for (position, choice) in (0u64..).zip(choices) {
                 let bit = Choices::bit(choice["index"].as_u64().unwrap_or(position));

@@ -170,12 +170,24 @@ fn the_anthropic_terminator_carries_its_type() {
     let terminator = Protocol::Anthropic.preset_terminator().unwrap();
     assert_eq!(
         Contract::preset(Protocol::Anthropic).encode_terminator(&terminator),
-        Bytes::from_static(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+        Some(Bytes::from_static(
+            b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+        ))
     );
     let done = Protocol::OpenaiChat.preset_terminator().unwrap();
     assert_eq!(
         Contract::preset(Protocol::OpenaiChat).encode_terminator(&done),
-        Bytes::from_static(b"data: [DONE]\n\n")
+        Some(Bytes::from_static(b"data: [DONE]\n\n"))
+    );
+    // An OpenAI event's data is an object the gateway cannot write: not synthesized.
+    let completed = Terminator {
+        matcher: TerminatorMatch::Event(Bytes::from_static(b"response.completed")),
+        forward: true,
+        synthesize_on_eof: true,
+    };
+    assert_eq!(
+        Contract::preset(Protocol::OpenaiResponses).encode_terminator(&completed),
+        None
     );
 }
 
