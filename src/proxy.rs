@@ -171,6 +171,9 @@ impl Proxy {
                 None => None,
             };
 
+            // A response to HEAD has no body: not a stream to supervise, whatever its
+            // headers say.
+            let head = request.method() == http::Method::HEAD;
             let origin = Origin {
                 peer,
                 matched_len,
@@ -241,14 +244,18 @@ impl Proxy {
                 }
             };
             let body = match &route.stream {
-                Some(plan) if event_stream && is_identity(parts.headers.get(CONTENT_ENCODING)) => {
+                Some(plan)
+                    if event_stream
+                        && !head
+                        && is_identity(parts.headers.get(CONTENT_ENCODING)) =>
+                {
                     // Events may be rewritten, dropped or added: the length is the body's own.
                     parts.headers.remove(CONTENT_LENGTH);
                     let supervised =
                         SupervisedBody::new(body, plan.clone(), start, log, remove_usage_chunk);
                     resume::body(route, begin, supervised, slot)
                 }
-                Some(_) if event_stream => {
+                Some(_) if event_stream && !head => {
                     tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");
                     ResponseBody::upstream(body, log).holding(slot)
                 }

@@ -807,3 +807,40 @@ async fn a_stuck_period_goes_on_through_a_retry_until_data_comes() {
     let response = request.await.unwrap();
     assert_eq!(body_text(response).await, whole_answer());
 }
+
+/// A load balancer's or link checker's `HEAD`: the upstream's event-stream headers and
+/// no body (none may follow a HEAD) are the whole answer, not a start that stopped
+/// before its content. It is answered at once, not sent again, and counts against no
+/// endpoint's health.
+#[tokio::test]
+async fn a_head_request_is_answered_by_its_headers_not_retried_as_a_failed_start() {
+    let (a, b, gateway) = two_endpoints("idle_timeout: 5s").await;
+    let head = Request::head("/api/stream")
+        .header("host", gateway.addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (response, _exchange) = tokio::join!(send(gateway.addr, head), async {
+        let mut exchange = a.accept().await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        exchange
+    });
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(
+        !b.connection_within(Duration::from_millis(500)).await,
+        "not sent again to b"
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "success"), 1.0, "{}", metrics.text);
+    assert_eq!(attempts(&metrics, "a", "before_content"), 0.0);
+    assert_eq!(retries(&metrics, "before_content"), 0.0);
+    for outcome in ["truncated", "client_closed", "upstream_eof"] {
+        assert_eq!(
+            metrics.outcome_count("chat", outcome),
+            0.0,
+            "a HEAD is no stream: {outcome}"
+        );
+    }
+}

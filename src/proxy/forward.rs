@@ -83,7 +83,9 @@ pub(super) fn forward<'a>(
     async move {
         let upstream = &route.upstream;
         let endpoints = upstream.endpoints();
-        let stream = route.stream.is_some();
+        // A response to HEAD has no body: no stream to read, hold back or judge.
+        let head = request.method() == http::Method::HEAD;
+        let stream = route.stream.is_some() && !head;
         let failover = &route.failover;
         let start = endpoints.start();
         let Some(retry) = &failover.retry else {
@@ -116,7 +118,8 @@ pub(super) fn forward<'a>(
             let mut forwarded = match result {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
-                    let supervised = is_event_stream(parts.headers.get(CONTENT_TYPE))
+                    let supervised = !head
+                        && is_event_stream(parts.headers.get(CONTENT_TYPE))
                         && is_identity(parts.headers.get(CONTENT_ENCODING));
                     let hold = !last
                         && failure.is_none()
