@@ -650,6 +650,47 @@ async fn a_follower_is_told_the_stream_was_cut_when_a_resumed_client_leaves_over
     told_dropped_after(&follower.rest().await, 2);
 }
 
+/// The last events of a stream never reached Redis (a full write queue drops them,
+/// or Redis restarted empty), but its end entry did: a follower on another replica
+/// is told which events are missing, not ended as if the answer were complete.
+#[tokio::test]
+async fn events_lost_before_the_end_entry_are_said_to_a_follower_not_skipped() {
+    let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
+        return;
+    };
+    let (mut exchange, first) = cut_after(&owner, &upstream, 3).await;
+    exchange.send_chunk(&[event(4), event(5)].concat()).await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    exchange.end_chunks().await;
+    // Six events and the end entry.
+    redis_holds(&redis, 7).await;
+    let keys = redis.command(&["KEYS", "sse-gateway:chat:*"]).await;
+    let stream = keys
+        .lines()
+        .find(|line| line.starts_with("sse-gateway:") && !line.ends_with(":meta"))
+        .expect("the stream's key")
+        .to_owned();
+    // As if events 4 to 6 had been dropped on the way.
+    let deleted = redis.command(&["XDEL", &stream, "1-4", "1-5", "1-6"]).await;
+    assert_eq!(deleted.trim(), ":3");
+
+    let id = first[2].id.clone().unwrap();
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    assert_eq!(resumed.status().await, 200);
+    let events = resumed.rest().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event.as_deref(), Some("error"));
+    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(error["error"]["type"], "resume_gap");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("cannot resume: events 4 to 6 of this stream"),
+        "{message}"
+    );
+    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
+}
+
 /// A Redis that accepts connections and never answers (one that is partitioned or
 /// stalled): every command the gateway sends waits for its own timeout.
 async fn unanswering_redis() -> String {

@@ -106,7 +106,7 @@ impl Producer {
     /// nothing).
     fn end(&mut self, ending: Ending) {
         if let Some(mirror) = &mut self.mirror {
-            mirror.end(ending);
+            mirror.end(ending, self.stamper.next_seq() - 1);
         }
     }
 }

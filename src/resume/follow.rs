@@ -227,9 +227,18 @@ impl Follower {
         let mut count = 0;
         let entries = entries_of(reply);
         let read = entries.len();
-        for (id, data) in entries {
+        for Entry { id, value, last } in entries {
             if id == b"2-0" {
-                return Batch::End(frame, Ending::parse(data));
+                // Events the owner sent that never reached Redis (a full write queue, a
+                // Redis that restarted empty) end the resume with the gap said.
+                if let Some(last) = last.filter(|&last| last > self.cursor) {
+                    return Batch::Gap {
+                        frame,
+                        from: self.cursor + 1,
+                        to: last,
+                    };
+                }
+                return Batch::End(frame, Ending::parse(value));
             }
             let seq = id
                 .strip_prefix(b"1-")
@@ -242,7 +251,7 @@ impl Follower {
                     to,
                 };
             };
-            frame.extend_from_slice(data);
+            frame.extend_from_slice(value);
             self.cursor = seq;
             count += 1;
         }
@@ -306,10 +315,9 @@ impl Follower {
     }
 }
 
-/// `(id, value)` of each entry of a one-stream `XREAD` reply (RESP2 arrays or RESP3
-/// maps); nothing for a timeout's nil. The value is an event's field `d`, or an end
-/// entry's field `end`.
-fn entries_of(reply: &Value) -> Vec<(&[u8], &[u8])> {
+/// The entries of a one-stream `XREAD` reply (RESP2 arrays or RESP3 maps); nothing
+/// for a timeout's nil.
+fn entries_of(reply: &Value) -> Vec<Entry<'_>> {
     let streams: Vec<&Value> = match reply {
         Value::Array(streams) => streams
             .iter()
@@ -324,8 +332,18 @@ fn entries_of(reply: &Value) -> Vec<(&[u8], &[u8])> {
     streams.into_iter().flat_map(entries_of_range).collect()
 }
 
-/// `(id, value)` of each entry of an `XRANGE` reply, as [`entries_of`].
-pub(super) fn entries_of_range(entries: &Value) -> Vec<(&[u8], &[u8])> {
+/// One entry of a stream's Redis Stream.
+pub(super) struct Entry<'a> {
+    pub(super) id: &'a [u8],
+    /// An event's bytes (field `d`), or the end entry's `end` field.
+    pub(super) value: &'a [u8],
+    /// The end entry's `last`: the number of the stream's last event. Absent from end
+    /// entries written before it was added.
+    pub(super) last: Option<u64>,
+}
+
+/// The entries of an `XRANGE` reply, as [`entries_of`].
+pub(super) fn entries_of_range(entries: &Value) -> Vec<Entry<'_>> {
     let Value::Array(entries) = entries else {
         return Vec::new();
     };
@@ -337,18 +355,23 @@ pub(super) fn entries_of_range(entries: &Value) -> Vec<(&[u8], &[u8])> {
         else {
             continue;
         };
-        let value = fields
-            .chunks(2)
-            .find_map(|pair| match pair {
+        let field = |wanted: &[&[u8]]| {
+            fields.chunks(2).find_map(|pair| match pair {
                 [Value::BulkString(name), Value::BulkString(value)]
-                    if name == b"d" || name == b"end" =>
+                    if wanted.contains(&name.as_slice()) =>
                 {
                     Some(value.as_slice())
                 }
                 _ => None,
             })
-            .unwrap_or_default();
-        out.push((id.as_slice(), value));
+        };
+        let last =
+            field(&[b"last"]).and_then(|last| std::str::from_utf8(last).ok()?.parse::<u64>().ok());
+        out.push(Entry {
+            id: id.as_slice(),
+            value: field(&[b"d", b"end"]).unwrap_or_default(),
+            last,
+        });
     }
     out
 }

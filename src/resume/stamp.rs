@@ -98,7 +98,6 @@ impl Stamper {
     }
 
     /// The number the next event gets.
-    #[cfg(test)]
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }

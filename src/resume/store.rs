@@ -3,8 +3,9 @@
 //!
 //! Layout, per stream: `sse-gateway:ROUTE:KEY` is a Redis Stream whose entries are the
 //! events as sent (field `d`), with the ids `1-SEQ`, and a last entry `2-0` when the
-//! stream ended, whose field `end` says how ([`Ending`]): every way a stream ends
-//! writes it, so a follower never waits for events that will not come;
+//! stream ended, whose field `end` says how ([`Ending`]) and field `last` the number of
+//! its last event: every way a stream ends writes it, so a follower never waits for
+//! events that will not come, and one short of `last` knows events were lost;
 //! `sse-gateway:ROUTE:KEY:meta` holds the credential's fingerprint. Both
 //! live while the stream runs and expire between `window` and 1.25 × `window` after it
 //! ended: a refresh (the fingerprint written again, and a `PEXPIRE` of 1.25 × `window`)
@@ -107,7 +108,8 @@ struct Write {
     refresh: Option<Refresh>,
     max_entries: usize,
     events: Vec<(u64, Bytes)>,
-    end: Option<Ending>,
+    /// How the stream ended, and the number of its last event.
+    end: Option<(Ending, u64)>,
     errors: IntCounter,
     /// The stream's [`Mirror::lost`], set when this write is lost.
     lost: Arc<AtomicBool>,
@@ -247,7 +249,7 @@ impl RedisStore {
         };
         let ending = super::follow::entries_of_range(&end)
             .first()
-            .map(|&(_, field)| Ending::parse(field));
+            .map(|entry| Ending::parse(entry.value));
         Ok(Some((fingerprint, ending)))
     }
 
@@ -315,15 +317,16 @@ impl Mirror {
         self.queue(events, None);
     }
 
-    /// Queues the stream's end (once: every path that ends a stream may call it), and
-    /// stops the keeper: from here the keys expire after 1.25 × `window`.
-    pub(crate) fn end(&mut self, ending: Ending) {
+    /// Queues the stream's end after event `last` (once: every path that ends a
+    /// stream may call it), and stops the keeper: from here the keys expire after
+    /// 1.25 × `window`.
+    pub(crate) fn end(&mut self, ending: Ending, last: u64) {
         if self.keeper.take().is_some() {
-            self.queue(Vec::new(), Some(ending));
+            self.queue(Vec::new(), Some((ending, last)));
         }
     }
 
-    fn queue(&mut self, events: Vec<(u64, Bytes)>, end: Option<Ending>) {
+    fn queue(&mut self, events: Vec<(u64, Bytes)>, end: Option<(Ending, u64)>) {
         let count = events.len().max(1) as u64;
         // A plain load per frame; the swap only after a loss.
         let lost = self.lost.load(Ordering::Relaxed) && self.lost.swap(false, Ordering::Relaxed);
@@ -479,13 +482,16 @@ fn pipeline_of(batch: &[Write]) -> redis::Pipeline {
                 .arg(&event[..])
                 .ignore();
         }
-        if let Some(ending) = write.end {
+        if let Some((ending, last)) = write.end {
+            // `last`: a follower short of it lost events on the way, and says so.
             pipeline
                 .cmd("XADD")
                 .arg(&*write.key)
                 .arg("2-0")
                 .arg("end")
                 .arg(ending.field())
+                .arg("last")
+                .arg(last)
                 .ignore();
         }
         if let Some(refresh) = &write.refresh {
