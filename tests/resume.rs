@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use support::raw_client::{Client, Seen};
+use support::raw_client::{assert_error_then_done, Client, Seen};
 use support::*;
 
 const ROUTE: &str = "resumable";
@@ -343,16 +343,7 @@ async fn a_resume_from_events_dropped_for_room_gets_an_error_event_not_a_gap() {
     )
     .await;
     let events = resumed.rest().await;
-    assert_eq!(events.len(), 2, "{events:?}");
-    assert_eq!(events[0].event.as_deref(), Some("error"));
-    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
-    assert_eq!(error["error"]["type"], "resume_gap");
-    let message = error["error"]["message"].as_str().unwrap();
-    assert!(
-        message.starts_with("cannot resume: events 2 to "),
-        "{message}"
-    );
-    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
+    assert_error_then_done(&events, "resume_gap", "cannot resume: events 2 to ");
     assert_eq!(resumes(&gateway.metrics().await, "expired"), 1.0);
 }
 

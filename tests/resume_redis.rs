@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::raw_client::{Client, Seen};
+use support::raw_client::{assert_error_then_done, Client, Seen};
 use support::redis_server::RedisServer;
 use support::*;
 
@@ -89,13 +89,8 @@ async fn two_replicas(
 /// What a follower got once the owner dropped the stream after event `n`: the error
 /// event saying so, then the route's closing.
 fn told_dropped_after(events: &[Seen], n: usize) {
-    assert_eq!(events.len(), 2, "{events:?}");
-    assert_eq!(events[0].event.as_deref(), Some("error"));
-    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
-    let message = error["error"]["message"].as_str().unwrap();
     let expected = format!("cannot resume: the stream was dropped after event {n} ");
-    assert!(message.starts_with(&expected), "{message}");
-    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
+    assert_error_then_done(events, "resume_store_unavailable", &expected);
 }
 
 /// A client on `owner` that gets events `1..=n` and leaves; returns what it got and
@@ -465,16 +460,11 @@ async fn a_follower_whose_stream_vanishes_from_redis_gets_an_error_event_not_a_c
     // entry written: the rest of the answer will not come, and the client must know.
     assert!(redis.command(&["FLUSHALL"]).await.starts_with("+OK"));
     let events = resumed.rest().await;
-    assert_eq!(events.len(), 2, "{events:?}");
-    assert_eq!(events[0].event.as_deref(), Some("error"));
-    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
-    assert_eq!(error["error"]["type"], "resume_store_unavailable");
-    let message = error["error"]["message"].as_str().unwrap();
-    assert!(
-        message.starts_with("cannot resume: the events after 2 "),
-        "{message}"
+    assert_error_then_done(
+        &events,
+        "resume_store_unavailable",
+        "cannot resume: the events after 2 ",
     );
-    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
 }
 
 #[tokio::test]
@@ -679,16 +669,11 @@ async fn events_lost_before_the_end_entry_are_said_to_a_follower_not_skipped() {
         Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
     assert_eq!(resumed.status().await, 200);
     let events = resumed.rest().await;
-    assert_eq!(events.len(), 2, "{events:?}");
-    assert_eq!(events[0].event.as_deref(), Some("error"));
-    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
-    assert_eq!(error["error"]["type"], "resume_gap");
-    let message = error["error"]["message"].as_str().unwrap();
-    assert!(
-        message.starts_with("cannot resume: events 4 to 6 of this stream"),
-        "{message}"
+    assert_error_then_done(
+        &events,
+        "resume_gap",
+        "cannot resume: events 4 to 6 of this stream",
     );
-    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
 }
 
 /// A Redis that accepts connections and never answers (one that is partitioned or

@@ -16,6 +16,19 @@ pub struct Seen {
     pub event: Option<String>,
 }
 
+/// What a resuming client gets when the answer cannot be completed: one error event
+/// of `error_type` whose message starts with `message_start`, then the route's
+/// closing (`[DONE]`).
+pub fn assert_error_then_done(events: &[Seen], error_type: &str, message_start: &str) {
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].event.as_deref(), Some("error"));
+    let error: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(error["error"]["type"], error_type);
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with(message_start), "{message}");
+    assert_eq!(events[1].data, "[DONE]", "the route's closing follows");
+}
+
 /// A client on a raw socket.
 pub struct Client {
     /// The response head, once read.
