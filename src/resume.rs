@@ -19,6 +19,7 @@
 //! Routes without `resume` never reach this module: no allocation, no id, no buffer.
 
 mod body;
+mod budget;
 mod follow;
 pub mod id;
 mod lifetime;

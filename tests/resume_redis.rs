@@ -52,16 +52,19 @@ fn tokens(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
     range.map(|n| format!("{{\"token\":{n}}}")).collect()
 }
 
+/// The Redis key of the one stream there is, if Redis holds it.
+async fn the_stream(redis: &RedisServer) -> Option<String> {
+    let keys = redis.command(&["KEYS", "sse-gateway:chat:*"]).await;
+    keys.lines()
+        .find(|line| line.starts_with("sse-gateway:") && !line.ends_with(":meta"))
+        .map(str::to_owned)
+}
+
 /// Waits until Redis holds `n` events of the one stream there is.
 async fn redis_holds(redis: &RedisServer, n: usize) {
     let deadline = tokio::time::Instant::now() + LIVENESS;
     loop {
-        let keys = redis.command(&["KEYS", "sse-gateway:chat:*"]).await;
-        let stream = keys
-            .lines()
-            .find(|line| line.starts_with("sse-gateway:") && !line.ends_with(":meta"))
-            .map(str::to_owned);
-        if let Some(stream) = stream {
+        if let Some(stream) = the_stream(redis).await {
             let len = redis.command(&["XLEN", &stream]).await;
             if len.trim().trim_start_matches(':').parse::<usize>() == Ok(n) {
                 return;
@@ -654,12 +657,7 @@ async fn events_lost_before_the_end_entry_are_said_to_a_follower_not_skipped() {
     exchange.end_chunks().await;
     // Six events and the end entry.
     redis_holds(&redis, 7).await;
-    let keys = redis.command(&["KEYS", "sse-gateway:chat:*"]).await;
-    let stream = keys
-        .lines()
-        .find(|line| line.starts_with("sse-gateway:") && !line.ends_with(":meta"))
-        .expect("the stream's key")
-        .to_owned();
+    let stream = the_stream(&redis).await.expect("the stream's key");
     // As if events 4 to 6 had been dropped on the way.
     let deleted = redis.command(&["XDEL", &stream, "1-4", "1-5", "1-6"]).await;
     assert_eq!(deleted.trim(), ":3");
@@ -673,6 +671,58 @@ async fn events_lost_before_the_end_entry_are_said_to_a_follower_not_skipped() {
         &events,
         "resume_gap",
         "cannot resume: events 4 to 6 of this stream",
+    );
+}
+
+/// A stream of large events (a Responses `response.completed`, base64 images) keeps
+/// about `max_bytes` in Redis, as in memory: not the entry count that `max_bytes`
+/// makes for token-sized events.
+#[tokio::test]
+async fn redis_keeps_about_max_bytes_of_a_stream_of_large_events() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = config(&upstream.url(), &redis.url())
+        .replace("store: redis }", "store: redis, max_bytes: 8KiB }");
+    let gateway = start_gateway(&yaml).await;
+    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    let pad = "x".repeat(1000);
+    const EVENTS: usize = 60;
+    for n in 1..=EVENTS {
+        let chunk = format!("data: {{\"token\":{n},\"pad\":\"{pad}\"}}\n\n");
+        exchange.send_chunk(chunk.as_bytes()).await;
+    }
+    let seen = client.take(EVENTS).await;
+    assert_eq!(seen.len(), EVENTS);
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    exchange.end_chunks().await;
+    assert_eq!(client.rest().await.len(), 1, "[DONE]");
+    // The end entry is the last write: once it is there, so is every trim.
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    let stream = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no end entry in Redis"
+        );
+        if let Some(stream) = the_stream(&redis).await {
+            let end = redis.command(&["XRANGE", &stream, "2-0", "2-0"]).await;
+            if end.contains("end") {
+                break stream;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let len = redis.command(&["XLEN", &stream]).await;
+    let entries: usize = len.trim().trim_start_matches(':').parse().unwrap();
+    // Each event is about 1.1 KB with its id: 8 KiB, plus a slice (1 KiB) and the
+    // event that crossed it, is at most 9 of them, and the end entry.
+    assert!(
+        (2..=10).contains(&entries),
+        "{entries} entries kept of {} events",
+        EVENTS + 1
     );
 }
 

@@ -14,8 +14,9 @@
 //! expiry costs no command per event. Refreshed only by writes, the keys of a stream
 //! whose model pauses longer than 1.25 × `window` would expire under a running stream,
 //! and a stream whose Redis restarted empty would never get its fingerprint back (no
-//! resume, no stop, on any other replica). The stream is trimmed with `MAXLEN ~` to about `max_bytes / 64`
-//! entries.
+//! resume, no stop, on any other replica). The stream keeps about `max_bytes` of
+//! events (`budget.rs`: `XTRIM MINID` as the bytes pass it), and at most about
+//! `max_bytes / 64` entries (`MAXLEN ~`).
 //!
 //! **Never on the hot path.** A stream hands each frame's events to one writer task
 //! per process through a bounded channel (`try_send`: never a wait); the task sends
@@ -41,6 +42,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use tokio::sync::{mpsc, oneshot};
 
+use super::budget::Budget;
 use super::id::{Fingerprint, StreamKey};
 use super::stamp::Span;
 use super::table::Routes;
@@ -108,6 +110,8 @@ struct Write {
     refresh: Option<Refresh>,
     max_entries: usize,
     events: Vec<(u64, Bytes)>,
+    /// Events before this one go (`XTRIM MINID`): what is kept passed `max_bytes`.
+    keep_from: Option<u64>,
     /// How the stream ended, and the number of its last event.
     end: Option<(Ending, u64)>,
     errors: IntCounter,
@@ -130,6 +134,8 @@ pub(crate) struct Mirror {
     key: Arc<str>,
     refresh: Refresh,
     max_entries: usize,
+    /// What the stream's events weigh, for trimming by bytes.
+    budget: Budget,
     /// Redis may not hold the stream's keys: set at first, and when a write is lost
     /// (queue full, Redis failed, maybe restarted empty). The next write then carries
     /// the refresh, rather than the keeper up to a quarter window later.
@@ -289,6 +295,7 @@ impl Mirror {
             refresh: Some(refresh),
             max_entries,
             events: Vec::new(),
+            keep_from: None,
             end: None,
             errors: errors.clone(),
             lost: lost.clone(),
@@ -299,6 +306,7 @@ impl Mirror {
             key,
             refresh,
             max_entries,
+            budget: Budget::new(max_bytes),
             lost,
             keeper: Some(keeper),
             errors,
@@ -310,11 +318,18 @@ impl Mirror {
         if spans.is_empty() {
             return;
         }
+        let mut keep_from = None;
         let events = spans
             .iter()
-            .map(|span| (span.seq, stamped.slice(span.start..span.end)))
+            .map(|span| {
+                keep_from = self
+                    .budget
+                    .add(span.seq, span.end - span.start)
+                    .or(keep_from);
+                (span.seq, stamped.slice(span.start..span.end))
+            })
             .collect();
-        self.queue(events, None);
+        self.queue(events, keep_from, None);
     }
 
     /// Queues the stream's end after event `last` (once: every path that ends a
@@ -322,11 +337,16 @@ impl Mirror {
     /// 1.25 × `window`.
     pub(crate) fn end(&mut self, ending: Ending, last: u64) {
         if self.keeper.take().is_some() {
-            self.queue(Vec::new(), Some((ending, last)));
+            self.queue(Vec::new(), None, Some((ending, last)));
         }
     }
 
-    fn queue(&mut self, events: Vec<(u64, Bytes)>, end: Option<(Ending, u64)>) {
+    fn queue(
+        &mut self,
+        events: Vec<(u64, Bytes)>,
+        keep_from: Option<u64>,
+        end: Option<(Ending, u64)>,
+    ) {
         let count = events.len().max(1) as u64;
         // A plain load per frame; the swap only after a loss.
         let lost = self.lost.load(Ordering::Relaxed) && self.lost.swap(false, Ordering::Relaxed);
@@ -335,6 +355,7 @@ impl Mirror {
             refresh: (end.is_some() || lost).then_some(self.refresh),
             max_entries: self.max_entries,
             events,
+            keep_from,
             end,
             errors: self.errors.clone(),
             lost: self.lost.clone(),
@@ -480,6 +501,15 @@ fn pipeline_of(batch: &[Write]) -> redis::Pipeline {
                 .arg(format!("1-{seq}"))
                 .arg("d")
                 .arg(&event[..])
+                .ignore();
+        }
+        if let Some(keep_from) = write.keep_from {
+            // Exact, not `~`: the bound is in bytes, and this runs once per slice.
+            pipeline
+                .cmd("XTRIM")
+                .arg(&*write.key)
+                .arg("MINID")
+                .arg(format!("1-{keep_from}"))
                 .ignore();
         }
         if let Some((ending, last)) = write.end {
