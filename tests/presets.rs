@@ -340,6 +340,19 @@ fn a_chat_error_chunk_that_names_a_finish_reason_is_the_upstreams_error() {
     assert_eq!(run.outcome, Some(Outcome::UpstreamErrorEvent));
     assert!(!run.evidence, "an error is no finish");
     assert_eq!(text(&run), format!("{CHAT_HALF}{error}data: [DONE]\n\n"));
+    // The same with no reason: the upstream's error, not a truncation of the gateway's.
+    let unfinished = error.replace("\"error\"}]", "null}]");
+    assert_ne!(unfinished, error);
+    let without = self::run(
+        Protocol::OpenaiChat,
+        &format!("{CHAT_HALF}{unfinished}"),
+        End::Clean,
+    );
+    assert_eq!(without.outcome, Some(Outcome::UpstreamErrorEvent));
+    assert_eq!(
+        text(&without),
+        format!("{CHAT_HALF}{unfinished}data: [DONE]\n\n")
+    );
 }
 
 #[test]

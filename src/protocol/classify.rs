@@ -159,34 +159,36 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
             class.usage_only = usage_only;
         }
     }
-    let Some(at) = find_near_end(text, &FINISH_REASON) else {
-        // An error chunk has no choices; a content chunk always has a finish_reason,
-        // so it costs this one search.
-        if ERROR_KEY.find(text).is_some() {
-            class.upstream_error = data_json(event).as_ref().and_then(chat_error);
-        }
-        return class;
-    };
     // The last choice's reason: a chunk carries one choice, or (with `n` above 1) any
     // of them, so there every reason is looked at.
     let reason_set = |at: usize| not_null_at(&text[at + FINISH_REASON.needle().len()..]);
     let several = class.choices.seen & !1 != 0;
-    if reason_set(at) || several && FINISH_REASON.find_iter(text).any(reason_set) {
-        if let Some(json) = data_json(event) {
-            // An error chunk may name a finish_reason too (OpenRouter's says "error"):
-            // the SDKs raise on its `error`, so it is no finish.
-            if let Some(error) = chat_error(&json) {
-                class.upstream_error = Some(error);
-                return class;
-            }
-            let choices = json["choices"].as_array().map_or(&[][..], Vec::as_slice);
-            for (position, choice) in (0u64..).zip(choices) {
-                let bit = Choices::bit(choice["index"].as_u64().unwrap_or(position));
-                class.choices.seen |= bit;
-                if !choice["finish_reason"].is_null() {
-                    class.choices.finished |= bit;
-                    class.evidence = true;
-                }
+    let finished = find_near_end(text, &FINISH_REASON).is_some_and(|at| {
+        reason_set(at) || several && FINISH_REASON.find_iter(text).any(reason_set)
+    });
+    if !finished {
+        // An error chunk may have no choices, or choices with no reason (a provider's
+        // mid-stream error). Outside a string `"error"` can only be a key: the text
+        // of an answer has its quotes escaped.
+        if ERROR_KEY.find(text).is_some() {
+            class.upstream_error = data_json(event).as_ref().and_then(chat_error);
+        }
+        return class;
+    }
+    if let Some(json) = data_json(event) {
+        // An error chunk may name a finish_reason too (OpenRouter's says "error"): the
+        // SDKs raise on its `error`, so it is no finish.
+        if let Some(error) = chat_error(&json) {
+            class.upstream_error = Some(error);
+            return class;
+        }
+        let choices = json["choices"].as_array().map_or(&[][..], Vec::as_slice);
+        for (position, choice) in (0u64..).zip(choices) {
+            let bit = Choices::bit(choice["index"].as_u64().unwrap_or(position));
+            class.choices.seen |= bit;
+            if !choice["finish_reason"].is_null() {
+                class.choices.finished |= bit;
+                class.evidence = true;
             }
         }
     }
