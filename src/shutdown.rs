@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -71,9 +72,15 @@ pub(crate) async fn drain<F: Future<Output = ()>>(
         drain = ?plan.drain,
         "draining: no new connections; open streams may finish; press Ctrl-C again (or send SIGTERM again) to stop now"
     );
-    // Idle keep-alive connections close now; busy ones after their response.
+    // Idle keep-alive connections close now; busy ones after their response. Streams
+    // read on without a client get the same time (followers on other replicas may
+    // read them through Redis).
+    let all_ended = || async {
+        connections.all_closed().await;
+        signal.no_detached().await;
+    };
     let drained = tokio::select! {
-        closed = tokio::time::timeout(plan.drain, connections.all_closed()) => closed.is_ok(),
+        ended = tokio::time::timeout(plan.drain, all_ended()) => ended.is_ok(),
         () = plan.stop_now.requested() => false,
     };
     let drain_over = Instant::now();
@@ -86,11 +93,11 @@ pub(crate) async fn drain<F: Future<Output = ()>>(
             tracing::warn!("drain time over: ending the remaining responses");
         }
         signal.fire();
-        if tokio::time::timeout(SHUTDOWN_FLUSH, connections.all_closed())
+        if tokio::time::timeout(SHUTDOWN_FLUSH, all_ended())
             .await
             .is_err()
         {
-            tracing::warn!("connections still open after the drain; closing them");
+            tracing::warn!("connections or streams still open after the drain; closing them");
         }
     }
     // A zero drain time asks for an immediate stop; so does a second signal.
@@ -139,14 +146,52 @@ impl StopNow {
 /// has nothing to read, so once or twice per event: [`Shutdown::has_fired`] and a
 /// [`Change`](crate::changes::Change) make each one atomic load, where a
 /// `CancellationToken` takes a lock.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Shutdown {
     changes: Arc<Changes>,
+    /// Streams read on with no connection of their own ([`Shutdown::detached`]): the
+    /// drain waits for them as for connections.
+    detached: Arc<watch::Sender<usize>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Shutdown {
+        Shutdown {
+            changes: Arc::default(),
+            detached: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+/// A stream the drain waits for though no connection carries it (a resumable stream
+/// read on after its client left); dropping it says the stream ended.
+#[derive(Debug)]
+pub(crate) struct Detached(Arc<watch::Sender<usize>>);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl Shutdown {
     pub(crate) fn new() -> Shutdown {
         Shutdown::default()
+    }
+
+    /// Counts a stream with no connection until the returned guard is dropped. Without
+    /// it a drain with no connection left would be over at once, and the process would
+    /// drop the stream unrecorded: no `shutdown` ending, no end entry for followers on
+    /// other replicas, a stream still active in the last scrape.
+    pub(crate) fn detached(&self) -> Detached {
+        self.detached.send_modify(|n| *n += 1);
+        Detached(self.detached.clone())
+    }
+
+    /// Resolves once no stream without a connection runs.
+    async fn no_detached(&self) {
+        let mut detached = self.detached.subscribe();
+        let _ = detached.wait_for(|n| *n == 0).await;
     }
 
     /// Ends every supervised stream at its next event boundary.

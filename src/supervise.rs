@@ -242,6 +242,11 @@ where
         self.record.add_bytes(extra);
     }
 
+    /// The gateway's "drain time is over" signal this stream watches.
+    pub(crate) fn shutdown(&self) -> &Shutdown {
+        &self.plan.shutdown
+    }
+
     /// Keep where the events of each frame end ([`Self::event_ends`]).
     pub(crate) fn track_event_ends(&mut self) {
         self.engine.track_event_ends();

@@ -440,6 +440,32 @@ async fn a_stop_drops_a_quiet_upstream_whose_first_client_still_reads() {
         .await;
 }
 
+/// A stop (SIGTERM in a rolling update) with no client connection left, while a
+/// detached stream is read on: the drain gives it `drain_timeout` (1 s here) as it
+/// gives open responses, then ends it with the `shutdown` outcome, recorded before
+/// the process goes (it was dropped unrecorded, still active in the last scrape).
+#[tokio::test]
+async fn the_drain_ends_a_detached_stream_with_the_shutdown_outcome() {
+    let (upstream, gateway) = setup("{ window: 30s }").await;
+    let (mut exchange, _id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
+    detached(&gateway, 1.0).await;
+    let metrics = gateway.gateway().metrics().clone();
+    // It waits for a final scrape too (this test scraped), then returns.
+    gateway.shutdown().await;
+    let after = Metrics::parse(&metrics.encode());
+    assert_eq!(after.route_value("sse_gateway_streams_active", ROUTE), 0.0);
+    assert_eq!(
+        after.outcome_count(ROUTE, "shutdown"),
+        1.0,
+        "{}",
+        after.text
+    );
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream is dropped"
+    );
+}
+
 #[tokio::test]
 async fn nobody_resuming_within_the_window_drops_the_upstream() {
     let (upstream, gateway) = setup("{ window: 300ms }").await;

@@ -26,6 +26,7 @@ use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::admission::Slot as Admission;
 use crate::changes::OwnedChange;
+use crate::shutdown::Detached;
 use crate::supervise::{is_heartbeat, Never, SupervisedBody, HEARTBEAT};
 
 type Polled = Poll<Option<Result<Frame<Bytes>, Never>>>;
@@ -199,12 +200,15 @@ impl Drop for LiveBody {
                     mirror: None,
                 };
                 let producer = std::mem::replace(&mut self.producer, spent);
+                // Counted before this connection is: a drain never finds neither.
+                let detached = supervised.shutdown().detached();
                 runtime.spawn(keep_reading(
                     supervised,
                     producer,
                     self.slot.clone(),
                     plan.clone(),
                     self.admission.take(),
+                    detached,
                 ));
             }
             _ => {
@@ -225,13 +229,15 @@ impl Drop for LiveBody {
 }
 
 /// Polls a stream whose first client left, into its replay buffer, until it ends, is
-/// stopped, or has had no client for its window. `_admission` is released on return.
+/// stopped, or has had no client for its window. `_admission` is released on return,
+/// and `_detached` tells a drain the stream has ended.
 async fn keep_reading(
     mut supervised: Box<SupervisedBody>,
     mut producer: Producer,
     slot: Arc<Slot>,
     plan: Arc<ResumePlan>,
     _admission: Option<Admission>,
+    _detached: Detached,
 ) {
     let table = &plan.table;
     loop {
