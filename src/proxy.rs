@@ -162,13 +162,12 @@ impl Proxy {
             let protocol = route.protocol();
 
             // Before anything is sent upstream; held by the response body until it ends.
-            let slot = match route.admission.as_ref().map(|a| a.admit(request.headers())) {
-                Some(Err(limit)) => {
+            let slot = match route.admission.admit(request.headers()) {
+                Err(limit) => {
                     let reply = crate::admission::refusal(limit, protocol, &route.name);
                     return (made(reply, log), route_name);
                 }
-                Some(Ok(slot)) => Some(slot),
-                None => None,
+                Ok(slot) => Some(slot),
             };
 
             // A response to HEAD has no body: not a stream to supervise, whatever its

@@ -209,3 +209,38 @@ async fn no_slot_leaks_after_many_streams_that_end_every_way() {
     }
     assert_eq!(rejected(&gateway.metrics().await, "route"), 10.0);
 }
+
+/// A reload that takes `limits` off a route takes its limit off the dashboard too.
+#[tokio::test]
+async fn a_reload_that_removes_the_limits_removes_the_limit_gauge() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream, "{ max_streams: 2 }", "5m")).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.route_value("sse_gateway_admission_max_streams", "chat"),
+        2.0
+    );
+    let unlimited = one_route_config(&upstream.url(), &CHAT.replace("IDLE", "5m"));
+    gateway.reload(&unlimited).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.find("sse_gateway_admission_max_streams", &[("route", "chat")]),
+        None,
+        "the route has no limits any more"
+    );
+}
+
+/// An operator adds `max_streams` to shed load: the streams already open count
+/// against it (they were admitted without a limit, and counted all the same).
+#[tokio::test]
+async fn limits_a_reload_adds_count_the_streams_already_open() {
+    let upstream = ScriptedUpstream::bind().await;
+    let unlimited = one_route_config(&upstream.url(), &CHAT.replace("IDLE", "5m"));
+    let gateway = start_gateway(&unlimited).await;
+    let (_first, _first_upstream) = open(&gateway, &upstream, "a").await;
+    assert_eq!(in_flight(&gateway.metrics().await), 1.0);
+    gateway
+        .reload(&config(&upstream, "{ max_streams: 1 }", "5m"))
+        .await;
+    assert_refused(&gateway, &upstream, "b").await;
+}

@@ -13,7 +13,7 @@ use http::Method;
 
 use super::forward::Failover;
 use crate::admission::Admission;
-use crate::config::{PathMatch, RequestPlan, RouteConfig};
+use crate::config::{LimitsConfig, PathMatch, RequestPlan, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::protocol::Protocol;
 use crate::resume::{ResumePlan, Tables};
@@ -32,8 +32,8 @@ pub(crate) struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// Set when the route has a `stream` section.
     pub stream: Option<Arc<StreamPlan>>,
-    /// Set when the route has `limits`.
-    pub admission: Option<Arc<Admission>>,
+    /// The route's requests in flight, and its `limits` when it has some.
+    pub admission: Arc<Admission>,
     /// Endpoint choice and retries (`forward.rs`).
     pub failover: Failover,
     /// Set when the route's streams are resumable (`stream.resume`).
@@ -76,10 +76,14 @@ impl Route {
                 shutdown.clone(),
             ))
         });
-        let admission = config
-            .limits
-            .as_ref()
-            .map(|limits| Arc::new(Admission::new(&config.name, limits, metrics)));
+        // Every route counts its requests in flight, limits or not: a reload that adds
+        // `limits` then counts the streams already open against them.
+        let no_limits = LimitsConfig {
+            max_streams: None,
+            per_client: None,
+        };
+        let limits = config.limits.as_ref().unwrap_or(&no_limits);
+        let admission = Arc::new(Admission::new(&config.name, limits, metrics));
         let endpoints: Vec<&str> = upstream.endpoints().names().collect();
         let failover = Failover {
             retry: config.retry.clone(),
