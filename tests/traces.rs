@@ -116,6 +116,20 @@ async fn first_token(upstream: &ScriptedUpstream) -> Exchange {
     exchange
 }
 
+/// The next server span `spans` receives (client spans are skipped); `what` names it
+/// in the failure.
+async fn server_span(spans: &mut mpsc::UnboundedReceiver<(String, Span)>, what: &str) -> Span {
+    loop {
+        let (_, span) = tokio::time::timeout(LIVENESS, spans.recv())
+            .await
+            .expect(what)
+            .unwrap();
+        if span.kind == SpanKind::Server as i32 {
+            return span;
+        }
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut hex, b| {
@@ -296,15 +310,7 @@ async fn a_reload_with_another_endpoint_sends_new_streams_there_and_stalls_are_s
             .await;
     });
     assert!(body_text(response).await.ends_with("data: [DONE]\n\n"));
-    let server = loop {
-        let (_, span) = tokio::time::timeout(LIVENESS, second_spans.recv())
-            .await
-            .expect("spans reach the new endpoint")
-            .unwrap();
-        if span.kind == SpanKind::Server as i32 {
-            break span;
-        }
-    };
+    let server = server_span(&mut second_spans, "spans reach the new endpoint").await;
     let names: Vec<&str> = server.events.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["stuck", "unstuck", "terminator"]);
     assert!(
@@ -431,15 +437,7 @@ async fn a_client_that_left_before_the_headers_has_no_status_on_its_span() {
         },
         upstream.accept()
     );
-    let server = loop {
-        let (_, span) = tokio::time::timeout(LIVENESS, spans.recv())
-            .await
-            .expect("the server span")
-            .unwrap();
-        if span.kind == SpanKind::Server as i32 {
-            break span;
-        }
-    };
+    let server = server_span(&mut spans, "the server span").await;
     assert_eq!(attribute(&server, "http.response.status_code"), None);
     assert_eq!(string(&server, "sse_gateway.outcome"), "client_gone");
 }
@@ -484,4 +482,24 @@ async fn the_client_span_names_the_endpoint_that_answered() {
     let url = string(&client, "url.full");
     assert_eq!(url, format!("{}/api/stream", b.url()));
     assert_eq!(int(&client, "http.response.status_code"), 200);
+}
+
+/// A stream that was stuck and then ended by its idle timeout never got data again:
+/// its span has no `unstuck` event saying it did.
+#[tokio::test]
+async fn a_stream_that_ends_stuck_has_no_unstuck_event() {
+    let (otlp, mut spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(
+        &upstream.url(),
+        &format!("http://{otlp}"),
+        "      stuck_after: 100ms\n      idle_timeout: 600ms\n",
+    ))
+    .await;
+    let (response, _exchange) =
+        tokio::join!(get(gateway.addr, "/api/stream"), first_token(&upstream));
+    let _ = body_text(response).await;
+    let server = server_span(&mut spans, "spans arrive").await;
+    let names: Vec<&str> = server.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["stuck", "error_event"]);
 }

@@ -109,7 +109,7 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         let now = Instant::now();
-        self.unstick(now);
+        self.stuck.close(now);
         let outcome = *self.outcome.get_or_insert(Outcome::ClientClosed);
         let summary = StreamSummary {
             outcome: outcome.as_str(),
@@ -195,12 +195,22 @@ impl Stuck {
         );
     }
 
-    /// Ends the open period at `now`; true if there was one.
+    /// Data came at `now`: the open period ends (the trace says so); true if there
+    /// was one.
     fn unstick(&mut self, now: Instant, log: &RequestLog) -> bool {
+        let ended = self.close(now);
+        if ended {
+            log.trace_event("unstuck", Vec::new());
+        }
+        ended
+    }
+
+    /// Ends the open period at `now` with no data: the stream ended while stuck. Its
+    /// time counts; no `unstuck` event claims that data came.
+    fn close(&mut self, now: Instant) -> bool {
         let Some((since, gauge)) = self.open.take() else {
             return false;
         };
-        log.trace_event("unstuck", Vec::new());
         self.total += now - since;
         gauge.dec();
         true
@@ -281,7 +291,7 @@ impl Drop for Held<'_> {
             return;
         }
         let now = Instant::now();
-        self.stuck.unstick(now, self.log);
+        self.stuck.close(now);
         let outcome = Outcome::ClientClosed;
         let summary = StreamSummary {
             outcome: outcome.as_str(),
