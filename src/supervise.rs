@@ -176,6 +176,9 @@ pub(crate) struct SupervisedBody<B = UpstreamIncoming> {
     clock_waker: Option<Waker>,
     last_data: Instant,
     last_sent: Instant,
+    /// When the upstream read that the engine is framing now arrived: its content
+    /// events arrive together, however many polls send them.
+    read_at: Instant,
     record: Record,
     /// Frames of a start held back until its first content event (`holdback.rs`),
     /// sent before anything else; empty on routes without retry.
@@ -222,6 +225,7 @@ where
             clock_waker: None,
             last_data: now,
             last_sent: now,
+            read_at: now,
             record: Record::new(plan.metrics.clone(), started, log, stuck),
             plan,
             last_from_engine: false,
@@ -369,7 +373,12 @@ where
             let elapsed = now.get() - started;
             metrics.first_event.observe(elapsed.as_secs_f64());
         }
-        self.record.tokens.account(&progress, started, now, metrics);
+        // Events a rule rewrote (or CRLF ones) leave one read in several frames, sent
+        // over several polls: timed by the poll, each would add an inter-token gap
+        // near 0 where the read was one arrival.
+        self.record
+            .tokens
+            .account(&progress, started, self.read_at, metrics);
         if progress.content_seen {
             self.on_data(now.get());
         }
@@ -460,6 +469,7 @@ where
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         this.plan.metrics.bytes_upstream.inc_by(data.len() as u64);
+                        this.read_at = now.get();
                         this.engine.push(data);
                     }
                     continue;

@@ -154,4 +154,14 @@ async fn a_stream_without_content_observes_no_first_token_and_one_read_is_one_ar
     exchange.end_chunks().await;
     assert_eq!(rest(&mut Events::new(response.into_body())).await, stream);
     assert_eq!(observed(&gateway, route, 3.0).await, (2.0, 0.0, 18.0, 4.0));
+
+    // With CRLF line ends the events are rewritten to LF, so the read leaves in several
+    // frames, over several polls: still one arrival.
+    let (response, mut exchange) = open(&gateway, &upstream, "/openai-chat").await;
+    exchange
+        .send_chunk(stream.replace('\n', "\r\n").as_bytes())
+        .await;
+    exchange.end_chunks().await;
+    assert_eq!(rest(&mut Events::new(response.into_body())).await, stream);
+    assert_eq!(observed(&gateway, route, 4.0).await, (3.0, 0.0, 27.0, 6.0));
 }

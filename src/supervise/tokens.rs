@@ -20,8 +20,6 @@ use crate::engine::Progress;
 use crate::metrics::RouteMetrics;
 use crate::protocol::Usage;
 
-use super::PollTime;
-
 #[derive(Debug, Default)]
 pub(super) struct Tokens {
     /// Request start to the first content event sent.
@@ -32,24 +30,25 @@ pub(super) struct Tokens {
 }
 
 impl Tokens {
-    /// Takes one frame's progress; `started` is the request's start.
+    /// Takes one frame's progress; `started` is the request's start, `arrived` when
+    /// the upstream read that carried the frame's events came.
     pub(super) fn account(
         &mut self,
         progress: &Progress,
         started: Instant,
-        now: &mut PollTime,
+        arrived: Instant,
         metrics: &RouteMetrics,
     ) {
         if progress.content_events > 0 {
-            let now = now.get();
             if progress.first_content_event {
-                let ttft = now - started;
+                let ttft = arrived - started;
                 self.time_to_first_token = Some(ttft);
                 metrics.time_to_first_token.observe(ttft.as_secs_f64());
-            } else if let Some(last) = self.last_content {
-                metrics.inter_token.observe((now - last).as_secs_f64());
+            } else if let Some(last) = self.last_content.filter(|&last| last != arrived) {
+                // Another frame of the same read is no gap.
+                metrics.inter_token.observe((arrived - last).as_secs_f64());
             }
-            self.last_content = Some(now);
+            self.last_content = Some(arrived);
         }
         if let Some(reported) = progress.usage {
             let grow = |counted: Option<u64>, now: Option<u64>| {
