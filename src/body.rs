@@ -89,14 +89,17 @@ impl ResponseBody {
     /// Ends a passed-through body when `signal` fires (at the drain deadline); other
     /// bodies watch it themselves or are never long.
     pub(crate) fn ends_at(mut self, signal: Shutdown) -> ResponseBody {
-        if let Kind::Upstream(passthrough) = &mut self.kind {
-            if !passthrough.body.is_end_stream() {
+        match &mut self.kind {
+            Kind::Upstream(passthrough) if !passthrough.body.is_end_stream() => {
                 passthrough.drain = Some(Box::new(DrainEnd {
                     signal,
                     wake: None,
                     ended: false,
                 }));
             }
+            // A resume followed from Redis: no stream of this replica's feeds it.
+            Kind::Resumable(body) => body.ends_at(signal),
+            _ => {}
         }
         self
     }

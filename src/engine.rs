@@ -254,7 +254,7 @@ impl Engine {
             Stop::Shutdown => (
                 Outcome::Shutdown,
                 StreamError::Shutdown,
-                "the gateway is shutting down; retry on another instance".to_owned(),
+                SHUTDOWN_MESSAGE.to_owned(),
             ),
         };
         self.cut(outcome, error, message);
@@ -541,6 +541,9 @@ fn is_whole_json(event: &[u8]) -> bool {
         .data()
         .is_some_and(|data| serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok())
 }
+
+/// What a stream's client is told when the drain time is over.
+pub(crate) const SHUTDOWN_MESSAGE: &str = "the gateway is shutting down; retry on another instance";
 
 /// The `type` of an error event the engine writes into a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -383,9 +383,15 @@ impl ResumePlan {
             "cannot resume: {missing} of this stream are no longer held (the route keeps the last {} bytes); reload the answer",
             self.config.max_bytes
         );
+        self.closing_with("resume_gap", &message)
+    }
+
+    /// The last frame of a resume that cannot go on: the error event of `error_type`
+    /// saying `message`, then the route's closing.
+    fn closing_with(&self, error_type: &str, message: &str) -> (Bytes, Option<Bytes>) {
         let error = self
             .protocol
-            .error_event("resume_gap", &message, &self.route, 0);
+            .error_event(error_type, message, &self.route, 0);
         (error, self.closing.clone())
     }
 }

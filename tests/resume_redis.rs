@@ -96,6 +96,34 @@ fn told_dropped_after(events: &[Seen], n: usize) {
     assert_error_then_done(events, "resume_store_unavailable", &expected);
 }
 
+/// A stream cut on its owner after event 1 and resumed on the other replica, which
+/// got event 2 live.
+struct Following {
+    redis: RedisServer,
+    owner: TestGateway,
+    other: TestGateway,
+    exchange: Exchange,
+    resumed: Client,
+}
+
+/// [`Following`], from [`two_replicas`]; `None` without Redis.
+async fn following_on_the_other() -> Option<Following> {
+    let (redis, upstream, owner, other) = two_replicas("10s").await?;
+    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    assert_eq!(resumed.status().await, 200);
+    exchange.send_chunk(&event(2)).await;
+    assert_eq!(data(&resumed.take(1).await), tokens(2..=2));
+    Some(Following {
+        redis,
+        owner,
+        other,
+        exchange,
+        resumed,
+    })
+}
+
 /// A client on `owner` that gets events `1..=n` and leaves; returns what it got and
 /// the upstream exchange, which the owner reads on, detached.
 async fn cut_after(
@@ -449,15 +477,16 @@ async fn a_follower_on_another_replica_outlasts_an_upstream_silence_longer_than_
 
 #[tokio::test]
 async fn a_follower_whose_stream_vanishes_from_redis_gets_an_error_event_not_a_clean_end() {
-    let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
+    let Some(Following {
+        redis,
+        mut resumed,
+        exchange: _exchange,
+        owner: _owner,
+        other: _other,
+    }) = following_on_the_other().await
+    else {
         return;
     };
-    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
-    let mut resumed =
-        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
-    assert_eq!(resumed.status().await, 200);
-    exchange.send_chunk(&event(2)).await;
-    assert_eq!(data(&resumed.take(1).await), tokens(2..=2));
 
     // Redis loses the stream (as when the owner died and its keys expired), no end
     // entry written: the rest of the answer will not come, and the client must know.
@@ -724,6 +753,27 @@ async fn redis_keeps_about_max_bytes_of_a_stream_of_large_events() {
         "{entries} entries kept of {} events",
         EVENTS + 1
     );
+}
+
+/// A rolling update stops the replica that serves a resume from Redis (the stream
+/// runs on another): at its drain deadline the client gets the `shutdown` error event
+/// and the route's closing, as the replica's own streams do, not a cut connection.
+#[tokio::test]
+async fn a_resume_followed_from_redis_ends_with_shutdown_at_the_drain_deadline() {
+    let Some(Following {
+        redis: _redis,
+        other,
+        mut resumed,
+        exchange: _exchange,
+        owner,
+    }) = following_on_the_other().await
+    else {
+        return;
+    };
+
+    let (events, ()) = tokio::join!(resumed.rest(), other.shutdown());
+    assert_error_then_done(&events, "shutdown", "the gateway is shutting down");
+    drop(owner);
 }
 
 /// A Redis that accepts connections and never answers (one that is partitioned or

@@ -40,6 +40,16 @@ pub(crate) enum ResumeBody {
     Remote(RemoteBody),
 }
 
+impl ResumeBody {
+    /// Ends a resume served from Redis at the drain deadline; the others end with the
+    /// stream they read, which watches it.
+    pub(crate) fn ends_at(&mut self, signal: crate::shutdown::Shutdown) {
+        if let ResumeBody::Remote(body) = self {
+            body.ends_at(signal);
+        }
+    }
+}
+
 impl Body for ResumeBody {
     type Data = Bytes;
     type Error = Never;
@@ -56,7 +66,7 @@ impl Body for ResumeBody {
         match self {
             ResumeBody::Live(body) => body.supervised.is_none(),
             ResumeBody::Replay(body) => body.ended && body.closing.is_none(),
-            ResumeBody::Remote(body) => body.ended,
+            ResumeBody::Remote(body) => body.is_end_stream(),
         }
     }
 

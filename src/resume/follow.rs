@@ -12,6 +12,7 @@
 //! entry saying the owner dropped the stream (at its window, or over `max_detached`)
 //! ends the resume with the same error event: the answer is not complete.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,6 +26,9 @@ use tokio::sync::mpsc;
 use super::store::{reader_key, Ending, RedisStore};
 use super::ResumePlan;
 use crate::access_log::RequestLog;
+use crate::changes::OwnedChange;
+use crate::engine::{StreamError, SHUTDOWN_MESSAGE};
+use crate::shutdown::Shutdown;
 use crate::supervise::{Never, HEARTBEAT};
 
 /// Entries read per `XREAD`.
@@ -43,8 +47,22 @@ const READER_MARK_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct RemoteBody {
     frames: mpsc::Receiver<Bytes>,
-    pub(crate) ended: bool,
+    ended: bool,
     log: RequestLog,
+    /// `None` for a body that ends at once.
+    plan: Option<Arc<ResumePlan>>,
+    /// The drain deadline, watched once [`RemoteBody::ends_at`] gave it: no stream of
+    /// this replica feeds the resume, so nothing else would end it with the drain.
+    drain: Option<Box<DrainWatch>>,
+    /// The route's closing, sent after the shutdown's error event.
+    closing: Option<Bytes>,
+}
+
+#[derive(Debug)]
+struct DrainWatch {
+    signal: Shutdown,
+    /// Made on the first quiet poll, then kept: one waker registration.
+    wake: Option<Pin<Box<OwnedChange>>>,
 }
 
 impl RemoteBody {
@@ -57,6 +75,7 @@ impl RemoteBody {
         log: RequestLog,
     ) -> RemoteBody {
         let (sender, frames) = mpsc::channel(4);
+        let body_plan = plan.clone();
         tokio::spawn(async move {
             let follower = Follower {
                 redis_key,
@@ -70,6 +89,9 @@ impl RemoteBody {
             frames,
             ended: false,
             log,
+            plan: Some(body_plan),
+            drain: None,
+            closing: None,
         }
     }
 
@@ -80,6 +102,17 @@ impl RemoteBody {
             frames,
             ended: false,
             log,
+            plan: None,
+            drain: None,
+            closing: None,
+        }
+    }
+
+    /// Ends the resume when `signal` fires (the drain deadline), with the `shutdown`
+    /// error event and the route's closing, as the replica's own streams end.
+    pub(super) fn ends_at(&mut self, signal: Shutdown) {
+        if self.plan.is_some() && !self.ended {
+            self.drain = Some(Box::new(DrainWatch { signal, wake: None }));
         }
     }
 
@@ -87,18 +120,58 @@ impl RemoteBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
+        if let Some(closing) = self.closing.take() {
+            return self.send(closing);
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if self.drain.as_ref().is_some_and(|d| d.signal.has_fired()) {
+            return self.shut_down();
+        }
         match Pin::new(&mut self.frames).poll_recv(cx) {
-            Poll::Ready(Some(frame)) => {
-                self.log.add_bytes(frame.len());
-                Poll::Ready(Some(Ok(Frame::data(frame))))
-            }
+            Poll::Ready(Some(frame)) => self.send(frame),
             Poll::Ready(None) => {
                 self.ended = true;
                 self.log.finished();
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let Some(drain) = self.drain.as_mut() else {
+                    return Poll::Pending;
+                };
+                let signal = &drain.signal;
+                let wake = drain.wake.get_or_insert_with(|| Box::pin(signal.fired()));
+                if wake.as_mut().poll(cx).is_ready() {
+                    return self.shut_down();
+                }
+                Poll::Pending
+            }
         }
+    }
+
+    /// Whether nothing more will come: ended, the closing sent.
+    pub(super) fn is_end_stream(&self) -> bool {
+        self.ended && self.closing.is_none()
+    }
+
+    fn send(&mut self, frame: Bytes) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
+        self.log.add_bytes(frame.len());
+        Poll::Ready(Some(Ok(Frame::data(frame))))
+    }
+
+    /// The drain time is over: the follower is let go (its sends fail), and the client
+    /// gets the `shutdown` error event, then the closing.
+    fn shut_down(&mut self) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
+        self.frames.close();
+        self.ended = true;
+        self.log.ended_by_shutdown();
+        let Some(plan) = &self.plan else {
+            return Poll::Ready(None);
+        };
+        let (error, closing) = plan.closing_with(StreamError::Shutdown.as_str(), SHUTDOWN_MESSAGE);
+        self.closing = closing;
+        self.send(error)
     }
 }
 
@@ -300,16 +373,10 @@ impl Follower {
     /// Sends the route's error event of type `resume_store_unavailable` saying
     /// `message`, then the protocol's closing.
     async fn tell(&self, message: &str) {
-        let mut frame = BytesMut::from(
-            &self.plan.protocol.error_event(
-                "resume_store_unavailable",
-                message,
-                &self.plan.route,
-                0,
-            )[..],
-        );
-        if let Some(closing) = &self.plan.closing {
-            frame.extend_from_slice(closing);
+        let (error, closing) = self.plan.closing_with("resume_store_unavailable", message);
+        let mut frame = BytesMut::from(&error[..]);
+        if let Some(closing) = closing {
+            frame.extend_from_slice(&closing);
         }
         self.send(frame.freeze()).await;
     }
