@@ -10,15 +10,13 @@
 //! end instead of a cut connection.
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::access_log::RequestLog;
 use crate::admission::Slot;
-use crate::changes::OwnedChange;
 use crate::resume::ResumeBody;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{DrainWatch, Shutdown};
 use crate::supervise::SupervisedBody;
 use crate::upstream::UpstreamIncoming;
 use bytes::Bytes;
@@ -92,8 +90,7 @@ impl ResponseBody {
         match &mut self.kind {
             Kind::Upstream(passthrough) if !passthrough.body.is_end_stream() => {
                 passthrough.drain = Some(Box::new(DrainEnd {
-                    signal,
-                    wake: None,
+                    watch: DrainWatch::new(signal),
                     ended: false,
                 }));
             }
@@ -227,31 +224,21 @@ impl Body for ResponseBody {
 /// long before a drain, and the box is made only for bodies that may outlive one).
 #[derive(Debug)]
 struct DrainEnd {
-    signal: Shutdown,
-    /// Made on the first quiet poll, then kept: one waker registration.
-    wake: Option<Pin<Box<OwnedChange>>>,
+    watch: DrainWatch,
     ended: bool,
 }
 
 impl DrainEnd {
-    /// Whether the signal has fired (one atomic load, no waker); if so, the body ends.
+    /// Whether the drain time is over (no waker); if so, the body ends.
     fn has_fired(&mut self) -> bool {
-        self.ended = self.signal.has_fired();
+        self.ended = self.watch.is_over();
         self.ended
     }
 
-    /// The same, for a quiet upstream: registers the waker (once) if it has not fired.
+    /// The same, for a quiet upstream: registers the waker (once) if it is not.
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.signal.has_fired() {
-            let wake = self
-                .wake
-                .get_or_insert_with(|| Box::pin(self.signal.fired()));
-            if wake.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-        }
-        self.ended = true;
-        true
+        self.ended = self.watch.poll_over(cx);
+        self.ended
     }
 }
 

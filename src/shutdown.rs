@@ -11,7 +11,9 @@
 //! scrape: streams still get their closing frames, at the next event boundary.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Context;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -160,6 +162,37 @@ impl Default for Shutdown {
             changes: Arc::default(),
             detached: Arc::new(watch::channel(0).0),
         }
+    }
+}
+
+/// A response body's watch on the drain deadline, for bodies that no supervised
+/// stream ends (a passed-through body, a resume followed from Redis): one atomic load
+/// per poll, and the task's waker registered once, on the first quiet poll.
+#[derive(Debug)]
+pub(crate) struct DrainWatch {
+    signal: Shutdown,
+    wake: Option<Pin<Box<OwnedChange>>>,
+}
+
+impl DrainWatch {
+    pub(crate) fn new(signal: Shutdown) -> DrainWatch {
+        DrainWatch { signal, wake: None }
+    }
+
+    /// Whether the drain time is over; registers no waker.
+    pub(crate) fn is_over(&self) -> bool {
+        self.signal.has_fired()
+    }
+
+    /// The same, for a body whose source has nothing now: the task is woken when the
+    /// drain time ends.
+    pub(crate) fn poll_over(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.signal.has_fired() {
+            return true;
+        }
+        let signal = &self.signal;
+        let wake = self.wake.get_or_insert_with(|| Box::pin(signal.fired()));
+        wake.as_mut().poll(cx).is_ready()
     }
 }
 

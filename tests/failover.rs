@@ -815,17 +815,7 @@ async fn a_stuck_period_goes_on_through_a_retry_until_data_comes() {
 #[tokio::test]
 async fn a_head_request_is_answered_by_its_headers_not_retried_as_a_failed_start() {
     let (a, b, gateway) = two_endpoints("idle_timeout: 5s").await;
-    let head = Request::head("/api/stream")
-        .header("host", gateway.addr.to_string())
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let (response, _exchange) = tokio::join!(send(gateway.addr, head), async {
-        let mut exchange = a.accept().await;
-        exchange
-            .write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-            .await;
-        exchange
-    });
+    let (response, _exchange) = head_of_an_event_stream(&gateway, &a, "/api/stream").await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     assert!(

@@ -216,21 +216,16 @@ async fn a_method_the_route_does_not_take_is_a_405_in_its_protocols_shape() {
 async fn a_head_request_is_not_a_truncated_stream() {
     let upstream = ScriptedUpstream::bind().await;
     let gateway = start_gateway(&one_route_config(&upstream.url(), &route("openai-chat"))).await;
-    let head = http::Request::head("/api/stream")
-        .header("host", gateway.addr.to_string())
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let (response, _exchange) = tokio::join!(send(gateway.addr, head), async {
-        let mut exchange = upstream.accept().await;
-        exchange
-            .write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-            .await;
-        exchange
-    });
+    let (response, _exchange) = head_of_an_event_stream(&gateway, &upstream, "/api/stream").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body_text(response).await, "");
-    // Long enough for a supervised stream's end to be recorded, had there been one.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the response is done with (its slot under the route's count freed), a
+    // supervised stream would have been recorded.
+    gateway
+        .metrics_until("the request's slot freed", |m| {
+            m.route_value("sse_gateway_admission_streams", "chat") == 0.0
+        })
+        .await;
     let metrics = gateway.metrics().await;
     for outcome in ["truncated", "client_closed", "upstream_eof"] {
         assert_eq!(

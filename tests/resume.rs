@@ -379,6 +379,27 @@ async fn delete_with_the_id_stops_a_detached_stream_at_once() {
     assert_eq!(again.status().await, 404, "nothing left to stop");
 }
 
+/// Stops the stream `id` names, with its credential: `204`; then, each within 5 s,
+/// its upstream is dropped and `client`'s response ends with nothing more.
+async fn stop_and_see_it_end(
+    gateway: &TestGateway,
+    id: &str,
+    exchange: &mut Exchange,
+    client: &mut Client,
+) {
+    let target = format!("/api/stream?lastEventId={id}");
+    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 204);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream is dropped within 5 s"
+    );
+    let rest = tokio::time::timeout(LIVENESS, client.rest())
+        .await
+        .expect("the client's response ends within 5 s");
+    assert!(rest.is_empty(), "nothing after the stop: {rest:?}");
+}
+
 /// The user presses stop while a resumed client waits for the next token: that
 /// client's response ends too, instead of waiting for events that will not come.
 #[tokio::test]
@@ -397,17 +418,7 @@ async fn a_stop_ends_the_response_of_a_resumed_client_waiting_for_more() {
     let seen = resumed.take(1).await;
     assert_eq!(data(&seen), tokens(2..=2));
 
-    let target = format!("/api/stream?lastEventId={}", last_id(&seen));
-    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
-    assert_eq!(stop.status().await, 204);
-    assert!(
-        exchange.closed_within(LIVENESS).await,
-        "the upstream is dropped"
-    );
-    let rest = tokio::time::timeout(LIVENESS, resumed.rest())
-        .await
-        .expect("the resumed client's response ends within 5 s");
-    assert!(rest.is_empty(), "nothing after the stop: {rest:?}");
+    stop_and_see_it_end(&gateway, &last_id(&seen), &mut exchange, &mut resumed).await;
 }
 
 /// The user presses stop while the first client still reads and the model thinks
@@ -422,17 +433,7 @@ async fn a_stop_drops_a_quiet_upstream_whose_first_client_still_reads() {
     exchange.send_chunk(&event(1)).await;
     let id = last_id(&client.take(1).await);
 
-    let target = format!("/api/stream?lastEventId={id}");
-    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
-    assert_eq!(stop.status().await, 204);
-    assert!(
-        exchange.closed_within(LIVENESS).await,
-        "the upstream is dropped within 5 s"
-    );
-    let rest = tokio::time::timeout(LIVENESS, client.rest())
-        .await
-        .expect("the first client's response ends within 5 s");
-    assert!(rest.is_empty(), "nothing after the stop: {rest:?}");
+    stop_and_see_it_end(&gateway, &id, &mut exchange, &mut client).await;
     gateway
         .metrics_until("the stream's outcome", |m| {
             m.outcome_count(ROUTE, "client_closed") == 1.0

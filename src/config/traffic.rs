@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::{HeaderName, Uri};
 
 /// A route's `limits` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimitsConfig {
     /// Requests in flight on the route at once; `None`: no route-wide limit.
     pub max_streams: Option<u32>,

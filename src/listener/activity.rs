@@ -116,11 +116,6 @@ impl ClientConnection {
         self.0.close_asked.store(true, Ordering::Release);
         self.0.changed();
     }
-
-    /// Whether both are the same connection.
-    pub(crate) fn is(&self, other: &ClientConnection) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 /// Marks the activity ended when the last [`Counter`] goes.

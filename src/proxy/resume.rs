@@ -69,13 +69,15 @@ pub(super) async fn intercept(
         }
         decided => decided,
     };
-    let connection = request.extensions().get::<ClientConnection>();
     match intercept {
-        Intercept::Forward(begin) => Ok((begin.map(|b| b.on(connection.cloned())), log)),
+        Intercept::Forward(begin) => {
+            let connection = request.extensions().get::<ClientConnection>().cloned();
+            Ok((begin.map(|begin| begin.on(connection)), log))
+        }
         Intercept::Reject => Err(made(empty(StatusCode::NO_CONTENT), log)),
         Intercept::Resume { slot, last_seen } => {
             trace_resume(&log, last_seen, "memory");
-            slot.take_over(connection);
+            slot.take_over();
             Err(resume
                 .replay(slot, last_seen, log)
                 .map(ResponseBody::resumable))

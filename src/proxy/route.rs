@@ -13,7 +13,7 @@ use http::Method;
 
 use super::forward::Failover;
 use crate::admission::Admission;
-use crate::config::{LimitsConfig, PathMatch, RequestPlan, RouteConfig};
+use crate::config::{PathMatch, RequestPlan, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::protocol::Protocol;
 use crate::resume::{ResumePlan, Tables};
@@ -78,12 +78,8 @@ impl Route {
         });
         // Every route counts its requests in flight, limits or not: a reload that adds
         // `limits` then counts the streams already open against them.
-        let no_limits = LimitsConfig {
-            max_streams: None,
-            per_client: None,
-        };
-        let limits = config.limits.as_ref().unwrap_or(&no_limits);
-        let admission = Arc::new(Admission::new(&config.name, limits, metrics));
+        let limits = config.limits.clone().unwrap_or_default();
+        let admission = Arc::new(Admission::new(&config.name, &limits, metrics));
         let endpoints: Vec<&str> = upstream.endpoints().names().collect();
         let failover = Failover {
             retry: config.retry.clone(),

@@ -264,12 +264,12 @@ async fn keep_reading(
             (expires, state.lifetime.is_finished())
         };
         if finished {
-            // Only this task finishes a stream it reads, when it returns; finished
-            // now, the stream was ended elsewhere: a resume that came as the window
-            // ran out found it expired and took it out of the table. Reading on would
-            // be reading for nobody, with nothing left to bound it.
+            // Found expired and taken out of the table: below at the window, or by a
+            // resume that came as the window ran out (while this task asked Redis).
+            // Reading on would be for nobody, with no window left to end it.
             tracing::info!(route = %plan.route, "no client resumed the stream within its window; upstream dropped");
             drop(supervised);
+            // A late resume on another replica is `expired` there too.
             producer.end(Ending::Expired);
             return;
         }
@@ -291,12 +291,8 @@ async fn keep_reading(
                 }
                 let now = Instant::now();
                 if slot.state().lifetime.is_expired(now) {
-                    tracing::info!(route = %plan.route, "no client resumed the stream within its window; upstream dropped");
-                    drop(supervised);
-                    // A late resume on another replica is `expired` there too.
-                    producer.end(Ending::Expired);
+                    // Finishes it: the check above ends it.
                     table.remove(&slot, now, true);
-                    return;
                 }
             }
             frame = poll_fn(|cx| Pin::new(&mut *supervised).poll_frame(cx)) => match frame {

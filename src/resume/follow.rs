@@ -12,7 +12,6 @@
 //! entry saying the owner dropped the stream (at its window, or over `max_detached`)
 //! ends the resume with the same error event: the answer is not complete.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,9 +25,8 @@ use tokio::sync::mpsc;
 use super::store::{reader_key, Ending, RedisStore};
 use super::ResumePlan;
 use crate::access_log::RequestLog;
-use crate::changes::OwnedChange;
 use crate::engine::{StreamError, SHUTDOWN_MESSAGE};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{DrainWatch, Shutdown};
 use crate::supervise::{Never, HEARTBEAT};
 
 /// Entries read per `XREAD`.
@@ -56,13 +54,6 @@ pub(crate) struct RemoteBody {
     drain: Option<Box<DrainWatch>>,
     /// The route's closing, sent after the shutdown's error event.
     closing: Option<Bytes>,
-}
-
-#[derive(Debug)]
-struct DrainWatch {
-    signal: Shutdown,
-    /// Made on the first quiet poll, then kept: one waker registration.
-    wake: Option<Pin<Box<OwnedChange>>>,
 }
 
 impl RemoteBody {
@@ -112,7 +103,7 @@ impl RemoteBody {
     /// error event and the route's closing, as the replica's own streams end.
     pub(super) fn ends_at(&mut self, signal: Shutdown) {
         if self.plan.is_some() && !self.ended {
-            self.drain = Some(Box::new(DrainWatch { signal, wake: None }));
+            self.drain = Some(Box::new(DrainWatch::new(signal)));
         }
     }
 
@@ -126,7 +117,7 @@ impl RemoteBody {
         if self.ended {
             return Poll::Ready(None);
         }
-        if self.drain.as_ref().is_some_and(|d| d.signal.has_fired()) {
+        if self.drain.as_ref().is_some_and(|drain| drain.is_over()) {
             return self.shut_down();
         }
         match Pin::new(&mut self.frames).poll_recv(cx) {
@@ -136,17 +127,10 @@ impl RemoteBody {
                 self.log.finished();
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                let Some(drain) = self.drain.as_mut() else {
-                    return Poll::Pending;
-                };
-                let signal = &drain.signal;
-                let wake = drain.wake.get_or_insert_with(|| Box::pin(signal.fired()));
-                if wake.as_mut().poll(cx).is_ready() {
-                    return self.shut_down();
-                }
-                Poll::Pending
+            Poll::Pending if self.drain.as_mut().is_some_and(|d| d.poll_over(cx)) => {
+                self.shut_down()
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -132,23 +132,18 @@ impl Slot {
         }
     }
 
-    /// A client resumes the stream (on `connection`) while its first client's
-    /// response still drives it: that client's connection is closed, and the stream
-    /// is read on without it, as when a client leaves. A client that comes back with
-    /// the stream's id has given up that connection; one that went without a FIN (a
-    /// phone that lost its network) would otherwise hold the stream at the pace of a
-    /// socket nobody reads, until the send timeout.
-    pub(crate) fn take_over(&self, connection: Option<&ClientConnection>) {
-        let mut state = self.state();
-        let Some(first) = state.first_client.take() else {
-            return;
-        };
-        if connection.is_some_and(|resuming| resuming.is(&first)) {
-            state.first_client = Some(first);
-            return;
+    /// A client resumes the stream while its first client's response still drives
+    /// it: that client's connection is closed, and the stream is read on without it,
+    /// as when a client leaves. A client that comes back with the stream's id has
+    /// given up that connection; one that went without a FIN (a phone that lost its
+    /// network) would otherwise hold the stream at the pace of a socket nobody reads,
+    /// until the send timeout. (The resume cannot come on that connection: an HTTP/1
+    /// connection takes its next request only after the response it carries.)
+    pub(crate) fn take_over(&self) {
+        let first = self.state().first_client.take();
+        if let Some(first) = first {
+            first.close();
         }
-        drop(state);
-        first.close();
     }
 
     /// The first client's response no longer drives the stream (it ended, or the

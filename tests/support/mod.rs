@@ -512,6 +512,27 @@ pub async fn drain_while_the_upstream_never_pauses(
 
 // === clients ===
 
+/// A `HEAD` on `path` through `gateway`, which `upstream` answers with an event
+/// stream's headers and (as after any HEAD) no body: the client's response, and the
+/// upstream's exchange.
+pub async fn head_of_an_event_stream(
+    gateway: &TestGateway,
+    upstream: &ScriptedUpstream,
+    path: &str,
+) -> (Response<Incoming>, Exchange) {
+    let head = Request::head(path)
+        .header("host", gateway.addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    tokio::join!(send(gateway.addr, head), async {
+        let mut exchange = upstream.accept().await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        exchange
+    })
+}
+
 /// Sends one request over a new HTTP/1.1 connection; the body streams.
 pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Response<Incoming> {
     let stream = TcpStream::connect(addr).await.unwrap();
