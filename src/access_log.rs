@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use crate::metrics::UNMATCHED_ROUTE;
+use crate::protocol::FinishReasons;
 use crate::telemetry::{Finished, RequestTrace, StreamFacts};
 
 /// The log line's status for a request whose client left before any response: NGINX's
@@ -42,6 +43,8 @@ pub(crate) struct StreamSummary {
     /// The upstream's usage; absent when it reported none.
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// Why the answer ended, as the upstream said; empty when it did not say.
+    pub finish_reasons: FinishReasons,
 }
 
 /// Collects a request's facts; writes them in one line when dropped.
@@ -206,6 +209,10 @@ impl Drop for RequestLog {
             ttft_ms = stream.and_then(|s| s.ttft_ms),
             input_tokens = stream.and_then(|s| s.input_tokens),
             output_tokens = stream.and_then(|s| s.output_tokens),
+            finish_reasons = stream
+                .map(|s| s.finish_reasons)
+                .filter(|reasons| !reasons.is_empty())
+                .map(tracing::field::display),
             "{what}"
         );
         if let Some(trace) = self.trace.take() {
@@ -219,6 +226,7 @@ impl Drop for RequestLog {
                     input_tokens: s.input_tokens,
                     output_tokens: s.output_tokens,
                     time_to_first_chunk: s.ttft_ms.map(|ms| ms as f64 / 1000.0),
+                    finish_reasons: s.finish_reasons,
                     error: s.error,
                 }),
             });

@@ -44,7 +44,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::HumanDuration;
-use crate::protocol::{Choices, Usage};
+use crate::protocol::{Choices, FinishReasons, Usage};
 use crate::rewrite::Pipeline;
 use crate::sse::{FrameError, Framer, RawEvent};
 use crate::terminator::TerminatorMatch;
@@ -90,6 +90,8 @@ pub struct Progress {
     pub upstream_error_event: Option<&'static str>,
     /// Token usage the upstream reported (the latest values; totals, not increments).
     pub usage: Option<Usage>,
+    /// Finish reasons the upstream gave ([`crate::protocol::FinishReasons`]).
+    pub finish_reasons: FinishReasons,
 }
 
 /// One event stream's framer, pipeline, frames and outcome.
@@ -415,6 +417,7 @@ impl Engine {
         let class = contract.classify(&output, self.pipeline.terminator().is_none());
         self.choices.add(class.choices);
         self.evidence = (self.evidence || class.evidence) && self.choices.all_finished();
+        self.progress.finish_reasons.add(class.finish);
         if let Some(usage) = class.usage {
             self.progress.usage.get_or_insert_default().update(usage);
             if class.usage_only && self.usage_chunk == UsageChunk::Remove {

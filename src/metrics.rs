@@ -14,7 +14,7 @@ use prometheus::{
 };
 
 use crate::engine::Outcome;
-use crate::protocol::UPSTREAM_ERROR_TYPES;
+use crate::protocol::{FinishReasons, Protocol, UPSTREAM_ERROR_TYPES};
 use crate::upstream::{ClientErrorKind, UpstreamErrorKind};
 
 pub use traffic::{
@@ -61,6 +61,7 @@ pub struct Metrics {
     rule_hits: IntCounterVec,
     upstream_errors: IntCounterVec,
     upstream_error_events: IntCounterVec,
+    finish_reasons: IntCounterVec,
     client_errors: IntCounterVec,
     config_reloads: IntCounterVec,
     config_read_errors: IntCounter,
@@ -95,6 +96,8 @@ pub struct RouteMetrics {
     upstream_errors: Vec<IntCounter>,
     /// Indexed like [`UPSTREAM_ERROR_TYPES`].
     upstream_error_events: Vec<IntCounter>,
+    /// The route protocol's finish reasons ([`Protocol::finish_reasons`]), by label.
+    finish_reasons: Vec<(&'static str, IntCounter)>,
     /// Indexed by [`ClientErrorKind::index`].
     client_errors: Vec<IntCounter>,
 }
@@ -229,6 +232,11 @@ impl Metrics {
                 "Error events the upstream sent in a stream (passed through), by the upstream's error type: one of a known list, else other.",
                 &["route", "type"],
             ),
+            finish_reasons: counter(
+                "finish_reasons_total",
+                "Streams whose answer ended with this finish reason, as the upstream gave it (finish_reason, stop_reason, or the Responses terminal event): one of the route protocol's list, else other.",
+                &["route", "reason"],
+            ),
             client_errors: counter(
                 "client_errors_total",
                 "Requests the client spoiled: a request body too large, malformed or too slow.",
@@ -301,8 +309,9 @@ impl Metrics {
         metrics
     }
 
-    /// Resolves a route's handles; `rules` are its rule names in order.
-    pub fn route(&self, route: &str, rules: &[&str]) -> RouteMetrics {
+    /// Resolves a route's handles; `rules` are its rule names in order, `protocol`
+    /// what its upstream speaks.
+    pub fn route(&self, route: &str, rules: &[&str], protocol: Protocol) -> RouteMetrics {
         let one = |vec: &IntCounterVec| vec.with_label_values(&[route]);
         RouteMetrics {
             streams_active: self.streams_active.with_label_values(&[route]),
@@ -340,6 +349,13 @@ impl Metrics {
                 .map(|error_type| {
                     self.upstream_error_events
                         .with_label_values(&[route, error_type])
+                })
+                .collect(),
+            finish_reasons: protocol
+                .finish_reasons()
+                .map(|reason| {
+                    let counter = self.finish_reasons.with_label_values(&[route, reason]);
+                    (reason, counter)
                 })
                 .collect(),
             client_errors: ClientErrorKind::ALL
@@ -444,6 +460,19 @@ impl RouteMetrics {
             .position(|known| *known == error_type)
             .unwrap_or(UPSTREAM_ERROR_TYPES.len() - 1);
         self.upstream_error_events[index].inc();
+    }
+
+    /// Counts a stream's finish reasons, each once.
+    pub fn count_finish_reasons(&self, reasons: FinishReasons) {
+        for reason in reasons.labels() {
+            let counter = self
+                .finish_reasons
+                .iter()
+                .find(|(known, _)| *known == reason);
+            if let Some((_, counter)) = counter {
+                counter.inc();
+            }
+        }
     }
 
     /// Counts a request the client spoiled.

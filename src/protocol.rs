@@ -8,6 +8,7 @@
 //! stop reason that is not `null`, an error).
 
 mod classify;
+mod finish;
 pub(crate) mod shape;
 mod usage;
 
@@ -18,6 +19,7 @@ use crate::terminator::{Terminator, TerminatorMatch};
 
 pub(crate) use classify::UPSTREAM_ERROR_TYPES;
 pub use classify::{Choices, Class};
+pub use finish::FinishReasons;
 pub use usage::Usage;
 
 /// The protocol a route's upstream speaks.

@@ -382,6 +382,7 @@ where
         if progress.content_seen {
             self.on_data(now.get());
         }
+        self.record.finish_reasons.add(progress.finish_reasons);
         if let Some(error_type) = progress.upstream_error_event {
             self.plan.metrics.count_upstream_error_event(error_type);
             self.record.trace_upstream_error(error_type);

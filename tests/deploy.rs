@@ -622,7 +622,11 @@ struct Exported {
 
 fn exported() -> Exported {
     let metrics = sse_gateway::metrics::Metrics::new();
-    let _route = metrics.route("chat", &["repair#0"]);
+    let _route = metrics.route(
+        "chat",
+        &["repair#0"],
+        sse_gateway::protocol::Protocol::OpenaiChat,
+    );
     let _admission = metrics.traffic().admission("chat", Some(100));
     let _failover = metrics.traffic().failover("chat", &["a"]);
     let _healthy = metrics.traffic().endpoint_healthy("assistant", "a");

@@ -248,6 +248,7 @@ routes:
         .unwrap_or_else(|| panic!("a stream line for edge-42:\n{}", lines.join("\n")));
     assert_eq!(finished["input_tokens"], 25, "{finished}");
     assert_eq!(finished["output_tokens"], 15, "{finished}");
+    assert_eq!(finished["finish_reasons"], "end_turn", "{finished}");
     assert!(finished["ttft_ms"].is_u64(), "{finished}");
     let second = of_request(&generated);
     let messages: Vec<&str> = second
@@ -267,5 +268,9 @@ routes:
     assert!(
         finished.get("ttft_ms").is_none(),
         "no content, no ttft: {finished}"
+    );
+    assert!(
+        finished.get("finish_reasons").is_none(),
+        "an upstream error gives no finish reason: {finished}"
     );
 }

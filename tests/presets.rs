@@ -428,3 +428,21 @@ fn chat_with_two_choices_finishing_in_one_chunk_and_then_the_other() {
     assert_eq!(run.outcome, Some(Outcome::UpstreamEof));
     assert_eq!(text(&run), format!("{both}{last}data: [DONE]\n\n"));
 }
+
+#[test]
+fn each_choice_finishes_with_its_own_reason_and_each_reason_is_kept_once() {
+    let first = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"},{\"index\":1,\"delta\":{\"content\":\"x\"},\"finish_reason\":null}]}\n\n";
+    let second = "data: {\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+    let third = "data: {\"choices\":[{\"index\":2,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+    let input = format!("{first}{second}{third}data: [DONE]\n\n");
+    let run = run(Protocol::OpenaiChat, &input, End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::Terminator));
+    assert_eq!(run.finish_reasons.to_string(), "stop,length");
+}
+
+#[test]
+fn a_stream_that_never_finishes_has_no_finish_reason() {
+    let run = run(Protocol::OpenaiChat, CHAT_HALF, End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::Truncated));
+    assert!(run.finish_reasons.is_empty());
+}

@@ -236,3 +236,66 @@ async fn a_head_request_is_not_a_truncated_stream() {
         );
     }
 }
+
+/// Streams `answer` whole through a route of `protocol` and returns the metrics once
+/// the stream has ended with its terminator; the client gets the answer unchanged.
+async fn finished(protocol: &str, answer: &str) -> Metrics {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), &route(protocol))).await;
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(answer.as_bytes()).await;
+        exchange.end_chunks().await;
+    });
+    assert_eq!(body_text(response).await, answer);
+    gateway
+        .metrics_until("a stream ended by its terminator", |m| {
+            m.outcome_count("chat", "terminator") == 1.0
+        })
+        .await
+}
+
+/// The route's `finish_reasons_total` for `reason`; `None` when not exported.
+fn finish_reason_count(metrics: &Metrics, reason: &str) -> Option<f64> {
+    metrics.find(
+        "sse_gateway_finish_reasons_total",
+        &[("route", "chat"), ("reason", reason)],
+    )
+}
+
+#[tokio::test]
+async fn an_answer_cut_by_its_token_limit_is_complete_and_counted_by_its_finish_reason() {
+    let chat = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n\
+                data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n\
+                data: [DONE]\n\n";
+    let metrics = finished("openai-chat", chat).await;
+    assert_eq!(finish_reason_count(&metrics, "length"), Some(1.0));
+    assert_eq!(finish_reason_count(&metrics, "stop"), Some(0.0));
+
+    let anthropic = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n\
+                     event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n\
+                     event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":1}}\n\n\
+                     event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let metrics = finished("anthropic", anthropic).await;
+    assert_eq!(finish_reason_count(&metrics, "max_tokens"), Some(1.0));
+    assert_eq!(finish_reason_count(&metrics, "end_turn"), Some(0.0));
+
+    let responses = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hel\",\"sequence_number\":1}\n\n\
+                     event: response.incomplete\ndata: {\"type\":\"response.incomplete\",\"response\":{\"status\":\"incomplete\",\"incomplete_details\":{\"reason\":\"max_output_tokens\"}},\"sequence_number\":2}\n\n";
+    let metrics = finished("openai-responses", responses).await;
+    assert_eq!(
+        finish_reason_count(&metrics, "max_output_tokens"),
+        Some(1.0)
+    );
+    assert_eq!(finish_reason_count(&metrics, "completed"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_finish_reason_outside_the_protocols_list_is_counted_as_other() {
+    let chat = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":\"eos_token\"}]}\n\n\
+                data: [DONE]\n\n";
+    let metrics = finished("openai-chat", chat).await;
+    assert_eq!(finish_reason_count(&metrics, "other"), Some(1.0));
+    assert_eq!(finish_reason_count(&metrics, "eos_token"), None);
+}

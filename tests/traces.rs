@@ -234,6 +234,12 @@ async fn one_server_span_per_stream_lasting_until_its_end_continuing_the_clients
     assert_eq!(int(server, "sse_gateway.rules_hit"), 0);
     assert_eq!(int(server, "gen_ai.usage.input_tokens"), 9);
     assert_eq!(int(server, "gen_ai.usage.output_tokens"), 2);
+    let Some(Value::ArrayValue(reasons)) = attribute(server, "gen_ai.response.finish_reasons")
+    else {
+        panic!("the finish reasons");
+    };
+    let reasons: Vec<_> = reasons.values.iter().map(|v| v.value.as_ref()).collect();
+    assert_eq!(reasons, [Some(&Value::StringValue("stop".into()))]);
     let Some(Value::DoubleValue(ttfc)) = attribute(server, "gen_ai.response.time_to_first_chunk")
     else {
         panic!("a time to first chunk");

@@ -14,7 +14,7 @@ use memchr::memmem::Finder;
 use serde_json::Value;
 
 use super::usage::{self, Usage};
-use super::{CompleteWhen, Contract, Protocol};
+use super::{CompleteWhen, Contract, FinishReasons, Protocol};
 use crate::sse::Event;
 
 /// The upstream error types counted under their own label; any other is `other`, so
@@ -64,6 +64,9 @@ pub struct Class {
     /// The Chat Completions choices this chunk speaks for, and those it finishes: with
     /// `n` above 1 the answer is complete only when every choice seen has finished.
     pub choices: Choices,
+    /// Why the answer (or, with `n` above 1, each choice this chunk finishes) ended,
+    /// where this event says so.
+    pub finish: FinishReasons,
 }
 
 /// A set of Chat Completions choices by `index`, and which of them have finished.
@@ -186,9 +189,13 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
         for (position, choice) in (0u64..).zip(choices) {
             let bit = Choices::bit(choice["index"].as_u64().unwrap_or(position));
             class.choices.seen |= bit;
-            if !choice["finish_reason"].is_null() {
+            let reason = &choice["finish_reason"];
+            if !reason.is_null() {
                 class.choices.finished |= bit;
                 class.evidence = true;
+                class
+                    .finish
+                    .add(FinishReasons::of(Protocol::OpenaiChat, reason.as_str()));
             }
         }
     }
@@ -244,10 +251,21 @@ fn responses(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
             class.evidence = true;
             class.terminal = terminal_events;
             let failed = kind == b"response.failed";
-            let json = (failed || usage::mentions_usage(text))
+            let incomplete = kind == b"response.incomplete";
+            let json = (failed || incomplete || usage::mentions_usage(text))
                 .then(|| data_json(event))
                 .flatten();
             class.usage = json.as_ref().and_then(usage::responses);
+            if !failed {
+                let reason = if incomplete {
+                    json.as_ref()
+                        .and_then(|json| json["response"]["incomplete_details"]["reason"].as_str())
+                        .unwrap_or("incomplete")
+                } else {
+                    "completed"
+                };
+                class.finish = FinishReasons::of(Protocol::OpenaiResponses, Some(reason));
+            }
             if failed {
                 let error = json.as_ref().map(|json| &json["response"]["error"]);
                 class.upstream_error = Some(error.map_or("other", |error| label(error, &["code"])));
@@ -288,7 +306,11 @@ fn anthropic(text: &[u8], event: &Event<'_>) -> Class {
             let tokens = usage::mentions_output_tokens(text);
             if stop || tokens {
                 if let Some(json) = data_json(event) {
-                    class.evidence = stop && !json["delta"]["stop_reason"].is_null();
+                    let reason = &json["delta"]["stop_reason"];
+                    class.evidence = stop && !reason.is_null();
+                    if class.evidence {
+                        class.finish = FinishReasons::of(Protocol::Anthropic, reason.as_str());
+                    }
                     class.usage = usage::anthropic_delta(&json);
                 }
             }

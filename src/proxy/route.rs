@@ -66,7 +66,11 @@ impl Route {
                     .map(crate::rewrite::Rule::name)
             })
             .collect();
-        let route_metrics = Arc::new(metrics.route(&config.name, &rule_names));
+        let protocol = config
+            .stream
+            .as_ref()
+            .map_or(Protocol::Sse, |stream| stream.pipeline.contract().protocol);
+        let route_metrics = Arc::new(metrics.route(&config.name, &rule_names, protocol));
         let name: Arc<str> = Arc::from(config.name.as_str());
         let stream = config.stream.as_ref().map(|stream| {
             Arc::new(StreamPlan::new(

@@ -14,6 +14,7 @@ use crate::access_log::{RequestLog, StreamSummary};
 use crate::config::HumanDuration;
 use crate::engine::Outcome;
 use crate::metrics::RouteMetrics;
+use crate::protocol::FinishReasons;
 
 use super::tokens::Tokens;
 
@@ -26,6 +27,8 @@ pub(super) struct Record {
     pub(super) events: u64,
     pub(super) rules_hit: u64,
     pub(super) tokens: Tokens,
+    /// Why the answer ended, as the upstream said: counted once the stream ends.
+    pub(super) finish_reasons: FinishReasons,
     stuck: Stuck,
     log: RequestLog,
 }
@@ -47,6 +50,7 @@ impl Record {
             events: 0,
             rules_hit: 0,
             tokens: Tokens::default(),
+            finish_reasons: FinishReasons::default(),
             stuck,
             log,
         }
@@ -126,7 +130,9 @@ impl Drop for Record {
             ),
             input_tokens: self.tokens.usage.input_tokens,
             output_tokens: self.tokens.usage.output_tokens,
+            finish_reasons: self.finish_reasons,
         };
+        self.metrics.count_finish_reasons(self.finish_reasons);
         end(
             &self.metrics,
             now - self.started,
@@ -302,6 +308,7 @@ impl Drop for Held<'_> {
             error: false,
             input_tokens: None,
             output_tokens: None,
+            finish_reasons: FinishReasons::default(),
         };
         end(self.metrics, now - self.started, outcome, self.log, summary);
     }

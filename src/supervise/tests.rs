@@ -63,7 +63,11 @@ routes:
     );
     let config = GatewayConfig::parse(&yaml, "test.yaml", &|_| None).unwrap();
     let stream = config.routes[0].stream.clone().unwrap();
-    let metrics = Arc::new(Metrics::new().route("chat", &["repair#0", "pings"]));
+    let metrics = Arc::new(Metrics::new().route(
+        "chat",
+        &["repair#0", "pings"],
+        crate::protocol::Protocol::Sse,
+    ));
     let shutdown = super::Shutdown::new();
     let plan = Arc::new(StreamPlan::new(
         Arc::from("chat"),

@@ -8,10 +8,12 @@
 use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_http::HeaderInjector;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
+
+use crate::protocol::FinishReasons;
 
 /// The facts of a finished request, as its log line has them.
 #[derive(Debug, Default)]
@@ -34,6 +36,7 @@ pub(crate) struct StreamFacts {
     pub output_tokens: Option<u64>,
     /// Seconds from the request's start to the first content event.
     pub time_to_first_chunk: Option<f64>,
+    pub finish_reasons: FinishReasons,
     /// The outcome is an error the client was told about.
     pub error: bool,
 }
@@ -167,6 +170,13 @@ impl RequestTrace {
                 attributes.push(KeyValue::new(
                     "gen_ai.response.time_to_first_chunk",
                     seconds,
+                ));
+            }
+            if !stream.finish_reasons.is_empty() {
+                let reasons = stream.finish_reasons.labels().map(StringValue::from);
+                attributes.push(KeyValue::new(
+                    "gen_ai.response.finish_reasons",
+                    Value::Array(Array::String(reasons.collect())),
                 ));
             }
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sse_gateway::engine::{Engine, Outcome, Stop};
-use sse_gateway::protocol::Protocol;
+use sse_gateway::protocol::{FinishReasons, Protocol};
 use sse_gateway::rewrite::Pipeline;
 use sse_gateway::sse::Event;
 
@@ -64,6 +64,8 @@ pub struct Run {
     pub events_out: u64,
     /// The route's protocol saw the answer complete.
     pub evidence: bool,
+    /// Why the answer ended, as the upstream said.
+    pub finish_reasons: FinishReasons,
 }
 
 /// Pushes each read, takes every frame after it (the live body sends all it has
@@ -89,6 +91,7 @@ pub fn drive(
         let progress = engine.take_progress();
         run.events_in += progress.events_in;
         run.events_out += progress.events_out;
+        run.finish_reasons.add(progress.finish_reasons);
         engine.take_rule_hits(|rule, hits| run.hits[rule] += hits);
     };
     for read in reads {

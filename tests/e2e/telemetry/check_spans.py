@@ -55,6 +55,7 @@ def main():
             "sse_gateway.rules_hit": 0,
             "gen_ai.usage.input_tokens": 7,
             "gen_ai.usage.output_tokens": 2,
+            "gen_ai.response.finish_reasons": ["stop"],
         }
         for key, value in want.items():
             check(f"attribute {key} = {value}", attrs.get(key) == value, f"{attrs.get(key)!r}")

@@ -26,6 +26,8 @@ WRITE = threading.Lock()
 
 def value(any_value):
     kind = any_value.WhichOneof("value")
+    if kind == "array_value":
+        return [value(item) for item in any_value.array_value.values]
     return getattr(any_value, kind) if kind else None
 
 
