@@ -24,7 +24,13 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
+/// A message that came with `Transfer-Encoding` loses its `Content-Length` too: its
+/// body was read by the transfer coding, and the length, which an agent must then
+/// ignore (RFC 9112 section 6.3), would cut the body the next hop reads by it.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()

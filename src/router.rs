@@ -170,9 +170,12 @@ fn percent_decode(segment: &str) -> Option<Vec<u8>> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits, no sign: `from_str_radix` would take `%+f`.
+            let &[high, low] = bytes.get(i + 1..i + 3)? else {
+                return None;
+            };
+            let digit = |byte: u8| char::from(byte).to_digit(16);
+            decoded.push(u8::try_from(digit(high)? * 16 + digit(low)?).ok()?);
             i += 3;
         } else {
             decoded.push(bytes[i]);

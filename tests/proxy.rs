@@ -451,12 +451,7 @@ async fn upstream_connections_are_reused() {
 async fn h2c_prior_knowledge_requests_are_proxied() {
     let upstream = ScriptedUpstream::bind().await;
     let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
-    let stream = TcpStream::connect(gateway.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c_client(&gateway).await;
     let request = Request::get(gateway.url("/api/stream?h2=1"))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -474,4 +469,156 @@ async fn h2c_prior_knowledge_requests_are_proxied() {
     assert_eq!(seen.target, "/api/stream?h2=1");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "data: over h2\n\n");
+}
+
+/// A gateway whose one route matches `/` and sends its requests under `/v1`.
+#[tokio::test]
+async fn a_catch_all_route_keeps_the_separator_before_the_rest_of_the_path() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0
+admin: {{ listen: 127.0.0.1:0 }}
+upstreams:
+  assistant: {{ url: \"{}\" }}
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    upstream: assistant
+    request: {{ path_prefix: /v1 }}
+",
+        upstream.url()
+    );
+    let gateway = start_gateway(&yaml).await;
+    for (path, expected) in [
+        ("/chat/completions?x=1", "/v1/chat/completions?x=1"),
+        ("/", "/v1"),
+    ] {
+        let (response, seen) = answered(
+            &gateway,
+            &upstream,
+            bodiless("GET", path),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(seen.target, expected, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn every_x_forwarded_for_line_reaches_the_upstream_in_one_list() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    // The client's own line, then the one a front proxy added.
+    let request = Request::get("/api/stream")
+        .header("host", "gw")
+        .header("x-forwarded-for", "198.51.100.1")
+        .header("x-forwarded-for", "203.0.113.7")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (_, seen) = answered(
+        &gateway,
+        &upstream,
+        request,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    let lines = header_lines(&seen, "x-forwarded-for");
+    assert_eq!(lines, ["198.51.100.1, 203.0.113.7, 127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn an_h2_clients_cookie_fields_reach_an_http1_upstream_as_one_line() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let mut sender = h2c_client(&gateway).await;
+    let request = Request::get(gateway.url("/api/stream"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (response, seen) = tokio::join!(sender.send_request(request), async {
+        let mut exchange = upstream.accept().await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        exchange.request
+    });
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    let lines = header_lines(&seen, "cookie");
+    assert_eq!(lines, ["a=1; b=2"]);
+}
+
+/// An upstream answer with both `Transfer-Encoding: chunked` and `Content-Length`, on
+/// a route read by the lean reader (`stream`) and on one through the pooled client.
+#[tokio::test]
+async fn a_chunked_answer_that_also_names_a_length_reaches_the_client_whole() {
+    let body = r#"{"error":{"message":"context length exceeded by a lot"}}"#;
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    for route in ["    stream: {}\n", ""] {
+        let upstream = ScriptedUpstream::bind().await;
+        let gateway = start_gateway(&one_route_config(&upstream.url(), route)).await;
+        let (response, _) = answered(
+            &gateway,
+            &upstream,
+            bodiless("GET", "/api/stream"),
+            answer.as_bytes(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_ne!(
+            response
+                .headers()
+                .get("content-length")
+                .map(http::HeaderValue::as_bytes),
+            Some(&b"5"[..]),
+            "{route:?}"
+        );
+        let received = tokio::time::timeout(LIVENESS, response.into_body().collect())
+            .await
+            .expect("the body ends")
+            .expect("the body is whole");
+        assert_eq!(received.to_bytes(), body.as_bytes(), "{route:?}");
+    }
+}
+
+/// `102 Processing` before the answer: an interim answer to skip, on the lean reader
+/// and on the pooled client alike.
+#[tokio::test]
+async fn an_interim_102_before_the_answer_is_skipped() {
+    let answer = b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 9\r\n\r\ndata: x\n\n";
+    for route in ["    stream: {}\n", ""] {
+        let upstream = ScriptedUpstream::bind().await;
+        let gateway = start_gateway(&one_route_config(&upstream.url(), route)).await;
+        let (response, _) =
+            answered(&gateway, &upstream, bodiless("GET", "/api/stream"), answer).await;
+        assert_eq!(response.status(), StatusCode::OK, "{route:?}");
+        assert!(
+            body_text(response).await.starts_with("data: x\n\n"),
+            "{route:?}"
+        );
+    }
+}
+
+/// Every line of header `name` the upstream received, in order.
+fn header_lines<'a>(seen: &'a RecordedRequest, name: &str) -> Vec<&'a str> {
+    seen.headers
+        .iter()
+        .filter(|(field, _)| field.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
+        .collect()
+}
+
+/// An h2 connection with prior knowledge (h2c) to the gateway.
+async fn h2c_client(gateway: &TestGateway) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
 }

@@ -126,6 +126,8 @@ async fn dot_segments_and_encoded_slashes_never_reach_a_route() {
         "/api/stream/%2e%2e/%2E%2E/healthz",
         "/api/stream%2f..%2fhealthz",
         "/api/./stream",
+        // `%` and a sign and one digit: no percent-encoding (two hex digits follow).
+        "/api/stream/%+f",
     ] {
         // A raw request line: no client library gets to normalise the path.
         let mut stream = TcpStream::connect(gateway.addr).await.unwrap();

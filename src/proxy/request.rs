@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST,
 };
 use http::{Method, Request, Version};
 use http_body_util::{Either, Full};
@@ -110,14 +110,7 @@ pub(crate) fn translate(
     let path = parts.uri.path();
     let path = match &plan.path_prefix {
         None => path.to_owned(),
-        Some(prefix) => {
-            let rest = &path[origin.matched_len.min(path.len())..];
-            if prefix == "/" && rest.starts_with('/') {
-                rest.to_owned()
-            } else {
-                format!("{prefix}{rest}")
-            }
-        }
+        Some(prefix) => replace_prefix(prefix, &path[origin.matched_len.min(path.len())..]),
     };
 
     // Only the requests a streaming client makes, an `EventSource` GET and an SDK's
@@ -174,18 +167,61 @@ pub(crate) fn translate(
     }
     // The upstream connection's protocol is the pool's choice (ALPN), not the
     // client's: an h2c client must not force h2 on an HTTP/1.1 upstream.
+    if parts.version == Version::HTTP_2 {
+        join_cookie_crumbs(&mut parts.headers);
+    }
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(parts, body))
 }
 
+/// `prefix` in place of the matched part of a path, `rest` what followed it. The
+/// separator goes between them once: a match of `/api` leaves `/chat` of `/api/chat`,
+/// a match of `/` (or `/api/`) leaves `chat`.
+fn replace_prefix(prefix: &str, rest: &str) -> String {
+    if rest.is_empty() {
+        return prefix.to_owned();
+    }
+    let prefix = prefix.trim_end_matches('/');
+    if rest.starts_with('/') {
+        format!("{prefix}{rest}")
+    } else {
+        format!("{prefix}/{rest}")
+    }
+}
+
+/// The client's `X-Forwarded-For` list with the peer's address added: every line of
+/// it, for several lines are one list (RFC 9110 section 5.3), and a front proxy may
+/// have added its own line after the client's.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
-    };
+    let mut value = String::new();
+    for line in headers.get_all(&X_FORWARDED_FOR) {
+        let Ok(line) = line.to_str() else { continue };
+        if !line.trim().is_empty() {
+            value.push_str(line.trim());
+            value.push_str(", ");
+        }
+    }
+    value.push_str(&peer.ip().to_string());
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// An h2 client may send its cookies as several `cookie` fields; toward HTTP/1.1 they
+/// must be one, joined by `; ` (RFC 9113 section 8.2.3): many HTTP/1 servers read only
+/// the first line.
+fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for crumb in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, joined);
     }
 }
 

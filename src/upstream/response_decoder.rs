@@ -139,8 +139,10 @@ impl ResponseDecoder {
                 headers.append(name, value);
             }
             buf.advance(len);
-            if matches!(code, 100 | 103) {
-                // Interim answers; the final one follows on the same connection.
+            if (100..200).contains(&code) && code != 101 {
+                // Interim answers (100, 102, 103, and any other the client must skip,
+                // RFC 9110 section 15.2); the final one follows on the same
+                // connection. A 101 switches protocols: it is final.
                 continue;
             }
             self.state = self.body_state(status, version, &headers)?;
