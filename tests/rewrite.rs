@@ -175,6 +175,22 @@ fn replace_event_scope_with_group_expansion() {
 }
 
 #[test]
+fn rules_with_word_boundaries_apply() {
+    let start = Rule::replace(
+        "start".into(),
+        regex(r"\<foo"),
+        b"bar".to_vec(),
+        Scope::Event,
+    );
+    let end = Rule::drop("end".into(), regex(r"secret\>"), Scope::Data);
+    let pipeline = Pipeline::new(vec![start, end], None);
+    let (verdict, hits) = apply(&pipeline, b"data: foo\n\n");
+    assert_eq!(out(&verdict), b"data: bar\n\n");
+    assert_eq!(hits, vec![0]);
+    assert_eq!(apply(&pipeline, b"data: a secret\n\n").0.output, None);
+}
+
+#[test]
 fn rewrite_that_leaves_nothing_drops() {
     let rule = Rule::replace("erase".into(), regex("(?s).*"), Vec::new(), Scope::Event);
     let pipeline = Pipeline::new(vec![rule], None);

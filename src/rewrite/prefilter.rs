@@ -118,7 +118,9 @@ fn required_prefixes(pattern: &str) -> Option<Prefixes> {
                 Some('n') => vec![b'\n'],
                 Some('r') => vec![b'\r'],
                 Some('t') => vec![b'\t'],
-                Some(p) if p.is_ascii_punctuation() => vec![p as u8],
+                // `\<` and `\>` are the start and end of a word, zero-width; every
+                // other escaped punctuation mark is itself.
+                Some(p) if p.is_ascii_punctuation() && !matches!(p, '<' | '>') => vec![p as u8],
                 _ => break,
             },
             '.' | '[' | ']' | '*' | '+' | '?' | '{' | '}' | ')' | '#' | ' ' => break,
@@ -264,6 +266,7 @@ mod tests {
         assert_eq!(prefixes(r"[a]b"), None);
         assert_eq!(prefixes(r"(?:ab)"), None);
         assert_eq!(prefixes(r"\bword"), None);
+        assert_eq!(prefixes(r"\<word"), None);
     }
 
     #[test]
@@ -275,7 +278,7 @@ mod tests {
 
     #[test]
     fn every_match_contains_a_needle() {
-        let cases: [(&str, &[&[u8]]); 4] = [
+        let cases: [(&str, &[&[u8]]); 6] = [
             (
                 r"(?m)^data:\r?\n",
                 &[b"x\ndata:\ny", b"data:\r\n", b"data:\n"],
@@ -283,6 +286,8 @@ mod tests {
             (r"a?b?c", &[b"c", b"bc", b"ac", b"abc", b"xxc"]),
             (r"(?m)^\[DONE\]$", &[b"[DONE]", b"a\n[DONE]\nb"]),
             (r"fo+", &[b"foo", b"fo"]),
+            (r"secret\>", &[b"a secret", b"secret here"]),
+            (r"\(x\)", &[b"(x)"]),
         ];
         for (pattern, haystacks) in cases {
             let regex = Regex::new(pattern).expect("valid");
