@@ -44,7 +44,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::HumanDuration;
-use crate::protocol::{Choices, FinishReasons, Usage};
+use crate::protocol::{Choices, Class, FinishReasons, Usage};
 use crate::rewrite::Pipeline;
 use crate::sse::{FrameError, Framer, RawEvent};
 use crate::terminator::TerminatorMatch;
@@ -401,7 +401,15 @@ impl Engine {
                     self.tail_cut = true;
                     return true;
                 }
+                // A terminator the route names may be a protocol event that carries
+                // the answer's usage and finish (`response.completed`) or an error.
+                let class = self.classify(&output);
                 self.push_output(output);
+                if let Some(error_type) = class.upstream_error {
+                    self.progress.upstream_error_event = Some(error_type);
+                    self.end(Outcome::UpstreamErrorEvent, None);
+                    return false;
+                }
             }
             self.end(Outcome::Terminator, None);
             return false;
@@ -414,18 +422,9 @@ impl Engine {
             self.tail_cut = true;
             return true;
         }
-        let class = contract.classify(&output, self.pipeline.terminator().is_none());
-        self.choices.add(class.choices);
-        self.evidence = (self.evidence || class.evidence) && self.choices.all_finished();
-        self.progress.finish_reasons.add(class.finish);
-        if let Some(usage) = class.usage {
-            self.progress.usage.get_or_insert_default().update(usage);
-            if class.usage_only && self.usage_chunk == UsageChunk::Remove {
-                return true;
-            }
-        }
-        if class.sequence_number.is_some() {
-            self.sequence_number = class.sequence_number;
+        let class = self.classify(&output);
+        if class.usage_only && self.usage_chunk == UsageChunk::Remove {
+            return true;
         }
         if class.upstream_error.is_some() || class.terminal {
             self.progress.events_out += 1;
@@ -452,6 +451,25 @@ impl Engine {
             }
         }
         self.push_output(output)
+    }
+
+    /// What a forwarded event means on the route's protocol; its evidence, choices,
+    /// finish reasons, usage and sequence number are taken into the stream's.
+    fn classify(&mut self, output: &[u8]) -> Class {
+        let class = self
+            .pipeline
+            .contract()
+            .classify(output, self.pipeline.ends_at_terminal_events());
+        self.choices.add(class.choices);
+        self.evidence = (self.evidence || class.evidence) && self.choices.all_finished();
+        self.progress.finish_reasons.add(class.finish);
+        if let Some(usage) = class.usage {
+            self.progress.usage.get_or_insert_default().update(usage);
+        }
+        if class.sequence_number.is_some() {
+            self.sequence_number = class.sequence_number;
+        }
+        class
     }
 
     /// A terminator completed at the upstream's clean close that the route knows by

@@ -73,6 +73,10 @@ pub struct Pipeline {
     scan: Option<LiteralScan>,
     /// The route's protocol: what completes an answer, how errors are written.
     contract: Contract,
+    /// The protocol's own terminal events end the stream (the Responses ones, an
+    /// Anthropic `message_stop` known by its data alone): the route named no
+    /// terminator of its own.
+    ends_at_terminal_events: bool,
 }
 
 impl Pipeline {
@@ -85,12 +89,14 @@ impl Pipeline {
             terminator,
             scan,
             contract: Contract::default(),
+            ends_at_terminal_events: false,
         }
     }
 
     /// Applies a protocol: its preset terminator unless the route named one.
     #[must_use]
     pub fn with_contract(mut self, contract: Contract) -> Pipeline {
+        self.ends_at_terminal_events = self.terminator.is_none();
         if self.terminator.is_none() {
             self.terminator = contract.protocol.preset_terminator();
             self.scan = LiteralScan::new(&self.rules, self.terminator.as_ref());
@@ -120,6 +126,12 @@ impl Pipeline {
     /// The terminator, if the route has one.
     pub fn terminator(&self) -> Option<&Terminator> {
         self.terminator.as_ref()
+    }
+
+    /// Whether the protocol's terminal events end the stream (the route named no
+    /// terminator of its own).
+    pub fn ends_at_terminal_events(&self) -> bool {
+        self.ends_at_terminal_events
     }
 
     /// Runs all rules in order, then the terminator check.

@@ -446,3 +446,30 @@ fn a_stream_that_never_finishes_has_no_finish_reason() {
     assert_eq!(run.outcome, Some(Outcome::Truncated));
     assert!(run.finish_reasons.is_empty());
 }
+
+#[test]
+fn an_anthropic_message_stop_without_its_event_line_ends_the_stream_once() {
+    let input = "data: {\"type\":\"message_start\",\"message\":{}}\n\n\
+                 data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+                 data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}\n\n\
+                 data: {\"type\":\"message_stop\"}\n\n";
+    let run = run(Protocol::Anthropic, input, End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::Terminator));
+    assert_eq!(text(&run), input, "no second message_stop");
+    assert_eq!(run.finish_reasons.to_string(), "end_turn");
+}
+
+#[test]
+fn a_responses_completed_the_route_names_as_terminator_still_gives_usage_and_finish() {
+    let completed = "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":6,\"response\":{\"status\":\"completed\",\"usage\":{\"input_tokens\":5,\"output_tokens\":7}}}\n\n";
+    let input = format!("{RESP_DELTA}{completed}");
+    let run = run_on(&responses_ending_at_completed(), &input, End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::Terminator));
+    assert_eq!(text(&run), input);
+    assert_eq!(run.finish_reasons.to_string(), "completed");
+    let usage = run.usage.expect("the usage of response.completed");
+    assert_eq!(
+        (usage.input_tokens, usage.output_tokens),
+        (Some(5), Some(7))
+    );
+}

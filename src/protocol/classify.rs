@@ -123,14 +123,14 @@ impl Contract {
     }
 
     /// Classifies an event about to be forwarded (after the rules ran, LF-only).
-    /// `terminal_events`: the Responses terminal events end the stream (the route
+    /// `terminal_events`: the protocol's terminal events end the stream (the route
     /// names no terminator of its own).
     pub fn classify(&self, text: &[u8], terminal_events: bool) -> Class {
         let event = Event::new(text);
         match self.protocol {
             Protocol::OpenaiChat => chat(text, &event),
             Protocol::OpenaiResponses => responses(text, &event, terminal_events),
-            Protocol::Anthropic => anthropic(text, &event),
+            Protocol::Anthropic => anthropic(text, &event, terminal_events),
             Protocol::Sse => Class {
                 evidence: self.complete_when.as_ref().is_some_and(|when| match when {
                     CompleteWhen::DataMatches(regex) => {
@@ -290,10 +290,15 @@ fn responses(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
     class
 }
 
-fn anthropic(text: &[u8], event: &Event<'_>) -> Class {
+fn anthropic(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
     let mut class = Class::default();
     match event_kind(event) {
-        Some(b"message_stop") => class.evidence = true,
+        Some(b"message_stop") => {
+            class.evidence = true;
+            // Known by its data alone (a writer that leaves out `event:` lines), the
+            // preset's terminator did not see it: it ends the stream here.
+            class.terminal = terminal_events && event.event_type().is_none();
+        }
         Some(b"content_block_delta") => {
             class.content = non_empty_string_after(text, &TEXT_KEY)
                 || non_empty_string_after(text, &PARTIAL_JSON_KEY);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sse_gateway::engine::{Engine, Outcome, Stop};
-use sse_gateway::protocol::{FinishReasons, Protocol};
+use sse_gateway::protocol::{FinishReasons, Protocol, Usage};
 use sse_gateway::rewrite::Pipeline;
 use sse_gateway::sse::Event;
 
@@ -66,6 +66,8 @@ pub struct Run {
     pub evidence: bool,
     /// Why the answer ended, as the upstream said.
     pub finish_reasons: FinishReasons,
+    /// The upstream's token usage, as last reported.
+    pub usage: Option<Usage>,
 }
 
 /// Pushes each read, takes every frame after it (the live body sends all it has
@@ -92,6 +94,9 @@ pub fn drive(
         run.events_in += progress.events_in;
         run.events_out += progress.events_out;
         run.finish_reasons.add(progress.finish_reasons);
+        if let Some(usage) = progress.usage {
+            run.usage.get_or_insert_default().update(usage);
+        }
         engine.take_rule_hits(|rule, hits| run.hits[rule] += hits);
     };
     for read in reads {
@@ -180,8 +185,14 @@ pub fn check(pipeline: &Pipeline, end: End, run: &Run) {
         match terminator {
             Some(terminator) if terminator.forward => {
                 let last = last.expect("the terminator was sent");
+                // Or the protocol's terminal event, known by its data alone.
+                let terminal = || {
+                    contract
+                        .classify(&[last, b"\n"].concat(), pipeline.ends_at_terminal_events())
+                        .terminal
+                };
                 assert!(
-                    terminator.matches(&Event::new(last)),
+                    terminator.matches(&Event::new(last)) || terminal(),
                     "the last event is not the terminator: {last:?}"
                 );
             }
