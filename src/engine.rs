@@ -113,6 +113,9 @@ pub struct Engine {
     first_data_sent: bool,
     /// A content event has been forwarded: the client has seen part of the answer.
     content_sent: bool,
+    /// Content or streamed reasoning has been forwarded: the client has seen part of
+    /// the model's output.
+    output_sent: bool,
     /// Hits per rule since the last [`Engine::take_rule_hits`], indexed like the
     /// pipeline's rules.
     rule_hits: Box<[u32]>,
@@ -152,6 +155,7 @@ impl Engine {
             progress: Progress::default(),
             first_data_sent: false,
             content_sent: false,
+            output_sent: false,
             rule_hits: vec![0; rules].into_boxed_slice(),
             evidence: false,
             choices: Choices::default(),
@@ -267,10 +271,11 @@ impl Engine {
         self.evidence
     }
 
-    /// Whether a content event has been forwarded: from then on the client holds part
-    /// of the answer, and the stream cannot be started again elsewhere unnoticed.
-    pub fn has_sent_content(&self) -> bool {
-        self.content_sent
+    /// Whether content or streamed reasoning has been forwarded: from then on the
+    /// client holds part of the model's output, and the stream cannot be started again
+    /// elsewhere unnoticed.
+    pub fn has_sent_output(&self) -> bool {
+        self.output_sent
     }
 
     /// The outcome, once decided; the upstream is no longer needed then.
@@ -450,6 +455,7 @@ impl Engine {
                 self.progress.first_content_event = true;
             }
         }
+        self.output_sent |= class.content || class.reasoning;
         self.push_output(output)
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use support::*;
 
 const ROLE: &[u8] = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n";
@@ -833,4 +833,62 @@ async fn a_head_request_is_answered_by_its_headers_not_retried_as_a_failed_start
             "a HEAD is no stream: {outcome}"
         );
     }
+}
+
+/// A reasoning model thinks aloud before it answers: its streamed thinking is output
+/// the client sees, so the start is committed at the first thinking delta (headers and
+/// events flow), not held back until the answer's first text.
+#[tokio::test]
+async fn streamed_thinking_commits_the_start_and_reaches_the_client_before_the_answer() {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}")
+        .replace("protocol: openai-chat", "protocol: anthropic");
+    let gateway = start_gateway(&yaml).await;
+    let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n\
+                 event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n";
+    let thinking = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Let me think.\"}}\n\n";
+    let answer = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+                  event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}\n\n\
+                  event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let (saw_thinking, thinking_seen) = tokio::sync::oneshot::channel();
+    let client = tokio::spawn({
+        let addr = gateway.addr;
+        async move {
+            let response = get(addr, "/api/stream").await;
+            let mut body = response.into_body();
+            let mut received = String::new();
+            let mut saw_thinking = Some(saw_thinking);
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    received.push_str(&String::from_utf8_lossy(&data));
+                }
+                if received.contains("thinking_delta") {
+                    if let Some(saw) = saw_thinking.take() {
+                        let _ = saw.send(());
+                    }
+                }
+            }
+            received
+        }
+    });
+    let mut exchange = a.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(start.as_bytes()).await;
+    exchange.send_chunk(thinking.as_bytes()).await;
+    // The model goes on thinking until the client has seen its thinking so far.
+    tokio::time::timeout(LIVENESS, thinking_seen)
+        .await
+        .expect("the thinking reaches the client while the model has not answered yet")
+        .unwrap();
+    exchange.send_chunk(answer.as_bytes()).await;
+    exchange.end_chunks().await;
+    let received = tokio::time::timeout(LIVENESS, client)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(received, format!("{start}{thinking}{answer}"));
+    assert!(!b.connection_within(Duration::from_millis(100)).await);
 }

@@ -264,14 +264,14 @@ fn content_events_are_what_the_protocol_calls_content() {
     let progress = engine.take_progress();
     assert!(progress.first_data_event, "a data event all the same");
     assert_eq!(progress.content_events, 0);
-    assert!(!progress.first_content_event && !engine.has_sent_content());
+    assert!(!progress.first_content_event && !engine.has_sent_output());
 
     engine.push(chunk(r#"{"content":"Hel"}"#));
     engine.push(chunk(r#"{"content":"lo"}"#));
     drain(&mut engine);
     let progress = engine.take_progress();
     assert_eq!(progress.content_events, 2);
-    assert!(progress.first_content_event && engine.has_sent_content());
+    assert!(progress.first_content_event && engine.has_sent_output());
 
     engine.push(chunk(r#"{"content":"!"}"#));
     drain(&mut engine);

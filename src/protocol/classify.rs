@@ -51,11 +51,15 @@ pub struct Class {
     /// The Responses event's `sequence_number`.
     pub sequence_number: Option<u64>,
     /// The event carries content: a non-empty delta of answer text, refusal text or
-    /// tool-call arguments. A role-only delta, `response.created`, `message_start` or a
-    /// ping is none: time to first token, inter-token gaps and the failover commit
+    /// tool-call arguments. A role-only delta, `response.created`, `message_start`, a
+    /// ping or streamed reasoning is none: time to first token, inter-token gaps and the failover commit
     /// point are measured on these. On the `sse` protocol every data event that is no
     /// keep-alive counts.
     pub content: bool,
+    /// The event carries streamed reasoning: a non-empty thinking delta. Not the
+    /// answer, so not content; but the client has seen the model's output, which an
+    /// attempt on another endpoint could not take back.
+    pub reasoning: bool,
     /// The upstream's token usage, where this event reports it (`protocol::usage`).
     pub usage: Option<Usage>,
     /// A Chat Completions chunk that carries only usage (`choices` empty): the one
@@ -112,6 +116,10 @@ static REFUSAL_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\
 static ARGUMENTS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"arguments\""));
 static DELTA_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"delta\""));
 static TEXT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\""));
+static THINKING_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"thinking\""));
+static REASONING_CONTENT_KEY: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"reasoning_content\""));
+static REASONING_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"reasoning\""));
 static PARTIAL_JSON_KEY: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"partial_json\""));
 
@@ -156,6 +164,12 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
         },
         ..Class::default()
     };
+    // Streamed reasoning, as DeepSeek and vLLM (`reasoning_content`) or OpenRouter
+    // (`reasoning`) write it; looked for only in chunks without answer text.
+    class.reasoning = !class.content
+        && [&*REASONING_CONTENT_KEY, &*REASONING_KEY]
+            .into_iter()
+            .any(|key| non_empty_string_after(text, key));
     if usage::mentions_usage(text) {
         if let Some((usage, usage_only)) = data_json(event).as_ref().and_then(usage::chat) {
             class.usage = Some(usage);
@@ -276,6 +290,9 @@ fn responses(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
             | b"response.refusal.delta"
             | b"response.function_call_arguments.delta",
         ) => class.content = non_empty_string_after(text, &DELTA_KEY),
+        Some(b"response.reasoning_text.delta" | b"response.reasoning_summary_text.delta") => {
+            class.reasoning = non_empty_string_after(text, &DELTA_KEY);
+        }
         Some(b"error") => {
             let json = data_json(event);
             class.upstream_error = Some(json.as_ref().map_or("other", |json| {
@@ -302,6 +319,7 @@ fn anthropic(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
         Some(b"content_block_delta") => {
             class.content = non_empty_string_after(text, &TEXT_KEY)
                 || non_empty_string_after(text, &PARTIAL_JSON_KEY);
+            class.reasoning = !class.content && non_empty_string_after(text, &THINKING_KEY);
         }
         Some(b"message_start") if usage::mentions_input_tokens(text) => {
             class.usage = data_json(event).as_ref().and_then(usage::anthropic_start);

@@ -219,8 +219,15 @@ fn chat_content_is_a_non_empty_text_refusal_or_arguments_delta() {
     assert!(!content(
         r#"{"role":"assistant","content":"","x":"say \"content\":\"y\""}"#
     ));
-    // `reasoning_content` is not answer text.
+    // Streamed reasoning is not answer text, but it is output the client saw.
+    let reasoning = |delta: &str| classify(Protocol::OpenaiChat, &chunk(delta)).reasoning;
     assert!(!content(r#"{"reasoning_content":"thinking"}"#));
+    assert!(reasoning(r#"{"reasoning_content":"thinking"}"#));
+    assert!(reasoning(
+        r#"{"role":"assistant","content":null,"reasoning":"hmm"}"#
+    ));
+    assert!(!reasoning(r#"{"reasoning_content":""}"#));
+    assert!(!reasoning(r#"{"content":"Hi","reasoning_content":null}"#));
     // Usage-only chunk at the end.
     let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n";
     assert!(!classify(Protocol::OpenaiChat, usage).content);
@@ -237,6 +244,13 @@ fn responses_content_is_a_non_empty_text_or_arguments_delta_event() {
     assert!(content("response.function_call_arguments.delta", "\"{\""));
     assert!(content("response.refusal.delta", "\"No\""));
     assert!(!content("response.output_text.delta", "\"\""));
+    let reasoning = |kind: &str, delta: &str| {
+        classify(Protocol::OpenaiResponses, &event(kind, delta)).reasoning
+    };
+    assert!(!content("response.reasoning_summary_text.delta", "\"Hm\""));
+    assert!(reasoning("response.reasoning_summary_text.delta", "\"Hm\""));
+    assert!(reasoning("response.reasoning_text.delta", "\"Hm\""));
+    assert!(!reasoning("response.reasoning_text.delta", "\"\""));
     assert!(!content("response.created", "\"x\""));
     assert!(!content("response.output_item.added", "\"x\""));
 }
@@ -260,6 +274,9 @@ fn anthropic_content_is_a_non_empty_text_or_partial_json_delta() {
         r#"{"type":"message_start","message":{"content":[],"usage":{"input_tokens":5}}}"#;
     assert!(!content("message_start", message_start));
     assert!(!content("ping", r#"{"type":"ping"}"#));
+    let thinking = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me see"}}"#;
+    assert!(!content("content_block_delta", thinking));
+    assert!(classify(Protocol::Anthropic, &event("content_block_delta", thinking)).reasoning);
 }
 
 #[test]

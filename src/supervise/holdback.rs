@@ -117,7 +117,7 @@ impl StreamPlan {
                 last_data = Instant::now();
                 held_start.unstick(last_data);
             }
-            if engine.has_sent_content() || held_bytes > MAX_HELD {
+            if engine.has_sent_output() || held_bytes > MAX_HELD {
                 return (
                     Started {
                         plan: self.clone(),
