@@ -93,6 +93,17 @@ const BROKEN: &[(&str, &[&str])] = &[
         &["bad_url.yaml:3:10: upstreams.assistant.url: invalid upstream url \"ftp://127.0.0.1:8000\": the scheme must be http or https"],
     ),
     (
+        "bad_port.yaml",
+        &["bad_port.yaml:3:10: upstreams.assistant.url: invalid upstream url \"http://127.0.0.1:83626\": the port must be a number from 1 to 65535"],
+    ),
+    (
+        "zero_timeouts.yaml",
+        &[
+            "zero_timeouts.yaml:4:21: upstreams.assistant.header_timeout: header_timeout must be longer than 0 (such as 30s): at 0 every request would fail",
+            "zero_timeouts.yaml:7:49: routes[0].match.methods: an empty list matches no request: list the methods (such as [GET, POST]) or leave `methods` out for all",
+        ],
+    ),
+    (
         "bad_duration.yaml",
         &["bad_duration.yaml:4:21: upstreams.assistant.header_timeout: invalid duration \"5 minutes\": expected an integer and a unit (ms, s, m, h, d), such as 250ms or 30s"],
     ),

@@ -165,6 +165,14 @@ impl Validator<'_> {
 
         let methods = match raw.matcher.methods {
             None => None,
+            Some(names) if names.is_empty() => {
+                self.error_at_value(
+                    &format!("{match_path}.methods"),
+                    "an empty list matches no request: list the methods (such as [GET, POST]) or leave `methods` out for all",
+                );
+                ok = false;
+                None
+            }
             Some(names) => {
                 let mut methods = Vec::with_capacity(names.len());
                 for (i, name) in names.iter().enumerate() {

@@ -7,7 +7,7 @@ use http::Uri;
 use serde_yaml::Value;
 
 use super::{join, raw, traffic, Validator};
-use crate::config::{defaults, UpstreamConfig, UpstreamTarget};
+use crate::config::{defaults, HumanDuration, UpstreamConfig, UpstreamTarget};
 
 impl Validator<'_> {
     pub(super) fn upstreams(&mut self, value: Option<Value>) -> BTreeMap<String, UpstreamConfig> {
@@ -52,18 +52,38 @@ impl Validator<'_> {
                     None
                 }
             };
+            // Elsewhere 0 turns a clock off; these two cannot be off, and at 0 every
+            // request would fail at once.
+            let connect_timeout = raw
+                .connect_timeout
+                .map_or(defaults::CONNECT_TIMEOUT, |d| d.0);
+            let header_timeout = raw.header_timeout.map_or(defaults::HEADER_TIMEOUT, |d| d.0);
+            for (key, timeout, default) in [
+                (
+                    "connect_timeout",
+                    connect_timeout,
+                    defaults::CONNECT_TIMEOUT,
+                ),
+                ("header_timeout", header_timeout, defaults::HEADER_TIMEOUT),
+            ] {
+                if timeout.is_zero() {
+                    self.error_at_value(
+                        &join(&path, key),
+                        format!(
+                            "{key} must be longer than 0 (such as {}): at 0 every request would fail",
+                            HumanDuration(default)
+                        ),
+                    );
+                }
+            }
             if let Some((endpoints, target)) = target {
                 upstreams.insert(
                     name.clone(),
                     UpstreamConfig {
                         name,
                         target,
-                        connect_timeout: raw
-                            .connect_timeout
-                            .map_or(defaults::CONNECT_TIMEOUT, |d| d.0),
-                        header_timeout: raw
-                            .header_timeout
-                            .map_or(defaults::HEADER_TIMEOUT, |d| d.0),
+                        connect_timeout,
+                        header_timeout,
                         endpoints,
                         balance: raw.balance.unwrap_or_default(),
                         health,
@@ -96,6 +116,14 @@ impl Validator<'_> {
             (Some("http" | "https"), Some(authority)) if !authority.as_str().contains('@') => {
                 if uri.query().is_some() {
                     Some("a query string is not allowed")
+                } else if authority.host().is_empty() {
+                    Some("the host is missing")
+                } else if port_text(authority.as_str())
+                    .is_some_and(|port| !matches!(port.parse::<u16>(), Ok(1..)))
+                {
+                    // A port the client cannot read counts as none, the scheme's: a
+                    // mistyped port would send the traffic to port 80 or 443.
+                    Some("the port must be a number from 1 to 65535")
                 } else {
                     None
                 }
@@ -144,4 +172,12 @@ impl Validator<'_> {
 fn base_path_problem(path: &str) -> Option<&'static str> {
     (!crate::router::is_safe_path(path))
         .then_some("the path must not have `.` or `..` segments, encoded separators or backslashes")
+}
+
+/// The text after the port's colon in an authority, if it has one (an IPv6 host's
+/// colons, inside brackets, are not it).
+fn port_text(authority: &str) -> Option<&str> {
+    let host_end = authority.rfind(']').map_or(0, |bracket| bracket + 1);
+    let after_host = &authority[host_end..];
+    after_host.rfind(':').map(|colon| &after_host[colon + 1..])
 }
