@@ -154,6 +154,8 @@ pub(crate) async fn reload(
     }
     if config.log.format != running.log.format || config.log.level != running.log.level {
         tracing::warn!(trigger, "log settings changed: they take effect on restart");
+        // `/config` shows what is in force.
+        config.log = running.log.clone();
     }
     let routes = config.routes.len();
     match gateway.apply(config).await {

@@ -81,14 +81,26 @@ async fn reload_applies_new_rules_to_new_streams_and_keeps_the_old_ones_running(
     let current = std::fs::read_to_string(&gateway.config).unwrap();
     let listen = current.lines().find(|l| l.starts_with("listen:")).unwrap();
     let admin = current.lines().find(|l| l.starts_with("admin:")).unwrap();
-    let text = text
-        .replace("listen: LISTEN", listen)
-        .replace("admin: { listen: ADMIN }", admin);
+    let shown_log = || async {
+        let config = body_text(get(gateway.admin, "/config").await).await;
+        serde_json::from_str::<serde_json::Value>(&config).unwrap()["log"].clone()
+    };
+    let log_before = shown_log().await;
+    // The log settings change too: they take effect on restart only.
+    let text = text.replace("listen: LISTEN", listen).replace(
+        "admin: { listen: ADMIN }",
+        &format!("{admin}\nlog: {{ level: trace }}"),
+    );
     std::fs::write(&gateway.config, text).unwrap();
     gateway.signal("HUP");
     gateway.reloads_reach("success", 2.0).await;
     let (_body, _exchange, first) = open_stream(gateway.addr, &upstream).await;
     assert_eq!(first, "data: tiger\n\n");
+    assert_eq!(
+        shown_log().await,
+        log_before,
+        "/config shows the log settings in force"
+    );
 
     // A broken file: the running config stays, the errors are logged with locations.
     gateway.replace_config(

@@ -137,8 +137,15 @@ impl GatewayConfig {
                 .keys()
                 .map(|name| (name.clone(), Value::from("<redacted>")))
                 .collect();
+            // Credentials in the URL (`https://user:key@host`) are a secret too.
+            let traces_url = match otlp.traces_url.split_once("://") {
+                Some((_, rest)) if rest.split('/').next().is_some_and(|a| a.contains('@')) => {
+                    REDACTED
+                }
+                _ => otlp.traces_url.as_str(),
+            };
             shown["telemetry"] = json!({ "otlp": {
-                "traces_url": otlp.traces_url,
+                "traces_url": traces_url,
                 "headers": headers,
                 "sample_ratio": otlp.sample_ratio,
                 "service_name": otlp.service_name,
@@ -149,7 +156,9 @@ impl GatewayConfig {
     }
 
     /// The key paths of values from `${VAR}`, as the shown config spells them: a rule's
-    /// `name` written inside `replace` or `drop` is shown beside the kind.
+    /// `name` written inside `replace` or `drop` is shown beside the kind; the OTLP
+    /// `endpoint` as `traces_url`; an upstream's one `default` endpoint as its `url`;
+    /// header names in lower case, as `HeaderName` keeps them.
     fn environment_paths(&self) -> BTreeSet<String> {
         let mut paths = self.from_environment.clone();
         for path in &self.from_environment {
@@ -158,6 +167,15 @@ impl GatewayConfig {
                     paths.insert(format!("{rule}.name"));
                 }
             }
+            if path == "telemetry.otlp.endpoint" {
+                paths.insert("telemetry.otlp.traces_url".to_owned());
+            }
+            if let Some((upstream, _)) = path.split_once(".endpoints[") {
+                if path.ends_with("].url") {
+                    paths.insert(format!("{upstream}.url"));
+                }
+            }
+            paths.insert(path.to_ascii_lowercase());
         }
         paths
     }
@@ -259,4 +277,49 @@ fn rule_json(rule: &Rule) -> Value {
         }
     };
     value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shown config of `yaml`, whose `${SECRET}` and `${URL}` hold secrets.
+    fn shown(yaml: &str) -> String {
+        let env = |name: &str| match name {
+            "SECRET" => Some("s3cr3t-value".to_owned()),
+            "URL" => Some("http://internal-secret-host:8090".to_owned()),
+            _ => None,
+        };
+        let config = GatewayConfig::parse(yaml, "g.yaml", &env).expect("a valid config");
+        config.redacted_json().to_string()
+    }
+
+    #[test]
+    fn values_from_the_environment_are_redacted_where_the_shown_config_moves_them() {
+        let text = shown(
+            "upstreams:
+  one: { endpoints: [ { name: default, url: \"${URL}\" } ] }
+routes:
+  - name: chat
+    match: { path_prefix: /api }
+    upstream: one
+    response: { headers: { set: { X-Build-Token: \"${SECRET}\" } } }
+telemetry: { otlp: { endpoint: \"${URL}\" } }
+",
+        );
+        assert!(!text.contains("s3cr3t-value"), "{text}");
+        assert!(!text.contains("internal-secret-host"), "{text}");
+    }
+
+    #[test]
+    fn credentials_in_the_otlp_endpoint_are_redacted() {
+        let text = shown(
+            "upstreams: { demo: { demo: {} } }
+routes: [ { name: chat, match: { path_prefix: /api }, upstream: demo } ]
+telemetry: { otlp: { endpoint: \"https://apikey:k3y@otel.example:4318\" } }
+",
+        );
+        assert!(!text.contains("k3y"), "{text}");
+        assert!(text.contains(r#""traces_url":"<redacted>""#), "{text}");
+    }
 }
