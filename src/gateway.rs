@@ -106,8 +106,16 @@ impl Gateway {
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
-        let proxy = proxy.with_traces(traces);
+        let proxy = proxy.with_traces(traces.clone());
         health.commit();
+        // Only a config that is applied replaces the exporter the stop flushes.
+        *self
+            .traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = traces;
+        self.metrics
+            .traffic()
+            .keep_limits_of(config.routes.iter().map(|route| route.name.as_str()));
         let replaced = self.current.send_replace(Arc::new(proxy));
         // Freeing thousands of routes takes a while too; requests still running keep
         // the old proxy alive, and whoever lets go of it last frees it.
@@ -125,8 +133,6 @@ impl Gateway {
         &self.metrics
     }
 
-    /// The tracer for `config`'s `telemetry.otlp`: the running one when the section is
-    /// unchanged, a new one (for new requests) when it changed, none when absent.
     /// The trace exporter of the config in force, if it traces.
     fn current_traces(&self) -> Option<Arc<Traces>> {
         self.traces
@@ -135,20 +141,20 @@ impl Gateway {
             .clone()
     }
 
+    /// The tracer for `config`'s `telemetry.otlp`: the running one when the section is
+    /// unchanged, a new one (for new requests) when it changed, none when absent. It
+    /// replaces the running one only once the config is applied.
     fn traces_for(&self, config: &GatewayConfig) -> Result<Option<Arc<Traces>>, StartError> {
-        let mut running = self
-            .traces
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let traces = match &config.otlp {
+        Ok(match &config.otlp {
             None => None,
-            Some(otlp) => match running.as_ref().filter(|traces| traces.config() == otlp) {
-                Some(same) => Some(same.clone()),
+            Some(otlp) => match self
+                .current_traces()
+                .filter(|traces| traces.config() == otlp)
+            {
+                Some(same) => Some(same),
                 None => Some(Arc::new(Traces::start(otlp, self.metrics.spans_dropped())?)),
             },
-        };
-        running.clone_from(&traces);
-        Ok(traces)
+        })
     }
 
     /// The demo server's origin when `config` uses it, started on first use.

@@ -210,24 +210,32 @@ async fn no_slot_leaks_after_many_streams_that_end_every_way() {
     assert_eq!(rejected(&gateway.metrics().await, "route"), 10.0);
 }
 
-/// A reload that takes `limits` off a route takes its limit off the dashboard too.
+/// A reload that takes `limits` off a route takes its limit off the dashboard too,
+/// and so does one that renames the route.
 #[tokio::test]
-async fn a_reload_that_removes_the_limits_removes_the_limit_gauge() {
+async fn a_reload_that_removes_the_limits_or_the_route_removes_the_limit_gauge() {
     let upstream = ScriptedUpstream::bind().await;
-    let gateway = start_gateway(&config(&upstream, "{ max_streams: 2 }", "5m")).await;
-    let metrics = gateway.metrics().await;
-    assert_eq!(
-        metrics.route_value("sse_gateway_admission_max_streams", "chat"),
-        2.0
-    );
+    let limited = config(&upstream, "{ max_streams: 2 }", "5m");
     let unlimited = one_route_config(&upstream.url(), &CHAT.replace("IDLE", "5m"));
-    gateway.reload(&unlimited).await;
-    let metrics = gateway.metrics().await;
-    assert_eq!(
-        metrics.find("sse_gateway_admission_max_streams", &[("route", "chat")]),
-        None,
-        "the route has no limits any more"
-    );
+    let renamed = limited.replace("name: chat", "name: chat-v2");
+    for (reload, what) in [
+        (&unlimited, "the route has no limits any more"),
+        (&renamed, "the route is gone"),
+    ] {
+        let gateway = start_gateway(&limited).await;
+        let metrics = gateway.metrics().await;
+        assert_eq!(
+            metrics.route_value("sse_gateway_admission_max_streams", "chat"),
+            2.0
+        );
+        gateway.reload(reload).await;
+        let metrics = gateway.metrics().await;
+        assert_eq!(
+            metrics.find("sse_gateway_admission_max_streams", &[("route", "chat")]),
+            None,
+            "{what}"
+        );
+    }
 }
 
 /// An operator adds `max_streams` to shed load: the streams already open count

@@ -194,6 +194,24 @@ impl TrafficFamilies {
         (metrics, in_flight)
     }
 
+    /// Removes the limit of every route not in `routes`, the routes of the config
+    /// just applied: a route removed or renamed by a reload has no limit any more.
+    pub fn keep_limits_of<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        use prometheus::core::Collector;
+        let routes: std::collections::HashSet<&str> = routes.into_iter().collect();
+        let exported = self.admission_max_streams.collect();
+        let gone: Vec<String> = exported
+            .iter()
+            .flat_map(prometheus::proto::MetricFamily::get_metric)
+            .flat_map(prometheus::proto::Metric::get_label)
+            .filter(|label| label.name() == "route" && !routes.contains(label.value()))
+            .map(|label| label.value().to_owned())
+            .collect();
+        for route in gone {
+            let _ = self.admission_max_streams.remove_label_values(&[&route]);
+        }
+    }
+
     /// The failover handles of `route`, whose upstream has `endpoints`.
     pub fn failover(&self, route: &str, endpoints: &[&str]) -> FailoverMetrics {
         FailoverMetrics {
