@@ -393,3 +393,44 @@ async fn event_streams_framed_by_length_or_by_the_close_are_read_whole() {
         .await;
     assert_eq!(metrics.outcome_count("chat", "upstream_error"), 0.0);
 }
+
+/// An upstream that answers `401` as soon as it has the request head and closes with
+/// most of a large body unread (Go's server does so past 256 KiB): the client gets the
+/// upstream's answer, not a 502 for the write that failed.
+#[tokio::test]
+async fn an_answer_before_the_whole_body_was_read_reaches_the_client() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let route = "    request: { max_body_size: 8MiB }\n    stream: { heartbeat: 0s }\n";
+    let gateway = start_gateway(&one_route_config(&url, route)).await;
+    let answer = "{\"error\":\"bad api key\"}";
+    let upstream = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request head arrives");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let head = format!(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut buf)).await;
+    });
+    let request = http::Request::post("/api/stream")
+        .header("host", "gw")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'a';
+            4 * 1024 * 1024
+        ])))
+        .unwrap();
+    let response = tokio::time::timeout(LIVENESS, send(gateway.addr, request))
+        .await
+        .expect("an answer in time");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    upstream.await.unwrap();
+}

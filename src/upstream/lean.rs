@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::error::BoxError;
-use super::response_decoder::{DecodeError, Decoded, ResponseDecoder};
+use super::response_decoder::{DecodeError, Decoded, Head, ResponseDecoder};
 use super::UpstreamBody;
 
 /// The first read of a burst: one event of a token stream, with room to spare.
@@ -237,20 +237,20 @@ pub(super) async fn send(
 ) -> Result<Response<LeanBody>, LeanError> {
     let head_request = request.method() == Method::HEAD;
     let (parts, body) = request.into_parts();
-    // Boxed: done before the head is read, it would otherwise size the future that
-    // waits for the head.
-    Box::pin(write_request(&mut tcp, &parts, body)).await?;
-
     let mut decoder = ResponseDecoder::new(head_request);
     let mut buf = BytesMut::with_capacity(FIRST_READ);
-    let head = loop {
-        if let Some(head) = decoder.decode_head(&mut buf)? {
-            break head;
-        }
-        buf.reserve(FIRST_READ);
-        if tcp.read_buf(&mut buf).await.map_err(LeanError::Read)? == 0 {
-            return Err(decoder.decode_eof().unwrap_err().into());
-        }
+    // Boxed: done before the head is read, it would otherwise size the future that
+    // waits for the head.
+    let written = Box::pin(write_request(&mut tcp, &parts, body)).await;
+    let head = match written {
+        Ok(()) => read_head(&mut tcp, &mut decoder, &mut buf).await?,
+        // An upstream may answer before it has read the whole body (a 401, a 413, as
+        // Go's server does for a large body it will not read) and close: the answer
+        // already received is the client's, not the failed write.
+        Err(LeanError::Write(error)) => read_head(&mut tcp, &mut decoder, &mut buf)
+            .await
+            .map_err(|_| LeanError::Write(error))?,
+        Err(other) => return Err(other),
     };
     if buf.is_empty() {
         buf = BytesMut::new();
@@ -267,6 +267,23 @@ pub(super) async fn send(
     *response.version_mut() = head.version;
     *response.headers_mut() = head.headers;
     Ok(response)
+}
+
+/// Reads until `decoder` has the response head.
+async fn read_head(
+    tcp: &mut TcpStream,
+    decoder: &mut ResponseDecoder,
+    buf: &mut BytesMut,
+) -> Result<Head, LeanError> {
+    loop {
+        if let Some(head) = decoder.decode_head(buf)? {
+            return Ok(head);
+        }
+        buf.reserve(FIRST_READ);
+        if tcp.read_buf(buf).await.map_err(LeanError::Read)? == 0 {
+            return Err(decoder.decode_eof().unwrap_err().into());
+        }
+    }
 }
 
 /// Writes the request head and body: a length when it is known, chunked otherwise.
