@@ -104,6 +104,10 @@ const BROKEN: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "admin_port_taken.yaml",
+        &["admin_port_taken.yaml:2:18: admin.listen: admin.listen 127.0.0.1:18080 is the same port as listen 0.0.0.0:18080: metrics and health must not share the public port"],
+    ),
+    (
         "bad_duration.yaml",
         &["bad_duration.yaml:4:21: upstreams.assistant.header_timeout: invalid duration \"5 minutes\": expected an integer and a unit (ms, s, m, h, d), such as 250ms or 30s"],
     ),

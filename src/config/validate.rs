@@ -174,10 +174,15 @@ impl Validator<'_> {
             defaults::ADMIN_LISTEN,
         );
         if let (Some(public), Some(admin)) = (listen, admin_listen) {
-            if public == admin && public.port() != 0 {
+            // One port on addresses that overlap (the same, or either of them all
+            // addresses) cannot be bound twice: the start would fail.
+            let overlap = public.ip() == admin.ip()
+                || public.ip().is_unspecified()
+                || admin.ip().is_unspecified();
+            if public.port() == admin.port() && public.port() != 0 && overlap {
                 self.error_at_value(
                     "admin.listen",
-                    format!("admin.listen {admin} is the same as listen: metrics and health must not share the public port"),
+                    format!("admin.listen {admin} is the same port as listen {public}: metrics and health must not share the public port"),
                 );
             }
         }
