@@ -473,3 +473,14 @@ fn a_responses_completed_the_route_names_as_terminator_still_gives_usage_and_fin
         (Some(5), Some(7))
     );
 }
+
+#[test]
+fn an_empty_finish_reason_on_every_chunk_is_no_finish() {
+    let chunk = |content: &str| {
+        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{content}\"}},\"finish_reason\":\"\"}}]}}\n\n")
+    };
+    let cut = format!("{}{}", chunk("Hel"), chunk("lo"));
+    let run = run(Protocol::OpenaiChat, &cut, End::Clean);
+    assert_eq!(run.outcome, Some(Outcome::Truncated));
+    assert!(run.finish_reasons.is_empty());
+}

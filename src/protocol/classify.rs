@@ -204,7 +204,7 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
             let bit = Choices::bit(choice["index"].as_u64().unwrap_or(position));
             class.choices.seen |= bit;
             let reason = &choice["finish_reason"];
-            if !reason.is_null() {
+            if is_set(reason) {
                 class.choices.finished |= bit;
                 class.evidence = true;
                 class
@@ -330,7 +330,7 @@ fn anthropic(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
             if stop || tokens {
                 if let Some(json) = data_json(event) {
                     let reason = &json["delta"]["stop_reason"];
-                    class.evidence = stop && !reason.is_null();
+                    class.evidence = stop && is_set(reason);
                     if class.evidence {
                         class.finish = FinishReasons::of(Protocol::Anthropic, reason.as_str());
                     }
@@ -453,9 +453,16 @@ fn value_after(after_key: &[u8]) -> Option<&[u8]> {
 }
 
 /// True when `after_key` (what follows a quoted key) is a colon and a value other
-/// than `null`.
+/// than `null` or the empty string (which some OpenAI-compatible servers write on
+/// every chunk: it says nothing finished).
 fn not_null_at(after_key: &[u8]) -> bool {
-    value_after(after_key).is_some_and(|value| !value.starts_with(b"null"))
+    value_after(after_key)
+        .is_some_and(|value| !value.starts_with(b"null") && !value.starts_with(b"\"\""))
+}
+
+/// A finish or stop reason that is set: not `null`, not the empty string.
+fn is_set(reason: &Value) -> bool {
+    !reason.is_null() && reason.as_str() != Some("")
 }
 
 /// True when `key` occurs as a key whose value is a string of at least one

@@ -17,6 +17,8 @@ fn chat_evidence_is_a_finish_reason_that_is_not_null() {
     };
     assert!(!classify(Protocol::OpenaiChat, &chunk("null")).evidence);
     assert!(!classify(Protocol::OpenaiChat, &chunk(" null")).evidence);
+    // Some OpenAI-compatible servers write an empty reason on every chunk.
+    assert!(!classify(Protocol::OpenaiChat, &chunk("\"\"")).evidence);
     assert!(classify(Protocol::OpenaiChat, &chunk("\"stop\"")).evidence);
     assert!(classify(Protocol::OpenaiChat, &chunk(" \"length\"")).evidence);
     // The words in the answer's text are no evidence.
