@@ -375,12 +375,12 @@ impl ResumePlan {
     /// the closing that follows it on this protocol.
     fn gap(&self, from: u64, to: u64) -> (Bytes, Option<Bytes>) {
         let missing = if from == to {
-            format!("event {from}")
+            format!("event {from} of this stream is")
         } else {
-            format!("events {from} to {to}")
+            format!("events {from} to {to} of this stream are")
         };
         let message = format!(
-            "cannot resume: {missing} of this stream are no longer held (the route keeps the last {} bytes); reload the answer",
+            "cannot resume: {missing} no longer held (the route keeps the last {} bytes); reload the answer",
             self.config.max_bytes
         );
         self.closing_with("resume_gap", &message)

@@ -327,15 +327,16 @@ async fn a_resume_from_events_dropped_for_room_gets_an_error_event_not_a_gap() {
     let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream").await;
     detached(&gateway, 1.0).await;
     // About 60 bytes each with their ids: the first ones no longer fit in 300 bytes.
+    // Each is its own upstream read (the last read stays whole, however large): bytes
+    // written are not bytes read, so each is sent once the one before was read.
     for n in 2..=12 {
         exchange.send_chunk(&event(n)).await;
+        gateway
+            .metrics_until("the event read", |m| {
+                m.route_value("sse_gateway_stream_events_total", ROUTE) >= n as f64
+            })
+            .await;
     }
-    // Bytes written are not bytes read: wait until the gateway has read them all.
-    gateway
-        .metrics_until("the events read", |m| {
-            m.route_value("sse_gateway_stream_events_total", ROUTE) >= 12.0
-        })
-        .await;
     let mut resumed = Client::open(
         gateway.addr,
         "/api/stream",
@@ -681,4 +682,38 @@ async fn the_downstream_bytes_of_a_resumable_stream_count_its_id_lines() {
         &[("route", ROUTE), ("direction", "downstream")],
     );
     assert_eq!(downstream, text.len() as f64, "{text}");
+}
+
+/// A resumed client that has caught up reads the stream live: an upstream read larger
+/// than `max_bytes` (one large event, or a burst of tokens) reaches it whole, as it
+/// reaches a client that never left, not as a gap it never fell into.
+#[tokio::test]
+async fn a_live_resumed_reader_gets_an_upstream_read_larger_than_max_bytes() {
+    let (upstream, gateway) = setup("{ window: 10s, max_bytes: 300B }").await;
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
+    detached(&gateway, 1.0).await;
+    let mut resumed = Client::open(
+        gateway.addr,
+        "/api/stream?q=hi",
+        &[BEARER, ("last-event-id", &id)],
+    )
+    .await;
+    assert_eq!(resumed.status().await, 200);
+    detached(&gateway, 0.0).await;
+    // One event over the bound, then a burst over it in one read; each is sent once
+    // the client has what came before (a reader further behind than `max_bytes` is
+    // told of its gap, by design).
+    let big = format!("{{\"token\":2,\"pad\":\"{}\"}}", "x".repeat(380));
+    exchange
+        .send_chunk(format!("data: {big}\n\n").as_bytes())
+        .await;
+    assert_eq!(data(&resumed.take(1).await), [big]);
+    let burst: Vec<u8> = (3..=12).flat_map(event).collect();
+    exchange.send_chunk(&burst).await;
+    assert_eq!(data(&resumed.take(10).await), tokens(3..=12));
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    let rest = tokio::time::timeout(LIVENESS, resumed.rest())
+        .await
+        .expect("the stream ends");
+    assert_eq!(data(&rest), ["[DONE]"]);
 }

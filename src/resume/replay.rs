@@ -90,8 +90,10 @@ impl ReplayLog {
     }
 
     /// Appends a frame's numbered events (the next numbers, in order), dropping the
-    /// oldest events while the buffer is over its bound; an event larger than the
-    /// whole bound is dropped at once.
+    /// oldest events while the buffer is over its bound. The frame's own events stay,
+    /// even when they alone are over it: a resumed client reading live is about to
+    /// copy them, and dropping them would tell it of a gap it never fell into. They
+    /// go with the next frame.
     pub fn append_frame(&mut self, frame: Bytes, spans: &[Span]) {
         if spans.is_empty() {
             return;
@@ -108,7 +110,7 @@ impl ReplayLog {
             });
         }
         self.frames.push_back(frame);
-        while self.bytes > self.max_bytes {
+        while self.bytes > self.max_bytes && self.events.len() > spans.len() {
             let Some(dropped) = self.events.pop_front() else {
                 break;
             };
@@ -242,14 +244,49 @@ mod tests {
     }
 
     #[test]
-    fn an_event_larger_than_the_bound_is_not_kept() {
+    fn an_event_larger_than_the_bound_is_kept_until_the_next() {
         let mut log = ReplayLog::new(8);
-        log.append(1, Bytes::from_static(b"data: far too long\n\n"));
-        assert_eq!(log.bytes(), 0);
+        let long = Bytes::from_static(b"data: far too long\n\n");
+        log.append(1, long.clone());
+        assert_eq!(log.bytes(), long.len());
+        let mut cursor = 1;
+        assert_eq!(
+            read_all(&log, &mut cursor),
+            (
+                Read::Events { count: 1, next: 2 },
+                "data: far too long\n\n".to_owned()
+            )
+        );
+        log.append(2, Bytes::from_static(b"data: x\n\n"));
+        assert_eq!(log.first_kept(), 2);
         let mut cursor = 1;
         assert_eq!(read_all(&log, &mut cursor).0, Read::Gap { from: 1, to: 1 });
+    }
+
+    #[test]
+    fn a_frame_over_the_bound_keeps_all_its_events() {
+        let mut log = ReplayLog::new(16);
+        log.append(1, event(1));
+        let frame = Bytes::from([event(2), event(3), event(4)].concat());
+        let size = event(2).len();
+        let spans: Vec<Span> = (0..3)
+            .map(|i| Span {
+                seq: 2 + i as u64,
+                start: i * size,
+                end: (i + 1) * size,
+            })
+            .collect();
+        log.append_frame(frame, &spans);
+        assert_eq!(
+            log.first_kept(),
+            2,
+            "the older event went, the frame's stayed"
+        );
         let mut cursor = 2;
-        assert_eq!(read_all(&log, &mut cursor).0, Read::CaughtUp);
+        assert_eq!(
+            read_all(&log, &mut cursor).0,
+            Read::Events { count: 3, next: 5 }
+        );
     }
 
     #[test]
