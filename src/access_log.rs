@@ -136,6 +136,11 @@ impl RequestLog {
     }
 
     /// The request path, for log lines about this request before it finishes.
+    /// A `HEAD` request: its response goes without a body, which hyper drops unread.
+    pub(crate) fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
+
     pub(crate) fn path(&self) -> &str {
         &self.path
     }

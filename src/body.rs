@@ -117,11 +117,18 @@ impl ResponseBody {
         }
     }
 
-    /// A body the gateway made (an error reply).
-    pub(crate) fn made(body: Bytes, log: RequestLog) -> ResponseBody {
+    /// A body the gateway made (an error reply, a preflight's empty one).
+    pub(crate) fn made(body: Bytes, mut log: RequestLog) -> ResponseBody {
+        // hyper never polls an empty body, nor any body of a response to HEAD (whose
+        // length it still announces): the answer is complete once its head is out,
+        // not a client gone.
+        if body.is_empty() || log.is_head() {
+            log.finished();
+        }
+        let body = (!body.is_empty()).then_some(body);
         ResponseBody {
             kind: Kind::Made {
-                body: (!body.is_empty()).then_some(body),
+                body,
                 log: Box::new(log),
             },
             slot: None,

@@ -295,3 +295,23 @@ async fn a_route_without_cors_adds_nothing_and_forwards_options() {
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(seen, "OPTIONS");
 }
+
+/// `allow_headers: ["*"]`, as many CORS configs write it: any header a preflight asks
+/// for is allowed, and the answer names them (a browser ignores a literal `*` on a
+/// request with credentials).
+#[tokio::test]
+async fn a_star_in_allow_headers_allows_any_header_and_names_the_ones_asked_for() {
+    let upstream = ScriptedUpstream::bind().await;
+    let edge = EDGE.replace("[content-type, x-conversation]", "[\"*\"]");
+    let gateway = start_gateway(&config(&upstream.url(), &edge)).await;
+    let allowed = preflight(&gateway, APP, "POST", "content-type, x-anything").await;
+    assert_eq!(allowed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        header(&allowed, "access-control-allow-headers"),
+        Some("content-type, x-anything")
+    );
+    assert_eq!(
+        header(&allowed, "access-control-allow-credentials"),
+        Some("true")
+    );
+}

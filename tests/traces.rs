@@ -163,6 +163,11 @@ async fn one_server_span_per_stream_lasting_until_its_end_continuing_the_clients
     let (response, traceparent) = tokio::join!(send(gateway.addr, request), async {
         let mut exchange = upstream.accept().await;
         let traceparent = exchange.request.header("traceparent").unwrap().to_owned();
+        assert_eq!(
+            exchange.request.header("tracestate"),
+            None,
+            "no empty tracestate goes up"
+        );
         exchange.start_sse("").await;
         exchange.send_chunk(events[..2].concat().as_bytes()).await;
         tokio::time::sleep(open_for).await;
@@ -508,4 +513,39 @@ async fn a_stream_that_ends_stuck_has_no_unstuck_event() {
     let server = server_span(&mut spans, "spans arrive").await;
     let names: Vec<&str> = server.events.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["stuck", "error_event"]);
+}
+
+/// Answers the gateway writes with no body to send (a CORS preflight's 204, any answer
+/// to HEAD) are complete once their head is out: hyper never polls their bodies, and
+/// they were counted as clients gone.
+#[tokio::test]
+async fn a_preflight_and_an_answer_to_head_end_completed() {
+    let (otlp, mut spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = format!(
+        "{}telemetry:\n  otlp: {{ endpoint: \"http://{otlp}\", service_name: gateway-under-test, headers: {{ x-api-key: secret }} }}\n",
+        one_route_config(
+            &upstream.url(),
+            "    cors: { allow_origins: [\"http://localhost:3000\"] }\n"
+        )
+    );
+    let gateway = start_gateway(&yaml).await;
+    let preflight = Request::options("/api/stream")
+        .header("host", "gw")
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "POST")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let head = Request::head("/nothing-here")
+        .header("host", "gw")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    for (request, status) in [(preflight, 204), (head, 404)] {
+        let response = send(gateway.addr, request).await;
+        assert_eq!(response.status().as_u16(), status);
+        body_text(response).await;
+        let server = server_span(&mut spans, "the request's span").await;
+        assert_eq!(int(&server, "http.response.status_code"), i64::from(status));
+        assert_eq!(string(&server, "sse_gateway.outcome"), "completed");
+    }
 }

@@ -67,8 +67,12 @@ impl Edge {
                 route,
             ));
         };
-        for name in requested_headers(headers) {
-            if !cors.allow_headers.contains(&name) {
+        // `*` allows any header: the answer names the ones asked for, which a browser
+        // takes with credentials too (a literal `*` it would not).
+        let any_header = cors.allow_headers.iter().any(|name| name.as_str() == "*");
+        let asked = requested_headers(headers);
+        for name in asked.iter().filter(|_| !any_header) {
+            if !cors.allow_headers.contains(name) {
                 return Some(refused(
                     &format!(
                         "request header {name} is not allowed on this route (cors.allow_headers)"
@@ -90,9 +94,13 @@ impl Edge {
         if let Ok(method) = HeaderValue::from_str(requested.as_str()) {
             out.insert(ACCESS_CONTROL_ALLOW_METHODS, method);
         }
-        if !cors.allow_headers.is_empty() {
-            let list = cors
-                .allow_headers
+        let allowed = if any_header {
+            &asked
+        } else {
+            &cors.allow_headers
+        };
+        if !allowed.is_empty() {
+            let list = allowed
                 .iter()
                 .map(HeaderName::as_str)
                 .collect::<Vec<_>>()

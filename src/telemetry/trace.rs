@@ -103,6 +103,14 @@ impl RequestTrace {
             .start_with_context(&self.tracer, &self.server);
         let client = self.server.with_span(span);
         TraceContextPropagator::new().inject_context(&client, &mut HeaderInjector(headers));
+        // The propagator writes `tracestate` even when it is empty, which W3C Trace
+        // Context asks senders to leave out.
+        if headers
+            .get("tracestate")
+            .is_some_and(http::HeaderValue::is_empty)
+        {
+            headers.remove("tracestate");
+        }
         self.client = Some(client);
     }
 
