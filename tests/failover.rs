@@ -892,3 +892,38 @@ async fn streamed_thinking_commits_the_start_and_reaches_the_client_before_the_a
     assert_eq!(received, format!("{start}{thinking}{answer}"));
     assert!(!b.connection_within(Duration::from_millis(100)).await);
 }
+
+/// The upstream's own error event before any content (an overload) sends the request
+/// to the other endpoint, and still counts under `upstream_error_events_total`: an
+/// overload alert must not go quiet because retries hide the overloads from clients.
+#[tokio::test]
+async fn an_error_event_of_a_start_tried_again_elsewhere_is_still_counted() {
+    let (a, b, gateway) = two_endpoints("idle_timeout: 5s").await;
+    let error = b"data: {\"error\":{\"type\":\"server_error\",\"message\":\"overloaded\"}}\n\n";
+    let (response, _, _) = tokio::join!(
+        get(gateway.addr, "/api/stream"),
+        async {
+            let mut first = a.accept().await;
+            first.start_sse("").await;
+            first.send_chunk(ROLE).await;
+            first.send_chunk(error).await;
+            first.end_chunks().await;
+            first
+        },
+        async {
+            let mut second = b.accept().await;
+            answer(&mut second).await;
+            second
+        }
+    );
+    assert_eq!(body_text(response).await, whole_answer());
+    let metrics = gateway.metrics().await;
+    assert_eq!(retries(&metrics, "before_content"), 1.0);
+    assert_eq!(
+        metrics.get(
+            "sse_gateway_upstream_error_events_total",
+            &[("route", "chat"), ("type", "server_error")]
+        ),
+        1.0
+    );
+}

@@ -170,6 +170,11 @@ pub(super) fn forward<'a>(
             // The failed attempt's response, and anything held back of it, go unseen.
             if let Ok((_, Forwarded::Started(start))) = &mut forwarded {
                 stuck = start.take_stuck();
+                if let Some(error_type) = start.take_upstream_error_event() {
+                    route.metrics.count_upstream_error_event(error_type);
+                    let error_type = opentelemetry::KeyValue::new("error.type", error_type);
+                    log.trace_event("upstream_error_event", vec![error_type]);
+                }
             }
             drop(forwarded);
             request = next;

@@ -76,6 +76,12 @@ impl<B> Started<B> {
     pub(crate) fn take_stuck(&mut self) -> Stuck {
         std::mem::take(&mut self.stuck)
     }
+
+    /// The upstream's own error event that ended a start thrown away for another
+    /// attempt: still the upstream's error, counted and traced as any other.
+    pub(crate) fn take_upstream_error_event(&mut self) -> Option<&'static str> {
+        self.engine.take_progress().upstream_error_event
+    }
 }
 
 impl StreamPlan {
