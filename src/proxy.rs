@@ -180,10 +180,7 @@ impl Proxy {
                 upstream: &route.upstream,
             };
             let upstream_request = match translate(request, origin) {
-                Ok(mut upstream_request) => {
-                    log.trace_upstream(&mut upstream_request);
-                    upstream_request
-                }
+                Ok(upstream_request) => upstream_request,
                 Err(error) => {
                     if let Some(kind) = error.client_error_kind() {
                         route.metrics.count_client_error(kind);

@@ -549,3 +549,52 @@ async fn a_preflight_and_an_answer_to_head_end_completed() {
         assert_eq!(string(&server, "sse_gateway.outcome"), "completed");
     }
 }
+
+/// A request refused while its body was read for the upstream (413 here, under
+/// `stream.usage: request`) never went upstream: its trace has no client span.
+#[tokio::test]
+async fn a_request_refused_before_it_went_upstream_has_no_client_span() {
+    let (otlp, mut spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = config(&upstream.url(), &format!("http://{otlp}"), "").replace(
+        "    stream:\n",
+        "    request: { max_body_size: 64B }\n    stream:\n",
+    );
+    let gateway = start_gateway(&yaml).await;
+    let body = format!(
+        r#"{{"model":"m","stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(200)
+    );
+    // Chunked: the size is known only as the body is read.
+    let request = format!(
+        "POST /api/stream HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let mut tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes())
+        .await
+        .unwrap();
+    let head = read_until(&mut tcp, b"\r\n\r\n").await;
+    assert!(head.starts_with(b"HTTP/1.1 413"), "{head:?}");
+    // Every span of the request, whichever comes first: until the server span, then
+    // until none comes for a while.
+    let mut kinds = Vec::new();
+    while !kinds.contains(&(SpanKind::Server as i32)) {
+        let (_, span) = tokio::time::timeout(LIVENESS, spans.recv())
+            .await
+            .expect("the server span")
+            .unwrap();
+        kinds.push(span.kind);
+    }
+    while let Ok(Some((_, span))) =
+        tokio::time::timeout(Duration::from_millis(300), spans.recv()).await
+    {
+        kinds.push(span.kind);
+    }
+    assert_eq!(
+        kinds,
+        [SpanKind::Server as i32],
+        "one server span, no client span"
+    );
+    assert!(!upstream.connection_within(Duration::from_millis(100)).await);
+}

@@ -67,15 +67,16 @@ fn settle(route: &Route, endpoint: usize, failure: Option<Failure>, error: Optio
 /// Sends `request` on `route`, trying again where the route allows.
 /// `remove_usage_chunk`: the gateway asked for the usage chunk, which a held-back
 /// stream's engine then keeps from the client. `started`: when the request came (a
-/// held-back start's `max_duration` counts from it). `log`'s client span is told
-/// which endpoint each attempt goes to.
+/// held-back start's `max_duration` counts from it). `log`'s client span starts here,
+/// once the request is ready to go (a body that fails to be read first sends nothing
+/// upstream), and is told which endpoint each attempt goes to.
 ///
 /// Not an `async fn`, which would keep the request twice in its future while the
 /// response head is awaited (see `Upstream::attempt`).
 #[allow(clippy::manual_async_fn)] // Why: in the doc comment above.
 pub(super) fn forward<'a>(
     route: &'a Route,
-    request: Request<UpstreamBody>,
+    mut request: Request<UpstreamBody>,
     remove_usage_chunk: bool,
     started: Instant,
     log: &'a mut RequestLog,
@@ -89,6 +90,7 @@ pub(super) fn forward<'a>(
         let failover = &route.failover;
         let start = endpoints.start();
         let Some(retry) = &failover.retry else {
+            log.trace_upstream(&mut request);
             let endpoint = endpoints.pick(start, Tried::default()).unwrap_or(0);
             log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
             let result = upstream.attempt(request, endpoint, stream).await;
@@ -101,6 +103,7 @@ pub(super) fn forward<'a>(
         };
         failover.budget.request();
         let mut request = replayable(request, retry.max_body).await?;
+        log.trace_upstream(&mut request);
         let mut tried = Tried::default();
         let mut made = 0;
         // The stuck periods of the starts thrown away: the client waited through
