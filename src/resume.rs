@@ -208,19 +208,27 @@ impl ResumePlan {
             return self.refused(ResumeResult::Unknown, credential);
         };
         let redis_key = store::stream_key(&self.route, &id.key);
-        let result = match store.resumable(&redis_key).await {
-            Ok(Some((fingerprint, _))) if !fingerprint.matches(&id.key.fingerprint(credential)) => {
+        let held = store.resumable(&redis_key).await;
+        let result = match held.as_ref().map(Option::as_ref) {
+            Ok(Some(held)) if !held.fingerprint.matches(&id.key.fingerprint(credential)) => {
                 ResumeResult::Forbidden
             }
-            Ok(Some((_, Some(Ending::Expired)))) => ResumeResult::Expired,
-            Ok(Some((_, None | Some(Ending::Ended)))) => {
-                self.metrics.count(ResumeResult::Replayed);
+            Ok(Some(held)) if held.ending == Some(Ending::Expired) => ResumeResult::Expired,
+            Ok(Some(held)) if matches!(held.ending, None | Some(Ending::Ended)) => {
+                // Events dropped for room: the follower tells the client of the gap, and
+                // it counts as on the owner, `expired`.
+                let gap = held.first_kept.is_some_and(|first| first > id.seq + 1);
+                self.metrics.count(if gap {
+                    ResumeResult::Expired
+                } else {
+                    ResumeResult::Replayed
+                });
                 return Intercept::ResumeRemote {
                     redis_key,
                     last_seen: id.seq,
                 };
             }
-            Ok(None | Some((_, Some(Ending::Cancelled)))) => ResumeResult::Unknown,
+            Ok(_) => ResumeResult::Unknown,
             Err(error) => {
                 self.metrics.store_errors.inc();
                 tracing::warn!(route = %self.route, %error, "cannot look a resume up in Redis");

@@ -848,3 +848,70 @@ routes:
         "the dropped stream's place under max_streams is free"
     );
 }
+
+/// A resume from an id whose events were trimmed for room gets the gap error on any
+/// replica, and every replica counts it as the owner does: `expired`.
+#[tokio::test]
+async fn a_resume_from_trimmed_events_counts_expired_on_the_other_replica_too() {
+    let Some((redis, upstream, owner, other)) = two_replicas("10s, max_bytes: 300B").await else {
+        return;
+    };
+    let mut client = Client::open(owner.addr, "/api/stream", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let id = client.take(1).await[0].id.clone().expect("an id");
+    drop(client);
+    owner
+        .metrics_until("detached", |m| {
+            m.route_value("sse_gateway_streams_detached", ROUTE) == 1.0
+        })
+        .await;
+    // Each its own read, each once the one before was read: about 60 bytes each, so
+    // the first ones no longer fit in 300 bytes.
+    for n in 2..=12 {
+        exchange.send_chunk(&event(n)).await;
+        owner
+            .metrics_until("the event read", |m| {
+                m.route_value("sse_gateway_stream_events_total", ROUTE) >= n as f64
+            })
+            .await;
+    }
+    let expired = |metrics: &Metrics| {
+        metrics.get(
+            "sse_gateway_resumes_total",
+            &[("route", ROUTE), ("result", "expired")],
+        )
+    };
+    // The owner's mirror writes in the background: wait until Redis was trimmed past
+    // event 2 (its oldest entry a later event).
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let stream = the_stream(&redis).await.expect("the stream in Redis");
+        let oldest = redis
+            .command(&["XRANGE", &stream, "-", "+", "COUNT", "1"])
+            .await;
+        if oldest.contains("\r\n1-")
+            && !["1-1", "1-2"]
+                .iter()
+                .any(|id| oldest.contains(&format!("\r\n{id}\r\n")))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis was never trimmed: {oldest}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    let events = resumed.rest().await;
+    assert_error_then_done(&events, "resume_gap", "cannot resume: ");
+    assert_eq!(expired(&other.metrics().await), 1.0);
+    let replayed = other.metrics().await.get(
+        "sse_gateway_resumes_total",
+        &[("route", ROUTE), ("result", "replayed")],
+    );
+    assert_eq!(replayed, 0.0, "no resume was served whole");
+}

@@ -233,20 +233,23 @@ impl RedisStore {
             .await
     }
 
-    /// The fingerprint a stream was opened with, and how it ended if it did; `None`
-    /// when Redis knows no such stream. One round trip.
-    pub(crate) async fn resumable(
-        &self,
-        redis_key: &str,
-    ) -> redis::RedisResult<Option<(Fingerprint, Option<Ending>)>> {
+    /// What Redis holds of a stream, `None` when it knows no such stream. One round
+    /// trip.
+    pub(crate) async fn resumable(&self, redis_key: &str) -> redis::RedisResult<Option<Held>> {
         let mut connection = self.connect().await?;
-        let (meta, end): (Option<Vec<u8>>, redis::Value) = redis::pipe()
+        let (meta, end, first): (Option<Vec<u8>>, redis::Value, redis::Value) = redis::pipe()
             .cmd("GET")
             .arg(format!("{redis_key}:meta"))
             .cmd("XRANGE")
             .arg(redis_key)
             .arg("2-0")
             .arg("2-0")
+            .cmd("XRANGE")
+            .arg(redis_key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
             .query_async(&mut connection)
             .await?;
         let Some(fingerprint) = meta.and_then(|bytes| Some(Fingerprint(bytes.try_into().ok()?)))
@@ -256,7 +259,19 @@ impl RedisStore {
         let ending = super::follow::entries_of_range(&end)
             .first()
             .map(|entry| Ending::parse(entry.value));
-        Ok(Some((fingerprint, ending)))
+        // Event entries are `1-SEQ`, the end entry `2-0`: a stream trimmed of all its
+        // events holds none up to the last one the end names.
+        let first_kept = super::follow::entries_of_range(&first)
+            .first()
+            .and_then(|entry| match entry.id.strip_prefix(b"1-") {
+                Some(seq) => std::str::from_utf8(seq).ok()?.parse().ok(),
+                None => entry.last.map(|last| last + 1),
+            });
+        Ok(Some(Held {
+            fingerprint,
+            ending,
+            first_kept,
+        }))
     }
 
     /// The fingerprint a stream was opened with; `None` when Redis knows no such stream.
@@ -271,6 +286,17 @@ impl RedisStore {
             .await?;
         Ok(meta.and_then(|bytes| Some(Fingerprint(bytes.try_into().ok()?))))
     }
+}
+
+/// What Redis holds of a stream ([`RedisStore::resumable`]).
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// The credential's fingerprint the stream was opened with.
+    pub(crate) fingerprint: Fingerprint,
+    /// How it ended, if it did.
+    pub(crate) ending: Option<Ending>,
+    /// The number of the oldest event still held, if any.
+    pub(crate) first_kept: Option<u64>,
 }
 
 impl Mirror {
