@@ -26,7 +26,7 @@ use crate::listener::{self, Acceptor, ConnectionLimits, Connections};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::shutdown::{self, DrainPlan, Shutdown, StopNow};
-use crate::telemetry::Traces;
+use crate::telemetry::{Traces, UnsentSpans};
 use crate::upstream::demo::DemoServer;
 use crate::upstream::{HealthBook, HealthGeneration, TlsError, Upstream};
 
@@ -63,6 +63,9 @@ pub struct Gateway {
     /// The trace exporter of the config in force; kept across reloads that do not
     /// change `telemetry.otlp`.
     traces: std::sync::Mutex<Option<Arc<Traces>>>,
+    /// The spans not yet exported, of every exporter the process has started: a stop
+    /// waits for them (streams opened before a reload end on their first exporter).
+    unsent_spans: Arc<UnsentSpans>,
     /// Resumable streams by route: a reload must not forget them.
     resume_tables: Arc<crate::resume::Tables>,
     /// What the gateway has learned of each endpoint's health: kept across reloads
@@ -152,7 +155,11 @@ impl Gateway {
                 .filter(|traces| traces.config() == otlp)
             {
                 Some(same) => Some(same),
-                None => Some(Arc::new(Traces::start(otlp, self.metrics.spans_dropped())?)),
+                None => Some(Arc::new(Traces::start(
+                    otlp,
+                    self.metrics.spans_dropped(),
+                    self.unsent_spans.clone(),
+                )?)),
             },
         })
     }
@@ -256,7 +263,7 @@ impl Running {
         // whoever sees the 503 also sees new connections refused.
         self.admin.ready.store(false, Ordering::Release);
         let admin = &self.admin;
-        let traces = self.gateway.current_traces();
+        let unsent_spans = self.gateway.unsent_spans.clone();
         shutdown::drain(
             &self.connections,
             &plan,
@@ -264,10 +271,8 @@ impl Running {
             |limits| async move {
                 // The last spans go out while Prometheus takes its last scrape.
                 let flushed = async {
-                    if let Some(traces) = traces {
-                        if !traces.flushed(limits.flush).await {
-                            tracing::warn!("trace spans still unsent at the stop are lost");
-                        }
+                    if !unsent_spans.flushed(limits.flush).await {
+                        tracing::warn!("trace spans still unsent at the stop are lost");
                     }
                 };
                 tokio::join!(
@@ -321,6 +326,7 @@ pub async fn start_with(
         demo: Mutex::new(None),
         shutdown,
         traces: std::sync::Mutex::new(None),
+        unsent_spans: Arc::default(),
         resume_tables,
         health: Arc::new(HealthBook::default()),
         applying: Mutex::new(()),

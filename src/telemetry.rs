@@ -13,7 +13,6 @@ mod trace;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator;
@@ -26,7 +25,7 @@ use opentelemetry_sdk::Resource;
 
 use crate::config::OtlpConfig;
 
-pub(crate) use export::Dropped;
+pub(crate) use export::{Dropped, Unsent as UnsentSpans};
 pub(crate) use trace::{Finished, RequestTrace, StreamFacts};
 
 /// Why tracing could not start.
@@ -44,12 +43,16 @@ pub(crate) struct Traces {
     /// Kept so the export task lives as long as any request may still end a span.
     _provider: SdkTracerProvider,
     tracer: SdkTracer,
-    unsent: Arc<export::Unsent>,
 }
 
 impl Traces {
-    /// Starts the exporter on the current runtime.
-    pub(crate) fn start(config: &OtlpConfig, dropped: Dropped) -> Result<Traces, TracingError> {
+    /// Starts the exporter on the current runtime; its spans count in `unsent` until
+    /// exported.
+    pub(crate) fn start(
+        config: &OtlpConfig,
+        dropped: Dropped,
+        unsent: Arc<UnsentSpans>,
+    ) -> Result<Traces, TracingError> {
         let fail = |reason: String| TracingError {
             url: config.traces_url.clone(),
             reason,
@@ -70,13 +73,8 @@ impl Traces {
             .map_err(|error| fail(error.to_string()))?;
         // The processor owns the exporter from here on: it gets the resource now.
         exporter.set_resource(&resource);
-        let unsent = Arc::new(export::Unsent::default());
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(export::QueueProcessor::start(
-                exporter,
-                dropped,
-                unsent.clone(),
-            ))
+            .with_span_processor(export::QueueProcessor::start(exporter, dropped, unsent))
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sample_ratio,
             ))))
@@ -87,19 +85,12 @@ impl Traces {
             config: config.clone(),
             _provider: provider,
             tracer,
-            unsent,
         })
     }
 
     /// The section this was built from.
     pub(crate) fn config(&self) -> &OtlpConfig {
         &self.config
-    }
-
-    /// Waits, at most `limit`, until the spans ended so far are exported: at a stop,
-    /// the streams the drain ended still reach the collector.
-    pub(crate) async fn flushed(&self, limit: Duration) -> bool {
-        self.unsent.flushed(limit).await
     }
 
     /// Starts a request's server span, continuing the client's `traceparent` when it

@@ -25,6 +25,11 @@ use tokio::sync::mpsc;
 
 /// A receiver that accepts `POST /v1/traces` and hands on every span it decodes.
 async fn receiver() -> (SocketAddr, mpsc::UnboundedReceiver<(String, Span)>) {
+    receiver_after(Duration::ZERO).await
+}
+
+/// [`receiver`], taking `delay` before it reads each export (a collector under load).
+async fn receiver_after(delay: Duration) -> (SocketAddr, mpsc::UnboundedReceiver<(String, Span)>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (spans, received) = mpsc::unbounded_channel();
@@ -35,6 +40,7 @@ async fn receiver() -> (SocketAddr, mpsc::UnboundedReceiver<(String, Span)>) {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let spans = spans.clone();
                 async move {
+                    tokio::time::sleep(delay).await;
                     assert_eq!(request.uri().path(), "/v1/traces");
                     assert_eq!(request.headers()["content-type"], "application/x-protobuf");
                     let service_key = request
@@ -597,4 +603,36 @@ async fn a_request_refused_before_it_went_upstream_has_no_client_span() {
         "one server span, no client span"
     );
     assert!(!upstream.connection_within(Duration::from_millis(100)).await);
+}
+
+/// A reload points traces at another collector while a stream opened before it still
+/// runs on the first exporter: the stop waits for that stream's span too.
+#[tokio::test]
+async fn a_stop_after_a_reload_waits_for_the_spans_of_the_exporter_before_it() {
+    let (first, mut first_spans) = receiver_after(Duration::from_millis(500)).await;
+    let (second, _second_spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let traced_to = |otlp: SocketAddr| config(&upstream.url(), &format!("http://{otlp}"), "");
+    let gateway = start_gateway(&traced_to(first)).await;
+    let (response, _exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange
+            .send_chunk(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n")
+            .await;
+        exchange
+    });
+    let mut body = response.into_body();
+    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(frame.starts_with(b"data: "), "the stream is open");
+    gateway.reload(&traced_to(second)).await;
+    gateway.shutdown().await;
+    let mut server_spans = 0;
+    while let Ok((_, span)) = first_spans.try_recv() {
+        server_spans += usize::from(span.kind == SpanKind::Server as i32);
+    }
+    assert_eq!(
+        server_spans, 1,
+        "the drained stream's span reached its collector"
+    );
 }

@@ -45,9 +45,11 @@ pub(crate) struct Dropped {
     pub export_failed: IntCounter,
 }
 
-/// Spans queued or being exported: what a stop waits for.
+/// Spans queued or being exported: what a stop waits for. One for the process,
+/// shared by every exporter a reload starts: the streams opened before a reload end
+/// their spans on the exporter they started with.
 #[derive(Debug, Default)]
-pub(super) struct Unsent {
+pub(crate) struct Unsent {
     spans: AtomicUsize,
     none_left: Notify,
 }
@@ -55,7 +57,7 @@ pub(super) struct Unsent {
 impl Unsent {
     /// Waits until every span handed over so far has been exported (or counted as
     /// dropped), for at most `limit`; true when none is left.
-    pub(super) async fn flushed(&self, limit: Duration) -> bool {
+    pub(crate) async fn flushed(&self, limit: Duration) -> bool {
         let waited = tokio::time::timeout(limit, async {
             loop {
                 let none_left = self.none_left.notified();
