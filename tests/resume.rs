@@ -717,3 +717,23 @@ async fn a_live_resumed_reader_gets_an_upstream_read_larger_than_max_bytes() {
         .expect("the stream ends");
     assert_eq!(data(&rest), ["[DONE]"]);
 }
+
+/// "Stop" pressed as the answer finished: the finished stream's buffer is freed (204),
+/// and a second stop finds nothing left.
+#[tokio::test]
+async fn a_stop_of_a_finished_stream_frees_its_buffer() {
+    let (upstream, gateway) = setup("{ window: 30s }").await;
+    let mut client = Client::open(gateway.addr, "/api/strict", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    let events = client.rest().await;
+    assert_eq!(data(&events), [token(1), "[DONE]".to_owned()]);
+    let id = events[0].id.clone().expect("an id");
+    let target = format!("/api/strict?lastEventId={id}");
+    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 204);
+    let mut again = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(again.status().await, 404, "nothing left");
+}
