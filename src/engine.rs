@@ -396,43 +396,28 @@ impl Engine {
                 return false;
             }
         };
-        if verdict.is_terminator {
-            if let Some(output) = verdict.output {
-                if is_tail && self.is_cut_event_terminator(&output) {
-                    // Named by its `event:` line alone, it would end the stream as
-                    // complete and reach the client with its JSON cut (or no data at
-                    // all), which SDKs fail to parse. It is dropped; the stream's
-                    // evidence, or its lack, decides the ending as for any cut tail.
-                    self.tail_cut = true;
-                    return true;
-                }
-                // A terminator the route names may be a protocol event that carries
-                // the answer's usage and finish (`response.completed`) or an error.
-                let class = self.classify(&output);
-                self.push_output(output);
-                if let Some(error_type) = class.upstream_error {
-                    self.progress.upstream_error_event = Some(error_type);
-                    self.end(Outcome::UpstreamErrorEvent, None);
-                    return false;
-                }
-            }
-            self.end(Outcome::Terminator, None);
-            return false;
-        }
+        let is_terminator = verdict.is_terminator;
         let Some(output) = verdict.output else {
+            if is_terminator {
+                self.end(Outcome::Terminator, None);
+                return false;
+            }
             return true;
         };
-        let contract = self.pipeline.contract();
-        if is_tail && contract.protocol.has_json_data() && !is_whole_json(&output) {
+        if is_tail && self.is_cut_tail(&output, is_terminator) {
             self.tail_cut = true;
             return true;
         }
+        // A terminator the route names may be a protocol event that carries the
+        // answer's usage and finish (`response.completed`) or an error: classified too.
         let class = self.classify(&output);
         if class.usage_only && self.usage_chunk == UsageChunk::Remove {
             return true;
         }
-        if class.upstream_error.is_some() || class.terminal {
-            self.progress.events_out += 1;
+        if is_terminator || class.upstream_error.is_some() || class.terminal {
+            // The route's own terminator is not counted as an event; the protocol's
+            // terminal events and error events are.
+            self.progress.events_out += u64::from(!is_terminator);
             self.push_output(output);
             match class.upstream_error {
                 Some(error_type) => {
@@ -476,6 +461,20 @@ impl Engine {
             self.sequence_number = class.sequence_number;
         }
         class
+    }
+
+    /// An event completed at the upstream's clean close that the close cut, and that is
+    /// not sent: on a protocol whose data is JSON, data that is not whole JSON. A
+    /// terminator known by its data matched that data whole; one known by its `event:`
+    /// line alone would end the stream as complete and reach the client with its JSON
+    /// cut (or no data at all), which SDKs fail to parse. The stream's evidence, or its
+    /// lack, decides the ending as for any cut tail.
+    fn is_cut_tail(&self, output: &[u8], is_terminator: bool) -> bool {
+        if is_terminator {
+            self.is_cut_event_terminator(output)
+        } else {
+            self.pipeline.contract().protocol.has_json_data() && !is_whole_json(output)
+        }
     }
 
     /// A terminator completed at the upstream's clean close that the route knows by
