@@ -135,12 +135,12 @@ impl RequestLog {
         self.upstream = Some(upstream.clone());
     }
 
-    /// The request path, for log lines about this request before it finishes.
     /// A `HEAD` request: its response goes without a body, which hyper drops unread.
     pub(crate) fn is_head(&self) -> bool {
         self.method == Method::HEAD
     }
 
+    /// The request path, for log lines about this request before it finishes.
     pub(crate) fn path(&self) -> &str {
         &self.path
     }

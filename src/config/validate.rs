@@ -174,11 +174,15 @@ impl Validator<'_> {
             defaults::ADMIN_LISTEN,
         );
         if let (Some(public), Some(admin)) = (listen, admin_listen) {
-            // One port on addresses that overlap (the same, or either of them all
-            // addresses) cannot be bound twice: the start would fail.
+            // One port on addresses that overlap cannot be bound twice: the same address,
+            // or all addresses of one family and one of that family (an IPv6 `[::]`
+            // takes IPv4 too, as Linux binds it dual-stack).
+            let covers = |all: std::net::IpAddr, one: std::net::IpAddr| {
+                all.is_unspecified() && (all.is_ipv6() || one.is_ipv4())
+            };
             let overlap = public.ip() == admin.ip()
-                || public.ip().is_unspecified()
-                || admin.ip().is_unspecified();
+                || covers(public.ip(), admin.ip())
+                || covers(admin.ip(), public.ip());
             if public.port() == admin.port() && public.port() != 0 && overlap {
                 self.error_at_value(
                     "admin.listen",

@@ -99,9 +99,10 @@ impl ResponseDecoder {
     }
 
     /// The final response's head, once `buf` holds all of it (the head's bytes are
-    /// taken from `buf`, and `100 Continue` / `103 Early Hints` heads before it are
-    /// skipped); `Ok(None)` when more bytes are needed. Another `1xx` is returned as
-    /// the head, for the caller to refuse.
+    /// taken from `buf`, and interim `1xx` heads before it, `100 Continue`,
+    /// `102 Processing`, `103 Early Hints` and any other, are skipped); `Ok(None)` when
+    /// more bytes are needed. A `101` is returned as the head, for the caller to
+    /// refuse.
     pub fn decode_head(&mut self, buf: &mut BytesMut) -> Result<Option<Head>, DecodeError> {
         debug_assert_eq!(self.state, State::Head, "one head per response");
         loop {

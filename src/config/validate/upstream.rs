@@ -118,9 +118,10 @@ impl Validator<'_> {
                     Some("a query string is not allowed")
                 } else if authority.host().is_empty() {
                     Some("the host is missing")
-                } else if port_text(authority.as_str())
-                    .is_some_and(|port| !matches!(port.parse::<u16>(), Ok(1..)))
-                {
+                } else if port_text(authority.as_str()).is_some_and(|port| {
+                    // An empty port is the scheme's (RFC 3986 section 3.2.3).
+                    !port.is_empty() && !matches!(port.parse::<u16>(), Ok(1..))
+                }) {
                     // A port the client cannot read counts as none, the scheme's: a
                     // mistyped port would send the traffic to port 80 or 443.
                     Some("the port must be a number from 1 to 65535")
@@ -180,4 +181,69 @@ fn port_text(authority: &str) -> Option<&str> {
     let host_end = authority.rfind(']').map_or(0, |bracket| bracket + 1);
     let after_host = &authority[host_end..];
     after_host.rfind(':').map(|colon| &after_host[colon + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::GatewayConfig;
+
+    /// `check`'s verdict on a config whose upstream has `url` and whose listeners are
+    /// `listen` and `admin`: `Ok` or the problems.
+    fn check(url: &str, listen: &str, admin: &str) -> Result<(), String> {
+        let yaml = format!(
+            "listen: \"{listen}\"\nadmin: {{ listen: \"{admin}\" }}\nupstreams:\n  a: {{ url: \"{url}\" }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: /r }}, upstream: a }}\n"
+        );
+        GatewayConfig::parse(&yaml, "g.yaml", &|_| None)
+            .map(|_| ())
+            .map_err(|errors| errors.to_string())
+    }
+
+    const LISTEN: &str = "127.0.0.1:8080";
+    const ADMIN: &str = "127.0.0.1:8079";
+
+    #[test]
+    fn ports_must_be_numbers_a_client_reads_as_given() {
+        for url in [
+            "http://h:83626",
+            "http://h:0",
+            "http://h:8o80",
+            "http://[::1]:99999",
+        ] {
+            let problem = check(url, LISTEN, ADMIN).unwrap_err();
+            assert!(
+                problem.contains("the port must be a number"),
+                "{url}: {problem}"
+            );
+        }
+        for url in [
+            "http://h:65535",
+            "http://[::1]:8000",
+            "http://h",
+            "http://h:/x",
+        ] {
+            assert_eq!(check(url, LISTEN, ADMIN), Ok(()), "{url}");
+        }
+        assert!(check("http://:80", LISTEN, ADMIN)
+            .unwrap_err()
+            .contains("the host is missing"));
+    }
+
+    #[test]
+    fn the_admin_port_is_refused_only_where_the_listeners_would_clash() {
+        let url = "http://h:8000";
+        for (listen, admin) in [
+            ("0.0.0.0:18080", "127.0.0.1:18080"),
+            ("[::]:18080", "127.0.0.1:18080"),
+            ("127.0.0.1:18080", "127.0.0.1:18080"),
+        ] {
+            assert!(check(url, listen, admin).is_err(), "{listen} {admin}");
+        }
+        for (listen, admin) in [
+            ("0.0.0.0:18080", "[::1]:18080"),
+            ("10.0.0.1:18080", "127.0.0.1:18080"),
+            ("0.0.0.0:18080", "0.0.0.0:18079"),
+        ] {
+            assert_eq!(check(url, listen, admin), Ok(()), "{listen} {admin}");
+        }
+    }
 }
