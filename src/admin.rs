@@ -93,13 +93,15 @@ impl AdminState {
     }
 }
 
-/// An admin response body; a scrape counts once hyper has written all of it and drops
+/// An admin response body; a scrape counts once hyper has taken its bytes and drops
 /// it, so a shutdown waiting for the final scrape never ends the process before the
-/// scrape's bytes are out.
+/// scrape's bytes are out. A body never taken (an answer to `HEAD`, a client gone
+/// before it) is no scrape: Prometheus did not get the drain's last counts.
 #[derive(Debug)]
 struct ScrapeBody {
     body: Full<Bytes>,
     scraped: Option<Arc<AdminState>>,
+    taken: bool,
 }
 
 impl http_body::Body for ScrapeBody {
@@ -110,7 +112,9 @@ impl http_body::Body for ScrapeBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        self.taken |= matches!(frame, std::task::Poll::Ready(Some(_)));
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -124,7 +128,7 @@ impl http_body::Body for ScrapeBody {
 
 impl Drop for ScrapeBody {
     fn drop(&mut self) {
-        if let Some(state) = self.scraped.take() {
+        if let Some(state) = self.scraped.take().filter(|_| self.taken) {
             state.record_scrape();
         }
     }
@@ -133,7 +137,7 @@ impl Drop for ScrapeBody {
 /// Serves the admin endpoints until the runtime stops, under the same deadlines as
 /// the public listener and at most `limits.admin_max_connections` connections.
 pub(crate) fn serve(acceptor: Acceptor, state: Arc<AdminState>, limits: ConnectionLimits) {
-    let connections = Connections::new(limits, Some(limits.admin_max_connections));
+    let connections = Connections::http1_only(limits, Some(limits.admin_max_connections));
     let make = move |_peer| {
         let state = state.clone();
         service_fn(move |request: Request<Incoming>| {
@@ -158,6 +162,7 @@ pub(crate) fn serve(acceptor: Acceptor, state: Arc<AdminState>, limits: Connecti
                 let response = response.map(|body| ScrapeBody {
                     body,
                     scraped: scrape.then_some(state),
+                    taken: false,
                 });
                 Ok::<_, Infallible>(response)
             }

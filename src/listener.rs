@@ -128,7 +128,8 @@ impl Acceptor {
 #[derive(Debug)]
 struct Builders {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    /// `None`: h2c is not served (the admin listener).
+    http2: Option<http2::Builder<TokioExecutor>>,
 }
 
 /// The connections of one listener: how they are served, how many are open, and the
@@ -150,12 +151,27 @@ struct Inner {
 impl Connections {
     /// `cap`: at most this many open at once (the oldest idle one makes room).
     pub(crate) fn new(limits: ConnectionLimits, cap: Option<usize>) -> Connections {
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        Connections::with(limits, cap, Some(http2))
+    }
+
+    /// As [`Connections::new`], HTTP/1 only. Probes and scrapers speak HTTP/1.1, and an
+    /// h2 client that grants no flow-control window would hold its connection busy
+    /// (and out of the cap's eviction) for as long as it likes.
+    pub(crate) fn http1_only(limits: ConnectionLimits, cap: Option<usize>) -> Connections {
+        Connections::with(limits, cap, None)
+    }
+
+    fn with(
+        limits: ConnectionLimits,
+        cap: Option<usize>,
+        http2: Option<http2::Builder<TokioExecutor>>,
+    ) -> Connections {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new());
         Connections {
             inner: Arc::new(Inner {
                 builders: Builders { http1, http2 },
@@ -304,8 +320,12 @@ async fn serve<S, B>(
                 .await
         }
         Ok(Ok(Some(Protocol::Http2))) => {
+            let Some(http2) = &inner.builders.http2 else {
+                tracing::debug!(%peer, "h2c is not served on this listener; closing");
+                return;
+            };
             // Boxed, so that this task is sized for an HTTP/1 connection.
-            let mut connection = Box::pin(inner.builders.http2.serve_connection(io, service));
+            let mut connection = Box::pin(http2.serve_connection(io, service));
             watch
                 .drive(
                     connection.as_mut(),
@@ -467,8 +487,13 @@ pub(crate) async fn accept_until<S, B>(
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long to wait before looking again when the bytes so far are only a part of
-/// the HTTP/2 preface (a client that splits it, which is rare).
+/// the HTTP/2 preface (a client that splits it, which is rare), at first; each look
+/// that finds no more doubles it, up to [`PREFACE_RETRY_MAX`]. A peek does not take
+/// the bytes, so the socket stays readable: without the growing wait, a client that
+/// sends one byte of the preface and stops would cost a look every few milliseconds
+/// until the header deadline.
 const PREFACE_RETRY: Duration = Duration::from_millis(5);
+const PREFACE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
@@ -484,6 +509,8 @@ enum Protocol {
 /// every open stream keeps it.) `None`: the client closed without sending a byte.
 async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
     let mut buf = [0u8; H2_PREFACE.len()];
+    let mut retry = PREFACE_RETRY;
+    let mut seen = 0;
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
@@ -496,13 +523,40 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
             return Ok(Some(Protocol::Http2));
         }
         // A peek now would return the same bytes at once: give the rest time to come.
-        tokio::time::sleep(PREFACE_RETRY).await;
+        retry = next_preface_retry(retry, n > seen);
+        seen = n;
+        tokio::time::sleep(retry).await;
+    }
+}
+
+/// The wait before the next look at a split preface: the first again when the last
+/// look found more bytes, else twice the last, up to [`PREFACE_RETRY_MAX`].
+fn next_preface_retry(last: Duration, grew: bool) -> Duration {
+    if grew {
+        PREFACE_RETRY
+    } else {
+        (last * 2).min(PREFACE_RETRY_MAX)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_preface_that_stops_coming_is_looked_at_less_and_less_often() {
+        let mut wait = PREFACE_RETRY;
+        let mut looks_in_30s = 0;
+        let mut waited = Duration::ZERO;
+        while waited < Duration::from_secs(30) {
+            wait = next_preface_retry(wait, false);
+            waited += wait;
+            looks_in_30s += 1;
+        }
+        // Every 5 ms, it would be 6,000.
+        assert!(looks_in_30s < 50, "{looks_in_30s}");
+        assert_eq!(next_preface_retry(PREFACE_RETRY_MAX, true), PREFACE_RETRY);
+    }
     use tokio::io::AsyncWriteExt;
 
     /// A connected pair: the client's end and the accepted end.

@@ -157,3 +157,32 @@ async fn admin_endpoints_are_not_on_the_public_listener() {
         assert_eq!(seen, path);
     }
 }
+
+/// The admin port speaks HTTP/1 only: an h2c client (which could hold its streams open
+/// by granting no flow-control window, out of reach of the connection cap's eviction)
+/// is closed, and probes go on being answered.
+#[tokio::test]
+async fn the_admin_port_does_not_serve_h2c() {
+    let (_upstream, gateway) = setup().await;
+    let stream = tokio::net::TcpStream::connect(gateway.admin_addr)
+        .await
+        .unwrap();
+    let request = http::Request::get(format!("http://{}/healthz", gateway.admin_addr))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let h2 = async {
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    };
+    let answered = tokio::time::timeout(LIVENESS, h2)
+        .await
+        .expect("an end in time");
+    assert!(answered.is_err(), "no h2 answer: {answered:?}");
+    let response = get(gateway.admin_addr, "/healthz").await;
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -389,6 +389,17 @@ async fn a_recent_scraper_gets_its_final_scrape_before_the_exit() {
     )
     .await;
     assert!(gateway.child.try_wait().unwrap().is_none(), "still waiting");
+    // A HEAD gets no metrics: it is no scrape, and the stop goes on waiting.
+    let head = http::Request::head("/metrics")
+        .header("host", "admin")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(send(gateway.admin, head).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        gateway.child.try_wait().unwrap().is_none(),
+        "still waiting after a HEAD"
+    );
     gateway.metrics().await;
     assert_eq!(gateway.exit_code(Duration::from_secs(5)).await, Some(0));
 }
