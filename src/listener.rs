@@ -12,6 +12,7 @@
 mod activity;
 mod signal;
 mod slots;
+mod stall;
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -307,6 +308,8 @@ async fn serve<S, B>(
         inner: service,
         activity: counter,
         closable: matches!(protocol, Ok(Ok(Some(Protocol::Http1)))),
+        stall_after: matches!(protocol, Ok(Ok(Some(Protocol::Http2))))
+            .then_some(inner.limits.send_timeout),
     };
     let ended = match protocol {
         Ok(Ok(Some(Protocol::Http1))) => {

@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use tokio::sync::futures::Notified;
 
+use super::stall::Stall;
 use crate::changes::{Change, Changes};
 
 /// Requests in flight on one connection, as the connection's watch and the
@@ -172,6 +173,9 @@ pub(super) struct Tracked<S> {
     pub(super) activity: Counter,
     /// Whether requests carry their [`ClientConnection`] (HTTP/1).
     pub(super) closable: bool,
+    /// h2: a response body not polled for this long after it was woken closes the
+    /// connection ([`Stall`]).
+    pub(super) stall_after: Option<std::time::Duration>,
 }
 
 impl<S, B> Service<Request<Incoming>> for Tracked<S>
@@ -192,6 +196,7 @@ where
         TrackedFuture {
             inner: self.inner.call(request),
             busy: Some(busy),
+            stall_after: self.stall_after,
         }
     }
 }
@@ -202,6 +207,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         busy: Option<Busy>,
+        stall_after: Option<std::time::Duration>,
     }
 }
 
@@ -215,11 +221,20 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let busy = this.busy.take();
+        let stall_after = *this.stall_after;
         Poll::Ready(result.map(|response| {
+            // Watched from when hyper has the body, which it is to poll at once.
+            let stall = stall_after.zip(busy.as_ref()).map(|(limit, busy)| {
+                StallGuard(Stall::watch(
+                    ClientConnection(busy.activity_handle()),
+                    limit,
+                ))
+            });
             response.map(|inner| TrackedBody {
                 inner,
                 busy,
                 pending_in: 0,
+                stall,
             })
         }))
     }
@@ -234,6 +249,18 @@ pin_project_lite::pin_project! {
         busy: Option<Busy>,
         // The connection poll in which `inner` last said `Pending`; 0: none.
         pending_in: u64,
+        // h2 only: the wait of a woken body to be polled.
+        stall: Option<StallGuard>,
+    }
+}
+
+/// Ends a [`Stall`] watch when its body goes.
+#[derive(Debug)]
+struct StallGuard(Arc<Stall>);
+
+impl Drop for StallGuard {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -252,6 +279,15 @@ impl<B: Body> Body for TrackedBody<B> {
             .map_or(0, |busy| busy.activity().poll_count());
         if poll != 0 && *this.pending_in == poll {
             return Poll::Pending;
+        }
+        if let Some(StallGuard(stall)) = this.stall {
+            let waker = stall.polled(cx);
+            let frame = this.inner.poll_frame(&mut Context::from_waker(&waker));
+            if matches!(frame, Poll::Ready(Some(_))) {
+                // hyper asks for the next frame as soon as it has window for it.
+                stall.wait();
+            }
+            return frame;
         }
         let frame = this.inner.poll_frame(cx);
         if frame.is_pending() {
@@ -307,6 +343,7 @@ mod tests {
             inner: Asked::default(),
             busy: Some(counter.request()),
             pending_in: 0,
+            stall: None,
         })
     }
 

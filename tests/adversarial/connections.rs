@@ -578,3 +578,79 @@ async fn out_of_descriptors_the_listeners_back_off_and_the_watcher_counts_read_e
     // Once per run of failures (about 25 each here), not once per attempt.
     assert!(log.matches("accept failed").count() <= 4, "{log}");
 }
+
+/// An h2 client that grants its stream no flow-control window: hyper never polls the
+/// response body, so none of the stream's clocks run. Its connection is closed at the
+/// send timeout, the upstream let go and the stream recorded.
+#[tokio::test]
+async fn an_h2_client_that_opens_no_window_is_closed_at_the_send_timeout() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(&upstream.url(), "    stream: { heartbeat: 0s }\n");
+    let gateway = start_with_send_timeout_1s(&yaml).await;
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(gateway.url("/api/stream"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let (response, mut exchange) = tokio::join!(sender.send_request(request), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(b"data: first\n\n").await;
+        exchange
+    });
+    // The head comes; the body, never read, holds the stream's window at 0.
+    let _response = response.unwrap();
+    assert!(
+        exchange.closed_within(Duration::from_secs(20)).await,
+        "the upstream is let go soon after the send timeout"
+    );
+    let ended = tokio::time::timeout(LIVENESS, connection).await;
+    assert!(ended.is_ok(), "the client's connection is closed");
+    gateway
+        .metrics_until("the stream ended as the client's", |m| {
+            m.outcome_count("chat", "client_closed") == 1.0
+        })
+        .await;
+}
+
+/// The same send timeout leaves an h2 stream alone that is quiet because its upstream
+/// is (a model thinking), with a client that reads.
+#[tokio::test]
+async fn a_quiet_h2_stream_outlives_the_send_timeout() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(&upstream.url(), "    stream: { heartbeat: 0s }\n");
+    let gateway = start_with_send_timeout_1s(&yaml).await;
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(gateway.url("/api/stream"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (response, mut exchange) = tokio::join!(sender.send_request(request), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(b"data: first\n\n").await;
+        exchange
+    });
+    let mut body = response.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "data: first\n\n");
+    // Quiet for more than twice the send timeout, then the answer goes on.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    exchange.send_chunk(b"data: second\n\n").await;
+    exchange.end_chunks().await;
+    let rest = tokio::time::timeout(LIVENESS, body.collect())
+        .await
+        .expect("the rest in time")
+        .expect("the stream was not cut");
+    assert_eq!(rest.to_bytes(), "data: second\n\n");
+}
