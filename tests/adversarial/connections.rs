@@ -584,10 +584,7 @@ async fn out_of_descriptors_the_listeners_back_off_and_the_watcher_counts_read_e
 /// send timeout, the upstream let go and the stream recorded.
 #[tokio::test]
 async fn an_h2_client_that_opens_no_window_is_closed_at_the_send_timeout() {
-    let upstream = ScriptedUpstream::bind().await;
-    let yaml = one_route_config(&upstream.url(), "    stream: { heartbeat: 0s }\n");
-    let gateway = start_with_send_timeout_1s(&yaml).await;
-    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (upstream, gateway, stream) = stream_route_with_send_timeout_1s().await;
     let (mut sender, connection) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .initial_stream_window_size(0)
@@ -623,10 +620,7 @@ async fn an_h2_client_that_opens_no_window_is_closed_at_the_send_timeout() {
 /// is (a model thinking), with a client that reads.
 #[tokio::test]
 async fn a_quiet_h2_stream_outlives_the_send_timeout() {
-    let upstream = ScriptedUpstream::bind().await;
-    let yaml = one_route_config(&upstream.url(), "    stream: { heartbeat: 0s }\n");
-    let gateway = start_with_send_timeout_1s(&yaml).await;
-    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (upstream, gateway, stream) = stream_route_with_send_timeout_1s().await;
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -653,4 +647,14 @@ async fn a_quiet_h2_stream_outlives_the_send_timeout() {
         .expect("the rest in time")
         .expect("the stream was not cut");
     assert_eq!(rest.to_bytes(), "data: second\n\n");
+}
+
+/// An upstream, a gateway with one stream route (no heartbeats) and a send timeout of
+/// one second, and a connection to it.
+async fn stream_route_with_send_timeout_1s() -> (ScriptedUpstream, TestGateway, TcpStream) {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(&upstream.url(), "    stream: { heartbeat: 0s }\n");
+    let gateway = start_with_send_timeout_1s(&yaml).await;
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    (upstream, gateway, stream)
 }
