@@ -128,7 +128,7 @@ impl TrafficFamilies {
         TrafficFamilies {
             admission_streams: gauge(
                 "admission_streams",
-                "Requests in flight on a route with limits (each holds a stream slot until its response body ends).",
+                "Requests in flight on the route, with or without limits (each holds a slot until its response body ends).",
                 &["route"],
             ),
             admission_max_streams: gauge(
