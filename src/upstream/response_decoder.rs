@@ -229,6 +229,10 @@ impl ResponseDecoder {
                     };
                     return Ok(Some(Decoded::Data(buf.split_to(take).freeze())));
                 }
+                // A token stream's read ends where its chunk does: the next size line
+                // is still to come, and asking the parser about no bytes costs as much
+                // as a parse.
+                State::ChunkSize if buf.is_empty() => return Ok(None),
                 State::ChunkSize => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((len, 0))) => {
                         buf.advance(len);
@@ -298,7 +302,10 @@ impl ResponseDecoder {
     fn join_chunks(&mut self, buf: &mut [u8], mut len: usize) -> (usize, usize) {
         let mut read = len;
         while self.state == State::ChunkDataEnd {
-            let Some(after_crlf) = buf[read..].strip_prefix(b"\r\n") else {
+            let Some(after_crlf) = buf[read..]
+                .strip_prefix(b"\r\n")
+                .filter(|rest| !rest.is_empty())
+            else {
                 break;
             };
             let Ok(httparse::Status::Complete((line, size))) =
