@@ -25,6 +25,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method, Uri};
 
 use crate::rewrite::Pipeline;
+pub use crate::trusted_proxies::TrustedProxies;
 
 pub(crate) use crate::router::PathMatch;
 
@@ -111,6 +112,8 @@ pub struct GatewayConfig {
     pub from_environment: BTreeSet<String>,
     /// `telemetry.otlp`: traces, off when absent.
     pub otlp: Option<OtlpConfig>,
+    /// Peers whose `X-Forwarded-Proto` and `X-Forwarded-Host` go upstream as sent.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// `telemetry.otlp`, resolved: the file's keys, else the standard `OTEL_*` variables,
@@ -487,6 +490,7 @@ impl GatewayConfig {
             state: StateConfig::default(),
             from_environment: BTreeSet::new(),
             otlp: None,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 

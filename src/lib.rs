@@ -55,4 +55,5 @@ pub mod sse;
 pub(crate) mod supervise;
 pub(crate) mod telemetry;
 pub mod terminator;
+pub mod trusted_proxies;
 pub mod upstream;

@@ -175,6 +175,7 @@ impl Proxy {
             let head = request.method() == http::Method::HEAD;
             let origin = Origin {
                 peer,
+                trusted_peer: self.config.trusted_proxies.contains(peer.ip()),
                 matched_len,
                 plan: &route.request,
                 upstream: &route.upstream,

@@ -147,7 +147,7 @@ const BROKEN: &[(&str, &[&str])] = &[
         "unknown_top_level.yaml",
         &[
             "unknown_top_level.yaml:1:1: missing `routes`: define at least one route",
-            "unknown_top_level.yaml:3:1: route: unknown key `route` (expected one of: listen, admin, drain_timeout, shutdown, log, upstreams, routes, telemetry, state)",
+            "unknown_top_level.yaml:3:1: route: unknown key `route` (expected one of: listen, admin, drain_timeout, shutdown, log, upstreams, routes, telemetry, state, trusted_proxies)",
         ],
     ),
     (
@@ -224,6 +224,13 @@ const BROKEN: &[(&str, &[&str])] = &[
             "bad_cors.yaml:14:11: routes[0].response.headers.set.connection: header connection is managed by the gateway per connection",
             "bad_cors.yaml:15:11: routes[0].response.headers.set.content-length: header content-length frames the response body",
             "bad_cors.yaml:17:18: routes[0].response.headers.remove[0]: header transfer-encoding is managed by the gateway per connection",
+        ],
+    ),
+    (
+        "bad_trusted_proxies.yaml",
+        &[
+            "bad_trusted_proxies.yaml:3:5: trusted_proxies[1]: \"10.1.2.3/8\" has host bits set below its /8; write the range's first address, 10.0.0.0/8",
+            "bad_trusted_proxies.yaml:4:5: trusted_proxies[2]: invalid address range \"ingress.internal\": expected an IP address or CIDR such as 10.0.0.0/8, 192.168.1.7 or fd00::/8",
         ],
     ),
     (

@@ -527,6 +527,78 @@ async fn every_x_forwarded_for_line_reaches_the_upstream_in_one_list() {
     assert_eq!(lines, ["198.51.100.1, 203.0.113.7, 127.0.0.1"]);
 }
 
+/// What the upstream is told of the client's scheme and host when a client at
+/// 127.0.0.1, listed in `trusted_proxies` or not, sends `forwarded` beside `Host: gw`.
+async fn forwarded_upstream_sees(
+    trusted_proxies: &str,
+    forwarded: &[(&str, &str)],
+) -> (Vec<String>, Vec<String>) {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = format!(
+        "trusted_proxies: {trusted_proxies}\n{}",
+        one_route_config(&upstream.url(), "")
+    );
+    let gateway = start_gateway(&yaml).await;
+    let mut request = Request::get("/api/stream").header("host", "gw");
+    for (name, value) in forwarded {
+        request = request.header(*name, *value);
+    }
+    let (response, seen) = answered(
+        &gateway,
+        &upstream,
+        request.body(Full::new(Bytes::new())).unwrap(),
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let lines = |name| -> Vec<String> {
+        header_lines(&seen, name)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    (lines("x-forwarded-proto"), lines("x-forwarded-host"))
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_scheme_and_host_reach_the_upstream_as_it_sent_them() {
+    // An ingress that ended TLS for https://chat.example.com.
+    let ingress = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "chat.example.com"),
+    ];
+    let (proto, host) = forwarded_upstream_sees("[127.0.0.0/8]", &ingress).await;
+    assert_eq!(proto, ["https"]);
+    assert_eq!(host, ["chat.example.com"]);
+
+    // A chain of proxies lists the client's scheme first; both lines go up as one.
+    let chain = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-proto", "http"),
+    ];
+    let (proto, host) = forwarded_upstream_sees("[127.0.0.1]", &chain).await;
+    assert_eq!(proto, ["https, http"]);
+    assert_eq!(host, ["gw"], "no X-Forwarded-Host sent: the client's Host");
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_anyone_else_are_replaced_by_the_connections() {
+    let spoofed = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "bank.example"),
+    ];
+    // Trusted ranges that do not hold the client, and no trusted ranges at all.
+    for trusted in ["[10.0.0.0/8, \"::1\"]", "[]"] {
+        let (proto, host) = forwarded_upstream_sees(trusted, &spoofed).await;
+        assert_eq!(proto, ["http"], "trusted_proxies: {trusted}");
+        assert_eq!(host, ["gw"], "trusted_proxies: {trusted}");
+    }
+    // A trusted proxy's scheme that is no scheme is not passed on either.
+    let odd = [("x-forwarded-proto", "https, javascript")];
+    let (proto, _) = forwarded_upstream_sees("[127.0.0.1]", &odd).await;
+    assert_eq!(proto, ["http"]);
+}
+
 #[tokio::test]
 async fn an_h2_clients_cookie_fields_reach_an_http1_upstream_as_one_line() {
     let upstream = ScriptedUpstream::bind().await;

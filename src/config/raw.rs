@@ -26,6 +26,7 @@ pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
     "telemetry",
     "state",
+    "trusted_proxies",
 ];
 
 #[derive(Debug, Deserialize)]

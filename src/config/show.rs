@@ -129,6 +129,7 @@ impl GatewayConfig {
             "routes": routes,
             // The URL may carry a password: shown only as whether it is set.
             "state": { "redis": self.state.redis_url.as_ref().map(|_| json!({ "url": REDACTED })) },
+            "trusted_proxies": self.trusted_proxies.ranges().iter().map(ToString::to_string).collect::<Vec<_>>(),
         });
         if let Some(otlp) = &self.otlp {
             // Export headers carry API keys: never shown.

@@ -28,6 +28,7 @@ use super::env::{substitute, EnvError};
 use super::locate::{join, Locations};
 use super::raw::{self, TOP_LEVEL_KEYS};
 use super::{defaults, ConfigError, ConfigErrors, GatewayConfig};
+use crate::trusted_proxies::{parse_range, TrustedProxies};
 
 /// Names become metric label values and log fields: keep them short and plain.
 const MAX_NAME_LEN: usize = 64;
@@ -214,6 +215,7 @@ impl Validator<'_> {
         let upstreams = self.upstreams(upstreams_value);
         let routes = self.routes(sections.remove("routes"), &upstreams, &declared);
         let otlp = self.telemetry(sections.remove("telemetry"));
+        let trusted_proxies = self.trusted_proxies(sections.remove("trusted_proxies"));
 
         Some(GatewayConfig {
             source: source.to_owned(),
@@ -227,6 +229,7 @@ impl Validator<'_> {
             state: state?,
             from_environment: std::mem::take(&mut self.from_environment),
             otlp,
+            trusted_proxies: trusted_proxies?,
         })
     }
 
@@ -336,6 +339,24 @@ impl Validator<'_> {
             );
             None
         }
+    }
+
+    /// `trusted_proxies`: every entry checked, each bad one reported at its place.
+    fn trusted_proxies(&mut self, value: Option<Value>) -> Option<TrustedProxies> {
+        let entries: Vec<String> = match value {
+            None => return Some(TrustedProxies::default()),
+            Some(value) => self.section(Some(value), "trusted_proxies")?,
+        };
+        let mut ranges = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            match parse_range(entry) {
+                Ok(range) => ranges.push(range),
+                Err(error) => {
+                    self.error_at_value(&format!("trusted_proxies[{i}]"), error.to_string());
+                }
+            }
+        }
+        (ranges.len() == entries.len()).then(|| TrustedProxies::new(ranges))
     }
 
     fn name(&mut self, path: &str, kind: &str, name: &str) -> bool {

@@ -42,6 +42,8 @@ pub(crate) fn host_problem<B>(request: &Request<B>) -> Option<&'static str> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Origin<'a> {
     pub peer: SocketAddr,
+    /// The peer is in `trusted_proxies`: its `X-Forwarded-Proto` and `-Host` stand.
+    pub trusted_peer: bool,
     /// Length of the path prefix the route matched (replaced by `path_prefix`).
     pub matched_len: usize,
     pub plan: &'a RequestPlan,
@@ -151,8 +153,14 @@ pub(crate) fn translate(
         headers.remove(name);
     }
     append_forwarded_for(headers, origin.peer);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(host) = client_host {
+    let proto = origin
+        .trusted_peer
+        .then(|| forwarded_proto(headers))
+        .flatten()
+        .unwrap_or(HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    let host_forwarded = origin.trusted_peer && headers.contains_key(&X_FORWARDED_HOST);
+    if let Some(host) = client_host.filter(|_| !host_forwarded) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     // Stream bytes are parsed and rewritten on the way back: ask for them unencoded.
@@ -204,6 +212,26 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     value.push_str(&peer.ip().to_string());
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// A trusted proxy's `X-Forwarded-Proto`, as one value, when every scheme in it is
+/// `http` or `https` (a chain of proxies may list several, the client's first);
+/// anything else is replaced by the connection's scheme.
+fn forwarded_proto(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut schemes = Vec::new();
+    for line in headers.get_all(&X_FORWARDED_PROTO) {
+        for scheme in line.to_str().ok()?.split(',').map(str::trim) {
+            if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+                return None;
+            }
+            schemes.push(scheme);
+        }
+    }
+    match schemes.as_slice() {
+        [] => None,
+        [one] => HeaderValue::from_str(one).ok(),
+        several => HeaderValue::from_str(&several.join(", ")).ok(),
     }
 }
 
