@@ -592,17 +592,8 @@ async fn an_h2_client_that_opens_no_window_is_closed_at_the_send_timeout() {
             .await
             .unwrap();
     let connection = tokio::spawn(connection);
-    let request = http::Request::get(gateway.url("/api/stream"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let (response, mut exchange) = tokio::join!(sender.send_request(request), async {
-        let mut exchange = upstream.accept().await;
-        exchange.start_sse("").await;
-        exchange.send_chunk(b"data: first\n\n").await;
-        exchange
-    });
-    // The head comes; the body, never read, holds the stream's window at 0.
-    let _response = response.unwrap();
+    let (_response, mut exchange) = first_event_over_h2(&mut sender, &gateway, &upstream).await;
+    // The head came; the body, never read, holds the stream's window at 0.
     assert!(
         exchange.closed_within(Duration::from_secs(20)).await,
         "the upstream is let go soon after the send timeout"
@@ -626,16 +617,8 @@ async fn a_quiet_h2_stream_outlives_the_send_timeout() {
             .await
             .unwrap();
     tokio::spawn(connection);
-    let request = http::Request::get(gateway.url("/api/stream"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let (response, mut exchange) = tokio::join!(sender.send_request(request), async {
-        let mut exchange = upstream.accept().await;
-        exchange.start_sse("").await;
-        exchange.send_chunk(b"data: first\n\n").await;
-        exchange
-    });
-    let mut body = response.unwrap().into_body();
+    let (response, mut exchange) = first_event_over_h2(&mut sender, &gateway, &upstream).await;
+    let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "data: first\n\n");
     // Quiet for more than twice the send timeout, then the answer goes on.
@@ -647,6 +630,25 @@ async fn a_quiet_h2_stream_outlives_the_send_timeout() {
         .expect("the rest in time")
         .expect("the stream was not cut");
     assert_eq!(rest.to_bytes(), "data: second\n\n");
+}
+
+/// Asks for the stream over `sender` while the upstream starts it and sends one event:
+/// the response (its head) and the upstream's side of the exchange.
+async fn first_event_over_h2(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    gateway: &TestGateway,
+    upstream: &ScriptedUpstream,
+) -> (http::Response<hyper::body::Incoming>, Exchange) {
+    let request = http::Request::get(gateway.url("/api/stream"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (response, exchange) = tokio::join!(sender.send_request(request), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(b"data: first\n\n").await;
+        exchange
+    });
+    (response.unwrap(), exchange)
 }
 
 /// An upstream, a gateway with one stream route (no heartbeats) and a send timeout of
