@@ -737,3 +737,51 @@ async fn a_stop_of_a_finished_stream_frees_its_buffer() {
     let mut again = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
     assert_eq!(again.status().await, 404, "nothing left");
 }
+
+/// A resumed client leaves with the route already keeping its `max_detached` streams
+/// without a client: its stream is cut. A resume that comes in the same moment, before
+/// the stream's driver has taken it out of the table, is refused as one just after
+/// (unknown, `on_unknown`), not answered with a clean end as if the answer were whole.
+#[tokio::test]
+async fn a_resume_as_its_stream_is_cut_over_max_detached_is_refused_not_ended_cleanly() {
+    let (upstream, gateway) = setup("{ window: 30s, max_detached: 1, on_unknown: reject }").await;
+    // Stream A: cut after event 1, then read again by a resumed client.
+    let (mut cut, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=a").await;
+    detached(&gateway, 1.0).await;
+    let resume = [BEARER, ("last-event-id", id.as_str())];
+    let mut resumed = Client::open(gateway.addr, "/api/stream", &resume).await;
+    assert_eq!(resumed.status().await, 200);
+    detached(&gateway, 0.0).await;
+    // Stream B: cut too; the route now keeps its one stream without a client.
+    let (_b, _) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=b").await;
+    detached(&gateway, 1.0).await;
+
+    // The next resume of A comes on a connection already open, in the same moment as
+    // the resumed client leaves: the gateway reads both in one turn.
+    let mut again = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let request = format!(
+        "GET /api/stream HTTP/1.0\r\nhost: gateway\r\nauthorization: Bearer user-1\r\nlast-event-id: {id}\r\n\r\n"
+    );
+    drop(resumed);
+    tokio::io::AsyncWriteExt::write_all(&mut again, request.as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(LIVENESS, again.read_to_end(&mut response))
+        .await
+        .expect("the resume is answered within 5 s")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.0 204"),
+        "the cut stream is unknown, as after its removal: {response}"
+    );
+    assert!(
+        cut.closed_within(LIVENESS).await,
+        "A's upstream is dropped within 5 s"
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(resumes(&metrics, "unknown"), 1.0);
+    assert_eq!(resumes(&metrics, "replayed"), 1.0, "the first resume only");
+}

@@ -201,6 +201,12 @@ impl Table {
             self.remove(&slot, now, true);
             return Lookup::Expired;
         }
+        if slot.is_stopped() {
+            // Stopped, or cut over `max_detached`: its driver takes it out of the table
+            // at its next step. Refused as just after that, not read to a clean end as
+            // if the answer were whole.
+            return Lookup::Unknown;
+        }
         if id.seq >= state.log.next_seq() {
             // Not an id this stream gave out: nothing to resume from.
             return Lookup::Unknown;
@@ -220,10 +226,11 @@ impl Table {
             return Release::Kept;
         }
         if self.detached() >= max_detached {
-            // Never counted: ended now, and its driver drops the upstream.
+            // Never counted: ended now, and its driver drops the upstream. Cancelled
+            // under the lock, so a lookup never finds it ended but not yet cut.
             state.lifetime.finish(now);
-            drop(state);
             slot.cancel();
+            drop(state);
             return Release::OverCap;
         }
         self.count_detached(1);
