@@ -4,7 +4,8 @@
 //! harms the stream, only the resume, and is counted. A stream's keys outlive an
 //! upstream silence longer than their expiry and come back after a Redis restart; a
 //! follower whose stream vanishes from Redis, or is dropped by its owner, is told so,
-//! and a late resume of a dropped stream is refused as its owner would refuse it.
+//! and a late resume of a dropped stream is refused as its owner would refuse it; a
+//! follower whose client left no longer keeps the stream going at its owner.
 //!
 //! Skipped with a message when `redis-server` is not installed; CI installs it.
 
@@ -270,6 +271,35 @@ async fn the_owner_keeps_a_stream_followed_on_another_replica_past_its_window() 
         0.0,
         "the owner never dropped the upstream"
     );
+}
+
+/// A client following the stream on another replica leaves while the upstream is
+/// quiet: its follower stops at once, so its reader mark (6 s) runs out and the owner
+/// drops the upstream at its next window's end, not after the follower's next
+/// keep-alive (about 16 s) and a mark renewed until then.
+#[tokio::test]
+async fn a_follower_whose_client_left_stops_holding_the_stream_at_once() {
+    let Some((redis, upstream, owner, other)) = two_replicas("1s").await else {
+        return;
+    };
+    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
+    assert_eq!(resumed.status().await, 200);
+    exchange.send_chunk(&event(2)).await;
+    assert_eq!(data(&resumed.take(1).await), tokens(2..=2));
+
+    drop(resumed);
+    // The mark's 6 s, one window, then 5 s to see it.
+    assert!(
+        exchange.closed_within(Duration::from_secs(12)).await,
+        "the owner drops the upstream once nobody follows the stream"
+    );
+    owner
+        .metrics_until("the owner dropped the stream", |m| {
+            m.outcome_count(ROUTE, "client_closed") == 1.0
+        })
+        .await;
 }
 
 #[tokio::test]

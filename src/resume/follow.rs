@@ -68,13 +68,21 @@ impl RemoteBody {
         let (sender, frames) = mpsc::channel(4);
         let body_plan = plan.clone();
         tokio::spawn(async move {
+            // The client leaving ends the follower at once. Otherwise a follower of a
+            // quiet stream learns it only when its next keep-alive fails to send
+            // (about 16 s), and renews its reader mark until then, which keeps the
+            // owner reading the upstream for nobody.
+            let client = sender.clone();
             let follower = Follower {
                 redis_key,
                 cursor: last_seen,
                 plan,
                 sender,
             };
-            follower.run(&store).await;
+            tokio::select! {
+                () = follower.run(&store) => {}
+                () = client.closed() => {}
+            }
         });
         RemoteBody {
             frames,
