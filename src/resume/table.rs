@@ -251,15 +251,15 @@ impl Table {
         let window = slot.state().lifetime.window();
         // Ends it for any reader still attached (woken to see it: a resumed client
         // waiting for more would otherwise wait for ever), and uncounts it once.
+        // `finish` says "detached" once per detach, under the stream's lock: the one
+        // removal told so uncounts it, whichever of two racing removals (an expiry
+        // and a resume, say) takes it out of the map.
         let was_detached = slot.finish(now);
-        let mut inner = self.inner();
-        let removed = inner
-            .slots
-            .remove(&slot.key)
-            .is_some_and(|kept| std::ptr::eq(Arc::as_ptr(&kept), slot));
-        if removed && was_detached {
+        if was_detached {
             self.count_detached(-1);
         }
+        let mut inner = self.inner();
+        inner.slots.remove(&slot.key);
         if expired {
             inner.remember_expired(slot.key, now + window);
         }
