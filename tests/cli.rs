@@ -365,6 +365,31 @@ fn completions_and_man_page_are_generated_from_the_command_line() {
     }
 }
 
+/// `man` writes one page, the only one installed: each command's synopsis and options
+/// are on it, and it points at no `sse-gateway-check(1)` page that nothing writes.
+#[test]
+fn man_page_documents_every_command_and_its_options() {
+    let man = gateway_bin().arg("man").output().unwrap();
+    assert_eq!(man.status.code(), Some(0));
+    let man = String::from_utf8(man.stdout).unwrap();
+    for needle in [
+        "sse\\-gateway check",
+        "\\-\\-env\\-optional",
+        "sse\\-gateway rewrite",
+        "\\-\\-route",
+        "CAPTURE",
+        "sse\\-gateway completions",
+        "SHELL",
+    ] {
+        assert!(man.contains(needle), "the man page lacks {needle}:\n{man}");
+    }
+    assert!(
+        !man.contains("(1)"),
+        "the man page points at other pages:\n{man}"
+    );
+    assert_eq!(man.matches(".TH ").count(), 1, "{man}");
+}
+
 /// `run` on a copy of the shipped config (on a free port): the demo stream arrives
 /// with the question answered, one log line is written for it, and SIGTERM ends the
 /// process with exit code 0.
