@@ -1,6 +1,7 @@
 //! The `rewrite` command's driver: a route's stream engine over a captured stream,
 //! with the same framing, rules, terminator and closing frames as a live stream (no
-//! clocks: a capture has no time), and a report of what each rule did.
+//! clocks: a capture has no time), the usage chunk kept back and the resume ids a new
+//! stream gets, and a report of what each rule did.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -8,8 +9,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::StreamConfig;
+use crate::config::{StreamConfig, StreamUsage};
 use crate::engine::{Engine, Outcome};
+use crate::resume::id::StreamKey;
+use crate::resume::stamp::Stamper;
 
 /// What a rewrite did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +30,8 @@ pub(super) struct Report {
 }
 
 /// Runs `config`'s pipeline over `capture`, as if the upstream sent it in one read and
-/// then ended cleanly, writing the stream a client would receive to `out`.
+/// then ended cleanly, writing the stream a client would receive to `out`: a client
+/// that did not ask for usage itself, on a new stream.
 pub(super) fn rewrite(
     route: &str,
     config: &StreamConfig,
@@ -39,6 +43,21 @@ pub(super) fn rewrite(
         config.max_event_size,
         Arc::from(route),
     );
+    // `usage: request`: the gateway asked the upstream for the usage chunk on the
+    // client's behalf, so the client does not get it.
+    if config.usage == StreamUsage::Request {
+        engine.remove_usage_chunk();
+    }
+    // `resume`: every event ends in its id under a key of its own, as a new stream's;
+    // without a key, as live, the stream goes without ids.
+    let mut stamper = config
+        .resume
+        .as_ref()
+        .and_then(|_| StreamKey::generate().ok())
+        .map(|key| Stamper::new(&key));
+    if stamper.is_some() {
+        engine.track_event_ends();
+    }
     let mut report = Report {
         route: route.to_owned(),
         events_in: 0,
@@ -54,7 +73,10 @@ pub(super) fn rewrite(
     engine.push(capture);
     let mut ended = false;
     loop {
-        while let Some(frame) = engine.next_frame() {
+        while let Some(mut frame) = engine.next_frame() {
+            if let Some(stamper) = &mut stamper {
+                frame = stamper.stamp(&frame, engine.event_ends()).0;
+            }
             report.bytes_out += frame.len() as u64;
             // What leaves is LF-only and each event ends at its one blank line.
             report.events_out += memchr::memmem::find_iter(&frame, b"\n\n").count() as u64;
