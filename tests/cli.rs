@@ -237,6 +237,19 @@ const BROKEN: &[(&str, &[&str])] = &[
         "empty.yaml",
         &["empty.yaml: the file is empty; it needs at least `upstreams` and `routes`"],
     ),
+    (
+        // Two problems in each section: serde stops at the first, the second is found
+        // once the first key is taken out.
+        "two_in_a_section.yaml",
+        &[
+            "two_in_a_section.yaml:4:5: upstreams.assistant.conect_timeout: unknown field `conect_timeout`",
+            "two_in_a_section.yaml:5:21: upstreams.assistant.header_timeout: invalid duration \"1.5s\"",
+            "two_in_a_section.yaml:8:14: routes[0].match.path_prefx: unknown field `path_prefx`",
+            "two_in_a_section.yaml:9:5: routes[0].upstreem: unknown field `upstreem`",
+            "two_in_a_section.yaml:11:17: routes[0].stream.protocol: unknown variant `openai`",
+            "two_in_a_section.yaml:12:7: routes[0].stream.max_event_sise: unknown field `max_event_sise`",
+        ],
+    ),
 ];
 
 #[test]

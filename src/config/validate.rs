@@ -3,15 +3,18 @@
 //! The document is parsed once into a YAML value, `${VAR}` is substituted in its string
 //! scalars, and then each section (each upstream, each route) is deserialized on its
 //! own (and within a route, each of its `request`, `stream`, `cors` and `response`
-//! sections), so one bad part does not hide the errors of the next. Cross-field checks
-//! (unknown upstream, duplicate names, overlapping matches) read what they need straight
-//! from the YAML, so they run even on routes with shape problems.
+//! sections), so one bad part does not hide the errors of the next; within a section,
+//! the key serde stopped at is taken out and the section read again, so one bad key
+//! does not hide the next either. Cross-field checks (unknown upstream, duplicate
+//! names, overlapping matches) read what they need straight from the YAML, so they run
+//! even on routes with shape problems.
 //! Every error carries the key path, and the position that path has in the file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
 use serde_yaml::Value;
 
 mod cors;
@@ -288,35 +291,68 @@ impl Validator<'_> {
     }
 
     /// Deserializes one section; on failure records the error at its exact path.
+    ///
+    /// serde stops at a section's first error, so the key it names is taken out and
+    /// the section read again, until it reads or an error names no key (a list item,
+    /// the section itself): each of a section's misspelt keys and bad values is
+    /// reported, not only the first. A mapping that had a key taken out is not said to
+    /// miss one: the key taken out (a misspelling of it, say) is that problem.
     fn section<T: DeserializeOwned>(&mut self, value: Option<Value>, path: &str) -> Option<T> {
-        let value = value?;
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(typed) => Some(typed),
-            Err(error) => {
-                let inner = error.path().to_string();
-                let full = match inner.as_str() {
-                    "." => path.to_owned(),
-                    inner if inner.starts_with('[') => format!("{path}{inner}"),
-                    inner => join(path, inner),
-                };
-                let message = error.into_inner().to_string();
-                // serde names the offending key only inside its message; point at it.
-                if let Some(field) = message
-                    .strip_prefix("unknown field `")
+        let mut value = value?;
+        // The mappings that had a key taken out.
+        let mut taken_from: Vec<Vec<Segment>> = Vec::new();
+        loop {
+            let error = match serde_path_to_error::deserialize::<_, T>(&value) {
+                Ok(typed) if taken_from.is_empty() => return Some(typed),
+                Ok(_) => return None,
+                Err(error) => error,
+            };
+            let segments: Vec<Segment> = error.path().iter().cloned().collect();
+            let inner = error.path().to_string();
+            let full = match inner.as_str() {
+                "." => path.to_owned(),
+                inner if inner.starts_with('[') => format!("{path}{inner}"),
+                inner => join(path, inner),
+            };
+            let message = error.into_inner().to_string();
+            let named = |prefix: &str| {
+                message
+                    .strip_prefix(prefix)
                     .and_then(|rest| rest.split('`').next())
-                {
-                    // The path may or may not already end in the unknown key.
-                    let key_path = if full.ends_with(&format!(".{field}")) || full == field {
-                        full
-                    } else {
-                        join(&full, field)
-                    };
-                    self.error_at_key(&key_path, message.clone());
-                } else {
-                    self.error_at_value(&full, message);
-                }
-                None
+                    .map(str::to_owned)
+            };
+            if named("missing field `").is_some()
+                && taken_from.iter().any(|from| same_path(from, &segments))
+            {
+                return None;
             }
+            // serde names the offending key only inside its message; point at it.
+            let offending = if let Some(field) = named("unknown field `") {
+                // The path may or may not already end in the unknown key.
+                let mut parent = segments;
+                if matches!(parent.last(), Some(Segment::Map { key }) if *key == field) {
+                    parent.pop();
+                }
+                let key_path = if full.ends_with(&format!(".{field}")) || full == field {
+                    full
+                } else {
+                    join(&full, &field)
+                };
+                self.error_at_key(&key_path, message);
+                Some((parent, field))
+            } else {
+                self.error_at_value(&full, message);
+                let mut parent = segments;
+                match parent.pop() {
+                    Some(Segment::Map { key }) => Some((parent, key)),
+                    _ => None,
+                }
+            };
+            let (parent, key) = offending?;
+            if !take_out(&mut value, &parent, &key) {
+                return None;
+            }
+            taken_from.push(parent);
         }
     }
 
@@ -378,4 +414,33 @@ fn is_plain_name(name: &str, extra: &[u8]) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+}
+
+/// Removes `key` from the mapping at `parent` below `value`; false when there is none.
+fn take_out(value: &mut Value, parent: &[Segment], key: &str) -> bool {
+    let mut at = value;
+    for segment in parent {
+        let next = match (segment, at) {
+            (Segment::Map { key }, Value::Mapping(mapping)) => mapping.get_mut(key.as_str()),
+            (Segment::Seq { index }, Value::Sequence(items)) => items.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else {
+            return false;
+        };
+        at = next;
+    }
+    match at {
+        Value::Mapping(mapping) => mapping.remove(key).is_some(),
+        _ => false,
+    }
+}
+
+fn same_path(a: &[Segment], b: &[Segment]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|pair| match pair {
+            (Segment::Map { key: a }, Segment::Map { key: b }) => a == b,
+            (Segment::Seq { index: a }, Segment::Seq { index: b }) => a == b,
+            _ => false,
+        })
 }
