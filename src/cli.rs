@@ -33,12 +33,14 @@ use crate::shutdown::{DrainPlan, StopNow};
     after_help = "Exit codes: 0 ok, 1 invalid config, 2 bad command line, 3 runtime failure."
 )]
 pub(crate) struct Cli {
-    /// The config file; without the flag, $`SSE_GATEWAY_CONFIG` when set.
+    // An attribute, not a doc comment: clap prints a doc comment's backticks as they
+    // are, and the man page does not show the `env` line.
     #[arg(
         long,
         short,
         global = true,
         value_name = "FILE",
+        help = "The config file; without the flag, the file the environment variable SSE_GATEWAY_CONFIG names, when it is set",
         env = "SSE_GATEWAY_CONFIG",
         default_value = "gateway.yaml"
     )]
