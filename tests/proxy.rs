@@ -694,3 +694,24 @@ async fn h2c_client(gateway: &TestGateway) -> hyper::client::conn::http2::SendRe
     tokio::spawn(connection);
     sender
 }
+
+/// An HTTP/1.0 request may come without `Host`: a client that is not a trusted proxy
+/// must not get its own `X-Forwarded-Host` through then either.
+#[tokio::test]
+async fn an_untrusted_clients_forwarded_host_is_dropped_when_it_sends_no_host() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET /api/stream HTTP/1.0\r\nx-forwarded-host: bank.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut exchange = upstream.accept().await;
+    exchange
+        .write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await;
+    assert_eq!(
+        header_lines(&exchange.request, "x-forwarded-host"),
+        Vec::<&str>::new()
+    );
+}

@@ -159,9 +159,14 @@ pub(crate) fn translate(
         .flatten()
         .unwrap_or(HeaderValue::from_static("http"));
     headers.insert(X_FORWARDED_PROTO.clone(), proto);
+    // Anyone else's goes, even when there is no host to put in its place (an HTTP/1.0
+    // request without `Host`).
     let host_forwarded = origin.trusted_peer && headers.contains_key(&X_FORWARDED_HOST);
-    if let Some(host) = client_host.filter(|_| !host_forwarded) {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    if !host_forwarded {
+        headers.remove(&X_FORWARDED_HOST);
+        if let Some(host) = client_host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
     }
     // Stream bytes are parsed and rewritten on the way back: ask for them unencoded.
     headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
