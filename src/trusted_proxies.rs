@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 /// The address ranges whose forwarding headers are believed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,7 +60,7 @@ impl TrustedProxies {
 pub fn parse_range(text: &str) -> Result<IpNet, RangeError> {
     let text = text.trim();
     if let Ok(address) = text.parse::<IpAddr>() {
-        return Ok(IpNet::from(address));
+        return Ok(ipv4_if_mapped(IpNet::from(address)));
     }
     let range: IpNet = text
         .parse()
@@ -72,7 +72,20 @@ pub fn parse_range(text: &str) -> Result<IpNet, RangeError> {
             network: range.trunc(),
         });
     }
-    Ok(range)
+    Ok(ipv4_if_mapped(range))
+}
+
+/// A range of IPv4-mapped addresses (`::ffff:10.0.0.1`, as a dual-stack listener and
+/// `X-Forwarded-For` show an IPv4 peer, or `::ffff:10.0.0.0/104`) as the IPv4 range
+/// it means: [`TrustedProxies::contains`] matches such a peer as IPv4.
+fn ipv4_if_mapped(range: IpNet) -> IpNet {
+    match range {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(range, IpNet::V4),
+            None => range,
+        },
+        _ => range,
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +112,20 @@ mod tests {
         let proxies = trusted(&["127.0.0.0/8"]);
         assert!(proxies.contains("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!proxies.contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_match_the_ipv4_peers_they_name() {
+        let proxies = trusted(&["::ffff:127.0.0.1", "::ffff:10.0.0.0/104"]);
+        assert!(proxies.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(proxies.contains("127.0.0.1".parse().unwrap()));
+        assert!(proxies.contains("::ffff:10.9.8.7".parse().unwrap()));
+        assert!(!proxies.contains("127.0.0.2".parse().unwrap()));
+        assert!(!proxies.contains("::1".parse().unwrap()));
+        assert_eq!(
+            parse_range("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
     }
 
     #[test]

@@ -715,3 +715,40 @@ async fn an_untrusted_clients_forwarded_host_is_dropped_when_it_sends_no_host() 
         Vec::<&str>::new()
     );
 }
+
+/// On a dual-stack `[::]` listener an IPv4 peer is `::ffff:a.b.c.d`, as
+/// `X-Forwarded-For` shows it: that address, listed as such, is trusted.
+#[tokio::test]
+async fn an_ipv4_mapped_entry_trusts_the_ipv4_peer_of_a_dual_stack_listener() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = format!(
+        "trusted_proxies: [\"::ffff:127.0.0.1\"]\n{}",
+        one_route_config(&upstream.url(), "")
+    );
+    let mut config =
+        sse_gateway::config::GatewayConfig::parse(&yaml, "test.yaml", &|_| None).unwrap();
+    config.listen = "[::]:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let running = sse_gateway::gateway::start_with(
+        config,
+        sse_gateway::listener::ConnectionLimits::default(),
+    )
+    .await
+    .expect("gateway starts");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], running.local_addr().port()));
+    let request = Request::get("/api/stream")
+        .header("host", "gw")
+        .header("x-forwarded-proto", "https")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (_, seen) = tokio::join!(send(addr, request), async {
+        let mut exchange = upstream.accept().await;
+        exchange
+            .write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        exchange.request
+    });
+    assert_eq!(header_lines(&seen, "x-forwarded-for"), ["::ffff:127.0.0.1"]);
+    assert_eq!(header_lines(&seen, "x-forwarded-proto"), ["https"]);
+    drop(running);
+}
