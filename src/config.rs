@@ -25,7 +25,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method, Uri};
 
 use crate::rewrite::Pipeline;
-pub use crate::trusted_proxies::TrustedProxies;
+use crate::trusted_proxies::TrustedProxies;
 
 pub(crate) use crate::router::PathMatch;
 

@@ -3,8 +3,11 @@
 //! `--version`, and `run` on the shipped config serving the demo stream.
 //!
 //! These drive a child process from plain threads, with no runtime to block, so the
-//! std clock and sleep are the right tools here.
+//! std clock and sleep are the right tools here. One test compares `rewrite` with the
+//! live route: that side runs in process, on the shared test support.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -657,110 +660,57 @@ fn rewrite_needs_none_of_the_routes_header_secrets() {
 /// stream. On a route with `usage: request` and `resume`, a client that did not ask
 /// for usage gets no usage chunk, and every event ends in an `id: KEY-SEQ` line (`KEY`
 /// random per stream, so compared as `KEY`).
-#[test]
-fn rewrite_writes_what_the_live_route_sends() {
+#[tokio::test]
+async fn rewrite_writes_what_the_live_route_sends() {
     let capture = std::fs::read("tests/fixtures/usage/openai-chat.sse").unwrap();
-    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
+    let upstream = support::ScriptedUpstream::bind().await;
+    let yaml = format!(
+        "upstreams:\n  assistant:\n    url: {}\n\
+         routes:\n  - name: chat\n    match: {{ path_prefix: /v1/chat }}\n    upstream: assistant\n\
+         \x20   stream: {{ protocol: openai-chat, usage: request, resume: {{}} }}\n",
+        upstream.url()
+    );
+    let gateway = support::start_gateway(&yaml).await;
+    let request = http::Request::post("/v1/chat")
+        .header("host", "x")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"gpt-4o-mini","messages":[],"stream":true}"#,
+        )))
+        .unwrap();
     let served = capture.clone();
-    let upstream = std::thread::spawn(move || {
-        let (mut connection, _) = upstream.accept().unwrap();
-        connection
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0; 4096];
-        // The gateway's request body is JSON: it ends in the object's closing brace.
-        while !request.ends_with(b"}") {
-            let n = connection.read(&mut buf).unwrap();
-            assert!(n > 0, "the request ended early");
-            request.extend_from_slice(&buf[..n]);
-        }
+    let (response, asked) = tokio::join!(support::send(gateway.addr, request), async {
+        let mut exchange = upstream.accept().await;
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n",
             served.len()
         );
-        connection.write_all(head.as_bytes()).unwrap();
-        connection.write_all(&served).unwrap();
-        String::from_utf8(request).unwrap()
+        exchange.write(head.as_bytes()).await;
+        exchange.write(&served).await;
+        exchange.request
     });
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = format!(
-        "listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:0 }}\n\
-         upstreams:\n  assistant:\n    url: http://{upstream_addr}\n\
-         routes:\n  - name: chat\n    match: {{ path_prefix: /v1/chat }}\n    upstream: assistant\n\
-         \x20   stream: {{ protocol: openai-chat, usage: request, resume: {{}} }}\n"
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let live = support::body_text(response).await;
+    let asked = String::from_utf8(asked.body).unwrap();
+    assert!(
+        asked.contains(r#""include_usage":true"#),
+        "the gateway asked for usage: {asked}"
     );
+    assert!(!live.contains("\"usage\":{"), "{live}");
+    assert!(live.contains("\nid: "), "{live}");
+
     let dir = std::env::temp_dir().join(format!("sse-gateway-rewrite-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gateway.yaml");
-    std::fs::write(&path, config).unwrap();
-
-    let mut child = gateway_bin()
-        .args(["--config", path.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(stream) => break stream,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(error) => panic!("gateway did not listen: {error}"),
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let body = r#"{"model":"gpt-4o-mini","messages":[],"stream":true}"#;
-    let request = format!(
-        "POST /v1/chat HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let upstream_request = upstream.join().unwrap();
-    let (rewrite_code, rewritten, stderr) = rewrite(
+    std::fs::write(&path, &yaml).unwrap();
+    // Blocks the test's runtime while the child runs: the live stream above is over.
+    let (code, rewritten, stderr) = rewrite(
         &["--config", path.to_str().unwrap(), "--route", "chat"],
         &capture,
     );
     std::fs::remove_dir_all(&dir).ok();
-    assert!(
-        upstream_request.contains(r#""include_usage":true"#),
-        "the gateway asked for usage: {upstream_request}"
-    );
-    let reply = String::from_utf8(reply).unwrap();
-    let (head, chunked) = reply.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    assert!(head.contains("transfer-encoding: chunked"), "{head}");
-    let live = unchunk(chunked);
-    assert_eq!(rewrite_code, 0, "{stderr}");
-    assert!(!live.contains("\"usage\":{"), "{live}");
-    assert!(live.contains("\nid: "), "{live}");
+    assert_eq!(code, 0, "{stderr}");
     assert_eq!(unkeyed(&rewritten), unkeyed(&live));
-}
-
-/// A chunked HTTP/1.1 body's data.
-fn unchunk(mut chunked: &str) -> String {
-    let mut data = String::new();
-    loop {
-        let (size, rest) = chunked.split_once("\r\n").expect("a chunk size line");
-        let size = usize::from_str_radix(size, 16).unwrap();
-        if size == 0 {
-            return data;
-        }
-        data.push_str(&rest[..size]);
-        chunked = rest[size..].strip_prefix("\r\n").expect("a chunk's CRLF");
-    }
 }
 
 /// `stream` with the key of its `id: KEY-SEQ` lines written as `KEY`; one key for the
