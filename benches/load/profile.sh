@@ -26,7 +26,7 @@
 #   --seconds N        measured window (default 15)
 #   --gateway-bin PATH profile this binary instead of building the repo's
 #   --target T         gateway (default) or nginx: NGINX as run.sh configures it, in one
-#                      process (master_process off); callgrind and the paced scenarios
+#                      process (master_process off); callgrind or perf, the paced scenarios
 #                      only (each-paced, latency), where every event is one writev, so
 #                      the window's events are its calls to writev
 #   --cache-sim        callgrind simulates this machine's caches (L1d, and L2 as the last
@@ -80,7 +80,7 @@ case "$TOOL_NAME" in callgrind|massif|perf|none) ;; *) die "--tool is callgrind,
 case "$TARGET_NAME" in
     gateway) ;;
     nginx)
-        [ "$TOOL_NAME" = callgrind ] || die "--target nginx is for --tool callgrind"
+        case "$TOOL_NAME" in callgrind|perf) ;; *) die "--target nginx is for --tool callgrind or perf" ;; esac
         case "$SCENARIO" in each-paced|latency) ;; *) die "--target nginx needs a paced scenario (each-paced, latency)" ;; esac ;;
     *) die "--target is gateway or nginx" ;;
 esac
@@ -236,7 +236,7 @@ case "$TOOL_NAME" in
         sleep "$SECONDS_WINDOW"
         callgrind_control -i off "$VG_PID" >/dev/null ;;
     perf)
-        SYSCALLS=raw_syscalls:sys_enter
+        SYSCALLS=task-clock,raw_syscalls:sys_enter
         for call in read recvfrom readv write writev sendto sendmsg epoll_wait epoll_pwait epoll_ctl futex clock_gettime; do
             if [ -d "/sys/kernel/tracing/events/syscalls/sys_enter_$call" ]; then
                 SYSCALLS="$SYSCALLS,syscalls:sys_enter_$call"
@@ -322,13 +322,25 @@ case "$TOOL_NAME" in
         } | tee "$OUT/summary.txt"
         ;;
     perf)
+        # CPU seconds over the events' window, in clock ticks as `cpu_ticks` gives them
+        CPU_TICKS=$((T1 - T0))
+        if [ "$TARGET_NAME" = nginx ]; then
+            # one writev per event in the paced scenarios, as under callgrind; the
+            # window is perf stat's own, shorter than the one between T0 and T1 (perf
+            # record starts and writes its file), so the CPU is perf stat's task-clock
+            EVENTS=$(awk '$2 == "syscalls:sys_enter_writev" { gsub(",", "", $1); print $1 + 0 }' "$OUT/syscalls.txt")
+            EVENTS=${EVENTS:-0}
+            CPU_TICKS=$(awk -v hz="$(getconf CLK_TCK)" '$2 == "msec" && $3 == "task-clock" { gsub(",", "", $1); printf "%d", $1 / 1000 * hz }' "$OUT/syscalls.txt")
+            CPU_TICKS=${CPU_TICKS:-0}
+            log "$EVENTS events forwarded in the window (calls to writev)"
+        fi
         perf report -i "$OUT/perf.data" --no-children --sort dso --stdio >"$OUT/by-dso.txt" 2>/dev/null || true
         perf report -i "$OUT/perf.data" --no-children --sort sym --stdio >"$OUT/by-symbol.txt" 2>/dev/null || true
         {
             echo "window: $SECONDS_WINDOW s, $EVENTS events"
             if [ "$EVENTS" -gt 0 ]; then
-                awk -v t=$((T1 - T0)) -v hz="$(getconf CLK_TCK)" -v e="$EVENTS" 'BEGIN {
-                    printf "gateway CPU: %.2f s, %.3f µs per event (%.2f s per million events)\n", t / hz, t / hz / e * 1e6, t / hz / e * 1e6 }'
+                awk -v t="$CPU_TICKS" -v hz="$(getconf CLK_TCK)" -v e="$EVENTS" 'BEGIN {
+                    printf "CPU: %.2f s, %.3f µs per event (%.2f s per million events)\n", t / hz, t / hz / e * 1e6, t / hz / e * 1e6 }'
                 echo "syscalls per event:"
                 awk -v e="$EVENTS" '/sys_enter/ { gsub(",", "", $1); if ($1 + 0 > 0) printf "  %-40s %10d  %.4f per event\n", $2, $1, $1 / e }' "$OUT/syscalls.txt"
             fi
