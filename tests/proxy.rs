@@ -561,7 +561,7 @@ async fn forwarded_upstream_sees(
 }
 
 #[tokio::test]
-async fn a_trusted_proxys_scheme_and_host_reach_the_upstream_as_it_sent_them() {
+async fn a_trusted_proxys_scheme_and_host_reach_the_upstream() {
     // An ingress that ended TLS for https://chat.example.com.
     let ingress = [
         ("x-forwarded-proto", "https"),
@@ -579,6 +579,14 @@ async fn a_trusted_proxys_scheme_and_host_reach_the_upstream_as_it_sent_them() {
     let (proto, host) = forwarded_upstream_sees("[127.0.0.1]", &chain).await;
     assert_eq!(proto, ["https, http"]);
     assert_eq!(host, ["gw"], "no X-Forwarded-Host sent: the client's Host");
+
+    // Schemes go up in lower case, whatever case the proxy wrote them in.
+    let shouting = [("x-forwarded-proto", "HTTPS")];
+    let (proto, _) = forwarded_upstream_sees("[127.0.0.1]", &shouting).await;
+    assert_eq!(proto, ["https"]);
+    let mixed = [("x-forwarded-proto", "Https, HTTP")];
+    let (proto, _) = forwarded_upstream_sees("[127.0.0.1]", &mixed).await;
+    assert_eq!(proto, ["https, http"]);
 }
 
 #[tokio::test]

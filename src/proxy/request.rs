@@ -227,15 +227,21 @@ fn forwarded_proto(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut schemes = Vec::new();
     for line in headers.get_all(&X_FORWARDED_PROTO) {
         for scheme in line.to_str().ok()?.split(',').map(str::trim) {
-            if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+            // Lower case as RFC 3986 writes schemes: an application that compares
+            // with "https" must not take a proxy's `HTTPS` for plain http.
+            let scheme = if scheme.eq_ignore_ascii_case("https") {
+                "https"
+            } else if scheme.eq_ignore_ascii_case("http") {
+                "http"
+            } else {
                 return None;
-            }
+            };
             schemes.push(scheme);
         }
     }
     match schemes.as_slice() {
         [] => None,
-        [one] => HeaderValue::from_str(one).ok(),
+        [one] => Some(HeaderValue::from_static(one)),
         several => HeaderValue::from_str(&several.join(", ")).ok(),
     }
 }
