@@ -289,11 +289,10 @@ async fn keep_reading(
                     slot.state().lifetime.renew(Instant::now());
                     continue;
                 }
-                let now = Instant::now();
-                if slot.state().lifetime.is_expired(now) {
-                    // Finishes it: the check above ends it.
-                    table.remove(&slot, now, true);
-                }
+                // Taken out if its window is still over under the table's lock (a
+                // resume that came meanwhile keeps it); finished then, the check above
+                // ends it.
+                table.expire(&slot, Instant::now());
             }
             frame = poll_fn(|cx| Pin::new(&mut *supervised).poll_frame(cx)) => match frame {
                 Some(Ok(frame)) => {

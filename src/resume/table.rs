@@ -183,14 +183,17 @@ impl Table {
 
     /// The stream an id names, checked against the request's credential; a found
     /// stream has one more reader.
+    ///
+    /// Looked up, checked and attached under the table's lock, under which a removal
+    /// ends a stream and takes it out: a lookup finds a stream before its removal or
+    /// not at all, never ended by it but still here, which a resume would read to a
+    /// clean end (a cut answer taken for a whole one).
     pub(crate) fn lookup(&self, id: &EventId, credential: Option<&[u8]>, now: Instant) -> Lookup {
-        let slot = {
-            let inner = self.inner();
-            match inner.slots.get(&id.key) {
-                Some(slot) => slot.clone(),
-                None if inner.is_remembered_expired(&id.key, now) => return Lookup::Expired,
-                None => return Lookup::Unknown,
-            }
+        let mut inner = self.inner();
+        let slot = match inner.slots.get(&id.key) {
+            Some(slot) => slot.clone(),
+            None if inner.is_remembered_expired(&id.key, now) => return Lookup::Expired,
+            None => return Lookup::Unknown,
         };
         if !slot.admits(credential) {
             return Lookup::Forbidden;
@@ -198,7 +201,7 @@ impl Table {
         let mut state = slot.state();
         if state.lifetime.is_expired(now) {
             drop(state);
-            self.remove(&slot, now, true);
+            self.take_out(&mut inner, &slot, now, true);
             return Lookup::Expired;
         }
         if slot.is_stopped() {
@@ -215,6 +218,7 @@ impl Table {
             self.count_detached(-1);
         }
         drop(state);
+        drop(inner);
         slot.changed.notify_one();
         Lookup::Found(slot)
     }
@@ -248,17 +252,33 @@ impl Table {
 
     /// Takes `slot` out of the table; `expired` remembers its key as such.
     pub(crate) fn remove(&self, slot: &Slot, now: Instant, expired: bool) {
+        let mut inner = self.inner();
+        self.take_out(&mut inner, slot, now, expired);
+    }
+
+    /// A detached stream's window ran out at `now`, as its driver found: taken out of
+    /// the table (and so ended) if it is still so under the table's lock. A resume
+    /// that came first has attached it, and it no longer expires; one that comes after
+    /// finds it gone (`expired`).
+    pub(crate) fn expire(&self, slot: &Slot, now: Instant) {
+        let mut inner = self.inner();
+        if slot.state().lifetime.is_expired(now) {
+            self.take_out(&mut inner, slot, now, true);
+        }
+    }
+
+    /// Ends `slot` and takes it out of `inner`, this table's, locked by the caller: a
+    /// lookup never finds it ended but still here.
+    fn take_out(&self, inner: &mut Inner, slot: &Slot, now: Instant, expired: bool) {
         let window = slot.state().lifetime.window();
         // Ends it for any reader still attached (woken to see it: a resumed client
         // waiting for more would otherwise wait for ever), and uncounts it once.
-        // `finish` says "detached" once per detach, under the stream's lock: the one
-        // removal told so uncounts it, whichever of two racing removals (an expiry
-        // and a resume, say) takes it out of the map.
+        // `finish` says "detached" once per detach: the one removal told so uncounts
+        // it, whichever of two removals (an expiry and a resume, say) comes first.
         let was_detached = slot.finish(now);
         if was_detached {
             self.count_detached(-1);
         }
-        let mut inner = self.inner();
         inner.slots.remove(&slot.key);
         if expired {
             inner.remember_expired(slot.key, now + window);
@@ -362,5 +382,72 @@ async fn sweep_every_tick(table: Weak<Table>) {
             return;
         };
         table.sweep(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::resume::stamp::Stamper;
+
+    const WINDOW: Duration = Duration::from_secs(30);
+    const CREDENTIAL: Option<&[u8]> = Some(b"Bearer user-1");
+
+    /// A table with one stream, one event in, whose client left at `left`.
+    fn detached_stream(left: Instant) -> (Arc<Table>, Arc<Slot>, EventId) {
+        let table = Arc::new(Table::new(IntGauge::new("detached", "detached").unwrap()));
+        let key = StreamKey::generate().unwrap();
+        let fingerprint = key.fingerprint(CREDENTIAL);
+        let slot = Arc::new(Slot::new(key, fingerprint, WINDOW, 1 << 20, None));
+        slot.publish(&mut Stamper::new(&key), b"data: 1\n\n", None);
+        // Not `insert`, which starts the sweeper on a runtime.
+        table.inner().slots.insert(key, slot.clone());
+        assert_eq!(table.release(&slot, left, 10), Release::Detached);
+        (table, slot, EventId { key, seq: 1 })
+    }
+
+    /// A detached stream's window runs out, and its driver ends it and takes it out of
+    /// the table, as a resume comes on another thread (at the window's end, or just
+    /// before it). The resume either came first and keeps the stream (attached, it no
+    /// longer expires) or is refused as expired; it never finds the stream ended by
+    /// the expiry, which it would read to a clean end, a cut answer taken for a whole
+    /// one. Neither has an await inside, so they meet only on two threads, as on the
+    /// gateway's multi-thread runtime (a test's gateway runs on the test's one
+    /// thread), and only now and then: many rounds.
+    #[test]
+    fn a_resume_racing_the_window_keeps_the_stream_or_is_refused() {
+        for round in 0..10_000 {
+            let left = Instant::now();
+            let (table, slot, id) = detached_stream(left);
+            let end = left + WINDOW;
+            let resumed = if round % 2 == 0 {
+                end
+            } else {
+                end - Duration::from_micros(1)
+            };
+            let start = Arc::new(Barrier::new(2));
+            let driver = std::thread::spawn({
+                let (table, slot, start) = (table.clone(), slot.clone(), start.clone());
+                move || {
+                    start.wait();
+                    table.expire(&slot, end);
+                }
+            });
+            start.wait();
+            let lookup = table.lookup(&id, CREDENTIAL, resumed);
+            driver.join().unwrap();
+            let finished = slot.state().lifetime.is_finished();
+            match lookup {
+                Lookup::Found(_) => assert!(
+                    !finished,
+                    "round {round}: the resume found the stream ended by its expiry"
+                ),
+                Lookup::Expired => assert!(finished, "round {round}: refused, yet kept"),
+                other => panic!("round {round}: {other:?}"),
+            }
+            assert_eq!(table.detached(), 0, "round {round}");
+        }
     }
 }
