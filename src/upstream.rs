@@ -9,6 +9,7 @@
 mod budget;
 mod client_body;
 pub(crate) mod demo;
+mod early_answer;
 mod endpoints;
 mod error;
 mod failover;

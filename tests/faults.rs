@@ -403,22 +403,9 @@ async fn an_answer_before_the_whole_body_was_read_reaches_the_client() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let route = "    request: { max_body_size: 8MiB }\n    stream: { heartbeat: 0s }\n";
     let gateway = start_gateway(&one_route_config(&url, route)).await;
-    let answer = "{\"error\":\"bad api key\"}";
     let upstream = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tcp.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the request head arrives");
-            seen.extend_from_slice(&buf[..n]);
-        }
-        let head = format!(
-            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-            answer.len()
-        );
-        tcp.write_all(head.as_bytes()).await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut buf)).await;
+        let (tcp, _) = listener.accept().await.unwrap();
+        answer_before_the_body(tcp).await;
     });
     let request = http::Request::post("/api/stream")
         .header("host", "gw")
@@ -433,4 +420,44 @@ async fn an_answer_before_the_whole_body_was_read_reaches_the_client() {
         .expect("an answer in time");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     upstream.await.unwrap();
+}
+
+/// The same on a route without `stream`, through the pooled client, whose write of the
+/// body fails on the reset before it has read the answer already received.
+#[tokio::test]
+async fn an_answer_before_the_whole_body_was_read_reaches_the_client_through_the_pool() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let route = "    request: { max_body_size: 8MiB }\n";
+    let gateway = start_gateway(&one_route_config(&url, route)).await;
+    let upstream = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        answer_before_the_body(tcp).await;
+    });
+    let reply = post_reading_meanwhile(gateway.addr, "/api/stream", 4 * 1024 * 1024).await;
+    assert!(reply.starts_with("HTTP/1.1 401 "), "{reply}");
+    assert!(reply.ends_with(EARLY_ANSWER), "{reply}");
+    upstream.await.unwrap();
+}
+
+/// An upstream that resets the connection without an answer while the body is being
+/// written is a 502 at once on either path, with the reset as its cause.
+#[tokio::test]
+async fn a_reset_without_an_answer_while_the_body_is_written_is_a_502() {
+    for route in [
+        "    request: { max_body_size: 8MiB }\n",
+        "    request: { max_body_size: 8MiB }\n    stream: { heartbeat: 0s }\n",
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let gateway = start_gateway(&one_route_config(&url, route)).await;
+        let upstream = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            read_until(&mut tcp, b"\r\n\r\n").await;
+        });
+        let reply = post_reading_meanwhile(gateway.addr, "/api/stream", 4 * 1024 * 1024).await;
+        assert!(reply.starts_with("HTTP/1.1 502 "), "{route}{reply}");
+        assert!(reply.contains("reset by peer"), "{route}{reply}");
+        upstream.await.unwrap();
+    }
 }

@@ -20,9 +20,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
-/// A TLS upstream for `localhost` with a fresh self-signed certificate; returns its
-/// port, the certificate as PEM, and a channel of the HTTP versions it served.
-async fn tls_upstream() -> (u16, String, mpsc::UnboundedReceiver<http::Version>) {
+/// A TLS acceptor for `localhost` with a fresh self-signed certificate, offering
+/// `alpn`; and the certificate as PEM.
+fn acceptor(alpn: &[&[u8]]) -> (TlsAcceptor, String) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let cert_pem = certified.cert.pem();
     let cert = CertificateDer::from(certified.cert.der().to_vec());
@@ -34,8 +34,14 @@ async fn tls_upstream() -> (u16, String, mpsc::UnboundedReceiver<http::Version>)
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    (TlsAcceptor::from(Arc::new(config)), cert_pem)
+}
+
+/// A TLS upstream for `localhost` with a fresh self-signed certificate; returns its
+/// port, the certificate as PEM, and a channel of the HTTP versions it served.
+async fn tls_upstream() -> (u16, String, mpsc::UnboundedReceiver<http::Version>) {
+    let (acceptor, cert_pem) = acceptor(&[b"h2", b"http/1.1"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (versions_tx, versions) = mpsc::unbounded_channel();
@@ -107,4 +113,34 @@ async fn https_upstream_with_an_untrusted_certificate_is_refused() {
         "{json}"
     );
     assert!(versions.try_recv().is_err(), "no request was served");
+}
+
+/// An HTTP/1.1 upstream over TLS that answers `401` before it has read a large body and
+/// closes: the client gets that answer, as from a plain-HTTP upstream.
+#[tokio::test]
+async fn an_answer_before_the_whole_body_was_read_reaches_the_client() {
+    let (acceptor, cert_pem) = acceptor(&[b"http/1.1"]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ca_file = std::env::temp_dir().join(format!(
+        "sse-gateway-tls-early-{}-{port}.pem",
+        std::process::id()
+    ));
+    std::fs::write(&ca_file, cert_pem).unwrap();
+    let gateway = start_gateway(&config(port, Some(&ca_file))).await;
+    let upstream = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        // As Go's server does. With Nagle's algorithm the answer, a small write behind
+        // the handshake's, could still be queued when the close resets the connection,
+        // and the reset discards it: no client could have it.
+        tcp.set_nodelay(true).unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        answer_before_the_body(tls).await;
+    });
+    let reply = post_reading_meanwhile(gateway.addr, "/api/stream", 4 * 1024 * 1024).await;
+    assert!(reply.starts_with("HTTP/1.1 401 "), "{reply}");
+    assert!(reply.ends_with(EARLY_ANSWER), "{reply}");
+    upstream.await.unwrap();
+    std::fs::remove_file(&ca_file).ok();
 }

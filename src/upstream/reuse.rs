@@ -11,7 +11,9 @@
 //! connection. A fresh connection that fails is the upstream's failure, never retried.
 //!
 //! The connector wraps each connection's transport to hand the pool an [`Answered`]
-//! flag as connection metadata; the flag is set when a response arrives on it.
+//! flag as connection metadata; the flag is set when a response arrives on it. The
+//! transport inside keeps an answer readable that came before a reset
+//! (`early_answer.rs`).
 
 use std::future::Future;
 use std::io;
@@ -28,6 +30,7 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{CaptureConnection, Connected, Connection};
 use tower_service::Service;
 
+use super::early_answer::EarlyAnswer;
 use super::error::{causes, BoxError};
 use super::UpstreamBody;
 
@@ -64,9 +67,10 @@ pub(super) struct Tracking<C>(pub C);
 impl<C> Service<Uri> for Tracking<C>
 where
     C: Service<Uri>,
+    C::Response: Connection,
     C::Future: Send + 'static,
 {
-    type Response = Tracked<C::Response>;
+    type Response = Tracked<EarlyAnswer<C::Response>>;
     type Error = C::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, C::Error>> + Send>>;
 
@@ -78,7 +82,7 @@ where
         let connecting = self.0.call(uri);
         Box::pin(async move {
             connecting.await.map(|io| Tracked {
-                io,
+                io: EarlyAnswer::new(io),
                 answered: Answered::default(),
             })
         })

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use sse_gateway::config::GatewayConfig;
 use sse_gateway::gateway::{self, Running};
 use sse_gateway::listener::ConnectionLimits;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Generous bound for anything that should happen "at once": liveness, not speed.
@@ -690,4 +690,71 @@ pub async fn read_until<S: AsyncRead + Unpin>(stream: &mut S, needle: &[u8]) -> 
         seen.extend_from_slice(&chunk[..n]);
     }
     seen
+}
+
+// === an answer before the request body ===
+
+/// What [`answer_before_the_body`] answers.
+pub const EARLY_ANSWER: &str = "{\"error\":\"bad api key\"}";
+
+/// An upstream that answers `401` as soon as it has the request head and closes with
+/// most of a large body unread, so that its kernel resets the connection.
+pub async fn answer_before_the_body<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    read_until(&mut stream, b"\r\n\r\n").await;
+    let head = format!(
+        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{EARLY_ANSWER}",
+        EARLY_ANSWER.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await;
+}
+
+/// Posts a body of `len` bytes on a raw socket and reads the reply as it writes, as a
+/// client that watches for an early answer does (curl): the writes may fail once the
+/// gateway has answered and closed. The reply's head and body (by its
+/// `Content-Length`), or what came before the connection ended.
+pub async fn post_reading_meanwhile(addr: SocketAddr, path: &str, len: usize) -> String {
+    let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+    );
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            let n = chunk.len().min(len - sent);
+            writer.write_all(&chunk[..n]).await?;
+            sent += n;
+        }
+        std::io::Result::Ok(writer)
+    });
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !whole_reply(&reply) {
+        let read = tokio::time::timeout(LIVENESS, reader.read(&mut chunk))
+            .await
+            .expect("the reply arrives in time");
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+        }
+    }
+    sending.abort();
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// True once `reply` holds a head and as much body as its `Content-Length` says.
+fn whole_reply(reply: &[u8]) -> bool {
+    let Some(end) = reply.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&reply[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |value| value.trim().parse().unwrap());
+    reply.len() >= end + 4 + length
 }
