@@ -383,3 +383,54 @@ pub async fn start_with(
         task,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config on free loopback ports whose one route goes to `upstreams`' first
+    /// upstream, traced to `collector`.
+    fn config(upstreams: &str, collector: SocketAddr) -> GatewayConfig {
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nupstreams:\n{upstreams}\
+             routes:\n  - {{ name: chat, match: {{ path_prefix: /api }}, upstream: assistant }}\n\
+             telemetry:\n  otlp: {{ endpoint: \"http://{collector}\" }}\n"
+        );
+        GatewayConfig::parse(&yaml, "gateway.yaml", &|_| None)
+            .unwrap_or_else(|errors| panic!("{errors}\n{yaml}"))
+    }
+
+    /// A reload refused after its exporter was built (a CA file that holds no
+    /// certificate: validation only sees that it is a file) leaves the exporter in
+    /// force in place, so the next reload that keeps `telemetry.otlp` keeps it too.
+    #[tokio::test]
+    async fn a_refused_reload_leaves_the_trace_exporter_in_force() {
+        let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let second = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (first, second) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+        let assistant = "  assistant: { url: \"http://127.0.0.1:1\" }\n";
+        let running = start(config(assistant, first)).await.unwrap();
+        let gateway = running.gateway();
+        let in_force = gateway.current_traces().expect("an exporter");
+
+        let ca = std::env::temp_dir().join(format!("sse-gateway-no-ca-{}", std::process::id()));
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let private = format!(
+            "{assistant}  private:\n    url: https://127.0.0.1:1\n    tls: {{ ca_file: \"{}\" }}\n",
+            ca.display()
+        );
+        let refused = gateway.apply(config(&private, second)).await;
+        std::fs::remove_file(&ca).unwrap();
+        assert!(matches!(refused, Err(StartError::Tls(_))), "{refused:?}");
+        let after = gateway.current_traces().expect("an exporter");
+        assert!(
+            Arc::ptr_eq(&in_force, &after),
+            "the refused config's exporter replaced the one in force"
+        );
+
+        gateway.apply(config(assistant, first)).await.unwrap();
+        let kept = gateway.current_traces().expect("an exporter");
+        assert!(Arc::ptr_eq(&in_force, &kept), "telemetry.otlp is unchanged");
+        running.shutdown(Duration::ZERO).await;
+    }
+}

@@ -636,3 +636,43 @@ async fn a_stop_after_a_reload_waits_for_the_spans_of_the_exporter_before_it() {
         "the drained stream's span reached its collector"
     );
 }
+
+/// A reload that would trace to another collector but is refused once its exporter is
+/// built (an upstream's CA file that holds no certificate: `check` only sees that it
+/// is a file) changes nothing: new streams trace to the collector in force, nothing
+/// goes to the other, and the stop still exports their spans.
+#[tokio::test]
+async fn a_reload_refused_after_its_exporter_was_built_keeps_the_exporter_in_force() {
+    let (first, mut first_spans) = receiver().await;
+    let (second, mut second_spans) = receiver().await;
+    let upstream = ScriptedUpstream::bind().await;
+    let traced_to = |otlp: SocketAddr| config(&upstream.url(), &format!("http://{otlp}"), "");
+    let gateway = start_gateway(&traced_to(first)).await;
+    let ca = std::env::temp_dir().join(format!("sse-gateway-not-a-ca-{}", std::process::id()));
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let private = format!(
+        "upstreams:\n  private:\n    url: https://127.0.0.1:1\n    tls: {{ ca_file: \"{}\" }}\n",
+        ca.display()
+    );
+    let refused = traced_to(second).replacen("upstreams:\n", &private, 1);
+    let refused = sse_gateway::config::GatewayConfig::parse(&refused, "reload.yaml", &|_| None)
+        .expect("the file passes validation");
+    let error = gateway.gateway().apply(refused).await.unwrap_err();
+    std::fs::remove_file(&ca).unwrap();
+    assert!(error.to_string().contains("no PEM certificate"), "{error}");
+
+    let (response, mut exchange) =
+        tokio::join!(get(gateway.addr, "/api/stream"), first_token(&upstream));
+    exchange
+        .send_chunk(
+            b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+    assert!(body_text(response).await.ends_with("data: [DONE]\n\n"));
+    server_span(&mut first_spans, "the span reaches the collector in force").await;
+    gateway.shutdown().await;
+    assert!(
+        second_spans.try_recv().is_err(),
+        "nothing went to the refused config's collector"
+    );
+}
