@@ -166,22 +166,19 @@ impl Gateway {
 
     /// The demo server's origin when `config` uses it, started on first use.
     async fn demo_origin(&self, config: &GatewayConfig) -> Result<Option<String>, StartError> {
-        let demo_interval = config.upstreams.values().find_map(|u| match u.target {
-            UpstreamTarget::Demo { token_interval } => Some(token_interval),
-            UpstreamTarget::Url { .. } => None,
-        });
+        let uses_demo = config
+            .upstreams
+            .values()
+            .any(|u| matches!(u.target, UpstreamTarget::Demo { .. }));
         // One demo server for the process: started by the first config that uses it,
-        // kept across reloads (its pace is the first config's).
-        let Some(interval) = demo_interval else {
+        // kept across reloads. Each request carries its upstream's pace, so every
+        // config, and every demo upstream in it, has its own.
+        if !uses_demo {
             return Ok(None);
-        };
+        }
         let mut demo = self.demo.lock().await;
         if demo.is_none() {
-            *demo = Some(
-                DemoServer::start(interval)
-                    .await
-                    .map_err(StartError::Demo)?,
-            );
+            *demo = Some(DemoServer::start().await.map_err(StartError::Demo)?);
         }
         Ok(demo.as_ref().map(DemoServer::origin))
     }

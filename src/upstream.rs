@@ -83,13 +83,14 @@ impl Upstream {
     ) -> Result<Upstream, TlsError> {
         let (endpoints, ca_file) = match &config.target {
             UpstreamTarget::Url { ca_file, .. } => (config.endpoints.clone(), ca_file.as_deref()),
-            UpstreamTarget::Demo { .. } => {
+            UpstreamTarget::Demo { token_interval } => {
                 let origin = demo_origin.unwrap_or("http://127.0.0.1:9");
                 let endpoint = EndpointConfig {
                     name: "default".to_owned(),
                     uri: Uri::try_from(origin)
                         .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1:9")),
-                    base_path: String::new(),
+                    // The demo server paces each request as its path says.
+                    base_path: demo::base_path(*token_interval),
                 };
                 (vec![endpoint], None)
             }

@@ -1,12 +1,13 @@
 //! Operating the real binary as a child process: reload on file change and on SIGHUP
-//! (new streams get the new rules, running streams keep theirs, a broken file keeps
-//! the old config, a file still being written is not applied cut), and draining on
-//! SIGTERM.
+//! (new streams get the new rules and the demo's new pace, running streams keep
+//! theirs, a broken file keeps the old config, a file still being written is not
+//! applied cut), and draining on SIGTERM.
 
 mod support;
 
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use support::*;
 use tokio::net::TcpStream;
 
@@ -130,6 +131,48 @@ async fn reload_applies_new_rules_to_new_streams_and_keeps_the_old_ones_running(
     );
     let applied_at = metrics.get("sse_gateway_config_last_reload_timestamp_seconds", &[]);
     assert!(applied_at >= loaded_at, "{applied_at} < {loaded_at}");
+}
+
+/// The built-in demo upstream pacing its tokens `token_interval` apart.
+fn demo_config(token_interval: &str) -> String {
+    format!(
+        "listen: LISTEN
+admin: {{ listen: ADMIN }}
+drain_timeout: 1s
+upstreams:
+  demo: {{ demo: {{ token_interval: {token_interval} }} }}
+routes:
+  - name: demo
+    match: {{ path_prefix: /api/demo }}
+    upstream: demo
+"
+    )
+}
+
+/// A reload that changes the demo's `token_interval` paces the streams opened after it
+/// (a stream already running keeps its pace, as it keeps its rules), and `/config`
+/// shows the value in force.
+#[tokio::test]
+async fn a_reload_applies_the_demos_token_interval_to_new_streams() {
+    let gateway = GatewayProcess::start("demo-pace", &demo_config("1h")).await;
+    let mut old = get(gateway.addr, "/api/demo").await.into_body();
+    let ping = old.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(ping, ": ping\n\n", "the demo's first event comes at once");
+
+    gateway.replace_config(&demo_config("1ms"));
+    gateway.reloads_reach("success", 1.0).await;
+    let shown = body_text(get(gateway.admin, "/config").await).await;
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["upstreams"]["demo"]["demo"]["token_interval"], "1ms");
+    // A token an hour apart would never end within the liveness bound.
+    let answer = body_text(get(gateway.addr, "/api/demo").await).await;
+    assert!(answer.ends_with("data:\n[DONE]\n\n"), "{answer}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), old.frame())
+            .await
+            .is_err(),
+        "the stream opened before the reload keeps its pace"
+    );
 }
 
 /// Two routes on an upstream that refuses connections: a route that exists answers

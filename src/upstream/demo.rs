@@ -6,6 +6,11 @@
 //! ones this product exists for: `data:\n{"value":"..."}` (a stray newline after
 //! `data:` that makes a spec client drop the token), a `: ping` comment, and the
 //! terminator written as `data:\n[DONE]`.
+//!
+//! One demo server serves every demo upstream of every config: a request carries its
+//! upstream's `token_interval` in the path ([`base_path`]), so each stream is paced by
+//! the config it was routed by. A reload paces the streams opened after it; a stream
+//! already running keeps its pace, as it keeps its rules.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,8 +30,29 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::time::{sleep, Sleep};
 
+use crate::config::defaults::DEMO_TOKEN_INTERVAL;
+
 /// Request bodies larger than this are not read for the question.
 const MAX_QUESTION_BODY: usize = 16 * 1024;
+
+/// The start of the path that carries a demo upstream's `token_interval`.
+const PACE: &str = "/token_interval/";
+
+/// The base path of a demo upstream that pauses `token_interval` between tokens:
+/// `/token_interval/80ms`.
+pub(crate) fn base_path(token_interval: Duration) -> String {
+    format!("{PACE}{}ms", token_interval.as_millis())
+}
+
+/// The pause a request's path asks for; the default when it names none (a request
+/// sent to the demo server by hand).
+fn pace(path: &str) -> Duration {
+    path.strip_prefix(PACE)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|pause| pause.strip_suffix("ms"))
+        .and_then(|millis| millis.parse().ok())
+        .map_or(DEMO_TOKEN_INTERVAL, Duration::from_millis)
+}
 
 /// A running demo server; dropping it does not stop it (it lives as long as the
 /// runtime, like the gateway's listeners).
@@ -36,8 +62,9 @@ pub(crate) struct DemoServer {
 }
 
 impl DemoServer {
-    /// Binds `127.0.0.1:0` and serves the demo stream on every path and method.
-    pub(crate) async fn start(token_interval: Duration) -> std::io::Result<DemoServer> {
+    /// Binds `127.0.0.1:0` and serves the demo stream on every path and method, paced
+    /// as the path asks ([`base_path`]).
+    pub(crate) async fn start() -> std::io::Result<DemoServer> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move {
@@ -47,7 +74,7 @@ impl DemoServer {
                 };
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| answer(request, token_interval));
+                    let service = service_fn(answer);
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -63,10 +90,8 @@ impl DemoServer {
     }
 }
 
-async fn answer(
-    request: Request<Incoming>,
-    token_interval: Duration,
-) -> Result<Response<DemoStream>, Infallible> {
+async fn answer(request: Request<Incoming>) -> Result<Response<DemoStream>, Infallible> {
+    let token_interval = pace(request.uri().path());
     let query_question = request.uri().query().and_then(question_from_query);
     let body = http_body_util::Limited::new(request.into_body(), MAX_QUESTION_BODY)
         .collect()
@@ -178,5 +203,18 @@ mod tests {
         assert!(text.contains("data: {\"value\":\"Hello! \"}\n\n"));
         assert!(text.contains("\\\"why?\\\""));
         assert!(text.ends_with("data:\n[DONE]\n\n"));
+    }
+
+    #[test]
+    fn the_path_carries_the_pace() {
+        let path = format!(
+            "{}/v1/assistant/stream",
+            base_path(Duration::from_millis(5))
+        );
+        assert_eq!(path, "/token_interval/5ms/v1/assistant/stream");
+        assert_eq!(pace(&path), Duration::from_millis(5));
+        assert_eq!(pace(&base_path(Duration::ZERO)), Duration::ZERO);
+        assert_eq!(pace("/v1/assistant/stream"), DEMO_TOKEN_INTERVAL);
+        assert_eq!(pace("/token_interval/soon/x"), DEMO_TOKEN_INTERVAL);
     }
 }
