@@ -241,6 +241,7 @@ mod tests {
             &metrics,
             Shutdown::new(),
             &crate::resume::Tables::new(),
+            &mut Arc::new(crate::upstream::RetryBudgets::default()).generation(),
         );
         AdminState::new(metrics, watch::channel(Arc::new(proxy)).1)
     }

@@ -28,7 +28,9 @@ use crate::proxy::Proxy;
 use crate::shutdown::{self, DrainPlan, Shutdown, StopNow};
 use crate::telemetry::{Traces, UnsentSpans};
 use crate::upstream::demo::DemoServer;
-use crate::upstream::{HealthBook, HealthGeneration, TlsError, Upstream};
+use crate::upstream::{
+    BudgetGeneration, HealthBook, HealthGeneration, RetryBudgets, TlsError, Upstream,
+};
 
 /// Why the gateway could not start, or a config could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,9 @@ pub struct Gateway {
     /// What the gateway has learned of each endpoint's health: kept across reloads
     /// too, for the endpoints a reload leaves as they were.
     health: Arc<HealthBook>,
+    /// What each route's retries have spent: kept across reloads for the routes a
+    /// reload leaves as they were.
+    budgets: Arc<RetryBudgets>,
     /// Held through each [`Gateway::apply`].
     applying: Mutex<()>,
 }
@@ -94,9 +99,10 @@ impl Gateway {
             self.resume_tables.clone(),
         );
         let mut health = self.health.generation(&self.metrics);
+        let mut budgets = self.budgets.generation();
         // Thousands of routes (regexes, the route table, CA files read from disk) take
         // long enough to stall every stream if compiled on the runtime.
-        let (proxy, health) = tokio::task::spawn_blocking(move || {
+        let (proxy, health, budgets) = tokio::task::spawn_blocking(move || {
             let proxy = compile(
                 compiled,
                 demo_origin.as_deref(),
@@ -104,13 +110,15 @@ impl Gateway {
                 shutdown,
                 &tables,
                 &mut health,
+                &mut budgets,
             );
-            proxy.map(|proxy| (proxy, health))
+            proxy.map(|proxy| (proxy, health, budgets))
         })
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
         let proxy = proxy.with_traces(traces.clone());
         health.commit();
+        budgets.commit();
         // Only a config that is applied replaces the exporter the stop flushes.
         *self
             .traces
@@ -192,6 +200,7 @@ fn compile(
     shutdown: Shutdown,
     resume_tables: &crate::resume::Tables,
     health: &mut HealthGeneration,
+    budgets: &mut BudgetGeneration,
 ) -> Result<Proxy, StartError> {
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
     for (name, upstream) in &config.upstreams {
@@ -204,6 +213,7 @@ fn compile(
         metrics,
         shutdown,
         resume_tables,
+        budgets,
     ))
 }
 
@@ -316,6 +326,7 @@ pub async fn start_with(
         &metrics,
         shutdown.clone(),
         &resume_tables,
+        &mut Arc::new(RetryBudgets::default()).generation(),
     ));
     let gateway = Arc::new(Gateway {
         metrics: metrics.clone(),
@@ -326,6 +337,7 @@ pub async fn start_with(
         unsent_spans: Arc::default(),
         resume_tables,
         health: Arc::new(HealthBook::default()),
+        budgets: Arc::default(),
         applying: Mutex::new(()),
     });
     let routes = config.routes.len();

@@ -63,12 +63,12 @@ impl Proxy {
         metrics: &Arc<Metrics>,
         shutdown: crate::shutdown::Shutdown,
         resume_tables: &crate::resume::Tables,
+        budgets: &mut crate::upstream::BudgetGeneration,
     ) -> Proxy {
         resume_tables.set_redis_url(config.state.redis_url.as_deref());
-        let routes = config
-            .routes
-            .iter()
-            .filter_map(|route| Route::build(route, upstreams, metrics, &shutdown, resume_tables));
+        let routes = config.routes.iter().filter_map(|route| {
+            Route::build(route, upstreams, metrics, &shutdown, resume_tables, budgets)
+        });
         let routes = RouteTable::new(routes);
         let edges = config
             .routes

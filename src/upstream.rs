@@ -40,7 +40,7 @@ use crate::config::{EndpointConfig, UpstreamConfig, UpstreamTarget};
 use error::{causes, BoxError};
 use reuse::{Answered, Tracking};
 
-pub(crate) use budget::RetryBudget;
+pub(crate) use budget::{BudgetGeneration, RetryBudget, RetryBudgets};
 pub(crate) use client_body::{BodyProgress, ClientBody, ClientBodyError};
 pub(crate) use endpoints::{Endpoints, Tried};
 pub(crate) use error::{ClientErrorKind, Fault, UpstreamError, UpstreamErrorKind};

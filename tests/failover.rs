@@ -422,6 +422,63 @@ async fn the_budget_stops_retries_when_every_endpoint_fails() {
     );
 }
 
+/// A reload that leaves a route's upstream and `retry` as they were keeps what its
+/// retry budget has spent: an operator's SIGHUP, or a sync that changes another route,
+/// in the middle of an outage does not hand out another round of retries. A reload
+/// that changes the route's `retry` starts its budget afresh.
+#[tokio::test]
+async fn a_reload_keeps_the_retry_budget_of_a_route_it_leaves_as_it_was() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let upstreams = [
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    ];
+    let urls: Vec<String> = upstreams.iter().map(ScriptedUpstream::url).collect();
+    let endpoints = [("a", &*urls[0]), ("b", &*urls[1]), ("c", &*urls[2])];
+    let yaml = config(&endpoints, "", "{ attempts: 3 }");
+    let gateway = start_gateway(&yaml).await;
+    for upstream in upstreams {
+        always_503(upstream, seen.clone());
+    }
+    let failed = || async {
+        let response = get(gateway.addr, "/api/stream").await;
+        assert_eq!(response.status(), 503);
+        body_text(response).await;
+    };
+    // Five requests: the budget's floor of 3 retries (a fifth of 5 is 1) is spent.
+    for _ in 0..5 {
+        failed().await;
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 5 + 3);
+
+    let another_route = format!(
+        "{yaml}  - name: other\n    match: {{ path_prefix: /api/other }}\n    upstream: assistant\n"
+    );
+    gateway.reload(&another_route).await;
+    for _ in 0..5 {
+        failed().await;
+    }
+    // Ten requests in the window: still the floor of 3, spent before the reload.
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        10 + 3,
+        "the reload handed out more retries"
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(retries(&metrics, "status_503"), 3.0, "{}", metrics.text);
+
+    gateway
+        .reload(&another_route.replace("{ attempts: 3 }", "{ attempts: 2 }"))
+        .await;
+    failed().await;
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        13 + 2,
+        "a changed retry starts with a fresh budget"
+    );
+}
+
 #[tokio::test]
 async fn an_endpoint_that_fails_in_a_row_cools_down_then_returns_after_one_trial() {
     let (a, b) = (

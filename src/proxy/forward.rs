@@ -14,6 +14,7 @@
 //! health choose, exactly as a route did before retries existed.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -31,11 +32,12 @@ use crate::upstream::{
     Failure, Fault, RetryBudget, Tried, UpstreamBody, UpstreamError, UpstreamIncoming,
 };
 
-/// A route's failover state, built once per config.
+/// A route's failover state, built once per config; the budget is kept across
+/// reloads that leave the route as it was.
 #[derive(Debug)]
 pub(crate) struct Failover {
     pub retry: Option<RetryConfig>,
-    pub budget: RetryBudget,
+    pub budget: Arc<RetryBudget>,
     pub metrics: FailoverMetrics,
 }
 

@@ -19,7 +19,7 @@ use crate::protocol::Protocol;
 use crate::resume::{ResumePlan, Tables};
 use crate::shutdown::Shutdown;
 use crate::supervise::StreamPlan;
-use crate::upstream::{RetryBudget, Upstream};
+use crate::upstream::{BudgetGeneration, Upstream};
 
 /// A route, compiled for serving.
 #[derive(Debug)]
@@ -46,13 +46,16 @@ pub(super) type RouterEntry = (PathMatch, Option<Vec<Method>>, Route);
 impl Route {
     /// Compiles `config` into its router entry; `upstreams` holds a ready client per
     /// upstream name. `None` only if the upstream is missing, which validation rules
-    /// out: a running gateway skips such a route rather than panic.
+    /// out: a running gateway skips such a route rather than panic. A route that
+    /// retries takes its budget from `budgets` (the one it had, when a reload leaves
+    /// it as it was).
     pub(crate) fn build(
         config: &RouteConfig,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         metrics: &Metrics,
         shutdown: &Shutdown,
         resume_tables: &Tables,
+        budgets: &mut BudgetGeneration,
     ) -> Option<RouterEntry> {
         let upstream = upstreams.get(&config.upstream)?.clone();
         let rule_names: Vec<&str> = config
@@ -85,9 +88,14 @@ impl Route {
         let limits = config.limits.clone().unwrap_or_default();
         let admission = Arc::new(Admission::new(&config.name, &limits, metrics));
         let endpoints: Vec<&str> = upstream.endpoints().names().collect();
+        let budget = match &config.retry {
+            Some(retry) => budgets.budget(&config.name, &config.upstream, retry),
+            // Never used: a route without `retry` makes one attempt.
+            None => Arc::default(),
+        };
         let failover = Failover {
             retry: config.retry.clone(),
-            budget: RetryBudget::default(),
+            budget,
             metrics: metrics.traffic().failover(&config.name, &endpoints),
         };
         let resume = config.stream.as_ref().and_then(|stream| {
