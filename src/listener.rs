@@ -19,6 +19,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -402,15 +403,30 @@ impl Watch<'_> {
             // branches are never ready together in a way that starves one.
             tokio::select! {
                 biased;
-                ended = poll_fn(|cx| {
-                    if count_polls {
-                        activity.polled();
+                ended = poll_fn(|cx| poll_counted(connection.as_mut(), activity, count_polls, cx)) => return ended,
+                () = self.evicted.fired(), if !closing => {
+                    // Chosen because no request was in flight, which is not to say that
+                    // none had come: one may be in the socket, not yet seen by the
+                    // runtime (the accept ran first), or read since on another worker;
+                    // and a response's last bytes may still be in hyper's buffer (a
+                    // body is dropped once hyper has taken it, not once it is written).
+                    // So the task yields (tokio wakes it again after polling for I/O
+                    // events) and hyper reads what came before it is asked to close, as
+                    // at the idle deadline: it answers what it has read, writes out what
+                    // it holds, then closes. A request sent after that meets a closed
+                    // connection, as one sent at the idle deadline does.
+                    tokio::task::yield_now().await;
+                    let polled = poll_fn(|cx| {
+                        Poll::Ready(poll_counted(connection.as_mut(), activity, count_polls, cx))
+                    });
+                    if let Poll::Ready(ended) = polled.await {
+                        return ended;
                     }
-                    connection.as_mut().poll(cx)
-                }) => return ended,
-                () = self.evicted.fired() => {
                     tracing::debug!(peer = %self.peer, "closing an idle connection to make room");
-                    return Ok(());
+                    graceful(connection.as_mut());
+                    closing = true;
+                    allowed = CLOSE_GRACE;
+                    idle_since = idle_since.map(|_| Instant::now());
                 }
                 () = self.draining.fired(), if !closing => {
                     graceful(connection.as_mut());
@@ -451,6 +467,19 @@ impl Watch<'_> {
             }
         }
     }
+}
+
+/// Polls `connection`, counting the poll first where bodies are polled inside it.
+fn poll_counted<C: Future>(
+    connection: Pin<&mut C>,
+    activity: &Activity,
+    count_polls: bool,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<C::Output> {
+    if count_polls {
+        activity.polled();
+    }
+    connection.poll(cx)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

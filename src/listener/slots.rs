@@ -6,6 +6,12 @@
 //! that many idle connections fail the pod's liveness probe; so at the cap the
 //! oldest connection with no request in flight is closed to make room, and only when
 //! every open connection is busy is the new one refused.
+//!
+//! The one chosen closes as at the idle deadline, not at once: "no request in flight"
+//! is as of the choice, and a request may have come that its connection has not read
+//! yet, or an answer be still in hyper's buffer. Its place is the new connection's
+//! from the choice on; it has its answers and at most a second once idle
+//! (`CLOSE_GRACE`) to finish.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -38,7 +44,7 @@ struct Slot {
 pub(super) struct Admitted {
     slots: Arc<Slots>,
     id: u64,
-    /// Fired when the connection is closed to make room for a newer one.
+    /// Fired when the connection is to close to make room for a newer one.
     pub(super) evicted: Arc<Signal>,
 }
 

@@ -244,6 +244,113 @@ async fn idle_admin_connections_are_closed_at_the_deadlines() {
     assert!(closed_within(stream, LIVENESS).await);
 }
 
+/// A scraper's kept-alive admin connection, idle between scrapes, is the one that makes
+/// room when a new connection comes at the cap. A scrape it had already sent when the
+/// gateway took the new connection is answered before it closes: the connection was
+/// idle only because its request was not read yet.
+#[tokio::test]
+async fn a_scrape_already_sent_when_its_connection_is_chosen_to_make_room_is_answered() {
+    let upstream = ScriptedUpstream::bind().await;
+    let limits = ConnectionLimits {
+        admin_max_connections: 1,
+        ..ConnectionLimits::default()
+    };
+    let gateway = gateway_with(limits, &upstream.url()).await;
+    for round in 0..6 {
+        let mut scraper = TcpStream::connect(gateway.admin_addr).await.unwrap();
+        scraper
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut scraper, b"ok\n").await;
+        // The new connection, then at once the next scrape, in two orders. Made by the
+        // kernel while this runtime (the gateway's) is held, the gateway sees both in
+        // one turn: it reads the scrape as it acts on the eviction. Made by a connect
+        // that lets the runtime turn, the scrape lands after the runtime looked: the
+        // gateway takes the new connection before it has seen the scrape.
+        let newcomer = if round % 2 == 0 {
+            std::net::TcpStream::connect(gateway.admin_addr).unwrap()
+        } else {
+            let newcomer = TcpStream::connect(gateway.admin_addr).await.unwrap();
+            newcomer.into_std().unwrap()
+        };
+        let scrape = b"GET /metrics HTTP/1.1\r\nhost: admin\r\n\r\n";
+        assert_eq!(scraper.try_write(scrape).unwrap(), scrape.len());
+
+        let mut answer = Vec::new();
+        tokio::time::timeout(LIVENESS, scraper.read_to_end(&mut answer))
+            .await
+            .expect("the scraper's connection ends")
+            .unwrap_or_else(|error| panic!("round {round}: {error}"));
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.contains("sse_gateway_"),
+            "round {round}: the scrape is answered before its connection closes: {answer:?}"
+        );
+        // The new connection took the scraper's place: it is served.
+        newcomer.set_nonblocking(true).unwrap();
+        let mut newcomer = TcpStream::from_std(newcomer).unwrap();
+        newcomer
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut newcomer, b"ok\n").await;
+    }
+}
+
+/// A scrape's answer counts as finished once hyper has taken its body, not once its
+/// bytes are out: a large one to a slow reader is still being written when its
+/// connection, idle by that count, is chosen to make room. It is written whole before
+/// the connection closes.
+#[tokio::test]
+async fn a_scrape_still_being_written_when_its_connection_is_chosen_to_make_room_is_written_whole()
+{
+    let upstream = ScriptedUpstream::bind().await;
+    let limits = ConnectionLimits {
+        admin_max_connections: 1,
+        ..ConnectionLimits::default()
+    };
+    // Series for every route: a /metrics of 7 MB, more than the kernel's buffers on
+    // both ends hold (a send buffer grows to 4 MiB, tcp_wmem's default), so that
+    // hyper still has part of it when the new connection comes.
+    let yaml = many_routes(&upstream.url(), 300);
+    let config = GatewayConfig::parse(&yaml, "test.yaml", &|_| None).unwrap();
+    let gateway = start_config_with_limits(config, limits).await;
+    let mut scraper = client_that_will_stop_reading(
+        gateway.admin_addr,
+        b"GET /metrics HTTP/1.1\r\nhost: admin\r\n\r\n",
+    )
+    .await;
+    let head = read_until(&mut scraper, b"\r\n\r\n").await;
+    let head_end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head_text = String::from_utf8_lossy(&head[..head_end]).to_ascii_lowercase();
+    let length: usize = head_text
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .unwrap();
+
+    let mut newcomer = TcpStream::connect(gateway.admin_addr).await.unwrap();
+    newcomer
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut newcomer, b"ok\n").await;
+
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIVENESS, scraper.read_to_end(&mut rest))
+        .await
+        .expect("the scraper's connection ends")
+        .unwrap();
+    assert_eq!(
+        head.len() - head_end + rest.len(),
+        length,
+        "the whole answer, then the close"
+    );
+}
+
 /// A supervised route `chat` and a passed-through route `raw`, both to `upstream`.
 fn two_routes(upstream: &str, drain: &str) -> String {
     format!(
