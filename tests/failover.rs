@@ -801,6 +801,82 @@ async fn a_client_that_leaves_while_the_start_is_held_back_is_a_client_closed_st
     assert!(!b.connection_within(Duration::from_millis(200)).await);
 }
 
+/// A start thrown away is tried again on the next endpoint, and the client waits on
+/// for that endpoint's answer: its request is the same stream, active (and stuck, the
+/// period going on) through the wait. A client that leaves then ends it as
+/// `client_closed`, in the duration histogram and in one log line with its stuck time,
+/// as it would while the start was held.
+#[tokio::test]
+async fn a_client_that_leaves_while_a_start_is_tried_again_is_a_client_closed_stream() {
+    use tokio::io::AsyncWriteExt;
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    // b's answer is waited for as long as the test needs.
+    let yaml = config(&[("a", &a.url()), ("b", &b.url())], "", "{}")
+        .replace("header_timeout: 1s", "header_timeout: 60s")
+        .replace(
+            "stream: { protocol: openai-chat }",
+            "stream: { protocol: openai-chat, stuck_after: 200ms, heartbeat: 0s }",
+        );
+    let yaml = format!("listen: LISTEN\nadmin: {{ listen: ADMIN }}\n{yaml}");
+    let gateway = GatewayProcess::start("retry-wait", &yaml).await;
+    let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut broken = a.accept().await;
+    broken.start_sse("").await;
+    broken.send_chunk(ROLE).await;
+    let route = |m: &Metrics, name: &str| m.route_value(name, "chat");
+    gateway
+        .metrics_until("the held start stuck", |m| {
+            route(m, "sse_gateway_streams_stuck") == 1.0
+        })
+        .await;
+    // a breaks off before any content: the request goes to b, which does not answer.
+    drop(broken);
+    let mut waiting = b.accept().await;
+    gateway
+        .metrics_until("the stream active and stuck while b is waited for", |m| {
+            route(m, "sse_gateway_streams_active") == 1.0
+                && route(m, "sse_gateway_streams_stuck") == 1.0
+        })
+        .await;
+    drop(client);
+    let metrics = gateway
+        .metrics_until("the stream's outcome", |m| {
+            m.outcome_count("chat", "client_closed") == 1.0
+        })
+        .await;
+    assert_eq!(route(&metrics, "sse_gateway_streams_active"), 0.0);
+    assert_eq!(route(&metrics, "sse_gateway_streams_stuck"), 0.0);
+    assert_eq!(route(&metrics, "sse_gateway_stuck_total"), 1.0);
+    assert!(waiting.closed_within(LIVENESS).await, "b let go");
+    // The line is written as the request's state goes, a moment after the metrics.
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    let finished = |line: &&str| line.contains("finished") && line.contains("route=\"chat\"");
+    let log = loop {
+        let log = gateway.log_text();
+        if log.lines().any(|line| finished(&line)) || tokio::time::Instant::now() >= deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lines: Vec<&str> = log.lines().filter(finished).collect();
+    assert_eq!(lines.len(), 1, "one line for the request:\n{log}");
+    assert!(
+        lines[0].contains("stream finished")
+            && lines[0].contains("status=499")
+            && lines[0].contains("outcome=\"client_closed\"")
+            && !lines[0].contains("stuck_ms=0"),
+        "{}",
+        lines[0]
+    );
+}
+
 /// A held-back start with no data for `stuck_after` is stuck, as a live stream is,
 /// until data comes.
 #[tokio::test]

@@ -111,6 +111,8 @@ pub(super) fn forward<'a>(
         // The stuck periods of the starts thrown away: the client waited through
         // them, so the attempt that goes on counts them as its own.
         let mut stuck = Stuck::default();
+        // A start was thrown away: the client waits on for that stream.
+        let mut restarted = false;
         loop {
             let endpoint = endpoints.pick(start, tried).unwrap_or(0);
             tried.add(endpoint);
@@ -118,7 +120,20 @@ pub(super) fn forward<'a>(
             let last = made >= retry.attempts || endpoints.pick(start, tried).is_none();
             let copy = if last { None } else { copy(&request) };
             log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
-            let result = upstream.attempt(request, endpoint, stream).await;
+            let result = {
+                // After a start thrown away, the stream stays active through the wait,
+                // and a client that leaves during it ends it as `client_closed`.
+                let waiting = route
+                    .stream
+                    .as_ref()
+                    .filter(|_| restarted)
+                    .map(|plan| plan.retrying(started, &mut *log, std::mem::take(&mut stuck)));
+                let result = upstream.attempt(request, endpoint, stream).await;
+                if let Some(mut waiting) = waiting {
+                    stuck = waiting.hand_on();
+                }
+                result
+            };
             let (result, mut failure) = upstream.judge(result, endpoint);
             let mut forwarded = match result {
                 Ok(response) => {
@@ -174,6 +189,7 @@ pub(super) fn forward<'a>(
             failover.metrics.retry(failure.reason());
             // The failed attempt's response, and anything held back of it, go unseen.
             if let Ok((_, Forwarded::Started(start))) = &mut forwarded {
+                restarted = true;
                 stuck = start.take_stuck();
                 if let Some(error_type) = start.take_upstream_error_event() {
                     route.metrics.count_upstream_error_event(error_type);

@@ -13,7 +13,10 @@
 //! data came for `stuck_after`, as a live stream does (a stuck period still open at
 //! the commit goes on in the live body); a client that leaves then (the request's
 //! future is dropped) ends it as `client_closed`, in the duration histogram and the
-//! log line, as it would after the commit.
+//! log line, as it would after the commit. A start thrown away leaves the client
+//! waiting for the same stream from the next endpoint: through that wait the stream
+//! stays active, its stuck period goes on, and a client that leaves ends it as
+//! `client_closed` all the same ([`StreamPlan::retrying`]).
 //!
 //! Bounded: past [`MAX_HELD`] bytes without content the stream commits anyway. The
 //! response headers wait for the commitment; while waiting, the route's clocks hold as
@@ -85,6 +88,20 @@ impl<B> Started<B> {
 }
 
 impl StreamPlan {
+    /// The wait for the attempt after a start thrown away, from `started` (when the
+    /// request came) with the thrown-away starts' `stuck` periods: the stream stays
+    /// active, and ends as `client_closed` in `log` if the wait is dropped (the client
+    /// left) before [`Held::hand_on`] gives the stuck periods back for what the attempt
+    /// comes to.
+    pub(crate) fn retrying<'a>(
+        &'a self,
+        started: Instant,
+        log: &'a mut RequestLog,
+        stuck: Stuck,
+    ) -> Held<'a> {
+        Held::new(&self.metrics, started, log, stuck)
+    }
+
     /// Runs `upstream` until its first content event, or its end. Returns the start
     /// and, when it ended before any content in a way another attempt may fix, the
     /// failure (the start then holds the closing frames the client gets if nothing

@@ -235,12 +235,14 @@ impl Drop for Stuck {
     }
 }
 
-/// A start held back on a retrying route (`holdback.rs`): active from now, and ended
-/// as `client_closed`, with nothing sent, if dropped before [`Held::hand_on`] (the
-/// request's future was dropped: the client left). A start handed on is recorded by
-/// the [`Record`] of the body that goes on with it, or by the next attempt's.
+/// A start held back on a retrying route (`holdback.rs`), or the wait for the attempt
+/// after one thrown away ([`StreamPlan::retrying`](super::StreamPlan::retrying)):
+/// active from now, and ended as `client_closed`, with nothing sent, if dropped before
+/// [`Held::hand_on`] (the request's future was dropped: the client left). A start
+/// handed on is recorded by the [`Record`] of the body that goes on with it, or by the
+/// wait for the next attempt and then that attempt's.
 #[derive(Debug)]
-pub(super) struct Held<'a> {
+pub(crate) struct Held<'a> {
     metrics: &'a RouteMetrics,
     started: Instant,
     log: &'a mut RequestLog,
@@ -284,7 +286,7 @@ impl<'a> Held<'a> {
 
     /// The start returns to its caller, which records what becomes of it; a stuck
     /// period still open goes with it.
-    pub(super) fn hand_on(&mut self) -> Stuck {
+    pub(crate) fn hand_on(&mut self) -> Stuck {
         self.handed_on = true;
         std::mem::take(&mut self.stuck)
     }

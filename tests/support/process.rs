@@ -144,6 +144,24 @@ impl GatewayProcess {
         Metrics::parse(&body_text(response).await)
     }
 
+    /// Polls `/metrics` until `check` holds (within [`LIVENESS`]); returns the last read.
+    pub async fn metrics_until(&self, what: &str, check: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = tokio::time::Instant::now() + LIVENESS;
+        loop {
+            let metrics = self.metrics().await;
+            if check(&metrics) {
+                return metrics;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "metrics never showed {what}:\n{}\nlog:\n{}",
+                metrics.text,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn reloads_reach(&self, result: &str, count: f64) {
         let deadline = tokio::time::Instant::now() + LIVENESS;
         loop {
