@@ -409,9 +409,9 @@ mod tests {
             .unwrap_or_else(|errors| panic!("{errors}\n{yaml}"))
     }
 
-    /// A reload refused after its exporter was built (a CA file that holds no
-    /// certificate: validation only sees that it is a file) leaves the exporter in
-    /// force in place, so the next reload that keeps `telemetry.otlp` keeps it too.
+    /// A reload refused after its exporter was built (its CA file lost its certificate
+    /// between validation and apply) leaves the exporter in force in place, so the
+    /// next reload that keeps `telemetry.otlp` keeps it too.
     #[tokio::test]
     async fn a_refused_reload_leaves_the_trace_exporter_in_force() {
         let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -423,12 +423,15 @@ mod tests {
         let in_force = gateway.current_traces().expect("an exporter");
 
         let ca = std::env::temp_dir().join(format!("sse-gateway-no-ca-{}", std::process::id()));
-        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&ca, certified.cert.pem()).unwrap();
         let private = format!(
             "{assistant}  private:\n    url: https://127.0.0.1:1\n    tls: {{ ca_file: \"{}\" }}\n",
             ca.display()
         );
-        let refused = gateway.apply(config(&private, second)).await;
+        let validated = config(&private, second);
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let refused = gateway.apply(validated).await;
         std::fs::remove_file(&ca).unwrap();
         assert!(matches!(refused, Err(StartError::Tls(_))), "{refused:?}");
         let after = gateway.current_traces().expect("an exporter");

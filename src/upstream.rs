@@ -322,23 +322,30 @@ fn tls_config(upstream: &str, ca_file: Option<&Path>) -> Result<rustls::ClientCo
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(file) = ca_file {
-        let fail = |reason: String| TlsError::CaFile {
+        add_ca_file(&mut roots, file).map_err(|reason| TlsError::CaFile {
             upstream: upstream.to_owned(),
             file: file.to_owned(),
             reason,
-        };
-        let certs = CertificateDer::pem_file_iter(file).map_err(|e| fail(e.to_string()))?;
-        let mut added = 0;
-        for cert in certs {
-            let cert = cert.map_err(|e| fail(e.to_string()))?;
-            roots.add(cert).map_err(|e| fail(e.to_string()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(fail("no PEM certificate in it".to_owned()));
-        }
+        })?;
     }
     Ok(rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// Adds the CA certificates of the PEM file `file` to `roots`; says why it cannot when
+/// the file cannot be read, holds no certificate, or holds one that does not parse.
+/// Config validation runs it too, so `check` finds what a start would refuse.
+pub(crate) fn add_ca_file(roots: &mut rustls::RootCertStore, file: &Path) -> Result<(), String> {
+    let certs = CertificateDer::pem_file_iter(file).map_err(|e| e.to_string())?;
+    let mut added = 0;
+    for cert in certs {
+        let cert = cert.map_err(|e| e.to_string())?;
+        roots.add(cert).map_err(|e| e.to_string())?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err("no PEM certificate in it".to_owned());
+    }
+    Ok(())
 }

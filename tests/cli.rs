@@ -285,6 +285,36 @@ fn broken_configs_fail_check_with_every_problem_located() {
     }
 }
 
+/// An upstream's `tls.ca_file` is read by `check`, not only looked up: a file with no
+/// certificate in it fails with its place in the config, as a start would fail.
+#[test]
+fn check_reads_an_upstreams_ca_file() {
+    let dir = std::env::temp_dir().join(format!("sse-gateway-ca-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.yaml");
+    let ca_file = dir.join("ca.pem");
+    let yaml = format!(
+        "upstreams:\n  private:\n    url: https://127.0.0.1:9443\n    tls: {{ ca_file: \"{}\" }}\n\
+         routes:\n  - {{ name: chat, match: {{ path_prefix: /api }}, upstream: private }}\n",
+        ca_file.display()
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let config = config.to_str().unwrap();
+
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    let (code, _, stderr) = check(config);
+    assert_eq!(code, 1, "{stderr}");
+    let want = format!("{config}:4:21: upstreams.private.tls.ca_file: CA file");
+    assert!(stderr.starts_with(&want), "want {want}\n got {stderr}");
+    assert!(stderr.contains("no PEM certificate in it"), "{stderr}");
+
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&ca_file, certified.cert.pem()).unwrap();
+    let (code, _, stderr) = check(config);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+}
+
 #[test]
 fn unreadable_config_is_exit_1_with_the_reason() {
     let (code, _, stderr) = check("no/such/gateway.yaml");

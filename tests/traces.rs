@@ -638,8 +638,8 @@ async fn a_stop_after_a_reload_waits_for_the_spans_of_the_exporter_before_it() {
 }
 
 /// A reload that would trace to another collector but is refused once its exporter is
-/// built (an upstream's CA file that holds no certificate: `check` only sees that it
-/// is a file) changes nothing: new streams trace to the collector in force, nothing
+/// built (an upstream's CA file that lost its certificate between validation and
+/// apply) changes nothing: new streams trace to the collector in force, nothing
 /// goes to the other, and the stop still exports their spans.
 #[tokio::test]
 async fn a_reload_refused_after_its_exporter_was_built_keeps_the_exporter_in_force() {
@@ -649,7 +649,8 @@ async fn a_reload_refused_after_its_exporter_was_built_keeps_the_exporter_in_for
     let traced_to = |otlp: SocketAddr| config(&upstream.url(), &format!("http://{otlp}"), "");
     let gateway = start_gateway(&traced_to(first)).await;
     let ca = std::env::temp_dir().join(format!("sse-gateway-not-a-ca-{}", std::process::id()));
-    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
     let private = format!(
         "upstreams:\n  private:\n    url: https://127.0.0.1:1\n    tls: {{ ca_file: \"{}\" }}\n",
         ca.display()
@@ -657,6 +658,7 @@ async fn a_reload_refused_after_its_exporter_was_built_keeps_the_exporter_in_for
     let refused = traced_to(second).replacen("upstreams:\n", &private, 1);
     let refused = sse_gateway::config::GatewayConfig::parse(&refused, "reload.yaml", &|_| None)
         .expect("the file passes validation");
+    std::fs::write(&ca, "not a certificate\n").unwrap();
     let error = gateway.gateway().apply(refused).await.unwrap_err();
     std::fs::remove_file(&ca).unwrap();
     assert!(error.to_string().contains("no PEM certificate"), "{error}");

@@ -153,7 +153,20 @@ impl Validator<'_> {
                 );
                 return None;
             }
-            Some(file) => Some(std::path::PathBuf::from(file)),
+            Some(file) => {
+                let mut roots = rustls::RootCertStore::empty();
+                if let Err(reason) = crate::upstream::add_ca_file(&mut roots, file.as_ref()) {
+                    self.error_at_value(
+                        &ca_path,
+                        format!(
+                            "CA file \"{file}\" cannot be used ({reason}); give a PEM file of \
+                             one or more -----BEGIN CERTIFICATE----- blocks"
+                        ),
+                    );
+                    return None;
+                }
+                Some(std::path::PathBuf::from(file))
+            }
         };
         if let Some(problem) = base_path_problem(uri.path()) {
             self.error_at_value(path, bad(problem));
