@@ -763,6 +763,19 @@ async fn max_duration_reached_while_held_back_ends_the_stream_without_a_retry() 
     assert_eq!(healthy(&metrics, "a"), 1.0);
 }
 
+/// The route's stream has ended as `client_closed`.
+fn client_closed(metrics: &Metrics) -> bool {
+    metrics.outcome_count("chat", "client_closed") == 1.0
+}
+
+/// The route's one stream is over, with its one stuck period counted and ended.
+fn ended_in_its_one_stuck_period(metrics: &Metrics) {
+    let route = |name: &str| metrics.route_value(name, "chat");
+    assert_eq!(route("sse_gateway_streams_active"), 0.0);
+    assert_eq!(route("sse_gateway_streams_stuck"), 0.0);
+    assert_eq!(route("sse_gateway_stuck_total"), 1.0);
+}
+
 /// While its start is held back the stream is active, and stuck once no data came for
 /// `stuck_after`; a client that leaves then ends it as `client_closed`, as it would
 /// after the commit, and its stuck period with it.
@@ -787,13 +800,9 @@ async fn a_client_that_leaves_while_the_start_is_held_back_is_a_client_closed_st
         .await;
     drop(client);
     let metrics = gateway
-        .metrics_until("the stream's outcome", |m| {
-            m.outcome_count("chat", "client_closed") == 1.0
-        })
+        .metrics_until("the stream's outcome", client_closed)
         .await;
-    assert_eq!(route(&metrics, "sse_gateway_streams_active"), 0.0);
-    assert_eq!(route(&metrics, "sse_gateway_streams_stuck"), 0.0);
-    assert_eq!(route(&metrics, "sse_gateway_stuck_total"), 1.0);
+    ended_in_its_one_stuck_period(&metrics);
     assert!(
         exchange.closed_within(LIVENESS).await,
         "the upstream let go"
@@ -847,13 +856,9 @@ async fn a_client_that_leaves_while_a_start_is_tried_again_is_a_client_closed_st
         .await;
     drop(client);
     let metrics = gateway
-        .metrics_until("the stream's outcome", |m| {
-            m.outcome_count("chat", "client_closed") == 1.0
-        })
+        .metrics_until("the stream's outcome", client_closed)
         .await;
-    assert_eq!(route(&metrics, "sse_gateway_streams_active"), 0.0);
-    assert_eq!(route(&metrics, "sse_gateway_streams_stuck"), 0.0);
-    assert_eq!(route(&metrics, "sse_gateway_stuck_total"), 1.0);
+    ended_in_its_one_stuck_period(&metrics);
     assert!(waiting.closed_within(LIVENESS).await, "b let go");
     // The line is written as the request's state goes, a moment after the metrics.
     let deadline = tokio::time::Instant::now() + LIVENESS;

@@ -27,6 +27,30 @@ use tokio::net::{TcpListener, TcpStream};
 /// Generous bound for anything that should happen "at once": liveness, not speed.
 pub const LIVENESS: Duration = Duration::from_secs(5);
 
+/// Reads metrics with `read` until `check` holds; fails the test after [`LIVENESS`]
+/// naming `what`, with the last read and what `context` adds (a process's log).
+pub async fn poll_metrics<F: std::future::Future<Output = Metrics>>(
+    mut read: impl FnMut() -> F,
+    what: &str,
+    check: impl Fn(&Metrics) -> bool,
+    context: impl Fn() -> String,
+) -> Metrics {
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        let metrics = read().await;
+        if check(&metrics) {
+            return metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never showed {what}:\n{}\n{}",
+            metrics.text,
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A gateway running in this test's runtime.
 pub struct TestGateway {
     pub addr: SocketAddr,
@@ -49,19 +73,7 @@ impl TestGateway {
 
     /// Polls `/metrics` until `check` holds (within [`LIVENESS`]); returns the last read.
     pub async fn metrics_until(&self, what: &str, check: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = tokio::time::Instant::now() + LIVENESS;
-        loop {
-            let metrics = self.metrics().await;
-            if check(&metrics) {
-                return metrics;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "metrics never showed {what}:\n{}",
-                metrics.text
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_metrics(|| self.metrics(), what, check, String::new).await
     }
 
     pub async fn shutdown(self) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{body_text, get, Metrics, LIVENESS};
+use super::{body_text, get, Metrics};
 
 /// The gateway binary running on a config file in its own directory.
 pub struct GatewayProcess {
@@ -144,40 +144,19 @@ impl GatewayProcess {
         Metrics::parse(&body_text(response).await)
     }
 
-    /// Polls `/metrics` until `check` holds (within [`LIVENESS`]); returns the last read.
+    /// Polls `/metrics` until `check` holds (within [`LIVENESS`](super::LIVENESS)); returns the last read.
     pub async fn metrics_until(&self, what: &str, check: impl Fn(&Metrics) -> bool) -> Metrics {
-        let deadline = tokio::time::Instant::now() + LIVENESS;
-        loop {
-            let metrics = self.metrics().await;
-            if check(&metrics) {
-                return metrics;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "metrics never showed {what}:\n{}\nlog:\n{}",
-                metrics.text,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let log = || format!("log:\n{}", self.log_text());
+        super::poll_metrics(|| self.metrics(), what, check, log).await
     }
 
     pub async fn reloads_reach(&self, result: &str, count: f64) {
-        let deadline = tokio::time::Instant::now() + LIVENESS;
-        loop {
-            let metrics = self.metrics().await;
-            let seen = metrics.get("sse_gateway_config_reloads_total", &[("result", result)]);
-            if seen >= count {
-                assert_eq!(seen, count, "reloads with result {result}");
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no reload {result} seen; log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let reloads = |metrics: &Metrics| {
+            metrics.get("sse_gateway_config_reloads_total", &[("result", result)])
+        };
+        let what = format!("a reload {result}");
+        let metrics = self.metrics_until(&what, |m| reloads(m) >= count).await;
+        assert_eq!(reloads(&metrics), count, "reloads with result {result}");
     }
 
     pub fn log_text(&self) -> String {
