@@ -446,3 +446,40 @@ async fn a_recent_scraper_gets_its_final_scrape_before_the_exit() {
     gateway.metrics().await;
     assert_eq!(gateway.exit_code(Duration::from_secs(5)).await, Some(0));
 }
+
+/// A client that leaves before the response head gets no answer: its request is the
+/// log's status 499, and `http_requests_total` (requests answered) leaves it out.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_a_499_line_not_a_request_answered() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = GatewayProcess::start("left-early", &config(&upstream.url(), "dog")).await;
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    client
+        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let mut silent = upstream.accept().await;
+    drop(client);
+    logged(&gateway, "status=499", "no line for the client that left").await;
+    assert!(silent.closed_within(LIVENESS).await, "the upstream let go");
+    let answered = |metrics: Metrics| -> Vec<String> {
+        let counted = |line: &&str| {
+            line.starts_with("sse_gateway_http_requests_total{") && line.contains("route=\"chat\"")
+        };
+        metrics
+            .text
+            .lines()
+            .filter(counted)
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(answered(gateway.metrics().await), Vec::<String>::new());
+    // The next request is answered, and counted.
+    let _open = open_stream(gateway.addr, &upstream).await;
+    let counted = answered(gateway.metrics().await);
+    assert!(
+        counted.len() == 1 && counted[0].contains("status=\"200\""),
+        "{counted:?}"
+    );
+}
