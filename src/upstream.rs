@@ -167,7 +167,10 @@ impl Upstream {
         let mut again = reuse::replay(&request);
         loop {
             let captured = again.is_some().then(|| capture_connection(&mut request));
-            let error = match timeout_at(deadline, self.client.request(request)).await {
+            // Kept until the timeout's verdict is in: it may refuse the rest of the
+            // client's body, before the body is let go.
+            let sent = std::pin::pin!(self.client.request(request));
+            let error = match timeout_at(deadline, sent).await {
                 Err(_) => return Err(self.header_timeout_error(progress)),
                 Ok(Ok(response)) => {
                     Answered::mark(response.extensions());
@@ -223,7 +226,9 @@ impl Upstream {
             // Every event is its own small write upstream of us too: no Nagle delay.
             let _ = tcp.set_nodelay(true);
             let progress = body_progress(&request);
-            match tokio::time::timeout(self.header_timeout, lean::send(tcp, request)).await {
+            // Kept until the timeout's verdict is in, as in `send`.
+            let mut sent = std::pin::pin!(lean::send(tcp, request));
+            match tokio::time::timeout(self.header_timeout, sent.as_mut()).await {
                 Err(_) => Err(self.header_timeout_error(progress)),
                 Ok(Ok(response)) => self.final_response(response.map(UpstreamIncoming::Lean)),
                 Ok(Err(error)) => Err(self.classify(error.into(), false)),
@@ -249,7 +254,8 @@ impl Upstream {
     /// A header timeout while the gateway is still waiting for the client's body is
     /// the client's: the upstream cannot answer a request it has not received.
     fn header_timeout_error(&self, progress: Option<BodyProgress>) -> UpstreamError {
-        if progress.is_some_and(|progress| progress.waiting_for_client()) {
+        if let Some(progress) = progress.filter(BodyProgress::waiting_for_client) {
+            progress.refuse_rest();
             return UpstreamError::ClientBody {
                 kind: ClientErrorKind::BodyTimeout,
                 source: Box::new(ClientBodyError::Unfinished(self.header_timeout)),

@@ -394,19 +394,28 @@ async fn event_streams_framed_by_length_or_by_the_close_are_read_whole() {
     assert_eq!(metrics.outcome_count("chat", "upstream_error"), 0.0);
 }
 
-/// An upstream that answers `401` as soon as it has the request head and closes with
-/// most of a large body unread (Go's server does so past 256 KiB): the client gets the
-/// upstream's answer, not a 502 for the write that failed.
-#[tokio::test]
-async fn an_answer_before_the_whole_body_was_read_reaches_the_client() {
+/// A gateway whose one route, with `route`'s keys, goes to an upstream that answers
+/// its first request before reading the body ([`answer_before_the_body`]); the
+/// upstream's task.
+async fn early_answering(route: &str) -> (TestGateway, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let route = "    request: { max_body_size: 8MiB }\n    stream: { heartbeat: 0s }\n";
     let gateway = start_gateway(&one_route_config(&url, route)).await;
     let upstream = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         answer_before_the_body(tcp).await;
     });
+    (gateway, upstream)
+}
+
+/// An upstream that answers `401` as soon as it has the request head and closes with
+/// most of a large body unread (Go's server does so past 256 KiB): the client gets the
+/// upstream's answer, not a 502 for the write that failed.
+#[tokio::test]
+async fn an_answer_before_the_whole_body_was_read_reaches_the_client() {
+    let (gateway, upstream) =
+        early_answering("    request: { max_body_size: 8MiB }\n    stream: { heartbeat: 0s }\n")
+            .await;
     let request = http::Request::post("/api/stream")
         .header("host", "gw")
         .header("content-type", "application/json")
@@ -426,17 +435,54 @@ async fn an_answer_before_the_whole_body_was_read_reaches_the_client() {
 /// body fails on the reset before it has read the answer already received.
 #[tokio::test]
 async fn an_answer_before_the_whole_body_was_read_reaches_the_client_through_the_pool() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let route = "    request: { max_body_size: 8MiB }\n";
-    let gateway = start_gateway(&one_route_config(&url, route)).await;
-    let upstream = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        answer_before_the_body(tcp).await;
-    });
+    let (gateway, upstream) = early_answering("    request: { max_body_size: 8MiB }\n").await;
     let reply = post_reading_meanwhile(gateway.addr, "/api/stream", 4 * 1024 * 1024).await;
     assert!(reply.starts_with("HTTP/1.1 401 "), "{reply}");
     assert!(reply.ends_with(EARLY_ANSWER), "{reply}");
+    upstream.await.unwrap();
+}
+
+/// The same for a client that sends its whole body before it reads (as most HTTP
+/// libraries do): the gateway reads on what the upstream left unread, so the client's
+/// writes complete and the answer is not lost to a reset.
+#[tokio::test]
+async fn an_early_answer_through_the_pool_reaches_a_client_that_reads_after_sending() {
+    let (gateway, upstream) = early_answering("    request: { max_body_size: 32MiB }\n").await;
+    let sent = tokio::time::timeout(
+        LIVENESS,
+        post_then_read(gateway.addr, "/api/stream", 16 * 1024 * 1024),
+    )
+    .await
+    .expect("the body is read and the reply comes in time");
+    let reply = sent.expect("the whole body is taken");
+    assert!(reply.starts_with("HTTP/1.1 401 "), "{reply}");
+    assert!(reply.ends_with(EARLY_ANSWER), "{reply}");
+    upstream.await.unwrap();
+}
+
+/// What is left of the body is read on only while it keeps coming: a client that stops
+/// sending midway has its connection closed once the route's `body_timeout` passes
+/// without data, after its answer.
+#[tokio::test]
+async fn a_body_read_on_after_an_early_answer_is_let_go_when_it_stops_coming() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gateway, upstream) =
+        early_answering("    request: { max_body_size: 32MiB, body_timeout: 1s }\n").await;
+    let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let head = "POST /api/stream HTTP/1.1\r\nhost: gateway\r\ncontent-length: 16777216\r\n\r\n";
+    client.write_all(head.as_bytes()).await.unwrap();
+    client
+        .write_all(&vec![b'a'; 2 * 1024 * 1024])
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let closed = tokio::time::timeout(LIVENESS, client.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 401 "), "{reply}");
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "the connection stays open: {closed:?}"
+    );
     upstream.await.unwrap();
 }
 

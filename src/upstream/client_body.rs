@@ -8,6 +8,12 @@
 //! upstream. The wrapper also ends a body that stops arriving for the route's
 //! `body_timeout`, and tells the caller whether the body is waiting on the client, so
 //! a `header_timeout` that passes while the client is still sending is the client's.
+//!
+//! A body let go before its end (the upstream answered early and closed, or failed)
+//! is read on and dropped for a while ([`linger`]), as NGINX's lingering close does:
+//! a client that sends its whole body before it reads then gets the answer. A body
+//! closed with data unread would reset the connection, and the reset can discard the
+//! answer before the client reads it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tokio::time::{sleep_until, Instant, Sleep};
 
@@ -51,26 +57,53 @@ impl ClientBodyError {
     }
 }
 
-/// Whether the body is waiting for the client right now; shared with the sender.
+/// How the client's body is doing, shared with the sender: whether it waits for the
+/// client right now, and whether the sender refused the rest of it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct BodyProgress(Arc<AtomicBool>);
+pub(crate) struct BodyProgress(Arc<Flags>);
+
+#[derive(Debug, Default)]
+struct Flags {
+    waiting: AtomicBool,
+    refused: AtomicBool,
+}
 
 impl BodyProgress {
     /// True while the last read of the body found nothing from the client, and the
     /// body is not finished.
     pub(crate) fn waiting_for_client(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.waiting.load(Ordering::Relaxed)
     }
 
     fn set_waiting(&self, waiting: bool) {
-        self.0.store(waiting, Ordering::Relaxed);
+        self.0.waiting.store(waiting, Ordering::Relaxed);
+    }
+
+    /// The client is answered for sending too slowly (a 408): what is left of its body
+    /// is not read on ([`linger`]), and the connection closes after the answer. Called
+    /// before the body is let go, so a [`linger`] never reads a byte of it.
+    pub(crate) fn refuse_rest(&self) {
+        self.0.refused.store(true, Ordering::Release);
+    }
+
+    fn rest_refused(&self) -> bool {
+        self.0.refused.load(Ordering::Acquire)
     }
 }
+
+/// How long a body let go before its end is read on at most ([`linger`]): NGINX's
+/// `lingering_time`.
+const LINGER_FOR: Duration = Duration::from_secs(30);
+
+/// How long [`linger`] waits for more of the body when the route has no
+/// `body_timeout`: NGINX's `lingering_timeout`.
+const LINGER_STALL: Duration = Duration::from_secs(5);
 
 /// The client's body, within the route's size limit and `body_timeout`.
 #[derive(Debug)]
 pub(crate) struct ClientBody {
-    inner: Limited<Incoming>,
+    /// `None` once the body is over: ended, failed, or handed to [`linger`].
+    inner: Option<Limited<Incoming>>,
     /// `Duration::ZERO`: no limit.
     timeout: Duration,
     /// Armed when a read finds nothing, from then on: time spent waiting on the
@@ -84,7 +117,7 @@ pub(crate) struct ClientBody {
 impl ClientBody {
     pub(crate) fn new(body: Incoming, limit: usize, timeout: Duration) -> ClientBody {
         ClientBody {
-            inner: Limited::new(body, limit),
+            inner: Some(Limited::new(body, limit)),
             timeout,
             stall: None,
             armed: false,
@@ -128,13 +161,17 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.progressed();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
                 this.progressed();
+                this.inner = None;
                 let error = if error.is::<LengthLimitError>() {
                     ClientBodyError::TooLarge
                 } else {
@@ -144,12 +181,14 @@ impl Body for ClientBody {
             }
             Poll::Ready(None) => {
                 this.progressed();
+                this.inner = None;
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 this.progress.set_waiting(true);
                 if this.stalled(cx) {
                     this.progressed();
+                    this.inner = None;
                     return Poll::Ready(Some(Err(ClientBodyError::Stalled(this.timeout))));
                 }
                 Poll::Pending
@@ -158,10 +197,43 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take().filter(|inner| !inner.is_end_stream()) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let stall = if self.timeout.is_zero() {
+                LINGER_STALL
+            } else {
+                self.timeout.min(LINGER_STALL)
+            };
+            runtime.spawn(linger(inner, stall, self.progress.clone()));
+        }
+    }
+}
+
+/// Reads what is left of a body nobody sends on, and drops it: until its end, an
+/// error (the client left, or the route's size limit), `stall` without data, or
+/// [`LINGER_FOR`] in all; not at all when the sender refused the rest. Meanwhile hyper
+/// writes the answer, and the client still sending its body does not meet a reset.
+async fn linger(mut body: Limited<Incoming>, stall: Duration, progress: BodyProgress) {
+    let until = Instant::now() + LINGER_FOR;
+    while !progress.rest_refused() {
+        let wait = (Instant::now() + stall).min(until);
+        match tokio::time::timeout_at(wait, body.frame()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) | Err(_) => return,
+        }
     }
 }

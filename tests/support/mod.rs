@@ -729,20 +729,50 @@ pub async fn answer_before_the_body<S: AsyncRead + AsyncWrite + Unpin>(mut strea
 /// `Content-Length`), or what came before the connection ended.
 pub async fn post_reading_meanwhile(addr: SocketAddr, path: &str, len: usize) -> String {
     let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    let path = path.to_owned();
+    // The writer is kept, not dropped, when it is done: dropping it would close the
+    // sending side, and a gateway that sees its client close may close too.
+    let sending = tokio::spawn(async move {
+        write_post(&mut writer, &path, len).await?;
+        std::io::Result::Ok(writer)
+    });
+    let reply = read_reply(&mut reader).await;
+    sending.abort();
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Posts a body of `len` bytes on a raw socket, all of it, and only then reads the
+/// reply, as a client that does not watch for an early answer does: the write's
+/// error, or the reply (as [`post_reading_meanwhile`] reads it).
+pub async fn post_then_read(addr: SocketAddr, path: &str, len: usize) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    write_post(&mut stream, path, len).await?;
+    let reply = read_reply(&mut stream).await;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+async fn write_post<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    path: &str,
+    len: usize,
+) -> std::io::Result<()> {
     let head = format!(
         "POST {path} HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
     );
-    let sending = tokio::spawn(async move {
-        writer.write_all(head.as_bytes()).await?;
-        let chunk = vec![b'a'; 64 * 1024];
-        let mut sent = 0;
-        while sent < len {
-            let n = chunk.len().min(len - sent);
-            writer.write_all(&chunk[..n]).await?;
-            sent += n;
-        }
-        std::io::Result::Ok(writer)
-    });
+    writer.write_all(head.as_bytes()).await?;
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        writer.write_all(&chunk[..n]).await?;
+        sent += n;
+    }
+    Ok(())
+}
+
+/// The reply's head and body (by its `Content-Length`), or what came before the
+/// connection ended or failed.
+async fn read_reply<R: AsyncRead + Unpin>(reader: &mut R) -> Vec<u8> {
     let mut reply = Vec::new();
     let mut chunk = [0u8; 4096];
     while !whole_reply(&reply) {
@@ -754,8 +784,7 @@ pub async fn post_reading_meanwhile(addr: SocketAddr, path: &str, len: usize) ->
             Ok(n) => reply.extend_from_slice(&chunk[..n]),
         }
     }
-    sending.abort();
-    String::from_utf8_lossy(&reply).into_owned()
+    reply
 }
 
 /// True once `reply` holds a head and as much body as its `Content-Length` says.
