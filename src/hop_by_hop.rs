@@ -23,6 +23,18 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
+/// True when a request of `version` with `headers` leaves its HTTP/1.1 connection open
+/// after the answer: its `Connection` header does not say `close`.
+pub(crate) fn keeps_alive(version: http::Version, headers: &HeaderMap) -> bool {
+    version == http::Version::HTTP_11
+        && !headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("close"))
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 /// A message that came with `Transfer-Encoding` loses its `Content-Length` too: its
 /// body was read by the transfer coding, and the length, which an agent must then
@@ -63,5 +75,25 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["authorization"]);
+    }
+
+    #[test]
+    fn only_an_http11_request_without_close_keeps_its_connection() {
+        let with = |connection: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = connection {
+                headers.insert(CONNECTION, HeaderValue::from_static(value));
+            }
+            headers
+        };
+        let http11 = http::Version::HTTP_11;
+        assert!(keeps_alive(http11, &with(None)));
+        assert!(keeps_alive(http11, &with(Some("keep-alive, x-hop"))));
+        assert!(!keeps_alive(http11, &with(Some("x-hop, Close"))));
+        assert!(!keeps_alive(
+            http::Version::HTTP_10,
+            &with(Some("keep-alive"))
+        ));
+        assert!(!keeps_alive(http::Version::HTTP_2, &with(None)));
     }
 }

@@ -486,6 +486,112 @@ async fn a_body_read_on_after_an_early_answer_is_let_go_when_it_stops_coming() {
     upstream.await.unwrap();
 }
 
+/// Sends `head` (which says `transfer-encoding: chunked`) and then a body without end
+/// (a 64 KiB chunk every 10 ms) on a raw connection; true when the gateway ends the
+/// connection within [`LIVENESS`] meanwhile, by a close or a reset: it did not read on
+/// the body.
+async fn ends_while_the_body_still_comes(addr: std::net::SocketAddr, head: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut reader, mut writer) = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap()
+        .into_split();
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let sending = tokio::spawn(async move {
+        let mut chunk = b"10000\r\n".to_vec();
+        chunk.resize(chunk.len() + 64 * 1024, b'a');
+        chunk.extend_from_slice(b"\r\n");
+        while writer.write_all(&chunk).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut reply = Vec::new();
+    let ended = tokio::time::timeout(LIVENESS, reader.read_to_end(&mut reply)).await;
+    sending.abort();
+    ended.is_ok()
+}
+
+/// A request the gateway answers itself (here a 400: the query is too long for the
+/// upstream's URI) before anything took its body: that body is not read on, and the
+/// connection closes after the answer even while the client still sends.
+#[tokio::test]
+async fn a_body_nothing_took_is_not_read_on_after_the_gateways_own_answer() {
+    let (gateway, _upstream) = early_answering("    request: { max_body_size: 1GiB }\n").await;
+    let query = "a".repeat(65_500);
+    let head = format!(
+        "POST /api/stream?q={query} HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    assert!(ends_while_the_body_still_comes(gateway.addr, &head).await);
+    let metrics = gateway.metrics().await;
+    let refused = metrics.get(
+        "sse_gateway_http_requests_total",
+        &[("route", "chat"), ("method", "POST"), ("status", "400")],
+    );
+    assert_eq!(refused, 1.0, "{}", metrics.text);
+}
+
+/// An answer on a connection the client asked to close (`Connection: close`) ends with
+/// the connection, so the body is not read on: the client would wait for the end.
+#[tokio::test]
+async fn an_early_answer_on_a_closing_connection_does_not_read_on_the_body() {
+    let (gateway, upstream) = early_answering("    request: { max_body_size: 1GiB }\n").await;
+    let head = "POST /api/stream HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n";
+    assert!(ends_while_the_body_still_comes(gateway.addr, head).await);
+    upstream.await.unwrap();
+}
+
+/// Over HTTP/2 an answered stream's upload ends on its own (`RST_STREAM` with
+/// `NO_ERROR`, RFC 9113 section 8.1): the gateway does not read on the body.
+#[tokio::test]
+async fn an_early_answer_over_h2_ends_the_upload() {
+    let (gateway, upstream) = early_answering("    request: { max_body_size: 32MiB }\n").await;
+    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (chunks, body) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let feeding = tokio::spawn(async move {
+        let chunk = bytes::Bytes::from(vec![b'a'; 64 * 1024]);
+        while chunks.send(chunk.clone()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let request = http::Request::post(format!("http://{}/api/stream", gateway.addr))
+        .body(ChannelBody(body))
+        .unwrap();
+    let response = tokio::time::timeout(LIVENESS, sender.send_request(request))
+        .await
+        .expect("the answer in time")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    tokio::time::timeout(LIVENESS, feeding)
+        .await
+        .expect("the gateway stops taking the body")
+        .unwrap();
+    upstream.await.unwrap();
+}
+
+/// A request body fed from a channel, for as long as the test feeds it.
+struct ChannelBody(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| Ok(hyper::body::Frame::data(chunk))))
+    }
+}
+
 /// An upstream that resets the connection without an answer while the body is being
 /// written is a 502 at once on either path, with the reset as its cause.
 #[tokio::test]

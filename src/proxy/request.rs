@@ -15,7 +15,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::{BodyMode, RequestPlan};
-use crate::hop_by_hop::strip_hop_by_hop;
+use crate::hop_by_hop::{keeps_alive, strip_hop_by_hop};
 use crate::upstream::{ClientBody, ClientErrorKind, Upstream, UpstreamBody};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -105,6 +105,7 @@ pub(crate) fn translate(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    let keep_alive = keeps_alive(parts.version, &parts.headers);
     // The client's hop-by-hop headers go before the gateway adds its own: a client
     // naming `Content-Type` in `Connection` must not remove the one set below.
     strip_hop_by_hop(&mut parts.headers);
@@ -142,7 +143,7 @@ pub(crate) fn translate(
         let limit = usize::try_from(plan.max_body_size).unwrap_or(usize::MAX);
         (
             query,
-            Either::Left(ClientBody::new(body, limit, plan.body_timeout)),
+            Either::Left(ClientBody::new(body, limit, plan.body_timeout, keep_alive)),
         )
     };
     let uri = origin.upstream.uri(&path, query)?;

@@ -9,11 +9,15 @@
 //! `body_timeout`, and tells the caller whether the body is waiting on the client, so
 //! a `header_timeout` that passes while the client is still sending is the client's.
 //!
-//! A body let go before its end (the upstream answered early and closed, or failed)
-//! is read on and dropped for a while ([`linger`]), as NGINX's lingering close does:
-//! a client that sends its whole body before it reads then gets the answer. A body
-//! closed with data unread would reset the connection, and the reset can discard the
-//! answer before the client reads it.
+//! A body let go before its end, after the upstream began to take it (the upstream
+//! answered early and closed, or failed), is read on and dropped for a while
+//! ([`linger`]), as NGINX's lingering close does: a client that sends its whole body
+//! before it reads then gets the answer. A body closed with data unread would reset
+//! the connection, and the reset can discard the answer before the client reads it.
+//! Only on an HTTP/1.1 connection that stays open after the answer: there the answer's
+//! framing tells the client where it ends. An answer ended by the connection's close
+//! (HTTP/1.0, `Connection: close`) would wait for the lingering; over HTTP/2 hyper
+//! ends the answered stream's upload itself (`RST_STREAM` with `NO_ERROR`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -95,8 +99,8 @@ impl BodyProgress {
 /// `lingering_time`.
 const LINGER_FOR: Duration = Duration::from_secs(30);
 
-/// How long [`linger`] waits for more of the body when the route has no
-/// `body_timeout`: NGINX's `lingering_timeout`.
+/// How long [`linger`] waits for more of the body at most (a route's shorter
+/// `body_timeout` wins): NGINX's `lingering_timeout`.
 const LINGER_STALL: Duration = Duration::from_secs(5);
 
 /// The client's body, within the route's size limit and `body_timeout`.
@@ -104,6 +108,10 @@ const LINGER_STALL: Duration = Duration::from_secs(5);
 pub(crate) struct ClientBody {
     /// `None` once the body is over: ended, failed, or handed to [`linger`].
     inner: Option<Limited<Incoming>>,
+    /// The connection may linger on the body ([`ClientBody::new`]).
+    may_linger: bool,
+    /// The upstream's sender began to take the body.
+    taken: bool,
     /// `Duration::ZERO`: no limit.
     timeout: Duration,
     /// Armed when a read finds nothing, from then on: time spent waiting on the
@@ -115,9 +123,18 @@ pub(crate) struct ClientBody {
 }
 
 impl ClientBody {
-    pub(crate) fn new(body: Incoming, limit: usize, timeout: Duration) -> ClientBody {
+    /// `keep_alive`: the request came on an HTTP/1.1 connection that stays open after
+    /// the answer, where what is left of the body may be read on ([`linger`]).
+    pub(crate) fn new(
+        body: Incoming,
+        limit: usize,
+        timeout: Duration,
+        keep_alive: bool,
+    ) -> ClientBody {
         ClientBody {
             inner: Some(Limited::new(body, limit)),
+            may_linger: keep_alive,
+            taken: false,
             timeout,
             stall: None,
             armed: false,
@@ -164,6 +181,7 @@ impl Body for ClientBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        this.taken = true;
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.progressed();
@@ -209,6 +227,11 @@ impl Body for ClientBody {
 
 impl Drop for ClientBody {
     fn drop(&mut self) {
+        // A body nobody began to take was refused before it went anywhere (a request
+        // the gateway answers itself): the connection closes after the answer.
+        if !(self.may_linger && self.taken) {
+            return;
+        }
         let Some(inner) = self.inner.take().filter(|inner| !inner.is_end_stream()) else {
             return;
         };
