@@ -16,39 +16,59 @@ impl RedisServer {
     /// Starts `redis-server` without persistence; `None` when the binary is not
     /// installed (CI installs Debian's `redis-server`, so there it always runs).
     pub async fn start() -> Option<RedisServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-                return None;
+        // A port found free may be taken by a parallel test's server before this one
+        // binds it: this one then exits, and the port answers for the other. So the
+        // server that answers must be this one (its PID), or a new port is tried.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = match spawn(port) {
+                Ok(child) => child,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    eprintln!(
+                        "SKIPPED: redis-server is not installed (apt-get install redis-server)"
+                    );
+                    return None;
+                }
+                Err(error) => panic!("cannot start redis-server: {error}"),
+            };
+            let mut server = RedisServer {
+                child: Some(child),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            };
+            if server.listens().await {
+                return Some(server);
             }
-            Err(error) => panic!("cannot start redis-server: {error}"),
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let server = RedisServer {
-            child: Some(child),
-            addr,
-        };
+        }
+        panic!("redis-server found no free port in 5 tries");
+    }
+
+    /// Waits until this server (by its PID) answers on `addr`; false when it exited
+    /// first (its port was taken).
+    async fn listens(&mut self) -> bool {
+        let child = self.child.as_mut().expect("a server was started");
+        let pid = format!("process_id:{}\r\n", child.id());
         let deadline = tokio::time::Instant::now() + LIVENESS;
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
+        loop {
+            if let Some(info) = self.try_command(&["INFO", "server"]).await {
+                if info.contains(&pid) {
+                    return true;
+                }
+            }
+            let child = self.child.as_mut().expect("a server was started");
+            if child.try_wait().unwrap().is_some() {
+                self.child = None;
+                return false;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "redis-server listens in time"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Some(server)
     }
 
     pub fn url(&self) -> String {
@@ -67,45 +87,44 @@ impl RedisServer {
     /// persistence); returns once it listens.
     pub async fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.addr.port().to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts again");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + LIVENESS;
-        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server listens again in time"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.child = Some(spawn(self.addr.port()).expect("redis-server starts again"));
+        assert!(
+            self.listens().await,
+            "redis-server could not take its port again"
+        );
     }
 
     /// `redis-cli`-free: one RESP command, the raw reply.
     pub async fn command(&self, args: &[&str]) -> String {
+        self.try_command(args).await.expect("redis answers")
+    }
+
+    /// [`RedisServer::command`], or `None` when nothing answers on the port.
+    async fn try_command(&self, args: &[&str]) -> Option<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.ok()?;
         let mut request = format!("*{}\r\n", args.len());
         for arg in args {
             request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
-        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(request.as_bytes()).await.ok()?;
         let mut reply = vec![0u8; 64 * 1024];
         let n = tokio::time::timeout(LIVENESS, stream.read(&mut reply))
             .await
             .expect("redis answers in time")
-            .unwrap();
-        String::from_utf8_lossy(&reply[..n]).into_owned()
+            .ok()?;
+        Some(String::from_utf8_lossy(&reply[..n]).into_owned())
     }
+}
+
+/// `redis-server` on `port` of loopback, without persistence.
+fn spawn(port: u16) -> std::io::Result<Child> {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
 }
 
 impl Drop for RedisServer {
