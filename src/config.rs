@@ -5,6 +5,7 @@
 //! (`gateway.yaml:LINE:COL: message`), so an operator fixes a file in one pass. Nothing
 //! here binds a socket or starts a task: `sse-gateway check` runs exactly this code.
 
+mod ca_file;
 mod env;
 mod locate;
 pub(crate) mod raw;
@@ -29,6 +30,7 @@ use crate::trusted_proxies::TrustedProxies;
 
 pub(crate) use crate::router::PathMatch;
 
+pub(crate) use ca_file::add_ca_file;
 pub(crate) use locate::Position;
 pub(crate) use raw::{BodyMode, LogFormat, OnUnknown, OnUpstreamEof, ResumeStore, StreamUsage};
 pub(crate) use units::HumanDuration;

@@ -31,8 +31,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
@@ -328,7 +326,7 @@ fn tls_config(upstream: &str, ca_file: Option<&Path>) -> Result<rustls::ClientCo
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(file) = ca_file {
-        add_ca_file(&mut roots, file).map_err(|reason| TlsError::CaFile {
+        crate::config::add_ca_file(&mut roots, file).map_err(|reason| TlsError::CaFile {
             upstream: upstream.to_owned(),
             file: file.to_owned(),
             reason,
@@ -337,21 +335,4 @@ fn tls_config(upstream: &str, ca_file: Option<&Path>) -> Result<rustls::ClientCo
     Ok(rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-/// Adds the CA certificates of the PEM file `file` to `roots`; says why it cannot when
-/// the file cannot be read, holds no certificate, or holds one that does not parse.
-/// Config validation runs it too, so `check` finds what a start would refuse.
-pub(crate) fn add_ca_file(roots: &mut rustls::RootCertStore, file: &Path) -> Result<(), String> {
-    let certs = CertificateDer::pem_file_iter(file).map_err(|e| e.to_string())?;
-    let mut added = 0;
-    for cert in certs {
-        let cert = cert.map_err(|e| e.to_string())?;
-        roots.add(cert).map_err(|e| e.to_string())?;
-        added += 1;
-    }
-    if added == 0 {
-        return Err("no PEM certificate in it".to_owned());
-    }
-    Ok(())
 }

@@ -155,7 +155,7 @@ impl Validator<'_> {
             }
             Some(file) => {
                 let mut roots = rustls::RootCertStore::empty();
-                if let Err(reason) = crate::upstream::add_ca_file(&mut roots, file.as_ref()) {
+                if let Err(reason) = crate::config::add_ca_file(&mut roots, file.as_ref()) {
                     self.error_at_value(
                         &ca_path,
                         format!(
