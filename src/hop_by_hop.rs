@@ -27,12 +27,17 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// after the answer: its `Connection` header does not say `close`.
 pub(crate) fn keeps_alive(version: http::Version, headers: &HeaderMap) -> bool {
     version == http::Version::HTTP_11
-        && !headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("close"))
+        && !connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("close"))
+}
+
+/// The tokens of every `Connection` header line, trimmed.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
@@ -43,12 +48,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(http::header::TRANSFER_ENCODING) {
         headers.remove(http::header::CONTENT_LENGTH);
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);

@@ -763,6 +763,19 @@ async fn max_duration_reached_while_held_back_ends_the_stream_without_a_retry() 
     assert_eq!(healthy(&metrics, "a"), 1.0);
 }
 
+/// A client's stream whose start `a` answers with the role chunk alone: no content,
+/// so a retrying route holds it back. The client and `a`'s exchange, both open.
+async fn a_start_without_content(
+    gateway: std::net::SocketAddr,
+    a: &ScriptedUpstream,
+) -> (tokio::net::TcpStream, Exchange) {
+    let client = raw_get(gateway, "/api/stream").await;
+    let mut exchange = a.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(ROLE).await;
+    (client, exchange)
+}
+
 /// The route's stream has ended as `client_closed`.
 fn client_closed(metrics: &Metrics) -> bool {
     metrics.outcome_count("chat", "client_closed") == 1.0
@@ -781,16 +794,8 @@ fn ended_in_its_one_stuck_period(metrics: &Metrics) {
 /// after the commit, and its stuck period with it.
 #[tokio::test]
 async fn a_client_that_leaves_while_the_start_is_held_back_is_a_client_closed_stream() {
-    use tokio::io::AsyncWriteExt;
     let (a, b, gateway) = two_endpoints("stuck_after: 200ms, heartbeat: 0s").await;
-    let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    client
-        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
-        .await
-        .unwrap();
-    let mut exchange = a.accept().await;
-    exchange.start_sse("").await;
-    exchange.send_chunk(ROLE).await;
+    let (client, mut exchange) = a_start_without_content(gateway.addr, &a).await;
     let route = |m: &Metrics, name: &str| m.route_value(name, "chat");
     gateway
         .metrics_until("the held stream is active and stuck", |m| {
@@ -817,7 +822,6 @@ async fn a_client_that_leaves_while_the_start_is_held_back_is_a_client_closed_st
 /// as it would while the start was held.
 #[tokio::test]
 async fn a_client_that_leaves_while_a_start_is_tried_again_is_a_client_closed_stream() {
-    use tokio::io::AsyncWriteExt;
     let (a, b) = (
         ScriptedUpstream::bind().await,
         ScriptedUpstream::bind().await,
@@ -831,14 +835,7 @@ async fn a_client_that_leaves_while_a_start_is_tried_again_is_a_client_closed_st
         );
     let yaml = format!("listen: LISTEN\nadmin: {{ listen: ADMIN }}\n{yaml}");
     let gateway = GatewayProcess::start("retry-wait", &yaml).await;
-    let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    client
-        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
-        .await
-        .unwrap();
-    let mut broken = a.accept().await;
-    broken.start_sse("").await;
-    broken.send_chunk(ROLE).await;
+    let (client, broken) = a_start_without_content(gateway.addr, &a).await;
     let route = |m: &Metrics, name: &str| m.route_value(name, "chat");
     gateway
         .metrics_until("the held start stuck", |m| {
@@ -861,15 +858,12 @@ async fn a_client_that_leaves_while_a_start_is_tried_again_is_a_client_closed_st
     ended_in_its_one_stuck_period(&metrics);
     assert!(waiting.closed_within(LIVENESS).await, "b let go");
     // The line is written as the request's state goes, a moment after the metrics.
-    let deadline = tokio::time::Instant::now() + LIVENESS;
     let finished = |line: &&str| line.contains("finished") && line.contains("route=\"chat\"");
-    let log = loop {
-        let log = gateway.log_text();
-        if log.lines().any(|line| finished(&line)) || tokio::time::Instant::now() >= deadline {
-            break log;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let log = gateway
+        .log_until("no line for the request", |log| {
+            log.lines().any(|line| finished(&line))
+        })
+        .await;
     let lines: Vec<&str> = log.lines().filter(finished).collect();
     assert_eq!(lines.len(), 1, "one line for the request:\n{log}");
     assert!(

@@ -138,11 +138,7 @@ async fn a_500_event_stream_keeps_its_status_and_is_still_repaired() {
 #[tokio::test]
 async fn a_client_that_does_not_read_back_pressures_the_upstream() {
     let (upstream, gateway) = setup().await;
-    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
-    client
-        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gw\r\n\r\n")
-        .await
-        .unwrap();
+    let mut client = raw_get(gateway.addr, "/api/stream").await;
     let mut exchange = upstream.accept().await;
     exchange.start_sse("").await;
     read_until(&mut client, b"\r\n\r\n").await;
@@ -538,6 +534,16 @@ async fn an_early_answer_on_a_closing_connection_does_not_read_on_the_body() {
     let head = "POST /api/stream HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n";
     assert!(ends_while_the_body_still_comes(gateway.addr, head).await);
     upstream.await.unwrap();
+    let metrics = gateway.metrics().await;
+    let answered = metrics.get(
+        "sse_gateway_http_requests_total",
+        &[("route", "chat"), ("method", "POST"), ("status", "401")],
+    );
+    assert_eq!(
+        answered, 1.0,
+        "the early answer was sent:\n{}",
+        metrics.text
+    );
 }
 
 /// Over HTTP/2 an answered stream's upload ends on its own (`RST_STREAM` with

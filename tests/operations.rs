@@ -341,15 +341,7 @@ async fn draining(gateway: &GatewayProcess) {
 /// Waits until the gateway's log has `line` (within [`LIVENESS`]); `missing` says
 /// what its absence means.
 async fn logged(gateway: &GatewayProcess, line: &str, missing: &str) {
-    let deadline = tokio::time::Instant::now() + LIVENESS;
-    while !gateway.log_text().contains(line) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{missing}:\n{}",
-            gateway.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gateway.log_until(missing, |log| log.contains(line)).await;
 }
 
 #[tokio::test]
@@ -451,14 +443,9 @@ async fn a_recent_scraper_gets_its_final_scrape_before_the_exit() {
 /// log's status 499, and `http_requests_total` (requests answered) leaves it out.
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_is_a_499_line_not_a_request_answered() {
-    use tokio::io::AsyncWriteExt;
     let upstream = ScriptedUpstream::bind().await;
     let gateway = GatewayProcess::start("left-early", &config(&upstream.url(), "dog")).await;
-    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
-    client
-        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
-        .await
-        .unwrap();
+    let client = raw_get(gateway.addr, "/api/stream").await;
     let mut silent = upstream.accept().await;
     drop(client);
     logged(&gateway, "status=499", "no line for the client that left").await;

@@ -300,11 +300,7 @@ async fn each_event_is_forwarded_before_the_next_is_sent() {
 async fn client_leaving_a_silent_stream_closes_the_upstream_connection() {
     let upstream = ScriptedUpstream::bind().await;
     let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
-    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
-    client
-        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gw\r\n\r\n")
-        .await
-        .unwrap();
+    let mut client = raw_get(gateway.addr, "/api/stream").await;
     let mut exchange = upstream.accept().await;
     exchange.start_sse("").await;
     exchange.send_chunk(b"data: first\n\n").await;

@@ -7,8 +7,6 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// A `stream` section with the example route's rules (docs/architecture.md) and the given clocks.
 fn route(clocks: &str) -> String {
@@ -155,11 +153,7 @@ async fn client_closed_outcome_while_the_upstream_is_silent() {
         .metrics()
         .await
         .outcome_count("chat", "client_closed");
-    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
-    client
-        .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gw\r\n\r\n")
-        .await
-        .unwrap();
+    let mut client = raw_get(gateway.addr, "/api/stream").await;
     let mut exchange = upstream.accept().await;
     exchange.start_sse("").await;
     exchange.send_chunk(b"data: {\"value\":\"a\"}\n\n").await;

@@ -141,6 +141,15 @@ pub async fn start_with_send_timeout_1s(yaml: &str) -> TestGateway {
     start_config_with_limits(config, limits).await
 }
 
+/// A raw client that has sent `GET path` and holds its connection: the test reads
+/// (or drops it) as it needs.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: gateway\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    client
+}
+
 /// A client that will stop reading, as one gone without a FIN: a 4 KiB receive
 /// buffer, so the bytes it leaves unread soon fill the gateway's socket. `request` is
 /// written at once.

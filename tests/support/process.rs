@@ -159,6 +159,20 @@ impl GatewayProcess {
         assert_eq!(reloads(&metrics), count, "reloads with result {result}");
     }
 
+    /// Reads the log until `check` holds (within [`LIVENESS`](super::LIVENESS)) and
+    /// returns it; fails the test naming `what` otherwise.
+    pub async fn log_until(&self, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + super::LIVENESS;
+        loop {
+            let log = self.log_text();
+            if check(&log) {
+                return log;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}:\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
