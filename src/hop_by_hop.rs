@@ -30,14 +30,9 @@ pub(crate) fn keeps_alive(version: http::Version, headers: &HeaderMap) -> bool {
         && !connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("close"))
 }
 
-/// The tokens of every `Connection` header line, trimmed.
+/// The tokens of every `Connection` header line.
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
+    crate::header_list::items(headers, CONNECTION)
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.

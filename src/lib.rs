@@ -39,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod gateway;
+pub(crate) mod header_list;
 pub(crate) mod hop_by_hop;
 pub mod listener;
 pub mod metrics;

@@ -18,6 +18,7 @@ use http::header::{
 use http::{Method, Request, Response, StatusCode};
 
 use crate::config::{AllowOrigins, CorsConfig, ResponsePlan, RouteConfig};
+use crate::header_list;
 use crate::reply::{error_json, ERROR_HEADER};
 
 /// The gateway's own response headers a page on another origin may read.
@@ -152,12 +153,8 @@ impl Edge {
             headers.append(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED.clone());
         }
         let varies = matches!(cors.allow_origins, AllowOrigins::List(_));
-        let has_vary_origin = headers
-            .get_all(VARY)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|v| v.trim().eq_ignore_ascii_case("origin"));
+        let has_vary_origin =
+            header_list::items(headers, VARY).any(|v| v.eq_ignore_ascii_case("origin"));
         if varies && !has_vary_origin {
             headers.append(VARY, HeaderValue::from_static("Origin"));
         }
@@ -191,13 +188,7 @@ fn allowed_origin(cors: &CorsConfig, origin: Option<&HeaderValue>) -> Option<Hea
 
 /// The header names of `Access-Control-Request-Headers`.
 fn requested_headers(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(ACCESS_CONTROL_REQUEST_HEADERS)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
+    header_list::items(headers, ACCESS_CONTROL_REQUEST_HEADERS)
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect()
 }

@@ -172,13 +172,7 @@ impl ResponseDecoder {
         if headers.contains_key(TRANSFER_ENCODING) && version == Version::HTTP_11 {
             // Transfer-Encoding wins over Content-Length; the body is chunked only if
             // chunked is the final coding, and then read to the close otherwise.
-            let last = headers
-                .get_all(TRANSFER_ENCODING)
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(','))
-                .map(str::trim)
-                .rfind(|coding| !coding.is_empty());
+            let last = crate::header_list::items(headers, TRANSFER_ENCODING).last();
             return Ok(match last {
                 Some(coding) if coding.eq_ignore_ascii_case("chunked") => State::ChunkSize,
                 _ => State::UntilClose,
