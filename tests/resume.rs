@@ -542,6 +542,44 @@ async fn routes_without_resume_carry_no_ids() {
     assert_eq!(events[1].id, None);
 }
 
+/// Once a stream carries ids, the openai Python SDK's decoder dispatches an event at
+/// every blank line, and fails on one without data: every block the client gets that
+/// ends in a blank line must be an event with data and an id. The upstream's comment
+/// and the heartbeat come as lines of the next event.
+#[tokio::test]
+async fn a_stream_with_ids_ends_no_comment_with_a_blank_line() {
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml = one_route_config(
+        &upstream.url(),
+        "    stream: { terminator: { data: \"[DONE]\" }, heartbeat: 1s, resume: {} }\n",
+    );
+    let gateway = start_gateway(&yaml).await;
+    let addr = gateway.addr;
+    let client = tokio::spawn(async move { body_text(get(addr, "/api/stream").await).await });
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(b"data: a\n\n: ping\n\n").await;
+    // Past the heartbeat's second of nothing sent.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    exchange.send_chunk(b"data: b\n\ndata: [DONE]\n\n").await;
+    exchange.end_chunks().await;
+    let body = tokio::time::timeout(LIVENESS, client)
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert!(body.contains(": ping\n"), "{body:?}");
+    assert!(body.contains(": keep-alive\n"), "{body:?}");
+    let blocks: Vec<&str> = body.split_terminator("\n\n").collect();
+    assert_eq!(blocks.len(), 3, "{body:?}");
+    for block in blocks {
+        assert!(
+            block.lines().any(|l| l.starts_with("data:"))
+                && block.lines().last().is_some_and(|l| l.starts_with("id: ")),
+            "a block without data, or without its id last: {block:?} in {body:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_cut_in_the_middle_of_a_large_upstream_read_loses_nothing_on_resume() {
     let (upstream, gateway) = setup("{ window: 10s }").await;

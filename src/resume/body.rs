@@ -20,14 +20,14 @@ use tokio::time::{sleep_until, Instant};
 
 use super::follow::RemoteBody;
 use super::slot::{Slot, Step};
-use super::stamp::Stamper;
+use super::stamp::{Stamper, HEARTBEAT_LINE};
 use super::store::{Ending, Mirror};
 use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::admission::Slot as Admission;
 use crate::changes::OwnedChange;
 use crate::shutdown::Detached;
-use crate::supervise::{is_heartbeat, Never, SupervisedBody, HEARTBEAT};
+use crate::supervise::{is_heartbeat, Never, SupervisedBody};
 
 type Polled = Poll<Option<Result<Frame<Bytes>, Never>>>;
 
@@ -104,7 +104,7 @@ impl Producer {
     fn publish(&mut self, slot: &Slot, frame: Bytes, ends: Option<&[u32]>) -> Bytes {
         if is_heartbeat(&frame) {
             slot.heartbeat();
-            return frame;
+            return Bytes::from_static(HEARTBEAT_LINE);
         }
         let stamped = slot.publish(&mut self.stamper, &frame, ends);
         if let Some(mirror) = &mut self.mirror {
@@ -392,7 +392,7 @@ impl ReplayBody {
                 self.closing = closing;
                 self.send(error)
             }
-            Step::Heartbeat => self.send(Bytes::from_static(HEARTBEAT)),
+            Step::Heartbeat => self.send(Bytes::from_static(HEARTBEAT_LINE)),
             Step::Wait => Poll::Pending,
             Step::End => {
                 self.ended = true;

@@ -22,12 +22,13 @@ use http_body::Frame;
 use redis::Value;
 use tokio::sync::mpsc;
 
+use super::stamp::HEARTBEAT_LINE;
 use super::store::{reader_key, Ending, RedisStore};
 use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::engine::{StreamError, SHUTDOWN_MESSAGE};
 use crate::shutdown::{DrainWatch, Shutdown};
-use crate::supervise::{Never, HEARTBEAT};
+use crate::supervise::Never;
 
 /// Entries read per `XREAD`.
 const COUNT: usize = 256;
@@ -246,7 +247,7 @@ impl Follower {
                             Ok(true) => {}
                         }
                         if idle_rounds % IDLE_ROUNDS_PER_HEARTBEAT == 0
-                            && !self.send(Bytes::from_static(HEARTBEAT)).await
+                            && !self.send(Bytes::from_static(HEARTBEAT_LINE)).await
                         {
                             return;
                         }

@@ -1,5 +1,13 @@
 //! Ids on events: every event of a frame gets `id: KEY-SEQ` as its last line.
 //!
+//! Comments are the exception. Once a stream has carried an id, a client that keeps
+//! the last id (the openai Python SDK's decoder, unlike the WHATWG rules) dispatches
+//! an event at every blank line, data or not, and the SDK then fails to parse its
+//! empty data as JSON. So on a stream with ids, a block of comments alone (an
+//! upstream's `: ping`, the heartbeat) goes out as its lines without the blank line:
+//! they join the next event's lines, where every decoder skips them. Such a block
+//! gets no id and is not kept for replay: it carries nothing to resume.
+//!
 //! The engine's frames hold whole events with LF line ends, each ending in a blank
 //! line, so an event ends at the first `\n\n`. The id goes after the event's own lines,
 //! so it is the last `id` field of the event and wins over any `id:` line the upstream
@@ -10,6 +18,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::id::{StreamKey, KEY_TEXT_LEN};
+
+/// The heartbeat of a stream with ids: a comment line with no blank line after it
+/// (see above).
+pub(crate) const HEARTBEAT_LINE: &[u8] = b": keep-alive\n";
 
 /// Where one numbered event sits in a stamped frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +148,10 @@ impl Stamper {
             // The event's lines (its blank line left off), then the id line and the
             // blank line.
             out.extend_from_slice(&frame[start..end - 1]);
+            if is_comments_only(&frame[start..end - 1]) {
+                start = end;
+                continue;
+            }
             out.extend_from_slice(self.line.as_bytes());
             self.spans.push(Span {
                 seq: self.next_seq,
@@ -150,6 +166,15 @@ impl Stamper {
         out.extend_from_slice(&frame[start..]);
         (out.freeze(), &self.spans)
     }
+}
+
+/// Whether an event's lines (each ending in LF) are all comments. An event starts
+/// with a field far more often than with a comment: one byte tells most apart.
+fn is_comments_only(lines: &[u8]) -> bool {
+    lines.first() == Some(&b':')
+        && lines
+            .split_inclusive(|&b| b == b'\n')
+            .all(|line| line.first() == Some(&b':'))
 }
 
 /// Whether `ends` can stand for a search: in order, inside the frame, each just past a
@@ -238,6 +263,30 @@ mod tests {
             bytes,
             format!("id: up-7\ndata: a\nid: {k}-1\n\n").as_bytes()
         );
+    }
+
+    #[test]
+    fn comment_blocks_lose_their_blank_line_and_get_no_id() {
+        let key = StreamKey::generate().unwrap();
+        let k = key_text(&key);
+        let mut stamper = Stamper::new(&key);
+        let frame = b": ping\n\ndata: a\n\n: one\n: two\n\n: mixed\ndata: b\n\n";
+        let (bytes, spans) = stamper.stamp(frame, None);
+        let expected =
+            format!(": ping\ndata: a\nid: {k}-1\n\n: one\n: two\n: mixed\ndata: b\nid: {k}-2\n\n");
+        assert_eq!(bytes, expected.as_bytes());
+        let kept: Vec<&[u8]> = spans.iter().map(|s| &bytes[s.start..s.end]).collect();
+        assert_eq!(
+            kept,
+            [
+                format!("data: a\nid: {k}-1\n\n").as_bytes(),
+                format!(": mixed\ndata: b\nid: {k}-2\n\n").as_bytes()
+            ]
+        );
+        let (bytes, spans) = stamper.stamp(b": alone\n\n", Some(&[10]));
+        assert_eq!(bytes, &b": alone\n"[..]);
+        assert!(spans.is_empty());
+        assert_eq!(stamper.next_seq(), 3);
     }
 
     #[test]

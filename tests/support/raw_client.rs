@@ -98,7 +98,11 @@ impl Client {
                         seen.event = Some(event.trim_start().to_owned());
                     }
                 }
-                if text.starts_with(':') {
+                // Comment lines are skipped; a block of nothing else is no event.
+                if text
+                    .lines()
+                    .all(|line| line.is_empty() || line.starts_with(':'))
+                {
                     continue;
                 }
                 return Some(seen);

@@ -27,6 +27,8 @@ Scenarios (the same flaws in both dialects):
   abandon  a long answer, a token every 100 ms for 6 s: the client leaves early, and the
            upstream must see its connection closed at once (no tokens generated for
            nobody); the end record says how many tokens were written
+  pause    clean events with a 1.2 s pause after the fourth (a model thinking mid-answer,
+           longer than the gateway's heartbeat), then `data: [DONE]`; the response ends
 
 Every request is logged as one JSON line to --log (method, path, headers of interest,
 body), and so is the end of each stream (`how`: complete, peer_closed or cap), so tests
@@ -59,12 +61,14 @@ PLAN = {
     "unicode": ["h\u00e9llo", " w\u00f6rld", " \U0001F30D", " \u65e5\u672c\u8a9e",
                 " \u2014 na\u00efve caf\u00e9", " \U0001F468\u200D\U0001F469\u200D\U0001F467"],
     "abandon": ["Once"] + [" upon a time (%d)" % i for i in range(1, 60)],
+    "pause": ["Let", " me", " think", "...", " done", "."],
 }
 
 TOKEN_INTERVAL = 0.03       # pause between tokens
 SLOW_TOKEN_INTERVAL = 0.1   # abandon: pause between tokens
 PIECE_INTERVAL = 0.01       # pause between the pieces of one split event
 LONGEST_HOLD_SECONDS = 30   # linger/silent never hold a connection longer than this
+PAUSE_SECONDS = 1.2         # pause: a model thinking mid-answer, past the heartbeat
 
 _log_lock = threading.Lock()
 _ids = itertools.count(1)
@@ -211,7 +215,7 @@ class Handler(BaseHTTPRequestHandler):
         first = [chunk({"role": "assistant", "content": ""})]
         tokens = [chunk({"content": t}) for t in PLAN[model]]
         # An upstream that dies (no_done) or stalls (silent) never sends its finish chunk.
-        final = chunk({}, "stop") if model in ("blog", "linger", "unicode") else None
+        final = chunk({}, "stop") if model in ("blog", "linger", "unicode", "pause") else None
         self.stream(rid, model, first + tokens, final=final,
                     content_type="text/event-stream; charset=utf-8")
 
@@ -259,6 +263,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.chunk(b"data: " + data.encode() + b"\n\n")
                 self.written += 1
                 time.sleep(SLOW_TOKEN_INTERVAL)
+            self.chunk(b"data: [DONE]\n\n")
+            self.end_stream(rid, "complete")
+        elif scenario == "pause":
+            for i, data in enumerate(datas):
+                self.chunk(b"data: " + data.encode() + b"\n\n")
+                time.sleep(PAUSE_SECONDS if i == 3 else TOKEN_INTERVAL)
             self.chunk(b"data: [DONE]\n\n")
             self.end_stream(rid, "complete")
         elif scenario == "unicode":

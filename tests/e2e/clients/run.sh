@@ -3,10 +3,12 @@
 # through the gateway:
 #   - Debian's Chromium (driven by playwright-core) running the blog's EventSource client
 #   - the official `openai` Python SDK streaming chat completions
-# for the scenarios blog, linger, no_done, silent, unicode and abandon (the user stops the
-# answer early), see flawed_upstream.py; then the browser's EventSource on a page from
-# another origin than the gateway's (CORS): any origin without credentials, the listed
-# origin withCredentials, and an origin the route does not list.
+# for the scenarios blog, linger, no_done, silent, unicode, abandon (the user stops the
+# answer early) and pause (past the heartbeat), see flawed_upstream.py; the SDK again on
+# a resumable route (an id on every event) for blog and pause; then the browser's
+# EventSource on a page from another origin than the gateway's (CORS): any origin
+# without credentials, the listed origin withCredentials, and an origin the route does
+# not list.
 #
 #   tests/e2e/clients/run.sh          (from the repo root; CARGO_TARGET_DIR is honoured)
 #
@@ -193,6 +195,18 @@ routes:
       idle_timeout: 2s
       stuck_after: 1s
       heartbeat: 500ms
+  - name: openai-resumable           # the same API with resume: an id on every event
+    match: { path_prefix: /resume/v1 }
+    upstream: flawed
+    request: { path_prefix: /v1 }
+    stream:
+      rules:
+        - repair: orphan_lines     # the upstream's pings go through: comments are kept
+      terminator: { data: "[DONE]", forward: true, on_upstream_eof: synthesize }
+      idle_timeout: 2s
+      stuck_after: 1s
+      heartbeat: 500ms
+      resume: { window: 30s }
   - name: page                       # the test page, same origin as the EventSource URL
     match: { path_prefix: /page, methods: [GET] }
     upstream: flawed
@@ -227,12 +241,21 @@ run_bg timeout 90 "$VENV/bin/python" "$HERE/openai_client.py" --base-url "http:/
     --log "$TMP/upstream.jsonl" --plan "$TMP/plan.json" --out "$TMP/openai.json" >&2 \
     || log "openai_client.py exited with $?"
 
+# Once a stream carries ids, the SDK's decoder makes an event of every blank line and
+# fails on one without data: the upstream's pings (blog) and the heartbeats (pause)
+# must reach it without blank lines of their own.
+log "openai-sdk: openai $OPENAI_VERSION on the resumable route"
+run_bg timeout 90 "$VENV/bin/python" "$HERE/openai_client.py" --base-url "http://127.0.0.1:$PORT/resume/v1" \
+    --log "$TMP/upstream.jsonl" --plan "$TMP/plan.json" --scenarios blog,pause \
+    --out "$TMP/openai-resumable.json" >&2 \
+    || log "openai_client.py (resumable route) exited with $?"
+
 # What the gateway says about the streams it served (outcomes by route).
 curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" >"$TMP/metrics.txt" 2>/dev/null || true
 grep -E '^sse_gateway_stream_duration_seconds_count|^sse_gateway_rule_hits_total' "$TMP/metrics.txt" \
     | sed 's/^/    /' >&2 || true
 
-cp "$TMP/gateway.log" "$TMP/upstream.jsonl" "$TMP/browser.json" "$TMP/openai.json" \
+cp "$TMP/gateway.log" "$TMP/upstream.jsonl" "$TMP/browser.json" "$TMP/openai.json" "$TMP/openai-resumable.json" \
     "$TMP/browser-cors.json" "$ARTIFACTS/" 2>/dev/null || true
 # The cross-origin runs, one row each in the pass table (browser only).
 CORS_ROWS=()
@@ -247,6 +270,18 @@ for n in names:
     r = results.get(n) or {"pass": False, "problems": ["no result"]}
     print("browser " + n + "=" + ("pass" if r.get("pass") else "fail:" + "; ".join(r.get("problems", []))))
 ' "$TMP/browser-cors.json")
+# The SDK on the resumable route, one row per scenario.
+while IFS= read -r row; do CORS_ROWS+=(--extra "$row"); done < <(python3 -c '
+import json, sys
+try:
+    results = json.load(open(sys.argv[1], encoding="utf-8"))
+except (OSError, ValueError) as e:
+    results = {}
+for n in ["blog", "pause"]:
+    r = results.get(n) or {"pass": False, "problems": ["no result"]}
+    verdict = "pass" if r.get("pass") else "fail:" + "; ".join(r.get("problems", []))
+    print("openai-sdk resumable " + n + "=" + verdict)
+' "$TMP/openai-resumable.json")
 SHOT="$ARTIFACTS/browser-blog.png"
 if [ -s "$SHOT" ] && [ "$(head -c 8 "$SHOT" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; then
     SHOT_VERDICT=pass
