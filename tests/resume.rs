@@ -518,6 +518,32 @@ async fn beyond_max_detached_a_disconnect_cancels_as_without_resume() {
     assert_eq!(metrics.outcome_count(ROUTE, "terminator"), 1.0);
 }
 
+/// No id reached the client, and nothing else names the stream: it cannot be
+/// resumed, so it is not read on for nobody.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_first_event_cancels_the_stream() {
+    let (upstream, gateway) = setup("{ window: 30s }").await;
+    let mut client = Client::open(gateway.addr, "/api/stream", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    assert_eq!(client.status().await, 200);
+    drop(client);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream is dropped"
+    );
+    gateway
+        .metrics_until("the stream ended as client_closed", |m| {
+            m.outcome_count(ROUTE, "client_closed") == 1.0
+        })
+        .await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.route_value("sse_gateway_streams_detached", ROUTE),
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn routes_without_resume_carry_no_ids() {
     let upstream = ScriptedUpstream::bind().await;

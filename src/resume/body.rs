@@ -194,9 +194,16 @@ impl Drop for LiveBody {
         let now = Instant::now();
         let plan = &self.plan;
         self.slot.first_client_gone();
-        let release = plan
-            .table
-            .release(&self.slot, now, plan.config.max_detached);
+        // A client that left before its first event has no id to come back with, and
+        // no header names the stream: read on, it would be generated for nobody. Such
+        // a stream is cancelled as one over the cap is.
+        let unresumable = self.supervised.is_some() && self.producer.stamper.next_seq() == 1;
+        let room = if unresumable {
+            0
+        } else {
+            plan.config.max_detached
+        };
+        let release = plan.table.release(&self.slot, now, room);
         let Some(supervised) = self.supervised.take() else {
             return;
         };
@@ -222,7 +229,8 @@ impl Drop for LiveBody {
                 ));
             }
             _ => {
-                // Stopped, over the cap, or no runtime: cancelled as without resume.
+                // Stopped, over the cap, left before any id, or no runtime: cancelled
+                // as without resume.
                 // Followers on other replicas get the end at once, not when the keys
                 // expire; a stop is an end they share, a cancel one they are told of.
                 let ending = if self.slot.is_stopped() {
