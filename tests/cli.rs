@@ -253,6 +253,22 @@ const BROKEN: &[(&str, &[&str])] = &[
             "two_in_a_section.yaml:12:7: routes[0].stream.max_event_sise: unknown field `max_event_sise`",
         ],
     ),
+    (
+        // The values beside a misspelt key are checked too; the mappings that lost
+        // one (`spare` its url, `match` its path) are not also said to miss it.
+        "values_beside_a_misspelt_key.yaml",
+        &[
+            "values_beside_a_misspelt_key.yaml:5:10: upstreams.up.url: invalid upstream url \"ftp://h\"",
+            "values_beside_a_misspelt_key.yaml:6:5: upstreams.up.conect_timeout: unknown field `conect_timeout`",
+            "values_beside_a_misspelt_key.yaml:7:25: upstreams.up.health.failures: failures must be at least 1",
+            "values_beside_a_misspelt_key.yaml:9:5: upstreams.spare.ulr: unknown field `ulr`",
+            "values_beside_a_misspelt_key.yaml:12:14: routes[0].match.path_prefx: unknown field `path_prefx`",
+            "values_beside_a_misspelt_key.yaml:12:40: routes[0].match.methods[0]: invalid HTTP method \"PSOT\"",
+            "values_beside_a_misspelt_key.yaml:15:23: routes[0].stream.max_event_size: max_event_size must be between 1B and 1GiB",
+            "values_beside_a_misspelt_key.yaml:16:25: routes[0].stream.resume.window: window must be more than 0 and at most 1h",
+            "values_beside_a_misspelt_key.yaml:17:7: routes[0].stream.heartbeet: unknown field `heartbeet`",
+        ],
+    ),
 ];
 
 #[test]

@@ -44,6 +44,10 @@ struct Validator<'a> {
     /// Key paths whose `${VAR}` could not be substituted: that is their one problem,
     /// so the later check of the unsubstituted text does not report it twice.
     env_failed: BTreeSet<String>,
+    /// Mappings that had a key taken out as a problem ([`Validator::section`]): a
+    /// problem of such a mapping as a whole (a key it misses, two that exclude each
+    /// other) may be that key's, already reported, so none is.
+    cut: BTreeSet<String>,
     missing_env: MissingEnv,
     /// Under [`MissingEnv::Warning`], the variables left unset, by key path; one that a
     /// later check then fails on becomes that path's error instead.
@@ -76,6 +80,7 @@ pub(super) fn validate(
         env,
         from_environment: BTreeSet::new(),
         env_failed: BTreeSet::new(),
+        cut: BTreeSet::new(),
         missing_env,
         unset: BTreeMap::new(),
         redis_configured: false,
@@ -107,7 +112,7 @@ pub(super) fn validate(
 
 impl Validator<'_> {
     fn error_at_value(&mut self, path: &str, message: impl Into<String>) {
-        if self.env_failed.contains(path) {
+        if self.env_failed.contains(path) || self.cut.contains(path) {
             return;
         }
         if let Some(unset) = self.unset.remove(path) {
@@ -124,6 +129,9 @@ impl Validator<'_> {
     }
 
     fn error_at_key(&mut self, path: &str, message: impl Into<String>) {
+        if self.cut.contains(path) {
+            return;
+        }
         let position = self.locations.key(path).or(self.locations.value(path));
         self.errors.push(ConfigError {
             position,
@@ -296,15 +304,17 @@ impl Validator<'_> {
     /// the section read again, until it reads or an error names no key (a list item,
     /// the section itself): each of a section's misspelt keys and bad values is
     /// reported, not only the first. A mapping that had a key taken out is not said to
-    /// miss one: the key taken out (a misspelling of it, say) is that problem.
+    /// miss one: the key taken out (a misspelling of it, say) is that problem. The
+    /// section is then returned without the keys taken out, so the checks of its other
+    /// values run and report theirs too, except at such a mapping itself.
     fn section<T: DeserializeOwned>(&mut self, value: Option<Value>, path: &str) -> Option<T> {
         let mut value = value?;
         // The mappings that had a key taken out.
         let mut taken_from: Vec<Vec<Segment>> = Vec::new();
         loop {
             let error = match serde_path_to_error::deserialize::<_, T>(&value) {
-                Ok(typed) if taken_from.is_empty() => return Some(typed),
-                Ok(_) => return None,
+                Ok(typed) => return Some(typed),
+
                 Err(error) => error,
             };
             let segments: Vec<Segment> = error.path().iter().cloned().collect();
@@ -339,18 +349,21 @@ impl Validator<'_> {
                     join(&full, &field)
                 };
                 self.error_at_key(&key_path, message);
-                Some((parent, field))
+                Some((parent, field, key_path))
             } else {
                 self.error_at_value(&full, message);
                 let mut parent = segments;
                 match parent.pop() {
-                    Some(Segment::Map { key }) => Some((parent, key)),
+                    Some(Segment::Map { key }) => Some((parent, key, full)),
                     _ => None,
                 }
             };
-            let (parent, key) = offending?;
+            let (parent, key, key_path) = offending?;
             if !take_out(&mut value, &parent, &key) {
                 return None;
+            }
+            if let Some(mapping) = key_path.strip_suffix(&format!(".{key}")) {
+                self.cut.insert(mapping.to_owned());
             }
             taken_from.push(parent);
         }
