@@ -11,14 +11,16 @@
 
 use std::error::Error as StdError;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::access_log::RequestLog;
 use crate::admission::Slot;
+use crate::metrics::RouteMetrics;
 use crate::resume::ResumeBody;
 use crate::shutdown::{DrainWatch, Shutdown};
 use crate::supervise::SupervisedBody;
-use crate::upstream::UpstreamIncoming;
+use crate::upstream::{UpstreamErrorKind, UpstreamIncoming};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
@@ -57,12 +59,19 @@ enum Kind {
 struct Passthrough {
     body: UpstreamIncoming,
     log: RequestLog,
+    /// The route's: an upstream that fails mid-body counts in `upstream_errors_total`
+    /// as on a supervised stream.
+    metrics: Arc<RouteMetrics>,
     drain: Option<Box<DrainEnd>>,
 }
 
 impl ResponseBody {
-    /// Streams an upstream response body.
-    pub(crate) fn upstream(body: UpstreamIncoming, mut log: RequestLog) -> ResponseBody {
+    /// Streams an upstream response body of a route with `metrics`.
+    pub(crate) fn upstream(
+        body: UpstreamIncoming,
+        mut log: RequestLog,
+        metrics: Arc<RouteMetrics>,
+    ) -> ResponseBody {
         // An empty body (204, 304, HEAD) is never polled: it is complete as it is.
         if body.is_end_stream() {
             log.finished();
@@ -71,6 +80,7 @@ impl ResponseBody {
             kind: Kind::Upstream(Box::new(Passthrough {
                 body,
                 log,
+                metrics,
                 drain: None,
             })),
             slot: None,
@@ -161,7 +171,12 @@ impl Body for ResponseBody {
                 }))
             }
             Kind::Upstream(passthrough) => {
-                let Passthrough { body, log, drain } = &mut **passthrough;
+                let Passthrough {
+                    body,
+                    log,
+                    metrics,
+                    drain,
+                } = &mut **passthrough;
                 if let Some(drain) = drain {
                     if drain.ended {
                         return Poll::Ready(None);
@@ -188,7 +203,10 @@ impl Body for ResponseBody {
                 };
                 match &polled {
                     None => log.finished(),
-                    Some(Err(error)) => log.failed(error.to_string()),
+                    Some(Err(error)) => {
+                        metrics.count_upstream_error(UpstreamErrorKind::of_body_error(&**error));
+                        log.failed(error.to_string());
+                    }
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
                             log.add_bytes(data.len());

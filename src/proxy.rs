@@ -254,9 +254,9 @@ impl Proxy {
                 }
                 Some(_) if event_stream && !head => {
                     tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");
-                    ResponseBody::upstream(body, log).holding(slot)
+                    ResponseBody::upstream(body, log, route.metrics.clone()).holding(slot)
                 }
-                _ => ResponseBody::upstream(body, log).holding(slot),
+                _ => ResponseBody::upstream(body, log, route.metrics.clone()).holding(slot),
             };
             (Response::from_parts(parts, body), route_name)
         }

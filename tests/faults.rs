@@ -619,3 +619,39 @@ async fn a_reset_without_an_answer_while_the_body_is_written_is_a_502() {
         upstream.await.unwrap();
     }
 }
+
+/// A route without `stream` passes the body through; an upstream that fails in the
+/// middle of it counts in `upstream_errors_total` as on a supervised stream: `reset`
+/// for a reset connection, `body` for a malformed chunk.
+#[tokio::test]
+async fn a_passthrough_body_cut_mid_way_counts_as_an_upstream_error() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), "")).await;
+    let head =
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    for (kind, cut) in [("reset", None), ("body", Some(&b"zz\r\n"[..]))] {
+        let mut client = raw_get(gateway.addr, "/api/stream").await;
+        let mut exchange = upstream.accept().await;
+        exchange.write(head.as_bytes()).await;
+        exchange.send_chunk(b"{\"partial\":").await;
+        match cut {
+            None => exchange.reset(),
+            Some(bad) => exchange.write(bad).await,
+        }
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(LIVENESS, client.read_to_end(&mut reply)).await;
+        assert!(read.is_ok(), "the client's response ends");
+        assert!(
+            String::from_utf8_lossy(&reply).contains("{\"partial\":"),
+            "what came before the cut was passed on"
+        );
+        gateway
+            .metrics_until(&format!("a `{kind}` upstream error"), |m| {
+                m.get(
+                    "sse_gateway_upstream_errors_total",
+                    &[("route", "chat"), ("kind", kind)],
+                ) == 1.0
+            })
+            .await;
+    }
+}
