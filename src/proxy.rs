@@ -217,6 +217,9 @@ impl Proxy {
                 Err(error) => return (not_forwarded(route, &error, log), route_name),
             };
             strip_hop_by_hop(&mut parts.headers);
+            // The version is the upstream connection's, not the answer's: an HTTP/1.0
+            // upstream must not make hyper answer the client in HTTP/1.0 (and close).
+            parts.version = http::Version::HTTP_11;
             let event_stream = is_event_stream(parts.headers.get(CONTENT_TYPE));
             if event_stream {
                 // Tell every cache and buffering proxy between here and the browser to

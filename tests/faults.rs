@@ -655,3 +655,29 @@ async fn a_passthrough_body_cut_mid_way_counts_as_an_upstream_error() {
             .await;
     }
 }
+
+/// Each hop has its own HTTP version: an HTTP/1.0 upstream (a body read to the close)
+/// must not turn the client's HTTP/1.1 answer into an HTTP/1.0 one, which would cost
+/// the client its kept-alive connection.
+#[tokio::test]
+async fn an_http_1_0_upstream_still_answers_the_client_in_http_1_1() {
+    for stream in ["", "    stream: { terminator: { data: \"[DONE]\" } }\n"] {
+        let upstream = ScriptedUpstream::bind().await;
+        let gateway = start_gateway(&one_route_config(&upstream.url(), stream)).await;
+        let mut client = raw_get(gateway.addr, "/api/stream").await;
+        let mut exchange = upstream.accept().await;
+        exchange
+            .write(b"HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: a\n\ndata: [DONE]\n\n")
+            .await;
+        drop(exchange);
+        let head = tokio::time::timeout(LIVENESS, read_until(&mut client, b"\r\n\r\n"))
+            .await
+            .expect("the answer's head arrives");
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 200"), "{stream:?}: {head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{stream:?}: {head}"
+        );
+    }
+}
