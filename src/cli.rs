@@ -6,7 +6,7 @@
 //! 2 the command line is wrong; 3 the gateway could not start or failed while running
 //! (a listen address in use, say).
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -108,16 +108,32 @@ pub fn main() -> ExitCode {
         Command::Run => run(&cli.config),
         Command::Rewrite { route, capture } => rewrite(&cli.config, &route, capture.as_deref()),
         Command::Completions { shell } => {
-            generate::completions(shell, &mut std::io::stdout().lock());
-            ExitCode::SUCCESS
+            // Generated whole first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            generate::completions(shell, &mut script);
+            written("completions", std::io::stdout().lock().write_all(&script))
         }
-        Command::Man => match generate::man(&mut std::io::stdout().lock()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("sse-gateway man: cannot write the output: {error}");
-                ExitCode::from(EXIT_RUNTIME)
-            }
-        },
+        Command::Man => {
+            let mut page = Vec::new();
+            let made = generate::man(&mut page);
+            written(
+                "man",
+                made.and_then(|()| std::io::stdout().lock().write_all(&page)),
+            )
+        }
+    }
+}
+
+/// The exit code after `command` wrote its output. A reader that stopped early
+/// (`| head`) did not want the rest: no failure, and nothing to say.
+fn written(command: &str, result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sse-gateway {command}: cannot write the output: {error}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 
@@ -236,7 +252,7 @@ fn rewrite(config: &Path, route: &str, capture: Option<&Path>) -> ExitCode {
             eprint!("{report}");
             ExitCode::SUCCESS
         }
-        Err(error) => fail(format!("cannot write the output: {error}")),
+        Err(error) => written("rewrite", Err(error)),
     }
 }
 

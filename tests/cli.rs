@@ -400,6 +400,39 @@ fn sse_gateway_config_names_the_config_and_config_wins_over_it() {
     assert!(stdout.starts_with("gateway.yaml: ok"), "{stdout}");
 }
 
+/// `sse-gateway man | head`: a reader that stops early wanted no more; the command
+/// ends quietly with 0, as `cat` would under a shell that ignores SIGPIPE. Its stdout
+/// is a pipe whose reading end is closed before it starts, so every write fails.
+#[test]
+fn output_to_a_reader_that_left_is_no_failure() {
+    let commands: [&[&str]; 3] = [
+        &["man"],
+        &["completions", "bash"],
+        &[
+            "--config",
+            "gateway.yaml",
+            "rewrite",
+            "--route",
+            "chat",
+            "tests/fixtures/incident.sse",
+        ],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = gateway_bin()
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("cannot write"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn completions_and_man_page_are_generated_from_the_command_line() {
     for (shell, needle) in [
