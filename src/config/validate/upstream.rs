@@ -32,6 +32,14 @@ impl Validator<'_> {
                 (None, Some(endpoints), None) => self
                     .endpoints(&path, endpoints, ca_file.as_ref())
                     .map(|(target, endpoints)| (endpoints, target)),
+                (None, None, Some(_)) if ca_file.is_some() => {
+                    // The demo is in-process: no connection for a CA to verify.
+                    self.error_at_value(
+                        &join(&path, "tls.ca_file"),
+                        "tls applies to https:// urls only; the demo upstream has no connection",
+                    );
+                    None
+                }
                 (None, None, Some(demo)) => Some((
                     Vec::new(),
                     UpstreamTarget::Demo {
@@ -213,6 +221,21 @@ mod tests {
 
     const LISTEN: &str = "127.0.0.1:8080";
     const ADMIN: &str = "127.0.0.1:8079";
+
+    #[test]
+    fn the_demo_upstream_takes_no_ca_file() {
+        let yaml = "upstreams:\n  d:\n    demo: {}\n    tls: { ca_file: /x.pem }\nroutes:\n  - { name: r, match: { path_prefix: /r }, upstream: d }\n";
+        let problems = GatewayConfig::parse(yaml, "g.yaml", &|_| None)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            problems.contains(
+                "g.yaml:4:21: upstreams.d.tls.ca_file: tls applies to https:// urls only"
+            ),
+            "{problems}"
+        );
+    }
 
     #[test]
     fn ports_must_be_numbers_a_client_reads_as_given() {
