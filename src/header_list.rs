@@ -7,8 +7,8 @@
 use http::header::{AsHeaderName, HeaderMap};
 
 /// The items of every line of the list header `name`, in order, trimmed, empty ones
-/// left out. A line that is not visible ASCII is skipped whole: no item of it is a
-/// token the gateway acts on.
+/// left out. A line that is not visible ASCII is skipped whole, as if it were not
+/// there (for `Transfer-Encoding`, the coding before it is then the last).
 pub(crate) fn items<K: AsHeaderName>(headers: &HeaderMap, name: K) -> impl Iterator<Item = &str> {
     headers
         .get_all(name)

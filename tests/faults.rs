@@ -670,14 +670,26 @@ async fn an_http_1_0_upstream_still_answers_the_client_in_http_1_1() {
             .write(b"HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: a\n\ndata: [DONE]\n\n")
             .await;
         drop(exchange);
-        let head = tokio::time::timeout(LIVENESS, read_until(&mut client, b"\r\n\r\n"))
+        // The whole first answer, its head and its chunked body's end.
+        let head = tokio::time::timeout(LIVENESS, read_until(&mut client, b"0\r\n\r\n"))
             .await
-            .expect("the answer's head arrives");
+            .expect("the first answer arrives whole");
         let head = String::from_utf8_lossy(&head);
         assert!(head.starts_with("HTTP/1.1 200"), "{stream:?}: {head}");
         assert!(
             !head.to_ascii_lowercase().contains("connection: close"),
             "{stream:?}: {head}"
         );
+        // The connection is kept: a second request on it is answered.
+        client
+            .write_all(b"GET /api/stream HTTP/1.1\r\nhost: gateway\r\n\r\n")
+            .await
+            .unwrap();
+        let mut second = upstream.accept().await;
+        second.write(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let head = tokio::time::timeout(LIVENESS, read_until(&mut client, b"\r\n\r\n"))
+            .await
+            .expect("the second answer's head arrives");
+        assert!(head.starts_with(b"HTTP/1.1 204"), "{stream:?}");
     }
 }

@@ -11,7 +11,8 @@ mod support;
 
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use support::raw_client::{assert_error_then_done, Client, Seen};
 use support::*;
@@ -604,6 +605,33 @@ async fn a_stream_with_ids_ends_no_comment_with_a_blank_line() {
             "a block without data, or without its id last: {block:?} in {body:?}"
         );
     }
+}
+
+/// An upstream that pings with comments while it thinks keeps the first client's
+/// connection busy; a resumed client gets none of the pings (they are not kept), so
+/// it gets a heartbeat instead, or a load balancer would cut it for silence.
+#[tokio::test]
+async fn a_resumed_client_gets_a_heartbeat_for_the_upstreams_pings() {
+    let (upstream, gateway) = setup("{ window: 10s }").await;
+    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream").await;
+    detached(&gateway, 1.0).await;
+    let mut resumed = TcpStream::connect(gateway.addr).await.unwrap();
+    let request = format!(
+        "GET /api/stream HTTP/1.1\r\nhost: gateway\r\n{}: {}\r\nlast-event-id: {id}\r\n\r\n",
+        BEARER.0, BEARER.1
+    );
+    resumed.write_all(request.as_bytes()).await.unwrap();
+    let head = read_until(&mut resumed, b"\r\n\r\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    exchange.send_chunk(b": ping\n\n").await;
+    let seen = tokio::time::timeout(LIVENESS, read_until(&mut resumed, b": keep-alive\n"))
+        .await
+        .expect("a heartbeat within 5 s of the upstream's ping");
+    assert!(!String::from_utf8_lossy(&seen).contains(": ping"));
 }
 
 #[tokio::test]

@@ -3,10 +3,11 @@
 //!
 //! [`LiveBody`] is the first client's: it polls the supervised stream as hyper asks,
 //! stamps ids on the frames and keeps them for replay. When hyper drops it mid-stream
-//! (the client left), the supervised stream is handed to [`keep_reading`], a task
-//! that polls it on (same engine, same clocks, same metrics, same record) into the
-//! replay buffer, until it ends, a client stops it, or `window` passes with no client
-//! (then it is dropped: outcome `client_closed`). [`ReplayBody`] is a resuming
+//! (the client left) after it sent an id, the supervised stream is handed to
+//! [`keep_reading`], a task that polls it on (same engine, same clocks, same metrics,
+//! same record) into the replay buffer, until it ends, a client stops it, or `window`
+//! passes with no client (then it is dropped: outcome `client_closed`); before any id,
+//! nobody could resume it, and it is cancelled. [`ReplayBody`] is a resuming
 //! client's: it reads the buffer from its cursor, replay and live alike.
 
 use std::future::{poll_fn, Future};
@@ -107,6 +108,12 @@ impl Producer {
             return Bytes::from_static(HEARTBEAT_LINE);
         }
         let stamped = slot.publish(&mut self.stamper, &frame, ends);
+        if self.stamper.spans().is_empty() {
+            // Comments alone (an upstream's pings): kept for no one, they still keep
+            // this client's connection busy, so resumed readers, who get nothing of
+            // them, send a heartbeat of their own instead.
+            slot.heartbeat();
+        }
         if let Some(mirror) = &mut self.mirror {
             mirror.events(&stamped, self.stamper.spans());
         }
