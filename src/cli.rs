@@ -4,7 +4,7 @@
 //! Exit codes: 0 success; 1 the config is invalid (every problem printed as
 //! `FILE:LINE:COL: message`), or `rewrite` got an unknown route or unreadable input;
 //! 2 the command line is wrong; 3 the gateway could not start or failed while running
-//! (a listen address in use, say).
+//! (a listen address in use, say), or a command's output could not be written.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 
 use http::header::{HeaderMap, HeaderName, CONNECTION};
 
+use crate::header_list;
+
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1, plus
 /// the non-standard ones proxies meet in practice).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -27,12 +29,7 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// after the answer: its `Connection` header does not say `close`.
 pub(crate) fn keeps_alive(version: http::Version, headers: &HeaderMap) -> bool {
     version == http::Version::HTTP_11
-        && !connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("close"))
-}
-
-/// The tokens of every `Connection` header line.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    crate::header_list::items(headers, CONNECTION)
+        && !header_list::items(headers, CONNECTION).any(|token| token.eq_ignore_ascii_case("close"))
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
@@ -43,7 +40,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(http::header::TRANSFER_ENCODING) {
         headers.remove(http::header::CONTENT_LENGTH);
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
+    let named: Vec<HeaderName> = header_list::items(headers, CONNECTION)
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {

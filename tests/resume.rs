@@ -11,8 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 use support::raw_client::{assert_error_then_done, Client, Seen};
 use support::*;
@@ -94,6 +93,25 @@ async fn one_event_then_cut(
     let id = last_id(&client.take(1).await);
     drop(client);
     (exchange, id)
+}
+
+/// [`one_event_then_cut`], then a client resuming from that event once the stream
+/// is detached, with its `200` read: the upstream exchange and the resumed client.
+async fn resumed_after_one_event(
+    upstream: &ScriptedUpstream,
+    gateway: &TestGateway,
+    target: &str,
+) -> (Exchange, Client) {
+    let (exchange, id) = one_event_then_cut(upstream, gateway, target).await;
+    detached(gateway, 1.0).await;
+    let mut resumed = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[BEARER, ("last-event-id", id.as_str())],
+    )
+    .await;
+    assert_eq!(resumed.status().await, 200);
+    (exchange, resumed)
 }
 
 fn resumes(metrics: &Metrics, result: &str) -> f64 {
@@ -407,15 +425,8 @@ async fn stop_and_see_it_end(
 #[tokio::test]
 async fn a_stop_ends_the_response_of_a_resumed_client_waiting_for_more() {
     let (upstream, gateway) = setup("{ window: 30s }").await;
-    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream?q=hi").await;
-    detached(&gateway, 1.0).await;
-    let mut resumed = Client::open(
-        gateway.addr,
-        "/api/stream",
-        &[BEARER, ("last-event-id", id.as_str())],
-    )
-    .await;
-    assert_eq!(resumed.status().await, 200);
+    let (mut exchange, mut resumed) =
+        resumed_after_one_event(&upstream, &gateway, "/api/stream?q=hi").await;
     exchange.send_chunk(&event(2)).await;
     let seen = resumed.take(1).await;
     assert_eq!(data(&seen), tokens(2..=2));
@@ -581,21 +592,18 @@ async fn a_stream_with_ids_ends_no_comment_with_a_blank_line() {
         "    stream: { terminator: { data: \"[DONE]\" }, heartbeat: 1s, resume: {} }\n",
     );
     let gateway = start_gateway(&yaml).await;
-    let addr = gateway.addr;
-    let client = tokio::spawn(async move { body_text(get(addr, "/api/stream").await).await });
+    let mut client = Client::open(gateway.addr, "/api/stream", &[]).await;
     let mut exchange = upstream.accept().await;
     exchange.start_sse("").await;
     exchange.send_chunk(b"data: a\n\n: ping\n\n").await;
-    // Past the heartbeat's second of nothing sent.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // A second after the ping, with nothing else sent, the heartbeat.
+    let mut body = client.bytes_until(b": keep-alive\n").await;
     exchange.send_chunk(b"data: b\n\ndata: [DONE]\n\n").await;
     exchange.end_chunks().await;
-    let body = tokio::time::timeout(LIVENESS, client)
-        .await
-        .expect("the stream ends")
-        .unwrap();
+    body.extend(client.bytes_until(b"data: [DONE]\n").await);
+    body.extend(client.bytes_until(b"\n\n").await);
+    let body = String::from_utf8(body).unwrap();
     assert!(body.contains(": ping\n"), "{body:?}");
-    assert!(body.contains(": keep-alive\n"), "{body:?}");
     let blocks: Vec<&str> = body.split_terminator("\n\n").collect();
     assert_eq!(blocks.len(), 3, "{body:?}");
     for block in blocks {
@@ -613,24 +621,10 @@ async fn a_stream_with_ids_ends_no_comment_with_a_blank_line() {
 #[tokio::test]
 async fn a_resumed_client_gets_a_heartbeat_for_the_upstreams_pings() {
     let (upstream, gateway) = setup("{ window: 10s }").await;
-    let (mut exchange, id) = one_event_then_cut(&upstream, &gateway, "/api/stream").await;
-    detached(&gateway, 1.0).await;
-    let mut resumed = TcpStream::connect(gateway.addr).await.unwrap();
-    let request = format!(
-        "GET /api/stream HTTP/1.1\r\nhost: gateway\r\n{}: {}\r\nlast-event-id: {id}\r\n\r\n",
-        BEARER.0, BEARER.1
-    );
-    resumed.write_all(request.as_bytes()).await.unwrap();
-    let head = read_until(&mut resumed, b"\r\n\r\n").await;
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let (mut exchange, mut resumed) =
+        resumed_after_one_event(&upstream, &gateway, "/api/stream").await;
     exchange.send_chunk(b": ping\n\n").await;
-    let seen = tokio::time::timeout(LIVENESS, read_until(&mut resumed, b": keep-alive\n"))
-        .await
-        .expect("a heartbeat within 5 s of the upstream's ping");
+    let seen = resumed.bytes_until(b": keep-alive\n").await;
     assert!(!String::from_utf8_lossy(&seen).contains(": ping"));
 }
 

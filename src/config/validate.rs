@@ -309,12 +309,9 @@ impl Validator<'_> {
     /// values run and report theirs too, except at such a mapping itself.
     fn section<T: DeserializeOwned>(&mut self, value: Option<Value>, path: &str) -> Option<T> {
         let mut value = value?;
-        // The mappings that had a key taken out.
-        let mut taken_from: Vec<Vec<Segment>> = Vec::new();
         loop {
             let error = match serde_path_to_error::deserialize::<_, T>(&value) {
                 Ok(typed) => return Some(typed),
-
                 Err(error) => error,
             };
             let segments: Vec<Segment> = error.path().iter().cloned().collect();
@@ -331,9 +328,7 @@ impl Validator<'_> {
                     .and_then(|rest| rest.split('`').next())
                     .map(str::to_owned)
             };
-            if named("missing field `").is_some()
-                && taken_from.iter().any(|from| same_path(from, &segments))
-            {
+            if named("missing field `").is_some() && self.cut.contains(&full) {
                 return None;
             }
             // serde names the offending key only inside its message; point at it.
@@ -365,7 +360,6 @@ impl Validator<'_> {
             if let Some(mapping) = key_path.strip_suffix(&format!(".{key}")) {
                 self.cut.insert(mapping.to_owned());
             }
-            taken_from.push(parent);
         }
     }
 
@@ -447,13 +441,4 @@ fn take_out(value: &mut Value, parent: &[Segment], key: &str) -> bool {
         Value::Mapping(mapping) => mapping.remove(key).is_some(),
         _ => false,
     }
-}
-
-fn same_path(a: &[Segment], b: &[Segment]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|pair| match pair {
-            (Segment::Map { key: a }, Segment::Map { key: b }) => a == b,
-            (Segment::Seq { index: a }, Segment::Seq { index: b }) => a == b,
-            _ => false,
-        })
 }

@@ -107,12 +107,7 @@ impl Client {
                 }
                 return Some(seen);
             }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(LIVENESS, self.stream.read(&mut chunk))
-                .await
-                .expect("bytes arrive in time")
-                .unwrap_or(0);
-            if n == 0 {
+            if !self.read_more().await {
                 assert!(
                     self.buffered.is_empty(),
                     "the body ended inside an event: {:?}",
@@ -120,8 +115,38 @@ impl Client {
                 );
                 return None;
             }
-            self.buffered.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// The body's bytes as sent, comments and all, up to and including `needle`.
+    pub async fn bytes_until(&mut self, needle: &[u8]) -> Vec<u8> {
+        self.head().await;
+        loop {
+            if let Some(at) = self
+                .buffered
+                .windows(needle.len())
+                .position(|w| w == needle)
+            {
+                return self.buffered.drain(..at + needle.len()).collect();
+            }
+            assert!(
+                self.read_more().await,
+                "the body ended before {:?}: {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&self.buffered)
+            );
+        }
+    }
+
+    /// Reads what comes next into the buffer (within [`LIVENESS`]); false at the end.
+    async fn read_more(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(LIVENESS, self.stream.read(&mut chunk))
+            .await
+            .expect("bytes arrive in time")
+            .unwrap_or(0);
+        self.buffered.extend_from_slice(&chunk[..n]);
+        n > 0
     }
 
     /// The next `n` events.

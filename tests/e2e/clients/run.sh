@@ -257,9 +257,9 @@ grep -E '^sse_gateway_stream_duration_seconds_count|^sse_gateway_rule_hits_total
 
 cp "$TMP/gateway.log" "$TMP/upstream.jsonl" "$TMP/browser.json" "$TMP/openai.json" "$TMP/openai-resumable.json" \
     "$TMP/browser-cors.json" "$ARTIFACTS/" 2>/dev/null || true
-# The cross-origin runs, one row each in the pass table (browser only).
-CORS_ROWS=()
-while IFS= read -r row; do CORS_ROWS+=(--extra "$row"); done < <(python3 -c '
+# Rows of their own in the pass table: the cross-origin runs (browser only).
+EXTRA_ROWS=()
+while IFS= read -r row; do EXTRA_ROWS+=(--extra "$row"); done < <(python3 -c '
 import json, sys
 names = ["cors_any_origin", "cors_credentials", "cors_refused_origin"]
 try:
@@ -271,7 +271,7 @@ for n in names:
     print("browser " + n + "=" + ("pass" if r.get("pass") else "fail:" + "; ".join(r.get("problems", []))))
 ' "$TMP/browser-cors.json")
 # The SDK on the resumable route, one row per scenario.
-while IFS= read -r row; do CORS_ROWS+=(--extra "$row"); done < <(python3 -c '
+while IFS= read -r row; do EXTRA_ROWS+=(--extra "$row"); done < <(python3 -c '
 import json, sys
 try:
     results = json.load(open(sys.argv[1], encoding="utf-8"))
@@ -295,7 +295,7 @@ set +e
 REPORTED=1
 python3 "$HERE/report.py" --plan "$TMP/plan.json" \
     --result "browser=$TMP/browser.json" --result "openai-sdk=$TMP/openai.json" \
-    "${CORS_ROWS[@]}" --extra "screenshot=$SHOT_VERDICT" --started "$STARTED" --tests-started "$TESTS_STARTED"
+    "${EXTRA_ROWS[@]}" --extra "screenshot=$SHOT_VERDICT" --started "$STARTED" --tests-started "$TESTS_STARTED"
 STATUS=$?
 set -e
 exit "$STATUS"
