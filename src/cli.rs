@@ -201,13 +201,13 @@ fn check(path: &std::path::Path, env_optional: bool) -> ExitCode {
                 0 => String::new(),
                 n => format!(", {}", plural(n, "warning")),
             };
-            println!(
-                "{}: ok ({}, {}{warned})",
+            let line = format!(
+                "{}: ok ({}, {}{warned})\n",
                 config.source,
                 plural(config.routes.len(), "route"),
                 plural(config.upstreams.len(), "upstream")
             );
-            ExitCode::SUCCESS
+            written("check", std::io::stdout().write_all(line.as_bytes()))
         }
         Err(code) => code,
     }

@@ -84,6 +84,16 @@ const BROKEN: &[(&str, &[&str])] = &[
         &["unknown_key.yaml:6:5: routes[0].macth: unknown field `macth`, expected one of `name`, `match`, `upstream`, `request`"],
     ),
     (
+        // An upstream's name is its key: located there, not at its first value.
+        "bad_upstream_name.yaml",
+        &["bad_upstream_name.yaml:3:3: upstreams.the assistant: invalid upstream name \"the assistant\""],
+    ),
+    (
+        // Located at the second `upstream`, the one to remove, not at the mapping.
+        "duplicate_key.yaml",
+        &["duplicate_key.yaml:8:5: invalid YAML: routes[0]: duplicate entry with key \"upstream\""],
+    ),
+    (
         "duplicate_route.yaml",
         &["duplicate_route.yaml:7:11: routes[1].name: duplicate route name \"chat\" (also routes[0].name)"],
     ),
@@ -405,8 +415,9 @@ fn sse_gateway_config_names_the_config_and_config_wins_over_it() {
 /// is a pipe whose reading end is closed before it starts, so every write fails.
 #[test]
 fn output_to_a_reader_that_left_is_no_failure() {
-    let commands: [&[&str]; 3] = [
+    let commands: [&[&str]; 4] = [
         &["man"],
+        &["check", "--config", "gateway.yaml"],
         &["completions", "bash"],
         &[
             "--config",

@@ -5,6 +5,7 @@
 //! one section deserialized on its own have no line. This index maps the same key paths
 //! back to `line:column`, so every message can point into the file.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -48,6 +49,9 @@ impl Position {
 pub(super) struct Locations {
     keys: HashMap<String, Position>,
     values: HashMap<String, Position>,
+    /// Where a key is written a second time in its mapping: the loader refuses the
+    /// file, and says only which mapping.
+    repeated: HashMap<String, Position>,
 }
 
 impl Locations {
@@ -97,6 +101,11 @@ impl Locations {
     /// Where the key that ends `path` is written (`routes[0].match` -> the `match` word).
     pub(super) fn key(&self, path: &str) -> Option<Position> {
         self.keys.get(path).copied()
+    }
+
+    /// Where the key that ends `path` is written again, if it is.
+    pub(super) fn repeated_key(&self, path: &str) -> Option<Position> {
+        self.repeated.get(path).copied()
     }
 }
 
@@ -159,7 +168,15 @@ impl Builder {
                         _ => "?".to_owned(),
                     };
                     let key_path = join(path, &name);
-                    self.locations.keys.insert(key_path, position);
+                    match self.locations.keys.entry(key_path) {
+                        Entry::Occupied(first) => {
+                            let repeated = first.key().clone();
+                            self.locations.repeated.entry(repeated).or_insert(position);
+                        }
+                        Entry::Vacant(first) => {
+                            first.insert(position);
+                        }
+                    }
                     // The parser marks a block mapping where its first value starts;
                     // an operator reads the mapping as starting at its first key.
                     if !*seen_key {

@@ -246,7 +246,7 @@ impl Validator<'_> {
 
     fn syntax_error(&mut self, error: &serde_yaml::Error) {
         let mut message = error.to_string();
-        let position = error.location().map(|location| {
+        let mut position = error.location().map(|location| {
             let suffix = format!(" at line {} column {}", location.line(), location.column());
             message = message.replacen(&suffix, "", 1);
             super::Position {
@@ -254,6 +254,11 @@ impl Validator<'_> {
                 column: location.column(),
             }
         });
+        // The loader locates a duplicate key at its mapping; the operator needs the
+        // line of the second one, which is the one to remove or rename.
+        if let Some(repeated) = repeated_key_path(&message) {
+            position = self.locations.repeated_key(&repeated).or(position);
+        }
         self.errors.push(ConfigError {
             position,
             path: String::new(),
@@ -402,16 +407,20 @@ impl Validator<'_> {
         (ranges.len() == entries.len()).then(|| TrustedProxies::new(ranges))
     }
 
+    /// Checks a name written as a value (`name: chat`).
     fn name(&mut self, path: &str, kind: &str, name: &str) -> bool {
-        let plain = is_plain_name(name, b"_-.");
-        if !plain {
-            self.error_at_value(
-                path,
-                format!("invalid {kind} name \"{name}\": use 1 to {MAX_NAME_LEN} letters, digits, `_`, `-` or `.` (it becomes a metric label)"),
-            );
+        let problem = name_problem(kind, name);
+        let plain = problem.is_none();
+        if let Some(message) = problem {
+            self.error_at_value(path, message);
         }
         plain
     }
+}
+
+/// Why `name` cannot name a `kind` (it becomes a metric label), if it cannot.
+fn name_problem(kind: &str, name: &str) -> Option<String> {
+    (!is_plain_name(name, b"_-.")).then(|| format!("invalid {kind} name \"{name}\": use 1 to {MAX_NAME_LEN} letters, digits, `_`, `-` or `.` (it becomes a metric label)"))
 }
 
 /// Short, and only ASCII letters, digits and `extra`: safe as a metric label value.
@@ -441,4 +450,14 @@ fn take_out(value: &mut Value, parent: &[Segment], key: &str) -> bool {
         Value::Mapping(mapping) => mapping.remove(key).is_some(),
         _ => false,
     }
+}
+
+/// The key path of the loader's `PATH: duplicate entry with key "KEY"` (or, at the top
+/// level, without `PATH: `).
+fn repeated_key_path(message: &str) -> Option<String> {
+    const DUPLICATE: &str = "duplicate entry with key \"";
+    let at = message.find(DUPLICATE)?;
+    let key = message[at + DUPLICATE.len()..].strip_suffix('"')?;
+    let mapping = message[..at].strip_suffix(": ").unwrap_or("");
+    Some(join(mapping, key))
 }

@@ -17,7 +17,9 @@ impl Validator<'_> {
         };
         for (name, value) in entries {
             let path = join("upstreams", &name);
-            if !self.name(&path, "upstream", &name) {
+            // The name is the key: the error points at it.
+            if let Some(message) = super::name_problem("upstream", &name) {
+                self.error_at_key(&path, message);
                 continue;
             }
             let Some(raw) = self.section::<raw::Upstream>(Some(value), &path) else {
