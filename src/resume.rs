@@ -79,7 +79,8 @@ pub(crate) enum Intercept {
     Forward(Option<Begin>),
     /// Answer it from a known stream; the upstream is not called.
     Resume { slot: Arc<Slot>, last_seen: u64 },
-    /// `on_unknown: reject`: `204 No Content`.
+    /// `on_unknown: reject`, or a finished stream the client has all of: `204 No
+    /// Content`, which tells `EventSource` to stop reconnecting.
     Reject,
     /// Not known here; with `store: redis` another replica may own it.
     Remote {
@@ -163,7 +164,15 @@ impl ResumePlan {
             None => ResumeResult::Unknown,
             Some(id) => match self.table.lookup(&id, credential, Instant::now()) {
                 Lookup::Found(slot) => {
-                    let gap = slot.state().log.first_kept() > id.seq + 1;
+                    let state = slot.state();
+                    let had_all = state.lifetime.is_finished()
+                        && id.seq.saturating_add(1) >= state.log.next_seq();
+                    let gap = state.log.first_kept() > id.seq + 1;
+                    drop(state);
+                    if had_all {
+                        self.metrics.count(ResumeResult::Finished);
+                        return Intercept::Reject;
+                    }
                     self.metrics.count(if gap {
                         ResumeResult::Expired
                     } else {
@@ -214,6 +223,13 @@ impl ResumePlan {
                 ResumeResult::Forbidden
             }
             Ok(Some(held)) if held.ending == Some(Ending::Expired) => ResumeResult::Expired,
+            Ok(Some(held))
+                if held.ending == Some(Ending::Ended)
+                    && held.last.is_some_and(|last| id.seq >= last) =>
+            {
+                self.metrics.count(ResumeResult::Finished);
+                return Intercept::Reject;
+            }
             Ok(Some(held)) if matches!(held.ending, None | Some(Ending::Ended)) => {
                 // Events dropped for room: the follower tells the client of the gap, and
                 // it counts as on the owner, `expired`.

@@ -262,7 +262,22 @@ async fn a_finished_stream_is_resumable_for_its_window() {
     let rest = again.rest().await;
     assert_eq!(data(&rest), [token(3), "[DONE]".into()]);
     assert_eq!(rest, whole[2..].to_vec(), "the same bytes, ids included");
+
+    // An `EventSource` that did not close at the end reconnects with the last id: it
+    // has every event, and 204 stops it (a 200 with nothing would have it come back
+    // until the window ran out, then start the answer again).
+    let mut after_end = Client::open(
+        gateway.addr,
+        "/api/stream",
+        &[BEARER, ("last-event-id", &last_id(&whole))],
+    )
+    .await;
+    assert_eq!(after_end.status().await, 204);
+    assert_eq!(after_end.rest().await, []);
     assert!(!upstream.connection_within(Duration::from_millis(300)).await);
+    let metrics = gateway.metrics().await;
+    assert_eq!(resumes(&metrics, "finished"), 1.0);
+    assert_eq!(resumes(&metrics, "replayed"), 1.0);
 }
 
 #[tokio::test]

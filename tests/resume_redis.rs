@@ -218,6 +218,14 @@ async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
         ids,
         (1..=6).map(|n| format!("{key}-{n}")).collect::<Vec<_>>()
     );
+    // The whole answer seen, the last id gets 204 on either replica: an `EventSource`
+    // that did not close at the end stops reconnecting.
+    for gateway in [&other, &owner] {
+        let last = [BEARER, ("last-event-id", ids.last().unwrap())];
+        let mut after_end = Client::open(gateway.addr, "/api/stream?q=hi", &last).await;
+        assert_eq!(after_end.status().await, 204);
+        assert_eq!(after_end.rest().await, []);
+    }
     assert!(
         !upstream.connection_within(Duration::from_millis(300)).await,
         "one upstream request for the answer (and one for the foreign credential)"
@@ -231,6 +239,7 @@ async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
     };
     assert_eq!(resumes("replayed"), 1.0);
     assert_eq!(resumes("forbidden"), 1.0);
+    assert_eq!(resumes("finished"), 1.0);
     assert_eq!(
         metrics.route_value("sse_gateway_resume_replayed_events_total", ROUTE),
         2.0

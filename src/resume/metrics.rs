@@ -14,14 +14,18 @@ pub enum ResumeResult {
     Expired,
     /// The stream is known but the request's credential is not its own.
     Forbidden,
+    /// The stream has finished and the client had every event of it: `204`, so an
+    /// `EventSource` that did not close at the end stops reconnecting.
+    Finished,
 }
 
 impl ResumeResult {
-    pub const ALL: [ResumeResult; 4] = [
+    pub const ALL: [ResumeResult; 5] = [
         ResumeResult::Replayed,
         ResumeResult::Unknown,
         ResumeResult::Expired,
         ResumeResult::Forbidden,
+        ResumeResult::Finished,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +34,7 @@ impl ResumeResult {
             ResumeResult::Unknown => "unknown",
             ResumeResult::Expired => "expired",
             ResumeResult::Forbidden => "forbidden",
+            ResumeResult::Finished => "finished",
         }
     }
 }

@@ -256,9 +256,9 @@ impl RedisStore {
         else {
             return Ok(None);
         };
-        let ending = super::follow::entries_of_range(&end)
-            .first()
-            .map(|entry| Ending::parse(entry.value));
+        let end = super::follow::entries_of_range(&end);
+        let ending = end.first().map(|entry| Ending::parse(entry.value));
+        let last = end.first().and_then(|entry| entry.last);
         // Event entries are `1-SEQ`, the end entry `2-0`: a stream trimmed of all its
         // events holds none up to the last one the end names.
         let first_kept = super::follow::entries_of_range(&first)
@@ -271,6 +271,7 @@ impl RedisStore {
             fingerprint,
             ending,
             first_kept,
+            last,
         }))
     }
 
@@ -297,6 +298,8 @@ pub(crate) struct Held {
     pub(crate) ending: Option<Ending>,
     /// The number of the oldest event still held, if any.
     pub(crate) first_kept: Option<u64>,
+    /// The number of the stream's last event, once it ended (from its end entry).
+    pub(crate) last: Option<u64>,
 }
 
 impl Mirror {

@@ -4,6 +4,8 @@
 #   1. Chromium's native EventSource behind a TCP relay that cuts its connection
 #      mid-answer twice: the page gets every token exactly once, in order, then
 #      [DONE], and the upstream saw one request (store: memory).
+#   1b. A page that leaves its EventSource open at [DONE]: its reconnect after the end
+#      gets 204, and the browser closes the EventSource; the upstream saw one request.
 #   2. Two gateway replicas with store: redis and a real redis-server on a loopback
 #      port, behind a relay that sends each connection to the next replica: the
 #      reconnect lands on the other replica and resumes there; same checks.
@@ -111,21 +113,24 @@ metric() {
         awk -v want="$2{$3}" '$1 == want { print $2; found = 1 } END { if (!found) print 0 }'
 }
 
-# check_page NAME Q JSON: every token once, in order, [DONE], the reconnects, ids, one
-# upstream request.
+# check_page Q JSON OPENS: every token once, in order, [DONE], OPENS opens (the first
+# and one per reconnect that resumed), ids, one upstream request; a page run with
+# --keep 1 must also have seen its EventSource closed by the browser.
 check_page() {
-    local name=$1 q=$2 json=$3
-    python3 - "$json" "$q" "$E2E_TMP/upstream.jsonl" "$TOKENS" "$CUTS" <<'PY'
+    local q=$1 json=$2 opens=$3
+    python3 - "$json" "$q" "$E2E_TMP/upstream.jsonl" "$TOKENS" "$opens" <<'PY'
 import json, sys
 page = json.load(open(sys.argv[1]))
-q, log, tokens, cuts = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5].split(",")
+q, log, tokens, opens = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 problems = list(page.get("problems", []))
 if not page.get("done"):
     problems.append("no [DONE]")
 if page.get("tokens") != list(range(1, tokens + 1)):
     problems.append(f"tokens {page.get('tokens')}")
-if page.get("opens") != len(cuts) + 1:
-    problems.append(f"opened {page.get('opens')} times (want {len(cuts) + 1}: {len(cuts)} reconnects)")
+if page.get("opens") != opens:
+    problems.append(f"opened {page.get('opens')} times (want {opens})")
+if page.get("keep") and not page.get("closed"):
+    problems.append("the EventSource was never closed")
 ids = page.get("ids", [])
 key = ids[0].rsplit("-", 1)[0] if ids else ""
 if len(key) != 22 or ids != [f"{key}-{n}" for n in range(1, tokens + 1)]:
@@ -141,11 +146,13 @@ if problems:
 PY
 }
 
-# run_page NAME RELAY_PORT Q: Chromium's EventSource through the relay.
+# run_page NAME PORT Q [ARGS...]: Chromium's EventSource through the relay (or the
+# gateway) on PORT.
 run_page() {
-    local name=$1 relay=$2 q=$3
-    timeout 120 node "$HERE/browser.mjs" --base "http://127.0.0.1:$relay" --q "$q" \
-        --out "$E2E_TMP/page-$name.json" --profile "$E2E_TMP/chromium-$name" >&2 ||
+    local name=$1 port=$2 q=$3
+    shift 3
+    timeout 120 node "$HERE/browser.mjs" --base "http://127.0.0.1:$port" --q "$q" \
+        --out "$E2E_TMP/page-$name.json" --profile "$E2E_TMP/chromium-$name" "$@" >&2 ||
         e2e_log "browser.mjs exited with $?"
 }
 
@@ -161,7 +168,7 @@ page_through_relay() {
     e2e_check "$name: the relay cut the stream twice ($(cuts_made "$name") cuts)" \
         test "$(cuts_made "$name")" = 2
     e2e_check "$name: every token once, in order, [DONE], 3 opens, ids KEY-1..KEY-$TOKENS, one upstream request" \
-        check_page "$name" "$name-run" "$E2E_TMP/page-$name.json"
+        check_page "$name-run" "$E2E_TMP/page-$name.json" 3
 }
 
 # replayed ADMIN_PORT: resumes_total{result="replayed"} of the chat route.
@@ -176,6 +183,17 @@ e2e_log "1. Chromium through a relay that cuts twice (store: memory)"
 page_through_relay memory
 e2e_check "memory: two resumes replayed (resumes_total{result=\"replayed\"})" \
     test "$(replayed "$ADMIN_memory")" = 2
+
+# --- 1b. a page that leaves its EventSource open at [DONE] ---------------------------
+# The stream ends, so EventSource reconnects with the last id: the gateway has nothing
+# after it and answers 204, which closes the EventSource. (A 200 with nothing would
+# have it reconnect every 3 s until the window ran out, then start the answer again.)
+e2e_log "1b. Chromium's EventSource left open at [DONE] (store: memory, no relay)"
+run_page keep "$PORT_memory" keep-run --keep 1
+e2e_check "keep: every token once, [DONE], one open, the browser closed the EventSource, one upstream request" \
+    check_page keep-run "$E2E_TMP/page-keep.json" 1
+e2e_check "keep: the reconnect after the end was counted (resumes_total{result=\"finished\"})" \
+    test "$(metric "$ADMIN_memory" sse_gateway_resumes_total 'result="finished",route="chat"')" = 1
 
 # --- 2. two replicas sharing Redis, round robin ---------------------------------------
 REDIS_PORT=$(e2e_free_port)

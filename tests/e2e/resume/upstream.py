@@ -5,7 +5,8 @@ and the page whose native EventSource reads it through the gateway.
   POST /v1/answer          {"q": ...}: `data: {"token": i}` for i in 1..N, then
                            `data: [DONE]`, one every --interval seconds; each request
                            is logged as one JSON line (q, whether it carried an id)
-  GET  /page/index.html    the page (EventSource on ?stream=PATH, state in window.__e2e)
+  GET  /page/index.html    the page (EventSource on ?stream=PATH, state in window.__e2e;
+                           with keep=1 it does not close the EventSource at [DONE])
 
 Binds 127.0.0.1:0 and writes its port to --port-file.
 """
@@ -21,14 +22,20 @@ PAGE = """<!doctype html>
 <pre id="answer"></pre>
 <script>
 const params = new URLSearchParams(location.search);
-const state = window.__e2e = { tokens: [], ids: [], opens: 0, errors: 0, done: false };
+// keep=1: a page that does not close at [DONE], as many do not; EventSource then
+// reconnects when the stream ends, and only a 204 makes it stop (readyState CLOSED).
+const keep = params.get('keep') === '1';
+const state = window.__e2e = { tokens: [], ids: [], opens: 0, errors: 0, done: false, closed: false };
 const source = new EventSource(params.get('stream'));
 source.onopen = () => { state.opens += 1; };
-source.onerror = () => { state.errors += 1; };
+source.onerror = () => {
+  state.errors += 1;
+  if (source.readyState === EventSource.CLOSED) state.closed = true;
+};
 source.onmessage = (event) => {
   if (event.data === '[DONE]') {
     state.done = true;
-    source.close();
+    if (!keep) source.close();
     return;
   }
   state.tokens.push(JSON.parse(event.data).token);
