@@ -164,15 +164,7 @@ impl ResumePlan {
             None => ResumeResult::Unknown,
             Some(id) => match self.table.lookup(&id, credential, Instant::now()) {
                 Lookup::Found(slot) => {
-                    let state = slot.state();
-                    let had_all = state.lifetime.is_finished()
-                        && id.seq.saturating_add(1) >= state.log.next_seq();
-                    let gap = state.log.first_kept() > id.seq + 1;
-                    drop(state);
-                    if had_all {
-                        self.metrics.count(ResumeResult::Finished);
-                        return Intercept::Reject;
-                    }
+                    let gap = slot.state().log.first_kept() > id.seq + 1;
                     self.metrics.count(if gap {
                         ResumeResult::Expired
                     } else {
@@ -188,6 +180,10 @@ impl ResumePlan {
                         id,
                         credential: credential.map(Bytes::copy_from_slice),
                     };
+                }
+                Lookup::HadAll => {
+                    self.metrics.count(ResumeResult::Finished);
+                    return Intercept::Reject;
                 }
                 Lookup::Unknown => ResumeResult::Unknown,
                 Lookup::Expired => ResumeResult::Expired,
@@ -223,10 +219,7 @@ impl ResumePlan {
                 ResumeResult::Forbidden
             }
             Ok(Some(held)) if held.ending == Some(Ending::Expired) => ResumeResult::Expired,
-            Ok(Some(held))
-                if held.ending == Some(Ending::Ended)
-                    && held.last.is_some_and(|last| id.seq >= last) =>
-            {
+            Ok(Some(held)) if held.ending == Some(Ending::Ended) && held.last == Some(id.seq) => {
                 self.metrics.count(ResumeResult::Finished);
                 return Intercept::Reject;
             }

@@ -130,6 +130,9 @@ pub(crate) enum Lookup {
     Expired,
     /// Known, but the request's credential is not the stream's.
     Forbidden,
+    /// The stream has finished and the request's id is its last event: nothing is
+    /// left to send. Not attached.
+    HadAll,
 }
 
 /// What a client leaving did to its stream.
@@ -213,6 +216,9 @@ impl Table {
         if id.seq >= state.log.next_seq() {
             // Not an id this stream gave out: nothing to resume from.
             return Lookup::Unknown;
+        }
+        if state.lifetime.is_finished() && id.seq + 1 == state.log.next_seq() {
+            return Lookup::HadAll;
         }
         if state.lifetime.attach() {
             self.count_detached(-1);
@@ -406,6 +412,39 @@ mod tests {
         table.inner().slots.insert(key, slot.clone());
         assert_eq!(table.release(&slot, left, 10), Release::Detached);
         (table, slot, EventId { key, seq: 1 })
+    }
+
+    /// A finished stream's last id has nothing after it: told so, and no reader is
+    /// attached for it. An earlier id still resumes.
+    #[test]
+    fn the_last_id_of_a_finished_stream_had_all() {
+        let now = Instant::now();
+        let table = Arc::new(Table::new(IntGauge::new("detached", "detached").unwrap()));
+        let key = StreamKey::generate().unwrap();
+        let slot = Arc::new(Slot::new(
+            key,
+            key.fingerprint(CREDENTIAL),
+            WINDOW,
+            1 << 20,
+            None,
+        ));
+        let mut stamper = Stamper::new(&key);
+        slot.publish(&mut stamper, b"data: 1\n\n", None);
+        slot.publish(&mut stamper, b"data: 2\n\n", None);
+        table.inner().slots.insert(key, slot.clone());
+        slot.finish(now);
+        let readers_before = format!("{:?}", slot.state().lifetime);
+        let last = EventId { key, seq: 2 };
+        assert!(matches!(
+            table.lookup(&last, CREDENTIAL, now),
+            Lookup::HadAll
+        ));
+        assert_eq!(format!("{:?}", slot.state().lifetime), readers_before);
+        let earlier = EventId { key, seq: 1 };
+        assert!(matches!(
+            table.lookup(&earlier, CREDENTIAL, now),
+            Lookup::Found(_)
+        ));
     }
 
     /// A detached stream's window runs out, and its driver ends it and takes it out of
