@@ -603,6 +603,25 @@ fn alerts_parse_with_the_expected_rules() {
             runbook.contains(&format!("\n## {name}\n")),
             "{name}: no section in {file}"
         );
+        // The severity a page is routed by is the one the docs give: the runbook's
+        // section opens with it, and deploy/README's table lists the alert, marked
+        // when it is not a warning.
+        let severity = text(&rule["labels"]["severity"], name);
+        let section = runbook.split(&format!("\n## {name}\n")).nth(1).unwrap();
+        let section = section.split("\n## ").next().unwrap();
+        assert!(
+            section.contains(&format!("**Severity: {severity}.**")),
+            "{name}: its runbook section does not say severity {severity}"
+        );
+        let table_row = match severity {
+            "warning" => format!("| `{name}` |"),
+            other => format!("| `{name}` ({other}) |"),
+        };
+        let readme = read(&deploy_dir().join("README.md"));
+        assert!(
+            readme.contains(&table_row),
+            "{name}: deploy/README.md's alert table lacks {table_row}"
+        );
     }
     let tests = read(&deploy_dir().join("prometheus/alerts_test.yaml"));
     for name in names {
