@@ -79,8 +79,8 @@ pub(crate) enum Intercept {
     Forward(Option<Begin>),
     /// Answer it from a known stream; the upstream is not called.
     Resume { slot: Arc<Slot>, last_seen: u64 },
-    /// `on_unknown: reject`, or a finished stream the client has all of: `204 No
-    /// Content`, which tells `EventSource` to stop reconnecting.
+    /// `on_unknown: reject`, a finished stream the client has all of, or a stream a
+    /// client stopped: `204 No Content`, which tells `EventSource` to stop reconnecting.
     Reject,
     /// Not known here; with `store: redis` another replica may own it.
     Remote {
@@ -183,6 +183,10 @@ impl ResumePlan {
                 }
                 Lookup::HadAll => {
                     self.metrics.count(ResumeResult::Finished);
+                    return Intercept::Reject;
+                }
+                Lookup::Stopped => {
+                    self.metrics.count(ResumeResult::Stopped);
                     return Intercept::Reject;
                 }
                 Lookup::Unknown => ResumeResult::Unknown,

@@ -114,6 +114,16 @@ async fn resumed_after_one_event(
     (exchange, resumed)
 }
 
+/// A reconnect with `id` and [`BEARER`], as an `EventSource` sends it, is told `204`
+/// (which stops the `EventSource`) with no body, and no upstream request is made.
+async fn reconnect_is_told_to_stop(upstream: &ScriptedUpstream, gateway: &TestGateway, id: &str) {
+    let headers = [BEARER, ("last-event-id", id)];
+    let mut reconnect = Client::open(gateway.addr, "/api/stream?q=hi", &headers).await;
+    assert_eq!(reconnect.status().await, 204);
+    assert_eq!(reconnect.rest().await, []);
+    assert!(!upstream.connection_within(Duration::from_millis(300)).await);
+}
+
 fn resumes(metrics: &Metrics, result: &str) -> f64 {
     metrics.get(
         "sse_gateway_resumes_total",
@@ -266,15 +276,7 @@ async fn a_finished_stream_is_resumable_for_its_window() {
     // An `EventSource` that did not close at the end reconnects with the last id: it
     // has every event, and 204 stops it (a 200 with nothing would have it come back
     // until the window ran out, then start the answer again).
-    let mut after_end = Client::open(
-        gateway.addr,
-        "/api/stream",
-        &[BEARER, ("last-event-id", &last_id(&whole))],
-    )
-    .await;
-    assert_eq!(after_end.status().await, 204);
-    assert_eq!(after_end.rest().await, []);
-    assert!(!upstream.connection_within(Duration::from_millis(300)).await);
+    reconnect_is_told_to_stop(&upstream, &gateway, &last_id(&whole)).await;
     let metrics = gateway.metrics().await;
     assert_eq!(resumes(&metrics, "finished"), 1.0);
     assert_eq!(resumes(&metrics, "replayed"), 1.0);
@@ -412,6 +414,23 @@ async fn delete_with_the_id_stops_a_detached_stream_at_once() {
         .await;
     let mut again = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
     assert_eq!(again.status().await, 404, "nothing left to stop");
+
+    // A reconnect with the id (another tab's `EventSource`) gets 204, which stops it:
+    // the user stopped this answer, and it is not generated again.
+    reconnect_is_told_to_stop(&upstream, &gateway, &id).await;
+    // Another credential is not told so: a new answer, as for any id not its own.
+    let foreign_headers = [
+        ("authorization", "Bearer x"),
+        ("last-event-id", id.as_str()),
+    ];
+    let foreign = Client::open(gateway.addr, "/api/stream?q=hi", &foreign_headers);
+    let (mut foreign, mut fresh) = tokio::join!(foreign, upstream.accept());
+    fresh.start_sse("").await;
+    fresh.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(data(&foreign.rest().await), ["[DONE]"]);
+    let metrics = gateway.metrics().await;
+    assert_eq!(resumes(&metrics, "stopped"), 1.0);
+    assert_eq!(resumes(&metrics, "forbidden"), 1.0);
 }
 
 /// Stops the stream `id` names, with its credential: `204`; then, each within 5 s,
@@ -446,7 +465,10 @@ async fn a_stop_ends_the_response_of_a_resumed_client_waiting_for_more() {
     let seen = resumed.take(1).await;
     assert_eq!(data(&seen), tokens(2..=2));
 
-    stop_and_see_it_end(&gateway, &last_id(&seen), &mut exchange, &mut resumed).await;
+    let last = last_id(&seen);
+    stop_and_see_it_end(&gateway, &last, &mut exchange, &mut resumed).await;
+    // Its `EventSource` reconnects with the last id it saw: 204, so it stops.
+    reconnect_is_told_to_stop(&upstream, &gateway, &last).await;
 }
 
 /// The user presses stop while the first client still reads and the model thinks

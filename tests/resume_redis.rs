@@ -417,7 +417,21 @@ async fn a_stop_sent_to_another_replica_ends_the_stream_at_its_owner() {
     let mut resumed =
         Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
     assert_eq!(resumed.status().await, 200);
-    assert_eq!(data(&resumed.rest().await), tokens(2..=2));
+    let rest = resumed.rest().await;
+    assert_eq!(data(&rest), tokens(2..=2));
+    // Its `EventSource` reconnects with the last of them: 204 there, as on the owner
+    // with any id of the stopped stream. The stopped answer is not generated again.
+    let last = rest[0].id.clone().unwrap();
+    for (gateway, id) in [(&other, &last), (&owner, &id)] {
+        let mut reconnect = Client::open(
+            gateway.addr,
+            "/api/stream",
+            &[BEARER, ("last-event-id", id)],
+        )
+        .await;
+        assert_eq!(reconnect.status().await, 204);
+    }
+    assert!(!upstream.connection_within(Duration::from_millis(300)).await);
 }
 
 #[tokio::test]

@@ -17,15 +17,19 @@ pub enum ResumeResult {
     /// The stream has finished and the client had every event of it: `204`, so an
     /// `EventSource` that did not close at the end stops reconnecting.
     Finished,
+    /// A client stopped the stream (`DELETE`): `204`, so another tab's `EventSource`
+    /// does not start the answer again.
+    Stopped,
 }
 
 impl ResumeResult {
-    pub const ALL: [ResumeResult; 5] = [
+    pub const ALL: [ResumeResult; 6] = [
         ResumeResult::Replayed,
         ResumeResult::Unknown,
         ResumeResult::Expired,
         ResumeResult::Forbidden,
         ResumeResult::Finished,
+        ResumeResult::Stopped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +39,7 @@ impl ResumeResult {
             ResumeResult::Expired => "expired",
             ResumeResult::Forbidden => "forbidden",
             ResumeResult::Finished => "finished",
+            ResumeResult::Stopped => "stopped",
         }
     }
 }

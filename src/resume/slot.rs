@@ -30,7 +30,7 @@ const CANCELLED: u8 = 2;
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) key: StreamKey,
-    fingerprint: Fingerprint,
+    pub(crate) fingerprint: Fingerprint,
     state: Mutex<SlotState>,
     /// [`RUNNING`], or why the stream's driver drops the upstream: a client asked to
     /// end it ([`STOPPED`]), or its last client left with the route's `max_detached`
@@ -122,6 +122,11 @@ impl Slot {
 
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire) != RUNNING
+    }
+
+    /// Whether a client stopped the stream (not the cap on detached streams).
+    pub(crate) fn stopped_by_client(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) == STOPPED
     }
 
     /// How a stopped stream ended, for its end entry.

@@ -4,9 +4,10 @@
 //!
 //! A finished stream leaves the table when its window is over (swept once a `tick`,
 //! and checked exactly on every lookup); a running one when a client stops it, or when
-//! its driver drops its upstream for lack of a client. Keys of expired streams are
-//! remembered for one more window, bounded, so a late resume is told `expired` rather
-//! than `unknown`.
+//! its driver drops its upstream for lack of a client. Keys of expired and stopped
+//! streams are remembered for one more window, bounded, so a late resume is told
+//! `expired` rather than `unknown`, and one of a stopped stream gets `204` rather than
+//! a new answer: the user stopped that one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -16,12 +17,12 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use tokio::time::Instant;
 
-use super::id::{EventId, StreamKey};
+use super::id::{EventId, Fingerprint, StreamKey};
 use super::slot::Slot;
 use super::store::RedisStore;
 
-/// Keys of expired streams remembered at most (about 40 bytes each).
-const MAX_EXPIRED_KEYS: usize = 16 * 1024;
+/// Keys of expired and stopped streams remembered at most (about 100 bytes each).
+const MAX_GONE_KEYS: usize = 16 * 1024;
 
 /// Every route's table, by route name: what outlives a config generation.
 #[derive(Debug, Default)]
@@ -116,9 +117,19 @@ pub(crate) struct Table {
 #[derive(Debug, Default)]
 struct Inner {
     slots: HashMap<StreamKey, Arc<Slot>>,
-    /// Keys of expired streams, until when they are remembered.
-    expired: HashMap<StreamKey, Instant>,
-    expired_order: VecDeque<StreamKey>,
+    /// Keys of streams no longer here: until when they are remembered, and why they
+    /// went.
+    gone: HashMap<StreamKey, (Instant, Gone)>,
+    gone_order: VecDeque<StreamKey>,
+}
+
+/// Why a remembered stream left the table.
+#[derive(Debug, Clone, Copy)]
+enum Gone {
+    /// Its window ran out.
+    Expired,
+    /// A client stopped it (`DELETE`); the credential it was opened with.
+    Stopped(Fingerprint),
 }
 
 /// What a resume's id names.
@@ -130,6 +141,8 @@ pub(crate) enum Lookup {
     Expired,
     /// Known, but the request's credential is not the stream's.
     Forbidden,
+    /// A client stopped the stream (`DELETE`).
+    Stopped,
     /// The stream has finished and the request's id is its last event: nothing is
     /// left to send. Not attached.
     HadAll,
@@ -195,8 +208,18 @@ impl Table {
         let mut inner = self.inner();
         let slot = match inner.slots.get(&id.key) {
             Some(slot) => slot.clone(),
-            None if inner.is_remembered_expired(&id.key, now) => return Lookup::Expired,
-            None => return Lookup::Unknown,
+            None => {
+                return match inner.remembered(&id.key, now) {
+                    Some(Gone::Expired) => Lookup::Expired,
+                    Some(Gone::Stopped(fingerprint))
+                        if fingerprint.matches(&id.key.fingerprint(credential)) =>
+                    {
+                        Lookup::Stopped
+                    }
+                    Some(Gone::Stopped(_)) => Lookup::Forbidden,
+                    None => Lookup::Unknown,
+                }
+            }
         };
         if !slot.admits(credential) {
             return Lookup::Forbidden;
@@ -211,7 +234,11 @@ impl Table {
             // Stopped, or cut over `max_detached`: its driver takes it out of the table
             // at its next step. Refused as just after that, not read to a clean end as
             // if the answer were whole.
-            return Lookup::Unknown;
+            return if slot.stopped_by_client() {
+                Lookup::Stopped
+            } else {
+                Lookup::Unknown
+            };
         }
         if id.seq >= state.log.next_seq() {
             // Not an id this stream gave out: nothing to resume from.
@@ -256,7 +283,8 @@ impl Table {
         }
     }
 
-    /// Takes `slot` out of the table; `expired` remembers its key as such.
+    /// Takes `slot` out of the table; `expired` remembers its key as such (a stopped
+    /// stream's is remembered as stopped either way).
     pub(crate) fn remove(&self, slot: &Slot, now: Instant, expired: bool) {
         let mut inner = self.inner();
         self.take_out(&mut inner, slot, now, expired);
@@ -286,8 +314,13 @@ impl Table {
             self.count_detached(-1);
         }
         inner.slots.remove(&slot.key);
-        if expired {
-            inner.remember_expired(slot.key, now + window);
+        let gone = if slot.stopped_by_client() {
+            Some(Gone::Stopped(slot.fingerprint))
+        } else {
+            expired.then_some(Gone::Expired)
+        };
+        if let Some(gone) = gone {
+            inner.remember(slot.key, now + window, gone);
         }
     }
 
@@ -335,7 +368,7 @@ impl Table {
         for slot in expired {
             self.remove(&slot, now, true);
         }
-        self.inner().forget_expired(now);
+        self.inner().forget_gone(now);
     }
 
     fn count_detached(&self, delta: isize) {
@@ -350,28 +383,31 @@ impl Table {
 }
 
 impl Inner {
-    fn is_remembered_expired(&self, key: &StreamKey, now: Instant) -> bool {
-        self.expired.get(key).is_some_and(|until| now < *until)
+    fn remembered(&self, key: &StreamKey, now: Instant) -> Option<Gone> {
+        match self.gone.get(key) {
+            Some((until, gone)) if now < *until => Some(*gone),
+            _ => None,
+        }
     }
 
-    fn remember_expired(&mut self, key: StreamKey, until: Instant) {
-        if self.expired_order.len() >= MAX_EXPIRED_KEYS {
-            if let Some(oldest) = self.expired_order.pop_front() {
-                self.expired.remove(&oldest);
+    fn remember(&mut self, key: StreamKey, until: Instant, gone: Gone) {
+        if self.gone_order.len() >= MAX_GONE_KEYS {
+            if let Some(oldest) = self.gone_order.pop_front() {
+                self.gone.remove(&oldest);
             }
         }
-        if self.expired.insert(key, until).is_none() {
-            self.expired_order.push_back(key);
+        if self.gone.insert(key, (until, gone)).is_none() {
+            self.gone_order.push_back(key);
         }
     }
 
-    fn forget_expired(&mut self, now: Instant) {
-        while let Some(key) = self.expired_order.front() {
-            if self.expired.get(key).is_some_and(|until| now < *until) {
+    fn forget_gone(&mut self, now: Instant) {
+        while let Some(key) = self.gone_order.front() {
+            if self.gone.get(key).is_some_and(|(until, _)| now < *until) {
                 break;
             }
-            self.expired.remove(key);
-            self.expired_order.pop_front();
+            self.gone.remove(key);
+            self.gone_order.pop_front();
         }
     }
 }

@@ -9,6 +9,8 @@
 #   2. Two gateway replicas with store: redis and a real redis-server on a loopback
 #      port, behind a relay that sends each connection to the next replica: the
 #      reconnect lands on the other replica and resumes there; same checks.
+#   2b. A stop (DELETE) sent to the replica that does not own the stream ends it at
+#      its owner, and a reconnect with the stopped stream's id gets 204.
 #   3. Redis killed mid-stream: the stream still completes, whole, and
 #      sse_gateway_resume_store_errors_total counts the lost writes.
 #
@@ -237,6 +239,13 @@ e2e_check "stop: DELETE on replica b answers 204 (got $STOP_STATUS)" test "$STOP
 # Within 5 s: the answer would run on for another 7 s and end with [DONE] unstopped.
 e2e_check "stop: replica a dropped the upstream at once (one more client_closed outcome)" \
     e2e_wait 5 bash -c "[ \"\$(client_closed_on_a)\" = $((CLOSED_BEFORE + 1)) ]"
+# Another tab's EventSource reconnecting with the id: told 204, so the answer the user
+# stopped is not generated again.
+REQUESTS_BEFORE=$(grep -c '"stop-run"' "$E2E_TMP/upstream.jsonl" || true)
+RECONNECT_STATUS=$(curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "Last-Event-ID: $STOP_ID" \
+    "http://127.0.0.1:$PORT_a/api/stream/answer?q=stop-run" || true)
+e2e_check "stop: a reconnect with the id on replica a gets 204 (got $RECONNECT_STATUS), no new upstream request" \
+    test "$RECONNECT_STATUS" = 204 -a "$(grep -c '"stop-run"' "$E2E_TMP/upstream.jsonl" || true)" = "$REQUESTS_BEFORE"
 
 # --- 3. Redis killed mid-stream --------------------------------------------------------
 e2e_log "3. Redis killed mid-stream"
