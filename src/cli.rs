@@ -40,7 +40,7 @@ pub(crate) struct Cli {
         short,
         global = true,
         value_name = "FILE",
-        help = "The config file; without the flag, the file the environment variable SSE_GATEWAY_CONFIG names, when it is set",
+        help = "The config file; without the flag, the file the environment variable SSE_GATEWAY_CONFIG names, when it is set and not empty",
         env = "SSE_GATEWAY_CONFIG",
         default_value = "gateway.yaml"
     )]
@@ -102,6 +102,12 @@ pub(crate) const EXIT_RUNTIME: u8 = 3;
 
 /// Parses the command line and runs the chosen command.
 pub fn main() -> ExitCode {
+    // Set but empty (a template that rendered nothing) names no file: unset, so the
+    // default applies, rather than clap's "a value is required for --config" about a
+    // flag nobody gave. Done before any thread starts.
+    if std::env::var_os("SSE_GATEWAY_CONFIG").is_some_and(|value| value.is_empty()) {
+        std::env::remove_var("SSE_GATEWAY_CONFIG");
+    }
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Check { env_optional } => check(&cli.config, env_optional),
@@ -336,7 +342,24 @@ const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `RUST_LOG`, when set, wins over `log.level`.
 fn init_logging(log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    // `RUST_LOG` wins, but is held to `log.level`'s rules: `RUST_LOG=inof` is a valid
+    // filter that would silence every line, errors included, without a word.
+    let level = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.trim().is_empty() => {
+            match crate::config::check_log_filter(&from_env) {
+                Ok(()) => from_env,
+                Err(problem) => {
+                    eprintln!(
+                    "sse-gateway: RUST_LOG is not used: invalid log level \"{from_env}\": {problem}; logging at log.level \"{}\" instead",
+                    log.level
+                );
+                    log.level.clone()
+                }
+            }
+        }
+        _ => log.level.clone(),
+    };
+    let filter = EnvFilter::new(&level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

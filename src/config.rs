@@ -34,6 +34,7 @@ pub(crate) use ca_file::add_ca_file;
 pub(crate) use locate::Position;
 pub(crate) use raw::{BodyMode, LogFormat, OnUnknown, OnUpstreamEof, ResumeStore, StreamUsage};
 pub(crate) use units::HumanDuration;
+pub(crate) use validate::check_filter as check_log_filter;
 
 pub use traffic::{
     Balance, EndpointConfig, HealthConfig, LimitsConfig, PerClientLimit, RetryConfig, RetryOn,
@@ -462,6 +463,9 @@ impl GatewayConfig {
             let at = Position::of_offset(text.as_bytes(), MAX_FILE_SIZE);
             return Err(refuse(at, too_large()));
         }
+        // A byte order mark, as editors on Windows write: YAML allows one at the start,
+        // but the loader takes it for a second document.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         match locate::Locations::index(text) {
             Ok(locations) => validate::validate(text, locations, source, env, missing_env),
             Err(at) => Err(refuse(

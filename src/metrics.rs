@@ -5,6 +5,8 @@
 //! per-event cost is an atomic add, with no label lookup and no lock. Label values are
 //! bounded: route and rule names (validated config), fixed enums, never request data.
 
+#[cfg(target_os = "linux")]
+mod process;
 mod traffic;
 
 use http::{Method, StatusCode};
@@ -297,9 +299,7 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         metrics
             .registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            .register(Box::new(process::ProcessMetrics::for_self()))
             .expect("process metrics are distinct");
         // Both results exist from the start, so `increase()` sees the first failure.
         for result in ["success", "failure"] {

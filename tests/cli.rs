@@ -11,7 +11,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,34 @@ fn shipped_config_passes_check() {
     assert!(stdout.starts_with("gateway.yaml: ok"), "{stdout}");
 }
 
+/// A file saved with a byte order mark (as editors on Windows save it) reads as one
+/// without: valid, and its problems at the same line and column.
+#[test]
+fn a_byte_order_mark_is_no_problem() {
+    let dir = std::env::temp_dir().join(format!("sse-gateway-bom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let with_bom = |name: &str, from: &str| {
+        let path = dir.join(name);
+        let text = std::fs::read(from).unwrap();
+        std::fs::write(&path, [b"\xef\xbb\xbf".as_slice(), &text].concat()).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (code, stdout, stderr) = check(&with_bom("gateway.yaml", "gateway.yaml"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    let broken = with_bom(
+        "unknown_key.yaml",
+        "tests/fixtures/configs/unknown_key.yaml",
+    );
+    let (code, _, stderr) = check(&broken);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("unknown_key.yaml:6:5: routes[0].macth: unknown field"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn the_design_example_passes_check() {
     let (code, stdout, stderr) = check("tests/fixtures/configs/valid/design.yaml");
@@ -82,6 +110,21 @@ const BROKEN: &[(&str, &[&str])] = &[
     (
         "unknown_key.yaml",
         &["unknown_key.yaml:6:5: routes[0].macth: unknown field `macth`, expected one of `name`, `match`, `upstream`, `request`"],
+    ),
+    (
+        // One header under two spellings: which value went upstream was an accident.
+        "header_set_twice.yaml",
+        &["header_set_twice.yaml:9:26: routes[0].request.headers.set.x-a: header x-a is set twice (also as X-A)"],
+    ),
+    (
+        // A retry with nothing to retry on.
+        "retry_on_nothing.yaml",
+        &["retry_on_nothing.yaml:11:18: routes[0].retry.on: an empty list retries nothing"],
+    ),
+    (
+        // `routes` written without its `- `: one problem, not also "missing `routes`".
+        "routes_not_a_list.yaml",
+        &["routes_not_a_list.yaml:4:3: routes: invalid type: map, expected a sequence"],
     ),
     (
         // An upstream's name is its key: located there, not at its first value.
@@ -385,6 +428,20 @@ fn help_and_version_are_readable() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
+/// An empty `SSE_GATEWAY_CONFIG` (a template that rendered nothing) is as unset.
+#[test]
+fn an_empty_sse_gateway_config_is_as_unset() {
+    let output = gateway_bin()
+        .arg("check")
+        .env("SSE_GATEWAY_CONFIG", "")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.starts_with("gateway.yaml: ok"), "{stdout}");
+}
+
 #[test]
 fn sse_gateway_config_names_the_config_and_config_wins_over_it() {
     let from_env = gateway_bin()
@@ -499,6 +556,22 @@ fn man_page_documents_every_command_and_its_options() {
 /// `run` on a copy of the shipped config (on a free port): the demo stream arrives
 /// with the question answered, one log line is written for it, and SIGTERM ends the
 /// process with exit code 0.
+/// The shipped config with its listener on `listen` and its admin port on any free
+/// one, written to a temporary directory named after `test`: the directory and file.
+fn shipped_config_listening_on(listen: &str, test: &str) -> (PathBuf, PathBuf) {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml"))
+            .unwrap();
+    let config = shipped
+        .replace("127.0.0.1:8080", listen)
+        .replace("127.0.0.1:8079", "127.0.0.1:0");
+    let dir = std::env::temp_dir().join(format!("sse-gateway-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.yaml");
+    std::fs::write(&path, config).unwrap();
+    (dir, path)
+}
+
 #[test]
 fn run_serves_the_demo_stream_from_the_shipped_config() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -506,16 +579,7 @@ fn run_serves_the_demo_stream_from_the_shipped_config() {
         .local_addr()
         .unwrap()
         .port();
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.yaml"))
-            .unwrap();
-    let config = shipped
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:8079", "127.0.0.1:0");
-    let dir = std::env::temp_dir().join(format!("sse-gateway-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.yaml");
-    std::fs::write(&path, config).unwrap();
+    let (dir, path) = shipped_config_listening_on(&format!("127.0.0.1:{port}"), "cli");
 
     let mut child = gateway_bin()
         .args(["--config", path.to_str().unwrap()])
@@ -569,6 +633,52 @@ fn run_serves_the_demo_stream_from_the_shipped_config() {
         "one log line per finished stream, without colour codes when not a terminal:\n{}",
         logged.join("\n")
     );
+}
+
+/// `RUST_LOG=inof` is a filter that would silence every line: it is not used, the
+/// gateway says why, and logs at `log.level`.
+#[test]
+fn an_invalid_rust_log_is_said_and_does_not_silence_the_log() {
+    let (dir, path) = shipped_config_listening_on("127.0.0.1:0", "rust-log");
+    let mut child = gateway_bin()
+        .args(["--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "inof")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    // Liveness only: a gateway that never logs is stopped after 10 s, and fails below.
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn({
+        let pid = pid.clone();
+        move || {
+            let waited = finished.recv_timeout(Duration::from_secs(10));
+            if waited == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        }
+    });
+    let mut logged = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let listening = line.contains("gateway listening");
+        logged.push(line);
+        if listening {
+            break;
+        }
+    }
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    child.wait().unwrap();
+    drop(done);
+    watchdog.join().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let logged = logged.join("\n");
+    assert!(
+        logged.contains("RUST_LOG is not used: invalid log level \"inof\": `inof` is not a level"),
+        "{logged}"
+    );
+    assert!(logged.contains("gateway listening"), "{logged}");
 }
 
 fn rewrite(args: &[&str], stdin: &[u8]) -> (i32, String, String) {

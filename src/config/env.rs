@@ -22,7 +22,9 @@ pub(crate) enum EnvError {
     #[error("unterminated ${{ in \"{0}\" (write $${{ for a literal ${{)")]
     Unterminated(String),
     /// `${}` or a name with characters other than letters, digits and `_`.
-    #[error("invalid variable name \"{0}\" (use letters, digits and _)")]
+    #[error(
+        "invalid variable name \"{0}\" (use letters, digits and _, not starting with a digit)"
+    )]
     BadName(String),
 }
 

@@ -19,6 +19,8 @@ use serde_yaml::Value;
 
 mod cors;
 mod log;
+
+pub(crate) use log::check_filter;
 mod resume;
 mod route;
 mod shutdown;

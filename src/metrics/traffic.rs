@@ -143,7 +143,7 @@ impl TrafficFamilies {
             ),
             attempts: counter(
                 "upstream_attempts_total",
-                "Upstream requests on routes with retry, by endpoint and result.",
+                "Upstream requests (every attempt, on every route), by endpoint and result.",
                 &["route", "endpoint", "result"],
             ),
             retries: counter(

@@ -124,7 +124,23 @@ fn origin_problem(origin: &str) -> Option<&'static str> {
     if authority.contains('@') || http::uri::Authority::from_str(authority).is_err() {
         return Some("the host is not a valid host[:port]");
     }
-    None
+    // Compared as the browser sends it: a port it would never send matches nothing.
+    let port = authority
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
+        .map(|(_, port)| port.parse::<u32>());
+    let default_port = if origin.starts_with("https://") {
+        443
+    } else {
+        80
+    };
+    match port {
+        Some(Ok(port)) if port == default_port => Some(
+            "a browser leaves the scheme's default port out of its Origin, so this never matches: remove the port",
+        ),
+        Some(Ok(1..=65535)) | None => None,
+        Some(_) => Some("the port must be a number from 1 to 65535"),
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +154,8 @@ mod tests {
             "http://localhost:3000",
             "http://127.0.0.1:8080",
             "http://[::1]:5173",
+            "https://app.example.com:8443",
+            "http://app.example.com:443",
         ] {
             assert_eq!(origin_problem(good), None, "{good}");
         }
@@ -149,6 +167,10 @@ mod tests {
             "null",
             "ftp://files.example.com",
             "https://",
+            "https://app.example.com:443",
+            "http://app.example.com:80",
+            "http://app.example.com:99999",
+            "http://app.example.com:0",
         ] {
             assert!(origin_problem(bad).is_some(), "{bad}");
         }

@@ -38,7 +38,7 @@ impl Validator<'_> {
 }
 
 /// Why `filter` is not a filter the gateway accepts, in words for the operator.
-fn check_filter(filter: &str) -> Result<(), String> {
+pub(crate) fn check_filter(filter: &str) -> Result<(), String> {
     const LEVELS: &str = "error, warn, info, debug, trace or off";
     EnvFilter::builder()
         .parse(filter)

@@ -23,8 +23,12 @@ impl Validator<'_> {
         declared: &BTreeSet<String>,
     ) -> Vec<RouteConfig> {
         let mut routes: Vec<RouteConfig> = Vec::new();
+        // Present but not a list: `section` says so, and that is its one problem.
+        let missing = matches!(value, None | Some(Value::Null));
         let Some(items) = self.section::<Vec<Value>>(value, "routes") else {
-            self.error_at_value("", "missing `routes`: define at least one route");
+            if missing {
+                self.error_at_value("", "missing `routes`: define at least one route");
+            }
             return routes;
         };
         if items.is_empty() {
@@ -311,15 +315,29 @@ impl Validator<'_> {
     ) -> Option<HeaderEdits> {
         let mut ok = true;
         let mut set = Vec::with_capacity(raw.set.len());
+        // The names as written, beside `set`.
+        let mut written = Vec::with_capacity(raw.set.len());
         for (name, value) in raw.set {
             let value_path = format!("{path}.set.{name}");
             let Some(header) = check_name(self, &value_path, &name) else {
                 ok = false;
                 continue;
             };
+            // Names differ only in case: both would be sent as one, and which value
+            // won would be an accident of the map's order.
+            if let Some(first) = set.iter().position(|(known, _)| *known == header) {
+                let first = &written[first];
+                self.error_at_key(
+                    &value_path,
+                    format!("header {name} is set twice (also as {first}): header names ignore case, keep one"),
+                );
+                ok = false;
+                continue;
+            }
             if let Ok(mut header_value) = HeaderValue::from_str(&value) {
                 header_value.set_sensitive(self.from_environment.contains(&value_path));
                 set.push((header, header_value));
+                written.push(name);
             } else {
                 self.error_at_value(
                     &value_path,

@@ -66,30 +66,31 @@ impl Validator<'_> {
                 ok = false;
             }
         }
-        let ratio_arg = || {
-            env("OTEL_TRACES_SAMPLER_ARG")
-                .and_then(|arg| arg.trim().parse().ok())
-                .unwrap_or(1.0)
+        // An argument that is no number (`0,1` in a decimal-comma locale) is refused:
+        // read as the default, it would trace every request.
+        let ratio_arg = match env("OTEL_TRACES_SAMPLER_ARG") {
+            None => Ok(1.0),
+            Some(arg) => arg.trim().parse::<f64>().map_err(|_| {
+                format!("OTEL_TRACES_SAMPLER_ARG={arg} is not a number: give the ratio of requests to trace, from 0 to 1 (such as 0.1)")
+            }),
         };
         let sample_ratio = match (otlp.sample_ratio, env("OTEL_TRACES_SAMPLER")) {
-            (Some(ratio), _) => ratio,
-            (None, None) => ratio_arg(),
+            (Some(ratio), _) => Ok(ratio),
+            (None, None) => ratio_arg,
             // The gateway always follows a sampled flag the client sent, so the
             // parent-based samplers and the plain ones are the same ratio here.
             (None, Some(sampler)) => match sampler.trim() {
-                "always_on" | "parentbased_always_on" => 1.0,
-                "always_off" | "parentbased_always_off" => 0.0,
-                "traceidratio" | "parentbased_traceidratio" => ratio_arg(),
-                other => {
-                    self.error_at_value(
-                        PATH,
-                        format!("OTEL_TRACES_SAMPLER={other} is not supported: use always_on, always_off or traceidratio (parentbased_ forms too), or set sample_ratio"),
-                    );
-                    ok = false;
-                    1.0
-                }
+                "always_on" | "parentbased_always_on" => Ok(1.0),
+                "always_off" | "parentbased_always_off" => Ok(0.0),
+                "traceidratio" | "parentbased_traceidratio" => ratio_arg,
+                other => Err(format!("OTEL_TRACES_SAMPLER={other} is not supported: use always_on, always_off or traceidratio (parentbased_ forms too), or set sample_ratio")),
             },
         };
+        let sample_ratio = sample_ratio.unwrap_or_else(|message| {
+            self.error_at_value(PATH, message);
+            ok = false;
+            1.0
+        });
         if !(0.0..=1.0).contains(&sample_ratio) {
             self.error_at_value(
                 &join(PATH, "sample_ratio"),
@@ -206,6 +207,15 @@ routes:
             ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
         ];
         assert_eq!(ratio(&ratio_of_arg), Ok(Some(0.1)));
+        let decimal_comma = [
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0,1"),
+        ];
+        let refused = ratio(&decimal_comma).unwrap_err();
+        assert!(
+            refused.contains("OTEL_TRACES_SAMPLER_ARG=0,1 is not a number"),
+            "{refused}"
+        );
         let unknown = ratio(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")]).unwrap_err();
         assert!(
             unknown.contains("OTEL_TRACES_SAMPLER=jaeger_remote is not supported"),

@@ -79,6 +79,17 @@ impl Validator<'_> {
         }
         let on = match raw.on {
             None => RetryOn::ALL,
+            Some(values) if values.is_empty() => {
+                self.error_at_value(
+                    &join(path, "on"),
+                    format!(
+                        "an empty list retries nothing: list the failures to retry (from {}), leave `on` out for all, or `retry` out for none",
+                        RetryOn::NAMES.join(", ")
+                    ),
+                );
+                ok = false;
+                RetryOn::default()
+            }
             Some(values) => {
                 let mut on = RetryOn::default();
                 for (index, value) in values.iter().enumerate() {
