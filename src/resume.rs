@@ -223,6 +223,12 @@ impl ResumePlan {
                 ResumeResult::Forbidden
             }
             Ok(Some(held)) if held.ending == Some(Ending::Expired) => ResumeResult::Expired,
+            Ok(Some(held)) if held.ending == Some(Ending::Stopped) => {
+                self.metrics.count(ResumeResult::Stopped);
+                return Intercept::Reject;
+            }
+            // Not an id this stream gave out, as on the owner.
+            Ok(Some(held)) if held.last.is_some_and(|last| id.seq > last) => ResumeResult::Unknown,
             Ok(Some(held)) if held.ending == Some(Ending::Ended) && held.last == Some(id.seq) => {
                 self.metrics.count(ResumeResult::Finished);
                 return Intercept::Reject;

@@ -7,6 +7,8 @@
 //! (memory, file descriptors, threads and start time are left as it makes them) and
 //! replaces the one family with a float counter read from the same `/proc` figures.
 
+use std::sync::Mutex;
+
 use prometheus::core::{Collector, Desc};
 use prometheus::process_collector::ProcessCollector;
 use prometheus::{proto, Counter, Opts};
@@ -16,6 +18,9 @@ const CPU_SECONDS: &str = "process_cpu_seconds_total";
 pub(super) struct ProcessMetrics {
     inner: ProcessCollector,
     cpu_seconds: Counter,
+    /// Held from reading the counter to adding to it: two scrapes at once (a pair of
+    /// Prometheus servers) would otherwise both add the same difference.
+    reading: Mutex<()>,
     descs: Vec<Desc>,
 }
 
@@ -37,6 +42,7 @@ impl ProcessMetrics {
         ProcessMetrics {
             inner,
             cpu_seconds,
+            reading: Mutex::new(()),
             descs,
         }
     }
@@ -48,7 +54,10 @@ impl ProcessMetrics {
         };
         let ticks = procfs::ticks_per_second().max(1) as f64;
         let total = (stat.utime + stat.stime) as f64 / ticks;
-        // Two scrapes at once may both add: the later finds little or nothing left.
+        let _reading = self
+            .reading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let behind = total - self.cpu_seconds.get();
         if behind > 0.0 {
             self.cpu_seconds.inc_by(behind);

@@ -258,7 +258,7 @@ impl Follower {
                         return;
                     }
                 }
-                Batch::End(frame, Ending::Ended) => {
+                Batch::End(frame, Ending::Ended | Ending::Stopped) => {
                     if !frame.is_empty() {
                         self.send(frame.freeze()).await;
                     }

@@ -133,6 +133,7 @@ impl Slot {
     pub(crate) fn stopped_ending(&self) -> Ending {
         match self.stopped.load(Ordering::Acquire) {
             CANCELLED => Ending::Cancelled,
+            STOPPED => Ending::Stopped,
             _ => Ending::Ended,
         }
     }

@@ -72,8 +72,12 @@ pub(crate) struct RedisStore {
 /// How a stream ended, as its end entry says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ending {
-    /// The upstream's answer ended, or a client stopped it: followers end with it.
+    /// The upstream's answer ended: followers end with it.
     Ended,
+    /// A client stopped it (`DELETE`): followers end with it, and a reconnect on any
+    /// replica is told to stop (`204`). A replica not yet upgraded reads it as
+    /// [`Ending::Ended`].
+    Stopped,
     /// Dropped at its window, no client having come back: on the owner its id is
     /// `expired`.
     Expired,
@@ -88,6 +92,7 @@ impl Ending {
     fn field(self) -> &'static [u8] {
         match self {
             Ending::Ended => b"1",
+            Ending::Stopped => b"stopped",
             Ending::Expired => b"expired",
             Ending::Cancelled => b"cancelled",
         }
@@ -96,6 +101,7 @@ impl Ending {
     /// The ending an end entry's `end` field names (anything unknown is an end).
     pub(crate) fn parse(field: &[u8]) -> Ending {
         match field {
+            b"stopped" => Ending::Stopped,
             b"expired" => Ending::Expired,
             b"cancelled" => Ending::Cancelled,
             _ => Ending::Ended,

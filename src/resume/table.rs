@@ -313,7 +313,10 @@ impl Table {
         if was_detached {
             self.count_detached(-1);
         }
-        inner.slots.remove(&slot.key);
+        // A stream may be taken out twice (a stop, then its driver): remembered once.
+        if inner.slots.remove(&slot.key).is_none() {
+            return;
+        }
         let gone = if slot.stopped_by_client() {
             Some(Gone::Stopped(slot.fingerprint))
         } else {
@@ -391,14 +394,16 @@ impl Inner {
     }
 
     fn remember(&mut self, key: StreamKey, until: Instant, gone: Gone) {
+        if self.gone.contains_key(&key) {
+            return;
+        }
         if self.gone_order.len() >= MAX_GONE_KEYS {
             if let Some(oldest) = self.gone_order.pop_front() {
                 self.gone.remove(&oldest);
             }
         }
-        if self.gone.insert(key, (until, gone)).is_none() {
-            self.gone_order.push_back(key);
-        }
+        self.gone.insert(key, (until, gone));
+        self.gone_order.push_back(key);
     }
 
     fn forget_gone(&mut self, now: Instant) {
@@ -448,6 +453,31 @@ mod tests {
         table.inner().slots.insert(key, slot.clone());
         assert_eq!(table.release(&slot, left, 10), Release::Detached);
         (table, slot, EventId { key, seq: 1 })
+    }
+
+    /// A stopped stream is taken out twice (the stop, then its driver): its key is
+    /// remembered once, and pushes no other key out of a full memory.
+    #[test]
+    fn a_stream_taken_out_twice_is_remembered_once() {
+        let now = Instant::now();
+        let (table, slot, id) = detached_stream(now);
+        {
+            let mut inner = table.inner();
+            for _ in 0..MAX_GONE_KEYS - 1 {
+                let other = StreamKey::generate().unwrap();
+                inner.remember(other, now + WINDOW, Gone::Expired);
+            }
+        }
+        assert!(table.stop(&id.key, CREDENTIAL));
+        table.remove(&slot, now, false);
+        let inner = table.inner();
+        assert_eq!(inner.gone.len(), MAX_GONE_KEYS);
+        assert_eq!(inner.gone_order.len(), MAX_GONE_KEYS);
+        drop(inner);
+        assert!(matches!(
+            table.lookup(&id, CREDENTIAL, now),
+            Lookup::Stopped
+        ));
     }
 
     /// A finished stream's last id has nothing after it: told so, and no reader is

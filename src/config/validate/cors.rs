@@ -125,21 +125,26 @@ fn origin_problem(origin: &str) -> Option<&'static str> {
         return Some("the host is not a valid host[:port]");
     }
     // Compared as the browser sends it: a port it would never send matches nothing.
-    let port = authority
+    // No port: nothing more to check.
+    let (_, port) = authority
         .rsplit_once(':')
-        .filter(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
-        .map(|(_, port)| port.parse::<u32>());
+        .filter(|(host, _)| !host.starts_with('[') || host.ends_with(']'))?;
+    // As a browser writes it: digits, no sign, no leading zero.
+    let number = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&n| n > 0 && port.bytes().all(|b| b.is_ascii_digit()) && !port.starts_with('0'));
     let default_port = if origin.starts_with("https://") {
         443
     } else {
         80
     };
-    match port {
-        Some(Ok(port)) if port == default_port => Some(
+    match number {
+        None => Some("the port must be a number from 1 to 65535, as a browser writes it (no sign, no leading zero)"),
+        Some(port) if port == default_port => Some(
             "a browser leaves the scheme's default port out of its Origin, so this never matches: remove the port",
         ),
-        Some(Ok(1..=65535)) | None => None,
-        Some(_) => Some("the port must be a number from 1 to 65535"),
+        Some(_) => None,
     }
 }
 
@@ -171,6 +176,9 @@ mod tests {
             "http://app.example.com:80",
             "http://app.example.com:99999",
             "http://app.example.com:0",
+            "http://app.example.com:08080",
+            "http://app.example.com:+8080",
+            "http://app.example.com:0080",
         ] {
             assert!(origin_problem(bad).is_some(), "{bad}");
         }

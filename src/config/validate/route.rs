@@ -316,7 +316,7 @@ impl Validator<'_> {
         let mut ok = true;
         let mut set = Vec::with_capacity(raw.set.len());
         // The names as written, beside `set`.
-        let mut written = Vec::with_capacity(raw.set.len());
+        let mut written: Vec<String> = Vec::with_capacity(raw.set.len());
         for (name, value) in raw.set {
             let value_path = format!("{path}.set.{name}");
             let Some(header) = check_name(self, &value_path, &name) else {
@@ -326,10 +326,21 @@ impl Validator<'_> {
             // Names differ only in case: both would be sent as one, and which value
             // won would be an accident of the map's order.
             if let Some(first) = set.iter().position(|(known, _)| *known == header) {
-                let first = &written[first];
+                // Reported at the one written later, whatever the map's order.
+                let first = written[first].as_str();
+                let at = |name: &str| {
+                    self.locations
+                        .key(&format!("{path}.set.{name}"))
+                        .map(|p| (p.line, p.column))
+                };
+                let (later, earlier) = if at(first) > at(&name) {
+                    (first, name.as_str())
+                } else {
+                    (name.as_str(), first)
+                };
                 self.error_at_key(
-                    &value_path,
-                    format!("header {name} is set twice (also as {first}): header names ignore case, keep one"),
+                    &format!("{path}.set.{later}"),
+                    format!("header {later} is set twice (also as {earlier}): header names ignore case, keep one"),
                 );
                 ok = false;
                 continue;
