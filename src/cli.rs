@@ -344,20 +344,17 @@ const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(200);
 fn init_logging(log: &LogConfig) {
     // `RUST_LOG` wins, but is held to `log.level`'s rules: `RUST_LOG=inof` is a valid
     // filter that would silence every line, errors included, without a word.
-    let level = match std::env::var("RUST_LOG") {
-        Ok(from_env) if !from_env.trim().is_empty() => {
-            match crate::config::check_log_filter(&from_env) {
-                Ok(()) => from_env,
-                Err(problem) => {
-                    eprintln!(
-                    "sse-gateway: RUST_LOG is not used: invalid log level \"{from_env}\": {problem}; logging at log.level \"{}\" instead",
-                    log.level
-                );
-                    log.level.clone()
-                }
-            }
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let level = match from_env.map(|v| (crate::config::check_log_filter(&v), v)) {
+        Some((Ok(()), from_env)) => from_env,
+        Some((Err(problem), from_env)) => {
+            let fallback = &log.level;
+            eprintln!("sse-gateway: RUST_LOG is not used: invalid log level \"{from_env}\": {problem}; logging at log.level \"{fallback}\" instead");
+            log.level.clone()
         }
-        _ => log.level.clone(),
+        None => log.level.clone(),
     };
     let filter = EnvFilter::new(&level);
     let builder = tracing_subscriber::fmt()

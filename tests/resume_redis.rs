@@ -79,6 +79,24 @@ async fn redis_holds(redis: &RedisServer, n: usize) {
     }
 }
 
+/// Waits until Redis holds the end entry of the one stream there is; its key.
+async fn redis_holds_the_end(redis: &RedisServer) -> String {
+    let deadline = tokio::time::Instant::now() + LIVENESS;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no end entry in Redis"
+        );
+        if let Some(stream) = the_stream(redis).await {
+            let end = redis.command(&["XRANGE", &stream, "2-0", "2-0"]).await;
+            if end.contains("end") {
+                return stream;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Two replicas on one Redis and one upstream; `None` without Redis.
 async fn two_replicas(
     window: &str,
@@ -416,6 +434,7 @@ async fn a_stop_sent_to_another_replica_ends_the_stream_at_its_owner() {
     // Another tab's `EventSource` reconnects with the id it had: 204 on either replica
     // (the owner wrote the stop into the stream's end entry), so it stops, and the
     // answer the user stopped is not generated again.
+    redis_holds_the_end(&redis).await;
     for gateway in [&other, &owner] {
         let headers = [BEARER, ("last-event-id", id.as_str())];
         let mut reconnect = Client::open(gateway.addr, "/api/stream", &headers).await;
@@ -777,20 +796,7 @@ async fn redis_keeps_about_max_bytes_of_a_stream_of_large_events() {
     exchange.end_chunks().await;
     assert_eq!(client.rest().await.len(), 1, "[DONE]");
     // The end entry is the last write: once it is there, so is every trim.
-    let deadline = tokio::time::Instant::now() + LIVENESS;
-    let stream = loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no end entry in Redis"
-        );
-        if let Some(stream) = the_stream(&redis).await {
-            let end = redis.command(&["XRANGE", &stream, "2-0", "2-0"]).await;
-            if end.contains("end") {
-                break stream;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stream = redis_holds_the_end(&redis).await;
     let len = redis.command(&["XLEN", &stream]).await;
     let entries: usize = len.trim().trim_start_matches(':').parse().unwrap();
     // Each event is about 1.1 KB with its id: 8 KiB, plus a slice (1 KiB) and the

@@ -19,8 +19,6 @@ use serde_yaml::Value;
 
 mod cors;
 mod log;
-
-pub(crate) use log::check_filter;
 mod resume;
 mod route;
 mod shutdown;
@@ -28,6 +26,8 @@ mod stream;
 mod telemetry;
 mod traffic;
 mod upstream;
+
+pub(crate) use log::check_filter;
 
 use super::env::{substitute, EnvError};
 use super::locate::{join, Locations};
@@ -411,12 +411,11 @@ impl Validator<'_> {
 
     /// Checks a name written as a value (`name: chat`).
     fn name(&mut self, path: &str, kind: &str, name: &str) -> bool {
-        let problem = name_problem(kind, name);
-        let plain = problem.is_none();
-        if let Some(message) = problem {
-            self.error_at_value(path, message);
-        }
-        plain
+        let Some(message) = name_problem(kind, name) else {
+            return true;
+        };
+        self.error_at_value(path, message);
+        false
     }
 }
 

@@ -394,9 +394,6 @@ impl Inner {
     }
 
     fn remember(&mut self, key: StreamKey, until: Instant, gone: Gone) {
-        if self.gone.contains_key(&key) {
-            return;
-        }
         if self.gone_order.len() >= MAX_GONE_KEYS {
             if let Some(oldest) = self.gone_order.pop_front() {
                 self.gone.remove(&oldest);

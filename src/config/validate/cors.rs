@@ -133,7 +133,7 @@ fn origin_problem(origin: &str) -> Option<&'static str> {
     let number = port
         .parse::<u16>()
         .ok()
-        .filter(|&n| n > 0 && port.bytes().all(|b| b.is_ascii_digit()) && !port.starts_with('0'));
+        .filter(|_| port.bytes().all(|b| b.is_ascii_digit()) && !port.starts_with('0'));
     let default_port = if origin.starts_with("https://") {
         443
     } else {
