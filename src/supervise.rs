@@ -185,6 +185,9 @@ pub(crate) struct SupervisedBody<B = UpstreamIncoming> {
     held: std::collections::VecDeque<Bytes>,
     /// The frame returned last came straight from the engine ([`Self::event_ends`]).
     last_from_engine: bool,
+    /// The layer above sends other bytes than the frames (resume's ids, comments
+    /// without their blank line) and counts them itself ([`Self::sent`]).
+    counted_above: bool,
 }
 
 impl<B> SupervisedBody<B>
@@ -229,6 +232,7 @@ where
             record: Record::new(plan.metrics.clone(), started, log, stuck),
             plan,
             last_from_engine: false,
+            counted_above: false,
         };
         // What the start did (events, first event and token, usage, and the outcome
         // when the whole answer came while it was held) is the stream's: accounted now,
@@ -239,11 +243,17 @@ where
         body
     }
 
-    /// The layer above sent `extra` bytes more than the frame it took from here
-    /// (resume's `id:` lines): they count as sent to the client too.
-    pub(crate) fn sent_extra(&mut self, extra: usize) {
-        self.plan.metrics.bytes_downstream.inc_by(extra as u64);
-        self.record.add_bytes(extra);
+    /// The layer above counts what it sends in place of each frame ([`Self::sent`]):
+    /// resume adds `id:` lines and leaves comments without their blank line, so the
+    /// frame's own length would be wrong either way.
+    pub(crate) fn count_sent_above(&mut self) {
+        self.counted_above = true;
+    }
+
+    /// The layer above sent `bytes` bytes in place of the frame it took from here.
+    pub(crate) fn sent(&mut self, bytes: usize) {
+        self.plan.metrics.bytes_downstream.inc_by(bytes as u64);
+        self.record.add_bytes(bytes);
     }
 
     /// The gateway's "drain time is over" signal this stream watches.
@@ -413,11 +423,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
         // Once per frame, not per event: a frame carries a whole read's events.
         self.last_sent = now.get();
-        self.plan
-            .metrics
-            .bytes_downstream
-            .inc_by(bytes.len() as u64);
-        self.record.add_bytes(bytes.len());
+        if !self.counted_above {
+            self.sent(bytes.len());
+        }
         Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 }

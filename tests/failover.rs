@@ -866,6 +866,19 @@ async fn a_client_that_leaves_while_a_start_is_tried_again_is_a_client_closed_st
         .await;
     let lines: Vec<&str> = log.lines().filter(finished).collect();
     assert_eq!(lines.len(), 1, "one line for the request:\n{log}");
+    // The retry's line says which endpoint failed and how long the client waited on
+    // it: past the stuck time the test waited for before a broke off.
+    let retry = log
+        .lines()
+        .find(|line| line.contains("trying the request again"))
+        .unwrap_or_else(|| panic!("no retry line:\n{log}"));
+    let attempt_ms: u64 = retry
+        .split("attempt_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no attempt_ms in {retry}"));
+    assert!(retry.contains("endpoint=a") && attempt_ms >= 200, "{retry}");
     assert!(
         lines[0].contains("stream finished")
             && lines[0].contains("status=499")

@@ -114,6 +114,25 @@ async fn the_gateway_asks_for_usage_counts_it_and_keeps_the_chunk_from_the_clien
 }
 
 #[tokio::test]
+async fn the_body_goes_up_byte_for_byte_but_for_the_added_field() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(
+        &upstream.url(),
+        "    stream: { protocol: openai-chat, usage: request }\n",
+    ))
+    .await;
+    // Spacing, member order and number spellings a re-serialised body would change
+    // (an integer beyond 64 bits would become a float).
+    let body =
+        r#"{"model":"gpt-4o-mini", "seed": 18446744073709551616, "top_p": 1.0, "stream":true}"#;
+    let (_, request, _) = exchange(&gateway, &upstream, body).await;
+    assert_eq!(
+        String::from_utf8(request.body).unwrap(),
+        r#"{"model":"gpt-4o-mini", "seed": 18446744073709551616, "top_p": 1.0, "stream":true,"stream_options":{"include_usage":true}}"#
+    );
+}
+
+#[tokio::test]
 async fn passthrough_leaves_the_body_alone() {
     let upstream = ScriptedUpstream::bind().await;
     let gateway = start_gateway(&one_route_config(

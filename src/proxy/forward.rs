@@ -120,6 +120,7 @@ pub(super) fn forward<'a>(
             let last = made >= retry.attempts || endpoints.pick(start, tried).is_none();
             let copy = if last { None } else { copy(&request) };
             log.trace_upstream_url(|| endpoints.retarget(request.uri(), endpoint));
+            let attempt_started = Instant::now();
             let result = {
                 // After a start thrown away, the stream stays active through the wait,
                 // and a client that leaves during it ends it as `client_closed`.
@@ -185,7 +186,10 @@ pub(super) fn forward<'a>(
                 failover.metrics.skipped("budget");
                 return forwarded;
             }
-            tracing::info!(route = %route.name, endpoint = %endpoints.get(endpoint).name, failure = failure.label(), "trying the request again on another endpoint");
+            // How long the failed attempt took: a start that went silent took its
+            // idle timeout, which the client waited through.
+            let attempt_ms = attempt_started.elapsed().as_millis();
+            tracing::info!(route = %route.name, endpoint = %endpoints.get(endpoint).name, failure = failure.label(), attempt_ms, "trying the request again on another endpoint");
             failover.metrics.retry(failure.reason());
             // The failed attempt's response, and anything held back of it, go unseen.
             if let Ok((_, Forwarded::Started(start))) = &mut forwarded {

@@ -14,7 +14,10 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::Request;
 use http_body_util::{BodyExt, Either, Full};
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::fmt;
+use std::ops::Range;
 
 use crate::upstream::{ClientBodyError, ClientErrorKind, UpstreamBody, UpstreamError};
 
@@ -52,31 +55,97 @@ pub(crate) async fn ask_for_usage(
 /// The body with `stream_options.include_usage: true` added, when it is a streaming
 /// Chat Completions request (a JSON object with `"stream": true`) that does not ask
 /// for usage itself; `None` when it is left as it is.
+///
+/// The field is spliced into the bytes the client sent, which stay as they were around
+/// it: member order, spacing, number spellings (`0.70`, an integer beyond 64 bits) and
+/// escapes reach the upstream as written. A member written twice is read as its last
+/// occurrence, as `serde_json` and Python's `json` read it.
 pub(crate) fn with_include_usage(body: &[u8]) -> Option<Bytes> {
-    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
+    let request: Members = serde_json::from_slice(body).ok()?;
+    if request.get("stream")?.get() != "true" {
         return None;
+    }
+    let (replaced, insert) = match request.get("stream_options") {
+        None => (
+            after(body, request.last()?),
+            r#","stream_options":{"include_usage":true}"#,
+        ),
+        Some(options) if options.get() == "null" => {
+            (span(body, options), r#"{"include_usage":true}"#)
+        }
+        Some(options) => {
+            // A `stream_options` that is no object is the upstream's to refuse.
+            let members: Members = serde_json::from_str(options.get()).ok()?;
+            match (members.get("include_usage"), members.last()) {
+                (Some(asked), _) if asked.get() == "true" => return None,
+                (Some(declined), _) => (span(body, declined), "true"),
+                (None, Some(last)) => (after(body, last), r#","include_usage":true"#),
+                (None, None) => (span(body, options), r#"{"include_usage":true}"#),
+            }
+        }
     };
-    if request.get("stream") != Some(&Value::Bool(true)) {
-        return None;
+    let mut edited = Vec::with_capacity(body.len() + insert.len());
+    edited.extend_from_slice(&body[..replaced.start]);
+    edited.extend_from_slice(insert.as_bytes());
+    edited.extend_from_slice(&body[replaced.end..]);
+    Some(Bytes::from(edited))
+}
+
+/// A JSON object's members in the order written, each value as the bytes it was
+/// written as (borrowed from the body, so its place in the body is known).
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    /// The value of `key`, the last one when the key is written twice.
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
-    let options = request
-        .entry("stream_options")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if options.is_null() {
-        *options = Value::Object(Map::new());
+
+    /// The value written last, after which a new member goes.
+    fn last(&self) -> Option<&'a RawValue> {
+        self.0.last().map(|(_, v)| *v)
     }
-    // A `stream_options` that is no object is the upstream's to refuse.
-    let options = options.as_object_mut()?;
-    if options.get("include_usage") == Some(&Value::Bool(true)) {
-        return None;
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+
+        deserializer.deserialize_map(MembersVisitor)
     }
-    options.insert("include_usage".to_owned(), Value::Bool(true));
-    serde_json::to_vec(&request).ok().map(Bytes::from)
+}
+
+/// Where `value` lies in `body`, of which it is a slice.
+fn span(body: &[u8], value: &RawValue) -> Range<usize> {
+    let start = value.get().as_ptr() as usize - body.as_ptr() as usize;
+    start..start + value.get().len()
+}
+
+/// The empty range right after `value`, where a member is inserted.
+fn after(body: &[u8], value: &RawValue) -> Range<usize> {
+    let end = span(body, value).end;
+    end..end
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
@@ -127,5 +196,45 @@ mod tests {
         assert_eq!(added(&json!([1, 2])), None);
         assert_eq!(with_include_usage(b"not json"), None);
         assert_eq!(with_include_usage(b""), None);
+    }
+
+    #[test]
+    fn every_other_byte_goes_up_as_the_client_wrote_it() {
+        let cases: [(&str, &str); 6] = [
+            (
+                "{\"seed\": 123456789012345678901234567890, \"temperature\": 0.70,\n \"stream\": true }",
+                "{\"seed\": 123456789012345678901234567890, \"temperature\": 0.70,\n \"stream\": true,\"stream_options\":{\"include_usage\":true} }",
+            ),
+            (
+                r#"{"stream":true,"content":"caf\u00e9","stream_options":{"include_obfuscation":false},"z":1}"#,
+                r#"{"stream":true,"content":"caf\u00e9","stream_options":{"include_obfuscation":false,"include_usage":true},"z":1}"#,
+            ),
+            (
+                r#"{"stream_options": { "include_usage" : false }, "stream": true}"#,
+                r#"{"stream_options": { "include_usage" : true }, "stream": true}"#,
+            ),
+            (
+                r#"{"stream_options": null, "stream": true}"#,
+                r#"{"stream_options": {"include_usage":true}, "stream": true}"#,
+            ),
+            (
+                r#"{"stream_options": { }, "stream": true}"#,
+                r#"{"stream_options": {"include_usage":true}, "stream": true}"#,
+            ),
+            // Written twice, the last one counts: that is the one edited.
+            (
+                r#"{"stream_options":{"include_usage":true},"stream":true,"stream_options":{}}"#,
+                r#"{"stream_options":{"include_usage":true},"stream":true,"stream_options":{"include_usage":true}}"#,
+            ),
+        ];
+        for (sent, want) in cases {
+            let got = with_include_usage(sent.as_bytes()).expect(sent);
+            assert_eq!(std::str::from_utf8(&got).unwrap(), want);
+        }
+        // The last `stream` counts too.
+        assert_eq!(
+            with_include_usage(br#"{"stream":true,"stream":false}"#),
+            None
+        );
     }
 }

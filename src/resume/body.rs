@@ -139,6 +139,7 @@ impl LiveBody {
     ) -> Self {
         // The stamper numbers every event; the engine says where they end.
         supervised.track_event_ends();
+        supervised.count_sent_above();
         LiveBody {
             admission,
             stopped: Box::pin(slot.stopped()),
@@ -167,11 +168,10 @@ impl LiveBody {
         match Pin::new(&mut **supervised).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let data = frame.into_data().unwrap_or_default();
-                let taken = data.len();
                 let sent = self
                     .producer
                     .publish(&self.slot, data, supervised.event_ends());
-                supervised.sent_extra(sent.len().saturating_sub(taken));
+                supervised.sent(sent.len());
                 if supervised.is_end_stream() {
                     self.end();
                 }
@@ -312,7 +312,9 @@ async fn keep_reading(
             frame = poll_fn(|cx| Pin::new(&mut *supervised).poll_frame(cx)) => match frame {
                 Some(Ok(frame)) => {
                     let ends = supervised.event_ends();
-                    producer.publish(&slot, frame.into_data().unwrap_or_default(), ends);
+                    // Sent to no one now, but kept for the client's resume.
+                    let kept = producer.publish(&slot, frame.into_data().unwrap_or_default(), ends);
+                    supervised.sent(kept.len());
                     if supervised.is_end_stream() {
                         drop(supervised);
                         producer.end(Ending::Ended);
