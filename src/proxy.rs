@@ -239,7 +239,7 @@ impl Proxy {
                 forward::Forwarded::Started(held) => {
                     parts.headers.remove(CONTENT_LENGTH);
                     let body = SupervisedBody::resume(*held, start, log);
-                    let body = resume::body(route, begin, body, slot);
+                    let body = resume::body(route, begin, body, slot, &mut parts.headers);
                     return (Response::from_parts(parts, body), route_name);
                 }
             };
@@ -253,7 +253,7 @@ impl Proxy {
                     parts.headers.remove(CONTENT_LENGTH);
                     let supervised =
                         SupervisedBody::new(body, plan.clone(), start, log, remove_usage_chunk);
-                    resume::body(route, begin, supervised, slot)
+                    resume::body(route, begin, supervised, slot, &mut parts.headers)
                 }
                 Some(_) if event_stream && !head => {
                     tracing::warn!(route = %route.name, "upstream sent an encoded event stream despite Accept-Encoding: identity; passing it through unparsed");

@@ -45,7 +45,7 @@ use crate::supervise::SupervisedBody;
 
 pub(crate) use body::ResumeBody;
 use body::{LiveBody, ReplayBody};
-use id::{EventId, Fingerprint, StreamKey};
+use id::{EventId, Fingerprint, StreamKey, KEY_TEXT_LEN};
 pub use metrics::{ResumeFamilies, ResumeMetrics, ResumeResult};
 use slot::Slot;
 use store::{Ending, Mirror, RedisStore};
@@ -57,6 +57,10 @@ static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// The query parameter `event-source-polyfill` sends instead.
 const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+/// Names a new resumable stream on its response: a client whose parser never shows it
+/// the events' ids (the `openai` SDKs') can still stop the stream with `DELETE`, or
+/// resume it from the start.
+pub(crate) static STREAM_ID_HEADER: HeaderName = HeaderName::from_static("x-sse-gateway-stream-id");
 
 /// A resumable route's resume handling, built once per config.
 #[derive(Debug)]
@@ -92,6 +96,15 @@ pub(crate) enum Intercept {
 }
 
 impl Begin {
+    /// The value of [`STREAM_ID_HEADER`]: the stream's id before its first event,
+    /// `KEY-0`.
+    pub(crate) fn stream_id(&self) -> HeaderValue {
+        let mut id = Vec::with_capacity(KEY_TEXT_LEN + 2);
+        id.extend_from_slice(&self.key.text());
+        id.extend_from_slice(b"-0");
+        HeaderValue::from_bytes(&id).expect("base64url is a valid header value")
+    }
+
     /// The stream's first client is on `connection` (`None` on h2).
     pub(crate) fn on(mut self, connection: Option<ClientConnection>) -> Begin {
         self.connection = connection;

@@ -256,7 +256,7 @@ async fn the_gateways_own_errors_carry_the_cors_and_response_headers() {
     // none is a CORS-safelisted response header.
     assert_eq!(
         header(&response, "access-control-expose-headers"),
-        Some("retry-after, x-request-id, x-sse-gateway-error")
+        Some("retry-after, x-request-id, x-sse-gateway-error, x-sse-gateway-stream-id")
     );
 }
 

@@ -412,8 +412,18 @@ async fn delete_with_the_id_stops_a_detached_stream_at_once() {
             m.outcome_count(ROUTE, "client_closed") == 1.0
         })
         .await;
+    // Stopped again (a double click, a second tab's stop button): stopped as asked,
+    // within the window; still not for another credential.
     let mut again = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
-    assert_eq!(again.status().await, 404, "nothing left to stop");
+    assert_eq!(again.status().await, 204, "stopped already");
+    let mut other = Client::open_with(
+        gateway.addr,
+        "DELETE",
+        &target,
+        &[("authorization", "Bearer x")],
+    )
+    .await;
+    assert_eq!(other.status().await, 404);
 
     // A reconnect with the id (another tab's `EventSource`) gets 204, which stops it:
     // the user stopped this answer, and it is not generated again.
@@ -431,6 +441,51 @@ async fn delete_with_the_id_stops_a_detached_stream_at_once() {
     let metrics = gateway.metrics().await;
     assert_eq!(resumes(&metrics, "stopped"), 1.0);
     assert_eq!(resumes(&metrics, "forbidden"), 1.0);
+}
+
+/// A client whose parser never shows it the events' ids (the `openai` SDKs') reads the
+/// stream's id from the response head: it stops the stream, and resumes it from its
+/// first event.
+#[tokio::test]
+async fn the_response_head_names_the_stream_for_a_stop_or_a_resume_from_the_start() {
+    let (upstream, gateway) = setup("{ window: 30s }").await;
+    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let head = client.head().await.to_owned();
+    let stream_id = head
+        .lines()
+        .find_map(|line| line.strip_prefix("x-sse-gateway-stream-id: "))
+        .unwrap_or_else(|| panic!("no stream id in the head:\n{head}"))
+        .to_owned();
+    let first = last_id(&client.take(1).await);
+    let (key, seq) = first.rsplit_once('-').unwrap();
+    assert_eq!(
+        (stream_id.as_str(), seq),
+        (format!("{key}-0").as_str(), "1")
+    );
+    drop(client);
+    detached(&gateway, 1.0).await;
+
+    // A resume from the start gets every event.
+    exchange.send_chunk(&event(2)).await;
+    let headers = [BEARER, ("last-event-id", stream_id.as_str())];
+    let mut resumed = Client::open(gateway.addr, "/api/stream?q=hi", &headers).await;
+    assert_eq!(data(&resumed.take(2).await), [token(1), token(2)]);
+    assert!(
+        !resumed.head().await.contains("x-sse-gateway-stream-id"),
+        "a resume opens no stream"
+    );
+    drop(resumed);
+    // The stop button.
+    let target = format!("/api/stream?lastEventId={stream_id}");
+    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+    assert_eq!(stop.status().await, 204);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "the upstream is dropped"
+    );
 }
 
 /// Stops the stream `id` names, with its credential: `204`; then, each within 5 s,
@@ -847,8 +902,9 @@ async fn a_live_resumed_reader_gets_an_upstream_read_larger_than_max_bytes() {
     assert_eq!(data(&rest), ["[DONE]"]);
 }
 
-/// "Stop" pressed as the answer finished: the finished stream's buffer is freed (204),
-/// and a second stop finds nothing left.
+/// "Stop" pressed as the answer finished: the finished stream's buffer is freed (204):
+/// a resume from its first event is told to stop instead of replaying the rest. A
+/// second stop is stopped as asked.
 #[tokio::test]
 async fn a_stop_of_a_finished_stream_frees_its_buffer() {
     let (upstream, gateway) = setup("{ window: 30s }").await;
@@ -864,7 +920,14 @@ async fn a_stop_of_a_finished_stream_frees_its_buffer() {
     let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
     assert_eq!(stop.status().await, 204);
     let mut again = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
-    assert_eq!(again.status().await, 404, "nothing left");
+    assert_eq!(again.status().await, 204);
+    let headers = [BEARER, ("last-event-id", id.as_str())];
+    let mut resumed = Client::open(gateway.addr, "/api/strict", &headers).await;
+    assert_eq!(resumed.status().await, 204);
+    assert_eq!(resumed.rest().await, [], "nothing replayed");
+    let stopped = [("route", "strict"), ("result", "stopped")];
+    let metrics = gateway.metrics().await;
+    assert_eq!(metrics.get("sse_gateway_resumes_total", &stopped), 1.0);
 }
 
 /// A resumed client leaves with the route already keeping its `max_detached` streams

@@ -443,6 +443,9 @@ async fn a_stop_sent_to_another_replica_ends_the_stream_at_its_owner() {
         let stopped = [("route", ROUTE), ("result", "stopped")];
         let metrics = gateway.metrics().await;
         assert_eq!(metrics.get("sse_gateway_resumes_total", &stopped), 1.0);
+        // A second stop (a double click) is stopped as asked, on either replica.
+        let mut again = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+        assert_eq!(again.status().await, 204);
     }
     assert!(!upstream.connection_within(Duration::from_millis(300)).await);
 }

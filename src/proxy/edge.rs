@@ -22,8 +22,9 @@ use crate::header_list;
 use crate::reply::{error_json, ERROR_HEADER};
 
 /// The gateway's own response headers a page on another origin may read.
-static EXPOSED: HeaderValue =
-    HeaderValue::from_static("retry-after, x-request-id, x-sse-gateway-error");
+static EXPOSED: HeaderValue = HeaderValue::from_static(
+    "retry-after, x-request-id, x-sse-gateway-error, x-sse-gateway-stream-id",
+);
 
 /// The `type` of a refused preflight's error body.
 pub(super) const CORS_REFUSED: &str = "cors_refused";

@@ -4,7 +4,7 @@
 //! into responses.
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 
@@ -14,7 +14,7 @@ use crate::admission;
 use crate::body::ResponseBody;
 use crate::listener::ClientConnection;
 use crate::reply::{self, ErrorType};
-use crate::resume::{Begin, Intercept, Stop};
+use crate::resume::{Begin, Intercept, Stop, STREAM_ID_HEADER};
 use crate::router::{RouteMatch, RouteTable};
 use crate::supervise::SupervisedBody;
 
@@ -99,14 +99,19 @@ pub(super) async fn intercept(
 /// The response body of a new event stream: resumable when `begin` says so. The
 /// admission slot goes with the stream: a detached stream still reads its upstream,
 /// so it still counts against the route's limits until it ends.
+/// A resumable stream's id goes in `headers`.
 pub(super) fn body(
     route: &Route,
     begin: Option<Begin>,
     body: SupervisedBody,
     admission: Option<admission::Slot>,
+    headers: &mut HeaderMap,
 ) -> ResponseBody {
     match (&route.resume, begin) {
-        (Some(resume), Some(begin)) => ResponseBody::resumable(resume.live(begin, body, admission)),
+        (Some(resume), Some(begin)) => {
+            headers.insert(STREAM_ID_HEADER.clone(), begin.stream_id());
+            ResponseBody::resumable(resume.live(begin, body, admission))
+        }
         _ => ResponseBody::supervised(body).holding(admission),
     }
 }

@@ -327,10 +327,22 @@ impl Table {
         }
     }
 
-    /// Stops the stream `key` names, if the credential is its own; true if it was there.
+    /// Stops the stream `key` names, if the credential is its own; true if it was there,
+    /// or was stopped already within its window (a double click, a second tab's stop
+    /// button: the stream is stopped as asked, not unknown).
     pub(crate) fn stop(&self, key: &StreamKey, credential: Option<&[u8]>) -> bool {
-        let Some(slot) = self.inner().slots.get(key).cloned() else {
-            return false;
+        let slot = {
+            let inner = self.inner();
+            match inner.slots.get(key) {
+                Some(slot) => slot.clone(),
+                None => {
+                    return matches!(
+                        inner.remembered(key, Instant::now()),
+                        Some(Gone::Stopped(fingerprint))
+                            if fingerprint.matches(&key.fingerprint(credential))
+                    )
+                }
+            }
         };
         if !slot.admits(credential) {
             return false;
