@@ -30,10 +30,11 @@ pub mod stamp;
 mod store;
 mod table;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE};
 use http::{HeaderName, Request, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
@@ -162,14 +163,32 @@ impl ResumePlan {
         }
     }
 
+    /// The request's credential: every line of the credential header, joined as one
+    /// line (`; ` between cookies, which HTTP/2 sends a line each; `, ` otherwise), so
+    /// no line is left out of the fingerprint. A header in one line is taken as it is.
+    fn credential<'a>(&self, headers: &'a HeaderMap) -> Option<Cow<'a, [u8]>> {
+        let name = &self.config.credential_header;
+        let mut lines = headers.get_all(name).iter();
+        let first = lines.next()?.as_bytes();
+        let mut rest = lines.peekable();
+        if rest.peek().is_none() {
+            return Some(Cow::Borrowed(first));
+        }
+        let separator: &[u8] = if name == COOKIE { b"; " } else { b", " };
+        let mut joined = first.to_vec();
+        for line in rest {
+            joined.extend_from_slice(separator);
+            joined.extend_from_slice(line.as_bytes());
+        }
+        Some(Cow::Owned(joined))
+    }
+
     /// Takes the stream id out of `request` (header and query parameter, so no
     /// upstream request ever carries it) and decides what the request gets.
     pub(crate) fn intercept<B>(&self, request: &mut Request<B>) -> Intercept {
         let id = take_id(request);
-        let credential = request
-            .headers()
-            .get(&self.config.credential_header)
-            .map(HeaderValue::as_bytes);
+        let credential = self.credential(request.headers());
+        let credential = credential.as_deref();
         let Some(id) = id else {
             return Intercept::Forward(self.begin(credential));
         };
@@ -363,10 +382,8 @@ impl ResumePlan {
     /// stop, and is routed as usual).
     pub(crate) async fn stop<B>(&self, request: &mut Request<B>) -> Option<Stop> {
         let id = take_id(request)?;
-        let credential = request
-            .headers()
-            .get(&self.config.credential_header)
-            .map(HeaderValue::as_bytes);
+        let credential = self.credential(request.headers());
+        let credential = credential.as_deref();
         let Some(id) = EventId::parse(id.as_bytes()) else {
             return Some(Stop::Unknown);
         };

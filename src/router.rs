@@ -140,22 +140,49 @@ fn matches(pattern: &PathMatch, path: &str) -> bool {
 /// percent-encoded, or followed by `;` path parameters, which Tomcat and Spring drop
 /// before resolving dots), encoded `/` or `\`, backslashes, and encodings some
 /// servers decode into those: overlong UTF-8 (`%c0%ae` is a dot to a lenient decoder),
-/// `%u` escapes (`%u002e`) and any other malformed percent-encoding.
+/// `%u` escapes (`%u002e`), any other malformed percent-encoding, and any of these
+/// encoded twice (`%252e`, for an upstream that decodes twice). False too for bytes no
+/// URI holds: raw non-ASCII (`．．／` is `../` to a server that normalises Unicode)
+/// and control characters, raw or encoded (`..%00` is `..` to one that stops at NUL).
 pub(crate) fn is_safe_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
+    if !path.starts_with('/') || path.contains('\\') || !path.bytes().all(is_uri_byte) {
         return false;
     }
     path.split('/').all(is_safe_segment)
+}
+
+/// A byte a URI may hold as it is: printable ASCII.
+fn is_uri_byte(byte: u8) -> bool {
+    (0x21..0x7f).contains(&byte)
 }
 
 fn is_safe_segment(segment: &str) -> bool {
     if !segment.contains(['%', ';']) {
         return segment != "." && segment != "..";
     }
-    let Some(decoded) = percent_decode(segment) else {
+    let Some(decoded) = percent_decode(segment.as_bytes()) else {
         return false;
     };
-    if decoded.contains(&b'/') || decoded.contains(&b'\\') || is_overlong_utf8(&decoded) {
+    if !is_safe_decoded(&decoded) {
+        return false;
+    }
+    // Encoded twice: judged as an upstream that decodes twice reads it. What does not
+    // decode again is a literal `%`, as the first decoding left it.
+    if decoded.contains(&b'%') {
+        if let Some(twice) = percent_decode(&decoded) {
+            return is_safe_decoded(&twice);
+        }
+    }
+    true
+}
+
+/// Whether a decoded segment is a name and nothing a server would read as more.
+fn is_safe_decoded(decoded: &[u8]) -> bool {
+    if decoded.contains(&b'/')
+        || decoded.contains(&b'\\')
+        || decoded.iter().any(|&b| b < 0x20 || b == 0x7f)
+        || is_overlong_utf8(decoded)
+    {
         return false;
     }
     let name = decoded.split(|&b| b == b';').next().unwrap_or_default();
@@ -164,8 +191,7 @@ fn is_safe_segment(segment: &str) -> bool {
 
 /// The bytes of a percent-encoded segment; `None` when a `%` is not followed by two
 /// hex digits.
-fn percent_decode(segment: &str) -> Option<Vec<u8>> {
-    let bytes = segment.as_bytes();
+fn percent_decode(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -297,10 +323,20 @@ mod tests {
             "/api/stream/%zz",
             "/api/stream/%2",
             "*",
+            "/api/stream/%252e%252e/admin",
+            "/api/stream/%252F",
+            "/api/stream/..%00/x",
+            "/api/stream/%0d%0a",
+            "/api/stream/\u{ff0e}\u{ff0e}\u{ff0f}admin",
+            "/api/stream/caf\u{e9}",
+            "/api/stream/a\tb",
+            "/api/stream/a b",
         ] {
             assert_eq!(t.find(&Method::GET, path), RouteMatch::UnsafePath, "{path}");
         }
         assert!(is_safe_path("/api/stream/v1.2/x..y/.hidden"));
         assert!(is_safe_path("/api/stream/a;b=1/%20x/caf%C3%A9/...;x"));
+        // A literal `%`, encoded once, stays a name.
+        assert!(is_safe_path("/api/stream/100%25/%25zz/%252"));
     }
 }

@@ -488,6 +488,35 @@ async fn the_response_head_names_the_stream_for_a_stop_or_a_resume_from_the_star
     );
 }
 
+/// A credential in several lines (cookies, which HTTP/2 sends a line each) is bound
+/// whole: a client that shares the first line only is not the stream's client.
+#[tokio::test]
+async fn every_line_of_the_credential_header_is_bound_to_the_stream() {
+    let (upstream, gateway) = setup("{ window: 30s, credential_header: cookie }").await;
+    let cookies = [("cookie", "theme=dark"), ("cookie", "session=alice")];
+    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &cookies).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let id = last_id(&client.take(1).await);
+    drop(client);
+    detached(&gateway, 1.0).await;
+
+    let target = format!("/api/stream?lastEventId={id}");
+    let mut first_line_only =
+        Client::open_with(gateway.addr, "DELETE", &target, &[("cookie", "theme=dark")]).await;
+    assert_eq!(
+        first_line_only.status().await,
+        404,
+        "not the stream's client"
+    );
+    // The same cookies in one line are the same credential.
+    let one_line = [("cookie", "theme=dark; session=alice")];
+    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &one_line).await;
+    assert_eq!(stop.status().await, 204);
+    assert!(exchange.closed_within(LIVENESS).await);
+}
+
 /// Stops the stream `id` names, with its credential: `204`; then, each within 5 s,
 /// its upstream is dropped and `client`'s response ends with nothing more.
 async fn stop_and_see_it_end(

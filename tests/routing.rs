@@ -128,6 +128,10 @@ async fn dot_segments_and_encoded_slashes_never_reach_a_route() {
         "/api/./stream",
         // `%` and a sign and one digit: no percent-encoding (two hex digits follow).
         "/api/stream/%+f",
+        // For upstreams that decode twice, stop at a NUL, or normalise Unicode.
+        "/api/stream/%252e%252e/healthz",
+        "/api/stream/..%00/healthz",
+        "/api/stream/\u{ff0e}\u{ff0e}\u{ff0f}healthz",
     ] {
         // A raw request line: no client library gets to normalise the path.
         let mut stream = TcpStream::connect(gateway.addr).await.unwrap();

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 
 use crate::config::{BodyMode, RequestPlan};
 use crate::hop_by_hop::{keeps_alive, strip_hop_by_hop};
+use crate::request_id::X_REQUEST_ID;
 use crate::upstream::{ClientBody, ClientErrorKind, Upstream, UpstreamBody};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -107,8 +108,14 @@ pub(crate) fn translate(
     });
     let keep_alive = keeps_alive(parts.version, &parts.headers);
     // The client's hop-by-hop headers go before the gateway adds its own: a client
-    // naming `Content-Type` in `Connection` must not remove the one set below.
+    // naming `Content-Type` in `Connection` must not remove the one set below. The
+    // request id, set before routing, is the gateway's too: a `Connection` naming it
+    // does not keep it from the upstream.
+    let request_id = parts.headers.get(&X_REQUEST_ID).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(request_id) = request_id {
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+    }
 
     let path = parts.uri.path();
     let path = match &plan.path_prefix {

@@ -289,6 +289,8 @@ impl Follower {
 
     /// The events of an `XREAD` reply after the cursor, checked for holes.
     fn batch(&mut self, reply: &Value) -> Batch {
+        // Numbers from Redis are another process's word: no arithmetic on them may
+        // overflow, whatever an entry says.
         let mut frame = BytesMut::new();
         let mut count = 0;
         let entries = entries_of(reply);
@@ -300,7 +302,7 @@ impl Follower {
                 if let Some(last) = last.filter(|&last| last > self.cursor) {
                     return Batch::Gap {
                         frame,
-                        from: self.cursor + 1,
+                        from: self.cursor.saturating_add(1),
                         to: last,
                     };
                 }
@@ -309,11 +311,12 @@ impl Follower {
             let seq = id
                 .strip_prefix(b"1-")
                 .and_then(|seq| std::str::from_utf8(seq).ok()?.parse::<u64>().ok());
-            let Some(seq) = seq.filter(|&seq| seq == self.cursor + 1) else {
-                let to = seq.map_or(u64::MAX, |seq| seq - 1);
+            let next = self.cursor.saturating_add(1);
+            let Some(seq) = seq.filter(|&seq| seq == next && seq > self.cursor) else {
+                let to = seq.map_or(u64::MAX, |seq| seq.saturating_sub(1));
                 return Batch::Gap {
                     frame,
-                    from: self.cursor + 1,
+                    from: next,
                     to,
                 };
             };

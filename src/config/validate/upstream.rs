@@ -195,7 +195,7 @@ impl Validator<'_> {
 /// base path with dot segments would undo that check at the upstream.
 fn base_path_problem(path: &str) -> Option<&'static str> {
     (!crate::router::is_safe_path(path))
-        .then_some("the path must not have `.` or `..` segments, encoded separators or backslashes")
+        .then_some("the path must not have `.` or `..` segments, encoded separators, backslashes, non-ASCII bytes or control characters")
 }
 
 /// The text after the port's colon in an authority, if it has one (an IPv6 host's
