@@ -185,6 +185,34 @@ async fn one_gateway() -> Option<(RedisServer, ScriptedUpstream, TestGateway)> {
     Some((redis, upstream, gateway))
 }
 
+/// Connections Redis has accepted so far (each [`RedisServer::command`] is one).
+async fn connections_received(redis: &RedisServer) -> u64 {
+    let stats = redis.command(&["INFO", "stats"]).await;
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats has total_connections_received")
+}
+
+/// Requests with made-up ids each ask Redis about a stream it does not know: on one
+/// shared connection, not a connection each (a flood of them would open as many).
+#[tokio::test]
+async fn lookups_for_made_up_ids_share_one_redis_connection() {
+    let Some((redis, _upstream, gateway)) = one_gateway().await else {
+        return;
+    };
+    let before = connections_received(&redis).await;
+    for n in 0..20 {
+        let target = format!("/api/stream?lastEventId=AAAAAAAAAAAAAAAAAAAAAA-{n}");
+        let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
+        assert_eq!(stop.status().await, 404);
+    }
+    // This count's own connection, and at most the one the lookups share.
+    let opened = connections_received(&redis).await - before;
+    assert!(opened <= 2, "{opened} connections for 20 lookups");
+}
+
 #[tokio::test]
 async fn a_reconnect_on_another_replica_resumes_from_redis_and_follows_live() {
     let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {

@@ -32,6 +32,7 @@
 //! (one connection per process, re-established when it drops), and the owner stops the
 //! stream as if the `DELETE` had reached it.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,12 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct RedisStore {
     client: redis::Client,
+    /// The connection the one-off commands share (lookups, stops): one per process,
+    /// made on first use and again after it breaks. A connection per command would
+    /// let a flood of requests with made-up ids open as many to Redis, and leave the
+    /// gateway's ports in `TIME_WAIT`. Followers keep their own: a blocking read
+    /// would hold up every command behind it.
+    shared: std::sync::Mutex<Option<MultiplexedConnection>>,
     queue: mpsc::Sender<Write>,
     /// Ends the stop listener with the store (a reload to another Redis drops it).
     _listener: tokio_util::sync::DropGuard,
@@ -190,6 +197,7 @@ impl RedisStore {
         });
         Ok(Arc::new(RedisStore {
             client,
+            shared: std::sync::Mutex::new(None),
             queue,
             _listener: listener.drop_guard(),
         }))
@@ -199,15 +207,49 @@ impl RedisStore {
     /// many replicas heard it. 0 when none listens right now (each subscribes again a
     /// second after losing Redis), so the stop reached nobody.
     pub(crate) async fn publish_stop(&self, redis_key: &str) -> redis::RedisResult<i64> {
-        let mut connection = self.connect().await?;
-        redis::cmd("PUBLISH")
-            .arg(STOP_CHANNEL)
-            .arg(redis_key)
-            .query_async::<i64>(&mut connection)
-            .await
+        self.on_shared(|mut connection| async move {
+            redis::cmd("PUBLISH")
+                .arg(STOP_CHANNEL)
+                .arg(redis_key)
+                .query_async::<i64>(&mut connection)
+                .await
+        })
+        .await
     }
 
-    pub(crate) async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
+    /// Runs `command` on the shared connection. One that broke (Redis restarted since
+    /// it was made) is replaced and the command sent once more; one that timed out is
+    /// dropped, so the next command connects afresh, without a second wait now.
+    async fn on_shared<T, F, Fut>(&self, command: F) -> redis::RedisResult<T>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let shared = self.shared_connection().clone();
+        if let Some(connection) = shared {
+            match command(connection).await {
+                Err(error) if error.is_timeout() => {
+                    self.shared_connection().take();
+                    return Err(error);
+                }
+                Err(error) if error.is_unrecoverable_error() => {}
+                done => return done,
+            }
+        }
+        let connection = self.connect().await?;
+        *self.shared_connection() = Some(connection.clone());
+        command(connection).await
+    }
+
+    fn shared_connection(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        // Held for a clone or a swap, never across a wait: a panic cannot leave it half
+        // done, so a poisoned lock is as good as a clean one.
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT));
@@ -232,18 +274,24 @@ impl RedisStore {
     /// Whether a replica other than the owner follows the stream now: its follower
     /// keeps [`reader_key`] alive while it reads.
     pub(crate) async fn has_remote_reader(&self, redis_key: &str) -> redis::RedisResult<bool> {
-        let mut connection = self.connect().await?;
-        redis::cmd("EXISTS")
-            .arg(reader_key(redis_key))
-            .query_async(&mut connection)
-            .await
+        let reader = reader_key(redis_key);
+        self.on_shared(|mut connection| {
+            let reader = &reader;
+            async move {
+                redis::cmd("EXISTS")
+                    .arg(reader)
+                    .query_async(&mut connection)
+                    .await
+            }
+        })
+        .await
     }
 
     /// What Redis holds of a stream, `None` when it knows no such stream. One round
     /// trip.
     pub(crate) async fn resumable(&self, redis_key: &str) -> redis::RedisResult<Option<Held>> {
-        let mut connection = self.connect().await?;
-        let (meta, end, first): (Option<Vec<u8>>, redis::Value, redis::Value) = redis::pipe()
+        let mut lookup = redis::pipe();
+        lookup
             .cmd("GET")
             .arg(format!("{redis_key}:meta"))
             .cmd("XRANGE")
@@ -255,8 +303,12 @@ impl RedisStore {
             .arg("-")
             .arg("+")
             .arg("COUNT")
-            .arg(1)
-            .query_async(&mut connection)
+            .arg(1);
+        let (meta, end, first): (Option<Vec<u8>>, redis::Value, redis::Value) = self
+            .on_shared(|mut connection| {
+                let lookup = &lookup;
+                async move { lookup.query_async(&mut connection).await }
+            })
             .await?;
         let Some(fingerprint) = meta.and_then(|bytes| Some(Fingerprint(bytes.try_into().ok()?)))
         else {
@@ -286,10 +338,17 @@ impl RedisStore {
         &self,
         redis_key: &str,
     ) -> redis::RedisResult<Option<Fingerprint>> {
-        let mut connection = self.connect().await?;
-        let meta: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(format!("{redis_key}:meta"))
-            .query_async(&mut connection)
+        let meta_key = format!("{redis_key}:meta");
+        let meta: Option<Vec<u8>> = self
+            .on_shared(|mut connection| {
+                let meta_key = &meta_key;
+                async move {
+                    redis::cmd("GET")
+                        .arg(meta_key)
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
             .await?;
         Ok(meta.and_then(|bytes| Some(Fingerprint(bytes.try_into().ok()?))))
     }
