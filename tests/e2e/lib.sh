@@ -94,6 +94,22 @@ e2e_build_gateway() {
     case $GATEWAY in /*) ;; *) GATEWAY="$(pwd)/$GATEWAY" ;; esac
 }
 
+# e2e_python_venv VENV CHECK PACKAGE==VERSION...: a virtualenv at VENV with the pinned
+# packages, made afresh unless CHECK (Python code) already succeeds in it. Needs
+# Python's venv module (Debian's python3-venv).
+e2e_python_venv() {
+    local venv=$1 check=$2
+    shift 2
+    if "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
+        return 0
+    fi
+    e2e_log "installing $* into $venv"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    timeout 120 python3 -m venv "$venv" >&2 &&
+        timeout 600 "$venv/bin/pip" install -q --disable-pip-version-check "$@" >&2
+}
+
 # A TCP port free on 127.0.0.1 right now (the kernel picks it).
 e2e_free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

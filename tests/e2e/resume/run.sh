@@ -6,6 +6,10 @@
 #      [DONE], and the upstream saw one request (store: memory).
 #   1b. A page that leaves its EventSource open at [DONE]: its reconnect after the end
 #      gets 204, and the browser closes the EventSource; the upstream saw one request.
+#   1c. The official openai Python SDK on a POST route: its stream hides the events'
+#      ids, so the stop button takes the stream's id from the response head
+#      (x-sse-gateway-stream-id); the SDK reads three chunks and leaves, the DELETE
+#      with that id answers 204, and the upstream is dropped at once.
 #   2. Two gateway replicas with store: redis and a real redis-server on a loopback
 #      port, behind a relay that sends each connection to the next replica: the
 #      reconnect lands on the other replica and resumes there; same checks.
@@ -16,8 +20,9 @@
 #
 #   bash tests/e2e/resume/run.sh       (from anywhere; CARGO_TARGET_DIR is honoured)
 #
-# Installs what is missing (chromium and redis-server with apt-get, playwright-core with
-# npm ci in tests/e2e/clients), builds the gateway with `cargo build --release`, starts
+# Installs what is missing (chromium, redis-server and python3-venv with apt-get,
+# playwright-core with npm ci in tests/e2e/clients, the openai SDK in the clients
+# suite's cached virtualenv), builds the gateway with `cargo build --release`, starts
 # every server on a loopback port and stops it by its PID. Ends with `N passed, M failed`.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -30,6 +35,8 @@ e2e_init
 TOKENS=40
 INTERVAL=0.25        # 10 s of answer: the reconnects (3 s each) land mid-answer
 CUTS=8,16            # the first stream connection is cut after 8 events, the second after 16
+OPENAI_VERSION=3.57.0     # the clients suite's, and its virtualenv
+VENV="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/sse-gateway-e2e/venv-openai-$OPENAI_VERSION"
 
 # --- tools ---------------------------------------------------------------------------
 SUDO=""
@@ -38,6 +45,7 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v node >/dev/null || missing+=(nodejs npm)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
     e2e_log "installing ${missing[*]} (apt-get)"
     timeout 600 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -47,6 +55,14 @@ fi
 if [ ! -f "$CLIENTS/node_modules/playwright-core/index.mjs" ]; then
     e2e_log "installing playwright-core (npm ci in $CLIENTS)"
     (cd "$CLIENTS" && timeout 300 npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
+if ! e2e_python_venv "$VENV" \
+        "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" \
+        "openai==$OPENAI_VERSION"; then
+    e2e_fail "installing openai==$OPENAI_VERSION"
+    e2e_finish
+    exit 1
 fi
 
 if ! e2e_build_gateway; then
@@ -82,6 +98,13 @@ routes:
     match: { path_prefix: /api/stream, methods: [GET] }
     upstream: assistant
     request: { path_prefix: /v1/answer, method: POST, body: query_as_json }
+    stream:
+      terminator: { data: "[DONE]" }
+      resume: { window: 30s, store: $store }
+  - name: sdk
+    match: { path_prefix: /v1/chat/completions, methods: [POST] }
+    upstream: assistant
+    request: { path_prefix: /v1/answer }
     stream:
       terminator: { data: "[DONE]" }
       resume: { window: 30s, store: $store }
@@ -196,6 +219,31 @@ e2e_check "keep: every token once, [DONE], one open, the browser closed the Even
     check_page keep-run "$E2E_TMP/page-keep.json" 1
 e2e_check "keep: the reconnect after the end was counted (resumes_total{result=\"finished\"})" \
     test "$(metric "$ADMIN_memory" sse_gateway_resumes_total 'result="finished",route="chat"')" = 1
+
+# --- 1c. the openai SDK's stop button, with the stream's id from the response head ----
+# Left alone, the detached stream would be read on for the rest of its 10 s answer.
+e2e_log "1c. the openai Python SDK leaves after three chunks, then stops the stream by the id in the head"
+# outcome_count ADMIN_PORT ROUTE OUTCOME: streams of ROUTE that ended with OUTCOME.
+outcome_count() {
+    curl -fsS --max-time 5 "http://127.0.0.1:$1/metrics" | awk -v route="route=\"$2\"" -v outcome="outcome=\"$3\"" '
+        $1 ~ /^sse_gateway_stream_duration_seconds_count[{]/ && index($1, route) && index($1, outcome) { n = $2 }
+        END { print n + 0 }'
+}
+export -f outcome_count
+SDK_OUT="$E2E_TMP/sdk-stop.json"
+timeout 60 "$VENV/bin/python" "$HERE/sdk_stop.py" "http://127.0.0.1:$PORT_memory" sdk-run >"$SDK_OUT" ||
+    e2e_log "sdk_stop.py exited with $?"
+e2e_check "sdk: three chunks, a stream id KEY-0 in the head, the DELETE with it answers 204 ($(cat "$SDK_OUT"))" \
+    python3 -c '
+import json, re, sys
+seen = json.load(open(sys.argv[1]))
+ok = seen["chunks"] == 3 and re.fullmatch(r"[A-Za-z0-9_-]{22}-0", seen["stream_id"] or "") and seen["stop_status"] == 204
+sys.exit(0 if ok else 1)
+' "$SDK_OUT"
+e2e_check "sdk: the gateway dropped the upstream within 5 s (outcome client_closed, not terminator)" \
+    e2e_wait 5 bash -c "[ \"\$(outcome_count $ADMIN_memory sdk client_closed)\" = 1 ]"
+e2e_check "sdk: the upstream saw one request" \
+    test "$(grep -c '"sdk-run"' "$E2E_TMP/upstream.jsonl" || true)" = 1
 
 # --- 2. two replicas sharing Redis, round robin ---------------------------------------
 REDIS_PORT=$(e2e_free_port)
