@@ -137,8 +137,18 @@ pub struct OtlpConfig {
 /// The top-level `state` section.
 #[derive(Debug, Clone, Default)]
 pub struct StateConfig {
-    /// `state.redis.url`: where `resume.store: redis` keeps its streams.
-    pub redis_url: Option<String>,
+    /// `state.redis`: where `resume.store: redis` keeps its streams.
+    pub redis: Option<RedisTarget>,
+}
+
+/// A Redis to keep streams in, and how to trust it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// `redis://`, or `rediss://` for TLS.
+    pub url: String,
+    /// `tls.ca_file`: a PEM file of the CA certificates that verify a `rediss://`
+    /// server, in place of the built-in public roots (checked to hold some).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The `shutdown` section: how a stop ends, after `drain_timeout`.

@@ -65,7 +65,7 @@ impl Proxy {
         resume_tables: &crate::resume::Tables,
         budgets: &mut crate::upstream::BudgetGeneration,
     ) -> Proxy {
-        resume_tables.set_redis_url(config.state.redis_url.as_deref());
+        resume_tables.set_redis(config.state.redis.as_ref());
         let routes = config.routes.iter().filter_map(|route| {
             Route::build(route, upstreams, metrics, &shutdown, resume_tables, budgets)
         });

@@ -166,14 +166,30 @@ fn is_safe_segment(segment: &str) -> bool {
     if !is_safe_decoded(&decoded) {
         return false;
     }
-    // Encoded twice: judged as an upstream that decodes twice reads it. What does not
-    // decode again is a literal `%`, as the first decoding left it.
-    if decoded.contains(&b'%') {
-        if let Some(twice) = percent_decode(&decoded) {
-            return is_safe_decoded(&twice);
+    // Encoded twice: judged as an upstream that decodes twice reads it, leniently, as
+    // most decoders do: a `%` that starts no escape stays, and the rest is decoded.
+    !decoded.contains(&b'%') || is_safe_decoded(&percent_decode_lenient(&decoded))
+}
+
+/// `bytes` with every `%` and two hex digits decoded, and every other byte as it is.
+fn percent_decode_lenient(bytes: &[u8]) -> Vec<u8> {
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some((&first, after)) = rest.split_first() {
+        let escape = after
+            .get(..2)
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            .filter(|_| first == b'%');
+        if let Some(hex) = escape {
+            let text = std::str::from_utf8(hex).unwrap_or_default();
+            decoded.push(u8::from_str_radix(text, 16).unwrap_or_default());
+            rest = &after[2..];
+        } else {
+            decoded.push(first);
+            rest = after;
         }
     }
-    true
+    decoded
 }
 
 /// Whether a decoded segment is a name and nothing a server would read as more.
@@ -324,6 +340,8 @@ mod tests {
             "/api/stream/%2",
             "*",
             "/api/stream/%252e%252e/admin",
+            "/api/stream/%252e%252e%252fadmin%25",
+            "/api/stream/%25zz%252f..%252f..%252fadmin",
             "/api/stream/%252F",
             "/api/stream/..%00/x",
             "/api/stream/%0d%0a",

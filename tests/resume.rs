@@ -124,6 +124,23 @@ async fn reconnect_is_told_to_stop(upstream: &ScriptedUpstream, gateway: &TestGa
     assert!(!upstream.connection_within(Duration::from_millis(300)).await);
 }
 
+/// The status of a stop (`DELETE`) of the stream `id` names, with `credential`.
+async fn stop_status(gateway: &TestGateway, id: &str, credential: &str) -> u16 {
+    let target = format!("/api/stream?lastEventId={id}");
+    let authorization = [("authorization", credential)];
+    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &authorization).await;
+    stop.status().await
+}
+
+/// The stream's id in a response head (`x-sse-gateway-stream-id`).
+async fn stream_id_in_head(client: &mut Client) -> String {
+    let head = client.head().await;
+    head.lines()
+        .find_map(|line| line.strip_prefix("x-sse-gateway-stream-id: "))
+        .unwrap_or_else(|| panic!("no stream id in the head:\n{head}"))
+        .to_owned()
+}
+
 fn resumes(metrics: &Metrics, result: &str) -> f64 {
     metrics.get(
         "sse_gateway_resumes_total",
@@ -414,16 +431,12 @@ async fn delete_with_the_id_stops_a_detached_stream_at_once() {
         .await;
     // Stopped again (a double click, a second tab's stop button): stopped as asked,
     // within the window; still not for another credential.
-    let mut again = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
-    assert_eq!(again.status().await, 204, "stopped already");
-    let mut other = Client::open_with(
-        gateway.addr,
-        "DELETE",
-        &target,
-        &[("authorization", "Bearer x")],
-    )
-    .await;
-    assert_eq!(other.status().await, 404);
+    assert_eq!(
+        stop_status(&gateway, &id, BEARER.1).await,
+        204,
+        "stopped already"
+    );
+    assert_eq!(stop_status(&gateway, &id, "Bearer x").await, 404);
 
     // A reconnect with the id (another tab's `EventSource`) gets 204, which stops it:
     // the user stopped this answer, and it is not generated again.
@@ -453,12 +466,7 @@ async fn the_response_head_names_the_stream_for_a_stop_or_a_resume_from_the_star
     let mut exchange = upstream.accept().await;
     exchange.start_sse("").await;
     exchange.send_chunk(&event(1)).await;
-    let head = client.head().await.to_owned();
-    let stream_id = head
-        .lines()
-        .find_map(|line| line.strip_prefix("x-sse-gateway-stream-id: "))
-        .unwrap_or_else(|| panic!("no stream id in the head:\n{head}"))
-        .to_owned();
+    let stream_id = stream_id_in_head(&mut client).await;
     let first = last_id(&client.take(1).await);
     let (key, seq) = first.rsplit_once('-').unwrap();
     assert_eq!(
@@ -515,6 +523,38 @@ async fn every_line_of_the_credential_header_is_bound_to_the_stream() {
     let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &one_line).await;
     assert_eq!(stop.status().await, 204);
     assert!(exchange.closed_within(LIVENESS).await);
+}
+
+/// The stop button pressed while the model still thinks, before the first event: the
+/// client's leaving cancelled the stream already, and the stop with the head's id is
+/// told so (`204`), not that no such stream exists. A reconnect, with nothing to
+/// resume, starts a new answer.
+#[tokio::test]
+async fn a_stop_before_the_first_event_finds_the_stream_cancelled() {
+    let (upstream, gateway) = setup("{ window: 30s }").await;
+    let mut client = Client::open(gateway.addr, "/api/stream?q=hi", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    let stream_id = stream_id_in_head(&mut client).await;
+    drop(client);
+    assert!(
+        exchange.closed_within(LIVENESS).await,
+        "cancelled: the upstream is dropped"
+    );
+    assert_eq!(
+        stop_status(&gateway, &stream_id, "Bearer x").await,
+        404,
+        "not for another credential"
+    );
+    assert_eq!(stop_status(&gateway, &stream_id, BEARER.1).await, 204);
+
+    let headers = [BEARER, ("last-event-id", stream_id.as_str())];
+    let reconnect = Client::open(gateway.addr, "/api/stream?q=hi", &headers);
+    let (mut reconnect, mut fresh) = tokio::join!(reconnect, upstream.accept());
+    fresh.start_sse("").await;
+    fresh.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(data(&reconnect.rest().await), ["[DONE]"]);
+    assert_eq!(resumes(&gateway.metrics().await, "unknown"), 1.0);
 }
 
 /// Stops the stream `id` names, with its credential: `204`; then, each within 5 s,
@@ -895,6 +935,44 @@ async fn the_downstream_bytes_of_a_resumable_stream_count_what_the_client_gets()
         &[("route", ROUTE), ("direction", "downstream")],
     );
     assert_eq!(downstream, text.len() as f64, "{text}");
+}
+
+/// Read on without a client, a stream counts what it keeps for the resume: its
+/// numbered events, not the pings that go to no one.
+#[tokio::test]
+async fn the_downstream_bytes_of_a_detached_stream_count_what_it_keeps() {
+    let (upstream, gateway) = setup("{ window: 10s }").await;
+    let mut client = Client::open(gateway.addr, "/api/stream", &[BEARER]).await;
+    let mut exchange = upstream.accept().await;
+    exchange.start_sse("").await;
+    exchange.send_chunk(&event(1)).await;
+    let live = client.bytes_until(b"-1\n\n").await;
+    let id = String::from_utf8_lossy(&live)
+        .lines()
+        .find_map(|line| line.strip_prefix("id: ").map(str::to_owned))
+        .expect("an id");
+    drop(client);
+    detached(&gateway, 1.0).await;
+    exchange.send_chunk(b": ping\n\n").await;
+    exchange.send_chunk(&event(2)).await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    exchange.end_chunks().await;
+    gateway
+        .metrics_until("the stream's end", |m| {
+            m.outcome_count(ROUTE, "terminator") == 1.0
+        })
+        .await;
+    let headers = [BEARER, ("last-event-id", id.as_str())];
+    let mut resumed = Client::open(gateway.addr, "/api/stream", &headers).await;
+    let mut kept = resumed.bytes_until(b"data: [DONE]\n").await;
+    kept.extend(resumed.bytes_until(b"\n\n").await);
+    let downstream = gateway.metrics().await.get(
+        "sse_gateway_stream_bytes_total",
+        &[("route", ROUTE), ("direction", "downstream")],
+    );
+    let kept = String::from_utf8(kept).unwrap();
+    assert!(!kept.contains("ping"), "{kept}");
+    assert_eq!(downstream, (live.len() + kept.len()) as f64, "{kept}");
 }
 
 /// A resumed client that has caught up reads the stream live: an upstream read larger

@@ -125,15 +125,21 @@ struct Following {
     resumed: Client,
 }
 
+/// A client resumed on `other` after `id` (event 1), which gets event 2 live.
+async fn resumed_live(other: &TestGateway, exchange: &mut Exchange, id: &str) -> Client {
+    let mut resumed =
+        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", id)]).await;
+    assert_eq!(resumed.status().await, 200);
+    exchange.send_chunk(&event(2)).await;
+    assert_eq!(data(&resumed.take(1).await), tokens(2..=2));
+    resumed
+}
+
 /// [`Following`], from [`two_replicas`] with `window`; `None` without Redis.
 async fn following_on_the_other(window: &str) -> Option<Following> {
     let (redis, upstream, owner, other) = two_replicas(window).await?;
     let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
-    let mut resumed =
-        Client::open(other.addr, "/api/stream", &[BEARER, ("last-event-id", &id)]).await;
-    assert_eq!(resumed.status().await, 200);
-    exchange.send_chunk(&event(2)).await;
-    assert_eq!(data(&resumed.take(1).await), tokens(2..=2));
+    let resumed = resumed_live(&other, &mut exchange, &id).await;
     Some(Following {
         redis,
         owner,
@@ -185,6 +191,40 @@ async fn one_gateway() -> Option<(RedisServer, ScriptedUpstream, TestGateway)> {
     Some((redis, upstream, gateway))
 }
 
+/// `rediss://` with a private CA (`state.redis.tls.ca_file`): a stream cut on one
+/// replica resumes on the other, every connection to Redis over TLS.
+#[tokio::test]
+async fn a_redis_over_tls_with_a_private_ca_carries_a_resume_across_replicas() {
+    let dir = std::env::temp_dir().join(format!("sse-gateway-rediss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let Some(redis) = RedisServer::start_tls(cert.to_str().unwrap(), key.to_str().unwrap()).await
+    else {
+        return;
+    };
+    let upstream = ScriptedUpstream::bind().await;
+    let tls_url = format!("rediss://{}", redis.tls_addr.unwrap());
+    let yaml = config(&upstream.url(), &tls_url).replace(
+        "redis: { url: ",
+        &format!(
+            "redis: {{ tls: {{ ca_file: \"{}\" }}, url: ",
+            cert.display()
+        ),
+    );
+    let (owner, other) = (start_gateway(&yaml).await, start_gateway(&yaml).await);
+    let (mut exchange, id) = cut_after_one_mirrored(&redis, &owner, &upstream).await;
+    resumed_live(&other, &mut exchange, &id).await;
+    let errors = other
+        .metrics()
+        .await
+        .route_value("sse_gateway_resume_store_errors_total", ROUTE);
+    assert_eq!(errors, 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Connections Redis has accepted so far (each [`RedisServer::command`] is one).
 async fn connections_received(redis: &RedisServer) -> u64 {
     let stats = redis.command(&["INFO", "stats"]).await;
@@ -203,10 +243,20 @@ async fn lookups_for_made_up_ids_share_one_redis_connection() {
         return;
     };
     let before = connections_received(&redis).await;
-    for n in 0..20 {
-        let target = format!("/api/stream?lastEventId=AAAAAAAAAAAAAAAAAAAAAA-{n}");
-        let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
-        assert_eq!(stop.status().await, 404);
+    // At once, as a flood comes: the first to ask makes the connection, the others
+    // wait for it.
+    let addr = gateway.addr;
+    let stops: Vec<_> = (0..20)
+        .map(|n| {
+            tokio::spawn(async move {
+                let target = format!("/api/stream?lastEventId=AAAAAAAAAAAAAAAAAAAAAA-{n}");
+                let mut stop = Client::open_with(addr, "DELETE", &target, &[BEARER]).await;
+                stop.status().await
+            })
+        })
+        .collect();
+    for stop in stops {
+        assert_eq!(stop.await.unwrap(), 404);
     }
     // This count's own connection, and at most the one the lookups share.
     let opened = connections_received(&redis).await - before;

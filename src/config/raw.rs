@@ -272,6 +272,8 @@ pub(crate) struct State {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Redis {
     pub url: String,
+    /// For `rediss://`: the CA certificates that verify the server.
+    pub tls: Option<Tls>,
 }
 
 /// One rule: exactly one of `repair`, `replace`, `drop`. `name` may sit beside the

@@ -128,7 +128,13 @@ impl GatewayConfig {
             "upstreams": upstreams,
             "routes": routes,
             // The URL may carry a password: shown only as whether it is set.
-            "state": { "redis": self.state.redis_url.as_ref().map(|_| json!({ "url": REDACTED })) },
+            "state": { "redis": self.state.redis.as_ref().map(|redis| {
+                let mut shown = json!({ "url": REDACTED });
+                if let Some(file) = &redis.ca_file {
+                    shown["tls"] = json!({ "ca_file": file.display().to_string() });
+                }
+                shown
+            }) },
             "trusted_proxies": self.trusted_proxies.ranges().iter().map(ToString::to_string).collect::<Vec<_>>(),
         });
         if let Some(otlp) = &self.otlp {

@@ -188,7 +188,8 @@ pub(super) fn forward<'a>(
             }
             // How long the failed attempt took: a start that went silent took its
             // idle timeout, which the client waited through.
-            let attempt_ms = attempt_started.elapsed().as_millis();
+            let attempt_ms =
+                u64::try_from(attempt_started.elapsed().as_millis()).unwrap_or(u64::MAX);
             tracing::info!(route = %route.name, endpoint = %endpoints.get(endpoint).name, failure = failure.label(), attempt_ms, "trying the request again on another endpoint");
             failover.metrics.retry(failure.reason());
             // The failed attempt's response, and anything held back of it, go unseen.

@@ -23,6 +23,7 @@ use super::follow::RemoteBody;
 use super::slot::{Slot, Step};
 use super::stamp::{Stamper, HEARTBEAT_LINE};
 use super::store::{Ending, Mirror};
+use super::table::Removal;
 use super::ResumePlan;
 use crate::access_log::RequestLog;
 use crate::admission::Slot as Admission;
@@ -102,10 +103,12 @@ struct Producer {
 impl Producer {
     /// Publishes a frame from the supervised stream (whose events end at `ends`, when
     /// it knows); returns the bytes to send.
-    fn publish(&mut self, slot: &Slot, frame: Bytes, ends: Option<&[u32]>) -> Bytes {
+    /// Also returns how many of those bytes are kept for replay (the numbered events;
+    /// comments and heartbeats are not).
+    fn publish(&mut self, slot: &Slot, frame: Bytes, ends: Option<&[u32]>) -> (Bytes, usize) {
         if is_heartbeat(&frame) {
             slot.heartbeat();
-            return Bytes::from_static(HEARTBEAT_LINE);
+            return (Bytes::from_static(HEARTBEAT_LINE), 0);
         }
         let stamped = slot.publish(&mut self.stamper, &frame, ends);
         if self.stamper.spans().is_empty() {
@@ -117,7 +120,12 @@ impl Producer {
         if let Some(mirror) = &mut self.mirror {
             mirror.events(&stamped, self.stamper.spans());
         }
-        stamped
+        let kept = self
+            .stamper
+            .spans()
+            .iter()
+            .map(|span| span.end - span.start);
+        (stamped, kept.sum())
     }
 
     /// Tells followers on other replicas how the stream ended (once; later calls do
@@ -170,7 +178,8 @@ impl LiveBody {
                 let data = frame.into_data().unwrap_or_default();
                 let sent = self
                     .producer
-                    .publish(&self.slot, data, supervised.event_ends());
+                    .publish(&self.slot, data, supervised.event_ends())
+                    .0;
                 supervised.sent(sent.len());
                 if supervised.is_end_stream() {
                     self.end();
@@ -201,9 +210,10 @@ impl Drop for LiveBody {
         let now = Instant::now();
         let plan = &self.plan;
         self.slot.first_client_gone();
-        // A client that left before its first event has no id to come back with, and
-        // no header names the stream: read on, it would be generated for nobody. Such
-        // a stream is cancelled as one over the cap is.
+        // A client that left before its first event has no event id to come back
+        // with (the id in the response head serves a stop): read on, the answer would
+        // be generated for nobody. Such a stream is cancelled as one over the cap is,
+        // and remembered as cancelled, so the stop button that follows finds it so.
         let unresumable = self.supervised.is_some() && self.producer.stamper.next_seq() == 1;
         let room = if unresumable {
             0
@@ -247,7 +257,12 @@ impl Drop for LiveBody {
                 };
                 drop(supervised);
                 self.producer.end(ending);
-                plan.table.remove(&self.slot, now, false);
+                let why = if unresumable {
+                    Removal::Unstarted
+                } else {
+                    Removal::Ended
+                };
+                plan.table.remove(&self.slot, now, why);
             }
         }
     }
@@ -312,9 +327,10 @@ async fn keep_reading(
             frame = poll_fn(|cx| Pin::new(&mut *supervised).poll_frame(cx)) => match frame {
                 Some(Ok(frame)) => {
                     let ends = supervised.event_ends();
-                    // Sent to no one now, but kept for the client's resume.
-                    let kept = producer.publish(&slot, frame.into_data().unwrap_or_default(), ends);
-                    supervised.sent(kept.len());
+                    // Sent to no one now: what is kept for the client's resume counts.
+                    let data = frame.into_data().unwrap_or_default();
+                    let (_, kept) = producer.publish(&slot, data, ends);
+                    supervised.sent(kept);
                     if supervised.is_end_stream() {
                         drop(supervised);
                         producer.end(Ending::Ended);
@@ -337,7 +353,7 @@ async fn keep_reading(
     // (a stop) or was cut (over `max_detached`, once a resumed client left).
     drop(supervised);
     producer.end(slot.stopped_ending());
-    table.remove(&slot, Instant::now(), false);
+    table.remove(&slot, Instant::now(), Removal::Ended);
 }
 
 /// A resuming client's body.

@@ -47,6 +47,7 @@ use super::budget::Budget;
 use super::id::{Fingerprint, StreamKey};
 use super::stamp::Span;
 use super::table::Routes;
+use crate::config::RedisTarget;
 
 /// Writes queued at most; beyond, writes are dropped and counted.
 const QUEUE: usize = 8192;
@@ -66,14 +67,49 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 pub(crate) struct RedisStore {
     client: redis::Client,
     /// The connection the one-off commands share (lookups, stops): one per process,
-    /// made on first use and again after it breaks. A connection per command would
+    /// made on first use (by one caller, the others waiting for it) and again after it
+    /// breaks. A connection per command would
     /// let a flood of requests with made-up ids open as many to Redis, and leave the
     /// gateway's ports in `TIME_WAIT`. Followers keep their own: a blocking read
     /// would hold up every command behind it.
-    shared: std::sync::Mutex<Option<MultiplexedConnection>>,
+    shared: tokio::sync::Mutex<SharedConnection>,
     queue: mpsc::Sender<Write>,
     /// Ends the stop listener with the store (a reload to another Redis drops it).
     _listener: tokio_util::sync::DropGuard,
+}
+
+/// The connection the one-off commands share, numbered so that a caller that saw it
+/// fail drops that one, not the one another caller made since.
+#[derive(Debug, Default)]
+struct SharedConnection {
+    connection: Option<(u64, MultiplexedConnection)>,
+    made: u64,
+    /// When making one last failed.
+    failed_at: Option<tokio::time::Instant>,
+}
+
+impl SharedConnection {
+    fn forget(&mut self, made: u64) {
+        if self
+            .connection
+            .as_ref()
+            .is_some_and(|(number, _)| *number == made)
+        {
+            self.connection = None;
+        }
+    }
+}
+
+/// Why the store could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot read the CA file {}: {source}", file.display())]
+    CaFile {
+        file: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// How a stream ended, as its end entry says.
@@ -182,8 +218,26 @@ pub(crate) fn reader_key(redis_key: &str) -> String {
 impl RedisStore {
     /// Opens the client (no connection yet) and starts the writer task, and the
     /// listener that stops `routes`' streams when another replica asks.
-    pub(crate) fn start(url: &str, routes: Routes) -> Result<Arc<RedisStore>, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+    pub(crate) fn start(
+        target: &RedisTarget,
+        routes: Routes,
+    ) -> Result<Arc<RedisStore>, StartError> {
+        let client = match &target.ca_file {
+            None => redis::Client::open(target.url.as_str())?,
+            Some(file) => {
+                // Read when the store starts: a reload that keeps url and path keeps
+                // this store, and the CA it read.
+                let root_cert = std::fs::read(file).map_err(|source| StartError::CaFile {
+                    file: file.clone(),
+                    source,
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(target.url.as_str(), certificates)?
+            }
+        };
         let (queue, writes) = mpsc::channel(QUEUE);
         tokio::spawn(write_batches(client.clone(), writes));
         let listener = tokio_util::sync::CancellationToken::new();
@@ -197,7 +251,7 @@ impl RedisStore {
         });
         Ok(Arc::new(RedisStore {
             client,
-            shared: std::sync::Mutex::new(None),
+            shared: tokio::sync::Mutex::new(SharedConnection::default()),
             queue,
             _listener: listener.drop_guard(),
         }))
@@ -217,36 +271,53 @@ impl RedisStore {
         .await
     }
 
-    /// Runs `command` on the shared connection. One that broke (Redis restarted since
-    /// it was made) is replaced and the command sent once more; one that timed out is
-    /// dropped, so the next command connects afresh, without a second wait now.
+    /// Runs `command` on the shared connection. One that broke (Redis restarted) or
+    /// went silent (a NAT or load balancer that forgot the flow answers nothing) is
+    /// replaced, and the command sent once more.
     async fn on_shared<T, F, Fut>(&self, command: F) -> redis::RedisResult<T>
     where
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let shared = self.shared_connection().clone();
-        if let Some(connection) = shared {
+        let cached = self.shared.lock().await.connection.clone();
+        if let Some((made, connection)) = cached {
             match command(connection).await {
-                Err(error) if error.is_timeout() => {
-                    self.shared_connection().take();
-                    return Err(error);
+                Err(error) if error.is_unrecoverable_error() || error.is_timeout() => {
+                    self.shared.lock().await.forget(made);
                 }
-                Err(error) if error.is_unrecoverable_error() => {}
                 done => return done,
             }
         }
-        let connection = self.connect().await?;
-        *self.shared_connection() = Some(connection.clone());
+        let connection = self.shared_or_new().await?;
         command(connection).await
     }
 
-    fn shared_connection(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
-        // Held for a clone or a swap, never across a wait: a panic cannot leave it half
-        // done, so a poisoned lock is as good as a clean one.
-        self.shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The shared connection, made if there is none. One caller connects while the
+    /// others wait for its connection, so a burst of lookups opens one; when it fails,
+    /// those that waited fail at once, and the next try comes a `TIMEOUT` later.
+    async fn shared_or_new(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let mut shared = self.shared.lock().await;
+        if let Some((_, connection)) = &shared.connection {
+            return Ok(connection.clone());
+        }
+        if shared.failed_at.is_some_and(|at| at.elapsed() < TIMEOUT) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "Redis could not be reached a moment ago",
+            )));
+        }
+        match self.connect().await {
+            Ok(connection) => {
+                shared.made += 1;
+                shared.connection = Some((shared.made, connection.clone()));
+                shared.failed_at = None;
+                Ok(connection)
+            }
+            Err(error) => {
+                shared.failed_at = Some(tokio::time::Instant::now());
+                Err(error)
+            }
+        }
     }
 
     async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::id::{EventId, Fingerprint, StreamKey};
 use super::slot::Slot;
 use super::store::RedisStore;
+use crate::config::RedisTarget;
 
 /// Keys of expired and stopped streams remembered at most (about 100 bytes each).
 const MAX_GONE_KEYS: usize = 16 * 1024;
@@ -48,12 +49,12 @@ impl Routes {
     }
 }
 
-/// `state.redis.url` of the config being compiled, and the store once started (with
-/// the URL it was started for).
+/// `state.redis` of the config being compiled, and the store once started (with the
+/// settings it was started for).
 #[derive(Debug, Default)]
 struct RedisState {
-    url: Option<String>,
-    running: Option<(String, Arc<RedisStore>)>,
+    target: Option<RedisTarget>,
+    running: Option<(RedisTarget, Arc<RedisStore>)>,
 }
 
 impl Tables {
@@ -61,29 +62,30 @@ impl Tables {
         Tables::default()
     }
 
-    /// Sets the Redis URL of the config about to be compiled.
-    pub(crate) fn set_redis_url(&self, url: Option<&str>) {
+    /// Sets the Redis of the config about to be compiled.
+    pub(crate) fn set_redis(&self, target: Option<&RedisTarget>) {
         self.redis
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .url = url.map(str::to_owned);
+            .target = target.cloned();
     }
 
-    /// The store for the configured Redis, started on first use (one writer per URL).
+    /// The store for the configured Redis, started on first use (one writer per
+    /// Redis and CA file).
     pub(crate) fn redis(&self) -> Option<Arc<RedisStore>> {
         let mut redis = self
             .redis
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let url = redis.url.clone()?;
+        let target = redis.target.clone()?;
         if let Some((running, store)) = &redis.running {
-            if *running == url {
+            if *running == target {
                 return Some(store.clone());
             }
         }
-        match RedisStore::start(&url, self.routes.clone()) {
+        match RedisStore::start(&target, self.routes.clone()) {
             Ok(store) => {
-                redis.running = Some((url, store.clone()));
+                redis.running = Some((target, store.clone()));
                 Some(store)
             }
             Err(error) => {
@@ -130,6 +132,21 @@ enum Gone {
     Expired,
     /// A client stopped it (`DELETE`); the credential it was opened with.
     Stopped(Fingerprint),
+    /// Its client left before its first event, and it was cancelled; the credential it
+    /// was opened with. A stop with the id from its response head finds it stopped
+    /// already; a resume, which found nothing to resume, starts anew.
+    Cancelled(Fingerprint),
+}
+
+/// Why a stream leaves the table: what its key is remembered as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// It ended, was stopped (remembered as such) or cut: a resume finds it unknown.
+    Ended,
+    /// Its window ran out: a resume finds it expired.
+    Expired,
+    /// Its client left before its first event: cancelled, as [`Gone::Cancelled`].
+    Unstarted,
 }
 
 /// What a resume's id names.
@@ -217,7 +234,7 @@ impl Table {
                         Lookup::Stopped
                     }
                     Some(Gone::Stopped(_)) => Lookup::Forbidden,
-                    None => Lookup::Unknown,
+                    Some(Gone::Cancelled(_)) | None => Lookup::Unknown,
                 }
             }
         };
@@ -227,7 +244,7 @@ impl Table {
         let mut state = slot.state();
         if state.lifetime.is_expired(now) {
             drop(state);
-            self.take_out(&mut inner, &slot, now, true);
+            self.take_out(&mut inner, &slot, now, Removal::Expired);
             return Lookup::Expired;
         }
         if slot.is_stopped() {
@@ -283,11 +300,11 @@ impl Table {
         }
     }
 
-    /// Takes `slot` out of the table; `expired` remembers its key as such (a stopped
-    /// stream's is remembered as stopped either way).
-    pub(crate) fn remove(&self, slot: &Slot, now: Instant, expired: bool) {
+    /// Takes `slot` out of the table, its key remembered as `why` says (a stopped
+    /// stream's as stopped, whatever the reason given).
+    pub(crate) fn remove(&self, slot: &Slot, now: Instant, why: Removal) {
         let mut inner = self.inner();
-        self.take_out(&mut inner, slot, now, expired);
+        self.take_out(&mut inner, slot, now, why);
     }
 
     /// A detached stream's window ran out at `now`, as its driver found: taken out of
@@ -297,13 +314,13 @@ impl Table {
     pub(crate) fn expire(&self, slot: &Slot, now: Instant) {
         let mut inner = self.inner();
         if slot.state().lifetime.is_expired(now) {
-            self.take_out(&mut inner, slot, now, true);
+            self.take_out(&mut inner, slot, now, Removal::Expired);
         }
     }
 
     /// Ends `slot` and takes it out of `inner`, this table's, locked by the caller: a
     /// lookup never finds it ended but still here.
-    fn take_out(&self, inner: &mut Inner, slot: &Slot, now: Instant, expired: bool) {
+    fn take_out(&self, inner: &mut Inner, slot: &Slot, now: Instant, why: Removal) {
         let window = slot.state().lifetime.window();
         // Ends it for any reader still attached (woken to see it: a resumed client
         // waiting for more would otherwise wait for ever), and uncounts it once.
@@ -317,10 +334,11 @@ impl Table {
         if inner.slots.remove(&slot.key).is_none() {
             return;
         }
-        let gone = if slot.stopped_by_client() {
-            Some(Gone::Stopped(slot.fingerprint))
-        } else {
-            expired.then_some(Gone::Expired)
+        let gone = match why {
+            _ if slot.stopped_by_client() => Some(Gone::Stopped(slot.fingerprint)),
+            Removal::Expired => Some(Gone::Expired),
+            Removal::Unstarted => Some(Gone::Cancelled(slot.fingerprint)),
+            Removal::Ended => None,
         };
         if let Some(gone) = gone {
             inner.remember(slot.key, now + window, gone);
@@ -338,7 +356,7 @@ impl Table {
                 None => {
                     return matches!(
                         inner.remembered(key, Instant::now()),
-                        Some(Gone::Stopped(fingerprint))
+                        Some(Gone::Stopped(fingerprint) | Gone::Cancelled(fingerprint))
                             if fingerprint.matches(&key.fingerprint(credential))
                     )
                 }
@@ -363,7 +381,7 @@ impl Table {
 
     fn stop_slot(&self, slot: &Slot) {
         slot.stop();
-        self.remove(slot, Instant::now(), false);
+        self.remove(slot, Instant::now(), Removal::Ended);
     }
 
     /// Frees the finished streams whose window is over. A detached stream that still
@@ -381,7 +399,7 @@ impl Table {
             .cloned()
             .collect();
         for slot in expired {
-            self.remove(&slot, now, true);
+            self.remove(&slot, now, Removal::Expired);
         }
         self.inner().forget_gone(now);
     }
@@ -478,7 +496,7 @@ mod tests {
             }
         }
         assert!(table.stop(&id.key, CREDENTIAL));
-        table.remove(&slot, now, false);
+        table.remove(&slot, now, Removal::Ended);
         let inner = table.inner();
         assert_eq!(inner.gone.len(), MAX_GONE_KEYS);
         assert_eq!(inner.gone_order.len(), MAX_GONE_KEYS);

@@ -9,6 +9,16 @@ pub mod redis_server;
 #[allow(unused_imports)]
 pub use process::GatewayProcess;
 
+/// A port free on loopback now (a process started later may find it taken: callers
+/// that can, check the server that answers is theirs).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{body_text, get, Metrics};
+use super::{body_text, free_port, get, Metrics};
 
 /// The gateway binary running on a config file in its own directory.
 pub struct GatewayProcess {
@@ -16,14 +16,6 @@ pub struct GatewayProcess {
     pub log: PathBuf,
     pub addr: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl GatewayProcess {

@@ -5,27 +5,53 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::LIVENESS;
+use super::{free_port, LIVENESS};
 
 pub struct RedisServer {
     child: Option<Child>,
+    /// The plain port, which the test's own commands use.
     pub addr: SocketAddr,
+    /// The TLS port, when started with [`RedisServer::start_tls`].
+    pub tls_addr: Option<SocketAddr>,
+    tls_args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` without persistence; `None` when the binary is not
     /// installed (CI installs Debian's `redis-server`, so there it always runs).
     pub async fn start() -> Option<RedisServer> {
+        RedisServer::start_with(None).await
+    }
+
+    /// [`RedisServer::start`], also serving TLS with the PEM certificate and key
+    /// files given (no client certificates asked for) on [`RedisServer::tls_addr`].
+    pub async fn start_tls(cert_file: &str, key_file: &str) -> Option<RedisServer> {
+        RedisServer::start_with(Some((cert_file, key_file))).await
+    }
+
+    async fn start_with(tls: Option<(&str, &str)>) -> Option<RedisServer> {
         // A port found free may be taken by a parallel test's server before this one
         // binds it: this one then exits, and the port answers for the other. So the
         // server that answers must be this one (its PID), or a new port is tried.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let child = match spawn(port) {
+            let port = free_port();
+            let tls_port = tls.map(|_| free_port());
+            let tls_args: Vec<String> = match (tls, tls_port) {
+                (Some((cert, key)), Some(tls_port)) => [
+                    "--tls-port",
+                    &tls_port.to_string(),
+                    "--tls-cert-file",
+                    cert,
+                    "--tls-key-file",
+                    key,
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+                _ => Vec::new(),
+            };
+            let child = match spawn(port, &tls_args) {
                 Ok(child) => child,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     eprintln!(
@@ -38,6 +64,8 @@ impl RedisServer {
             let mut server = RedisServer {
                 child: Some(child),
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                tls_addr: tls_port.map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
+                tls_args,
             };
             if server.listens().await {
                 return Some(server);
@@ -87,7 +115,8 @@ impl RedisServer {
     /// persistence); returns once it listens.
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn(self.addr.port()).expect("redis-server starts again"));
+        self.child =
+            Some(spawn(self.addr.port(), &self.tls_args).expect("redis-server starts again"));
         assert!(
             self.listens().await,
             "redis-server could not take its port again"
@@ -118,10 +147,11 @@ impl RedisServer {
 }
 
 /// `redis-server` on `port` of loopback, without persistence.
-fn spawn(port: u16) -> std::io::Result<Child> {
+fn spawn(port: u16, tls_args: &[String]) -> std::io::Result<Child> {
     Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        .args(tls_args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -10,7 +10,9 @@ use http::HeaderName;
 use serde_yaml::Value;
 
 use super::{join, Validator};
-use crate::config::{defaults, raw, HumanDuration, ResumeConfig, ResumeStore, StateConfig};
+use crate::config::{
+    defaults, raw, HumanDuration, RedisTarget, ResumeConfig, ResumeStore, StateConfig,
+};
 
 /// The longest `window`: a stream held for longer is a leak, not a resume.
 const MAX_WINDOW: Duration = Duration::from_secs(60 * 60);
@@ -26,27 +28,43 @@ impl Validator<'_> {
             None | Some(Value::Null) => raw::State { redis: None },
             Some(value) => self.section(Some(value), "state")?,
         };
-        let redis_url = match state.redis {
+        let redis = match state.redis {
             None => None,
-            Some(redis) => {
-                let path = "state.redis.url";
-                let url = redis.url;
-                let rest = url.strip_prefix("redis://");
-                let host = rest.map(|rest| rest.rsplit('@').next().unwrap_or(rest));
-                let malformed = host.is_none_or(|host| host.is_empty() || host.starts_with('/'))
-                    || redis::Client::open(url.as_str()).is_err();
-                if malformed {
-                    self.error_at_value(
-                        path,
-                        "expected redis://[USER:PASSWORD@]HOST[:PORT][/DB], such as redis://127.0.0.1:6379",
-                    );
-                    return None;
-                }
-                Some(url)
-            }
+            Some(redis) => Some(self.redis(redis)?),
         };
-        self.redis_configured = redis_url.is_some();
-        Some(StateConfig { redis_url })
+        self.redis_configured = redis.is_some();
+        Some(StateConfig { redis })
+    }
+
+    fn redis(&mut self, redis: raw::Redis) -> Option<RedisTarget> {
+        let path = "state.redis.url";
+        let url = redis.url;
+        let (tls, rest) = match (url.strip_prefix("rediss://"), url.strip_prefix("redis://")) {
+            (Some(rest), _) => (true, Some(rest)),
+            (None, rest) => (false, rest),
+        };
+        let host = rest.map(|rest| rest.rsplit('@').next().unwrap_or(rest));
+        let malformed = host.is_none_or(|host| host.is_empty() || host.starts_with('/'))
+            || redis::Client::open(url.as_str()).is_err();
+        if malformed {
+            self.error_at_value(
+                path,
+                "expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] (or rediss:// for TLS), such as redis://127.0.0.1:6379",
+            );
+            return None;
+        }
+        let ca_file = match redis.tls.and_then(|tls| tls.ca_file) {
+            None => None,
+            Some(_) if !tls => {
+                self.error_at_value(
+                    "state.redis.tls.ca_file",
+                    "tls applies to rediss:// urls only",
+                );
+                return None;
+            }
+            Some(file) => Some(self.ca_file("state.redis.tls.ca_file", file)?),
+        };
+        Some(RedisTarget { url, ca_file })
     }
 
     pub(super) fn resume(&mut self, path: &str, raw: raw::Resume) -> Option<ResumeConfig> {
@@ -177,8 +195,56 @@ mod tests {
             } else {
                 Some("redis://127.0.0.1:6379")
             };
-            assert_eq!(config.state.redis_url.as_deref(), redis);
+            let url = config.state.redis.as_ref().map(|redis| redis.url.as_str());
+            assert_eq!(url, redis);
         }
+    }
+
+    #[test]
+    fn rediss_takes_a_ca_file_redis_does_not() {
+        let ca =
+            std::env::temp_dir().join(format!("sse-gateway-redis-ca-{}.pem", std::process::id()));
+        let cert = rcgen::generate_simple_self_signed(vec!["redis".to_owned()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let state =
+            |url: &str, tls: &str| format!("state: {{ redis: {{ url: \"{url}\"{tls} }} }}\n");
+        let with_ca = format!(", tls: {{ ca_file: \"{}\" }}", ca.display());
+        let config = parse(
+            &state("rediss://:pw@redis:6380", &with_ca),
+            "{ store: redis }",
+        )
+        .unwrap();
+        let redis = config.state.redis.clone().unwrap();
+        assert_eq!(redis.url, "rediss://:pw@redis:6380");
+        assert_eq!(redis.ca_file.as_deref(), Some(ca.as_path()));
+        let shown = config.redacted_json();
+        assert_eq!(shown["state"]["redis"]["url"], "<redacted>");
+        assert_eq!(
+            shown["state"]["redis"]["tls"]["ca_file"],
+            ca.display().to_string()
+        );
+        // The public roots without a CA file.
+        let public = parse(&state("rediss://redis:6380", ""), "{}").unwrap();
+        assert_eq!(public.state.redis.unwrap().ca_file, None);
+
+        let plain = parse(&state("redis://redis:6379", &with_ca), "{}").unwrap_err();
+        assert!(
+            plain.contains("state.redis.tls.ca_file: tls applies to rediss:// urls only"),
+            "{plain}"
+        );
+        let missing = state(
+            "rediss://redis:6380",
+            ", tls: { ca_file: /nonexistent/ca.pem }",
+        );
+        let missing = parse(&missing, "{}").unwrap_err();
+        assert!(
+            missing.contains("CA file \"/nonexistent/ca.pem\" is not a readable file"),
+            "{missing}"
+        );
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let empty = parse(&state("rediss://redis:6380", &with_ca), "{}").unwrap_err();
+        assert!(empty.contains("no PEM certificate in it"), "{empty}");
+        std::fs::remove_file(&ca).unwrap();
     }
 
     #[test]
@@ -189,7 +255,7 @@ mod tests {
             ("", "{ max_bytes: 0 }", "g.yaml:7:28: routes[0].stream.resume.max_bytes: max_bytes must be between 1B and 1GiB"),
             ("", "{ credential_header: \"a b\" }", "g.yaml:7:36: routes[0].stream.resume.credential_header: invalid header name \"a b\""),
             ("", "{ on_unknown: retry }", "g.yaml:7:29: routes[0].stream.resume.on_unknown: unknown variant `retry`"),
-            ("state: { redis: { url: \"http://x\" } }\n", "{}", "g.yaml:2:24: state.redis.url: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB], such as redis://127.0.0.1:6379"),
+            ("state: { redis: { url: \"http://x\" } }\n", "{}", "g.yaml:2:24: state.redis.url: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] (or rediss:// for TLS), such as redis://127.0.0.1:6379"),
             ("state: { redis: { url: \"redis://h:port\" } }\n", "{}", "g.yaml:2:24: state.redis.url: expected redis://"),
         ];
         for (state, resume, expected) in cases {

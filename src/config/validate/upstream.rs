@@ -156,27 +156,7 @@ impl Validator<'_> {
                 self.error_at_value(&ca_path, "tls applies to https:// urls only");
                 return None;
             }
-            Some(file) if !std::path::Path::new(&file).is_file() => {
-                self.error_at_value(
-                    &ca_path,
-                    format!("CA file \"{file}\" is not a readable file"),
-                );
-                return None;
-            }
-            Some(file) => {
-                let mut roots = rustls::RootCertStore::empty();
-                if let Err(reason) = crate::config::add_ca_file(&mut roots, file.as_ref()) {
-                    self.error_at_value(
-                        &ca_path,
-                        format!(
-                            "CA file \"{file}\" cannot be used ({reason}); give a PEM file of \
-                             one or more -----BEGIN CERTIFICATE----- blocks"
-                        ),
-                    );
-                    return None;
-                }
-                Some(std::path::PathBuf::from(file))
-            }
+            Some(file) => Some(self.ca_file(&ca_path, file)?),
         };
         if let Some(problem) = base_path_problem(uri.path()) {
             self.error_at_value(path, bad(problem));
@@ -188,6 +168,29 @@ impl Validator<'_> {
             base_path,
             ca_file,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// A `tls.ca_file` at `path`: a readable PEM file with at least one certificate,
+    /// read as a start reads it, so `check` and a reload refuse what a start would.
+    pub(super) fn ca_file(&mut self, path: &str, file: String) -> Option<std::path::PathBuf> {
+        if !std::path::Path::new(&file).is_file() {
+            self.error_at_value(path, format!("CA file \"{file}\" is not a readable file"));
+            return None;
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        if let Err(reason) = crate::config::add_ca_file(&mut roots, file.as_ref()) {
+            self.error_at_value(
+                path,
+                format!(
+                    "CA file \"{file}\" cannot be used ({reason}); give a PEM file of \
+                     one or more -----BEGIN CERTIFICATE----- blocks"
+                ),
+            );
+            return None;
+        }
+        Some(std::path::PathBuf::from(file))
     }
 }
 
