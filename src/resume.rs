@@ -46,7 +46,7 @@ use crate::supervise::SupervisedBody;
 
 pub(crate) use body::ResumeBody;
 use body::{LiveBody, ReplayBody};
-use id::{EventId, Fingerprint, StreamKey, KEY_TEXT_LEN};
+use id::{EventId, Fingerprint, StreamKey};
 pub use metrics::{ResumeFamilies, ResumeMetrics, ResumeResult};
 use slot::Slot;
 use store::{Ending, Mirror, RedisStore};
@@ -100,10 +100,11 @@ impl Begin {
     /// The value of [`STREAM_ID_HEADER`]: the stream's id before its first event,
     /// `KEY-0`.
     pub(crate) fn stream_id(&self) -> HeaderValue {
-        let mut id = Vec::with_capacity(KEY_TEXT_LEN + 2);
-        id.extend_from_slice(&self.key.text());
-        id.extend_from_slice(b"-0");
-        HeaderValue::from_bytes(&id).expect("base64url is a valid header value")
+        let id = EventId {
+            key: self.key,
+            seq: 0,
+        };
+        HeaderValue::try_from(id.to_string()).expect("base64url is a valid header value")
     }
 
     /// The stream's first client is on `connection` (`None` on h2).

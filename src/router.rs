@@ -145,58 +145,34 @@ fn matches(pattern: &PathMatch, path: &str) -> bool {
 /// URI holds: raw non-ASCII (`．．／` is `../` to a server that normalises Unicode)
 /// and control characters, raw or encoded (`..%00` is `..` to one that stops at NUL).
 pub(crate) fn is_safe_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') || !path.bytes().all(is_uri_byte) {
+    // A URI holds printable ASCII as it is, and nothing else.
+    if !path.starts_with('/') || path.contains('\\') || !path.bytes().all(|b| b.is_ascii_graphic())
+    {
         return false;
     }
     path.split('/').all(is_safe_segment)
-}
-
-/// A byte a URI may hold as it is: printable ASCII.
-fn is_uri_byte(byte: u8) -> bool {
-    (0x21..0x7f).contains(&byte)
 }
 
 fn is_safe_segment(segment: &str) -> bool {
     if !segment.contains(['%', ';']) {
         return segment != "." && segment != "..";
     }
-    let Some(decoded) = percent_decode(segment.as_bytes()) else {
+    let Some(decoded) = percent_decode(segment.as_bytes(), Malformed::Refused) else {
         return false;
     };
-    if !is_safe_decoded(&decoded) {
-        return false;
-    }
     // Encoded twice: judged as an upstream that decodes twice reads it, leniently, as
     // most decoders do: a `%` that starts no escape stays, and the rest is decoded.
-    !decoded.contains(&b'%') || is_safe_decoded(&percent_decode_lenient(&decoded))
-}
-
-/// `bytes` with every `%` and two hex digits decoded, and every other byte as it is.
-fn percent_decode_lenient(bytes: &[u8]) -> Vec<u8> {
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut rest = bytes;
-    while let Some((&first, after)) = rest.split_first() {
-        let escape = after
-            .get(..2)
-            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
-            .filter(|_| first == b'%');
-        if let Some(hex) = escape {
-            let text = std::str::from_utf8(hex).unwrap_or_default();
-            decoded.push(u8::from_str_radix(text, 16).unwrap_or_default());
-            rest = &after[2..];
-        } else {
-            decoded.push(first);
-            rest = after;
-        }
-    }
-    decoded
+    is_safe_decoded(&decoded)
+        && (!decoded.contains(&b'%')
+            || percent_decode(&decoded, Malformed::Kept)
+                .is_some_and(|twice| is_safe_decoded(&twice)))
 }
 
 /// Whether a decoded segment is a name and nothing a server would read as more.
 fn is_safe_decoded(decoded: &[u8]) -> bool {
     if decoded.contains(&b'/')
         || decoded.contains(&b'\\')
-        || decoded.iter().any(|&b| b < 0x20 || b == 0x7f)
+        || decoded.iter().any(u8::is_ascii_control)
         || is_overlong_utf8(decoded)
     {
         return false;
@@ -205,23 +181,37 @@ fn is_safe_decoded(decoded: &[u8]) -> bool {
     name != b"." && name != b".."
 }
 
-/// The bytes of a percent-encoded segment; `None` when a `%` is not followed by two
-/// hex digits.
-fn percent_decode(bytes: &[u8]) -> Option<Vec<u8>> {
+/// What [`percent_decode`] does with a `%` that two hex digits do not follow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Malformed {
+    /// No decoding: `None`.
+    Refused,
+    /// Kept as it is, as lenient decoders keep it.
+    Kept,
+}
+
+/// The bytes of a percent-encoded segment; a `%` that two hex digits do not follow is
+/// as `malformed` says.
+fn percent_decode(bytes: &[u8], malformed: Malformed) -> Option<Vec<u8>> {
+    // Two hex digits, no sign: `from_str_radix` would take `%+f`.
+    let digit = |byte: u8| char::from(byte).to_digit(16);
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' {
-            // Two hex digits, no sign: `from_str_radix` would take `%+f`.
-            let &[high, low] = bytes.get(i + 1..i + 3)? else {
-                return None;
-            };
-            let digit = |byte: u8| char::from(byte).to_digit(16);
-            decoded.push(u8::try_from(digit(high)? * 16 + digit(low)?).ok()?);
-            i += 3;
-        } else {
-            decoded.push(bytes[i]);
-            i += 1;
+        let escape = match bytes.get(i..i + 3) {
+            Some(&[b'%', high, low]) => digit(high).zip(digit(low)),
+            _ => None,
+        };
+        match escape {
+            Some((high, low)) => {
+                decoded.push(u8::try_from(high * 16 + low).ok()?);
+                i += 3;
+            }
+            None if bytes[i] == b'%' && malformed == Malformed::Refused => return None,
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
         }
     }
     Some(decoded)

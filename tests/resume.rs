@@ -487,9 +487,7 @@ async fn the_response_head_names_the_stream_for_a_stop_or_a_resume_from_the_star
     );
     drop(resumed);
     // The stop button.
-    let target = format!("/api/stream?lastEventId={stream_id}");
-    let mut stop = Client::open_with(gateway.addr, "DELETE", &target, &[BEARER]).await;
-    assert_eq!(stop.status().await, 204);
+    assert_eq!(stop_status(&gateway, &stream_id, BEARER.1).await, 204);
     assert!(
         exchange.closed_within(LIVENESS).await,
         "the upstream is dropped"

@@ -25,6 +25,17 @@ fn post(gateway: &TestGateway, body: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// An upstream, and a gateway whose one route has `usage: request`.
+async fn asking_for_usage() -> (ScriptedUpstream, TestGateway) {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(
+        &upstream.url(),
+        "    stream: { protocol: openai-chat, usage: request }\n",
+    ))
+    .await;
+    (upstream, gateway)
+}
+
 /// Sends `body`, answers with the captured stream; returns what the upstream received
 /// and what the client read.
 async fn exchange(
@@ -55,12 +66,7 @@ fn usage_chunk(stream: &str) -> &str {
 
 #[tokio::test]
 async fn the_gateway_asks_for_usage_counts_it_and_keeps_the_chunk_from_the_client() {
-    let upstream = ScriptedUpstream::bind().await;
-    let gateway = start_gateway(&one_route_config(
-        &upstream.url(),
-        "    stream: { protocol: openai-chat, usage: request }\n",
-    ))
-    .await;
+    let (upstream, gateway) = asking_for_usage().await;
     let stream = capture();
 
     // A client that did not ask: the upstream is asked, the client does not see it.
@@ -115,12 +121,7 @@ async fn the_gateway_asks_for_usage_counts_it_and_keeps_the_chunk_from_the_clien
 
 #[tokio::test]
 async fn the_body_goes_up_byte_for_byte_but_for_the_added_field() {
-    let upstream = ScriptedUpstream::bind().await;
-    let gateway = start_gateway(&one_route_config(
-        &upstream.url(),
-        "    stream: { protocol: openai-chat, usage: request }\n",
-    ))
-    .await;
+    let (upstream, gateway) = asking_for_usage().await;
     // Spacing, member order and number spellings a re-serialised body would change
     // (an integer beyond 64 bits would become a float).
     let body =

@@ -261,14 +261,17 @@ impl RedisStore {
     /// many replicas heard it. 0 when none listens right now (each subscribes again a
     /// second after losing Redis), so the stop reached nobody.
     pub(crate) async fn publish_stop(&self, redis_key: &str) -> redis::RedisResult<i64> {
-        self.on_shared(|mut connection| async move {
-            redis::cmd("PUBLISH")
-                .arg(STOP_CHANNEL)
-                .arg(redis_key)
-                .query_async::<i64>(&mut connection)
-                .await
-        })
-        .await
+        self.query_shared(redis::cmd("PUBLISH").arg(STOP_CHANNEL).arg(redis_key))
+            .await
+    }
+
+    /// `command`'s answer, asked on the shared connection ([`Self::on_shared`]).
+    async fn query_shared<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        self.on_shared(|mut connection| async move { command.query_async(&mut connection).await })
+            .await
     }
 
     /// Runs `command` on the shared connection. One that broke (Redis restarted) or
@@ -345,17 +348,8 @@ impl RedisStore {
     /// Whether a replica other than the owner follows the stream now: its follower
     /// keeps [`reader_key`] alive while it reads.
     pub(crate) async fn has_remote_reader(&self, redis_key: &str) -> redis::RedisResult<bool> {
-        let reader = reader_key(redis_key);
-        self.on_shared(|mut connection| {
-            let reader = &reader;
-            async move {
-                redis::cmd("EXISTS")
-                    .arg(reader)
-                    .query_async(&mut connection)
-                    .await
-            }
-        })
-        .await
+        self.query_shared(redis::cmd("EXISTS").arg(reader_key(redis_key)))
+            .await
     }
 
     /// What Redis holds of a stream, `None` when it knows no such stream. One round
@@ -409,17 +403,8 @@ impl RedisStore {
         &self,
         redis_key: &str,
     ) -> redis::RedisResult<Option<Fingerprint>> {
-        let meta_key = format!("{redis_key}:meta");
         let meta: Option<Vec<u8>> = self
-            .on_shared(|mut connection| {
-                let meta_key = &meta_key;
-                async move {
-                    redis::cmd("GET")
-                        .arg(meta_key)
-                        .query_async(&mut connection)
-                        .await
-                }
-            })
+            .query_shared(redis::cmd("GET").arg(format!("{redis_key}:meta")))
             .await?;
         Ok(meta.and_then(|bytes| Some(Fingerprint(bytes.try_into().ok()?))))
     }

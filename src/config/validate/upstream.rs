@@ -169,9 +169,7 @@ impl Validator<'_> {
             ca_file,
         })
     }
-}
 
-impl Validator<'_> {
     /// A `tls.ca_file` at `path`: a readable PEM file with at least one certificate,
     /// read as a start reads it, so `check` and a reload refuse what a start would.
     pub(super) fn ca_file(&mut self, path: &str, file: String) -> Option<std::path::PathBuf> {
