@@ -422,13 +422,23 @@ impl Engine {
             match class.upstream_error {
                 Some(error_type) => {
                     self.progress.upstream_error_event = Some(error_type);
-                    self.end(Outcome::UpstreamErrorEvent, None);
+                    // The client's SDK would not see this error: the gateway's own
+                    // error event tells it.
+                    let told = class.error_unseen.then(|| {
+                        let message = format!(
+                            "the upstream failed ({error_type}) in an event its clients skip: the answer is incomplete"
+                        );
+                        (StreamError::UpstreamError, message)
+                    });
+                    self.end(Outcome::UpstreamErrorEvent, told);
                 }
                 None => self.end(Outcome::Terminator, None),
             }
             return false;
         }
-        self.progress.events_out += 1;
+        // As EventSource counts: a block without data (comments, an `id` alone) is
+        // forwarded but dispatches no event.
+        self.progress.events_out += u64::from(had_data);
         if content && !self.first_data_sent {
             self.first_data_sent = true;
             self.progress.first_data_event = true;

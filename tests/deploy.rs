@@ -579,6 +579,9 @@ fn alerts_parse_with_the_expected_rules() {
             "SseGatewayTruncatedAnswers",
             "SseGatewayReloadFailing",
             "SseGatewayUpstreamErrors",
+            "SseGatewayServerErrors",
+            "SseGatewayRequestsRefused",
+            "SseGatewayUpstreamEndpointDown",
             "SseGatewayUpstreamNoHealthyEndpoint",
             "SseGatewayResumeStoreErrors",
             "SseGatewayDown"

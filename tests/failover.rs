@@ -56,6 +56,16 @@ async fn two_endpoints(clocks: &str) -> (ScriptedUpstream, ScriptedUpstream, Tes
     (a, b, gateway)
 }
 
+/// Endpoints `a` and `b`, and a gateway whose route retries by default.
+async fn a_and_b() -> (ScriptedUpstream, ScriptedUpstream, TestGateway) {
+    let (a, b) = (
+        ScriptedUpstream::bind().await,
+        ScriptedUpstream::bind().await,
+    );
+    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    (a, b, gateway)
+}
+
 /// Answers `exchange` with a whole, clean stream.
 async fn answer(exchange: &mut Exchange) {
     exchange.start_sse("").await;
@@ -174,11 +184,7 @@ async fn a_refused_first_endpoint_is_skipped_for_the_next() {
 
 #[tokio::test]
 async fn slow_headers_are_a_timeout_and_retried() {
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (a, b, gateway) = a_and_b().await;
     let (response, _silent, _) = tokio::join!(
         get(gateway.addr, "/api/stream"),
         // Takes the request and never answers.
@@ -198,11 +204,7 @@ async fn slow_headers_are_a_timeout_and_retried() {
 
 #[tokio::test]
 async fn a_503_is_retried_and_the_client_sees_only_the_answer() {
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (a, b, gateway) = a_and_b().await;
     let (response, _, _) = tokio::join!(
         get(gateway.addr, "/api/stream"),
         async {
@@ -223,6 +225,32 @@ async fn a_503_is_retried_and_the_client_sees_only_the_answer() {
     let metrics = gateway.metrics().await;
     assert_eq!(attempts(&metrics, "a", "status_503"), 1.0);
     assert_eq!(retries(&metrics, "status_503"), 1.0);
+    assert_eq!(upstream_errors(&metrics, "status"), 1.0);
+}
+
+/// A `500` is not tried again (it may be this request's alone) and leaves the
+/// endpoint's health as it was, but it is no success: an assistant that answers
+/// everything with `500` shows in the attempts and in the upstream errors an alert
+/// watches.
+#[tokio::test]
+async fn a_500_reaches_the_client_and_counts_as_an_upstream_error_not_a_success() {
+    let (a, _b, gateway) = a_and_b().await;
+    let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = a.accept().await;
+        exchange
+            .write(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\n\r\noops!")
+            .await;
+        exchange
+    });
+    assert_eq!(response.status(), 500);
+    assert_eq!(body_text(response).await, "oops!");
+    let metrics = gateway.metrics().await;
+    assert_eq!(attempts(&metrics, "a", "status_5xx"), 1.0);
+    assert_eq!(attempts(&metrics, "a", "success"), 0.0);
+    assert_eq!(retries(&metrics, "status_5xx"), 0.0);
+    assert_eq!(upstream_errors(&metrics, "status"), 1.0);
+    assert_eq!(healthy(&metrics, "a"), 1.0);
+    assert_eq!(attempts(&metrics, "b", "success"), 0.0);
 }
 
 #[tokio::test]
@@ -239,11 +267,7 @@ async fn a_429_retry_after_as_an_http_date_skips_that_endpoint_until_then() {
 /// Endpoint `a` answers `429` with `Retry-After: retry_after` (two minutes away): the
 /// request is retried on `b`, and the next one goes straight to `b`.
 async fn a_429_with_retry_after_skips_a(retry_after: &str) {
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (a, b, gateway) = a_and_b().await;
     let (response, _, _) = tokio::join!(
         get(gateway.addr, "/api/stream"),
         async {
@@ -276,11 +300,7 @@ async fn a_429_with_retry_after_skips_a(retry_after: &str) {
 
 #[tokio::test]
 async fn a_reset_after_a_role_only_delta_is_retried_and_the_client_sees_one_clean_stream() {
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (a, b, gateway) = a_and_b().await;
     let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
         let mut first = a.accept().await;
         first.start_sse("").await;
@@ -308,11 +328,7 @@ async fn a_reset_after_a_role_only_delta_is_retried_and_the_client_sees_one_clea
 
 #[tokio::test]
 async fn a_reset_after_content_is_not_retried_and_the_answer_is_truncated() {
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (a, b, gateway) = a_and_b().await;
     let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
         let mut first = a.accept().await;
         first.start_sse("").await;
@@ -336,11 +352,7 @@ async fn a_reset_after_content_is_not_retried_and_the_answer_is_truncated() {
 
 #[tokio::test]
 async fn a_post_body_is_replayed_byte_identical() {
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (a, b, gateway) = a_and_b().await;
     let body = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"héllo\"}],\"stream\":true}";
     let request = Request::post("/api/stream/v1/chat")
         .header("host", gateway.addr.to_string())
@@ -692,11 +704,7 @@ async fn an_answer_complete_while_held_back_is_recorded_as_complete() {
         b"data: [DONE]\n\n",
     ]
     .concat();
-    let (a, b) = (
-        ScriptedUpstream::bind().await,
-        ScriptedUpstream::bind().await,
-    );
-    let gateway = start_gateway(&config(&[("a", &a.url()), ("b", &b.url())], "", "{}")).await;
+    let (a, _b, gateway) = a_and_b().await;
     let (response, _) = tokio::join!(get(gateway.addr, "/api/stream"), async {
         let mut exchange = a.accept().await;
         exchange.start_sse("").await;

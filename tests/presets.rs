@@ -173,6 +173,60 @@ fn anthropic_error_event_ends_the_stream_with_nothing_after_it() {
     assert_eq!(text(&run), format!("{MSG_START}{error}"));
 }
 
+/// The Anthropic SDKs skip an event without an `event:` line, an error among them:
+/// passed on alone, a failed answer would reach them as complete. The gateway's own
+/// error event, in the SDKs' shape, follows it.
+#[test]
+fn an_anthropic_error_without_its_event_line_is_followed_by_the_gateways_own() {
+    let error = "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let run = run(
+        Protocol::Anthropic,
+        &format!("{MSG_START}{MSG_DELTA}{error}{MSG_DELTA}"),
+        End::Clean,
+    );
+    assert_eq!(run.outcome, Some(Outcome::UpstreamErrorEvent));
+    let out = text(&run);
+    let (passed, told) = out.split_at(format!("{MSG_START}{MSG_DELTA}{error}").len());
+    assert_eq!(passed, format!("{MSG_START}{MSG_DELTA}{error}"));
+    let told = told
+        .strip_prefix("event: error\ndata: ")
+        .and_then(|rest| rest.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("the gateway's error event: {told:?}"));
+    let told: serde_json::Value = serde_json::from_str(told).unwrap();
+    assert_eq!(told["type"], "error");
+    assert_eq!(told["error"]["type"], "upstream_error");
+    assert!(told["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("overloaded_error"));
+}
+
+/// `OpenRouter` ends a choice whose provider failed with `finish_reason: "error"`, an
+/// error object beside it or not; the openai SDKs raise only on the object. Without
+/// it, the gateway's error event tells them, before its `[DONE]`.
+#[test]
+fn a_chat_finish_reason_of_error_without_an_error_object_is_the_upstreams_error() {
+    for reason in ["error", "abort"] {
+        let failed = format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"{reason}\"}}]}}\n\n"
+        );
+        let run = run(
+            Protocol::OpenaiChat,
+            &format!("{CHAT_HALF}{failed}data: [DONE]\n\n"),
+            End::Clean,
+        );
+        assert_eq!(run.outcome, Some(Outcome::UpstreamErrorEvent), "{reason}");
+        assert!(run.finish_reasons.is_empty(), "{reason}: no finish");
+        let out = text(&run);
+        assert!(
+            out.starts_with(&format!("{CHAT_HALF}{failed}event: error\ndata: ")),
+            "{out}"
+        );
+        assert!(out.contains("\"type\":\"upstream_error\""), "{out}");
+        assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+    }
+}
+
 #[test]
 fn responses_terminal_event_ends_and_truncation_is_numbered() {
     let completed = "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":6}\n\n";
@@ -265,6 +319,30 @@ fn chat_with_two_choices_is_complete_only_when_both_finish() {
     let done = run(Protocol::OpenaiChat, &both, End::Clean);
     assert_eq!(done.outcome, Some(Outcome::UpstreamEof));
     assert_eq!(text(&done), format!("{both}data: [DONE]\n\n"));
+}
+
+/// Writers that sort keys (Go's maps, `serde_json::Value`) put a choice's `delta`
+/// before its `index`: a tool call's own `index` inside the delta must not hide the
+/// choice's.
+#[test]
+fn a_choice_whose_index_follows_a_tool_call_delta_is_still_a_choice_to_finish() {
+    let chunk = |choice: &str| format!("data: {{\"choices\":[{choice}]}}\n\n");
+    let start = [
+        chunk(r#"{"delta":{"content":"A","role":"assistant"},"finish_reason":null,"index":0}"#),
+        chunk(
+            r#"{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\":","name":"f"},"id":"c1","index":0,"type":"function"}]},"finish_reason":null,"index":1}"#,
+        ),
+        chunk(r#"{"delta":{},"finish_reason":"stop","index":0}"#),
+    ]
+    .concat();
+    let cut = run(Protocol::OpenaiChat, &start, End::Clean);
+    assert_eq!(cut.outcome, Some(Outcome::Truncated));
+    let both = format!(
+        "{start}{}",
+        chunk(r#"{"delta":{},"finish_reason":"tool_calls","index":1}"#)
+    );
+    let done = run(Protocol::OpenaiChat, &both, End::Clean);
+    assert_eq!(done.outcome, Some(Outcome::UpstreamEof));
 }
 
 #[test]

@@ -299,3 +299,31 @@ async fn a_finish_reason_outside_the_protocols_list_is_counted_as_other() {
     assert_eq!(finish_reason_count(&metrics, "other"), Some(1.0));
     assert_eq!(finish_reason_count(&metrics, "eos_token"), None);
 }
+
+/// A truncated answer did not end properly, whatever one of its choices said: its
+/// finish reasons are not counted, or it would count among the answers that did.
+#[tokio::test]
+async fn a_truncated_answer_counts_no_finish_reason() {
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&one_route_config(&upstream.url(), &route("openai-chat"))).await;
+    let chunk = |choice: &str| format!("data: {{\"choices\":[{choice}]}}\n\n");
+    let answer = [
+        chunk(r#"{"index":0,"delta":{"content":"A"},"finish_reason":null}"#),
+        chunk(r#"{"index":1,"delta":{"content":"B"},"finish_reason":null}"#),
+        chunk(r#"{"index":0,"delta":{},"finish_reason":"stop"}"#),
+    ]
+    .concat();
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(answer.as_bytes()).await;
+        exchange.end_chunks().await;
+    });
+    assert!(body_text(response).await.contains("upstream_incomplete"));
+    let metrics = gateway
+        .metrics_until("a truncated stream", |m| {
+            m.outcome_count("chat", "truncated") == 1.0
+        })
+        .await;
+    assert_eq!(finish_reason_count(&metrics, "stop"), Some(0.0));
+}

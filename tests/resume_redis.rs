@@ -1049,3 +1049,67 @@ async fn a_resume_from_trimmed_events_counts_expired_on_the_other_replica_too() 
     );
     assert_eq!(replayed, 0.0, "no resume was served whole");
 }
+
+/// The process's resident memory, in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+/// A stream far faster than a stalled Redis: the writes waiting for it are bounded in
+/// bytes, not only in count. Each write holds its upstream read until it is sent, so
+/// bounded by count alone (8,192 writes of reads up to 256 KiB) one fast stream held
+/// every byte it read while Redis did not answer: 384 MiB here.
+#[tokio::test]
+async fn the_writes_waiting_for_a_stalled_redis_are_bounded_in_bytes() {
+    use http_body_util::BodyExt;
+    const EVENT: usize = 128 * 1024;
+    const EVENTS: usize = 3072;
+    let upstream = ScriptedUpstream::bind().await;
+    let gateway = start_gateway(&config(&upstream.url(), &unanswering_redis().await)).await;
+    let before = resident_bytes();
+    let (read, ()) = tokio::join!(
+        async {
+            let mut body = get(gateway.addr, "/api/stream?q=hi").await.into_body();
+            let mut read = 0usize;
+            while let Some(frame) = body.frame().await {
+                read += frame.unwrap().data_ref().map_or(0, bytes::Bytes::len);
+            }
+            read
+        },
+        async {
+            let mut exchange = upstream.accept().await;
+            exchange.start_sse("").await;
+            let pad = "x".repeat(EVENT - 16);
+            for _ in 0..EVENTS {
+                exchange
+                    .send_chunk(format!("data: {pad}\n\n").as_bytes())
+                    .await;
+            }
+            exchange.send_chunk(b"data: [DONE]\n\n").await;
+            exchange.end_chunks().await;
+        }
+    );
+    assert!(read > EVENT * EVENTS, "the client read {read} bytes");
+    let grown = resident_bytes().saturating_sub(before);
+    // The queue's 32 MiB, a pipeline's copy of as much, and the allocator's slack.
+    assert!(
+        grown < 160 * 1024 * 1024,
+        "resident memory grew by {} MiB while {} MiB of events waited for Redis",
+        grown / (1024 * 1024),
+        EVENT * EVENTS / (1024 * 1024)
+    );
+    let metrics = gateway.metrics().await;
+    assert!(metrics.route_value("sse_gateway_resume_store_errors_total", ROUTE) > 0.0);
+}

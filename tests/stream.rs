@@ -102,6 +102,29 @@ async fn upstream_ending_without_the_terminator_gets_one_synthesized() {
     );
 }
 
+/// What `EventSource` dispatches is what `stream_events_total` counts: a block of
+/// comments (an upstream's keep-alive) or of an `id` alone reaches the client but is
+/// no event, or a quiet upstream's pings would pass for tokens on the dashboard.
+#[tokio::test]
+async fn forwarded_comments_are_not_counted_as_events() {
+    let upstream = ScriptedUpstream::bind().await;
+    let route = "    stream: { terminator: { data: \"[DONE]\", forward: true } }\n";
+    let gateway = start_gateway(&one_route_config(&upstream.url(), route)).await;
+    let sent = ": keep-alive\n\ndata: a\n\n: keep-alive\n\nid: 7\n\n: keep-alive\n\ndata: b\n\ndata: [DONE]\n\n";
+    let (response, _exchange) = tokio::join!(get(gateway.addr, "/api/stream"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(sent.as_bytes()).await;
+        exchange
+    });
+    assert_eq!(body_text(response).await, sent);
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.route_value("sse_gateway_stream_events_total", "chat"),
+        2.0
+    );
+}
+
 #[tokio::test]
 async fn cr_and_crlf_streams_leave_with_lf_line_ends() {
     let (upstream, gateway) = setup().await;

@@ -14,8 +14,9 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 use super::{opts, register};
 
-/// Results of an upstream attempt: the `result` label.
-pub const ATTEMPT_RESULTS: [&str; 9] = [
+/// Results of an upstream attempt: the `result` label. `status_5xx` is any other
+/// `5xx` answer (`500`, `501`, ...): passed to the client, not tried again.
+pub const ATTEMPT_RESULTS: [&str; 10] = [
     "success",
     "connect",
     "timeout",
@@ -23,6 +24,7 @@ pub const ATTEMPT_RESULTS: [&str; 9] = [
     "status_502",
     "status_503",
     "status_504",
+    "status_5xx",
     "failed",
     "before_content",
 ];

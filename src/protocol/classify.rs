@@ -48,6 +48,11 @@ pub struct Class {
     pub terminal: bool,
     /// The upstream's own error: its type as a bounded label.
     pub upstream_error: Option<&'static str>,
+    /// That error is in a form the protocol's SDKs do not raise on (an Anthropic
+    /// error without its `event: error` line, which they skip; a Chat
+    /// `finish_reason` of `error` without an error object, which they return as a
+    /// finish): passed on alone, it would seal a failed answer as a complete one.
+    pub error_unseen: bool,
     /// The Responses event's `sequence_number`.
     pub sequence_number: Option<u64>,
     /// The event carries content: a non-empty delta of answer text, refusal text or
@@ -110,7 +115,6 @@ static TYPE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"ty
 static SEQUENCE_NUMBER: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"sequence_number\""));
 static INDEX_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"index\""));
-static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
 static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\""));
 static REFUSAL_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"refusal\""));
 static ARGUMENTS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"arguments\""));
@@ -204,6 +208,12 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
             let bit = Choices::bit(choice["index"].as_u64().unwrap_or(position));
             class.choices.seen |= bit;
             let reason = &choice["finish_reason"];
+            // OpenRouter's reason for a provider's failure; an aborted generation.
+            if matches!(reason.as_str(), Some("error" | "abort")) {
+                class.upstream_error = Some("other");
+                class.error_unseen = true;
+                return class;
+            }
             if is_set(reason) {
                 class.choices.finished |= bit;
                 class.evidence = true;
@@ -216,22 +226,24 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
     class
 }
 
-/// The `index` of each choice a chunk holds, as bits: every `"index"` key ahead of the
-/// chunk's first `tool_calls` (a tool call's own `index` sits inside it, and every
-/// writer puts a choice's `index` before its `delta`). Index 0 needs no such check:
-/// every stream that has choices has choice 0, so an ordinary chunk costs one search.
+/// The `index` of each choice a chunk holds, as bits: every `"index"` key one level
+/// inside the top-level object's arrays (`{"choices":[{"index":1,...`). A tool call's
+/// own `index` sits deeper, and may come first: writers that sort keys put `delta`
+/// before `index`. Index 0 needs no such check: every stream that has choices has
+/// choice 0, so an ordinary chunk costs one search and no scan.
 fn choice_indices(text: &[u8]) -> u128 {
     let mut bits = 0;
-    let mut tools_at = None;
+    let mut depth = Depth::default();
+    let mut scanned = 0;
     for at in INDEX_KEY.find_iter(text) {
         let Some(index) = number_after(&text[at + INDEX_KEY.needle().len()..]) else {
             continue;
         };
         if index > 0 {
-            let tools =
-                *tools_at.get_or_insert_with(|| TOOL_CALLS_KEY.find(text).unwrap_or(text.len()));
-            if at > tools {
-                break;
+            depth.scan(&text[scanned..at]);
+            scanned = at;
+            if depth.open != 3 || depth.in_string {
+                continue;
             }
         }
         bits |= Choices::bit(index);
@@ -344,6 +356,7 @@ fn anthropic(text: &[u8], event: &Event<'_>, terminal_events: bool) -> Class {
                 json.as_ref()
                     .map_or("other", |json| label(&json["error"], &["type"])),
             );
+            class.error_unseen = event.event_type().is_none();
         }
         _ => {}
     }

@@ -332,6 +332,13 @@ fn usage_is_read_only_where_each_protocol_puts_it() {
     let class = classify(Protocol::Anthropic, delta);
     assert_eq!(class.usage, tokens(None, Some(7)));
     assert!(!class.evidence);
+    // A message_delta that names the input too (the whole of it, cache reads included)
+    // overrides message_start's, as the SDKs' final message does.
+    let totals = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15,\"input_tokens\":40,\"cache_read_input_tokens\":100}}\n\n";
+    assert_eq!(
+        classify(Protocol::Anthropic, totals).usage,
+        tokens(Some(40), Some(15))
+    );
     let text = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"output_tokens\\\": 3\"}}\n\n";
     assert_eq!(usage(Protocol::Anthropic, text), None);
     // `sse` routes read no usage.

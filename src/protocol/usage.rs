@@ -79,11 +79,14 @@ pub(super) fn anthropic_start(json: &Value) -> Option<Usage> {
     })
 }
 
-/// `usage.output_tokens` of an Anthropic `message_delta`: its running total.
+/// `usage.output_tokens` of an Anthropic `message_delta`: its running total; and its
+/// `input_tokens` where it has one, which the SDKs take over `message_start`'s (the
+/// total once the server knows it, cached or added input included).
 pub(super) fn anthropic_delta(json: &Value) -> Option<Usage> {
+    let usage = &json["usage"];
     Some(Usage {
-        input_tokens: None,
-        output_tokens: Some(json["usage"]["output_tokens"].as_u64()?),
+        input_tokens: usage["input_tokens"].as_u64(),
+        output_tokens: Some(usage["output_tokens"].as_u64()?),
     })
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{response, Request};
+use http::{response, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
 use tokio::time::Instant;
@@ -29,7 +29,8 @@ use crate::config::RetryConfig;
 use crate::metrics::FailoverMetrics;
 use crate::supervise::{Started, Stuck};
 use crate::upstream::{
-    Failure, Fault, RetryBudget, Tried, UpstreamBody, UpstreamError, UpstreamIncoming,
+    Failure, Fault, RetryBudget, Tried, UpstreamBody, UpstreamError, UpstreamErrorKind,
+    UpstreamIncoming,
 };
 
 /// A route's failover state, built once per config; the budget is kept across
@@ -55,13 +56,29 @@ pub(super) enum Forwarded {
 /// counted as an upstream error all the same: the endpoint failed, and only the
 /// client was spared it. An attempt the client's body spoiled tells nothing about the
 /// upstream and is not settled here.
-fn settle(route: &Route, endpoint: usize, failure: Option<Failure>, error: Option<&UpstreamError>) {
+///
+/// Any `5xx` answer is an upstream error, also one no retry or health check acts on
+/// (a `500` may be this request's alone): an assistant that answers every request
+/// with `500` must show on the dashboard and in the alerts, not as a success.
+fn settle(
+    route: &Route,
+    endpoint: usize,
+    failure: Option<Failure>,
+    answer: Result<StatusCode, &UpstreamError>,
+) {
     route.upstream.report(endpoint, failure);
-    route
-        .failover
-        .metrics
-        .attempt(endpoint, failure.map_or("success", Failure::label));
-    if let Some(Fault::Upstream(kind)) = error.map(UpstreamError::fault) {
+    let server_error = matches!(answer, Ok(status) if status.is_server_error());
+    let result = match failure {
+        Some(failure) => failure.label(),
+        None if server_error => "status_5xx",
+        None => "success",
+    };
+    route.failover.metrics.attempt(endpoint, result);
+    let fault = match answer {
+        Err(error) => Some(error.fault()),
+        Ok(_) => server_error.then_some(Fault::Upstream(UpstreamErrorKind::Status)),
+    };
+    if let Some(Fault::Upstream(kind)) = fault {
         route.metrics.count_upstream_error(kind);
     }
 }
@@ -98,7 +115,12 @@ pub(super) fn forward<'a>(
             let result = upstream.attempt(request, endpoint, stream).await;
             let (result, failure) = upstream.judge(result, endpoint);
             if !is_client_fault(&result) {
-                settle(route, endpoint, failure, result.as_ref().err());
+                settle(
+                    route,
+                    endpoint,
+                    failure,
+                    result.as_ref().map(Response::status),
+                );
             }
             let (parts, body) = result?.into_parts();
             return Ok((parts, Forwarded::Upstream(body)));
@@ -169,7 +191,8 @@ pub(super) fn forward<'a>(
             if is_client_fault(&forwarded) {
                 return forwarded;
             }
-            settle(route, endpoint, failure, forwarded.as_ref().err());
+            let answer = forwarded.as_ref().map(|(parts, _)| parts.status);
+            settle(route, endpoint, failure, answer);
             let Some(failure) = failure.filter(|f| f.retried_on(retry.on)) else {
                 return forwarded;
             };

@@ -33,7 +33,7 @@
 //! stream as if the `DELETE` had reached it.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +51,10 @@ use crate::config::RedisTarget;
 
 /// Writes queued at most; beyond, writes are dropped and counted.
 const QUEUE: usize = 8192;
+/// Event bytes queued at most, over every stream of the process; beyond, writes are
+/// dropped and counted. A write holds its upstream read (up to 256 KiB) until it is
+/// sent: bounded by count alone, a fast stream with a slow Redis held gigabytes.
+const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Writes sent in one pipeline at most.
 const BATCH: usize = 512;
 /// How long a connection attempt or a pipeline may take before it counts as failed.
@@ -73,7 +77,7 @@ pub(crate) struct RedisStore {
     /// gateway's ports in `TIME_WAIT`. Followers keep their own: a blocking read
     /// would hold up every command behind it.
     shared: tokio::sync::Mutex<SharedConnection>,
-    queue: mpsc::Sender<Write>,
+    queue: WriteQueue,
     /// Ends the stop listener with the store (a reload to another Redis drops it).
     _listener: tokio_util::sync::DropGuard,
 }
@@ -156,6 +160,8 @@ impl Ending {
 #[derive(Debug, Clone)]
 struct Write {
     key: Arc<str>,
+    /// The events' bytes, as [`WriteQueue`] counts them.
+    bytes: usize,
     refresh: Option<Refresh>,
     max_entries: usize,
     events: Vec<(u64, Bytes)>,
@@ -238,8 +244,12 @@ impl RedisStore {
                 redis::Client::build_with_tls(target.url.as_str(), certificates)?
             }
         };
-        let (queue, writes) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(client.clone(), writes));
+        let (sender, writes) = mpsc::channel(QUEUE);
+        let queue = WriteQueue {
+            sender,
+            bytes: Arc::default(),
+        };
+        tokio::spawn(write_batches(client.clone(), writes, queue.bytes.clone()));
         let listener = tokio_util::sync::CancellationToken::new();
         let stopped = listener.clone();
         let listening = listen_for_stops(client.clone(), routes);
@@ -442,6 +452,7 @@ impl Mirror {
         };
         let write = Write {
             key: key.clone(),
+            bytes: 0,
             refresh: Some(refresh),
             max_entries,
             events: Vec::new(),
@@ -502,6 +513,7 @@ impl Mirror {
         let lost = self.lost.load(Ordering::Relaxed) && self.lost.swap(false, Ordering::Relaxed);
         let write = Write {
             key: self.key.clone(),
+            bytes: events.iter().map(|(_, event)| event.len()).sum(),
             refresh: (end.is_some() || lost).then_some(self.refresh),
             max_entries: self.max_entries,
             events,
@@ -513,7 +525,7 @@ impl Mirror {
         if let Err(error) = self.store.queue.try_send(write) {
             self.errors.inc_by(count);
             self.lost.store(true, Ordering::Relaxed);
-            warn_once(&format!("the Redis write queue is full or closed ({error}); events dropped, resume on other replicas may fail"));
+            warn_once(&format!("the Redis write queue is {error}; events dropped, resume on other replicas may fail"));
         }
     }
 }
@@ -530,7 +542,7 @@ fn expire_ms(window: Duration) -> u64 {
 /// longer than the keys' expiry (a model thinking) then does not lose them under a
 /// follower on another replica.
 async fn keep_alive(
-    queue: mpsc::Sender<Write>,
+    queue: WriteQueue,
     refresh: Write,
     every: Duration,
     mut stopped: oneshot::Receiver<()>,
@@ -544,7 +556,7 @@ async fn keep_alive(
         if let Err(error) = queue.try_send(refresh.clone()) {
             refresh.errors.inc();
             refresh.lost.store(true, Ordering::Relaxed);
-            warn_once(&format!("the Redis write queue is full or closed ({error}); a stream's keys were not refreshed, resume on other replicas may fail"));
+            warn_once(&format!("the Redis write queue is {error}; a stream's keys were not refreshed, resume on other replicas may fail"));
         }
     }
 }
@@ -590,8 +602,40 @@ async fn listen_for_stops(client: redis::Client, routes: Routes) {
     }
 }
 
-/// The writer task: whatever is queued goes out as one pipeline.
-async fn write_batches(client: redis::Client, mut writes: mpsc::Receiver<Write>) {
+/// The queue to the writer task, bounded in writes and in the bytes they hold.
+#[derive(Debug, Clone)]
+struct WriteQueue {
+    sender: mpsc::Sender<Write>,
+    /// Event bytes queued or in the pipeline being sent; the writer takes back a
+    /// batch's once it is done with it.
+    bytes: Arc<AtomicUsize>,
+}
+
+impl WriteQueue {
+    /// Queues `write` unless the queue is full in writes or in bytes, or closed.
+    fn try_send(&self, write: Write) -> Result<(), &'static str> {
+        let bytes = write.bytes;
+        if self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return Err("full (32 MiB of events wait for Redis)");
+        }
+        self.sender.try_send(write).map_err(|error| {
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            match error {
+                mpsc::error::TrySendError::Full(_) => "full",
+                mpsc::error::TrySendError::Closed(_) => "closed",
+            }
+        })
+    }
+}
+
+/// The writer task: whatever is queued goes out as one pipeline. `queued`: the
+/// queue's byte count, given back once a batch is sent or lost.
+async fn write_batches(
+    client: redis::Client,
+    mut writes: mpsc::Receiver<Write>,
+    queued: Arc<AtomicUsize>,
+) {
     let store_config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(TIMEOUT))
         .set_response_timeout(Some(TIMEOUT));
@@ -624,7 +668,10 @@ async fn write_batches(client: redis::Client, mut writes: mpsc::Receiver<Write>)
                 write.lost.store(true, Ordering::Relaxed);
             }
         }
+        drop(pipeline);
+        let sent_bytes: usize = batch.iter().map(|write| write.bytes).sum();
         batch.clear();
+        queued.fetch_sub(sent_bytes, Ordering::Relaxed);
     }
 }
 

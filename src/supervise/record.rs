@@ -132,7 +132,11 @@ impl Drop for Record {
             output_tokens: self.tokens.usage.output_tokens,
             finish_reasons: self.finish_reasons,
         };
-        self.metrics.count_finish_reasons(self.finish_reasons);
+        // A truncated answer did not finish, whatever some of its choices said: its
+        // reasons would count it among the answers that ended properly.
+        if outcome != Outcome::Truncated {
+            self.metrics.count_finish_reasons(self.finish_reasons);
+        }
         end(
             &self.metrics,
             now - self.started,

@@ -36,17 +36,20 @@ pub enum UpstreamErrorKind {
     Reset,
     /// The response body broke otherwise (bad chunked encoding, cut short).
     Body,
+    /// The upstream answered with a `5xx` status.
+    Status,
 }
 
 impl UpstreamErrorKind {
     /// Every kind, in [`UpstreamErrorKind::index`] order.
-    pub const ALL: [UpstreamErrorKind; 6] = [
+    pub const ALL: [UpstreamErrorKind; 7] = [
         UpstreamErrorKind::Connect,
         UpstreamErrorKind::ConnectTimeout,
         UpstreamErrorKind::HeaderTimeout,
         UpstreamErrorKind::Failed,
         UpstreamErrorKind::Reset,
         UpstreamErrorKind::Body,
+        UpstreamErrorKind::Status,
     ];
 
     /// The label value.
@@ -58,6 +61,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::Failed => "failed",
             UpstreamErrorKind::Reset => "reset",
             UpstreamErrorKind::Body => "body",
+            UpstreamErrorKind::Status => "status",
         }
     }
 

@@ -16,6 +16,7 @@ Paths (matched by their last segment, so any route prefix in front works):
                       (stream_options.include_usage), then [DONE]
   .../cut             a Chat Completions stream cut after its first token: no
                       finish_reason, the connection closes
+  .../error500        a 500 with a JSON error body, as an assistant that fails answers
 Anything else is a 404.
 
 Usage: flaky_upstream.py PORT_FILE   binds 127.0.0.1:0 and writes the port to PORT_FILE.
@@ -30,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # Never hold a stream open longer than this, whatever a query asks: the script's
 # processes must end even if the gateway misbehaves.
-LONGEST_STREAM_SECONDS = 120
+LONGEST_STREAM_SECONDS = 200
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -58,6 +59,14 @@ class Handler(BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query)
         if self.headers.get("traceparent"):
             self.log_message("traceparent %s", self.headers["traceparent"])
+        if kind == "error500":
+            body = b'{"error":{"message":"the model failed","type":"server_error"}}'
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if kind not in ("done", "silent", "idle", "chat", "cut"):
             self.send_error(404)
             return

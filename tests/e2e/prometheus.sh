@@ -106,6 +106,13 @@ upstreams:
   closed:
     url: http://127.0.0.1:$CLOSED_PORT
     connect_timeout: 1s
+  # the first endpoint refuses connections, the second answers: one endpoint out
+  pair:
+    endpoints:
+      - { name: down, url: "http://127.0.0.1:$CLOSED_PORT" }
+      - { name: up, url: "http://127.0.0.1:$UPSTREAM_PORT" }
+    connect_timeout: 1s
+    health: { failures: 1, cooldown: 60s }
 # Nothing listens there: every resume store write fails, and is counted.
 state:
   redis: { url: "redis://127.0.0.1:$CLOSED_PORT" }
@@ -143,8 +150,10 @@ routes:
         - drop: { pattern: '^:', name: upstream-pings }
       terminator: { data: "[DONE]" }
       stuck_after: 1s
-      idle_timeout: 100s
+      idle_timeout: 200s
       heartbeat: 500ms
+    # the stuck stream holds the one slot: a second request is refused
+    limits: { max_streams: 1 }
   # resumable, with a Redis that is down: the streams go on, the store errors count
   - name: resumable
     match: { path_prefix: /resumable }
@@ -161,6 +170,12 @@ routes:
   - name: closed
     match: { path_prefix: /closed }
     upstream: closed
+  - name: pair
+    match: { path_prefix: /pair }
+    upstream: pair
+    stream:
+      terminator: { data: "[DONE]" }
+    retry: {}
   # Chat Completions with usage asked for by the gateway: tokens, time to first token,
   # and a truncated answer
   - name: chat
@@ -377,7 +392,7 @@ mv "$CONFIG.new" "$CONFIG"
 
 # The stuck stream: two data events, then pings only, held open until we end it.
 STUCK_OUT="$E2E_TMP/stuck.out"
-e2e_spawn stuck-client curl -sN --max-time 100 -o "$STUCK_OUT" "$GW/stuck/silent?seconds=95"
+e2e_spawn stuck-client curl -sN --max-time 200 -o "$STUCK_OUT" "$GW/stuck/silent?seconds=195"
 STUCK_CLIENT_PID=$E2E_LAST_PID
 
 # The slow answer: its first token after 11 s, past the alert's 10 s.
@@ -456,6 +471,23 @@ e2e_check "... and as attempts on its one endpoint: upstream_attempts_total{resu
     prom wait-value 'sse_gateway_upstream_attempts_total{route="closed",endpoint="default",result="connect"}' "$CONNECT_ERRORS" 10
 e2e_check "the closed upstream's endpoint is out: upstream_endpoint_healthy = 0" \
     prom wait-value 'sse_gateway_upstream_endpoint_healthy{upstream="closed",endpoint="default"}' 0 10
+
+# One endpoint of two refuses: the request fails over, and the refusing endpoint is out.
+e2e_check "a request to the pair upstream fails over to the endpoint that answers" \
+    bash -c "curl -sN --max-time 15 '$GW/pair/done' | grep -q '^data: \\[DONE\\]'"
+e2e_check "... and its refusing endpoint is out: upstream_endpoint_healthy{endpoint=\"down\"} = 0" \
+    prom wait-value 'sse_gateway_upstream_endpoint_healthy{upstream="pair",endpoint="down"}' 0 10
+e2e_check "... the other in: upstream_endpoint_healthy{endpoint=\"up\"} = 1" \
+    prom wait-value 'sse_gateway_upstream_endpoint_healthy{upstream="pair",endpoint="up"}' 1 10
+
+# The upstream's own 500 reaches the client, and counts as an upstream error.
+e2e_check "a 500 from the upstream reaches the client as 500" \
+    bash -c "[ \"\$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' '$GW/flaky/error500')\" = 500 ]"
+e2e_check "... counted as attempt result status_5xx" \
+    prom wait-value 'sse_gateway_upstream_attempts_total{route="flaky",endpoint="default",result="status_5xx"}' 1 10
+e2e_check "... and as upstream error kind status" \
+    prom wait-value 'sse_gateway_upstream_errors_total{route="flaky",kind="status"}' 1 10
+
 e2e_check "the demo route's limit is exported, and its slots are all back" \
     prom wait-value 'sse_gateway_admission_max_streams{route="demo"} - sse_gateway_admission_streams{route="demo"}' 100 10
 
@@ -464,6 +496,15 @@ e2e_check "the idle stream ends with an upstream_idle_timeout error event, then 
     bash -c "grep -q '^event: error' '$IDLE_OUT' && grep -q 'upstream_idle_timeout' '$IDLE_OUT' && grep -q '^data: *\[DONE\]' '$IDLE_OUT'"
 
 # --- 5. Prometheus, while the stuck stream is open -----------------------------------
+# Two, a few scrapes apart: the first one's request count is a new series, which a
+# rate sees rise only from its second sample.
+e2e_check "a second stream on the stuck route, whose one slot the stuck stream holds, gets 429" \
+    bash -c "[ \"\$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' '$GW/stuck/silent?seconds=1')\" = 429 ]"
+sleep 3
+e2e_check "... and a third" \
+    bash -c "[ \"\$(curl -s --max-time 5 -o /dev/null -w '%{http_code}' '$GW/stuck/silent?seconds=1')\" = 429 ]"
+e2e_check "... counted: admission_rejected_total{route=\"stuck\",limit=\"route\"} = 2" \
+    prom wait-value 'sse_gateway_admission_rejected_total{route="stuck",limit="route"}' 2 10
 e2e_check "sse_gateway_streams_stuck{route=\"stuck\"} reads 1 while the stuck stream is open" \
     prom wait-value 'sse_gateway_streams_stuck{route="stuck"}' 1 20
 e2e_check "sse_gateway_streams_active{route=\"stuck\"} reads 1" \
@@ -516,12 +557,12 @@ while IFS=$'\t' read -r status detail; do
 done < <(prom quiet)
 
 e2e_check "the dashboard's route variable lists every route" \
-    bash -c "[ \"\$(timeout 20 python3 '$E2E_TMP/prom.py' label-values route sse_gateway_streams_active)\" = 'chat closed demo flaky resumable slow stuck' ]"
+    bash -c "[ \"\$(timeout 20 python3 '$E2E_TMP/prom.py' label-values route sse_gateway_streams_active)\" = 'chat closed demo flaky pair resumable slow stuck' ]"
 
 # Every alert's condition was driven, so each is pending (or firing, if it has no `for`).
 while IFS=$'\t' read -r name state; do
     e2e_check "alert $name is active ($state)" bash -c "[ '$state' = pending ] || [ '$state' = firing ]"
-done < <(prom wait-alerts SseGatewayStreamsStuck,SseGatewayErrorOutcomes,SseGatewaySlowFirstToken,SseGatewayTruncatedAnswers,SseGatewayReloadFailing,SseGatewayUpstreamErrors,SseGatewayUpstreamNoHealthyEndpoint,SseGatewayResumeStoreErrors 30)
+done < <(prom wait-alerts SseGatewayStreamsStuck,SseGatewayErrorOutcomes,SseGatewaySlowFirstToken,SseGatewayTruncatedAnswers,SseGatewayReloadFailing,SseGatewayUpstreamErrors,SseGatewayServerErrors,SseGatewayRequestsRefused,SseGatewayUpstreamEndpointDown,SseGatewayUpstreamNoHealthyEndpoint,SseGatewayResumeStoreErrors 30)
 
 # --- 6. end the stuck stream; outcome counts -----------------------------------------
 kill -TERM "$STUCK_CLIENT_PID" 2>/dev/null || true
@@ -532,8 +573,8 @@ e2e_check "sse_gateway_streams_stuck{route=\"stuck\"} back to 0 once the client 
     prom wait-value 'sse_gateway_streams_stuck{route="stuck"}' 0 15
 e2e_check "sse_gateway_stuck_total{route=\"stuck\"} = 1" \
     prom wait-value 'sse_gateway_stuck_total{route="stuck"}' 1 10
-e2e_check "outcomes: demo terminator=$DEMO_STREAMS, flaky terminator=1 and idle_timeout=1, stuck client_closed=1, chat terminator=2 and truncated=1, slow terminator=1, resumable terminator=3, nothing else" \
-    prom outcomes "demo/terminator=$DEMO_STREAMS,flaky/terminator=1,flaky/idle_timeout=1,stuck/client_closed=1,chat/terminator=2,chat/truncated=1,slow/terminator=1,resumable/terminator=3" 15
+e2e_check "outcomes: demo terminator=$DEMO_STREAMS, flaky terminator=1 and idle_timeout=1, stuck client_closed=1, chat terminator=2 and truncated=1, slow terminator=1, resumable terminator=3, pair terminator=1, nothing else" \
+    prom outcomes "demo/terminator=$DEMO_STREAMS,flaky/terminator=1,flaky/idle_timeout=1,stuck/client_closed=1,chat/terminator=2,chat/truncated=1,slow/terminator=1,resumable/terminator=3,pair/terminator=1" 15
 e2e_check "the demo's repair rule hit" \
     prom wait-value 'sse_gateway_rule_hits_total{route="demo",rule="repair#0"} > bool 0' 1 10
 
