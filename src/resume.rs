@@ -222,7 +222,7 @@ impl ResumePlan {
                     self.metrics.count(ResumeResult::Stopped);
                     return Intercept::Reject;
                 }
-                Lookup::Unknown => ResumeResult::Unknown,
+                Lookup::Unknown | Lookup::NotGiven => ResumeResult::Unknown,
                 Lookup::Expired => ResumeResult::Expired,
                 Lookup::Forbidden => ResumeResult::Forbidden,
             },

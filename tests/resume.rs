@@ -1082,3 +1082,34 @@ async fn a_resume_as_its_stream_is_cut_over_max_detached_is_refused_not_ended_cl
     assert_eq!(resumes(&metrics, "unknown"), 1.0);
     assert_eq!(resumes(&metrics, "replayed"), 1.0, "the first resume only");
 }
+
+/// An upstream that pings between events: on a stream with ids its comments lose
+/// their blank line (see `resume::stamp`), so without a bound they would make one
+/// event that grows as long as the pings go on. Past 4 KiB until the next event they
+/// are dropped; the event after them arrives whole.
+#[tokio::test]
+async fn an_upstream_that_only_pings_does_not_grow_one_event_without_end() {
+    let (upstream, gateway) = setup("{}").await;
+    let (response, ()) = tokio::join!(get(gateway.addr, "/api/stream?q=hi"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(&event(1)).await;
+        for _ in 0..100 {
+            exchange
+                .send_chunk(": ping\n\n".repeat(100).as_bytes())
+                .await;
+        }
+        exchange.send_chunk(&event(2)).await;
+        exchange.send_chunk(b"data: [DONE]\n\n").await;
+        exchange.end_chunks().await;
+    });
+    let text = body_text(response).await;
+    let events = client_events(&text);
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, [token(1).as_str(), &token(2), "[DONE]"]);
+    let pings = text.matches(": ping\n").count();
+    assert!(
+        (1..=4096 / 7).contains(&pings),
+        "{pings} of 10000 pings sent between two events"
+    );
+}

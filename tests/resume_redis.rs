@@ -1113,3 +1113,64 @@ async fn the_writes_waiting_for_a_stalled_redis_are_bounded_in_bytes() {
     let metrics = gateway.metrics().await;
     assert!(metrics.route_value("sse_gateway_resume_store_errors_total", ROUTE) > 0.0);
 }
+
+/// An id past every event its stream gave out: on the owner it is refused at once
+/// (`on_unknown`, here a new answer), as on a route without Redis, not looked up in
+/// Redis and followed there as a resume.
+#[tokio::test]
+async fn an_id_never_given_out_is_unknown_on_the_owner_without_asking_redis() {
+    let Some((_redis, upstream, gateway)) = one_gateway().await else {
+        return;
+    };
+    let (mut exchange, first) = cut_after(&gateway, &upstream, 2).await;
+    let id = first.last().unwrap().id.clone().unwrap();
+    let (key, _) = id.rsplit_once('-').unwrap();
+    let never = format!("{key}-999999");
+    let headers = [BEARER, ("last-event-id", &never)];
+    let resumed = Client::open(gateway.addr, "/api/stream?q=hi", &headers);
+    let (mut resumed, mut second) = tokio::join!(resumed, upstream.accept());
+    second.start_sse("").await;
+    second.send_chunk(b"data: [DONE]\n\n").await;
+    assert_eq!(data(&resumed.rest().await), ["[DONE]"], "a new answer");
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    let metrics = gateway.metrics().await;
+    let resumes = |result| {
+        metrics.get(
+            "sse_gateway_resumes_total",
+            &[("route", ROUTE), ("result", result)],
+        )
+    };
+    assert_eq!(resumes("unknown"), 1.0);
+    assert_eq!(resumes("replayed"), 0.0);
+}
+
+/// On another replica the same id is followed (its events may still be on their way
+/// to Redis), but the stream's end tells it was never given out: an error event, not
+/// a clean end that would pass an empty resume for a whole answer.
+#[tokio::test]
+async fn an_id_never_given_out_followed_on_another_replica_ends_with_an_error_event() {
+    let Some((redis, upstream, owner, other)) = two_replicas("10s").await else {
+        return;
+    };
+    let (mut exchange, first) = cut_after(&owner, &upstream, 2).await;
+    redis_holds(&redis, 2).await;
+    let id = first.last().unwrap().id.clone().unwrap();
+    let (key, _) = id.rsplit_once('-').unwrap();
+    let never = format!("{key}-999999");
+    let mut resumed = Client::open(
+        other.addr,
+        "/api/stream?q=hi",
+        &[BEARER, ("last-event-id", &never)],
+    )
+    .await;
+    assert_eq!(resumed.status().await, 200);
+    exchange.send_chunk(&event(3)).await;
+    exchange.send_chunk(b"data: [DONE]\n\n").await;
+    exchange.end_chunks().await;
+    let events = resumed.rest().await;
+    assert_error_then_done(
+        &events,
+        "resume_gap",
+        "cannot resume after event 999999: this stream ended at event",
+    );
+}

@@ -184,6 +184,11 @@ enum Batch {
         read: usize,
     },
     End(BytesMut, Ending),
+    /// The stream ended at event `last`, before the event the client says it saw.
+    NotGiven {
+        frame: BytesMut,
+        last: u64,
+    },
     Gap {
         frame: BytesMut,
         from: u64,
@@ -270,6 +275,19 @@ impl Follower {
                     }
                     return self.dropped(dropped).await;
                 }
+                Batch::NotGiven { mut frame, last } => {
+                    let message = format!(
+                        "cannot resume after event {}: this stream ended at event {last}, so that event was never sent; reload the answer",
+                        self.cursor
+                    );
+                    let (error, closing) = self.plan.closing_with("resume_gap", &message);
+                    frame.extend_from_slice(&error);
+                    if let Some(closing) = closing {
+                        frame.extend_from_slice(&closing);
+                    }
+                    self.send(frame.freeze()).await;
+                    return;
+                }
                 Batch::Gap {
                     mut frame,
                     from,
@@ -305,6 +323,11 @@ impl Follower {
                         from: self.cursor.saturating_add(1),
                         to: last,
                     };
+                }
+                // An id past every event of a stream still running when it was looked
+                // up: only its end tells it was never given out. Not a whole answer.
+                if let Some(last) = last.filter(|&last| last < self.cursor) {
+                    return Batch::NotGiven { frame, last };
                 }
                 return Batch::End(frame, Ending::parse(value));
             }

@@ -6,7 +6,10 @@
 //! empty data as JSON. So on a stream with ids, a block of comments alone (an
 //! upstream's `: ping`, the heartbeat) goes out as its lines without the blank line:
 //! they join the next event's lines, where every decoder skips them. Such a block
-//! gets no id and is not kept for replay: it carries nothing to resume.
+//! gets no id and is not kept for replay: it carries nothing to resume. Nor is it
+//! sent past [`COMMENTS_BETWEEN_EVENTS`] bytes of them since the last event: an
+//! upstream that only pings would otherwise grow one event without end, which a
+//! client that reads up to a blank line holds whole.
 //!
 //! The engine's frames hold whole events with LF line ends, each ending in a blank
 //! line, so an event ends at the first `\n\n`. The id goes after the event's own lines,
@@ -22,6 +25,10 @@ use super::id::{StreamKey, KEY_TEXT_LEN};
 /// The heartbeat of a stream with ids: a comment line with no blank line after it
 /// (see above).
 pub(crate) const HEARTBEAT_LINE: &[u8] = b": keep-alive\n";
+
+/// The bytes of comment lines sent between two events at most; further comment
+/// blocks are dropped until the next event. The heartbeat says the stream is alive.
+pub(crate) const COMMENTS_BETWEEN_EVENTS: usize = 4096;
 
 /// Where one numbered event sits in a stamped frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +49,8 @@ pub struct Stamper {
     /// Reused per frame: where its events end, and where they sit once stamped.
     ends: Vec<usize>,
     spans: Vec<Span>,
+    /// Bytes of comment lines sent since the last numbered event.
+    comments: usize,
 }
 
 /// `id: ` (4), the key's text, `-`: where the number's digits start.
@@ -106,6 +115,7 @@ impl Stamper {
             next_seq: 1,
             ends: Vec::new(),
             spans: Vec::new(),
+            comments: 0,
         }
     }
 
@@ -145,13 +155,19 @@ impl Stamper {
                 start += 1;
             }
             let at = out.len();
-            // The event's lines (its blank line left off), then the id line and the
-            // blank line.
-            out.extend_from_slice(&frame[start..end - 1]);
-            if is_comments_only(&frame[start..end - 1]) {
+            let lines = &frame[start..end - 1];
+            if is_comments_only(lines) {
+                self.comments += lines.len();
+                if self.comments <= COMMENTS_BETWEEN_EVENTS {
+                    out.extend_from_slice(lines);
+                }
                 start = end;
                 continue;
             }
+            self.comments = 0;
+            // The event's lines (its blank line left off), then the id line and the
+            // blank line.
+            out.extend_from_slice(lines);
             out.extend_from_slice(self.line.as_bytes());
             self.spans.push(Span {
                 seq: self.next_seq,
@@ -251,6 +267,23 @@ mod tests {
         assert_eq!(bytes, format!("data: [DONE]\nid: {k}-3\n\n").as_bytes());
         assert_eq!(spans[0].seq, 3);
         assert_eq!(stamper.next_seq(), 4);
+    }
+
+    /// An upstream that only pings would grow one event without end: comments past
+    /// the bound are dropped until the next event, which starts a new allowance.
+    #[test]
+    fn comments_between_two_events_are_bounded() {
+        let key = StreamKey::generate().unwrap();
+        let k = key_text(&key);
+        let mut stamper = Stamper::new(&key);
+        let mut sent = Vec::new();
+        for _ in 0..2000 {
+            sent.extend_from_slice(&stamper.stamp(b": ping\n\n", None).0);
+        }
+        assert_eq!(sent.len(), COMMENTS_BETWEEN_EVENTS / 7 * 7);
+        assert!(sent.chunks(7).all(|line| line == b": ping\n"));
+        let (bytes, _) = stamper.stamp(b": ping\n\ndata: a\n\n: ping\n\n", None);
+        assert_eq!(bytes, format!("data: a\nid: {k}-1\n\n: ping\n").as_bytes());
     }
 
     #[test]

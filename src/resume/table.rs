@@ -160,6 +160,9 @@ pub(crate) enum Lookup {
     Forbidden,
     /// A client stopped the stream (`DELETE`).
     Stopped,
+    /// This replica owns the stream, and the id is past every event it gave out: no
+    /// other replica, nor Redis, knows better.
+    NotGiven,
     /// The stream has finished and the request's id is its last event: nothing is
     /// left to send. Not attached.
     HadAll,
@@ -259,7 +262,7 @@ impl Table {
         }
         if id.seq >= state.log.next_seq() {
             // Not an id this stream gave out: nothing to resume from.
-            return Lookup::Unknown;
+            return Lookup::NotGiven;
         }
         if state.lifetime.is_finished() && id.seq + 1 == state.log.next_seq() {
             return Lookup::HadAll;
