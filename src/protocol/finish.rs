@@ -26,6 +26,8 @@ const LABELS: &[&str] = &[
     // Responses: the terminal event, or the reason an incomplete response gives
     "completed",
     "max_output_tokens",
+    "max_messages",
+    "steered",
     "incomplete",
     // Anthropic Messages
     "end_turn",
@@ -46,8 +48,8 @@ impl Protocol {
     pub(crate) fn finish_reasons(self) -> impl Iterator<Item = &'static str> {
         let own = match self {
             Protocol::OpenaiChat => 0..5,
-            Protocol::OpenaiResponses => 4..8,
-            Protocol::Anthropic => 8..OTHER,
+            Protocol::OpenaiResponses => 4..10,
+            Protocol::Anthropic => 10..OTHER,
             Protocol::Sse => 0..0,
         };
         let other = if own.is_empty() {
@@ -153,6 +155,8 @@ mod tests {
                 "content_filter",
                 "completed",
                 "max_output_tokens",
+                "max_messages",
+                "steered",
                 "incomplete",
                 "other"
             ]
