@@ -426,7 +426,7 @@ impl Engine {
                     // error event tells it.
                     let told = class.error_unseen.then(|| {
                         let message = format!(
-                            "the upstream failed ({error_type}) in an event its clients skip: the answer is incomplete"
+                            "the upstream failed ({error_type}) in a form its clients do not raise on: the answer is incomplete"
                         );
                         (StreamError::UpstreamError, message)
                     });
