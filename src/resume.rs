@@ -92,8 +92,14 @@ pub(crate) enum Intercept {
         id: EventId,
         credential: Option<Bytes>,
     },
-    /// Answer it from Redis: another replica owns the stream.
-    ResumeRemote { redis_key: String, last_seen: u64 },
+    /// Answer it from Redis: another replica owns the stream. `result`, `replayed` or
+    /// `expired`, is counted once the follower's first read shows the id was given
+    /// out (it may not have been: it counts `unknown` then).
+    ResumeRemote {
+        redis_key: String,
+        last_seen: u64,
+        result: ResumeResult,
+    },
 }
 
 impl Begin {
@@ -270,14 +276,14 @@ impl ResumePlan {
                 // Events dropped for room: the follower tells the client of the gap, and
                 // it counts as on the owner, `expired`.
                 let gap = held.first_kept.is_some_and(|first| first > id.seq + 1);
-                self.metrics.count(if gap {
-                    ResumeResult::Expired
-                } else {
-                    ResumeResult::Replayed
-                });
                 return Intercept::ResumeRemote {
                     redis_key,
                     last_seen: id.seq,
+                    result: if gap {
+                        ResumeResult::Expired
+                    } else {
+                        ResumeResult::Replayed
+                    },
                 };
             }
             Ok(_) => ResumeResult::Unknown,
@@ -295,6 +301,7 @@ impl ResumePlan {
         self: &Arc<Self>,
         redis_key: String,
         last_seen: u64,
+        result: ResumeResult,
         mut log: RequestLog,
     ) -> Response<ResumeBody> {
         log.set_status(StatusCode::OK);
@@ -302,7 +309,12 @@ impl ResumePlan {
             // Never built without a store; an empty stream rather than a panic.
             return event_stream(ResumeBody::Remote(follow::RemoteBody::closed(log)));
         };
-        let body = follow::RemoteBody::start(store, redis_key, last_seen, self.clone(), log);
+        let follow = follow::Follow {
+            redis_key,
+            last_seen,
+            result,
+        };
+        let body = follow::RemoteBody::start(store, follow, self.clone(), log);
         event_stream(ResumeBody::Remote(body))
     }
 

@@ -176,6 +176,9 @@ pub(crate) struct SupervisedBody<B = UpstreamIncoming> {
     clock_waker: Option<Waker>,
     last_data: Instant,
     last_sent: Instant,
+    /// `last_sent` before the last frame, for a layer above that sent none of it
+    /// ([`Self::nothing_sent`]).
+    sent_before: Instant,
     /// When the upstream read that the engine is framing now arrived: its content
     /// events arrive together, however many polls send them.
     read_at: Instant,
@@ -228,6 +231,7 @@ where
             clock_waker: None,
             last_data: now,
             last_sent: now,
+            sent_before: now,
             read_at: now,
             record: Record::new(plan.metrics.clone(), started, log, stuck),
             plan,
@@ -251,6 +255,12 @@ where
     }
 
     /// The layer above sent `bytes` bytes in place of the frame it took from here.
+    /// The layer above sent nothing of the last frame (resume's bound on comments
+    /// dropped it): the heartbeat is due as if it had not come.
+    pub(crate) fn nothing_sent(&mut self) {
+        self.last_sent = self.sent_before;
+    }
+
     pub(crate) fn sent(&mut self, bytes: usize) {
         self.plan.metrics.bytes_downstream.inc_by(bytes as u64);
         self.record.add_bytes(bytes);
@@ -422,6 +432,7 @@ where
         now: &mut PollTime,
     ) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
         // Once per frame, not per event: a frame carries a whole read's events.
+        self.sent_before = self.last_sent;
         self.last_sent = now.get();
         if !self.counted_above {
             self.sent(bytes.len());

@@ -1113,3 +1113,73 @@ async fn an_upstream_that_only_pings_does_not_grow_one_event_without_end() {
         "{pings} of 10000 pings sent between two events"
     );
 }
+
+/// Past the bound on comments nothing of them goes out, and the gateway's heartbeat
+/// still comes when due: the upstream's pings, which reach no one now, must not count
+/// as the stream's traffic, or a quiet answer behind a pinging upstream would leave
+/// the connection silent for a load balancer to cut.
+#[tokio::test]
+async fn past_the_bound_on_comments_the_heartbeat_still_comes() {
+    use http_body_util::BodyExt;
+    let upstream = ScriptedUpstream::bind().await;
+    let yaml =
+        config(&upstream.url(), "{}").replacen("resume: {}", "heartbeat: 1s\n      resume: {}", 1);
+    let gateway = start_gateway(&yaml).await;
+    let (response, mut exchange) = tokio::join!(get(gateway.addr, "/api/stream?q=hi"), async {
+        let mut exchange = upstream.accept().await;
+        exchange.start_sse("").await;
+        exchange.send_chunk(&event(1)).await;
+        exchange
+            .send_chunk(": ping\n\n".repeat(700).as_bytes())
+            .await;
+        exchange
+    });
+    let mut body = response.into_body();
+    let heard = async {
+        let mut text = String::new();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame.unwrap().data_ref() {
+                text.push_str(std::str::from_utf8(data).unwrap());
+            }
+            if text.contains(": keep-alive\n") {
+                return text;
+            }
+        }
+        text
+    };
+    let pinging = async {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            exchange.send_chunk(b": ping\n\n").await;
+        }
+    };
+    let text = tokio::select! {
+        text = heard => text,
+        () = pinging => String::from("no heartbeat within 4 s of pings every 100 ms"),
+    };
+    assert!(text.contains(": keep-alive\n"), "{text:.200}");
+}
+
+/// A resumed client gets a heartbeat of its own for the pings that keep the first
+/// client's connection busy, which it does not get: no more of them than of the
+/// comments the stamper lets through, or an upstream that only pings would grow one
+/// event without end at every resumed client too.
+#[tokio::test]
+async fn a_resumed_client_gets_no_more_heartbeats_than_the_bound_on_comments() {
+    let (upstream, gateway) = setup("{}").await;
+    let (mut exchange, mut resumed) =
+        resumed_after_one_event(&upstream, &gateway, "/api/stream?q=hi").await;
+    // Apart, as an upstream pings: pings that come together wake the reader once.
+    for _ in 0..1500 {
+        exchange.send_chunk(b": ping\n\n").await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    exchange.send_chunk(&event(2)).await;
+    let bytes = resumed.bytes_until(b"{\"token\":2}").await;
+    let text = String::from_utf8_lossy(&bytes);
+    let heartbeats = text.matches(": keep-alive\n").count();
+    assert!(
+        heartbeats <= 4096 / 7 + 1,
+        "{heartbeats} heartbeats for 1500 upstream pings"
+    );
+}

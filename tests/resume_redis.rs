@@ -1133,15 +1133,7 @@ async fn an_id_never_given_out_is_unknown_on_the_owner_without_asking_redis() {
     second.send_chunk(b"data: [DONE]\n\n").await;
     assert_eq!(data(&resumed.rest().await), ["[DONE]"], "a new answer");
     exchange.send_chunk(b"data: [DONE]\n\n").await;
-    let metrics = gateway.metrics().await;
-    let resumes = |result| {
-        metrics.get(
-            "sse_gateway_resumes_total",
-            &[("route", ROUTE), ("result", result)],
-        )
-    };
-    assert_eq!(resumes("unknown"), 1.0);
-    assert_eq!(resumes("replayed"), 0.0);
+    counted_unknown_not_replayed(&gateway).await;
 }
 
 /// On another replica the same id is followed (its events may still be on their way
@@ -1173,4 +1165,19 @@ async fn an_id_never_given_out_followed_on_another_replica_ends_with_an_error_ev
         "resume_gap",
         "cannot resume after event 999999: this stream ended at event",
     );
+    // Counted as the owner counts it, once the end told: no resume was served.
+    counted_unknown_not_replayed(&other).await;
+}
+
+/// `gateway` counted one resume `unknown` and none `replayed`.
+async fn counted_unknown_not_replayed(gateway: &TestGateway) {
+    let metrics = gateway.metrics().await;
+    let resumes = |result| {
+        metrics.get(
+            "sse_gateway_resumes_total",
+            &[("route", ROUTE), ("result", result)],
+        )
+    };
+    assert_eq!(resumes("unknown"), 1.0);
+    assert_eq!(resumes("replayed"), 0.0);
 }

@@ -163,7 +163,7 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
             .into_iter()
             .any(|key| non_empty_string_after(text, key)),
         choices: Choices {
-            seen: choice_indices(text),
+            seen: choice_indices(text, event),
             finished: 0,
         },
         ..Class::default()
@@ -204,16 +204,19 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
             return class;
         }
         let choices = json["choices"].as_array().map_or(&[][..], Vec::as_slice);
+        // OpenRouter's reason for a provider's failure; an aborted generation. Any
+        // choice's fails the answer, whatever the others said before it.
+        let failed =
+            |choice: &Value| matches!(choice["finish_reason"].as_str(), Some("error" | "abort"));
+        if choices.iter().any(failed) {
+            class.upstream_error = Some("other");
+            class.error_unseen = true;
+            return class;
+        }
         for (position, choice) in (0u64..).zip(choices) {
             let bit = Choices::bit(choice["index"].as_u64().unwrap_or(position));
             class.choices.seen |= bit;
             let reason = &choice["finish_reason"];
-            // OpenRouter's reason for a provider's failure; an aborted generation.
-            if matches!(reason.as_str(), Some("error" | "abort")) {
-                class.upstream_error = Some("other");
-                class.error_unseen = true;
-                return class;
-            }
             if is_set(reason) {
                 class.choices.finished |= bit;
                 class.evidence = true;
@@ -226,27 +229,37 @@ fn chat(text: &[u8], event: &Event<'_>) -> Class {
     class
 }
 
-/// The `index` of each choice a chunk holds, as bits: every `"index"` key one level
-/// inside the top-level object's arrays (`{"choices":[{"index":1,...`). A tool call's
-/// own `index` sits deeper, and may come first: writers that sort keys put `delta`
-/// before `index`. Index 0 needs no such check: every stream that has choices has
-/// choice 0, so an ordinary chunk costs one search and no scan.
-fn choice_indices(text: &[u8]) -> u128 {
+/// The `index` of each choice a chunk holds, as bits. Index 0 needs no check: every
+/// stream that has choices has choice 0, so an ordinary chunk costs one search. Any
+/// other index is taken from the data alone ([`indices_by_depth`]).
+fn choice_indices(text: &[u8], event: &Event<'_>) -> u128 {
+    let mut bits = 0;
+    for at in INDEX_KEY.find_iter(text) {
+        match number_after(&text[at + INDEX_KEY.needle().len()..]) {
+            Some(0) => bits |= 1,
+            Some(_) => return bits | event.data().map_or(0, |data| indices_by_depth(&data)),
+            None => {}
+        }
+    }
+    bits
+}
+
+/// Every `"index"` key one level inside the top-level object's arrays
+/// (`{"choices":[{"index":1,...`). A tool call's own `index` sits deeper, and may
+/// come first: writers that sort keys put `delta` before `index`.
+fn indices_by_depth(data: &[u8]) -> u128 {
     let mut bits = 0;
     let mut depth = Depth::default();
     let mut scanned = 0;
-    for at in INDEX_KEY.find_iter(text) {
-        let Some(index) = number_after(&text[at + INDEX_KEY.needle().len()..]) else {
+    for at in INDEX_KEY.find_iter(data) {
+        depth.scan(&data[scanned..at]);
+        scanned = at;
+        if depth.open != 3 || depth.in_string {
             continue;
-        };
-        if index > 0 {
-            depth.scan(&text[scanned..at]);
-            scanned = at;
-            if depth.open != 3 || depth.in_string {
-                continue;
-            }
         }
-        bits |= Choices::bit(index);
+        if let Some(index) = number_after(&data[at + INDEX_KEY.needle().len()..]) {
+            bits |= Choices::bit(index);
+        }
     }
     bits
 }

@@ -90,6 +90,42 @@ fn chat_choices_are_read_by_index_and_a_tool_calls_index_is_not_a_choice() {
     assert!(plain.all_finished());
 }
 
+/// A choice's index is read from the data alone: an `id:` line or a comment with an
+/// unbalanced brace or quote before it must not hide it.
+#[test]
+fn chat_choices_are_read_from_the_data_lines_only() {
+    let data = r#"data: {"choices":[{"delta":{"content":"B"},"finish_reason":null,"index":2}]}"#;
+    for before in ["", "id: {1\n", ": {\"\n", "event: x\n"] {
+        let mut choices = Choices::default();
+        choices.add(classify(Protocol::OpenaiChat, &format!("{before}{data}\n\n")).choices);
+        let done = r#"data: {"choices":[{"delta":{},"finish_reason":"stop","index":0}]}"#;
+        choices.add(classify(Protocol::OpenaiChat, &format!("{done}\n\n")).choices);
+        assert!(!choices.all_finished(), "choice 2 seen after {before:?}");
+    }
+    // Data over several lines is one payload.
+    let split =
+        "data: {\"choices\":[{\"delta\":{},\ndata: \"finish_reason\":null,\"index\":1}]}\n\n";
+    let mut choices = Choices::default();
+    choices.add(classify(Protocol::OpenaiChat, split).choices);
+    assert!(!choices.all_finished());
+}
+
+/// One choice's `error` fails the chunk whatever the order of its choices: no finish
+/// is taken from the others.
+#[test]
+fn a_choice_that_fails_fails_the_chunk_in_any_order() {
+    let stop = r#"{"index":0,"delta":{},"finish_reason":"stop"}"#;
+    let error = r#"{"index":1,"delta":{},"finish_reason":"error"}"#;
+    for (a, b) in [(stop, error), (error, stop)] {
+        let class = classify(
+            Protocol::OpenaiChat,
+            &format!("data: {{\"choices\":[{a},{b}]}}\n\n"),
+        );
+        assert_eq!(class.upstream_error, Some("other"));
+        assert!(class.error_unseen && !class.evidence && class.finish.is_empty());
+    }
+}
+
 const CHAT_WITHOUT_INDEX: &str =
     "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
 

@@ -85,10 +85,11 @@ pub(super) async fn intercept(
         Intercept::ResumeRemote {
             redis_key,
             last_seen,
+            result,
         } => {
             trace_resume(&log, last_seen, "redis");
             Err(resume
-                .replay_remote(redis_key, last_seen, log)
+                .replay_remote(redis_key, last_seen, result, log)
                 .map(ResponseBody::resumable))
         }
         // Looked up above: a second lookup would find nothing new.

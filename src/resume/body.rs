@@ -111,10 +111,11 @@ impl Producer {
             return (Bytes::from_static(HEARTBEAT_LINE), 0);
         }
         let stamped = slot.publish(&mut self.stamper, &frame, ends);
-        if self.stamper.spans().is_empty() {
+        if self.stamper.spans().is_empty() && !stamped.is_empty() {
             // Comments alone (an upstream's pings): kept for no one, they still keep
             // this client's connection busy, so resumed readers, who get nothing of
-            // them, send a heartbeat of their own instead.
+            // them, send a heartbeat of their own instead. Not for comments past the
+            // stamper's bound, which reach no one.
             slot.heartbeat();
         }
         if let Some(mirror) = &mut self.mirror {
@@ -183,6 +184,11 @@ impl LiveBody {
                 supervised.sent(sent.len());
                 if supervised.is_end_stream() {
                     self.end();
+                } else if sent.is_empty() {
+                    // Comments past the stamper's bound: nothing went out, so the
+                    // heartbeat must still come when due, or the connection goes
+                    // silent while the upstream pings.
+                    supervised.nothing_sent();
                 }
                 Poll::Ready(Some(Ok(Frame::data(sent))))
             }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::stamp::HEARTBEAT_LINE;
 use super::store::{reader_key, Ending, RedisStore};
-use super::ResumePlan;
+use super::{ResumePlan, ResumeResult};
 use crate::access_log::RequestLog;
 use crate::engine::{StreamError, SHUTDOWN_MESSAGE};
 use crate::shutdown::{DrainWatch, Shutdown};
@@ -58,11 +58,10 @@ pub(crate) struct RemoteBody {
 }
 
 impl RemoteBody {
-    /// Starts following `redis_key` after event `last_seen`.
+    /// Starts following `follow.redis_key` after event `follow.last_seen`.
     pub(super) fn start(
         store: Arc<RedisStore>,
-        redis_key: String,
-        last_seen: u64,
+        follow: Follow,
         plan: Arc<ResumePlan>,
         log: RequestLog,
     ) -> RemoteBody {
@@ -75,10 +74,11 @@ impl RemoteBody {
             // owner reading the upstream for nobody.
             let client = sender.clone();
             let follower = Follower {
-                redis_key,
-                cursor: last_seen,
+                redis_key: follow.redis_key,
+                cursor: follow.last_seen,
                 plan,
                 sender,
+                result: Some(follow.result),
             };
             tokio::select! {
                 () = follower.run(&store) => {}
@@ -174,6 +174,16 @@ struct Follower {
     cursor: u64,
     plan: Arc<ResumePlan>,
     sender: mpsc::Sender<Bytes>,
+    /// The resume's result, until counted ([`Follower::count_result`]).
+    result: Option<ResumeResult>,
+}
+
+/// A resume to follow from Redis: the stream, the client's last event, and how the
+/// lookup judged it.
+pub(super) struct Follow {
+    pub(super) redis_key: String,
+    pub(super) last_seen: u64,
+    pub(super) result: ResumeResult,
 }
 
 /// What one read brought.
@@ -196,7 +206,28 @@ enum Batch {
     },
 }
 
+impl Drop for Follower {
+    /// A follower that ends before any read told more (Redis failed, the client
+    /// left) counts the result its lookup gave.
+    fn drop(&mut self) {
+        self.count_result(false);
+    }
+}
+
 impl Follower {
+    /// Counts the resume's result, once: at the first read that brought anything,
+    /// which may show that the client's id was never given out (`unknown`).
+    fn count_result(&mut self, never_given: bool) {
+        if let Some(result) = self.result.take() {
+            let result = if never_given {
+                ResumeResult::Unknown
+            } else {
+                result
+            };
+            self.plan.metrics.count(result);
+        }
+    }
+
     async fn run(mut self, store: &RedisStore) {
         let mut connection = match store.connect_blocking(BLOCK).await {
             Ok(connection) => connection,
@@ -234,7 +265,11 @@ impl Follower {
                 Ok(reply) => reply,
                 Err(error) => return self.fail(&error).await,
             };
-            match self.batch(&reply) {
+            let batch = self.batch(&reply);
+            if !matches!(batch, Batch::Events { read: 0, .. }) {
+                self.count_result(matches!(batch, Batch::NotGiven { .. }));
+            }
+            match batch {
                 Batch::Events { frame, count, read } => {
                     if catching_up {
                         self.plan.metrics.replayed_events.inc_by(count);

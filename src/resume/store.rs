@@ -474,7 +474,8 @@ impl Mirror {
         }
     }
 
-    /// Queues a frame's numbered events (slices of `stamped`).
+    /// Queues a frame's numbered events (slices of `stamped`, which they keep whole
+    /// until sent: the queue counts it whole).
     pub(crate) fn events(&mut self, stamped: &Bytes, spans: &[Span]) {
         if spans.is_empty() {
             return;
@@ -490,7 +491,7 @@ impl Mirror {
                 (span.seq, stamped.slice(span.start..span.end))
             })
             .collect();
-        self.queue(events, keep_from, None);
+        self.queue(events, stamped.len(), keep_from, None);
     }
 
     /// Queues the stream's end after event `last` (once: every path that ends a
@@ -498,13 +499,14 @@ impl Mirror {
     /// 1.25 × `window`.
     pub(crate) fn end(&mut self, ending: Ending, last: u64) {
         if self.keeper.take().is_some() {
-            self.queue(Vec::new(), None, Some((ending, last)));
+            self.queue(Vec::new(), 0, None, Some((ending, last)));
         }
     }
 
     fn queue(
         &mut self,
         events: Vec<(u64, Bytes)>,
+        bytes: usize,
         keep_from: Option<u64>,
         end: Option<(Ending, u64)>,
     ) {
@@ -513,7 +515,7 @@ impl Mirror {
         let lost = self.lost.load(Ordering::Relaxed) && self.lost.swap(false, Ordering::Relaxed);
         let write = Write {
             key: self.key.clone(),
-            bytes: events.iter().map(|(_, event)| event.len()).sum(),
+            bytes,
             refresh: (end.is_some() || lost).then_some(self.refresh),
             max_entries: self.max_entries,
             events,
@@ -615,7 +617,9 @@ impl WriteQueue {
     /// Queues `write` unless the queue is full in writes or in bytes, or closed.
     fn try_send(&self, write: Write) -> Result<(), &'static str> {
         let bytes = write.bytes;
-        if self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+        // A write without events (an end, a refresh) holds nothing: never refused for
+        // room, also not while other senders' bytes briefly overshoot the bound.
+        if bytes > 0 && self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
             self.bytes.fetch_sub(bytes, Ordering::Relaxed);
             return Err("full (32 MiB of events wait for Redis)");
         }
