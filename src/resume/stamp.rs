@@ -7,7 +7,7 @@
 //! upstream's `: ping`, the heartbeat) goes out as its lines without the blank line:
 //! they join the next event's lines, where every decoder skips them. Such a block
 //! gets no id and is not kept for replay: it carries nothing to resume. Nor is it
-//! sent past [`COMMENTS_BETWEEN_EVENTS`] bytes of them since the last event: an
+//! sent past `COMMENTS_BETWEEN_EVENTS` bytes of them since the last event: an
 //! upstream that only pings would otherwise grow one event without end, which a
 //! client that reads up to a blank line holds whole.
 //!
