@@ -150,6 +150,15 @@ fn unbounded_heads_and_lines_are_refused() {
         read(&size_line, false, &mut std::iter::repeat(1024)).end,
         Err(DecodeError::LineTooLong)
     );
+    // Trailer fields each short, but without end: the section is bounded as a line.
+    let mut trailers =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n".to_vec();
+    for _ in 0..1000 {
+        trailers.extend_from_slice(b"X-T: t\r\n");
+    }
+    let read_trailers = read(&trailers, false, &mut std::iter::repeat(512));
+    assert_eq!(read_trailers.body, b"hi");
+    assert_eq!(read_trailers.end, Err(DecodeError::LineTooLong));
 }
 
 #[test]

@@ -74,8 +74,10 @@ enum State {
     ChunkData(u64),
     /// Chunked: the CRLF after a chunk's data.
     ChunkDataEnd,
-    /// Chunked: after the last chunk, until the empty line that ends the trailers.
-    Trailers,
+    /// Chunked: after the last chunk, until the empty line that ends the trailers;
+    /// the trailer bytes read so far, bounded as a line is (a peer could send trailer
+    /// fields without end).
+    Trailers(usize),
     /// Read until the connection closes.
     UntilClose,
     Done,
@@ -230,7 +232,7 @@ impl ResponseDecoder {
                 State::ChunkSize => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((len, 0))) => {
                         buf.advance(len);
-                        self.state = State::Trailers;
+                        self.state = State::Trailers(0);
                     }
                     Ok(httparse::Status::Complete((len, size))) => {
                         buf.advance(len);
@@ -262,19 +264,23 @@ impl ResponseDecoder {
                     }
                     _ => return Err(DecodeError::ChunkEnd),
                 },
-                State::Trailers => {
+                State::Trailers(read) => {
                     // Trailer fields are read past and dropped: an event stream has no
                     // use for them. The section ends at an empty line.
                     let Some(end) = line_end(buf) else {
-                        if buf.len() > MAX_LINE {
+                        if read + buf.len() > MAX_LINE {
                             return Err(DecodeError::LineTooLong);
                         }
                         return Ok(None);
                     };
-                    let empty = end == 0;
                     buf.advance(end + 2);
-                    if empty {
+                    let read = read + end + 2;
+                    if end == 0 {
                         self.state = State::Done;
+                    } else if read > MAX_LINE {
+                        return Err(DecodeError::LineTooLong);
+                    } else {
+                        self.state = State::Trailers(read);
                     }
                 }
             }
@@ -332,7 +338,7 @@ impl ResponseDecoder {
             State::Length(_) => Err(DecodeError::Incomplete(
                 "before the Content-Length was read",
             )),
-            State::ChunkSize | State::ChunkData(_) | State::ChunkDataEnd | State::Trailers => {
+            State::ChunkSize | State::ChunkData(_) | State::ChunkDataEnd | State::Trailers(_) => {
                 Err(DecodeError::Incomplete("before the last chunk"))
             }
         }
