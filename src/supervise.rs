@@ -175,10 +175,11 @@ pub(crate) struct SupervisedBody<B = UpstreamIncoming> {
     /// The waker the armed `clock` holds; `None` once it is re-armed.
     clock_waker: Option<Waker>,
     last_data: Instant,
+    /// When bytes last went to the client: the heartbeat is due `heartbeat` after.
     last_sent: Instant,
-    /// `last_sent` before the last frame, for a layer above that sent none of it
-    /// ([`Self::nothing_sent`]).
-    sent_before: Instant,
+    /// When the last frame left this body; it becomes `last_sent` once
+    /// [`Self::sent`] says bytes of it went out.
+    framed_at: Instant,
     /// When the upstream read that the engine is framing now arrived: its content
     /// events arrive together, however many polls send them.
     read_at: Instant,
@@ -231,7 +232,7 @@ where
             clock_waker: None,
             last_data: now,
             last_sent: now,
-            sent_before: now,
+            framed_at: now,
             read_at: now,
             record: Record::new(plan.metrics.clone(), started, log, stuck),
             plan,
@@ -255,13 +256,12 @@ where
     }
 
     /// The layer above sent `bytes` bytes in place of the frame it took from here.
-    /// The layer above sent nothing of the last frame (resume's bound on comments
-    /// dropped it): the heartbeat is due as if it had not come.
-    pub(crate) fn nothing_sent(&mut self) {
-        self.last_sent = self.sent_before;
-    }
-
+    /// None (comments past resume's bound on them) do not postpone the heartbeat, or
+    /// an upstream that pings would leave the connection silent.
     pub(crate) fn sent(&mut self, bytes: usize) {
+        if bytes > 0 {
+            self.last_sent = self.framed_at;
+        }
         self.plan.metrics.bytes_downstream.inc_by(bytes as u64);
         self.record.add_bytes(bytes);
     }
@@ -432,8 +432,7 @@ where
         now: &mut PollTime,
     ) -> Poll<Option<Result<Frame<Bytes>, Never>>> {
         // Once per frame, not per event: a frame carries a whole read's events.
-        self.sent_before = self.last_sent;
-        self.last_sent = now.get();
+        self.framed_at = now.get();
         if !self.counted_above {
             self.sent(bytes.len());
         }

@@ -248,20 +248,9 @@ fn choice_indices(text: &[u8], event: &Event<'_>) -> u128 {
 /// (`{"choices":[{"index":1,...`). A tool call's own `index` sits deeper, and may
 /// come first: writers that sort keys put `delta` before `index`.
 fn indices_by_depth(data: &[u8]) -> u128 {
-    let mut bits = 0;
-    let mut depth = Depth::default();
-    let mut scanned = 0;
-    for at in INDEX_KEY.find_iter(data) {
-        depth.scan(&data[scanned..at]);
-        scanned = at;
-        if depth.open != 3 || depth.in_string {
-            continue;
-        }
-        if let Some(index) = number_after(&data[at + INDEX_KEY.needle().len()..]) {
-            bits |= Choices::bit(index);
-        }
-    }
-    bits
+    keys_at_depth(data, &INDEX_KEY, 3)
+        .filter_map(|at| number_after(&data[at + INDEX_KEY.needle().len()..]))
+        .fold(0, |bits, index| bits | Choices::bit(index))
 }
 
 /// The upstream's error in a chunk, as the openai SDKs see one: a top-level `error`
@@ -393,21 +382,27 @@ fn event_kind<'a>(event: &Event<'a>) -> Option<&'a [u8]> {
 /// spaces around its colon. A nested object's key of that name is skipped: the scan
 /// keeps the depth of every byte it passes, and only goes as far as the key found.
 fn top_level_string<'a>(json: &'a [u8], key: &Finder<'_>) -> Option<&'a [u8]> {
+    let value = keys_at_depth(json, key, 1).find_map(|at| {
+        value_after(&json[at + key.needle().len()..]).and_then(|value| value.strip_prefix(b"\""))
+    })?;
+    memchr::memchr(b'"', value).map(|end| &value[..end])
+}
+
+/// Where `key` occurs in `json` with `open` objects and arrays around it, outside
+/// strings. The scan keeps the depth of every byte it passes, and only goes as far as
+/// the keys asked for.
+fn keys_at_depth<'a>(
+    json: &'a [u8],
+    key: &'a Finder<'_>,
+    open: usize,
+) -> impl Iterator<Item = usize> + 'a {
     let mut depth = Depth::default();
     let mut scanned = 0;
-    for at in key.find_iter(json) {
+    key.find_iter(json).filter(move |&at| {
         depth.scan(&json[scanned..at]);
         scanned = at;
-        if depth.open != 1 || depth.in_string {
-            continue;
-        }
-        let value = value_after(&json[at + key.needle().len()..])
-            .and_then(|value| value.strip_prefix(b"\""));
-        if let Some(value) = value {
-            return memchr::memchr(b'"', value).map(|end| &value[..end]);
-        }
-    }
-    None
+        depth.open == open && !depth.in_string
+    })
 }
 
 /// How deep a JSON text is at the end of what [`Depth::scan`] was given.

@@ -184,11 +184,6 @@ impl LiveBody {
                 supervised.sent(sent.len());
                 if supervised.is_end_stream() {
                     self.end();
-                } else if sent.is_empty() {
-                    // Comments past the stamper's bound: nothing went out, so the
-                    // heartbeat must still come when due, or the connection goes
-                    // silent while the upstream pings.
-                    supervised.nothing_sent();
                 }
                 Poll::Ready(Some(Ok(Frame::data(sent))))
             }
